@@ -1,0 +1,2 @@
+DROP TABLE users;
+DROP FUNCTION update_updated_at_column();

@@ -1,0 +1,2 @@
+DROP TABLE deployments;
+DROP FUNCTION update_updated_at_column();

@@ -1,0 +1,2 @@
+DROP TABLE projects;
+DROP FUNCTION update_updated_at_column();

@@ -1,0 +1,131 @@
+//! `capsule dev`: one command from a fresh clone to a running mesh.
+
+use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, Source};
+use tokio::task::JoinSet;
+
+use crate::{bind, postgres};
+
+/// The environment, falling back to the found server's address for the
+/// database host and port.
+struct DevSource {
+    host: String,
+    port: u16,
+}
+
+impl Source for DevSource {
+    fn get(&self, name: &str) -> Option<String> {
+        if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
+            return Some(value);
+        }
+        if name.ends_with("_DB_HOST") {
+            Some(self.host.clone())
+        } else if name.ends_with("_DB_PORT") {
+            Some(self.port.to_string())
+        } else {
+            None
+        }
+    }
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let project_dir = postgres::project_dir()?;
+    let server = postgres::find_or_start(&project_dir).await?;
+    let source = DevSource {
+        host: server.host.clone(),
+        port: server.port,
+    };
+
+    let mut db_configs = Vec::new();
+    for kind in ServiceKind::WITH_DATABASE {
+        let config = DbConfig::from_source(kind, &source)?;
+        if config.url_override.is_none() {
+            postgres::provision(&server.admin_url, &config).await?;
+        }
+        db_configs.push(config);
+    }
+
+    let shutdown = capsule::shutdown::on_signal();
+    let mut tasks = JoinSet::new();
+    let mut lines = Vec::new();
+    for config in db_configs {
+        let kind = config.service;
+        let serve_config = ServeConfig::from_source(kind, &source)?;
+        let listener = bind(serve_config.grpc_addr, &kind.grpc_addr_variable()).await?;
+        lines.push(format!(
+            "  {:<8} gRPC  {:<22} db {}",
+            kind.name(),
+            listener.local_addr()?.to_string(),
+            config.target()
+        ));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = match kind {
+                ServiceKind::Auth => capsule_auth::serve(listener, config, serve_config, shutdown).await,
+                ServiceKind::Project => capsule_project::serve(listener, config, serve_config, shutdown).await,
+                ServiceKind::Deploy => capsule_deploy::serve(listener, config, serve_config, shutdown).await,
+                ServiceKind::Gateway => Ok(()),
+            };
+            (kind, result)
+        });
+    }
+    let gateway_serve = ServeConfig::from_source(ServiceKind::Gateway, &source)?;
+    let gateway_config = GatewayConfig::from_source(&source)?;
+    let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;
+    let http = bind(gateway_config.http_addr, "GATEWAY_HTTP_ADDR").await?;
+    lines.insert(
+        0,
+        format!(
+            "  {:<8} gRPC  {:<22} REST http://{}",
+            "gateway",
+            grpc.local_addr()?.to_string(),
+            http.local_addr()?
+        ),
+    );
+    {
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            (
+                ServiceKind::Gateway,
+                capsule_gateway::serve(grpc, http, gateway_config, gateway_serve, shutdown).await,
+            )
+        });
+    }
+
+    println!(
+        "\nCapsule is running. PostgreSQL: {} ({}).\n\n{}\n\nTry:\n  \
+         grpcurl -plaintext localhost:50051 list\n  \
+         grpcurl -plaintext localhost:50051 describe capsule.auth.v1.AuthService\n  \
+         grpcurl -plaintext -d '{{\"service\":\"capsule.project.v1.ProjectService\"}}' localhost:50052 grpc.health.v1.Health/Check\n  \
+         curl localhost:8080/readyz\n  \
+         curl localhost:50053/metrics\n\nCtrl-C stops everything{}.\n",
+        capsule::config::redact_url(&server.admin_url),
+        server.origin,
+        lines.join("\n"),
+        if server.started_here.is_some() {
+            ", the private PostgreSQL cluster included"
+        } else {
+            ""
+        }
+    );
+
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((kind, Err(err))) => {
+                tracing::error!(service = %kind, error = %format!("{err:#}"), "service stopped with an error; stopping the others");
+                shutdown.cancel();
+                failure.get_or_insert(err.context(format!("the {kind} service failed")));
+            }
+            Err(err) => {
+                shutdown.cancel();
+                failure.get_or_insert(anyhow::anyhow!("a service task failed: {err}"));
+            }
+        }
+    }
+    if let Some(data) = &server.started_here {
+        postgres::stop(data).await?;
+        eprintln!("capsule: stopped the private PostgreSQL cluster");
+    }
+    failure.map_or(Ok(()), Err)
+}

@@ -1,0 +1,207 @@
+//! The `capsule` command.
+//!
+//! - `capsule dev`: find or start PostgreSQL, create roles and databases,
+//!   migrate, and serve all four services in this process.
+//! - `capsule serve <auth|project|deploy|gateway>`: one service.
+//! - `capsule migrate <auth|project|deploy|all>`: apply pending migrations.
+//! - `capsule postgres up`: make sure a PostgreSQL server runs (the local
+//!   one, or a private cluster under `.capsule/`) and print its admin URL.
+
+mod dev;
+mod postgres;
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use anyhow::Context;
+use capsule::{
+    config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind},
+    db::Database,
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "capsule",
+    version,
+    about = "Capsule: the control plane of a deployment platform"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything a newcomer needs: PostgreSQL, roles, databases, migrations
+    /// and all four services in one process.
+    Dev,
+    /// Serve one service (configured from the environment).
+    Serve {
+        #[arg(value_enum)]
+        service: Service,
+    },
+    /// Apply the pending migrations of one service's database, or all.
+    Migrate {
+        #[arg(value_enum)]
+        target: MigrateTarget,
+    },
+    /// PostgreSQL for development and tests.
+    Postgres {
+        #[command(subcommand)]
+        command: PostgresCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PostgresCommand {
+    /// Find a running server (CAPSULE_PG_ADMIN_URL, else 127.0.0.1:5432),
+    /// else start a private cluster under .capsule/, and print its admin URL.
+    Up,
+    /// Stop the private cluster under .capsule/, if it runs.
+    Down,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Service {
+    Auth,
+    Project,
+    Deploy,
+    Gateway,
+}
+
+impl From<Service> for ServiceKind {
+    fn from(service: Service) -> Self {
+        match service {
+            Service::Auth => ServiceKind::Auth,
+            Service::Project => ServiceKind::Project,
+            Service::Deploy => ServiceKind::Deploy,
+            Service::Gateway => ServiceKind::Gateway,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MigrateTarget {
+    Auth,
+    Project,
+    Deploy,
+    All,
+}
+
+impl MigrateTarget {
+    fn services(self) -> Vec<ServiceKind> {
+        match self {
+            Self::Auth => vec![ServiceKind::Auth],
+            Self::Project => vec![ServiceKind::Project],
+            Self::Deploy => vec![ServiceKind::Deploy],
+            Self::All => ServiceKind::WITH_DATABASE.to_vec(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    capsule::telemetry::init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("capsule: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("capsule: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev => dev::run().await,
+        Command::Serve { service } => serve(service.into()).await,
+        Command::Migrate { target } => migrate(target).await,
+        Command::Postgres { command } => match command {
+            PostgresCommand::Up => {
+                let server = postgres::find_or_start(&postgres::project_dir()?).await?;
+                println!("{}", server.admin_url);
+                Ok(())
+            }
+            PostgresCommand::Down => postgres::stop_private(&postgres::project_dir()?).await,
+        },
+    }
+}
+
+/// Binds a listener, naming the variable to change when the address is taken.
+pub(crate) async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; set {variable} to a free address"))
+}
+
+async fn serve(kind: ServiceKind) -> anyhow::Result<()> {
+    let serve_config = ServeConfig::from_env(kind)?;
+    let shutdown = capsule::shutdown::on_signal();
+    serve_one(kind, &serve_config, shutdown).await
+}
+
+/// Serves one service with its configuration from the environment.
+pub(crate) async fn serve_one(
+    kind: ServiceKind,
+    serve_config: &ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = bind(serve_config.grpc_addr, &kind.grpc_addr_variable()).await?;
+    match kind {
+        ServiceKind::Auth => {
+            capsule_auth::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
+        }
+        ServiceKind::Project => {
+            capsule_project::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
+        }
+        ServiceKind::Deploy => {
+            capsule_deploy::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
+        }
+        ServiceKind::Gateway => {
+            let config = GatewayConfig::from_env()?;
+            let http = bind(config.http_addr, "GATEWAY_HTTP_ADDR").await?;
+            capsule_gateway::serve(listener, http, config, serve_config.clone(), shutdown).await
+        }
+    }
+}
+
+/// The embedded migrations of a service with a database.
+pub(crate) fn migrations_of(kind: ServiceKind) -> Option<&'static diesel_migrations::EmbeddedMigrations> {
+    match kind {
+        ServiceKind::Auth => Some(&capsule_auth::MIGRATIONS),
+        ServiceKind::Project => Some(&capsule_project::MIGRATIONS),
+        ServiceKind::Deploy => Some(&capsule_deploy::MIGRATIONS),
+        ServiceKind::Gateway => None,
+    }
+}
+
+async fn migrate(target: MigrateTarget) -> anyhow::Result<()> {
+    for kind in target.services() {
+        let db = Database::new(DbConfig::from_env(kind)?)?;
+        let target = db.config.target();
+        let mut conn = db.connect_direct().await.with_context(|| {
+            format!(
+                "cannot reach the {kind} database at {target}; check {}",
+                db.config.variables_hint()
+            )
+        })?;
+        let migrations = migrations_of(kind).context("the gateway has no database")?;
+        let applied =
+            tokio::task::spawn_blocking(move || capsule::db::apply_migrations(&mut conn, kind, migrations)).await??;
+        if applied.is_empty() {
+            println!("{kind}: up to date ({target})");
+        } else {
+            println!("{kind}: applied {} ({target})", applied.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,32 @@
+//! Capsule's deploy service.
+
+mod grpc;
+
+use capsule::{
+    config::{DbConfig, ServeConfig, ServiceKind},
+    db::Database,
+    proto::deploy::v1::deploy_service_server::DeployServiceServer,
+    server::GrpcServer,
+};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use grpc::DeployServiceApi;
+
+/// The deploy database's migrations, embedded at build time.
+pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
+
+/// Serves the deploy service on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    db_config: DbConfig,
+    serve_config: ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = Database::new(db_config)?;
+    GrpcServer::new(ServiceKind::Deploy)
+        .add_service(DeployServiceServer::new(DeployServiceApi::new(db.clone())))
+        .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
+        .await
+}

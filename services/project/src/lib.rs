@@ -1,0 +1,32 @@
+//! Capsule's project service.
+
+mod grpc;
+
+use capsule::{
+    config::{DbConfig, ServeConfig, ServiceKind},
+    db::Database,
+    proto::project::v1::project_service_server::ProjectServiceServer,
+    server::GrpcServer,
+};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use grpc::ProjectServiceApi;
+
+/// The project database's migrations, embedded at build time.
+pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/project");
+
+/// Serves the project service on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    db_config: DbConfig,
+    serve_config: ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let db = Database::new(db_config)?;
+    GrpcServer::new(ServiceKind::Project)
+        .add_service(ProjectServiceServer::new(ProjectServiceApi::new(db.clone())))
+        .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
+        .await
+}

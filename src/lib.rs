@@ -1,0 +1,16 @@
+//! Capsule's shared kernel.
+//!
+//! Everything the four services have in common: the generated contracts
+//! ([`proto`]), configuration from the environment ([`config`]), the
+//! database pool, migrations and health supervisor ([`db`]), the gRPC server
+//! bootstrap ([`server`]), logs and metrics ([`telemetry`]) and signal
+//! handling ([`shutdown`]).
+
+pub mod config;
+pub mod db;
+pub mod proto;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

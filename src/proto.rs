@@ -1,0 +1,62 @@
+//! The generated contracts of every service, and the descriptor set they
+//! were compiled from.
+
+/// `capsule.auth.v1`.
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("capsule.auth.v1");
+    }
+}
+
+/// `capsule.project.v1`.
+pub mod project {
+    pub mod v1 {
+        tonic::include_proto!("capsule.project.v1");
+    }
+}
+
+/// `capsule.deploy.v1`.
+pub mod deploy {
+    pub mod v1 {
+        tonic::include_proto!("capsule.deploy.v1");
+    }
+}
+
+/// `capsule.gateway.v1`.
+pub mod gateway {
+    pub mod v1 {
+        tonic::include_proto!("capsule.gateway.v1");
+    }
+}
+
+/// The FileDescriptorSet of every Capsule proto and its imports (google.api,
+/// google.protobuf): what reflection serves and the gateway transcodes from.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("capsule_descriptor");
+
+/// The `/package.Service/Method` paths of every RPC in the descriptor set,
+/// plus health and reflection: the only values the `method` label of the
+/// request metrics takes, so a caller cannot grow the metric set.
+pub fn known_method_paths() -> &'static std::collections::HashSet<String> {
+    use prost::Message;
+    static PATHS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        let mut paths: std::collections::HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
+                }
+            }
+        }
+        paths
+    })
+}

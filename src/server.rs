@@ -1,0 +1,318 @@
+//! The one server bootstrap every service uses: its gRPC API plus
+//! `grpc.health.v1.Health`, server reflection (v1 and v1alpha), Prometheus
+//! text at `GET /metrics` over HTTP/1.1 on the same port, a request id and a
+//! log span on every call, and graceful shutdown.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use axum::routing::get;
+use http::{HeaderValue, Request, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{Layer, Service, ServiceBuilder};
+use tower_http::{
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::{DefaultOnFailure, TraceLayer},
+};
+
+use crate::{config::ServeConfig, config::ServiceKind, proto, telemetry};
+
+/// The health of one service as its health endpoint reports it, for the
+/// service's own name and for the whole server (`""`).
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    service_names: Arc<Vec<String>>,
+}
+
+impl Health {
+    /// Reports SERVING or NOT_SERVING for every name this server answers for.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for name in self.service_names.iter() {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// A gRPC server under construction: add the service's API, then `serve`.
+pub struct GrpcServer {
+    kind: ServiceKind,
+    routes: RoutesBuilder,
+    health: Health,
+    advertised: Vec<String>,
+}
+
+impl GrpcServer {
+    /// A server for `kind` that starts NOT_SERVING until told otherwise.
+    pub fn new(kind: ServiceKind) -> Self {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Self {
+            kind,
+            routes,
+            health: Health {
+                reporter,
+                service_names: Arc::new(vec![kind.grpc_service_name().to_owned()]),
+            },
+            advertised: vec![kind.grpc_service_name().to_owned()],
+        }
+    }
+
+    /// The handle that flips this server's health.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// Adds a gRPC service to the server.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<Request<tonic::body::Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Advertises more service names in reflection (the gateway's front door
+    /// lists the services it routes to).
+    pub fn advertise(mut self, name: impl Into<String>) -> Self {
+        self.advertised.push(name.into());
+        self
+    }
+
+    /// Serves with a database: the supervisor brings the database up
+    /// (migrating it unless told not to) and flips health while this serves.
+    pub async fn serve_with_database(
+        self,
+        db: crate::db::Database,
+        migrations: &'static diesel_migrations::EmbeddedMigrations,
+        listener: TcpListener,
+        config: &ServeConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.health.set(false).await;
+        let supervisor_stop = CancellationToken::new();
+        let supervisor = tokio::spawn(crate::db::supervise(
+            db,
+            migrations,
+            self.health(),
+            supervisor_stop.clone(),
+        ));
+        let result = self.serve(listener, config, shutdown).await;
+        supervisor_stop.cancel();
+        let _ = supervisor.await;
+        result
+    }
+
+    /// Serves until `shutdown` is cancelled, then reports NOT_SERVING, waits
+    /// `drain_delay` so load balancers stop sending, stops accepting, and
+    /// lets in-flight calls finish within `shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        config: &ServeConfig,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let Self {
+            kind,
+            mut routes,
+            health,
+            advertised,
+        } = self;
+
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+            for name in &advertised {
+                builder = builder.with_service_name(name.clone());
+            }
+            builder
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+
+        let metrics = telemetry::metrics_handle();
+        let router = routes
+            .routes()
+            .prepare()
+            .into_axum_router()
+            .route("/metrics", get(move || std::future::ready(metrics.render())));
+
+        let local_addr = listener.local_addr()?;
+        tracing::info!(service = %kind, grpc.addr = %local_addr, "listening (gRPC, reflection, health, /metrics)");
+
+        let drain_delay = config.drain_delay;
+        let grace = config.shutdown_grace;
+        let drain_health = health.clone();
+        let stop_accepting = CancellationToken::new();
+        let stop = stop_accepting.clone();
+        let shutdown_watch = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_watch.cancelled().await;
+            drain_health.set(false).await;
+            tokio::time::sleep(drain_delay).await;
+            stop.cancel();
+        });
+
+        let layers = ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(RequestSpan)
+                    // A status is an answer, not a server fault: handlers log
+                    // their own internal errors once, where they happen.
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            )
+            .layer(RequestMetricsLayer { service: kind.name() });
+
+        let server = Server::builder()
+            .accept_http1(true)
+            .layer(layers)
+            .add_routes(Routes::from(router))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+
+        // Serve normally; once draining ends, give in-flight calls `grace`.
+        tokio::select! {
+            result = &mut server => result?,
+            () = async {
+                stop_accepting.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(service = %kind, grace_secs = grace.as_secs(), "in-flight calls did not finish within the grace period; closing them");
+            }
+        }
+        tracing::info!(service = %kind, "stopped");
+        Ok(())
+    }
+}
+
+/// The log span of one request: method and request id, so every line a
+/// handler logs carries both.
+#[derive(Clone, Copy)]
+struct RequestSpan;
+
+impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
+    fn make_span(&mut self, request: &Request<B>) -> tracing::Span {
+        let request_id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        tracing::info_span!("request", method = %request.uri().path(), request_id = %request_id)
+    }
+}
+
+/// Counts requests by method and gRPC status and times them:
+/// `grpc_server_requests_total`, `grpc_server_request_duration_seconds`,
+/// `grpc_server_requests_in_flight`.
+#[derive(Clone, Copy)]
+struct RequestMetricsLayer {
+    service: &'static str,
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics {
+            inner,
+            service: self.service,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RequestMetrics<S> {
+    inner: S,
+    service: &'static str,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for RequestMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let method: String = if proto::known_method_paths().contains(path) || path == "/metrics" {
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let service = self.service;
+        let start = Instant::now();
+        let in_flight = metrics::gauge!("grpc_server_requests_in_flight", "service" => service);
+        in_flight.increment(1.0);
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            in_flight.decrement(1.0);
+            // A unary error is a trailers-only response: its status is in
+            // the headers. A response without one ends with status 0 in the
+            // trailers (a stream that fails later is counted as OK here).
+            let code = match &result {
+                Ok(response) => grpc_code(response.headers().get("grpc-status")),
+                Err(_) => "13".to_owned(),
+            };
+            metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method.clone(), "code" => code)
+                .increment(1);
+            metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method)
+                .record(start.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+fn grpc_code(header: Option<&HeaderValue>) -> String {
+    header
+        .and_then(|value| value.to_str().ok())
+        .and_then(|code| code.parse::<u8>().ok())
+        .map_or_else(|| "0".to_owned(), |code| code.to_string())
+}
