@@ -226,6 +226,15 @@ pub fn serve_config(addr: SocketAddr) -> ServeConfig {
     config
 }
 
+/// A connected gRPC channel to `addr`.
+pub async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a URL")
+        .connect()
+        .await
+        .unwrap_or_else(|err| panic!("cannot connect to {addr}: {err}"))
+}
+
 /// The health status a server reports for `service`, or `None` when it
 /// cannot be reached.
 pub async fn health_status(addr: SocketAddr, service: &str) -> Option<i32> {

@@ -1,1 +1,289 @@
+//! The whole mesh in one process, on free ports, against real PostgreSQL:
+//! every service serves health, reflection (v1 and v1alpha) and metrics, and
+//! its health follows its database.
 
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use capsule::{
+    config::{GatewayConfig, ServiceKind},
+    testing::{self, TestDatabase},
+};
+use diesel::RunQueryDsl;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+struct Mesh {
+    addrs: Vec<(ServiceKind, SocketAddr)>,
+    http: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    _databases: Vec<TestDatabase>,
+}
+
+async fn start_mesh() -> Mesh {
+    let shutdown = CancellationToken::new();
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    let mut databases = Vec::new();
+    for kind in ServiceKind::WITH_DATABASE {
+        let migrations = match kind {
+            ServiceKind::Auth => &capsule_auth::MIGRATIONS,
+            ServiceKind::Project => &capsule_project::MIGRATIONS,
+            _ => &capsule_deploy::MIGRATIONS,
+        };
+        let db = TestDatabase::migrated(kind, migrations).await;
+        let listener = testing::free_listener().await;
+        let addr = listener.local_addr().unwrap();
+        let (config, serve) = (db.db_config(), testing::serve_config(addr));
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            match kind {
+                ServiceKind::Auth => capsule_auth::serve(listener, config, serve, token).await,
+                ServiceKind::Project => capsule_project::serve(listener, config, serve, token).await,
+                _ => capsule_deploy::serve(listener, config, serve, token).await,
+            }
+        }));
+        addrs.push((kind, addr));
+        databases.push(db);
+    }
+    let url = |kind: ServiceKind| {
+        let addr = addrs.iter().find(|(k, _)| *k == kind).unwrap().1;
+        format!("http://{addr}")
+    };
+    let grpc = testing::free_listener().await;
+    let http = testing::free_listener().await;
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let config = GatewayConfig {
+        http_addr,
+        auth_url: url(ServiceKind::Auth),
+        project_url: url(ServiceKind::Project),
+        deploy_url: url(ServiceKind::Deploy),
+    };
+    let token = shutdown.clone();
+    tasks.push(tokio::spawn(capsule_gateway::serve(
+        grpc,
+        http,
+        config,
+        testing::serve_config(grpc_addr),
+        token,
+    )));
+    addrs.push((ServiceKind::Gateway, grpc_addr));
+    Mesh {
+        addrs,
+        http: http_addr,
+        shutdown,
+        tasks,
+        _databases: databases,
+    }
+}
+
+/// One HTTP/1.1 GET; returns the status code and body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+async fn list_services_v1(addr: SocketAddr) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(testing::channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    match response.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn list_services_v1alpha(addr: SocketAddr) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut client = ServerReflectionClient::new(testing::channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    match response.message_response.unwrap() {
+        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly() {
+    let mesh = start_mesh().await;
+
+    for (kind, addr) in &mesh.addrs {
+        testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
+        testing::wait_for_health(*addr, "", SERVING, Duration::from_secs(1)).await;
+
+        let expected: BTreeSet<String> = [
+            kind.grpc_service_name(),
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(list_services_v1(*addr).await, expected, "{kind} via reflection v1");
+        assert_eq!(list_services_v1alpha(*addr).await, expected, "{kind} via reflection v1alpha");
+
+        let (status, body) = http_get(*addr, "/metrics").await;
+        assert_eq!(status, 200, "{kind} /metrics");
+        assert!(
+            body.contains(&format!("grpc_server_requests_total{{service=\"{kind}\"")),
+            "{kind} /metrics lacks request counts:\n{body}"
+        );
+    }
+
+    let (status, body) = http_get(mesh.http, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"status\":\"ready\""), "{body}");
+    let (status, _) = http_get(mesh.http, "/healthz").await;
+    assert_eq!(status, 200);
+
+    mesh.shutdown.cancel();
+    for task in mesh.tasks {
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("a service stops within 10 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_service_migrates_an_empty_database_before_it_serves() {
+    let db = TestDatabase::empty(ServiceKind::Auth).await;
+    let listener = testing::free_listener().await;
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(capsule_auth::serve(
+        listener,
+        db.db_config(),
+        testing::serve_config(addr),
+        shutdown.clone(),
+    ));
+    testing::wait_for_health(addr, "capsule.auth.v1.AuthService", SERVING, Duration::from_secs(20)).await;
+
+    let mut conn = db.connect();
+    let users = diesel::sql_query("SELECT 1 FROM users").execute(&mut conn).unwrap();
+    assert_eq!(users, 0, "the users table exists and no admin was seeded");
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}
+
+/// A TCP relay to PostgreSQL that the test can cut and restore.
+struct Relay {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn start_relay(port: u16, upstream: SocketAddr) -> Relay {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                accepted = listener.accept() => {
+                    let Ok((mut inbound, _)) = accepted else { continue };
+                    connections.spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            }
+        }
+        // Dropping the set aborts every relayed connection: to the service
+        // it looks like the server went away.
+        connections.abort_all();
+    });
+    Relay { stop, task }
+}
+
+impl Relay {
+    async fn cut(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_database_through_an_outage_without_a_restart() {
+    let db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
+    let admin = url::Url::parse(&testing::admin_url()).unwrap();
+    let upstream: SocketAddr = format!("{}:{}", admin.host_str().unwrap(), admin.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    // A port with nothing behind it yet: the database is "down" at start.
+    let relay_port = testing::free_listener().await.local_addr().unwrap().port();
+    let mut via_relay = url::Url::parse(&db.url).unwrap();
+    via_relay.set_port(Some(relay_port)).unwrap();
+    let mut config = db.db_config();
+    config.url_override = Some(via_relay.to_string().into());
+
+    let listener = testing::free_listener().await;
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(capsule_project::serve(
+        listener,
+        config,
+        testing::serve_config(addr),
+        shutdown.clone(),
+    ));
+    let service = "capsule.project.v1.ProjectService";
+
+    testing::wait_for_health(addr, service, NOT_SERVING, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(testing::health_status(addr, service).await, Some(NOT_SERVING), "still down, still not serving");
+
+    let relay = start_relay(relay_port, upstream).await;
+    testing::wait_for_health(addr, service, SERVING, Duration::from_secs(15)).await;
+
+    relay.cut().await;
+    testing::wait_for_health(addr, service, NOT_SERVING, Duration::from_secs(10)).await;
+
+    let relay = start_relay(relay_port, upstream).await;
+    testing::wait_for_health(addr, service, SERVING, Duration::from_secs(15)).await;
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    relay.cut().await;
+}

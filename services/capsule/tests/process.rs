@@ -1,0 +1,101 @@
+//! The `capsule` binary as operators run it: configuration errors, signals.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use capsule::{
+    config::ServiceKind,
+    testing::{self, TestDatabase},
+};
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+fn capsule() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
+    command.env("RUST_LOG", "info").stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn a_bad_variable_stops_start_up_with_its_name() {
+    let output = capsule()
+        .args(["serve", "auth"])
+        .env("AUTH_DB_PORT", "fifty")
+        .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("AUTH_DB_PORT=\"fifty\" is not valid: expected a port number"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_taken_address_names_the_variable_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let output = capsule()
+        .args(["serve", "project"])
+        .env("PROJECT_GRPC_ADDR", addr.to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot listen on {addr}; set PROJECT_GRPC_ADDR")), "{stderr}");
+}
+
+#[test]
+fn an_unknown_service_is_refused_with_the_choices() {
+    let output = capsule().args(["serve", "billing"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("possible values: auth, project, deploy, gateway"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
+    let db = TestDatabase::migrated(ServiceKind::Deploy, &capsule_deploy::MIGRATIONS).await;
+    let port = testing::free_listener().await.local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = capsule()
+        .args(["serve", "deploy"])
+        .env("DEPLOY_DATABASE_URL", &db.url)
+        .env("DEPLOY_GRPC_ADDR", addr.to_string())
+        .env("CAPSULE_DRAIN_DELAY_MS", "1000")
+        .env("CAPSULE_SHUTDOWN_GRACE_SECS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = "capsule.deploy.v1.DeployService";
+    testing::wait_for_health(addr, service, SERVING, Duration::from_secs(20)).await;
+
+    // A streaming call that never ends by itself: shutdown must not wait
+    // for it past the grace period.
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(testing::channel(addr).await)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().status, SERVING);
+
+    let sent = Instant::now();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+
+    // While draining, health says NOT_SERVING and the port still answers.
+    let update = tokio::time::timeout(Duration::from_secs(2), watch.message()).await;
+    assert_eq!(update.unwrap().unwrap().unwrap().status, NOT_SERVING);
+    assert_eq!(testing::health_status(addr, service).await, Some(NOT_SERVING));
+
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exit status {status}");
+    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
+}
