@@ -92,7 +92,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -158,7 +161,11 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
         .map(str::to_owned)
         .collect();
         assert_eq!(list_services_v1(*addr).await, expected, "{kind} via reflection v1");
-        assert_eq!(list_services_v1alpha(*addr).await, expected, "{kind} via reflection v1alpha");
+        assert_eq!(
+            list_services_v1alpha(*addr).await,
+            expected,
+            "{kind} via reflection v1alpha"
+        );
 
         let (status, body) = http_get(*addr, "/metrics").await;
         assert_eq!(status, 200, "{kind} /metrics");
@@ -272,7 +279,11 @@ async fn health_follows_the_database_through_an_outage_without_a_restart() {
 
     testing::wait_for_health(addr, service, NOT_SERVING, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(testing::health_status(addr, service).await, Some(NOT_SERVING), "still down, still not serving");
+    assert_eq!(
+        testing::health_status(addr, service).await,
+        Some(NOT_SERVING),
+        "still down, still not serving"
+    );
 
     let relay = start_relay(relay_port, upstream).await;
     testing::wait_for_health(addr, service, SERVING, Duration::from_secs(15)).await;

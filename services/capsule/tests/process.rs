@@ -46,7 +46,10 @@ fn a_taken_address_names_the_variable_to_change() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}; set PROJECT_GRPC_ADDR")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}; set PROJECT_GRPC_ADDR")),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -54,7 +57,10 @@ fn an_unknown_service_is_refused_with_the_choices() {
     let output = capsule().args(["serve", "billing"]).output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("possible values: auth, project, deploy, gateway"), "{stderr}");
+    assert!(
+        stderr.contains("possible values: auth, project, deploy, gateway"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +93,10 @@ async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
     assert_eq!(watch.message().await.unwrap().unwrap().status, SERVING);
 
     let sent = Instant::now();
-    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
 
     // While draining, health says NOT_SERVING and the port still answers.
@@ -95,7 +104,10 @@ async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
     assert_eq!(update.unwrap().unwrap().unwrap().status, NOT_SERVING);
     assert_eq!(testing::health_status(addr, service).await, Some(NOT_SERVING));
 
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status}");
     assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
 }
