@@ -2,6 +2,8 @@
 //! every service serves health, reflection (v1 and v1alpha) and metrics, and
 //! its health follows its database.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails should panic")]
+
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use capsule::{
