@@ -11,6 +11,7 @@ use std::{
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed=migrations");
 
     let mut protos = Vec::new();
     collect_protos(Path::new("proto/capsule"), &mut protos)?;
@@ -27,7 +28,64 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .generate_default_stubs(true)
         .file_descriptor_set_path(out_dir.join("capsule_descriptor.bin"))
         .compile_with_config(config, &protos, &[PathBuf::from("proto"), well_known])?;
+
+    write_migration_files(&out_dir.join("migration_files.rs"))?;
     Ok(())
+}
+
+/// Writes, for each service, the list of its migration files with the
+/// SHA-256 of each `up.sql`: what the harness compares with the checksums
+/// recorded in the database.
+fn write_migration_files(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use std::fmt::Write;
+
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("migrations");
+    let mut code = String::new();
+    for service in ["auth", "project", "deploy"] {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(service))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.is_dir())
+            .collect();
+        dirs.sort();
+        writeln!(code, "pub static {}: &[MigrationFile] = &[", service.to_uppercase())?;
+        for dir in dirs {
+            let name = dir
+                .file_name()
+                .and_then(|name| name.to_str())
+                .ok_or("a migration directory name is not UTF-8")?;
+            let (version, description) = name
+                .split_once("__")
+                .ok_or_else(|| format!("migrations/{service}/{name}: expected V{{NNN}}__description"))?;
+            let up_path = dir.join("up.sql");
+            let up = std::fs::read(&up_path).map_err(|err| format!("{}: {err}", up_path.display()))?;
+            let checksum: String = sha2_hex(&up);
+            let down_path = dir.join("down.sql");
+            let down = if down_path.is_file() {
+                format!("Some(include_str!({:?}))", down_path.display().to_string())
+            } else {
+                "None".to_owned()
+            };
+            let metadata = std::fs::read_to_string(dir.join("metadata.toml")).unwrap_or_default();
+            let in_transaction = !metadata.replace(' ', "").contains("run_in_transaction=false");
+            writeln!(
+                code,
+                "    MigrationFile {{ version: {version:?}, name: {name:?}, description: {:?}, up: include_str!({:?}), down: {down}, checksum: {checksum:?}, run_in_transaction: {in_transaction} }},",
+                description.replace('_', " "),
+                up_path.display().to_string(),
+            )?;
+        }
+        writeln!(code, "];")?;
+    }
+    std::fs::write(out, code)?;
+    Ok(())
+}
+
+fn sha2_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn collect_protos(dir: &Path, protos: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -7,16 +7,15 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_diesel::postgres::{Manager, Pool, Runtime};
-use diesel::{
-    Connection, PgConnection, RunQueryDsl,
-    migration::{Migration, MigrationSource},
-    pg::Pg,
-};
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use diesel::{Connection, PgConnection, RunQueryDsl};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::DbConfig, server::Health};
+use crate::{
+    config::DbConfig,
+    migrate::{self, MigrateError, MigrateOptions, MigrationSet},
+    server::Health,
+};
 
 /// How long a request waits for a pooled connection before it is answered
 /// UNAVAILABLE.
@@ -69,56 +68,23 @@ impl Database {
     }
 }
 
-/// Applies the pending migrations of `migrations` on `conn`, holding the
-/// service's advisory lock so replicas starting together apply each one
-/// once. Returns the versions applied.
-pub fn apply_migrations(
-    conn: &mut PgConnection,
-    service: crate::config::ServiceKind,
-    migrations: &'static EmbeddedMigrations,
-) -> anyhow::Result<Vec<String>> {
-    let key = migration_lock_key(service);
-    diesel::sql_query(format!("SELECT pg_advisory_lock({key})")).execute(conn)?;
-    let result = conn
-        .run_pending_migrations(Embedded(migrations))
-        .map(|versions| versions.iter().map(ToString::to_string).collect())
-        .map_err(|err| anyhow::anyhow!("{err}"));
-    let unlock = diesel::sql_query(format!("SELECT pg_advisory_unlock({key})")).execute(conn);
-    let applied = result?;
-    unlock?;
-    Ok(applied)
-}
-
-/// A borrowed embedded migration set, usable where diesel wants a source
-/// by value.
-struct Embedded(&'static EmbeddedMigrations);
-
-impl MigrationSource<Pg> for Embedded {
-    fn migrations(&self) -> diesel::migration::Result<Vec<Box<dyn Migration<Pg>>>> {
-        MigrationSource::<Pg>::migrations(self.0)
-    }
-}
-
-/// The advisory lock that serialises a service's migrations: a constant per
-/// service, so every replica and every `capsule migrate` agrees.
-pub fn migration_lock_key(service: crate::config::ServiceKind) -> i64 {
-    // "capsule" in ASCII, then the service's index.
-    0x6361_7073_756c_6500 + service as i64
-}
-
 /// Brings the database up and keeps the health endpoint honest: retries
-/// the connection with backoff (logging what to fix), applies migrations
-/// once, reports SERVING, then checks every second and reports NOT_SERVING
-/// while the database does not answer. Returns when `shutdown` is
-/// cancelled.
+/// the connection with backoff (logging what to fix), validates and applies
+/// migrations once (or, with `<SVC>_MIGRATE_ON_START=false`, waits until
+/// they have been applied), reports SERVING, then checks every second and
+/// reports NOT_SERVING while the database does not answer.
+///
+/// Returns `Ok` when `shutdown` is cancelled, and an error that retrying
+/// cannot fix (a migration history that disagrees with this build, a
+/// failing migration): the service must not start on it.
 pub async fn supervise(
     db: Database,
-    migrations: &'static EmbeddedMigrations,
+    migrations: &'static MigrationSet,
     health: Health,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let service = db.config.service;
-    let mut migrated = !db.config.migrate_on_start;
+    let mut migrated = false;
     let mut serving = false;
     let mut backoff = Duration::from_millis(200);
     let mut failures = 0u32;
@@ -126,12 +92,18 @@ pub async fn supervise(
         let outcome = if migrated {
             db.ping().await
         } else {
-            migrate_once(&db, migrations).await.map(|applied| {
-                migrated = true;
-                if !applied.is_empty() {
-                    tracing::info!(service = %service, versions = ?applied, "applied migrations");
+            match prepare_schema(&db, migrations).await {
+                Ok(()) => {
+                    migrated = true;
+                    Ok(())
                 }
-            })
+                Err(SchemaError::Fatal(err)) => {
+                    health.set(false).await;
+                    tracing::error!(service = %service, error = %err, "refusing to serve");
+                    return Err(err.into());
+                }
+                Err(SchemaError::Retry(err)) => Err(err),
+            }
         };
         match outcome {
             Ok(()) => {
@@ -169,14 +141,57 @@ pub async fn supervise(
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(pause) => {}
         }
     }
 }
 
-async fn migrate_once(db: &Database, migrations: &'static EmbeddedMigrations) -> anyhow::Result<Vec<String>> {
-    let mut conn = db.connect_direct().await?;
+enum SchemaError {
+    /// Retrying cannot fix it.
+    Fatal(MigrateError),
+    /// The database is unreachable, busy, or not migrated yet.
+    Retry(anyhow::Error),
+}
+
+/// Applies pending migrations (validating first), or with migrate-on-start
+/// off, validates and checks that nothing is pending.
+async fn prepare_schema(db: &Database, set: &'static MigrationSet) -> Result<(), SchemaError> {
+    let mut conn = db.connect_direct().await.map_err(SchemaError::Retry)?;
+    let migrate_on_start = db.config.migrate_on_start;
     let service = db.config.service;
-    tokio::task::spawn_blocking(move || apply_migrations(&mut conn, service, migrations)).await?
+    let outcome = tokio::task::spawn_blocking(move || -> Result<(), MigrateError> {
+        if migrate_on_start {
+            let applied = migrate::migrate(&mut conn, set, &MigrateOptions::default())?;
+            if !applied.is_empty() {
+                let versions: Vec<&str> = applied.iter().map(|m| m.version.as_str()).collect();
+                tracing::info!(service = %service, versions = ?versions, "applied migrations");
+            }
+            return Ok(());
+        }
+        migrate::validate(&mut conn, set)?;
+        let pending: Vec<String> = migrate::info(&mut conn, set)?
+            .into_iter()
+            .filter(|row| row.state == migrate::State::Pending)
+            .map(|row| row.version)
+            .collect();
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err(MigrateError::Other(format!(
+                "migrations {} are pending and {}_MIGRATE_ON_START is false: run `capsule migrate {service}` (or the migration job)",
+                pending.join(", "),
+                service.env_prefix()
+            )))
+        }
+    })
+    .await
+    .map_err(|err| SchemaError::Retry(err.into()))?;
+    match outcome {
+        Ok(()) => Ok(()),
+        // Pending migrations with migrate-on-start off wait for the job.
+        Err(MigrateError::Other(message)) if !migrate_on_start => Err(SchemaError::Retry(anyhow::anyhow!(message))),
+        Err(err) if err.is_fatal() => Err(SchemaError::Fatal(err)),
+        Err(err) => Err(SchemaError::Retry(err.into())),
+    }
 }

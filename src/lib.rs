@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod db;
+pub mod migrate;
 pub mod proto;
 pub mod server;
 pub mod shutdown;

@@ -110,22 +110,40 @@ impl GrpcServer {
     pub async fn serve_with_database(
         self,
         db: crate::db::Database,
-        migrations: &'static diesel_migrations::EmbeddedMigrations,
+        migrations: &'static crate::migrate::MigrationSet,
         listener: TcpListener,
         config: &ServeConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         self.health.set(false).await;
         let supervisor_stop = CancellationToken::new();
-        let supervisor = tokio::spawn(crate::db::supervise(
+        let mut supervisor = tokio::spawn(crate::db::supervise(
             db,
             migrations,
             self.health(),
             supervisor_stop.clone(),
         ));
-        let result = self.serve(listener, config, shutdown).await;
+        // The supervisor ends early only on an error that forbids serving
+        // (a migration history that disagrees with this build): stop then.
+        let server_stop = shutdown.child_token();
+        let server = self.serve(listener, config, server_stop.clone());
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            supervised = &mut supervisor => {
+                server_stop.cancel();
+                let served = server.await;
+                match supervised {
+                    Ok(Ok(())) => served,
+                    Ok(Err(err)) => Err(err),
+                    Err(err) => Err(err.into()),
+                }
+            }
+        };
         supervisor_stop.cancel();
-        let _ = supervisor.await;
+        if !supervisor.is_finished() {
+            let _ = supervisor.await;
+        }
         result
     }
 

@@ -17,7 +17,6 @@ use std::{
 };
 
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use diesel_migrations::EmbeddedMigrations;
 use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
@@ -87,7 +86,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     /// A fresh database with every migration of `service` applied.
-    pub async fn migrated(service: ServiceKind, migrations: &'static EmbeddedMigrations) -> Self {
+    pub async fn migrated(service: ServiceKind, migrations: &'static crate::migrate::MigrationSet) -> Self {
         let admin = admin_url();
         let name = format!("capsule_test_{}_{}", service.name(), uuid::Uuid::new_v4().simple());
         let created = name.clone();
@@ -165,14 +164,16 @@ impl Drop for TestDatabase {
 /// Creates the migrated template for `service` once per migration
 /// fingerprint, under an advisory lock so parallel test processes build it
 /// once.
-fn ensure_template(admin: &str, service: ServiceKind, migrations: &'static EmbeddedMigrations) -> String {
+fn ensure_template(admin: &str, service: ServiceKind, migrations: &'static crate::migrate::MigrationSet) -> String {
     #[derive(diesel::QueryableByName)]
     struct Exists {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         exists: bool,
     }
 
-    let template = format!("capsule_template_{}_{}", service.name(), fingerprint(service));
+    // The harness's own tables are part of the template: bump the suffix
+    // when the harness changes what it creates.
+    let template = format!("capsule_template_{}_{}_h1", service.name(), fingerprint(service));
     let mut conn = PgConnection::establish(admin).unwrap_or_else(|err| {
         panic!(
             "cannot reach the test PostgreSQL server at {}: {err}. Start one (scripts/test does) or set CAPSULE_TEST_DATABASE_URL",
@@ -199,8 +200,12 @@ fn ensure_template(admin: &str, service: ServiceKind, migrations: &'static Embed
         {
             let mut template_conn =
                 PgConnection::establish(&with_database(admin, &building)).expect("the new template is reachable");
-            crate::db::apply_migrations(&mut template_conn, service, migrations)
-                .unwrap_or_else(|err| panic!("the {service} migrations do not apply: {err:#}"));
+            crate::migrate::migrate(
+                &mut template_conn,
+                migrations,
+                &crate::migrate::MigrateOptions::default(),
+            )
+            .unwrap_or_else(|err| panic!("the {service} migrations do not apply: {err:#}"));
         }
         diesel::sql_query(format!("ALTER DATABASE \"{building}\" RENAME TO \"{template}\""))
             .execute(&mut conn)

@@ -5,6 +5,7 @@ mod grpc;
 use capsule::{
     config::{DbConfig, ServeConfig, ServiceKind},
     db::Database,
+    migrate::MigrationSet,
     proto::auth::v1::auth_service_server::AuthServiceServer,
     server::GrpcServer,
 };
@@ -14,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use grpc::AuthServiceApi;
 
+static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/auth");
+
 /// The auth database's migrations, embedded at build time.
-pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/auth");
+pub static MIGRATIONS: MigrationSet = MigrationSet::new(ServiceKind::Auth, &EMBEDDED, capsule::migrate::files::AUTH);
 
 /// Serves the auth service on `listener` until `shutdown` is cancelled.
 pub async fn serve(

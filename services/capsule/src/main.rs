@@ -8,15 +8,13 @@
 //!   one, or a private cluster under `.capsule/`) and print its admin URL.
 
 mod dev;
+mod migrate;
 mod postgres;
 
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use capsule::{
-    config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind},
-    db::Database,
-};
+use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -42,11 +40,8 @@ enum Command {
         #[arg(value_enum)]
         service: Service,
     },
-    /// Apply the pending migrations of one service's database, or all.
-    Migrate {
-        #[arg(value_enum)]
-        target: MigrateTarget,
-    },
+    /// Migrations: apply (default), info, validate, revert, redo, baseline.
+    Migrate(migrate::MigrateArgs),
     /// PostgreSQL for development and tests.
     Postgres {
         #[command(subcommand)]
@@ -82,25 +77,6 @@ impl From<Service> for ServiceKind {
     }
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum MigrateTarget {
-    Auth,
-    Project,
-    Deploy,
-    All,
-}
-
-impl MigrateTarget {
-    fn services(self) -> Vec<ServiceKind> {
-        match self {
-            Self::Auth => vec![ServiceKind::Auth],
-            Self::Project => vec![ServiceKind::Project],
-            Self::Deploy => vec![ServiceKind::Deploy],
-            Self::All => ServiceKind::WITH_DATABASE.to_vec(),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     capsule::telemetry::init_logging();
@@ -124,7 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev => dev::run().await,
         Command::Serve { service } => serve(service.into()).await,
-        Command::Migrate { target } => migrate(target).await,
+        Command::Migrate(args) => migrate::run(args).await,
         Command::Postgres { command } => match command {
             PostgresCommand::Up => {
                 let server = postgres::find_or_start(&postgres::project_dir()?).await?;
@@ -172,36 +148,4 @@ pub(crate) async fn serve_one(
             capsule_gateway::serve(listener, http, config, serve_config.clone(), shutdown).await
         }
     }
-}
-
-/// The embedded migrations of a service with a database.
-pub(crate) fn migrations_of(kind: ServiceKind) -> Option<&'static diesel_migrations::EmbeddedMigrations> {
-    match kind {
-        ServiceKind::Auth => Some(&capsule_auth::MIGRATIONS),
-        ServiceKind::Project => Some(&capsule_project::MIGRATIONS),
-        ServiceKind::Deploy => Some(&capsule_deploy::MIGRATIONS),
-        ServiceKind::Gateway => None,
-    }
-}
-
-async fn migrate(target: MigrateTarget) -> anyhow::Result<()> {
-    for kind in target.services() {
-        let db = Database::new(DbConfig::from_env(kind)?)?;
-        let target = db.config.target();
-        let mut conn = db.connect_direct().await.with_context(|| {
-            format!(
-                "cannot reach the {kind} database at {target}; check {}",
-                db.config.variables_hint()
-            )
-        })?;
-        let migrations = migrations_of(kind).context("the gateway has no database")?;
-        let applied =
-            tokio::task::spawn_blocking(move || capsule::db::apply_migrations(&mut conn, kind, migrations)).await??;
-        if applied.is_empty() {
-            println!("{kind}: up to date ({target})");
-        } else {
-            println!("{kind}: applied {} ({target})", applied.join(", "));
-        }
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@ mod grpc;
 use capsule::{
     config::{DbConfig, ServeConfig, ServiceKind},
     db::Database,
+    migrate::MigrationSet,
     proto::deploy::v1::deploy_service_server::DeployServiceServer,
     server::GrpcServer,
 };
@@ -14,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use grpc::DeployServiceApi;
 
+static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
+
 /// The deploy database's migrations, embedded at build time.
-pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
+pub static MIGRATIONS: MigrationSet =
+    MigrationSet::new(ServiceKind::Deploy, &EMBEDDED, capsule::migrate::files::DEPLOY);
 
 /// Serves the deploy service on `listener` until `shutdown` is cancelled.
 pub async fn serve(

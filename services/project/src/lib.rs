@@ -5,6 +5,7 @@ mod grpc;
 use capsule::{
     config::{DbConfig, ServeConfig, ServiceKind},
     db::Database,
+    migrate::MigrationSet,
     proto::project::v1::project_service_server::ProjectServiceServer,
     server::GrpcServer,
 };
@@ -14,8 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use grpc::ProjectServiceApi;
 
+static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/project");
+
 /// The project database's migrations, embedded at build time.
-pub static MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/project");
+pub static MIGRATIONS: MigrationSet =
+    MigrationSet::new(ServiceKind::Project, &EMBEDDED, capsule::migrate::files::PROJECT);
 
 /// Serves the project service on `listener` until `shutdown` is cancelled.
 pub async fn serve(
