@@ -740,7 +740,9 @@ fn table_has_rows(conn: &mut PgConnection, table: &str) -> Result<bool, MigrateE
 /// The table of a `CREATE [UNIQUE] INDEX` without `CONCURRENTLY`.
 fn index_without_concurrently(statement: &str) -> Option<String> {
     let words: Vec<String> = statement
-        .split_whitespace()
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .flat_map(str::split_whitespace)
         .map(|word| word.to_ascii_lowercase())
         .collect();
     let starts = words.first().is_some_and(|w| w == "create")
@@ -950,6 +952,58 @@ mod tests {
             None
         );
         assert_eq!(index_without_concurrently("CREATE TABLE users (id int);"), None);
+    }
+
+    /// The append-only guard: every released migration (a line of
+    /// `migrations/<svc>/checksums`) must still be in the tree, unchanged,
+    /// under the same name; a new migration must be recorded there.
+    #[test]
+    fn released_migrations_are_never_edited_or_reused() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut problems = Vec::new();
+        for (service, files) in [
+            ("auth", files::AUTH),
+            ("project", files::PROJECT),
+            ("deploy", files::DEPLOY),
+        ] {
+            let lock = std::fs::read_to_string(root.join(service).join("checksums")).unwrap();
+            let released: Vec<(&str, &str, &str)> = lock
+                .lines()
+                .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+                .map(|line| {
+                    let mut parts = line.split_whitespace();
+                    (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
+                })
+                .collect();
+            for (version, checksum, name) in &released {
+                match files.iter().find(|file| file.version == *version) {
+                    None => problems.push(format!(
+                        "migrations/{service}/{name} was released but is gone: restore it (released migrations stay forever)"
+                    )),
+                    Some(file) if file.name != *name => problems.push(format!(
+                        "version {version} of {service} is reused by {} but was released as {name}: \
+                         restore {name} and give the new migration the next free version",
+                        file.name
+                    )),
+                    Some(file) if file.checksum != *checksum => problems.push(format!(
+                        "migrations/{service}/{name}/up.sql changed after release (recorded {checksum}, now {}): \
+                         released migrations are never edited; restore it and add a new migration instead",
+                        file.checksum
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for file in files
+                .iter()
+                .filter(|file| !released.iter().any(|(v, _, _)| *v == file.version))
+            {
+                problems.push(format!(
+                    "migrations/{service}/{} is not recorded: append this line to migrations/{service}/checksums:\n{} {} {}",
+                    file.name, file.version, file.checksum, file.name
+                ));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 
     #[test]

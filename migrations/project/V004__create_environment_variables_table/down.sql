@@ -1,0 +1,1 @@
+DROP TABLE environment_variables;
