@@ -1,0 +1,244 @@
+//! `capsule migrate` as operators run it, against real PostgreSQL.
+
+use std::process::{Command, Output, Stdio};
+
+use capsule::{config::ServiceKind, testing::TestDatabase};
+use diesel::{QueryableByName, RunQueryDsl, connection::SimpleConnection, sql_types::BigInt};
+
+struct Databases {
+    auth: TestDatabase,
+    project: TestDatabase,
+    deploy: TestDatabase,
+}
+
+async fn empty_databases() -> Databases {
+    Databases {
+        auth: TestDatabase::empty(ServiceKind::Auth).await,
+        project: TestDatabase::empty(ServiceKind::Project).await,
+        deploy: TestDatabase::empty(ServiceKind::Deploy).await,
+    }
+}
+
+fn capsule(dbs: &Databases, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
+    command
+        .args(args)
+        .env("AUTH_DATABASE_URL", &dbs.auth.url)
+        .env("PROJECT_DATABASE_URL", &dbs.project.url)
+        .env("DEPLOY_DATABASE_URL", &dbs.deploy.url)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(dbs: &Databases, args: &[&str]) -> Output {
+    capsule(dbs, args).output().expect("capsule runs")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
+}
+
+fn count(db: &TestDatabase, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(&mut db.connect())
+        .expect("the count query runs")
+        .count
+}
+
+#[tokio::test]
+async fn eight_concurrent_migrate_all_processes_apply_each_migration_once() {
+    let dbs = empty_databases().await;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            capsule(&dbs, &["migrate", "all"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("capsule starts")
+        })
+        .collect();
+    let outputs: Vec<Output> = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().expect("capsule finishes"))
+            .collect()
+    })
+    .await
+    .expect("waiting does not panic");
+    for output in &outputs {
+        assert!(output.status.success(), "{}", text(output));
+    }
+    let applied_lines: usize = outputs
+        .iter()
+        .map(|output| String::from_utf8_lossy(&output.stdout).matches(": applied ").count())
+        .sum();
+    let expected = capsule::migrate::files::AUTH.len()
+        + capsule::migrate::files::PROJECT.len()
+        + capsule::migrate::files::DEPLOY.len();
+    assert_eq!(
+        applied_lines, expected,
+        "each migration was applied by exactly one process"
+    );
+    for (db, files) in [
+        (&dbs.auth, capsule::migrate::files::AUTH),
+        (&dbs.project, capsule::migrate::files::PROJECT),
+        (&dbs.deploy, capsule::migrate::files::DEPLOY),
+    ] {
+        let recorded = count(db, "SELECT count(*) AS count FROM capsule_schema_history");
+        assert_eq!(recorded, i64::try_from(files.len()).unwrap_or(i64::MAX));
+    }
+}
+
+#[tokio::test]
+async fn info_reads_at_a_glance_before_after_and_after_a_revert() {
+    let dbs = empty_databases().await;
+    let before = run(&dbs, &["migrate", "all", "info"]);
+    assert!(before.status.success(), "{}", text(&before));
+    let table = String::from_utf8_lossy(&before.stdout);
+    assert!(table.starts_with("SERVICE  VERSION  DESCRIPTION"), "{table}");
+    assert!(table.contains("auth     V001     create users table"), "{table}");
+    assert_eq!(
+        table.matches("pending").count(),
+        capsule::migrate::files::AUTH.len() + 7,
+        "{table}"
+    );
+
+    assert!(run(&dbs, &["migrate", "all"]).status.success());
+    let after = run(&dbs, &["migrate", "all", "info"]);
+    let table = String::from_utf8_lossy(&after.stdout);
+    assert!(!table.contains("pending"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("deploy   V003     add deployment logs") && line.contains(" applied ")),
+        "{table}"
+    );
+
+    let reverted = run(&dbs, &["migrate", "deploy", "revert"]);
+    assert!(text(&reverted).contains("deploy: reverted V003"), "{}", text(&reverted));
+    let json = run(&dbs, &["migrate", "deploy", "info", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("info --format json is JSON");
+    let states: Vec<&str> = rows
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|row| row["state"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(states, ["applied", "applied", "pending"]);
+    assert_eq!(rows[0]["service"], "deploy");
+    assert_eq!(rows[0]["checksum"].as_str().map(str::len), Some(64));
+
+    let redo = run(&dbs, &["migrate", "deploy", "redo"]);
+    assert!(
+        text(&redo).contains("deploy: reverted V002 and applied V002, V003"),
+        "{}",
+        text(&redo)
+    );
+}
+
+#[tokio::test]
+async fn validate_fails_with_the_version_and_both_checksums() {
+    let dbs = empty_databases().await;
+    assert!(run(&dbs, &["migrate", "project"]).status.success());
+    let ok = run(&dbs, &["migrate", "project", "validate"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    dbs.project
+        .connect()
+        .batch_execute("UPDATE capsule_schema_history SET checksum = 'deadbeef' WHERE version = 'V003'")
+        .expect("the history can be tampered with");
+    let bad = run(&dbs, &["migrate", "project", "validate"]);
+    assert!(!bad.status.success());
+    let message = text(&bad);
+    for needle in [
+        "V003 was changed after it was applied",
+        "deadbeef",
+        capsule::migrate::files::PROJECT[2].checksum,
+        "add a new migration instead",
+        "validate failed for project",
+    ] {
+        assert!(message.contains(needle), "{needle} missing from: {message}");
+    }
+    let apply = run(&dbs, &["migrate", "project"]);
+    assert!(!apply.status.success(), "migrate refuses too: {}", text(&apply));
+}
+
+#[tokio::test]
+async fn a_dry_run_prints_what_would_change_and_leaves_no_trace() {
+    let dbs = empty_databases().await;
+    let output = run(&dbs, &["migrate", "auth", "--dry-run"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("auth: dry run: 7 migration(s) would be applied"),
+        "{said}"
+    );
+    assert!(said.contains("CREATE TABLE users"), "{said}");
+    let tables = count(
+        &dbs.auth,
+        "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables, 0);
+}
+
+#[tokio::test]
+async fn backup_dumps_the_database_before_migrating() {
+    let dbs = empty_databases().await;
+    let dir = std::env::temp_dir().join(format!("capsule-backup-{}", uuid::Uuid::new_v4()));
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let output = run(&dbs, &["migrate", "auth", "--backup", &dir_arg]);
+    assert!(output.status.success(), "{}", text(&output));
+    let dumps: Vec<_> = std::fs::read_dir(&dir)
+        .expect("the backup directory exists")
+        .flatten()
+        .collect();
+    assert_eq!(dumps.len(), 1);
+    let name = dumps[0].file_name().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("auth-") && name.ends_with("-before-V007.sql"),
+        "{name}"
+    );
+    let dump = std::fs::read_to_string(dumps[0].path()).expect("the dump is text");
+    assert!(dump.contains("PostgreSQL database dump"), "{dump}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let failing = capsule(&dbs, &["migrate", "project", "--backup", &dir_arg])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("capsule runs");
+    assert!(!failing.status.success());
+    assert!(text(&failing).contains("nothing was migrated"), "{}", text(&failing));
+    let tables = count(
+        &dbs.project,
+        "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public'",
+    );
+    assert_eq!(tables, 0, "a failed backup stops the migration");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn baseline_needs_a_version_and_one_service() {
+    let dbs = empty_databases().await;
+    let output = run(&dbs, &["migrate", "auth", "baseline"]);
+    assert!(
+        text(&output).contains("baseline needs --version VERSION"),
+        "{}",
+        text(&output)
+    );
+    let output = run(&dbs, &["migrate", "all", "baseline", "--version", "V001"]);
+    assert!(
+        text(&output).contains("name auth, project or deploy"),
+        "{}",
+        text(&output)
+    );
+}
