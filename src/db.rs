@@ -80,6 +80,7 @@ impl Database {
 pub async fn supervise(
     db: Database,
     migrations: &'static MigrationSet,
+    ready: Option<ReadyCheck>,
     health: Health,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -93,10 +94,13 @@ pub async fn supervise(
             db.ping().await
         } else {
             match prepare_schema(&db, migrations).await {
-                Ok(()) => {
-                    migrated = true;
-                    Ok(())
-                }
+                Ok(()) => match &ready {
+                    Some(check) => check().await.map(|()| migrated = true),
+                    None => {
+                        migrated = true;
+                        Ok(())
+                    }
+                },
                 Err(SchemaError::Fatal(err)) => {
                     health.set(false).await;
                     tracing::error!(service = %service, error = %err, "refusing to serve");
@@ -146,6 +150,11 @@ pub async fn supervise(
         }
     }
 }
+
+/// Work a service must finish, once its database is migrated, before it
+/// reports SERVING (auth loads its signing keys). Retried until it succeeds.
+pub type ReadyCheck =
+    std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
 
 enum SchemaError {
     /// Retrying cannot fix it.

@@ -6,10 +6,12 @@
 //! bootstrap ([`server`]), logs and metrics ([`telemetry`]) and signal
 //! handling ([`shutdown`]).
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod migrate;
 pub mod proto;
+pub mod rpc;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

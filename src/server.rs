@@ -58,6 +58,8 @@ pub struct GrpcServer {
     routes: RoutesBuilder,
     health: Health,
     advertised: Vec<String>,
+    access: Option<crate::auth::AuthLayer>,
+    ready: Option<crate::db::ReadyCheck>,
 }
 
 impl GrpcServer {
@@ -74,7 +76,23 @@ impl GrpcServer {
                 service_names: Arc::new(vec![kind.grpc_service_name().to_owned()]),
             },
             advertised: vec![kind.grpc_service_name().to_owned()],
+            access: None,
+            ready: None,
         }
+    }
+
+    /// Work to finish, once the database is migrated, before reporting
+    /// SERVING.
+    pub fn ready_when(mut self, check: crate::db::ReadyCheck) -> Self {
+        self.ready = Some(check);
+        self
+    }
+
+    /// Checks every call against its RPC's declared access level with the
+    /// tokens verified by `keys` (see [`crate::auth`]).
+    pub fn require_access(mut self, keys: std::sync::Arc<crate::auth::KeySet>) -> Self {
+        self.access = Some(crate::auth::AuthLayer::new(keys));
+        self
     }
 
     /// The handle that flips this server's health.
@@ -120,6 +138,7 @@ impl GrpcServer {
         let mut supervisor = tokio::spawn(crate::db::supervise(
             db,
             migrations,
+            self.ready.clone(),
             self.health(),
             supervisor_stop.clone(),
         ));
@@ -161,6 +180,8 @@ impl GrpcServer {
             mut routes,
             health,
             advertised,
+            access,
+            ready: _,
         } = self;
 
         let reflection = || {
@@ -212,7 +233,8 @@ impl GrpcServer {
                     // their own internal errors once, where they happen.
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             )
-            .layer(RequestMetricsLayer { service: kind.name() });
+            .layer(RequestMetricsLayer { service: kind.name() })
+            .option_layer(access);
 
         let server = Server::builder()
             .accept_http1(true)

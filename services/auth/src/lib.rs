@@ -1,8 +1,17 @@
-//! Capsule's auth service.
+//! Capsule's auth service: accounts, roles, profiles, sessions, email
+//! verification, preferences and tokens.
 
+pub mod config;
+mod db;
 mod grpc;
+mod keys;
+mod password;
+mod validate;
+
+use std::{sync::Arc, time::Duration};
 
 use capsule::{
+    auth::KeySet,
     config::{DbConfig, ServeConfig, ServiceKind},
     db::Database,
     migrate::MigrationSet,
@@ -13,12 +22,16 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use config::AuthConfig;
 pub use grpc::AuthServiceApi;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/auth");
 
 /// The auth database's migrations, embedded at build time.
 pub static MIGRATIONS: MigrationSet = MigrationSet::new(ServiceKind::Auth, &EMBEDDED, capsule::migrate::files::AUTH);
+
+/// How often the signing keys are reloaded (another replica may rotate).
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves the auth service on `listener` until `shutdown` is cancelled.
 pub async fn serve(
@@ -27,9 +40,51 @@ pub async fn serve(
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    serve_with(listener, db_config, AuthConfig::from_env()?, serve_config, shutdown).await
+}
+
+/// [`serve`] with explicit auth settings.
+pub async fn serve_with(
+    listener: TcpListener,
+    db_config: DbConfig,
+    config: AuthConfig,
+    serve_config: ServeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let db = Database::new(db_config)?;
-    GrpcServer::new(ServiceKind::Auth)
-        .add_service(AuthServiceServer::new(AuthServiceApi::new(db.clone())))
+    let keys = Arc::new(keys::KeyRing::lazy());
+    let api = AuthServiceApi::new(db.clone(), keys.clone(), config.clone());
+    let verifier = KeySet::new(Arc::new(keys::LocalKeys(keys.clone())));
+    let db_for_keys = db.clone();
+
+    // Keys live in the database: load them once it is migrated (before
+    // SERVING), then reload them now and then.
+    let ready: capsule::db::ReadyCheck = {
+        let (keys, db, config) = (keys.clone(), db.clone(), config.clone());
+        Arc::new(move || {
+            let (keys, db, config) = (keys.clone(), db.clone(), config.clone());
+            Box::pin(async move { keys.reload(&db, &config).await })
+        })
+    };
+    let reloader_stop = shutdown.clone();
+    let reloader = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = reloader_stop.cancelled() => return,
+                () = tokio::time::sleep(KEY_RELOAD_INTERVAL) => {}
+            }
+            if let Err(err) = keys.reload(&db_for_keys, &config).await {
+                tracing::warn!(error = %format!("{err:#}"), "cannot reload the signing keys");
+            }
+        }
+    });
+
+    let result = GrpcServer::new(ServiceKind::Auth)
+        .require_access(verifier)
+        .ready_when(ready)
+        .add_service(AuthServiceServer::new(api))
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
-        .await
+        .await;
+    reloader.abort();
+    result
 }

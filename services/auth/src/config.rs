@@ -1,0 +1,92 @@
+//! The auth service's settings.
+//!
+//! | variable | default |
+//! |---|---|
+//! | `AUTH_ACCESS_TOKEN_TTL_SECS` | `900` (15 minutes) |
+//! | `AUTH_REFRESH_TOKEN_TTL_SECS` | `2592000` (30 days) |
+//! | `AUTH_LOGIN_MAX_FAILURES` | `5` failed sign-ins per account … |
+//! | `AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS` | `50` … or per client address … |
+//! | `AUTH_LOGIN_WINDOW_SECS` | `900` … within this window … |
+//! | `AUTH_LOGIN_LOCKOUT_SECS` | `900` … lock sign-in for this long |
+//! | `AUTH_SIGNING_KEY_FILE` | unset: keys are generated and kept in the database; set: a PKCS#8 PEM Ed25519 key |
+//! | `AUTH_KEY_ROTATION_DAYS` | `30`: a generated key older than this is replaced |
+//! | `AUTH_PUBLIC_URL` | `http://localhost:8080`: where links in emails point |
+//! | `AUTH_TRUST_FORWARDED_FOR` | `false`: take the client address from `x-forwarded-for` (behind the gateway) |
+//! | `CAPSULE_DEV_MAILER` | unset; `log` logs outgoing mail, links included (development only) |
+
+use std::{path::PathBuf, time::Duration};
+
+use capsule::config::{ConfigError, ProcessEnv, Source};
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub max_failures_per_account: i32,
+    pub max_failures_per_address: i32,
+    pub failure_window: Duration,
+    pub lockout: Duration,
+    pub signing_key_file: Option<PathBuf>,
+    pub key_rotation: Duration,
+    pub public_url: String,
+    pub trust_forwarded_for: bool,
+    pub log_mail: bool,
+}
+
+impl AuthConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let number = |variable: &str, default: u64| -> Result<u64, ConfigError> {
+            match source.get(variable) {
+                None => Ok(default),
+                Some(raw) => match raw.trim().parse::<u64>() {
+                    Ok(value) if value > 0 => Ok(value),
+                    _ => Err(ConfigError {
+                        variable: variable.to_owned(),
+                        value: format!("{raw:?}"),
+                        reason: "expected a positive whole number".to_owned(),
+                    }),
+                },
+            }
+        };
+        let flag = |variable: &str| -> Result<bool, ConfigError> {
+            match source.get(variable).as_deref().map(str::trim) {
+                None | Some("false" | "0" | "no") => Ok(false),
+                Some("true" | "1" | "yes") => Ok(true),
+                Some(other) => Err(ConfigError {
+                    variable: variable.to_owned(),
+                    value: format!("{other:?}"),
+                    reason: "expected true or false".to_owned(),
+                }),
+            }
+        };
+        let count = |variable: &str, default: u64| -> Result<i32, ConfigError> {
+            let value = number(variable, default)?;
+            i32::try_from(value).map_err(|_| ConfigError {
+                variable: variable.to_owned(),
+                value: value.to_string(),
+                reason: "expected a number below 2^31".to_owned(),
+            })
+        };
+        Ok(Self {
+            access_token_ttl: Duration::from_secs(number("AUTH_ACCESS_TOKEN_TTL_SECS", 900)?),
+            refresh_token_ttl: Duration::from_secs(number("AUTH_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?),
+            max_failures_per_account: count("AUTH_LOGIN_MAX_FAILURES", 5)?,
+            max_failures_per_address: count("AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS", 50)?,
+            failure_window: Duration::from_secs(number("AUTH_LOGIN_WINDOW_SECS", 900)?),
+            lockout: Duration::from_secs(number("AUTH_LOGIN_LOCKOUT_SECS", 900)?),
+            signing_key_file: source.get("AUTH_SIGNING_KEY_FILE").map(PathBuf::from),
+            key_rotation: Duration::from_secs(number("AUTH_KEY_ROTATION_DAYS", 30)? * 24 * 3600),
+            public_url: source
+                .get("AUTH_PUBLIC_URL")
+                .unwrap_or_else(|| "http://localhost:8080".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            trust_forwarded_for: flag("AUTH_TRUST_FORWARDED_FOR")?,
+            log_mail: source.get("CAPSULE_DEV_MAILER").is_some_and(|value| value == "log"),
+        })
+    }
+}

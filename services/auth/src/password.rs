@@ -1,0 +1,112 @@
+//! Passwords: the NIST SP 800-63B policy (8 to 128 characters, nothing from
+//! a list of common passwords) and argon2id with OWASP's parameters
+//! (19 MiB, 2 passes, 1 lane), hashed and verified on a blocking thread.
+
+use std::sync::OnceLock;
+
+use argon2::{
+    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version, password_hash::SaltString,
+};
+use capsule::rpc::FieldViolations;
+
+pub const MIN_CHARS: usize = 8;
+pub const MAX_CHARS: usize = 128;
+
+fn argon2() -> Argon2<'static> {
+    // The constants are valid parameters.
+    let params = Params::new(19 * 1024, 2, 1, None).expect("OWASP's argon2id parameters are valid");
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+fn common() -> &'static std::collections::HashSet<&'static str> {
+    static COMMON: OnceLock<std::collections::HashSet<&'static str>> = OnceLock::new();
+    COMMON.get_or_init(|| include_str!("common_passwords.txt").lines().map(str::trim).collect())
+}
+
+/// Checks a new password against the policy.
+pub fn check_policy(password: &str, email: &str, field: &str, violations: &mut FieldViolations) {
+    let chars = password.chars().count();
+    if chars < MIN_CHARS {
+        violations.add(field, format!("must be at least {MIN_CHARS} characters"));
+    } else if chars > MAX_CHARS {
+        violations.add(field, format!("must be at most {MAX_CHARS} characters"));
+    } else if common().contains(password.to_lowercase().as_str()) {
+        violations.add(field, "is one of the most common passwords; choose another");
+    } else if !email.is_empty() && password.eq_ignore_ascii_case(email) {
+        violations.add(field, "must not be the email address");
+    }
+}
+
+/// The argon2id hash (PHC string) of a password.
+pub async fn hash(password: String) -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut salt = [0u8; 16];
+        getrandom::fill(&mut salt).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+        let salt = SaltString::encode_b64(&salt).map_err(|err| anyhow::anyhow!("{err}"))?;
+        argon2()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+    })
+    .await?
+}
+
+/// Whether `password` matches `hash`. With no hash (unknown account) a
+/// dummy hash is checked so the answer takes as long either way.
+pub async fn verify(password: String, hash: Option<String>) -> bool {
+    tokio::task::spawn_blocking(move || {
+        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
+        let Ok(parsed) = PasswordHash::new(&hash) else {
+            return false;
+        };
+        argon2().verify_password(password.as_bytes(), &parsed).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::encode_b64(b"capsule-dummy-salt").expect("a constant salt encodes");
+        argon2()
+            .hash_password(b"not a password anyone has", &salt)
+            .map(|hash| hash.to_string())
+            .unwrap_or_default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violation(password: &str) -> Option<String> {
+        let mut violations = FieldViolations::new();
+        check_policy(password, "ada@example.com", "password", &mut violations);
+        violations.check().err().map(|status| status.message().to_owned())
+    }
+
+    #[test]
+    fn the_policy_follows_nist() {
+        assert_eq!(violation("correct horse battery staple"), None);
+        assert_eq!(violation("ünïcödé😀pw"), None);
+        assert!(violation("").unwrap().contains("at least 8"));
+        assert!(violation("short").unwrap().contains("at least 8"));
+        assert!(violation(&"x".repeat(129)).unwrap().contains("at most 128"));
+        assert_eq!(violation(&"x".repeat(128)), None);
+        assert!(violation(&"a".repeat(10_000)).unwrap().contains("at most 128"));
+        assert!(violation("Password1").unwrap().contains("common"));
+        assert!(violation("ADA@example.com").unwrap().contains("email"));
+    }
+
+    #[tokio::test]
+    async fn hashes_verify_and_differ() {
+        let first = hash("correct horse battery staple".to_owned()).await.unwrap();
+        let second = hash("correct horse battery staple".to_owned()).await.unwrap();
+        assert!(first.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert_ne!(first, second, "salted");
+        assert!(verify("correct horse battery staple".to_owned(), Some(first.clone())).await);
+        assert!(!verify("wrong horse battery staple".to_owned(), Some(first)).await);
+        assert!(!verify("anything".to_owned(), None).await);
+    }
+}

@@ -1,0 +1,422 @@
+//! Access tokens, checked by every service for itself.
+//!
+//! Auth signs short-lived JWTs with Ed25519 (`alg: EdDSA`, `kid` in the
+//! header; claims `sub`, `role`, `sid`, `iat`, `exp`, `iss`, `aud`) and
+//! publishes the public keys (GetJwks). Every service mounts [`AuthLayer`]:
+//! it reads the RPC's access level from the `(capsule.auth.v1.access)`
+//! option in the descriptors, verifies the bearer token with the cached key
+//! set (fetching again when a token names an unknown key), puts the
+//! [`Caller`] in the request's extensions, and answers UNAUTHENTICATED or
+//! PERMISSION_DENIED itself.
+//!
+//! Revocation: auth checks the session of every token it is shown against
+//! its database, so a revoked session or a deactivated user is cut off
+//! there at once. Other services trust a valid token until it expires
+//! (15 minutes at most); refresh is refused at once.
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use prost_reflect::{DescriptorPool, Value};
+use tokio::sync::{Mutex, RwLock};
+use tonic::Status;
+use tower::{Layer, Service};
+use uuid::Uuid;
+
+use crate::proto::{
+    self,
+    auth::v1::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient},
+};
+
+/// The `iss` of every access token.
+pub const ISSUER: &str = "capsule-auth";
+/// The `aud` of every access token.
+pub const AUDIENCE: &str = "capsule";
+/// Clock skew tolerated on `exp` and `iat`.
+const LEEWAY_SECS: u64 = 30;
+/// The shortest pause between two key-set fetches: a flood of tokens with
+/// made-up key ids must not turn into a flood of fetches.
+const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Who may call an RPC (`capsule.auth.v1.Access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Unspecified,
+    Public,
+    Authenticated,
+    Admin,
+    Runner,
+    Internal,
+}
+
+impl Access {
+    fn from_number(number: i32) -> Self {
+        match number {
+            1 => Self::Public,
+            2 => Self::Authenticated,
+            3 => Self::Admin,
+            4 => Self::Runner,
+            5 => Self::Internal,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+/// The access level of every Capsule RPC, by `/package.Service/Method`
+/// path, read once from the descriptors.
+pub fn policies() -> &'static HashMap<String, Access> {
+    static POLICIES: OnceLock<HashMap<String, Access>> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set decodes");
+        let extension = pool
+            .get_extension_by_name("capsule.auth.v1.access")
+            .expect("access.proto defines capsule.auth.v1.access");
+        let mut policies = HashMap::new();
+        for service in pool
+            .services()
+            .filter(|service| service.full_name().starts_with("capsule."))
+        {
+            for method in service.methods() {
+                let options = method.options();
+                let access = match options.get_extension(&extension).as_ref() {
+                    Value::EnumNumber(number) => Access::from_number(*number),
+                    _ => Access::Unspecified,
+                };
+                policies.insert(format!("/{}/{}", service.full_name(), method.name()), access);
+            }
+        }
+        policies
+    })
+}
+
+/// A role in a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Admin,
+    /// A build runner.
+    Runner,
+    /// Another Capsule service.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+            Self::Runner => "runner",
+            Self::Service => "service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            "runner" => Some(Self::Runner),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: String,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// The verified caller of a request, in its extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub session_id: Uuid,
+    /// The bearer token, to pass on to other services on the caller's
+    /// behalf. Never logged.
+    token: Arc<str>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The `authorization` header value that calls another service as this
+    /// caller.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// The caller of a request that passed [`AuthLayer`]; UNAUTHENTICATED
+    /// when there is none (a public method, or no layer).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("sign in first: send `authorization: Bearer <access token>`"))
+    }
+}
+
+/// Where the public keys come from.
+#[async_trait::async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    async fn fetch(&self) -> anyhow::Result<Vec<Jwk>>;
+}
+
+/// The auth service's GetJwks, over gRPC.
+pub struct GrpcKeySource {
+    client: AuthServiceClient<tonic::transport::Channel>,
+}
+
+impl GrpcKeySource {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        Self {
+            client: AuthServiceClient::new(channel),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl KeySource for GrpcKeySource {
+    async fn fetch(&self) -> anyhow::Result<Vec<Jwk>> {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(GetJwksRequest {});
+        request.set_timeout(Duration::from_secs(3));
+        Ok(client.get_jwks(request).await?.into_inner().keys)
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("sign in first: send `authorization: Bearer <access token>`")]
+    Missing,
+    #[error("the authorization header must be `Bearer <access token>`")]
+    Malformed,
+    #[error("the access token has expired; refresh it")]
+    Expired,
+    #[error("the access token is signed with an unknown key")]
+    UnknownKey,
+    #[error("the access token is not valid")]
+    Invalid,
+    #[error("cannot check the access token now: the key set is unavailable")]
+    KeysUnavailable,
+}
+
+impl From<TokenError> for Status {
+    fn from(err: TokenError) -> Self {
+        match err {
+            TokenError::KeysUnavailable => Status::unavailable(err.to_string()),
+            other => Status::unauthenticated(other.to_string()),
+        }
+    }
+}
+
+/// The public keys that verify access tokens, cached by key id.
+pub struct KeySet {
+    source: Arc<dyn KeySource>,
+    keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
+    last_fetch: Mutex<Option<Instant>>,
+    validation: Validation,
+}
+
+impl KeySet {
+    pub fn new(source: Arc<dyn KeySource>) -> Arc<Self> {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        validation.leeway = LEEWAY_SECS;
+        Arc::new(Self {
+            source,
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            validation,
+        })
+    }
+
+    /// Fetches the key set again, unless that was done moments ago.
+    async fn refresh(&self) -> Result<(), TokenError> {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let jwks = self.source.fetch().await.map_err(|err| {
+            tracing::warn!(error = %err, "cannot fetch the token signing keys");
+            TokenError::KeysUnavailable
+        })?;
+        let mut keys = HashMap::new();
+        for jwk in jwks {
+            if jwk.kty != "OKP" || jwk.crv != "Ed25519" {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_ed_components(&jwk.x) {
+                keys.insert(jwk.kid, Arc::new(key));
+            }
+        }
+        *self.keys.write().await = keys;
+        Ok(())
+    }
+
+    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, TokenError> {
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        self.refresh().await?;
+        self.keys.read().await.get(kid).cloned().ok_or(TokenError::UnknownKey)
+    }
+
+    /// Verifies a token: EdDSA only, known key, issuer, audience, expiry.
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        let key = self.key(&kid).await?;
+        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Invalid,
+            })
+    }
+
+    /// Verifies a token and turns it into a caller.
+    pub async fn caller(&self, token: &str) -> Result<Caller, TokenError> {
+        let claims = self.verify(token).await?;
+        Ok(Caller {
+            user_id: claims.sub.parse().map_err(|_| TokenError::Invalid)?,
+            role: Role::parse(&claims.role).ok_or(TokenError::Invalid)?,
+            session_id: claims.sid.parse().map_err(|_| TokenError::Invalid)?,
+            token: Arc::from(token),
+        })
+    }
+}
+
+fn bearer(headers: &http::HeaderMap) -> Result<&str, TokenError> {
+    let value = headers.get(http::header::AUTHORIZATION).ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(TokenError::Malformed);
+    }
+    Ok(token.trim())
+}
+
+/// Decides a request: `Ok(Some(caller))` to pass with a caller,
+/// `Ok(None)` to pass without one, `Err` to answer with that status.
+pub async fn authorize(keys: &KeySet, path: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
+    let access = match policies().get(path) {
+        Some(access) => *access,
+        // Health, reflection and /metrics are not Capsule RPCs.
+        None if !path.starts_with("/capsule.") => return Ok(None),
+        None => return Err(Status::unimplemented(format!("unknown method {path}"))),
+    };
+    if access == Access::Public {
+        return Ok(None);
+    }
+    if access == Access::Unspecified {
+        return Err(Status::permission_denied(
+            "this method declares no access policy, so nobody may call it",
+        ));
+    }
+    let caller = keys.caller(bearer(headers)?).await?;
+    let allowed = match access {
+        Access::Authenticated => matches!(caller.role, Role::User | Role::Admin),
+        Access::Admin => caller.role == Role::Admin,
+        Access::Runner => caller.role == Role::Runner,
+        Access::Internal => caller.role == Role::Service,
+        Access::Public | Access::Unspecified => false,
+    };
+    if !allowed {
+        let needed = match access {
+            Access::Admin => "an admin",
+            Access::Runner => "a runner",
+            Access::Internal => "a Capsule service",
+            _ => "a signed-in user",
+        };
+        return Err(Status::permission_denied(format!("only {needed} may call this method")));
+    }
+    Ok(Some(caller))
+}
+
+/// The tower layer every service mounts: see the module doc.
+#[derive(Clone)]
+pub struct AuthLayer {
+    keys: Arc<KeySet>,
+}
+
+impl AuthLayer {
+    pub fn new(keys: Arc<KeySet>) -> Self {
+        Self { keys }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = RequireAccess<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireAccess {
+            inner,
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequireAccess<S> {
+    inner: S,
+    keys: Arc<KeySet>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B> Service<http::Request<B>> for RequireAccess<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready service handles this call; a fresh clone waits for the
+        // next one (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let keys = self.keys.clone();
+        Box::pin(async move {
+            match authorize(&keys, request.uri().path(), request.headers()).await {
+                Ok(caller) => {
+                    if let Some(caller) = caller {
+                        request.extensions_mut().insert(caller);
+                    }
+                    inner.call(request).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}

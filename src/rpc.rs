@@ -1,0 +1,238 @@
+//! What every gRPC handler needs: field violations, page sizes and tokens,
+//! ids, and one mapping of database trouble to statuses.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+/// Bad fields of one request, answered together as INVALID_ARGUMENT with a
+/// `google.rpc.BadRequest` detail.
+#[derive(Debug, Default)]
+pub struct FieldViolations(Vec<(String, String)>);
+
+impl FieldViolations {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records that `field` is bad and what a good value looks like.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push((field.into(), description.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing was recorded, else the INVALID_ARGUMENT status.
+    pub fn check(self) -> Result<(), Status> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let message = self
+            .0
+            .iter()
+            .map(|(field, description)| format!("{field}: {description}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut details = ErrorDetails::new();
+        for (field, description) in &self.0 {
+            details.add_bad_request_violation(field.clone(), description.clone());
+        }
+        Err(Status::with_error_details(Code::InvalidArgument, message, details))
+    }
+}
+
+/// A single bad field.
+pub fn invalid_field(field: &str, description: &str) -> Status {
+    let mut violations = FieldViolations::new();
+    violations.add(field, description);
+    violations
+        .check()
+        .err()
+        .unwrap_or_else(|| Status::invalid_argument(description.to_owned()))
+}
+
+/// `page_size`: 0 means `default`; 1..=`max` as given; anything else is a
+/// violation.
+pub fn page_size(value: i32, default: i64, max: i64, violations: &mut FieldViolations) -> i64 {
+    match i64::from(value) {
+        0 => default,
+        size if (1..=max).contains(&size) => size,
+        _ => {
+            violations.add("page_size", format!("must be between 1 and {max} (0 for {default})"));
+            default
+        }
+    }
+}
+
+/// A position in a list ordered by (time, id), newest first: opaque to
+/// clients, checked when it comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageToken {
+    pub time: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl PageToken {
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.time.timestamp_micros(), self.id))
+    }
+
+    /// Parses `page_token`; an empty token is the first page. A token that
+    /// does not parse is a violation.
+    pub fn decode(token: &str, violations: &mut FieldViolations) -> Option<Self> {
+        if token.is_empty() {
+            return None;
+        }
+        let parsed = URL_SAFE_NO_PAD
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .and_then(|text| {
+                let (micros, id) = text.split_once('|')?;
+                Some(Self {
+                    time: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+                    id: id.parse().ok()?,
+                })
+            });
+        if parsed.is_none() {
+            violations.add(
+                "page_token",
+                "is not a token from a previous page; pass next_page_token as returned",
+            );
+        }
+        parsed
+    }
+}
+
+/// Parses a resource id; a malformed one is a violation.
+pub fn parse_id(field: &str, value: &str, violations: &mut FieldViolations) -> Uuid {
+    match Uuid::parse_str(value) {
+        Ok(id) => id,
+        Err(_) if value.is_empty() => {
+            violations.add(field, "is required");
+            Uuid::nil()
+        }
+        Err(_) => {
+            violations.add(field, "must be a UUID such as 0190c3c2-5f1e-7cc0-8b6e-4a1f2d3c4b5a");
+            Uuid::nil()
+        }
+    }
+}
+
+/// A protobuf Timestamp.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Why a database call did not give an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection could be had (pool timeout, database down).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+impl DbError {
+    /// True for a unique-constraint violation, optionally on `constraint`.
+    pub fn is_unique_violation(&self, constraint: Option<&str>) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self {
+            Self::Query(Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)) => {
+                constraint.is_none_or(|name| info.constraint_name() == Some(name))
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Query(diesel::result::Error::NotFound))
+    }
+}
+
+impl From<DbError> for Status {
+    /// Unavailable → UNAVAILABLE; a connection that broke mid-query →
+    /// UNAVAILABLE; not found → NOT_FOUND; anything else is logged once and
+    /// answered INTERNAL without details.
+    fn from(err: DbError) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            DbError::Unavailable(_)
+            | DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
+            | DbError::Query(Error::BrokenTransactionManager) => {
+                Status::unavailable("the database is unavailable; retry shortly")
+            }
+            DbError::Query(Error::NotFound) => Status::not_found("not found"),
+            DbError::Query(Error::DatabaseError(DatabaseErrorKind::Unknown, info))
+                if info.message().contains("canceling statement due to statement timeout") =>
+            {
+                Status::deadline_exceeded("the database took too long; retry shortly")
+            }
+            other => {
+                tracing::error!(error = %other, "database query failed");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl crate::db::Database {
+    /// Runs blocking diesel work on a pooled connection's thread.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|err| DbError::Unavailable(err.to_string()))?;
+        conn.interact(work)
+            .await
+            .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?
+            .map_err(DbError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_a_violation() {
+        let token = PageToken {
+            time: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+            id: Uuid::new_v4(),
+        };
+        let mut violations = FieldViolations::new();
+        assert_eq!(PageToken::decode(&token.encode(), &mut violations), Some(token));
+        assert!(violations.is_empty());
+        assert_eq!(PageToken::decode("not-a-token!", &mut violations), None);
+        let status = violations.check().unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().starts_with("page_token:"));
+    }
+
+    #[test]
+    fn page_sizes_outside_the_range_are_violations() {
+        let mut violations = FieldViolations::new();
+        assert_eq!(page_size(0, 20, 100, &mut violations), 20);
+        assert_eq!(page_size(100, 20, 100, &mut violations), 100);
+        assert!(violations.is_empty());
+        for bad in [-1, 101, 1_000_000_000] {
+            page_size(bad, 20, 100, &mut violations);
+        }
+        let status = violations.check().unwrap_err();
+        let details = status.get_details_bad_request().unwrap();
+        assert_eq!(details.field_violations.len(), 3);
+    }
+}
