@@ -226,12 +226,20 @@ impl From<TokenError> for Status {
     }
 }
 
-/// The public keys that verify access tokens, cached by key id.
+/// How many verified tokens are remembered. A client sends the same token
+/// on every call for its lifetime: verifying it once saves the EdDSA
+/// check (about 45 µs) on every later call.
+const VERIFIED_CACHE_SIZE: usize = 10_000;
+
+/// The public keys that verify access tokens, cached by key id, and the
+/// tokens already verified.
 pub struct KeySet {
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     last_fetch: Mutex<Option<Instant>>,
     validation: Validation,
+    /// Verified tokens with their `exp`.
+    verified: std::sync::RwLock<HashMap<Arc<str>, (Caller, i64)>>,
 }
 
 impl KeySet {
@@ -246,7 +254,17 @@ impl KeySet {
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
             validation,
+            verified: std::sync::RwLock::new(HashMap::new()),
         })
+    }
+
+    /// A key set fetched from the auth service at `auth_url` (connected on
+    /// first use).
+    pub fn from_auth_service(auth_url: &str) -> anyhow::Result<Arc<Self>> {
+        let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Self::new(Arc::new(GrpcKeySource::new(channel))))
     }
 
     /// Fetches the key set again, unless that was done moments ago.
@@ -297,15 +315,42 @@ impl KeySet {
             })
     }
 
-    /// Verifies a token and turns it into a caller.
+    /// Verifies a token and turns it into a caller. A token verified
+    /// before is answered from memory until it expires.
     pub async fn caller(&self, token: &str) -> Result<Caller, TokenError> {
+        if let Some(caller) = self.remembered(token) {
+            return Ok(caller);
+        }
         let claims = self.verify(token).await?;
-        Ok(Caller {
+        let caller = Caller {
             user_id: claims.sub.parse().map_err(|_| TokenError::Invalid)?,
             role: Role::parse(&claims.role).ok_or(TokenError::Invalid)?,
             session_id: claims.sid.parse().map_err(|_| TokenError::Invalid)?,
             token: Arc::from(token),
-        })
+        };
+        self.remember(&caller, claims.exp);
+        Ok(caller)
+    }
+
+    fn remembered(&self, token: &str) -> Option<Caller> {
+        let verified = self.verified.read().ok()?;
+        let (caller, expires) = verified.get(token)?;
+        let now = chrono::Utc::now().timestamp();
+        (*expires + i64::try_from(LEEWAY_SECS).unwrap_or(0) > now).then(|| caller.clone())
+    }
+
+    fn remember(&self, caller: &Caller, expires: i64) {
+        let Ok(mut verified) = self.verified.write() else {
+            return;
+        };
+        if verified.len() >= VERIFIED_CACHE_SIZE {
+            let now = chrono::Utc::now().timestamp();
+            verified.retain(|_, (_, expires)| *expires > now);
+            if verified.len() >= VERIFIED_CACHE_SIZE {
+                verified.clear();
+            }
+        }
+        verified.insert(caller.token.clone(), (caller.clone(), expires));
     }
 }
 

@@ -402,16 +402,16 @@ impl ServeConfig {
     }
 }
 
-/// Where the gateway finds the services it fronts.
+/// Where a service finds the others (`AUTH_SERVICE_URL`,
+/// `PROJECT_SERVICE_URL`, `DEPLOY_SERVICE_URL`).
 #[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    pub http_addr: SocketAddr,
-    pub auth_url: String,
-    pub project_url: String,
-    pub deploy_url: String,
+pub struct ServiceUrls {
+    pub auth: String,
+    pub project: String,
+    pub deploy: String,
 }
 
-impl GatewayConfig {
+impl ServiceUrls {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&ProcessEnv)
     }
@@ -432,15 +432,34 @@ impl GatewayConfig {
             }
         };
         Ok(Self {
+            auth: service_url(ServiceKind::Auth)?,
+            project: service_url(ServiceKind::Project)?,
+            deploy: service_url(ServiceKind::Deploy)?,
+        })
+    }
+}
+
+/// The gateway's HTTP address and the services it fronts.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    pub services: ServiceUrls,
+}
+
+impl GatewayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
             http_addr: parse_or(
                 source,
                 "GATEWAY_HTTP_ADDR",
                 SocketAddr::from(([0, 0, 0, 0], 8080)),
                 "expected an address such as 0.0.0.0:8080",
             )?,
-            auth_url: service_url(ServiceKind::Auth)?,
-            project_url: service_url(ServiceKind::Project)?,
-            deploy_url: service_url(ServiceKind::Deploy)?,
+            services: ServiceUrls::from_source(source)?,
         })
     }
 }
@@ -533,7 +552,7 @@ mod tests {
         let err = GatewayConfig::from_source(&source(&[("AUTH_SERVICE_URL", "auth:50051")])).unwrap_err();
         assert_eq!(err.variable, "AUTH_SERVICE_URL");
         let cfg = GatewayConfig::from_source(&source(&[])).unwrap();
-        assert_eq!(cfg.project_url, "http://127.0.0.1:50052");
+        assert_eq!(cfg.services.project, "http://127.0.0.1:50052");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use capsule::{
-    config::{GatewayConfig, ServiceKind},
+    config::{GatewayConfig, ServiceKind, ServiceUrls},
     testing::{self, TestDatabase},
 };
 use diesel::RunQueryDsl;
@@ -31,43 +31,52 @@ struct Mesh {
 
 async fn start_mesh() -> Mesh {
     let shutdown = CancellationToken::new();
+    let mut listeners = Vec::new();
+    for kind in ServiceKind::WITH_DATABASE {
+        listeners.push((kind, testing::free_listener().await));
+    }
+    let url = |kind: ServiceKind| {
+        let addr = listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .unwrap()
+            .1
+            .local_addr()
+            .unwrap();
+        format!("http://{addr}")
+    };
+    let services = ServiceUrls {
+        auth: url(ServiceKind::Auth),
+        project: url(ServiceKind::Project),
+        deploy: url(ServiceKind::Deploy),
+    };
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     let mut databases = Vec::new();
-    for kind in ServiceKind::WITH_DATABASE {
+    for (kind, listener) in listeners {
         let migrations = match kind {
             ServiceKind::Auth => &capsule_auth::MIGRATIONS,
             ServiceKind::Project => &capsule_project::MIGRATIONS,
             _ => &capsule_deploy::MIGRATIONS,
         };
         let db = TestDatabase::migrated(kind, migrations).await;
-        let listener = testing::free_listener().await;
         let addr = listener.local_addr().unwrap();
-        let (config, serve) = (db.db_config(), testing::serve_config(addr));
+        let (config, serve, services) = (db.db_config(), testing::serve_config(addr), services.clone());
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             match kind {
                 ServiceKind::Auth => capsule_auth::serve(listener, config, serve, token).await,
-                ServiceKind::Project => capsule_project::serve(listener, config, serve, token).await,
-                _ => capsule_deploy::serve(listener, config, serve, token).await,
+                ServiceKind::Project => capsule_project::serve(listener, config, services, serve, token).await,
+                _ => capsule_deploy::serve(listener, config, services, serve, token).await,
             }
         }));
         addrs.push((kind, addr));
         databases.push(db);
     }
-    let url = |kind: ServiceKind| {
-        let addr = addrs.iter().find(|(k, _)| *k == kind).unwrap().1;
-        format!("http://{addr}")
-    };
     let grpc = testing::free_listener().await;
     let http = testing::free_listener().await;
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let config = GatewayConfig {
-        http_addr,
-        auth_url: url(ServiceKind::Auth),
-        project_url: url(ServiceKind::Project),
-        deploy_url: url(ServiceKind::Deploy),
-    };
+    let config = GatewayConfig { http_addr, services };
     let token = shutdown.clone();
     tasks.push(tokio::spawn(capsule_gateway::serve(
         grpc,
@@ -274,6 +283,7 @@ async fn health_follows_the_database_through_an_outage_without_a_restart() {
     let task = tokio::spawn(capsule_project::serve(
         listener,
         config,
+        ServiceUrls::from_source(&|_: &str| None).unwrap(),
         testing::serve_config(addr),
         shutdown.clone(),
     ));

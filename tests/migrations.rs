@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use capsule::{
-    config::ServiceKind,
+    config::{ServiceKind, ServiceUrls},
     migrate::{self, MigrateError, MigrateOptions, MigrationFile, MigrationSet, Problem, State},
     testing::{self, TestDatabase},
 };
@@ -168,6 +168,7 @@ async fn a_database_ahead_of_the_binary_refuses_to_start() {
         capsule_project::serve(
             listener,
             db.db_config(),
+            ServiceUrls::from_source(&|_: &str| None).unwrap(),
             testing::serve_config(addr),
             CancellationToken::new(),
         ),

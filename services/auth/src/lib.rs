@@ -88,3 +88,31 @@ pub async fn serve_with(
     reloader.abort();
     result
 }
+
+/// The development admin's credentials.
+pub struct DevAdmin {
+    pub email: String,
+    pub password: String,
+}
+
+/// Creates the development admin, or resets its password and role: for
+/// `capsule dev` only (a migration would ship it to production). Without a
+/// password, a random one is made.
+pub async fn ensure_dev_admin(db_config: &DbConfig, email: &str, password: Option<String>) -> anyhow::Result<DevAdmin> {
+    let password = match password {
+        Some(password) => password,
+        None => {
+            let mut bytes = [0u8; 12];
+            getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        }
+    };
+    let hash = password::hash(password.clone()).await?;
+    let db = Database::new(db_config.clone())?;
+    let email_owned = email.to_owned();
+    db.run(move |conn| db::upsert_admin(conn, &email_owned, &hash)).await?;
+    Ok(DevAdmin {
+        email: email.to_owned(),
+        password,
+    })
+}

@@ -1,6 +1,6 @@
 //! `capsule dev`: one command from a fresh clone to a running mesh.
 
-use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, Source};
+use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, ServiceUrls, Source};
 use tokio::task::JoinSet;
 
 use crate::{bind, postgres};
@@ -17,7 +17,10 @@ impl Source for DevSource {
         if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
             return Some(value);
         }
-        if name.ends_with("_DB_HOST") {
+        if name == "CAPSULE_DEV_MAILER" {
+            // Development: log outgoing mail (verification and reset links).
+            Some("log".to_owned())
+        } else if name.ends_with("_DB_HOST") {
             Some(self.host.clone())
         } else if name.ends_with("_DB_PORT") {
             Some(self.port.to_string())
@@ -26,6 +29,9 @@ impl Source for DevSource {
         }
     }
 }
+
+/// The development admin's email; its password is printed at start.
+const DEV_ADMIN_EMAIL: &str = "admin@capsule.dev";
 
 pub async fn run() -> anyhow::Result<()> {
     let project_dir = postgres::project_dir()?;
@@ -41,8 +47,15 @@ pub async fn run() -> anyhow::Result<()> {
         if config.url_override.is_none() {
             postgres::provision(&server.admin_url, &config).await?;
         }
+        crate::migrate::apply(&config).await?;
         db_configs.push(config);
     }
+    let auth_config = capsule_auth::AuthConfig::from_source(&source)?;
+    let admin_password = std::env::var("CAPSULE_DEV_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let admin = capsule_auth::ensure_dev_admin(&db_configs[0], DEV_ADMIN_EMAIL, admin_password).await?;
+    let services = ServiceUrls::from_source(&source)?;
 
     let shutdown = capsule::shutdown::on_signal();
     let mut tasks = JoinSet::new();
@@ -58,11 +71,16 @@ pub async fn run() -> anyhow::Result<()> {
             config.target()
         ));
         let shutdown = shutdown.clone();
+        let (auth_config, services) = (auth_config.clone(), services.clone());
         tasks.spawn(async move {
             let result = match kind {
-                ServiceKind::Auth => capsule_auth::serve(listener, config, serve_config, shutdown).await,
-                ServiceKind::Project => capsule_project::serve(listener, config, serve_config, shutdown).await,
-                ServiceKind::Deploy => capsule_deploy::serve(listener, config, serve_config, shutdown).await,
+                ServiceKind::Auth => {
+                    capsule_auth::serve_with(listener, config, auth_config, serve_config, shutdown).await
+                }
+                ServiceKind::Project => {
+                    capsule_project::serve(listener, config, services, serve_config, shutdown).await
+                }
+                ServiceKind::Deploy => capsule_deploy::serve(listener, config, services, serve_config, shutdown).await,
                 ServiceKind::Gateway => Ok(()),
             };
             (kind, result)
@@ -97,10 +115,14 @@ pub async fn run() -> anyhow::Result<()> {
          grpcurl -plaintext localhost:50051 describe capsule.auth.v1.AuthService\n  \
          grpcurl -plaintext -d '{{\"service\":\"capsule.project.v1.ProjectService\"}}' localhost:50052 grpc.health.v1.Health/Check\n  \
          curl localhost:8080/readyz\n  \
-         curl localhost:50053/metrics\n\nCtrl-C stops everything{}.\n",
+         curl localhost:50053/metrics\n\n\
+         Development admin: {DEV_ADMIN_EMAIL} / {}\n\
+         Mail is logged, not sent (verification and reset links appear in the log).\n\n\
+         Ctrl-C stops everything{}.\n",
         capsule::config::redact_url(&server.admin_url),
         server.origin,
         lines.join("\n"),
+        admin.password,
         if server.started_here.is_some() {
             ", the private PostgreSQL cluster included"
         } else {

@@ -14,7 +14,7 @@ mod postgres;
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind};
+use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, ServiceUrls};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -137,10 +137,12 @@ pub(crate) async fn serve_one(
             capsule_auth::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
         }
         ServiceKind::Project => {
-            capsule_project::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
+            let (db, services) = (DbConfig::from_env(kind)?, ServiceUrls::from_env()?);
+            capsule_project::serve(listener, db, services, serve_config.clone(), shutdown).await
         }
         ServiceKind::Deploy => {
-            capsule_deploy::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
+            let (db, services) = (DbConfig::from_env(kind)?, ServiceUrls::from_env()?);
+            capsule_deploy::serve(listener, db, services, serve_config.clone(), shutdown).await
         }
         ServiceKind::Gateway => {
             let config = GatewayConfig::from_env()?;

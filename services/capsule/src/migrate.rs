@@ -234,6 +234,29 @@ fn act(
     })
 }
 
+/// Applies a service's pending migrations, printing what was applied.
+pub async fn apply(config: &DbConfig) -> anyhow::Result<()> {
+    let kind = config.service;
+    let db = Database::new(config.clone())?;
+    let mut conn = db.connect_direct().await.with_context(|| {
+        format!(
+            "cannot reach the {kind} database at {}; check {}",
+            config.target(),
+            config.variables_hint()
+        )
+    })?;
+    let set = migration_set(kind);
+    let applied =
+        tokio::task::spawn_blocking(move || migrate::migrate(&mut conn, set, &MigrateOptions::default())).await??;
+    for migration in applied {
+        println!(
+            "{kind}: applied {} {} ({} ms)",
+            migration.version, migration.description, migration.duration_ms
+        );
+    }
+    Ok(())
+}
+
 /// A table a person reads at a glance.
 fn render_table(rows: &[InfoRow]) -> String {
     let header = [

@@ -111,3 +111,55 @@ async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
     assert!(status.success(), "exit status {status}");
     assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish() {
+    use capsule::proto::auth::v1::{RegisterRequest, auth_service_client::AuthServiceClient};
+
+    let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
+    let port = testing::free_listener().await.local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = capsule()
+        .args(["serve", "auth"])
+        .env("AUTH_DATABASE_URL", &db.url)
+        .env("AUTH_GRPC_ADDR", addr.to_string())
+        .env("CAPSULE_DRAIN_DELAY_MS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    testing::wait_for_health(addr, "capsule.auth.v1.AuthService", SERVING, Duration::from_secs(20)).await;
+    let client = AuthServiceClient::new(testing::channel(addr).await);
+
+    // Registrations hash a password (tens of ms each, two cores): twelve
+    // of them are still running when the signal arrives.
+    let calls: Vec<_> = (0..12)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .register(RegisterRequest {
+                        email: format!("inflight{i}@example.com"),
+                        password: "correct horse battery staple".to_owned(),
+                        name: "In Flight".to_owned(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for call in calls {
+        let outcome = call.await.unwrap();
+        assert!(outcome.is_ok(), "an in-flight call failed: {outcome:?}");
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}

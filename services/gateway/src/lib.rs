@@ -37,9 +37,9 @@ impl Backends {
                 .connect_lazy())
         };
         Ok(Self {
-            auth: channel(&config.auth_url)?,
-            project: channel(&config.project_url)?,
-            deploy: channel(&config.deploy_url)?,
+            auth: channel(&config.services.auth)?,
+            project: channel(&config.services.project)?,
+            deploy: channel(&config.services.deploy)?,
         })
     }
 
@@ -63,7 +63,9 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let backends = Backends::new(&config)?;
+    let keys = capsule::auth::KeySet::from_auth_service(&config.services.auth)?;
     let server = GrpcServer::new(ServiceKind::Gateway)
+        .require_access(keys)
         .add_service(GatewayServiceServer::new(GatewayServiceApi::new(backends.clone())));
     // The gateway holds no state of its own: it serves as soon as it listens.
     server.health().set(true).await;

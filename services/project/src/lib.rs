@@ -3,7 +3,7 @@
 mod grpc;
 
 use capsule::{
-    config::{DbConfig, ServeConfig, ServiceKind},
+    config::{DbConfig, ServeConfig, ServiceKind, ServiceUrls},
     db::Database,
     migrate::MigrationSet,
     proto::project::v1::project_service_server::ProjectServiceServer,
@@ -25,11 +25,14 @@ pub static MIGRATIONS: MigrationSet =
 pub async fn serve(
     listener: TcpListener,
     db_config: DbConfig,
+    services: ServiceUrls,
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = Database::new(db_config)?;
+    let keys = capsule::auth::KeySet::from_auth_service(&services.auth)?;
     GrpcServer::new(ServiceKind::Project)
+        .require_access(keys)
         .add_service(ProjectServiceServer::new(ProjectServiceApi::new(db.clone())))
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await

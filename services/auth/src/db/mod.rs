@@ -498,3 +498,33 @@ impl SigningKeyRow {
         .execute(conn)
     }
 }
+
+/// Creates an active, verified admin with this email, or makes the existing
+/// account one with this password hash.
+pub fn upsert_admin(conn: &mut PgConnection, email: &str, password_hash: &str) -> QueryResult<Uuid> {
+    conn.transaction(|conn| match User::find_by_email(conn, email)? {
+        Some(user) => {
+            diesel::update(users::table.find(user.id))
+                .set((
+                    users::password_hash.eq(password_hash),
+                    users::role.eq("admin"),
+                    users::is_active.eq(true),
+                ))
+                .execute(conn)?;
+            Ok(user.id)
+        }
+        None => {
+            let user = User::create(
+                conn,
+                &NewUser {
+                    email,
+                    password_hash,
+                    name: "Capsule Admin",
+                    role: "admin",
+                },
+            )?;
+            User::mark_email_verified(conn, user.id)?;
+            Ok(user.id)
+        }
+    })
+}
