@@ -231,9 +231,56 @@ impl From<TokenError> for Status {
 /// check (about 45 µs) on every later call.
 const VERIFIED_CACHE_SIZE: usize = 10_000;
 
+/// Shared secrets for the two callers that are not users.
+///
+/// - `DEPLOY_RUNNER_TOKEN`: build runners send it as their bearer token to
+///   call the runner API (`ACCESS_RUNNER`).
+/// - `CAPSULE_INTERNAL_SECRET`: Capsule services send it in
+///   `x-capsule-internal`, next to the user's bearer token, to call
+///   `ACCESS_INTERNAL` methods on that user's behalf.
+///
+/// Unset, the matching methods are refused.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub runner_token: Option<String>,
+    pub internal_secret: Option<String>,
+}
+
+impl Secrets {
+    pub fn from_env() -> Self {
+        Self::from_source(&crate::config::ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn crate::config::Source) -> Self {
+        Self {
+            runner_token: source.get("DEPLOY_RUNNER_TOKEN"),
+            internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secrets")
+            .field("runner_token", &self.runner_token.as_ref().map(|_| "<set>"))
+            .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The header that carries `CAPSULE_INTERNAL_SECRET`.
+pub const INTERNAL_HEADER: &str = "x-capsule-internal";
+
+fn digest(value: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(value.as_bytes()).into()
+}
+
 /// The public keys that verify access tokens, cached by key id, and the
 /// tokens already verified.
 pub struct KeySet {
+    runner_token: Option<[u8; 32]>,
+    internal_secret: Option<[u8; 32]>,
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     last_fetch: Mutex<Option<Instant>>,
@@ -244,12 +291,19 @@ pub struct KeySet {
 
 impl KeySet {
     pub fn new(source: Arc<dyn KeySource>) -> Arc<Self> {
+        Self::with_secrets(source, &Secrets::default())
+    }
+
+    /// A key set that also accepts the runner token and the internal secret.
+    pub fn with_secrets(source: Arc<dyn KeySource>, secrets: &Secrets) -> Arc<Self> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.leeway = LEEWAY_SECS;
         Arc::new(Self {
+            runner_token: secrets.runner_token.as_deref().map(digest),
+            internal_secret: secrets.internal_secret.as_deref().map(digest),
             source,
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
@@ -260,11 +314,11 @@ impl KeySet {
 
     /// A key set fetched from the auth service at `auth_url` (connected on
     /// first use).
-    pub fn from_auth_service(auth_url: &str) -> anyhow::Result<Arc<Self>> {
+    pub fn from_auth_service(auth_url: &str, secrets: &Secrets) -> anyhow::Result<Arc<Self>> {
         let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        Ok(Self::new(Arc::new(GrpcKeySource::new(channel))))
+        Ok(Self::with_secrets(Arc::new(GrpcKeySource::new(channel)), secrets))
     }
 
     /// Fetches the key set again, unless that was done moments ago.
@@ -381,20 +435,41 @@ pub async fn authorize(keys: &KeySet, path: &str, headers: &http::HeaderMap) -> 
             "this method declares no access policy, so nobody may call it",
         ));
     }
-    let caller = keys.caller(bearer(headers)?).await?;
+    let token = bearer(headers)?;
+    if access == Access::Runner {
+        let expected = keys
+            .runner_token
+            .ok_or_else(|| Status::permission_denied("runners are not enabled here: set DEPLOY_RUNNER_TOKEN"))?;
+        if digest(token) != expected {
+            return Err(Status::unauthenticated("the runner token is not valid"));
+        }
+        return Ok(Some(Caller {
+            user_id: Uuid::nil(),
+            role: Role::Runner,
+            session_id: Uuid::nil(),
+            token: Arc::from(token),
+        }));
+    }
+    if access == Access::Internal {
+        let expected = keys.internal_secret.ok_or_else(|| {
+            Status::permission_denied("internal calls are not enabled here: set CAPSULE_INTERNAL_SECRET")
+        })?;
+        let presented = headers.get(INTERNAL_HEADER).and_then(|value| value.to_str().ok());
+        if presented.map(digest) != Some(expected) {
+            return Err(Status::permission_denied("only a Capsule service may call this method"));
+        }
+    }
+    let caller = keys.caller(token).await?;
     let allowed = match access {
-        Access::Authenticated => matches!(caller.role, Role::User | Role::Admin),
+        Access::Authenticated | Access::Internal => matches!(caller.role, Role::User | Role::Admin),
         Access::Admin => caller.role == Role::Admin,
-        Access::Runner => caller.role == Role::Runner,
-        Access::Internal => caller.role == Role::Service,
-        Access::Public | Access::Unspecified => false,
+        Access::Runner | Access::Public | Access::Unspecified => false,
     };
     if !allowed {
-        let needed = match access {
-            Access::Admin => "an admin",
-            Access::Runner => "a runner",
-            Access::Internal => "a Capsule service",
-            _ => "a signed-in user",
+        let needed = if access == Access::Admin {
+            "an admin"
+        } else {
+            "a signed-in user"
         };
         return Err(Status::permission_denied(format!("only {needed} may call this method")));
     }

@@ -439,6 +439,32 @@ impl ServiceUrls {
     }
 }
 
+/// What a service needs to reach and trust the others: their addresses and
+/// the shared secrets.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    pub services: ServiceUrls,
+    pub secrets: crate::auth::Secrets,
+}
+
+impl Mesh {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        Ok(Self {
+            services: ServiceUrls::from_source(source)?,
+            secrets: crate::auth::Secrets::from_source(source),
+        })
+    }
+
+    /// The key set that verifies this mesh's tokens and secrets.
+    pub fn key_set(&self) -> anyhow::Result<std::sync::Arc<crate::auth::KeySet>> {
+        crate::auth::KeySet::from_auth_service(&self.services.auth, &self.secrets)
+    }
+}
+
 /// The gateway's HTTP address and the services it fronts.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {

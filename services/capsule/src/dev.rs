@@ -1,6 +1,6 @@
 //! `capsule dev`: one command from a fresh clone to a running mesh.
 
-use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, ServiceUrls, Source};
+use capsule::config::{DbConfig, GatewayConfig, Mesh, ServeConfig, ServiceKind, Source};
 use tokio::task::JoinSet;
 
 use crate::{bind, postgres};
@@ -10,6 +10,7 @@ use crate::{bind, postgres};
 struct DevSource {
     host: String,
     port: u16,
+    internal_secret: String,
 }
 
 impl Source for DevSource {
@@ -20,6 +21,10 @@ impl Source for DevSource {
         if name == "CAPSULE_DEV_MAILER" {
             // Development: log outgoing mail (verification and reset links).
             Some("log".to_owned())
+        } else if name == "DEPLOY_LOCAL_RUNNER" {
+            Some("true".to_owned())
+        } else if name == "CAPSULE_INTERNAL_SECRET" {
+            Some(self.internal_secret.clone())
         } else if name.ends_with("_DB_HOST") {
             Some(self.host.clone())
         } else if name.ends_with("_DB_PORT") {
@@ -39,6 +44,7 @@ pub async fn run() -> anyhow::Result<()> {
     let source = DevSource {
         host: server.host.clone(),
         port: server.port,
+        internal_secret: random_hex()?,
     };
 
     let mut db_configs = Vec::new();
@@ -55,7 +61,8 @@ pub async fn run() -> anyhow::Result<()> {
         .ok()
         .filter(|p| !p.is_empty());
     let admin = capsule_auth::ensure_dev_admin(&db_configs[0], DEV_ADMIN_EMAIL, admin_password).await?;
-    let services = ServiceUrls::from_source(&source)?;
+    let mesh = Mesh::from_source(&source)?;
+    let deploy_config = capsule_deploy::DeployConfig::from_source(&source)?;
 
     let shutdown = capsule::shutdown::on_signal();
     let mut tasks = JoinSet::new();
@@ -71,16 +78,16 @@ pub async fn run() -> anyhow::Result<()> {
             config.target()
         ));
         let shutdown = shutdown.clone();
-        let (auth_config, services) = (auth_config.clone(), services.clone());
+        let (auth_config, mesh, deploy_config) = (auth_config.clone(), mesh.clone(), deploy_config.clone());
         tasks.spawn(async move {
             let result = match kind {
                 ServiceKind::Auth => {
                     capsule_auth::serve_with(listener, config, auth_config, serve_config, shutdown).await
                 }
-                ServiceKind::Project => {
-                    capsule_project::serve(listener, config, services, serve_config, shutdown).await
+                ServiceKind::Project => capsule_project::serve(listener, config, mesh, serve_config, shutdown).await,
+                ServiceKind::Deploy => {
+                    capsule_deploy::serve(listener, config, mesh, deploy_config, serve_config, shutdown).await
                 }
-                ServiceKind::Deploy => capsule_deploy::serve(listener, config, services, serve_config, shutdown).await,
                 ServiceKind::Gateway => Ok(()),
             };
             (kind, result)
@@ -150,4 +157,10 @@ pub async fn run() -> anyhow::Result<()> {
         eprintln!("capsule: stopped the private PostgreSQL cluster");
     }
     failure.map_or(Ok(()), Err)
+}
+
+fn random_hex() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }

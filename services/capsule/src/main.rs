@@ -14,7 +14,7 @@ mod postgres;
 use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::Context;
-use capsule::config::{DbConfig, GatewayConfig, ServeConfig, ServiceKind, ServiceUrls};
+use capsule::config::{DbConfig, GatewayConfig, Mesh, ServeConfig, ServiceKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,10 @@ enum Command {
     Serve {
         #[arg(value_enum)]
         service: Service,
+        /// deploy only: also run the built-in local runner in this process
+        /// (same as DEPLOY_LOCAL_RUNNER=true).
+        #[arg(long, value_enum)]
+        runner: Option<RunnerKind>,
     },
     /// Migrations: apply (default), info, validate, revert, redo, baseline.
     Migrate(migrate::MigrateArgs),
@@ -56,6 +60,11 @@ enum PostgresCommand {
     Up,
     /// Stop the private cluster under .capsule/, if it runs.
     Down,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RunnerKind {
+    Local,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -99,7 +108,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev => dev::run().await,
-        Command::Serve { service } => serve(service.into()).await,
+        Command::Serve { service, runner } => serve(service.into(), runner.is_some()).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Postgres { command } => match command {
             PostgresCommand::Up => {
@@ -119,16 +128,20 @@ pub(crate) async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<Tcp
         .with_context(|| format!("cannot listen on {addr}; set {variable} to a free address"))
 }
 
-async fn serve(kind: ServiceKind) -> anyhow::Result<()> {
+async fn serve(kind: ServiceKind, local_runner: bool) -> anyhow::Result<()> {
+    if local_runner && kind != ServiceKind::Deploy {
+        anyhow::bail!("--runner local is for `capsule serve deploy` only");
+    }
     let serve_config = ServeConfig::from_env(kind)?;
     let shutdown = capsule::shutdown::on_signal();
-    serve_one(kind, &serve_config, shutdown).await
+    serve_one(kind, &serve_config, local_runner, shutdown).await
 }
 
 /// Serves one service with its configuration from the environment.
-pub(crate) async fn serve_one(
+async fn serve_one(
     kind: ServiceKind,
     serve_config: &ServeConfig,
+    local_runner: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = bind(serve_config.grpc_addr, &kind.grpc_addr_variable()).await?;
@@ -137,12 +150,19 @@ pub(crate) async fn serve_one(
             capsule_auth::serve(listener, DbConfig::from_env(kind)?, serve_config.clone(), shutdown).await
         }
         ServiceKind::Project => {
-            let (db, services) = (DbConfig::from_env(kind)?, ServiceUrls::from_env()?);
-            capsule_project::serve(listener, db, services, serve_config.clone(), shutdown).await
+            let (db, mesh) = (DbConfig::from_env(kind)?, Mesh::from_env()?);
+            capsule_project::serve(listener, db, mesh, serve_config.clone(), shutdown).await
         }
         ServiceKind::Deploy => {
-            let (db, services) = (DbConfig::from_env(kind)?, ServiceUrls::from_env()?);
-            capsule_deploy::serve(listener, db, services, serve_config.clone(), shutdown).await
+            let (db, mesh) = (DbConfig::from_env(kind)?, Mesh::from_env()?);
+            let mut config = capsule_deploy::DeployConfig::from_env()?;
+            if local_runner && config.runner.is_none() {
+                config = capsule_deploy::DeployConfig::from_source(&|name: &str| match name {
+                    "DEPLOY_LOCAL_RUNNER" => Some("true".to_owned()),
+                    other => std::env::var(other).ok(),
+                })?;
+            }
+            capsule_deploy::serve(listener, db, mesh, config, serve_config.clone(), shutdown).await
         }
         ServiceKind::Gateway => {
             let config = GatewayConfig::from_env()?;

@@ -1,21 +1,632 @@
-//! The `capsule.deploy.v1.DeployService` implementation: parse, authorize, call the
-//! domain, convert. RPCs not written yet answer UNIMPLEMENTED.
+//! The `capsule.deploy.v1.DeployService` implementation: parse, authorize,
+//! call the domain, convert.
 
-use capsule::{db::Database, proto::deploy::v1::deploy_service_server::DeployService};
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use capsule::{
+    auth::{Caller, INTERNAL_HEADER},
+    db::Database,
+    proto::{
+        deploy::v1::{self as pb, deploy_service_server::DeployService},
+        project::v1::{PrepareDeploymentRequest, project_service_client::ProjectServiceClient},
+    },
+    rpc::{self, FieldViolations, PageToken},
+};
+use futures::Stream;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    db::{self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, Viewer},
+    notify::{Event, Hub},
+    state::State,
+};
+
+/// At most this many lines per AppendLogs call, and bytes per line.
+const MAX_APPEND_LINES: usize = 1000;
+const MAX_LINE_BYTES: usize = 16 * 1024;
+/// StreamLogs reads the backlog in pages of this many lines.
+const STREAM_PAGE: i64 = 500;
+/// The deadline of calls to the project service.
+const PROJECT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The deploy service's gRPC API.
 #[derive(Clone)]
 pub struct DeployServiceApi {
-    // Read by the RPCs as they are implemented.
-    #[expect(dead_code)]
-    db: Database,
+    inner: Arc<Inner>,
 }
 
-impl DeployServiceApi {
-    pub fn new(db: Database) -> Self {
-        Self { db }
+struct Inner {
+    db: Database,
+    hub: Hub,
+    projects: ProjectServiceClient<tonic::transport::Channel>,
+    internal_secret: Option<String>,
+    lease: chrono::Duration,
+}
+
+const NOT_FOUND: &str = "no such deployment";
+
+fn viewer(caller: &Caller) -> Viewer {
+    Viewer {
+        user_id: caller.user_id,
+        admin: caller.is_admin(),
     }
 }
 
+pub fn deployment_proto(deployment: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        id: deployment.id.to_string(),
+        project_id: deployment.project_id.to_string(),
+        creator_id: deployment.creator_id.to_string(),
+        state: deployment.state().proto() as i32,
+        source_ref: deployment.source_ref.clone(),
+        environment: deployment.environment.clone(),
+        rollback_of: deployment.rollback_of.map(|id| id.to_string()).unwrap_or_default(),
+        status_message: deployment.status_message.clone(),
+        exit_code: deployment.exit_code,
+        runner_id: deployment.runner_id.clone().unwrap_or_default(),
+        create_time: Some(rpc::timestamp(deployment.created_at)),
+        update_time: Some(rpc::timestamp(deployment.updated_at)),
+        start_time: deployment.started_at.map(rpc::timestamp),
+        finish_time: deployment.finished_at.map(rpc::timestamp),
+    }
+}
+
+fn stream_of(name: &str) -> pb::LogStream {
+    match name {
+        "stdout" => pb::LogStream::Stdout,
+        "stderr" => pb::LogStream::Stderr,
+        _ => pb::LogStream::System,
+    }
+}
+
+fn line_proto(row: LogRow) -> pb::LogLine {
+    pb::LogLine {
+        deployment_id: row.deployment_id.to_string(),
+        sequence: row.sequence,
+        stream: stream_of(&row.stream) as i32,
+        text: row.line,
+        time: Some(rpc::timestamp(row.created_at)),
+    }
+}
+
+fn refusal(refusal: Refusal, to: State) -> Status {
+    match refusal {
+        Refusal::NotFound => Status::not_found(NOT_FOUND),
+        Refusal::Illegal { from } => {
+            Status::failed_precondition(format!("a {} deployment cannot become {}", from.as_str(), to.as_str()))
+        }
+        Refusal::NotYourClaim => Status::failed_precondition(
+            "this runner no longer holds the deployment (its lease ran out); stop working on it",
+        ),
+    }
+}
+
+fn id_field(field: &str, value: &str) -> Result<Uuid, Status> {
+    let mut violations = FieldViolations::new();
+    let id = rpc::parse_id(field, value, &mut violations);
+    violations.check()?;
+    Ok(id)
+}
+
+fn check_environment(value: &str, violations: &mut FieldViolations) -> String {
+    let environment = if value.is_empty() { "production" } else { value };
+    let ok = environment.len() <= 63
+        && environment
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        violations.add(
+            "environment",
+            "must be up to 63 lowercase letters, digits and hyphens, such as production",
+        );
+    }
+    environment.to_owned()
+}
+
+fn check_source_ref(value: &str, violations: &mut FieldViolations) {
+    if value.len() > 255 || value.chars().any(char::is_control) || value.contains("..") {
+        violations.add(
+            "source_ref",
+            "must be a branch, tag or commit of at most 255 characters",
+        );
+    }
+}
+
+/// Masks secret values in a runner's output.
+fn mask(line: &str, secrets: &[&str]) -> String {
+    secrets
+        .iter()
+        .fold(line.to_owned(), |line, secret| line.replace(secret, "********"))
+}
+
+impl DeployServiceApi {
+    pub fn new(
+        db: Database,
+        hub: Hub,
+        projects: ProjectServiceClient<tonic::transport::Channel>,
+        internal_secret: Option<String>,
+        lease: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                hub,
+                projects,
+                internal_secret,
+                lease: chrono::Duration::from_std(lease)?,
+            }),
+        })
+    }
+
+    /// The deployment if the caller may see it; NOT_FOUND otherwise.
+    async fn visible(&self, caller: &Caller, id: Uuid) -> Result<Deployment, Status> {
+        let viewer = viewer(caller);
+        self.inner
+            .db
+            .run(move |conn| db::find(conn, id, Some(viewer)))
+            .await?
+            .ok_or_else(|| Status::not_found(NOT_FOUND))
+    }
+
+    /// Asks the project service, as the caller, whether the project exists
+    /// and the caller may deploy it, and for the settings to snapshot.
+    async fn prepare(
+        &self,
+        caller: &Caller,
+        project_id: Uuid,
+    ) -> Result<capsule::proto::project::v1::DeploymentPlan, Status> {
+        let secret = self.inner.internal_secret.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
+            )
+        })?;
+        let mut request = Request::new(PrepareDeploymentRequest {
+            project_id: project_id.to_string(),
+        });
+        request.set_timeout(PROJECT_CALL_TIMEOUT);
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            "authorization",
+            caller
+                .authorization()
+                .parse()
+                .map_err(|_| Status::unauthenticated("bad token"))?,
+        );
+        metadata.insert(
+            INTERNAL_HEADER,
+            secret.parse().map_err(|_| Status::internal("internal error"))?,
+        );
+        match self.inner.projects.clone().prepare_deployment(request).await {
+            Ok(plan) => Ok(plan.into_inner()),
+            Err(status) => Err(match status.code() {
+                Code::NotFound => Status::not_found("no such project"),
+                Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
+                Code::PermissionDenied => {
+                    tracing::error!(error = %status.message(), "the project service refused this service's credentials");
+                    Status::internal("internal error")
+                }
+                _ => Status::unavailable(format!(
+                    "the project service is unavailable ({}); retry shortly",
+                    status.message()
+                )),
+            }),
+        }
+    }
+
+    async fn change(&self, id: Uuid, to: State, actor: Actor, outcome: Outcome) -> Result<Deployment, Status> {
+        self.inner
+            .db
+            .run(move |conn| db::transition(conn, id, to, &actor, &outcome))
+            .await?
+            .map_err(|refused| refusal(refused, to))
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
 #[tonic::async_trait]
-impl DeployService for DeployServiceApi {}
+impl DeployService for DeployServiceApi {
+    async fn create_deployment(
+        &self,
+        request: Request<pb::CreateDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
+        let environment = check_environment(&body.environment, &mut violations);
+        check_source_ref(&body.source_ref, &mut violations);
+        violations.check()?;
+        let plan = self.prepare(&caller, project_id).await?;
+        let owner_id = plan.project.as_ref().and_then(|project| project.owner_id.parse().ok());
+        let snapshot = Snapshot {
+            build_command: plan.build_command,
+            start_command: plan.start_command,
+            root_directory: plan.root_directory,
+            secrets: plan
+                .environment_variables
+                .iter()
+                .filter(|variable| variable.secret)
+                .map(|variable| variable.name.clone())
+                .collect(),
+            environment: plan
+                .environment_variables
+                .into_iter()
+                .map(|variable| (variable.name, variable.value))
+                .collect(),
+        };
+        let new = NewDeployment {
+            project_id,
+            creator_id: caller.user_id,
+            owner_id,
+            source_ref: if body.source_ref.is_empty() {
+                plan.branch
+            } else {
+                body.source_ref
+            },
+            environment,
+            snapshot: serde_json::to_value(&snapshot).map_err(|_| Status::internal("internal error"))?,
+            rollback_of: None,
+        };
+        let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
+        tracing::info!(deployment.id = %deployment.id, project.id = %project_id, user.id = %caller.user_id, "deployment queued");
+        Ok(Response::new(deployment_proto(&deployment)))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+        Ok(Response::new(deployment_proto(&self.visible(caller, id).await?)))
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
+        let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);
+        let after = PageToken::decode(&body.page_token, &mut violations);
+        let state = match pb::DeploymentState::try_from(body.state) {
+            Ok(state) => State::from_proto(state),
+            Err(_) => {
+                violations.add("state", "is not a DeploymentState");
+                None
+            }
+        };
+        violations.check()?;
+        // Whether the caller may see the project is the project service's
+        // call: NOT_FOUND from there is NOT_FOUND here.
+        self.prepare(&caller, project_id).await.map_err(|status| {
+            if status.code() == Code::FailedPrecondition && status.message().contains("deleted") {
+                Status::not_found("no such project")
+            } else {
+                status
+            }
+        })?;
+        let rows = self
+            .inner
+            .db
+            .run(move |conn| db::list(conn, project_id, state, after.map(|t| (t.time, t.id)), limit + 1))
+            .await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next_page_token = if rows.len() > limit {
+            PageToken {
+                time: rows[limit - 1].created_at,
+                id: rows[limit - 1].id,
+            }
+            .encode()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            deployments: rows.iter().take(limit).map(deployment_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_deployment(
+        &self,
+        request: Request<pb::CancelDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+        self.visible(&caller, id).await?;
+        let outcome = Outcome {
+            message: "canceled by the user".to_owned(),
+            exit_code: None,
+        };
+        let deployment = self.change(id, State::Canceled, Actor::User, outcome).await?;
+        tracing::info!(deployment.id = %id, user.id = %caller.user_id, "deployment canceled");
+        Ok(Response::new(deployment_proto(&deployment)))
+    }
+
+    async fn rollback_deployment(
+        &self,
+        request: Request<pb::RollbackDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+        let earlier = self.visible(&caller, id).await?;
+        if !matches!(earlier.state(), State::Live | State::Superseded) {
+            return Err(Status::failed_precondition(format!(
+                "only a deployment that went live can be rolled back to; this one is {}",
+                earlier.state().as_str()
+            )));
+        }
+        // The project must still exist and be the caller's to deploy.
+        self.prepare(&caller, earlier.project_id).await?;
+        let new = NewDeployment {
+            project_id: earlier.project_id,
+            creator_id: caller.user_id,
+            owner_id: earlier.owner_id,
+            source_ref: earlier.source_ref.clone(),
+            environment: earlier.environment.clone(),
+            snapshot: earlier.snapshot.clone(),
+            rollback_of: Some(earlier.id),
+        };
+        let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
+        Ok(Response::new(deployment_proto(&deployment)))
+    }
+
+    async fn get_logs(&self, request: Request<pb::GetLogsRequest>) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+        let limit = rpc::page_size(body.page_size, 100, 1000, &mut violations);
+        if body.after_sequence < 0 {
+            violations.add("after_sequence", "must be 0 or more");
+        }
+        violations.check()?;
+        self.visible(&caller, id).await?;
+        let after = body.after_sequence;
+        let rows = self
+            .inner
+            .db
+            .run(move |conn| db::logs_after(conn, id, after, limit + 1))
+            .await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next_after_sequence = if rows.len() > limit {
+            rows[limit - 1].sequence
+        } else {
+            0
+        };
+        Ok(Response::new(pb::GetLogsResponse {
+            lines: rows.into_iter().take(limit).map(line_proto).collect(),
+            next_after_sequence,
+        }))
+    }
+
+    async fn stream_logs(&self, request: Request<pb::StreamLogsRequest>) -> Result<Response<LogStream>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+        if body.after_sequence < 0 {
+            violations.add("after_sequence", "must be 0 or more");
+        }
+        violations.check()?;
+        self.visible(&caller, id).await?;
+        // Subscribe before reading the backlog, so no line falls between.
+        let mut events = self.inner.hub.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let db = self.inner.db.clone();
+        let (follow, mut last) = (body.follow, body.after_sequence);
+        tokio::spawn(async move {
+            // Sends every line after `last`; false when the client is gone.
+            let drain = |last: i64| {
+                let (db, tx) = (db.clone(), tx.clone());
+                async move {
+                    let mut last = last;
+                    loop {
+                        let rows = match db.run(move |conn| db::logs_after(conn, id, last, STREAM_PAGE)).await {
+                            Ok(rows) => rows,
+                            Err(err) => {
+                                let _ = tx.send(Err(Status::from(err))).await;
+                                return None;
+                            }
+                        };
+                        let done = rows.len() < usize::try_from(STREAM_PAGE).unwrap_or(usize::MAX);
+                        for row in rows {
+                            last = row.sequence;
+                            if tx.send(Ok(line_proto(row))).await.is_err() {
+                                return None;
+                            }
+                        }
+                        if done {
+                            return Some(last);
+                        }
+                    }
+                }
+            };
+            let settled = |db: Database| async move {
+                db.run(move |conn| db::state_of(conn, id))
+                    .await
+                    .map(|state| state.is_none_or(State::is_settled))
+            };
+            let Some(sent) = drain(last).await else { return };
+            last = sent;
+            if !follow || matches!(settled(db.clone()).await, Ok(true)) {
+                return;
+            }
+            loop {
+                let wake = tokio::select! {
+                    () = tx.closed() => return,
+                    event = events.recv() => event,
+                };
+                let (read, check_state) = match wake {
+                    Ok(Event::Log(event_id)) if event_id == id => (true, false),
+                    Ok(Event::State(event_id)) if event_id == id => (true, true),
+                    Ok(Event::Resync) | Err(RecvError::Lagged(_)) => (true, true),
+                    Ok(_) => (false, false),
+                    Err(RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "the log feed stopped; resume with after_sequence",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                if read {
+                    let Some(sent) = drain(last).await else { return };
+                    last = sent;
+                }
+                if check_state && matches!(settled(db.clone()).await, Ok(true)) {
+                    // Lines written with the final state change are in.
+                    let _ = drain(last).await;
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn claim_deployment(
+        &self,
+        request: Request<pb::ClaimDeploymentRequest>,
+    ) -> Result<Response<pb::ClaimDeploymentResponse>, Status> {
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        if body.runner_id.is_empty() || body.runner_id.len() > 128 || body.runner_id.chars().any(char::is_control) {
+            violations.add("runner_id", "must be 1 to 128 printable characters");
+        }
+        let lease = match body.lease {
+            None => self.inner.lease,
+            Some(lease) if lease.seconds >= 1 && lease.seconds <= 3600 && lease.nanos >= 0 => {
+                chrono::Duration::seconds(lease.seconds) + chrono::Duration::nanoseconds(i64::from(lease.nanos))
+            }
+            Some(_) => {
+                violations.add("lease", "must be between 1 s and 1 h");
+                self.inner.lease
+            }
+        };
+        violations.check()?;
+        let runner = body.runner_id;
+        let claimed = self.inner.db.run(move |conn| db::claim(conn, &runner, lease)).await?;
+        let Some(deployment) = claimed else {
+            return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+        };
+        let snapshot = deployment.snapshot();
+        Ok(Response::new(pb::ClaimDeploymentResponse {
+            lease_expire_time: deployment.lease_expires_at.map(rpc::timestamp),
+            snapshot: Some(pb::DeploymentSnapshot {
+                build_command: snapshot.build_command,
+                start_command: snapshot.start_command,
+                root_directory: snapshot.root_directory,
+                environment: snapshot.environment.into_iter().collect(),
+            }),
+            deployment: Some(deployment_proto(&deployment)),
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let body = request.into_inner();
+        let id = id_field("deployment_id", &body.deployment_id)?;
+        let (runner, lease) = (body.runner_id, self.inner.lease);
+        let renewed = self
+            .inner
+            .db
+            .run(move |conn| db::heartbeat(conn, id, &runner, lease))
+            .await?;
+        let (expires, cancel_requested) = renewed.ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            lease_expire_time: Some(rpc::timestamp(expires)),
+            cancel_requested,
+        }))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+        let to = match pb::DeploymentState::try_from(body.state)
+            .ok()
+            .and_then(State::from_proto)
+        {
+            Some(state @ (State::Deploying | State::Live | State::Failed)) => state,
+            _ => {
+                violations.add("state", "a runner reports DEPLOYMENT_STATE_DEPLOYING, _LIVE or _FAILED");
+                State::Failed
+            }
+        };
+        if body.status_message.len() > 1024 {
+            violations.add("status_message", "must be at most 1024 bytes");
+        }
+        violations.check()?;
+        let outcome = Outcome {
+            message: body.status_message,
+            exit_code: body.exit_code,
+        };
+        let deployment = self.change(id, to, Actor::Runner(body.runner_id), outcome).await?;
+        Ok(Response::new(deployment_proto(&deployment)))
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+        if body.entries.len() > MAX_APPEND_LINES {
+            violations.add("entries", format!("at most {MAX_APPEND_LINES} lines per call"));
+        }
+        for (index, entry) in body.entries.iter().enumerate() {
+            if entry.text.len() > MAX_LINE_BYTES {
+                violations.add(format!("entries[{index}].text"), "must be at most 16 KiB");
+            }
+            if !matches!(
+                pb::LogStream::try_from(entry.stream),
+                Ok(pb::LogStream::Stdout | pb::LogStream::Stderr | pb::LogStream::System)
+            ) {
+                violations.add(
+                    format!("entries[{index}].stream"),
+                    "must be LOG_STREAM_STDOUT, _STDERR or _SYSTEM",
+                );
+            }
+        }
+        violations.check()?;
+        let runner = body.runner_id;
+        let entries = body.entries;
+        let last = self
+            .inner
+            .db
+            .run(move |conn| {
+                let Some(deployment) = db::holds(conn, id, &runner)? else {
+                    return Ok(None);
+                };
+                let snapshot = deployment.snapshot();
+                let secrets = snapshot.secret_values();
+                let lines: Vec<(&str, String)> = entries
+                    .iter()
+                    .map(|entry| {
+                        let stream = match pb::LogStream::try_from(entry.stream) {
+                            Ok(pb::LogStream::Stderr) => "stderr",
+                            Ok(pb::LogStream::System) => "system",
+                            _ => "stdout",
+                        };
+                        (stream, mask(&entry.text, &secrets))
+                    })
+                    .collect();
+                db::append(conn, id, &lines).map(Some)
+            })
+            .await?
+            .ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
+        Ok(Response::new(pb::AppendLogsResponse { last_sequence: last }))
+    }
+}

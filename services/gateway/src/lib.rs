@@ -63,7 +63,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let backends = Backends::new(&config)?;
-    let keys = capsule::auth::KeySet::from_auth_service(&config.services.auth)?;
+    let keys = capsule::auth::KeySet::from_auth_service(&config.services.auth, &capsule::auth::Secrets::from_env())?;
     let server = GrpcServer::new(ServiceKind::Gateway)
         .require_access(keys)
         .add_service(GatewayServiceServer::new(GatewayServiceApi::new(backends.clone())));

@@ -1,21 +1,465 @@
-//! The `capsule.project.v1.ProjectService` implementation: parse, authorize, call the
-//! domain, convert. RPCs not written yet answer UNIMPLEMENTED.
+//! The `capsule.project.v1.ProjectService` implementation: parse,
+//! authorize, call the domain, convert.
 
-use capsule::{db::Database, proto::project::v1::project_service_server::ProjectService};
+use std::sync::Arc;
+
+use capsule::{
+    auth::Caller,
+    db::Database,
+    proto::project::v1::{self as pb, project_service_server::ProjectService},
+    rpc::{self, FieldViolations, PageToken},
+};
+use chrono::{Duration, Utc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    db::{NewProject, Project, ProjectChanges, Settings, SettingsChanges, Variable, Viewer},
+    validate,
+};
+
+/// How long a soft-deleted project can be brought back.
+pub const RETENTION_DAYS: i64 = 30;
 
 /// The project service's gRPC API.
 #[derive(Clone)]
 pub struct ProjectServiceApi {
-    // Read by the RPCs as they are implemented.
-    #[expect(dead_code)]
-    db: Database,
+    db: Arc<Database>,
+}
+
+const NOT_FOUND: &str = "no such project";
+
+fn viewer(caller: &Caller) -> Viewer {
+    Viewer {
+        user_id: caller.user_id,
+        admin: caller.is_admin(),
+    }
+}
+
+fn project_proto(project: &Project) -> pb::Project {
+    pb::Project {
+        id: project.id.to_string(),
+        name: project.name.clone(),
+        slug: project.slug.clone(),
+        description: project.description.clone(),
+        owner_id: project.owner_id.to_string(),
+        create_time: Some(rpc::timestamp(project.created_at)),
+        update_time: Some(rpc::timestamp(project.updated_at)),
+        delete_time: project.deleted_at.map(rpc::timestamp),
+        purge_time: project.purge_after.map(rpc::timestamp),
+    }
+}
+
+/// A variable as users see it: a secret's value is never returned.
+fn variable_proto(variable: &Variable) -> pb::EnvironmentVariable {
+    pb::EnvironmentVariable {
+        name: variable.name.clone(),
+        value: if variable.secret {
+            String::new()
+        } else {
+            variable.value.clone()
+        },
+        secret: variable.secret,
+        update_time: Some(rpc::timestamp(variable.updated_at)),
+    }
+}
+
+fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::ProjectSettings {
+    pb::ProjectSettings {
+        project_id: settings.project_id.to_string(),
+        build_command: settings.build_command.clone(),
+        start_command: settings.start_command.clone(),
+        root_directory: settings.root_directory.clone(),
+        branch: settings.branch.clone(),
+        auto_deploy: settings.auto_deploy,
+        environment_variables: variables.iter().map(variable_proto).collect(),
+        update_time: Some(rpc::timestamp(settings.updated_at)),
+    }
+}
+
+fn slug_taken(slug: &str) -> Status {
+    Status::already_exists(format!(
+        "you already have a project with the slug {slug:?}; choose another"
+    ))
+}
+
+fn mask_paths(
+    mask: Option<&prost_types::FieldMask>,
+    allowed: &[&str],
+    violations: &mut FieldViolations,
+) -> Vec<String> {
+    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        violations.add(
+            "update_mask",
+            format!("list the fields to change: {}", allowed.join(", ")),
+        );
+    }
+    for path in &paths {
+        if !allowed.contains(&path.as_str()) {
+            violations.add(
+                "update_mask",
+                format!("{path:?} cannot be updated; use {}", allowed.join(", ")),
+            );
+        }
+    }
+    paths
 }
 
 impl ProjectServiceApi {
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self { db: Arc::new(db) }
+    }
+
+    /// The project, if the caller may see it; NOT_FOUND otherwise, so ids
+    /// of other people's projects reveal nothing.
+    async fn visible(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
+        let viewer = viewer(caller);
+        self.db
+            .run(move |conn| Project::find(conn, project_id, viewer))
+            .await?
+            .ok_or_else(|| Status::not_found(NOT_FOUND))
+    }
+
+    /// Like [`Self::visible`], and not deleted.
+    async fn live(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
+        let project = self.visible(caller, project_id).await?;
+        if project.deleted_at.is_some() {
+            return Err(Status::failed_precondition("the project is deleted; undelete it first"));
+        }
+        Ok(project)
+    }
+
+    fn project_id(field: &str, value: &str) -> Result<Uuid, Status> {
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id(field, value, &mut violations);
+        violations.check()?;
+        Ok(id)
     }
 }
 
 #[tonic::async_trait]
-impl ProjectService for ProjectServiceApi {}
+impl ProjectService for ProjectServiceApi {
+    async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let wanted = request.into_inner().project.unwrap_or_default();
+        let mut violations = FieldViolations::new();
+        let name = validate::name(&wanted.name, "project.name", &mut violations);
+        validate::description(&wanted.description, "project.description", &mut violations);
+        let slug = if wanted.slug.is_empty() {
+            validate::slug_from(&name)
+        } else {
+            validate::slug(&wanted.slug, "project.slug", &mut violations);
+            wanted.slug.clone()
+        };
+        violations.check()?;
+        let owner_id = caller.user_id;
+        let description = wanted.description;
+        let new_slug = slug.clone();
+        let created = self
+            .db
+            .run(move |conn| {
+                Project::create(
+                    conn,
+                    &NewProject {
+                        name: &name,
+                        description: &description,
+                        owner_id,
+                        slug: &new_slug,
+                    },
+                )
+            })
+            .await;
+        match created {
+            Ok(project) => {
+                tracing::info!(project.id = %project.id, user.id = %owner_id, "project created");
+                Ok(Response::new(project_proto(&project)))
+            }
+            Err(err) if err.is_unique_violation(None) => Err(slug_taken(&slug)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        Ok(Response::new(project_proto(&self.visible(caller, id).await?)))
+    }
+
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Result<Response<pb::ListProjectsResponse>, Status> {
+        let viewer = viewer(Caller::of(&request)?);
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);
+        let after = PageToken::decode(&body.page_token, &mut violations);
+        violations.check()?;
+        let show_deleted = body.show_deleted;
+        let rows = self
+            .db
+            .run(move |conn| Project::list(conn, viewer, show_deleted, after.map(|t| (t.time, t.id)), limit + 1))
+            .await?;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next_page_token = if rows.len() > limit {
+            PageToken {
+                time: rows[limit - 1].created_at,
+                id: rows[limit - 1].id,
+            }
+            .encode()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListProjectsResponse {
+            projects: rows.iter().take(limit).map(project_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn update_project(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let wanted = body.project.unwrap_or_default();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("project.id", &wanted.id, &mut violations);
+        let paths = mask_paths(
+            body.update_mask.as_ref(),
+            &["name", "slug", "description"],
+            &mut violations,
+        );
+        let mut changes = ProjectChanges::default();
+        for path in &paths {
+            match path.as_str() {
+                "name" => changes.name = Some(validate::name(&wanted.name, "project.name", &mut violations)),
+                "slug" => {
+                    validate::slug(&wanted.slug, "project.slug", &mut violations);
+                    changes.slug = Some(wanted.slug.clone());
+                }
+                "description" => {
+                    validate::description(&wanted.description, "project.description", &mut violations);
+                    changes.description = Some(wanted.description.clone());
+                }
+                _ => {}
+            }
+        }
+        violations.check()?;
+        self.live(&caller, id).await?;
+        let slug = changes.slug.clone().unwrap_or_default();
+        match self.db.run(move |conn| Project::update(conn, id, &changes)).await {
+            Ok(project) => Ok(Response::new(project_proto(&project))),
+            Err(err) if err.is_unique_violation(None) => Err(slug_taken(&slug)),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn delete_project(
+        &self,
+        request: Request<pb::DeleteProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        self.live(&caller, id).await?;
+        let purge_after = Utc::now() + Duration::days(RETENTION_DAYS);
+        let project = self
+            .db
+            .run(move |conn| Project::soft_delete(conn, id, purge_after))
+            .await?;
+        tracing::info!(project.id = %id, user.id = %caller.user_id, "project deleted");
+        Ok(Response::new(project_proto(&project)))
+    }
+
+    async fn undelete_project(
+        &self,
+        request: Request<pb::UndeleteProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let project = self.visible(&caller, id).await?;
+        match project.purge_after {
+            None => return Err(Status::failed_precondition("the project is not deleted")),
+            Some(purge) if purge <= Utc::now() => {
+                return Err(Status::failed_precondition(
+                    "the project's retention window has ended; it can no longer be restored",
+                ));
+            }
+            Some(_) => {}
+        }
+        let slug = project.slug.clone();
+        match self.db.run(move |conn| Project::undelete(conn, id)).await {
+            Ok(project) => Ok(Response::new(project_proto(&project))),
+            Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
+                "another project of yours now uses the slug {slug:?}; change its slug first"
+            ))),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    async fn get_project_settings(
+        &self,
+        request: Request<pb::GetProjectSettingsRequest>,
+    ) -> Result<Response<pb::ProjectSettings>, Status> {
+        let caller = Caller::of(&request)?;
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        self.visible(caller, id).await?;
+        let (settings, variables) = self
+            .db
+            .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
+            .await?;
+        Ok(Response::new(settings_proto(&settings, &variables)))
+    }
+
+    async fn update_project_settings(
+        &self,
+        request: Request<pb::UpdateProjectSettingsRequest>,
+    ) -> Result<Response<pb::ProjectSettings>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let wanted = body.settings.unwrap_or_default();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("settings.project_id", &wanted.project_id, &mut violations);
+        let paths = mask_paths(
+            body.update_mask.as_ref(),
+            &[
+                "build_command",
+                "start_command",
+                "root_directory",
+                "branch",
+                "auto_deploy",
+            ],
+            &mut violations,
+        );
+        let mut changes = SettingsChanges::default();
+        for path in &paths {
+            match path.as_str() {
+                "build_command" => {
+                    validate::command(&wanted.build_command, "settings.build_command", &mut violations);
+                    changes.build_command = Some(wanted.build_command.clone());
+                }
+                "start_command" => {
+                    validate::command(&wanted.start_command, "settings.start_command", &mut violations);
+                    changes.start_command = Some(wanted.start_command.clone());
+                }
+                "root_directory" => {
+                    validate::root_directory(&wanted.root_directory, "settings.root_directory", &mut violations);
+                    changes.root_directory = Some(wanted.root_directory.clone());
+                }
+                "branch" => {
+                    validate::branch(&wanted.branch, "settings.branch", &mut violations);
+                    changes.branch = Some(wanted.branch.clone());
+                }
+                "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
+                _ => {}
+            }
+        }
+        violations.check()?;
+        self.live(&caller, id).await?;
+        let (settings, variables) = self
+            .db
+            .run(move |conn| Ok((Settings::update(conn, id, &changes)?, Variable::list(conn, id)?)))
+            .await?;
+        Ok(Response::new(settings_proto(&settings, &variables)))
+    }
+
+    async fn set_environment_variable(
+        &self,
+        request: Request<pb::SetEnvironmentVariableRequest>,
+    ) -> Result<Response<pb::EnvironmentVariable>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let variable = body.variable.unwrap_or_default();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
+        validate::variable_name(&variable.name, "variable.name", &mut violations);
+        validate::variable_value(&variable.value, "variable.value", &mut violations);
+        violations.check()?;
+        self.live(&caller, id).await?;
+        let (name, value, secret) = (variable.name.clone(), variable.value, variable.secret);
+        let saved = self
+            .db
+            .run(move |conn| {
+                conn.build_transaction().run(|conn| {
+                    use diesel::{QueryDsl, RunQueryDsl};
+                    // Lock the project row: concurrent writers count in turn.
+                    crate::db::schema::projects::table
+                        .find(id)
+                        .select(crate::db::schema::projects::id)
+                        .for_update()
+                        .first::<Uuid>(conn)?;
+                    let exists = crate::db::schema::environment_variables::table
+                        .find((id, &name))
+                        .count()
+                        .get_result::<i64>(conn)?
+                        > 0;
+                    if !exists && Variable::count(conn, id)? >= validate::MAX_VARIABLES {
+                        return Ok(None);
+                    }
+                    Variable::upsert(conn, id, &name, &value, secret).map(Some)
+                })
+            })
+            .await?;
+        let saved = saved.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "a project has at most {} environment variables; delete one first",
+                validate::MAX_VARIABLES
+            ))
+        })?;
+        tracing::info!(project.id = %id, variable.name = %saved.name, variable.secret = saved.secret, "environment variable set");
+        Ok(Response::new(variable_proto(&saved)))
+    }
+
+    async fn delete_environment_variable(
+        &self,
+        request: Request<pb::DeleteEnvironmentVariableRequest>,
+    ) -> Result<Response<pb::DeleteEnvironmentVariableResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
+        validate::variable_name(&body.name, "name", &mut violations);
+        violations.check()?;
+        self.live(&caller, id).await?;
+        let name = body.name;
+        let deleted = self.db.run(move |conn| Variable::delete(conn, id, &name)).await?;
+        if deleted == 0 {
+            return Err(Status::not_found("no such environment variable"));
+        }
+        Ok(Response::new(pb::DeleteEnvironmentVariableResponse {}))
+    }
+
+    async fn prepare_deployment(
+        &self,
+        request: Request<pb::PrepareDeploymentRequest>,
+    ) -> Result<Response<pb::DeploymentPlan>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let project = self.live(&caller, id).await?;
+        let (settings, variables) = self
+            .db
+            .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
+            .await?;
+        Ok(Response::new(pb::DeploymentPlan {
+            project: Some(project_proto(&project)),
+            build_command: settings.build_command,
+            start_command: settings.start_command,
+            root_directory: settings.root_directory,
+            branch: settings.branch,
+            // For the deploy service only: secret values included.
+            environment_variables: variables
+                .into_iter()
+                .map(|variable| pb::EnvironmentVariable {
+                    name: variable.name,
+                    value: variable.value,
+                    secret: variable.secret,
+                    update_time: Some(rpc::timestamp(variable.updated_at)),
+                })
+                .collect(),
+        }))
+    }
+}

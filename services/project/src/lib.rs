@@ -1,9 +1,11 @@
-//! Capsule's project service.
+//! Capsule's project service: projects and their settings, owned by users.
 
+mod db;
 mod grpc;
+mod validate;
 
 use capsule::{
-    config::{DbConfig, ServeConfig, ServiceKind, ServiceUrls},
+    config::{DbConfig, Mesh, ServeConfig, ServiceKind},
     db::Database,
     migrate::MigrationSet,
     proto::project::v1::project_service_server::ProjectServiceServer,
@@ -13,7 +15,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use grpc::ProjectServiceApi;
+pub use grpc::{ProjectServiceApi, RETENTION_DAYS};
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/project");
 
@@ -25,14 +27,13 @@ pub static MIGRATIONS: MigrationSet =
 pub async fn serve(
     listener: TcpListener,
     db_config: DbConfig,
-    services: ServiceUrls,
+    mesh: Mesh,
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = Database::new(db_config)?;
-    let keys = capsule::auth::KeySet::from_auth_service(&services.auth)?;
     GrpcServer::new(ServiceKind::Project)
-        .require_access(keys)
+        .require_access(mesh.key_set()?)
         .add_service(ProjectServiceServer::new(ProjectServiceApi::new(db.clone())))
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await

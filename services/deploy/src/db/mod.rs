@@ -1,0 +1,391 @@
+//! Rows and queries of the deploy database. State changes go through
+//! [`transition`], which applies [`State::can_move`] under a row lock.
+
+pub mod schema;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::{dsl::now, prelude::*};
+use uuid::Uuid;
+
+use crate::state::State;
+use schema::{deployment_logs, deployments};
+
+/// What a deployment runs, copied from the project's settings when it is
+/// created. Secret values are included (runners need them); `secrets`
+/// names the ones never to show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub build_command: String,
+    pub start_command: String,
+    pub root_directory: String,
+    pub environment: BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+}
+
+impl Snapshot {
+    /// Secret values long enough to mask in logs.
+    pub fn secret_values(&self) -> Vec<&str> {
+        self.secrets
+            .iter()
+            .filter_map(|name| self.environment.get(name))
+            .map(String::as_str)
+            .filter(|value| value.len() >= 4)
+            .collect()
+    }
+}
+
+#[derive(Queryable, Selectable, Debug, Clone)]
+#[diesel(table_name = deployments)]
+pub struct Deployment {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub creator_id: Uuid,
+    pub state: String,
+    pub source_ref: String,
+    pub environment: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub snapshot: serde_json::Value,
+    pub rollback_of: Option<Uuid>,
+    pub status_message: String,
+    pub exit_code: Option<i32>,
+    pub runner_id: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub owner_id: Option<Uuid>,
+}
+
+impl Deployment {
+    pub fn state(&self) -> State {
+        State::parse(&self.state).unwrap_or(State::Failed)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        serde_json::from_value(self.snapshot.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = deployments)]
+pub struct NewDeployment {
+    pub project_id: Uuid,
+    pub creator_id: Uuid,
+    pub owner_id: Option<Uuid>,
+    pub source_ref: String,
+    pub environment: String,
+    pub snapshot: serde_json::Value,
+    pub rollback_of: Option<Uuid>,
+}
+
+#[derive(Queryable, Selectable, Debug, Clone)]
+#[diesel(table_name = deployment_logs)]
+pub struct LogRow {
+    pub deployment_id: Uuid,
+    pub sequence: i64,
+    pub stream: String,
+    pub line: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Who may see a deployment: the project's owner, or an admin.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewer {
+    pub user_id: Uuid,
+    pub admin: bool,
+}
+
+pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deployment> {
+    conn.transaction(|conn| {
+        let deployment: Deployment = diesel::insert_into(deployments::table)
+            .values(new)
+            .returning(Deployment::as_returning())
+            .get_result(conn)?;
+        append(conn, deployment.id, &[("system", "queued".to_owned())])?;
+        Ok(deployment)
+    })
+}
+
+pub fn find(conn: &mut PgConnection, id: Uuid, viewer: Option<Viewer>) -> QueryResult<Option<Deployment>> {
+    let mut query = deployments::table.find(id).select(Deployment::as_select()).into_boxed();
+    if let Some(viewer) = viewer.filter(|viewer| !viewer.admin) {
+        query = query.filter(deployments::owner_id.eq(viewer.user_id));
+    }
+    query.first(conn).optional()
+}
+
+/// A project's deployments, newest first.
+pub fn list(
+    conn: &mut PgConnection,
+    project_id: Uuid,
+    state: Option<State>,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<Deployment>> {
+    let mut query = deployments::table
+        .filter(deployments::project_id.eq(project_id))
+        .select(Deployment::as_select())
+        .order((deployments::created_at.desc(), deployments::id.desc()))
+        .limit(limit)
+        .into_boxed();
+    if let Some(state) = state {
+        query = query.filter(deployments::state.eq(state.as_str()));
+    }
+    if let Some((time, id)) = after {
+        query = query.filter(
+            deployments::created_at
+                .lt(time)
+                .or(deployments::created_at.eq(time).and(deployments::id.lt(id))),
+        );
+    }
+    query.load(conn)
+}
+
+/// Appends lines, numbering them after the deployment's last one. The
+/// counter's row lock makes numbers gapless under concurrent appends.
+pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)]) -> QueryResult<i64> {
+    if lines.is_empty() {
+        return deployments::table
+            .find(id)
+            .select(deployments::log_sequence)
+            .first(conn);
+    }
+    let count = i64::try_from(lines.len()).unwrap_or(i64::MAX);
+    conn.transaction(|conn| {
+        let last: i64 = diesel::update(deployments::table.find(id))
+            .set(deployments::log_sequence.eq(deployments::log_sequence + count))
+            .returning(deployments::log_sequence)
+            .get_result(conn)?;
+        let first = last - count + 1;
+        let rows: Vec<_> = lines
+            .iter()
+            .zip(first..)
+            .map(|((stream, line), sequence)| {
+                (
+                    deployment_logs::deployment_id.eq(id),
+                    deployment_logs::sequence.eq(sequence),
+                    deployment_logs::stream.eq(*stream),
+                    deployment_logs::line.eq(line),
+                )
+            })
+            .collect();
+        diesel::insert_into(deployment_logs::table)
+            .values(&rows)
+            .execute(conn)?;
+        Ok(last)
+    })
+}
+
+pub fn logs_after(conn: &mut PgConnection, id: Uuid, after: i64, limit: i64) -> QueryResult<Vec<LogRow>> {
+    deployment_logs::table
+        .filter(deployment_logs::deployment_id.eq(id))
+        .filter(deployment_logs::sequence.gt(after))
+        .order(deployment_logs::sequence.asc())
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
+/// Why a state change was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    NotFound,
+    Illegal { from: State },
+    NotYourClaim,
+}
+
+/// Who asks for a change.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// A user (ownership already checked).
+    User,
+    /// The runner that must hold the claim.
+    Runner(String),
+}
+
+/// What else to record with a change.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub message: String,
+    pub exit_code: Option<i32>,
+}
+
+/// The one way a deployment changes state: row lock, legality check,
+/// claim check for runners, bookkeeping, a system log line, and for LIVE
+/// the superseding of the project's previous live deployment.
+pub fn transition(
+    conn: &mut PgConnection,
+    id: Uuid,
+    to: State,
+    actor: &Actor,
+    outcome: &Outcome,
+) -> QueryResult<Result<Deployment, Refusal>> {
+    conn.transaction(|conn| {
+        let Some(current) = deployments::table
+            .find(id)
+            .select(Deployment::as_select())
+            .for_update()
+            .first(conn)
+            .optional()?
+        else {
+            return Ok(Err(Refusal::NotFound));
+        };
+        let from = current.state();
+        if let Actor::Runner(runner) = actor
+            && current.runner_id.as_deref() != Some(runner.as_str())
+        {
+            return Ok(Err(Refusal::NotYourClaim));
+        }
+        if !from.can_move(to) {
+            return Ok(Err(Refusal::Illegal { from }));
+        }
+        let settled = to.is_settled();
+        let updated: Deployment = diesel::update(deployments::table.find(id))
+            .set((
+                deployments::state.eq(to.as_str()),
+                deployments::status_message.eq(&outcome.message),
+                deployments::exit_code.eq(outcome.exit_code.or(current.exit_code)),
+                deployments::finished_at.eq(if settled { Some(Utc::now()) } else { None }),
+                deployments::cancel_requested.eq(to == State::Canceled),
+            ))
+            .returning(Deployment::as_returning())
+            .get_result(conn)?;
+        if to.is_final() {
+            diesel::update(deployments::table.find(id))
+                .set((
+                    deployments::runner_id.eq(None::<String>),
+                    deployments::lease_expires_at.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)?;
+        }
+        let mut line = format!("{} → {}", from.as_str(), to.as_str());
+        if !outcome.message.is_empty() {
+            line.push_str(&format!(": {}", outcome.message));
+        }
+        append(conn, id, &[("system", line)])?;
+        if to == State::Live {
+            let previous: Vec<Uuid> = deployments::table
+                .filter(deployments::project_id.eq(current.project_id))
+                .filter(deployments::environment.eq(&current.environment))
+                .filter(deployments::state.eq(State::Live.as_str()))
+                .filter(deployments::id.ne(id))
+                .select(deployments::id)
+                .for_update()
+                .load(conn)?;
+            for old in previous {
+                diesel::update(deployments::table.find(old))
+                    .set((
+                        deployments::state.eq(State::Superseded.as_str()),
+                        deployments::status_message.eq(format!("superseded by {id}")),
+                        deployments::finished_at.eq(now),
+                    ))
+                    .execute(conn)?;
+                append(conn, old, &[("system", format!("live → superseded: {id} is live"))])?;
+            }
+        }
+        Ok(Ok(updated))
+    })
+}
+
+/// Takes the oldest queued deployment, or one whose runner's lease ran
+/// out, for `runner` (FOR UPDATE SKIP LOCKED: concurrent runners never take
+/// the same one).
+pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> QueryResult<Option<Deployment>> {
+    conn.transaction(|conn| {
+        let candidate = deployments::table
+            .filter(
+                deployments::state.eq(State::Queued.as_str()).or(deployments::state
+                    .eq_any([State::Building.as_str(), State::Deploying.as_str()])
+                    .and(deployments::lease_expires_at.lt(now))),
+            )
+            .order(deployments::created_at.asc())
+            .select(Deployment::as_select())
+            .for_update()
+            .skip_locked()
+            .first(conn)
+            .optional()?;
+        let Some(candidate) = candidate else {
+            return Ok(None);
+        };
+        let mut lines = Vec::new();
+        if let Some(previous) = candidate
+            .runner_id
+            .as_deref()
+            .filter(|_| candidate.state() != State::Queued)
+        {
+            lines.push((
+                "system",
+                format!(
+                    "{} → queued: runner {previous} stopped renewing its lease",
+                    candidate.state
+                ),
+            ));
+        }
+        lines.push(("system", format!("queued → building: claimed by runner {runner}")));
+        let claimed: Deployment = diesel::update(deployments::table.find(candidate.id))
+            .set((
+                deployments::state.eq(State::Building.as_str()),
+                deployments::runner_id.eq(runner),
+                deployments::lease_expires_at.eq(Utc::now() + lease),
+                deployments::started_at.eq(candidate.started_at.unwrap_or_else(Utc::now)),
+            ))
+            .returning(Deployment::as_returning())
+            .get_result(conn)?;
+        append(conn, claimed.id, &lines)?;
+        Ok(Some(claimed))
+    })
+}
+
+/// Renews `runner`'s lease; `None` when it no longer holds the deployment.
+/// The answer says whether the deployment was canceled meanwhile.
+pub fn heartbeat(
+    conn: &mut PgConnection,
+    id: Uuid,
+    runner: &str,
+    lease: chrono::Duration,
+) -> QueryResult<Option<(DateTime<Utc>, bool)>> {
+    let expires = Utc::now() + lease;
+    let renewed: Option<String> = diesel::update(
+        deployments::table
+            .find(id)
+            .filter(deployments::runner_id.eq(runner))
+            .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()])),
+    )
+    .set(deployments::lease_expires_at.eq(expires))
+    .returning(deployments::state)
+    .get_result(conn)
+    .optional()?;
+    if renewed.is_some() {
+        return Ok(Some((expires, false)));
+    }
+    // A canceled deployment: the runner must stop.
+    let canceled = deployments::table
+        .find(id)
+        .filter(deployments::state.eq(State::Canceled.as_str()))
+        .count()
+        .get_result::<i64>(conn)?
+        > 0;
+    Ok(canceled.then_some((Utc::now(), true)))
+}
+
+/// Whether `runner` holds `id` now.
+pub fn holds(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Option<Deployment>> {
+    deployments::table
+        .find(id)
+        .filter(deployments::runner_id.eq(runner))
+        .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()]))
+        .select(Deployment::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>> {
+    Ok(deployments::table
+        .find(id)
+        .select(deployments::state)
+        .first::<String>(conn)
+        .optional()?
+        .and_then(|state| State::parse(&state)))
+}

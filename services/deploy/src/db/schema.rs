@@ -1,0 +1,39 @@
+//! The deploy database's tables, as `migrations/deploy` creates them.
+
+diesel::table! {
+    deployments (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        creator_id -> Uuid,
+        state -> Varchar,
+        source_ref -> Varchar,
+        environment -> Varchar,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        snapshot -> Jsonb,
+        rollback_of -> Nullable<Uuid>,
+        status_message -> Varchar,
+        exit_code -> Nullable<Int4>,
+        runner_id -> Nullable<Varchar>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        cancel_requested -> Bool,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        log_sequence -> Int8,
+        owner_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    deployment_logs (deployment_id, sequence) {
+        deployment_id -> Uuid,
+        sequence -> Int8,
+        stream -> Varchar,
+        line -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(deployment_logs -> deployments (deployment_id));
+
+diesel::allow_tables_to_appear_in_same_query!(deployments, deployment_logs);

@@ -1,0 +1,44 @@
+//! The project database's tables, as `migrations/project` creates them.
+
+diesel::table! {
+    projects (id) {
+        id -> Uuid,
+        name -> Varchar,
+        description -> Text,
+        owner_id -> Uuid,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        slug -> Varchar,
+        deleted_at -> Nullable<Timestamptz>,
+        purge_after -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    project_settings (project_id) {
+        project_id -> Uuid,
+        build_command -> Varchar,
+        start_command -> Varchar,
+        root_directory -> Varchar,
+        branch -> Varchar,
+        auto_deploy -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    environment_variables (project_id, name) {
+        project_id -> Uuid,
+        name -> Varchar,
+        value -> Text,
+        secret -> Bool,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(project_settings -> projects (project_id));
+diesel::joinable!(environment_variables -> projects (project_id));
+
+diesel::allow_tables_to_appear_in_same_query!(projects, project_settings, environment_variables);

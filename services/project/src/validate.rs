@@ -1,0 +1,180 @@
+//! Checks of project input, each adding field violations.
+
+use capsule::rpc::FieldViolations;
+
+pub const MAX_VARIABLES: i64 = 100;
+pub const MAX_VALUE_BYTES: usize = 32 * 1024;
+
+fn has_control(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+pub fn name(value: &str, field: &str, violations: &mut FieldViolations) -> String {
+    let name = value.trim().to_owned();
+    if name.is_empty() {
+        violations.add(field, "is required");
+    } else if name.chars().count() > 100 {
+        violations.add(field, "must be at most 100 characters");
+    } else if has_control(&name) {
+        violations.add(field, "must not contain control characters");
+    }
+    name
+}
+
+pub fn description(value: &str, field: &str, violations: &mut FieldViolations) {
+    if value.chars().count() > 1000 {
+        violations.add(field, "must be at most 1000 characters");
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        violations.add(field, "must not contain control characters other than line breaks");
+    }
+}
+
+/// Lowercase letters, digits and single hyphens, 3 to 63 characters, not
+/// starting or ending with a hyphen.
+pub fn slug(value: &str, field: &str, violations: &mut FieldViolations) {
+    let ok = (3..=63).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+        && !value.contains("--");
+    if !ok {
+        violations.add(
+            field,
+            "must be 3 to 63 lowercase letters, digits and single hyphens, such as my-app",
+        );
+    }
+}
+
+/// A slug made from a name: "My App!" → "my-app".
+pub fn slug_from(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+        if slug.len() >= 63 {
+            break;
+        }
+    }
+    let mut slug = slug.trim_end_matches('-').to_owned();
+    if slug.len() < 3 {
+        slug = if slug.is_empty() {
+            "project".to_owned()
+        } else {
+            format!("{slug}-project")
+        };
+    }
+    slug
+}
+
+pub fn command(value: &str, field: &str, violations: &mut FieldViolations) {
+    if value.len() > 4096 {
+        violations.add(field, "must be at most 4096 bytes");
+    } else if value.contains('\0') {
+        violations.add(field, "must not contain NUL characters");
+    }
+}
+
+/// A relative path inside the source, without `..`.
+pub fn root_directory(value: &str, field: &str, violations: &mut FieldViolations) {
+    let ok = value.len() <= 1024
+        && !value.starts_with('/')
+        && !has_control(value)
+        && value.split('/').all(|part| part != "..");
+    if !ok {
+        violations.add(
+            field,
+            "must be a relative path inside the source, without .., at most 1024 bytes",
+        );
+    }
+}
+
+/// A git branch name (simplified `git check-ref-format`).
+pub fn branch(value: &str, field: &str, violations: &mut FieldViolations) {
+    let ok = !value.is_empty()
+        && value.len() <= 255
+        && !value.starts_with(['-', '/', '.'])
+        && !value.ends_with(['/', '.'])
+        && !value.ends_with(".lock")
+        && !value.contains("..")
+        && !value.contains("//")
+        && !value.contains("@{")
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if !ok {
+        violations.add(field, "must be a git branch name such as main or release/2.0");
+    }
+}
+
+/// Letters, digits and underscores, not starting with a digit, at most 128.
+pub fn variable_name(value: &str, field: &str, violations: &mut FieldViolations) {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && !value.starts_with(|c: char| c.is_ascii_digit())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ok {
+        violations.add(
+            field,
+            "must be letters, digits and underscores, not starting with a digit, at most 128, such as DATABASE_URL",
+        );
+    }
+}
+
+pub fn variable_value(value: &str, field: &str, violations: &mut FieldViolations) {
+    if value.len() > MAX_VALUE_BYTES {
+        violations.add(field, "must be at most 32 KiB");
+    } else if value.contains('\0') {
+        violations.add(field, "must not contain NUL characters");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(check: impl Fn(&mut FieldViolations)) -> bool {
+        let mut violations = FieldViolations::new();
+        check(&mut violations);
+        violations.is_empty()
+    }
+
+    #[test]
+    fn slugs_are_derived_and_checked() {
+        assert_eq!(slug_from("My App!"), "my-app");
+        assert_eq!(slug_from("  Ünïcode  Rocks "), "n-code-rocks");
+        assert_eq!(slug_from("A"), "a-project");
+        assert_eq!(slug_from("!!!"), "project");
+        assert!(slug_from(&"x".repeat(200)).len() <= 63);
+        for good in ["my-app", "abc", "a1-b2"] {
+            assert!(ok(|v| slug(good, "slug", v)), "{good}");
+        }
+        for bad in ["ab", "My-App", "-app", "app-", "a--b", "a_b", &"x".repeat(64)] {
+            assert!(!ok(|v| slug(bad, "slug", v)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_and_variables_are_checked() {
+        assert!(ok(|v| branch("release/2.0", "branch", v)));
+        for bad in ["", "-x", "a..b", "a b", "x.lock", "a//b", "a@{1}"] {
+            assert!(!ok(|v| branch(bad, "branch", v)), "{bad}");
+        }
+        assert!(ok(|v| root_directory("apps/web", "root_directory", v)));
+        for bad in ["/etc", "../up", "a/../../b"] {
+            assert!(!ok(|v| root_directory(bad, "root_directory", v)), "{bad}");
+        }
+        assert!(ok(|v| variable_name("DATABASE_URL", "name", v)));
+        for bad in ["", "1ABC", "A-B", "A B", &"A".repeat(129)] {
+            assert!(!ok(|v| variable_name(bad, "name", v)), "{bad}");
+        }
+        assert!(!ok(|v| variable_value(&"x".repeat(MAX_VALUE_BYTES + 1), "value", v)));
+    }
+}

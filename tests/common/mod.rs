@@ -1,0 +1,245 @@
+//! The whole mesh in this process, on free ports, each service with a fresh
+//! database: what the end-to-end tests drive.
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+#![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
+
+use std::{net::SocketAddr, time::Duration};
+
+use capsule::{
+    auth::Secrets,
+    config::{GatewayConfig, Mesh, ServiceKind, ServiceUrls},
+    proto::{
+        auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
+        deploy::v1::deploy_service_client::DeployServiceClient,
+        project::v1::project_service_client::ProjectServiceClient,
+    },
+    testing::{self, TestDatabase},
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+pub const SERVING: i32 = 1;
+pub const NOT_SERVING: i32 = 2;
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestMesh {
+    pub addrs: Vec<(ServiceKind, SocketAddr)>,
+    pub http: SocketAddr,
+    pub mesh: Mesh,
+    pub shutdown: CancellationToken,
+    pub tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    pub databases: Vec<TestDatabase>,
+}
+
+/// Options of a test mesh.
+#[derive(Default)]
+pub struct Options {
+    /// Run the deploy service's local runner.
+    pub local_runner: bool,
+    /// Extra deploy settings (DEPLOY_*).
+    pub deploy: Vec<(&'static str, &'static str)>,
+}
+
+pub async fn start() -> TestMesh {
+    start_with(Options::default()).await
+}
+
+pub async fn start_with(options: Options) -> TestMesh {
+    let shutdown = CancellationToken::new();
+    let mut listeners = Vec::new();
+    for kind in ServiceKind::WITH_DATABASE {
+        listeners.push((kind, testing::free_listener().await));
+    }
+    let url = |kind: ServiceKind| {
+        let addr = listeners
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .unwrap()
+            .1
+            .local_addr()
+            .unwrap();
+        format!("http://{addr}")
+    };
+    let mesh = Mesh {
+        services: ServiceUrls {
+            auth: url(ServiceKind::Auth),
+            project: url(ServiceKind::Project),
+            deploy: url(ServiceKind::Deploy),
+        },
+        secrets: Secrets {
+            runner_token: Some("test-runner-token".to_owned()),
+            internal_secret: Some("test-internal-secret".to_owned()),
+        },
+    };
+    let mut deploy_settings = options.deploy.clone();
+    if options.local_runner {
+        deploy_settings.push(("DEPLOY_LOCAL_RUNNER", "true"));
+        deploy_settings.push(("DEPLOY_RUNNER_HEARTBEAT_MS", "100"));
+    }
+    let deploy_config = capsule_deploy::DeployConfig::from_source(&move |name: &str| {
+        deploy_settings
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap();
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    let mut databases = Vec::new();
+    for (kind, listener) in listeners {
+        let migrations = match kind {
+            ServiceKind::Auth => &capsule_auth::MIGRATIONS,
+            ServiceKind::Project => &capsule_project::MIGRATIONS,
+            _ => &capsule_deploy::MIGRATIONS,
+        };
+        let db = TestDatabase::migrated(kind, migrations).await;
+        let addr = listener.local_addr().unwrap();
+        let (config, serve, mesh, deploy_config) = (
+            db.db_config(),
+            testing::serve_config(addr),
+            mesh.clone(),
+            deploy_config.clone(),
+        );
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            match kind {
+                ServiceKind::Auth => {
+                    capsule_auth::serve_with(
+                        listener,
+                        config,
+                        capsule_auth::AuthConfig::from_source(&|_: &str| None).unwrap(),
+                        serve,
+                        token,
+                    )
+                    .await
+                }
+                ServiceKind::Project => capsule_project::serve(listener, config, mesh, serve, token).await,
+                _ => capsule_deploy::serve(listener, config, mesh, deploy_config, serve, token).await,
+            }
+        }));
+        addrs.push((kind, addr));
+        databases.push(db);
+    }
+    let grpc = testing::free_listener().await;
+    let http = testing::free_listener().await;
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+    let config = GatewayConfig {
+        http_addr,
+        services: mesh.services.clone(),
+    };
+    tasks.push(tokio::spawn(capsule_gateway::serve(
+        grpc,
+        http,
+        config,
+        testing::serve_config(grpc_addr),
+        shutdown.clone(),
+    )));
+    addrs.push((ServiceKind::Gateway, grpc_addr));
+    let test_mesh = TestMesh {
+        addrs,
+        http: http_addr,
+        mesh,
+        shutdown,
+        tasks,
+        databases,
+    };
+    for (kind, addr) in &test_mesh.addrs {
+        testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
+    }
+    test_mesh
+}
+
+impl TestMesh {
+    pub fn addr(&self, kind: ServiceKind) -> SocketAddr {
+        self.addrs.iter().find(|(k, _)| *k == kind).unwrap().1
+    }
+
+    pub fn database(&self, kind: ServiceKind) -> &TestDatabase {
+        self.databases.iter().find(|db| db.service == kind).unwrap()
+    }
+
+    pub async fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(testing::channel(self.addr(ServiceKind::Auth)).await)
+    }
+
+    pub async fn projects(&self) -> ProjectServiceClient<Channel> {
+        ProjectServiceClient::new(testing::channel(self.addr(ServiceKind::Project)).await)
+    }
+
+    pub async fn deploys(&self) -> DeployServiceClient<Channel> {
+        DeployServiceClient::new(testing::channel(self.addr(ServiceKind::Deploy)).await)
+    }
+
+    /// Registers a user; returns their access token and id.
+    pub async fn user(&self, email: &str) -> (String, String) {
+        let registered = self
+            .auth()
+            .await
+            .register(auth_pb::RegisterRequest {
+                email: email.to_owned(),
+                password: PASSWORD.to_owned(),
+                name: "Test User".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (registered.tokens.unwrap().access_token, registered.user.unwrap().id)
+    }
+
+    /// A registered admin's access token.
+    pub async fn admin(&self, email: &str) -> String {
+        use diesel::connection::SimpleConnection;
+        let (_, id) = self.user(email).await;
+        self.database(ServiceKind::Auth)
+            .connect()
+            .batch_execute(&format!("UPDATE users SET role = 'admin' WHERE id = '{id}'"))
+            .unwrap();
+        self.auth()
+            .await
+            .login(auth_pb::LoginRequest {
+                email: email.to_owned(),
+                password: PASSWORD.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .tokens
+            .unwrap()
+            .access_token
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("a service stops within 10 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// A request with a bearer token.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The fields named in an INVALID_ARGUMENT status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("a BadRequest detail")
+        .field_violations
+        .into_iter()
+        .map(|violation| violation.field)
+        .collect()
+}
