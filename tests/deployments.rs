@@ -1,0 +1,708 @@
+//! Deployments that really run, runners, and logs that stream: the mesh in
+//! process, real PostgreSQL, real processes.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use capsule::proto::{
+    deploy::v1::{self as pb, DeploymentState},
+    project::v1 as project_pb,
+};
+use common::{TestMesh, authed, violated_fields};
+use tonic::Code;
+
+const RUNNER_TOKEN: &str = "test-runner-token";
+
+/// A project of `token`'s user with these settings and variables.
+async fn project(mesh: &TestMesh, token: &str, build: &str, variables: &[(&str, &str, bool)]) -> String {
+    let mut projects = mesh.projects().await;
+    let project = projects
+        .create_project(authed(
+            project_pb::CreateProjectRequest {
+                project: Some(project_pb::Project {
+                    name: format!("app {}", uuid::Uuid::new_v4()),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    projects
+        .update_project_settings(authed(
+            project_pb::UpdateProjectSettingsRequest {
+                settings: Some(project_pb::ProjectSettings {
+                    project_id: project.id.clone(),
+                    build_command: build.to_owned(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["build_command".into()],
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    for (name, value, secret) in variables {
+        projects
+            .set_environment_variable(authed(
+                project_pb::SetEnvironmentVariableRequest {
+                    project_id: project.id.clone(),
+                    variable: Some(project_pb::EnvironmentVariable {
+                        name: (*name).to_owned(),
+                        value: (*value).to_owned(),
+                        secret: *secret,
+                        update_time: None,
+                    }),
+                },
+                token,
+            ))
+            .await
+            .unwrap();
+    }
+    project.id
+}
+
+async fn deploy(mesh: &TestMesh, token: &str, project_id: &str) -> pb::Deployment {
+    mesh.deploys()
+        .await
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: project_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the deployment is in `state`.
+async fn wait_for(mesh: &TestMesh, token: &str, id: &str, state: DeploymentState, within: Duration) -> pb::Deployment {
+    let mut client = mesh.deploys().await;
+    let deadline = Instant::now() + within;
+    loop {
+        let deployment = client
+            .get_deployment(authed(
+                pb::GetDeploymentRequest {
+                    deployment_id: id.to_owned(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if deployment.state == state as i32 {
+            return deployment;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} is {:?}, not {state:?}",
+            DeploymentState::try_from(deployment.state)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn logs(mesh: &TestMesh, token: &str, id: &str) -> Vec<pb::LogLine> {
+    mesh.deploys()
+        .await
+        .get_logs(authed(
+            pb::GetLogsRequest {
+                deployment_id: id.to_owned(),
+                after_sequence: 0,
+                page_size: 1000,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+}
+
+fn text(lines: &[pb::LogLine]) -> String {
+    lines.iter().map(|line| format!("{}\n", line.text)).collect()
+}
+
+fn runner_request<T>(message: T) -> tonic::Request<T> {
+    authed(message, RUNNER_TOKEN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_runs_goes_live_and_the_next_one_supersedes_it() {
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        ..Default::default()
+    })
+    .await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "echo hello; echo oops >&2", &[]).await;
+
+    let first = deploy(&mesh, &alice, &project_id).await;
+    assert_eq!(first.state, DeploymentState::Queued as i32);
+    let live = wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(20)).await;
+    assert!(live.finish_time.is_some());
+    let lines = logs(&mesh, &alice, &first.id).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.text == "hello" && l.stream == pb::LogStream::Stdout as i32),
+        "{}",
+        text(&lines)
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.text == "oops" && l.stream == pb::LogStream::Stderr as i32),
+        "{}",
+        text(&lines)
+    );
+    let sequences: Vec<i64> = lines.iter().map(|l| l.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=i64::try_from(lines.len()).unwrap()).collect::<Vec<_>>(),
+        "gapless"
+    );
+
+    let second = deploy(&mesh, &alice, &project_id).await;
+    wait_for(
+        &mesh,
+        &alice,
+        &second.id,
+        DeploymentState::Live,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for(
+        &mesh,
+        &alice,
+        &first.id,
+        DeploymentState::Superseded,
+        Duration::from_secs(1),
+    )
+    .await;
+
+    // Rollback: a new deployment from the first one's snapshot.
+    let rollback = mesh
+        .deploys()
+        .await
+        .rollback_deployment(authed(
+            pb::RollbackDeploymentRequest {
+                deployment_id: first.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rollback.rollback_of, first.id);
+    wait_for(
+        &mesh,
+        &alice,
+        &rollback.id,
+        DeploymentState::Live,
+        Duration::from_secs(20),
+    )
+    .await;
+    wait_for(
+        &mesh,
+        &alice,
+        &second.id,
+        DeploymentState::Superseded,
+        Duration::from_secs(1),
+    )
+    .await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_build_is_failed_with_its_exit_code_and_secrets_are_masked() {
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        ..Default::default()
+    })
+    .await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(
+        &mesh,
+        &alice,
+        "echo \"key is $API_KEY, url is $PUBLIC_URL\"; exit 3",
+        &[
+            ("API_KEY", "sk-live-0123456789", true),
+            ("PUBLIC_URL", "https://example.com", false),
+        ],
+    )
+    .await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let failed = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Failed,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failed.exit_code, Some(3));
+    let lines = logs(&mesh, &alice, &deployment.id).await;
+    let all = text(&lines);
+    assert!(all.contains("exit code 3"), "{all}");
+    assert!(all.contains("key is ********, url is https://example.com"), "{all}");
+    assert!(!all.contains("sk-live-0123456789"));
+    assert!(!format!("{failed:?}").contains("sk-live-0123456789"));
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_running_build_within_a_second() {
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        ..Default::default()
+    })
+    .await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let project_id = project(
+        &mesh,
+        &alice,
+        "echo started; sleep 30 & echo $! > \"$PIDFILE\"; wait",
+        &[("PIDFILE", pidfile.to_str().unwrap(), false)],
+    )
+    .await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Building,
+        Duration::from_secs(20),
+    )
+    .await;
+    let started = Instant::now();
+    let pid = loop {
+        if let Ok(pid) = std::fs::read_to_string(&pidfile)
+            && !pid.trim().is_empty()
+        {
+            break pid.trim().to_owned();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the build never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
+    assert!(proc.exists(), "sleep runs");
+
+    let canceled_at = Instant::now();
+    let canceled = mesh
+        .deploys()
+        .await
+        .cancel_deployment(authed(
+            pb::CancelDeploymentRequest {
+                deployment_id: deployment.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(canceled.state, DeploymentState::Canceled as i32);
+    while proc.exists() && std::fs::read_to_string(proc.join("stat")).is_ok_and(|stat| !stat.contains(") Z ")) {
+        assert!(
+            canceled_at.elapsed() < Duration::from_secs(1),
+            "the build still runs after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = mesh
+        .deploys()
+        .await
+        .cancel_deployment(authed(
+            pb::CancelDeploymentRequest {
+                deployment_id: deployment.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        again.code(),
+        Code::FailedPrecondition,
+        "a canceled deployment cannot be canceled again"
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_state() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "true", &[]).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let mut runner = mesh.deploys().await;
+    let claimed = runner
+        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+            runner_id: "test-runner".into(),
+            lease: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claimed.deployment.unwrap().id, deployment.id);
+
+    let mut stream = mesh
+        .deploys()
+        .await
+        .stream_logs(authed(
+            pb::StreamLogsRequest {
+                deployment_id: deployment.id.clone(),
+                after_sequence: 0,
+                follow: true,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // The backlog: "queued" and the claim.
+    let mut received = Vec::new();
+    for _ in 0..2 {
+        received.push(stream.message().await.unwrap().unwrap());
+    }
+
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let sent = Instant::now();
+        runner
+            .append_logs(runner_request(pb::AppendLogsRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: "test-runner".into(),
+                entries: vec![pb::LogEntry {
+                    stream: pb::LogStream::Stdout as i32,
+                    text: format!("line {i}"),
+                }],
+            }))
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(2), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        latencies.push(sent.elapsed());
+        assert_eq!(line.text, format!("line {i}"));
+        received.push(line);
+    }
+    latencies.sort();
+    assert!(
+        latencies[latencies.len() - 1] < Duration::from_millis(100),
+        "{latencies:?}"
+    );
+
+    for state in [DeploymentState::Deploying, DeploymentState::Live] {
+        runner
+            .report_status(runner_request(pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: "test-runner".into(),
+                state: state as i32,
+                status_message: String::new(),
+                exit_code: None,
+            }))
+            .await
+            .unwrap();
+    }
+    // The state changes' own lines, then the end of the stream.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(line) = stream.message().await.unwrap() {
+            received.push(line);
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends when the deployment is live");
+    let sequences: Vec<i64> = received.iter().map(|l| l.sequence).collect();
+    assert_eq!(
+        sequences,
+        (1..=i64::try_from(received.len()).unwrap()).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert!(received.last().unwrap().text.contains("live"));
+
+    // Resume after a sequence number.
+    let mut resumed = mesh
+        .deploys()
+        .await
+        .stream_logs(authed(
+            pb::StreamLogsRequest {
+                deployment_id: deployment.id.clone(),
+                after_sequence: 10,
+                follow: true,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rest = Vec::new();
+    while let Some(line) = resumed.message().await.unwrap() {
+        rest.push(line.sequence);
+    }
+    assert_eq!(rest, (11..=i64::try_from(received.len()).unwrap()).collect::<Vec<_>>());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "true", &[]).await;
+    let mut queued = Vec::new();
+    for _ in 0..12 {
+        queued.push(deploy(&mesh, &alice, &project_id).await.id);
+    }
+    let claim_all = |runner: &'static str| {
+        let client = mesh.deploys();
+        async move {
+            let mut client = client.await;
+            let mut mine = Vec::new();
+            loop {
+                let claimed = client
+                    .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+                        runner_id: runner.into(),
+                        lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                    }))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                match claimed.deployment {
+                    Some(deployment) => mine.push(deployment.id),
+                    None => return mine,
+                }
+            }
+        }
+    };
+    let (a, b) = tokio::join!(claim_all("runner-a"), claim_all("runner-b"));
+    assert!(a.iter().all(|id| !b.contains(id)), "no deployment claimed twice");
+    let mut all: Vec<String> = a.into_iter().chain(b).collect();
+    all.sort();
+    queued.sort();
+    assert_eq!(all, queued);
+
+    // A lease that runs out: another runner takes over and finishes.
+    let project_id = project(&mesh, &alice, "true", &[]).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let mut client = mesh.deploys().await;
+    let first = client
+        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+            runner_id: "silent".into(),
+            lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.deployment.unwrap().id, deployment.id);
+    let nothing = client
+        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+            runner_id: "rescuer".into(),
+            lease: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nothing.deployment.is_none(), "the lease still holds");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let rescued = client
+        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+            runner_id: "rescuer".into(),
+            lease: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rescued.deployment.unwrap().id, deployment.id);
+    let late = client
+        .report_status(runner_request(pb::ReportStatusRequest {
+            deployment_id: deployment.id.clone(),
+            runner_id: "silent".into(),
+            state: DeploymentState::Deploying as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition);
+    let heartbeat = client
+        .heartbeat(runner_request(pb::HeartbeatRequest {
+            deployment_id: deployment.id.clone(),
+            runner_id: "silent".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(heartbeat.code(), Code::FailedPrecondition);
+    for state in [DeploymentState::Deploying, DeploymentState::Live] {
+        client
+            .report_status(runner_request(pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: "rescuer".into(),
+                state: state as i32,
+                ..Default::default()
+            }))
+            .await
+            .unwrap();
+    }
+    let illegal = client
+        .report_status(runner_request(pb::ReportStatusRequest {
+            deployment_id: deployment.id.clone(),
+            runner_id: "rescuer".into(),
+            state: DeploymentState::Deploying as i32,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(illegal.code(), Code::FailedPrecondition);
+    let all = text(&logs(&mesh, &alice, &deployment.id).await);
+    assert!(all.contains("runner silent stopped renewing its lease"), "{all}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (bob, _) = mesh.user("bob@example.com").await;
+    let project_id = project(&mesh, &alice, "true", &[("TOKEN", "t0ps3cret-value", true)]).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let mut client = mesh.deploys().await;
+
+    let deploy_other = client
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: project_id.clone(),
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(deploy_other.code(), Code::NotFound);
+    let get = client
+        .get_deployment(authed(
+            pb::GetDeploymentRequest {
+                deployment_id: deployment.id.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(get.code(), Code::NotFound);
+    let list = client
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                project_id: project_id.clone(),
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(list.code(), Code::NotFound);
+    let cancel = client
+        .cancel_deployment(authed(
+            pb::CancelDeploymentRequest {
+                deployment_id: deployment.id.clone(),
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(cancel.code(), Code::NotFound);
+    let logs = client
+        .get_logs(authed(
+            pb::GetLogsRequest {
+                deployment_id: deployment.id.clone(),
+                ..Default::default()
+            },
+            &bob,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(logs.code(), Code::NotFound);
+
+    let anonymous = client
+        .get_deployment(pb::GetDeploymentRequest {
+            deployment_id: deployment.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let user_as_runner = client
+        .claim_deployment(authed(
+            pb::ClaimDeploymentRequest {
+                runner_id: "me".into(),
+                lease: None,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        user_as_runner.code(),
+        Code::Unauthenticated,
+        "a user token is not a runner token"
+    );
+
+    let unknown_state = client
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                project_id: project_id.clone(),
+                state: 99,
+                page_size: 1000,
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&unknown_state), ["page_size", "state"]);
+    let bad = client
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: "nope".into(),
+                source_ref: "a\nb".into(),
+                environment: "Prod Env".into(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["project_id", "environment", "source_ref"]);
+
+    let listed = client
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                project_id: project_id.clone(),
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.deployments.len(), 1);
+    assert!(!format!("{listed:?}").contains("t0ps3cret-value"));
+
+    // Only the runner holding the claim gets the secret, to run the build.
+    let claimed = client
+        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
+            runner_id: "r".into(),
+            lease: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claimed.snapshot.unwrap().environment["TOKEN"], "t0ps3cret-value");
+    mesh.stop().await;
+}
