@@ -1,7 +1,5 @@
 //! Projects and their settings through gRPC, with real auth and PostgreSQL.
 
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
-
 mod common;
 
 use capsule::proto::project::v1::{self as pb};
