@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut protos = Vec::new();
     collect_protos(Path::new("proto/capsule"), &mut protos)?;
+    // The error model, so reflection and the REST bridge can show details.
+    collect_protos(Path::new("proto/google/rpc"), &mut protos)?;
     protos.sort();
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
