@@ -60,6 +60,7 @@ pub struct GrpcServer {
     advertised: Vec<String>,
     access: Option<crate::auth::AuthLayer>,
     ready: Option<crate::db::ReadyCheck>,
+    extra: Option<axum::Router>,
 }
 
 impl GrpcServer {
@@ -78,7 +79,15 @@ impl GrpcServer {
             advertised: vec![kind.grpc_service_name().to_owned()],
             access: None,
             ready: None,
+            extra: None,
         }
+    }
+
+    /// Routes served beside the gRPC services (the gateway's proxy to the
+    /// services behind it). They pass through the same layers.
+    pub fn with_router(mut self, router: axum::Router) -> Self {
+        self.extra = Some(router);
+        self
     }
 
     /// Work to finish, once the database is migrated, before reporting
@@ -182,6 +191,7 @@ impl GrpcServer {
             advertised,
             access,
             ready: _,
+            extra,
         } = self;
 
         let reflection = || {
@@ -201,11 +211,14 @@ impl GrpcServer {
         routes.add_service(reflection_v1).add_service(reflection_v1alpha);
 
         let metrics = telemetry::metrics_handle();
-        let router = routes
+        let mut router = routes
             .routes()
             .prepare()
             .into_axum_router()
             .route("/metrics", get(move || std::future::ready(metrics.render())));
+        if let Some(extra) = extra {
+            router = router.merge(extra);
+        }
 
         let local_addr = listener.local_addr()?;
         tracing::info!(service = %kind, grpc.addr = %local_addr, "listening (gRPC, reflection, health, /metrics)");

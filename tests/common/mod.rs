@@ -129,10 +129,17 @@ pub async fn start_with(options: Options) -> TestMesh {
         http_addr,
         services: mesh.services.clone(),
     };
+    let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
+        "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
+        "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
+        _ => None,
+    })
+    .unwrap();
     tasks.push(tokio::spawn(capsule_gateway::serve(
         grpc,
         http,
         config,
+        edge,
         testing::serve_config(grpc_addr),
         shutdown.clone(),
     )));

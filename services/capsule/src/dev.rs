@@ -95,6 +95,7 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let gateway_serve = ServeConfig::from_source(ServiceKind::Gateway, &source)?;
     let gateway_config = GatewayConfig::from_source(&source)?;
+    let edge = capsule_gateway::EdgeConfig::from_source(&source)?;
     let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;
     let http = bind(gateway_config.http_addr, "GATEWAY_HTTP_ADDR").await?;
     lines.insert(
@@ -111,7 +112,7 @@ pub async fn run() -> anyhow::Result<()> {
         tasks.spawn(async move {
             (
                 ServiceKind::Gateway,
-                capsule_gateway::serve(grpc, http, gateway_config, gateway_serve, shutdown).await,
+                capsule_gateway::serve(grpc, http, gateway_config, edge, gateway_serve, shutdown).await,
             )
         });
     }

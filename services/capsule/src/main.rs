@@ -167,7 +167,8 @@ async fn serve_one(
         ServiceKind::Gateway => {
             let config = GatewayConfig::from_env()?;
             let http = bind(config.http_addr, "GATEWAY_HTTP_ADDR").await?;
-            capsule_gateway::serve(listener, http, config, serve_config.clone(), shutdown).await
+            let edge = capsule_gateway::EdgeConfig::from_env()?;
+            capsule_gateway::serve(listener, http, config, edge, serve_config.clone(), shutdown).await
         }
     }
 }

@@ -1,23 +1,226 @@
-//! The `capsule.gateway.v1.GatewayService` implementation (fan-out calls).
-//! RPCs not written yet answer UNIMPLEMENTED.
+//! The `capsule.gateway.v1.GatewayService` implementation: calls that
+//! gather what several services own. Independent calls run concurrently,
+//! each with its own deadline; a backend that does not answer leaves its
+//! part out and named in `missing`, never a failed call.
 
-use capsule::proto::gateway::v1::gateway_service_server::GatewayService;
+use std::time::Duration;
+
+use capsule::{
+    auth::Caller,
+    proto::{
+        auth::v1::{GetMeRequest, GetPublicProfileRequest, auth_service_client::AuthServiceClient},
+        deploy::v1::{Deployment, ListDeploymentsRequest, deploy_service_client::DeployServiceClient},
+        gateway::v1::{self as pb, gateway_service_server::GatewayService},
+        project::v1::{
+            GetProjectRequest, GetProjectSettingsRequest, ListProjectsRequest,
+            project_service_client::ProjectServiceClient,
+        },
+    },
+    rpc::{self, FieldViolations},
+};
+use tonic::{Code, Request, Response, Status};
 
 use crate::Backends;
+
+/// Each backend call of a fan-out gets this long.
+const PART_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The gateway's own gRPC API.
 #[derive(Clone)]
 pub struct GatewayServiceApi {
-    // Read by the fan-out RPCs as they are implemented.
-    #[expect(dead_code)]
     backends: Backends,
+}
+
+/// A request to a backend on the caller's behalf, with its own deadline.
+fn on_behalf<T>(caller: &Caller, message: T) -> Result<Request<T>, Status> {
+    let mut request = Request::new(message);
+    request.set_timeout(PART_DEADLINE);
+    request.metadata_mut().insert(
+        "authorization",
+        caller
+            .authorization()
+            .parse()
+            .map_err(|_| Status::unauthenticated("the access token is not a valid header value"))?,
+    );
+    Ok(request)
+}
+
+/// A part that could not be had: the caller's own fault is an error, a
+/// backend's trouble is a missing part.
+fn missing(part: &str, service: &str, status: &Status) -> Result<pb::MissingPart, Status> {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => Err(status.clone()),
+        _ => Ok(pb::MissingPart {
+            part: part.to_owned(),
+            service: service.to_owned(),
+            reason: format!("{:?}: {}", status.code(), status.message()),
+        }),
+    }
+}
+
+async fn within<T>(call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T, Status> {
+    match tokio::time::timeout(PART_DEADLINE, call).await {
+        Ok(result) => result.map(Response::into_inner),
+        Err(_) => Err(Status::deadline_exceeded("no answer in time")),
+    }
 }
 
 impl GatewayServiceApi {
     pub fn new(backends: Backends) -> Self {
         Self { backends }
     }
+
+    fn auth(&self) -> AuthServiceClient<tonic::transport::Channel> {
+        AuthServiceClient::new(self.backends.auth.clone())
+    }
+
+    fn projects(&self) -> ProjectServiceClient<tonic::transport::Channel> {
+        ProjectServiceClient::new(self.backends.project.clone())
+    }
+
+    fn deploys(&self) -> DeployServiceClient<tonic::transport::Channel> {
+        DeployServiceClient::new(self.backends.deploy.clone())
+    }
+
+    async fn latest_deployments(
+        &self,
+        caller: &Caller,
+        project_ids: &[String],
+        count: i32,
+    ) -> Result<Vec<Vec<Deployment>>, Status> {
+        let calls = project_ids.iter().map(|project_id| {
+            let mut deploys = self.deploys();
+            let request = on_behalf(
+                caller,
+                ListDeploymentsRequest {
+                    project_id: project_id.clone(),
+                    page_size: count,
+                    ..Default::default()
+                },
+            );
+            async move {
+                within(deploys.list_deployments(request?))
+                    .await
+                    .map(|page| page.deployments)
+            }
+        });
+        futures::future::join_all(calls).await.into_iter().collect()
+    }
 }
 
 #[tonic::async_trait]
-impl GatewayService for GatewayServiceApi {}
+impl GatewayService for GatewayServiceApi {
+    async fn get_dashboard(
+        &self,
+        request: Request<pb::GetDashboardRequest>,
+    ) -> Result<Response<pb::Dashboard>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let page_size = rpc::page_size(body.page_size, 20, 100, &mut violations);
+        violations.check()?;
+        let mut auth = self.auth();
+        let mut projects = self.projects();
+        let me = on_behalf(&caller, GetMeRequest {})?;
+        let list = on_behalf(
+            &caller,
+            ListProjectsRequest {
+                page_size: i32::try_from(page_size).unwrap_or(20),
+                page_token: body.page_token,
+                show_deleted: false,
+            },
+        )?;
+        let (user, page) = tokio::join!(within(auth.get_me(me)), within(projects.list_projects(list)));
+        let mut dashboard = pb::Dashboard::default();
+        match user {
+            Ok(user) => dashboard.user = Some(user),
+            Err(status) => dashboard.missing.push(missing("user", "auth", &status)?),
+        }
+        match page {
+            Ok(page) => {
+                let ids: Vec<String> = page.projects.iter().map(|p| p.id.clone()).collect();
+                let latest = self.latest_deployments(&caller, &ids, 1).await;
+                if let Err(status) = &latest {
+                    dashboard.missing.push(missing("deployments", "deploy", status)?);
+                }
+                let mut latest = latest.unwrap_or_default().into_iter();
+                dashboard.projects = page
+                    .projects
+                    .into_iter()
+                    .map(|project| pb::ProjectSummary {
+                        project: Some(project),
+                        latest_deployment: latest.next().and_then(|mut list| list.drain(..).next()),
+                    })
+                    .collect();
+                dashboard.next_page_token = page.next_page_token;
+            }
+            Err(status) => dashboard.missing.push(missing("projects", "project", &status)?),
+        }
+        Ok(Response::new(dashboard))
+    }
+
+    async fn get_project_overview(
+        &self,
+        request: Request<pb::GetProjectOverviewRequest>,
+    ) -> Result<Response<pb::ProjectOverview>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        rpc::parse_id("project_id", &body.project_id, &mut violations);
+        let count = match body.deployment_count {
+            0 => 10,
+            n @ 1..=50 => n,
+            _ => {
+                violations.add("deployment_count", "must be between 1 and 50 (0 for 10)");
+                10
+            }
+        };
+        violations.check()?;
+        let (mut projects, mut settings_client) = (self.projects(), self.projects());
+        let get = on_behalf(
+            &caller,
+            GetProjectRequest {
+                project_id: body.project_id.clone(),
+            },
+        )?;
+        let settings = on_behalf(
+            &caller,
+            GetProjectSettingsRequest {
+                project_id: body.project_id.clone(),
+            },
+        )?;
+        let ids = [body.project_id.clone()];
+        let (project, settings, deployments) = tokio::join!(
+            within(projects.get_project(get)),
+            within(settings_client.get_project_settings(settings)),
+            self.latest_deployments(&caller, &ids, count),
+        );
+        // The project itself is essential: without it there is no overview.
+        let project = project.map_err(|status| match status.code() {
+            Code::NotFound | Code::Unauthenticated | Code::PermissionDenied | Code::InvalidArgument => status,
+            _ => Status::unavailable(format!("the project service is unavailable: {}", status.message())),
+        })?;
+        let mut overview = pb::ProjectOverview::default();
+        match settings {
+            // Secret values never leave the project service; names stay.
+            Ok(settings) => overview.settings = Some(settings),
+            Err(status) => overview.missing.push(missing("settings", "project", &status)?),
+        }
+        match deployments {
+            Ok(mut lists) => overview.recent_deployments = lists.pop().unwrap_or_default(),
+            Err(status) => overview.missing.push(missing("deployments", "deploy", &status)?),
+        }
+        let owner = on_behalf(
+            &caller,
+            GetPublicProfileRequest {
+                user_id: project.owner_id.clone(),
+            },
+        )?;
+        match within(self.auth().get_public_profile(owner)).await {
+            Ok(profile) => overview.owner = Some(profile),
+            Err(status) => overview.missing.push(missing("owner", "auth", &status)?),
+        }
+        overview.project = Some(project);
+        Ok(Response::new(overview))
+    }
+}

@@ -1,36 +1,110 @@
-//! The gateway's HTTP side.
+//! The gateway's HTTP side: the REST/JSON bridge (every annotated RPC, see
+//! [`crate::transcode`]), `/openapi.json`, `/healthz`, `/readyz`.
+//!
+//! At the edge: the caller's token is checked for routes that need one
+//! (public routes pass) and passed on; `x-request-id` is kept or made, and
+//! returned; a deadline comes from `grpc-timeout` or the default; idempotent
+//! reads (GET) are retried with backoff on UNAVAILABLE; bodies are limited;
+//! CORS is configurable; requests are rate-limited per client address.
 
-use std::time::Duration;
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
-use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use capsule::auth::KeySet;
+use futures::StreamExt;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use prost_reflect::DynamicMessage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
-use crate::Backends;
+use crate::{
+    Backends, EdgeConfig,
+    codec::DynamicCodec,
+    transcode::{self, Route, Routes},
+};
 
 /// How long `/readyz` waits for each backend's health answer.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub async fn serve(listener: TcpListener, backends: Backends, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// Everything a request needs.
+pub struct Bridge {
+    pub routes: Routes,
+    pub backends: Backends,
+    pub keys: Arc<KeySet>,
+    pub config: EdgeConfig,
+    limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    openapi: serde_json::Value,
+}
+
+impl Bridge {
+    pub fn new(routes: Routes, backends: Backends, keys: Arc<KeySet>, config: EdgeConfig) -> Self {
+        let per_second = NonZeroU32::new(config.rate_limit_per_sec).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second);
+        let openapi = crate::openapi::document(&routes);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            routes,
+            backends,
+            keys,
+            config,
+            openapi,
+        }
+    }
+
+    fn error(&self, status: &Status, request_id: &str) -> Response {
+        let mut response = (
+            transcode::http_status(status.code()),
+            Json(transcode::status_json(&self.routes.pool, status)),
+        )
+            .into_response();
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        if status.code() == Code::Unauthenticated {
+            response
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+pub async fn serve(listener: TcpListener, bridge: Arc<Bridge>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cors = crate::cors(&bridge.config);
     let app = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
-        .with_state(backends);
+        .route("/openapi.json", get(openapi))
+        .fallback(transcoded)
+        .layer(cors)
+        .with_state(bridge);
     tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON)");
-    axum::serve(listener, app)
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
 }
 
+async fn openapi(State(bridge): State<Arc<Bridge>>) -> Json<serde_json::Value> {
+    Json(bridge.openapi.clone())
+}
+
 /// 200 when every backend answers SERVING, else 503 naming the ones that
 /// do not.
-async fn readyz(State(backends): State<Backends>) -> (StatusCode, Json<serde_json::Value>) {
-    let checks = backends.all().map(|(kind, channel)| {
+async fn readyz(State(bridge): State<Arc<Bridge>>) -> (StatusCode, Json<serde_json::Value>) {
+    let checks = bridge.backends.all().map(|(kind, channel)| {
         let mut client = HealthClient::new(channel.clone());
         async move {
             let request = HealthCheckRequest {
@@ -57,4 +131,260 @@ async fn readyz(State(backends): State<Backends>) -> (StatusCode, Json<serde_jso
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// The deadline of a call: `grpc-timeout` (e.g. `5S`, `500m`) or the
+/// default.
+fn deadline(headers: &HeaderMap, default: Duration) -> Duration {
+    let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
+        return default;
+    };
+    let (digits, unit) = value.split_at(value.len().saturating_sub(1));
+    let Ok(amount) = digits.parse::<u64>() else {
+        return default;
+    };
+    let parsed = match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return default,
+    };
+    parsed.min(default * 10)
+}
+
+fn metadata_from(headers: &HeaderMap, request_id: &str, client: SocketAddr) -> tonic::metadata::MetadataMap {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for name in ["authorization", "user-agent"] {
+        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(value) = value.parse()
+        {
+            metadata.insert(name, value);
+        }
+    }
+    if let Ok(value) = request_id.parse() {
+        metadata.insert("x-request-id", value);
+    }
+    if let Ok(value) = client.ip().to_string().parse() {
+        metadata.insert("x-forwarded-for", value);
+    }
+    metadata
+}
+
+async fn transcoded(
+    State(bridge): State<Arc<Bridge>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let request_id = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let span = tracing::info_span!("rest", method = %parts.method, path = %parts.uri.path(), request_id = %request_id);
+    let _entered = span.enter();
+
+    if bridge.limiter.check_key(&client.ip()).is_err() {
+        return bridge.error(
+            &Status::resource_exhausted("too many requests from this address; slow down"),
+            &request_id,
+        );
+    }
+    let (route, bound) = match bridge.routes.find(&parts.method, parts.uri.path()) {
+        Ok(found) => found,
+        Err(transcode::Miss::WrongVerb) => {
+            let status = Status::unimplemented(format!("{} is not allowed on {}", parts.method, parts.uri.path()));
+            let mut response = bridge.error(&status, &request_id);
+            *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            return response;
+        }
+        Err(transcode::Miss::NoRoute) => {
+            let status = Status::not_found(format!("no route for {} {}", parts.method, parts.uri.path()));
+            return bridge.error(&status, &request_id);
+        }
+    };
+    let path = route.grpc_path();
+    if let Some(status) = edge_check(&bridge.keys, &path, &parts.headers).await {
+        return bridge.error(&status, &request_id);
+    }
+    let body = match axum::body::to_bytes(body, bridge.config.max_body_bytes).await {
+        Ok(body) => body,
+        Err(_) => {
+            let status = transcode::bad_request(format!(
+                "the body is larger than {} bytes",
+                bridge.config.max_body_bytes
+            ));
+            return bridge.error(&status, &request_id);
+        }
+    };
+    let mut query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let streaming = route.method.is_server_streaming();
+    if streaming
+        && let Some(last) = parts.headers.get("last-event-id").and_then(|v| v.to_str().ok())
+        && route.method.input().get_field_by_name("after_sequence").is_some()
+        && !query.iter().any(|(k, _)| k == "after_sequence" || k == "afterSequence")
+    {
+        query.push(("after_sequence".to_owned(), last.to_owned()));
+    }
+    let message = match transcode::build_request(route, &bound, &query, &body) {
+        Ok(message) => message,
+        Err(status) => return bridge.error(&status, &request_id),
+    };
+    let Some(channel) = bridge.backends.for_service(route.method.parent_service().full_name()) else {
+        return bridge.error(&Status::unimplemented("no backend serves this API"), &request_id);
+    };
+    let metadata = metadata_from(&parts.headers, &request_id, client);
+    if streaming {
+        let sse = parts
+            .headers
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/event-stream"));
+        return stream(&bridge, route, channel, message, metadata, sse, &request_id).await;
+    }
+    let timeout = deadline(&parts.headers, bridge.config.default_timeout);
+    let idempotent = parts.method == http::Method::GET;
+    let mut attempt = 0;
+    let result = loop {
+        let result = unary(route, channel.clone(), message.clone(), metadata.clone(), timeout).await;
+        match result {
+            Err(status) if idempotent && status.code() == Code::Unavailable && attempt < 2 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100 * 3u64.pow(attempt))).await;
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(response) => {
+            let mut http = Json(transcode::response_json(route, &response)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                http.headers_mut().insert("x-request-id", value);
+            }
+            http
+        }
+        Err(status) => bridge.error(&status, &request_id),
+    }
+}
+
+/// The edge's token check: routes for signed-in users and admins are
+/// checked here; public routes pass, and runner routes are left to the
+/// service (it holds the runner token).
+async fn edge_check(keys: &KeySet, path: &str, headers: &HeaderMap) -> Option<Status> {
+    use capsule::auth::{Access, policies};
+    match policies().get(path) {
+        Some(Access::Authenticated | Access::Admin) => capsule::auth::authorize(keys, path, headers).await.err(),
+        Some(Access::Public | Access::Runner) => None,
+        _ => Some(Status::permission_denied(
+            "this method is not available through the gateway",
+        )),
+    }
+}
+
+async fn unary(
+    route: &Route,
+    channel: Channel,
+    message: DynamicMessage,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+) -> Result<DynamicMessage, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|err| Status::unavailable(format!("the backend is unavailable: {err}")))?;
+    let path = http::uri::PathAndQuery::try_from(route.grpc_path()).map_err(|_| Status::internal("bad method path"))?;
+    let mut request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
+    request.set_timeout(timeout);
+    let call = grpc.unary(request, path, DynamicCodec::new(route.method.output()));
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(status),
+        Err(_) => Err(Status::deadline_exceeded("the backend did not answer in time")),
+    }
+}
+
+/// A server-streaming RPC as Server-Sent Events (`Accept:
+/// text/event-stream`; `id:` is the message's `sequence`, so a client
+/// resumes with `Last-Event-ID`) or newline-delimited JSON
+/// (`{"result": …}` / `{"error": …}` per line, like grpc-gateway).
+async fn stream(
+    bridge: &Arc<Bridge>,
+    route: &Route,
+    channel: Channel,
+    message: DynamicMessage,
+    metadata: tonic::metadata::MetadataMap,
+    sse: bool,
+    request_id: &str,
+) -> Response {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(err) = grpc.ready().await {
+        return bridge.error(
+            &Status::unavailable(format!("the backend is unavailable: {err}")),
+            request_id,
+        );
+    }
+    let Ok(path) = http::uri::PathAndQuery::try_from(route.grpc_path()) else {
+        return bridge.error(&Status::internal("bad method path"), request_id);
+    };
+    let request = tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
+    let messages = match grpc
+        .server_streaming(request, path, DynamicCodec::new(route.method.output()))
+        .await
+    {
+        Ok(response) => response.into_inner(),
+        Err(status) => return bridge.error(&status, request_id),
+    };
+    let pool = bridge.routes.pool.clone();
+    let has_sequence = route.method.output().get_field_by_name("sequence").is_some();
+    let frames = messages.map(move |item| {
+        let frame = match item {
+            Ok(message) => {
+                let json = transcode::to_json(&message);
+                if sse {
+                    let id = if has_sequence {
+                        message
+                            .get_field_by_name("sequence")
+                            .and_then(|v| v.as_i64())
+                            .map(|seq| format!("id: {seq}\n"))
+                            .unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    format!("{id}data: {json}\n\n")
+                } else {
+                    format!("{}\n", serde_json::json!({ "result": json }))
+                }
+            }
+            Err(status) => {
+                let error = transcode::status_json(&pool, &status);
+                if sse {
+                    format!("event: error\ndata: {error}\n\n")
+                } else {
+                    format!("{}\n", serde_json::json!({ "error": error }))
+                }
+            }
+        };
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(frame))
+    });
+    let content_type = if sse {
+        "text/event-stream"
+    } else {
+        "application/x-ndjson"
+    };
+    let mut response = Response::new(Body::from_stream(frames));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static(content_type));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(request_id) {
+        headers.insert("x-request-id", value);
+    }
+    response
 }

@@ -1,14 +1,23 @@
-//! Capsule's gateway: the one front door. Serves `capsule.gateway.v1` over
-//! gRPC and, over HTTP/1.1, the REST/JSON bridge with `/healthz` (the
-//! process is up) and `/readyz` (every backend reports SERVING).
+//! Capsule's gateway: the one front door.
+//!
+//! - HTTP (`GATEWAY_HTTP_ADDR`): the REST/JSON bridge transcoded from the
+//!   protos' `google.api.http` annotations, `/openapi.json`, `/healthz`,
+//!   `/readyz`.
+//! - gRPC (`GATEWAY_GRPC_ADDR`): `capsule.gateway.v1` (fan-out calls), and
+//!   every `capsule.auth/project/deploy` call routed to its service,
+//!   streaming included; reflection lists them all, so one address is
+//!   enough for a client.
 
+mod codec;
 mod grpc;
 mod http_api;
+mod openapi;
+pub mod transcode;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use capsule::{
-    config::{GatewayConfig, ServeConfig, ServiceKind},
+    config::{ConfigError, GatewayConfig, ProcessEnv, ServeConfig, ServiceKind, Source},
     proto::gateway::v1::gateway_service_server::GatewayServiceServer,
     server::GrpcServer,
 };
@@ -18,28 +27,108 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use grpc::GatewayServiceApi;
 
-/// Lazily connected channels to the services behind the gateway.
+/// Settings of the edge.
+///
+/// | variable | default |
+/// |---|---|
+/// | `GATEWAY_MAX_BODY_BYTES` | `1048576` |
+/// | `GATEWAY_REQUEST_TIMEOUT_MS` | `30000`: the deadline of a backend call without `grpc-timeout` |
+/// | `GATEWAY_RATE_LIMIT_PER_SEC` | `100` requests per second per client address … |
+/// | `GATEWAY_RATE_LIMIT_BURST` | `200` … with bursts up to this |
+/// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub max_body_bytes: usize,
+    pub default_timeout: Duration,
+    pub rate_limit_per_sec: u32,
+    pub rate_limit_burst: u32,
+    pub cors_origins: Vec<String>,
+}
+
+impl EdgeConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&ProcessEnv)
+    }
+
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let number = |variable: &str, default: u64| -> Result<u64, ConfigError> {
+            match source.get(variable) {
+                None => Ok(default),
+                Some(raw) => match raw.trim().parse::<u64>() {
+                    Ok(value) if value > 0 && value <= u64::from(u32::MAX) => Ok(value),
+                    _ => Err(ConfigError {
+                        variable: variable.to_owned(),
+                        value: format!("{raw:?}"),
+                        reason: "expected a positive whole number".to_owned(),
+                    }),
+                },
+            }
+        };
+        let small = |variable: &str, default: u64| -> Result<u32, ConfigError> {
+            number(variable, default).map(|value| u32::try_from(value).unwrap_or(u32::MAX))
+        };
+        Ok(Self {
+            max_body_bytes: usize::try_from(number("GATEWAY_MAX_BODY_BYTES", 1024 * 1024)?).unwrap_or(usize::MAX),
+            default_timeout: Duration::from_millis(number("GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
+            rate_limit_per_sec: small("GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
+            rate_limit_burst: small("GATEWAY_RATE_LIMIT_BURST", 200)?,
+            cors_origins: source
+                .get("GATEWAY_CORS_ORIGINS")
+                .map(|origins| {
+                    origins
+                        .split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn cors(config: &EdgeConfig) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if config.cors_origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let origin = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods(tower_http::cors::Any)
+        .allow_headers(tower_http::cors::Any)
+        .expose_headers([http::HeaderName::from_static("x-request-id")])
+}
+
+/// Lazily connected channels to the services behind the gateway, and to
+/// the gateway's own gRPC API.
 #[derive(Clone)]
 pub struct Backends {
     pub auth: Channel,
     pub project: Channel,
     pub deploy: Channel,
+    pub gateway: Channel,
+}
+
+fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy())
 }
 
 impl Backends {
     /// Channels that connect on first use and reconnect after a backend
     /// restarts.
-    pub fn new(config: &GatewayConfig) -> anyhow::Result<Self> {
-        let channel = |url: &str| -> anyhow::Result<Channel> {
-            Ok(Endpoint::from_shared(url.to_owned())?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(30))
-                .connect_lazy())
-        };
+    pub fn new(config: &GatewayConfig, own_grpc: std::net::SocketAddr) -> anyhow::Result<Self> {
         Ok(Self {
             auth: channel(&config.services.auth)?,
             project: channel(&config.services.project)?,
             deploy: channel(&config.services.deploy)?,
+            gateway: channel(&format!("http://127.0.0.1:{}", own_grpc.port()))?,
         })
     }
 
@@ -51,6 +140,48 @@ impl Backends {
             (ServiceKind::Deploy, &self.deploy),
         ]
     }
+
+    /// The channel that serves a gRPC service.
+    pub fn for_service(&self, full_name: &str) -> Option<Channel> {
+        let package = full_name.rsplit_once('.').map_or(full_name, |(package, _)| package);
+        match package {
+            "capsule.auth.v1" => Some(self.auth.clone()),
+            "capsule.project.v1" => Some(self.project.clone()),
+            "capsule.deploy.v1" => Some(self.deploy.clone()),
+            "capsule.gateway.v1" => Some(self.gateway.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The gRPC front door: calls for the services behind the gateway are
+/// forwarded as they are (headers, body and trailers stream through).
+fn front_door(backends: &Backends) -> axum::Router {
+    let mut router = axum::Router::new();
+    for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
+        let name = kind.grpc_service_name();
+        let Some(channel) = backends.for_service(name) else {
+            continue;
+        };
+        let forward = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+            let mut channel = channel.clone();
+            async move {
+                use tower::Service;
+                let request = request.map(tonic::body::Body::new);
+                let response = match std::future::poll_fn(|cx| channel.poll_ready(cx)).await {
+                    Ok(()) => channel.call(request).await,
+                    Err(err) => Err(err),
+                };
+                Ok::<_, std::convert::Infallible>(match response {
+                    Ok(response) => response.map(axum::body::Body::new),
+                    Err(err) => tonic::Status::unavailable(format!("the {kind} service is unavailable: {err}"))
+                        .into_http::<axum::body::Body>(),
+                })
+            }
+        });
+        router = router.route_service(&format!("/{name}/{{*method}}"), forward);
+    }
+    router
 }
 
 /// Serves the gateway's gRPC API on `grpc_listener` and its HTTP side on
@@ -59,18 +190,27 @@ pub async fn serve(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     config: GatewayConfig,
+    edge: EdgeConfig,
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let backends = Backends::new(&config)?;
-    let keys = capsule::auth::KeySet::from_auth_service(&config.services.auth, &capsule::auth::Secrets::from_env())?;
-    let server = GrpcServer::new(ServiceKind::Gateway)
+    let backends = Backends::new(&config, grpc_listener.local_addr()?)?;
+    let keys = capsule::auth::KeySet::at_edge(&config.services.auth)?;
+    let routes =
+        transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+    let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
+
+    let mut server = GrpcServer::new(ServiceKind::Gateway)
         .require_access(keys)
-        .add_service(GatewayServiceServer::new(GatewayServiceApi::new(backends.clone())));
+        .add_service(GatewayServiceServer::new(GatewayServiceApi::new(backends.clone())))
+        .with_router(front_door(&backends));
+    for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
+        server = server.advertise(kind.grpc_service_name());
+    }
     // The gateway holds no state of its own: it serves as soon as it listens.
     server.health().set(true).await;
 
-    let http = http_api::serve(http_listener, backends, shutdown.clone());
+    let http = http_api::serve(http_listener, bridge, shutdown.clone());
     let grpc = server.serve(grpc_listener, &serve_config, shutdown);
     let (http, grpc) = tokio::join!(http, grpc);
     http?;

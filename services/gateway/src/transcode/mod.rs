@@ -1,0 +1,342 @@
+//! The REST/JSON bridge, driven by descriptors: every RPC with a
+//! `google.api.http` annotation in the descriptor set is a route, with no
+//! per-route code. Requests and responses follow the proto3 JSON mapping
+//! (camelCase, 64-bit integers as strings, enums as names, RFC 3339
+//! timestamps); errors are `google.rpc.Status` JSON with grpc-gateway's
+//! status table.
+
+pub mod template;
+
+use std::collections::BTreeMap;
+
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, Kind, MessageDescriptor, MethodDescriptor, SerializeOptions, Value as ReflectValue,
+};
+use serde_json::{Map, Value};
+use tonic::{Code, Status};
+
+use template::Template;
+
+/// One HTTP binding of one RPC.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub verb: http::Method,
+    pub template: Template,
+    /// `"*"`, a field name, or empty for no body.
+    pub body: String,
+    /// A response field to send instead of the whole message; empty for all.
+    pub response_body: String,
+    pub method: MethodDescriptor,
+}
+
+impl Route {
+    /// `/package.Service/Method`.
+    pub fn grpc_path(&self) -> String {
+        format!("/{}/{}", self.method.parent_service().full_name(), self.method.name())
+    }
+}
+
+/// Path variables bound by a template: (field path, value).
+pub type Bound = Vec<(String, String)>;
+
+/// Why no route was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    NoRoute,
+    /// The path exists with another HTTP verb.
+    WrongVerb,
+}
+
+/// Every route of a descriptor pool.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    pub pool: DescriptorPool,
+    pub routes: Vec<Route>,
+}
+
+fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Vec<Route>) -> Result<(), String> {
+    let text = |name: &str| {
+        rule.get_field_by_name(name)
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let mut binding = None;
+    for verb in ["get", "put", "post", "delete", "patch"] {
+        if rule.has_field_by_name(verb) {
+            binding = Some((verb.to_uppercase(), text(verb)));
+        }
+    }
+    if rule.has_field_by_name("custom")
+        && let Some(custom) = rule.get_field_by_name("custom")
+        && let Some(custom) = custom.as_message()
+    {
+        let kind = custom
+            .get_field_by_name("kind")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let path = custom
+            .get_field_by_name("path")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        binding = Some((kind, path));
+    }
+    if let Some((verb, path)) = binding {
+        routes.push(Route {
+            verb: http::Method::from_bytes(verb.as_bytes()).map_err(|err| format!("{}: {err}", method.full_name()))?,
+            template: Template::parse(&path).map_err(|err| format!("{}: {err}", method.full_name()))?,
+            body: text("body"),
+            response_body: text("response_body"),
+            method: method.clone(),
+        });
+    }
+    if let Some(ReflectValue::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
+        for extra in more {
+            if let Some(extra) = extra.as_message() {
+                rule_routes(extra, method, routes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Routes {
+    /// The routes of every annotated RPC in `descriptor_set`.
+    pub fn from_descriptor_set(descriptor_set: &[u8]) -> Result<Self, String> {
+        let pool = DescriptorPool::decode(descriptor_set).map_err(|err| err.to_string())?;
+        let extension = pool
+            .get_extension_by_name("google.api.http")
+            .ok_or("the descriptor set lacks google.api.http")?;
+        let mut routes = Vec::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&extension) {
+                    continue;
+                }
+                if let Some(rule) = options.get_extension(&extension).as_message() {
+                    rule_routes(rule, &method, &mut routes)?;
+                }
+            }
+        }
+        // Custom verbs first, then the most literal templates.
+        routes.sort_by_key(|route| {
+            (
+                !route.template.has_verb(),
+                std::cmp::Reverse(route.template.literal_count()),
+            )
+        });
+        Ok(Self { pool, routes })
+    }
+
+    /// The route for a request, with its bound path variables.
+    pub fn find(&self, verb: &http::Method, path: &str) -> Result<(&Route, Bound), Miss> {
+        let mut miss = Miss::NoRoute;
+        for route in &self.routes {
+            if let Some(bound) = route.template.matches(path) {
+                if route.verb == verb {
+                    return Ok((route, bound));
+                }
+                miss = Miss::WrongVerb;
+            }
+        }
+        Err(miss)
+    }
+}
+
+/// INVALID_ARGUMENT naming what to fix.
+pub fn bad_request(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message.into())
+}
+
+/// Finds a field by proto name or JSON name.
+fn field(message: &MessageDescriptor, name: &str) -> Option<prost_reflect::FieldDescriptor> {
+    message
+        .get_field_by_name(name)
+        .or_else(|| message.get_field_by_json_name(name))
+}
+
+fn is_scalar_like(kind: &Kind) -> bool {
+    match kind {
+        Kind::Message(message) => matches!(
+            message.full_name(),
+            "google.protobuf.Timestamp"
+                | "google.protobuf.Duration"
+                | "google.protobuf.FieldMask"
+                | "google.protobuf.StringValue"
+                | "google.protobuf.BoolValue"
+                | "google.protobuf.Int32Value"
+                | "google.protobuf.Int64Value"
+                | "google.protobuf.UInt32Value"
+                | "google.protobuf.UInt64Value"
+                | "google.protobuf.FloatValue"
+                | "google.protobuf.DoubleValue"
+        ),
+        _ => true,
+    }
+}
+
+/// Puts a string from the path or query at `path` (dotted field names) in
+/// the JSON request, converted for the field's type.
+fn set_field(
+    json: &mut Map<String, Value>,
+    message: &MessageDescriptor,
+    path: &str,
+    raw: &str,
+    from: &str,
+) -> Result<(), Status> {
+    let (head, rest) = match path.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (path, None),
+    };
+    let descriptor = field(message, head).ok_or_else(|| bad_request(format!("{from} {path:?}: no such field")))?;
+    let key = descriptor.json_name().to_owned();
+    if let Some(rest) = rest {
+        let Kind::Message(inner) = descriptor.kind() else {
+            return Err(bad_request(format!("{from} {path:?}: {head} has no fields")));
+        };
+        let entry = json.entry(key).or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(object) = entry else {
+            return Err(bad_request(format!("{from} {path:?}: conflicts with the body")));
+        };
+        return set_field(object, &inner, rest, raw, from);
+    }
+    let kind = descriptor.kind();
+    if descriptor.is_map() || !is_scalar_like(&kind) {
+        return Err(bad_request(format!(
+            "{from} {path:?}: this field cannot be set from the URL; send it in the body"
+        )));
+    }
+    let value = match kind {
+        Kind::Bool => match raw {
+            "true" | "1" => Value::Bool(true),
+            "false" | "0" => Value::Bool(false),
+            _ => {
+                return Err(bad_request(format!(
+                    "{from} {path:?}: expected true or false, got {raw:?}"
+                )));
+            }
+        },
+        _ => Value::String(raw.to_owned()),
+    };
+    if descriptor.is_list() {
+        match json.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+            Value::Array(items) => items.push(value),
+            _ => return Err(bad_request(format!("{from} {path:?}: conflicts with the body"))),
+        }
+    } else {
+        // The path wins over the body (as in grpc-gateway).
+        json.insert(key, value);
+    }
+    Ok(())
+}
+
+/// Builds the gRPC request of `route` from path variables, query
+/// parameters and the body, as `google.api.http` binds them.
+pub fn build_request(
+    route: &Route,
+    bound: &[(String, String)],
+    query: &[(String, String)],
+    body: &[u8],
+) -> Result<DynamicMessage, Status> {
+    let input = route.method.input();
+    let mut json = Map::new();
+    let body_json = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(
+            serde_json::from_slice::<Value>(body)
+                .map_err(|err| bad_request(format!("the body is not valid JSON: {err}")))?,
+        )
+    };
+    match (route.body.as_str(), body_json) {
+        ("", Some(_)) => {
+            return Err(bad_request(format!(
+                "{} {} takes no body",
+                route.verb, route.template.text
+            )));
+        }
+        ("", None) | (_, None) => {}
+        ("*", Some(Value::Object(object))) => json = object,
+        ("*", Some(_)) => return Err(bad_request("the body must be a JSON object")),
+        (field_name, Some(value)) => {
+            let descriptor = field(&input, field_name)
+                .ok_or_else(|| Status::internal(format!("the body field {field_name} does not exist")))?;
+            json.insert(descriptor.json_name().to_owned(), value);
+        }
+    }
+    for (path, value) in bound {
+        set_field(&mut json, &input, path, value, "path parameter")?;
+    }
+    if route.body == "*" && !query.is_empty() {
+        return Err(bad_request(format!(
+            "query parameter {:?}: this route takes every field in the body",
+            query[0].0
+        )));
+    }
+    for (name, value) in query {
+        let name = name.strip_suffix("[]").unwrap_or(name);
+        set_field(&mut json, &input, name, value, "query parameter")?;
+    }
+    let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
+    DynamicMessage::deserialize_with_options(input, Value::Object(json), &options)
+        .map_err(|err| bad_request(format!("invalid request: {err}")))
+}
+
+/// The proto3 JSON of a message.
+pub fn to_json(message: &DynamicMessage) -> Value {
+    let options = SerializeOptions::new();
+    message
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .unwrap_or(Value::Null)
+}
+
+/// The response JSON, or only its `response_body` field.
+pub fn response_json(route: &Route, message: &DynamicMessage) -> Value {
+    let json = to_json(message);
+    if route.response_body.is_empty() {
+        return json;
+    }
+    let key = route
+        .method
+        .output()
+        .get_field_by_name(&route.response_body)
+        .map(|field| field.json_name().to_owned())
+        .unwrap_or_default();
+    json.get(&key).cloned().unwrap_or(Value::Null)
+}
+
+/// grpc-gateway's gRPC → HTTP status table.
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as S;
+    match code {
+        Code::Ok => S::OK,
+        Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
+        Code::NotFound => S::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::PermissionDenied => S::FORBIDDEN,
+        Code::Unauthenticated => S::UNAUTHORIZED,
+        Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
+        Code::Unimplemented => S::NOT_IMPLEMENTED,
+        Code::Unavailable => S::SERVICE_UNAVAILABLE,
+        Code::Unknown | Code::Internal | Code::DataLoss => S::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A status as `google.rpc.Status` JSON, details decoded when their types
+/// are in the pool (field violations, retry info).
+pub fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
+    let details = pool
+        .get_message_by_name("google.rpc.Status")
+        .filter(|_| !status.details().is_empty())
+        .and_then(|descriptor| DynamicMessage::decode(descriptor, status.details()).ok())
+        .map(|decoded| to_json(&decoded))
+        .and_then(|json| json.get("details").cloned())
+        .unwrap_or_else(|| Value::Array(Vec::new()));
+    let mut object = BTreeMap::new();
+    object.insert("code", Value::from(status.code() as i32));
+    object.insert("message", Value::from(status.message()));
+    object.insert("details", details);
+    serde_json::to_value(object).unwrap_or(Value::Null)
+}

@@ -1,0 +1,233 @@
+//! `google.api.http` path templates (https://google.aip.dev/127):
+//! `/v1/projects/{project_id}/deployments`, `/v1/users/{user_id}:setRole`,
+//! `/v1/projects/{project.id}`, `{name=shelves/*}`, `**`.
+
+/// One segment of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: one segment, not bound.
+    Any,
+    /// `**`: the rest, not bound.
+    Rest,
+    /// `{field}` or `{field=pattern}`: binds what `pattern` matches.
+    Variable {
+        field: String,
+        pattern: Vec<Segment>,
+    },
+}
+
+/// A parsed template.
+#[derive(Debug, Clone)]
+pub struct Template {
+    segments: Vec<Segment>,
+    verb: Option<String>,
+    /// The template as written, for OpenAPI paths.
+    pub text: String,
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let path = text
+            .strip_prefix('/')
+            .ok_or_else(|| format!("{text}: a template starts with /"))?;
+        // The verb is after the last ':' outside braces.
+        let mut depth = 0;
+        let mut verb_at = None;
+        for (index, c) in path.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ':' if depth == 0 => verb_at = Some(index),
+                _ => {}
+            }
+        }
+        let (body, verb) = match verb_at {
+            Some(index) => (&path[..index], Some(path[index + 1..].to_owned())),
+            None => (path, None),
+        };
+        Ok(Self {
+            segments: parse_segments(body)?,
+            verb,
+            text: text.to_owned(),
+        })
+    }
+
+    pub fn has_verb(&self) -> bool {
+        self.verb.is_some()
+    }
+
+    /// How many literal segments: more literals match first.
+    pub fn literal_count(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s, Segment::Literal(_)))
+            .count()
+    }
+
+    /// The bound field paths.
+    pub fn fields(&self) -> Vec<String> {
+        self.segments
+            .iter()
+            .filter_map(|segment| match segment {
+                Segment::Variable { field, .. } => Some(field.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The OpenAPI form: `/v1/projects/{project_id}`.
+    pub fn openapi_path(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.segments {
+            path.push('/');
+            match segment {
+                Segment::Literal(literal) => path.push_str(literal),
+                Segment::Any => path.push('*'),
+                Segment::Rest => path.push_str("**"),
+                Segment::Variable { field, .. } => {
+                    path.push('{');
+                    path.push_str(field);
+                    path.push('}');
+                }
+            }
+        }
+        if let Some(verb) = &self.verb {
+            path.push(':');
+            path.push_str(verb);
+        }
+        path
+    }
+
+    /// Matches a request path (already split on `/`, still percent-encoded);
+    /// returns the bound (field path, decoded value) pairs.
+    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let path = path.strip_prefix('/')?;
+        let path = match &self.verb {
+            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => path,
+        };
+        let parts: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
+        let mut bound = Vec::new();
+        let used = match_segments(&self.segments, &parts, &mut bound)?;
+        (used == parts.len()).then_some(bound)
+    }
+}
+
+fn parse_segments(text: &str) -> Result<Vec<Segment>, String> {
+    let mut segments = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let end = after.find('}').ok_or_else(|| format!("{text}: unclosed {{"))?;
+            let inner = &after[..end];
+            let (field, pattern) = match inner.split_once('=') {
+                Some((field, pattern)) => (field, parse_segments(pattern)?),
+                None => (inner, vec![Segment::Any]),
+            };
+            segments.push(Segment::Variable {
+                field: field.to_owned(),
+                pattern,
+            });
+            rest = &after[end + 1..];
+        } else {
+            let end = rest.find('/').unwrap_or(rest.len());
+            let literal = &rest[..end];
+            segments.push(match literal {
+                "*" => Segment::Any,
+                "**" => Segment::Rest,
+                "" => return Err(format!("{text}: empty segment")),
+                other => Segment::Literal(other.to_owned()),
+            });
+            rest = &rest[end..];
+        }
+        rest = rest.strip_prefix('/').unwrap_or(rest);
+    }
+    Ok(segments)
+}
+
+/// Matches `segments` against the start of `parts`; how many parts it used.
+fn match_segments(segments: &[Segment], parts: &[&str], bound: &mut Vec<(String, String)>) -> Option<usize> {
+    let mut used = 0;
+    for segment in segments {
+        match segment {
+            Segment::Literal(literal) => {
+                if parts.get(used)? != literal {
+                    return None;
+                }
+                used += 1;
+            }
+            Segment::Any => {
+                if parts.get(used)?.is_empty() {
+                    return None;
+                }
+                used += 1;
+            }
+            Segment::Rest => used = parts.len(),
+            Segment::Variable { field, pattern } => {
+                let mut inner = Vec::new();
+                let taken = match_segments(pattern, &parts[used..], &mut inner)?;
+                if taken == 0 {
+                    return None;
+                }
+                let raw = parts[used..used + taken].join("/");
+                let value = percent_encoding::percent_decode_str(&raw)
+                    .decode_utf8()
+                    .ok()?
+                    .into_owned();
+                if value.is_empty() {
+                    return None;
+                }
+                bound.push((field.clone(), value));
+                used += taken;
+            }
+        }
+    }
+    Some(used)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_bind_variables_verbs_and_nested_fields() {
+        let t = Template::parse("/v1/projects/{project_id}/deployments").unwrap();
+        assert_eq!(
+            t.matches("/v1/projects/abc/deployments"),
+            Some(vec![("project_id".into(), "abc".into())])
+        );
+        assert_eq!(t.matches("/v1/projects/abc"), None);
+        assert_eq!(t.matches("/v1/projects//deployments"), None);
+
+        let verb = Template::parse("/v1/users/{user_id}:setRole").unwrap();
+        assert_eq!(
+            verb.matches("/v1/users/42:setRole"),
+            Some(vec![("user_id".into(), "42".into())])
+        );
+        assert_eq!(verb.matches("/v1/users/42"), None);
+        assert!(verb.has_verb());
+
+        let plain = Template::parse("/v1/auth:login").unwrap();
+        assert_eq!(plain.matches("/v1/auth:login"), Some(vec![]));
+        assert_eq!(plain.matches("/v1/auth:logout"), None);
+
+        let nested = Template::parse("/v1/projects/{project.id}").unwrap();
+        assert_eq!(nested.fields(), ["project.id"]);
+        assert_eq!(
+            nested.matches("/v1/projects/a%20b"),
+            Some(vec![("project.id".into(), "a b".into())])
+        );
+        let pattern = Template::parse("/v1/{name=shelves/*/books/**}").unwrap();
+        assert_eq!(
+            pattern.matches("/v1/shelves/1/books/2/3"),
+            Some(vec![("name".into(), "shelves/1/books/2/3".into())])
+        );
+        assert_eq!(pattern.openapi_path(), "/v1/{name}");
+        assert!(Template::parse("v1/x").is_err());
+    }
+}
