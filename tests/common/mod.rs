@@ -29,6 +29,8 @@ pub struct TestMesh {
     pub http: SocketAddr,
     pub mesh: Mesh,
     pub shutdown: CancellationToken,
+    /// Each service's own stop, a child of `shutdown`.
+    pub stops: Vec<(ServiceKind, CancellationToken)>,
     pub tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     pub databases: Vec<TestDatabase>,
 }
@@ -88,6 +90,7 @@ pub async fn start_with(options: Options) -> TestMesh {
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     let mut databases = Vec::new();
+    let mut stops = Vec::new();
     for (kind, listener) in listeners {
         let migrations = match kind {
             ServiceKind::Auth => &capsule_auth::MIGRATIONS,
@@ -102,7 +105,8 @@ pub async fn start_with(options: Options) -> TestMesh {
             mesh.clone(),
             deploy_config.clone(),
         );
-        let token = shutdown.clone();
+        let token = shutdown.child_token();
+        stops.push((kind, token.clone()));
         tasks.push(tokio::spawn(async move {
             match kind {
                 ServiceKind::Auth => {
@@ -149,6 +153,7 @@ pub async fn start_with(options: Options) -> TestMesh {
         http: http_addr,
         mesh,
         shutdown,
+        stops,
         tasks,
         databases,
     };
@@ -215,6 +220,13 @@ impl TestMesh {
             .tokens
             .unwrap()
             .access_token
+    }
+
+    /// Stops one service (its process would be gone).
+    pub fn stop_service(&self, kind: ServiceKind) {
+        if let Some((_, stop)) = self.stops.iter().find(|(k, _)| *k == kind) {
+            stop.cancel();
+        }
     }
 
     pub async fn stop(self) {

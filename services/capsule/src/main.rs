@@ -46,6 +46,8 @@ enum Command {
     },
     /// Migrations: apply (default), info, validate, revert, redo, baseline.
     Migrate(migrate::MigrateArgs),
+    /// Print the OpenAPI document of the gateway's REST bridge.
+    Openapi,
     /// PostgreSQL for development and tests.
     Postgres {
         #[command(subcommand)]
@@ -110,6 +112,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev::run().await,
         Command::Serve { service, runner } => serve(service.into(), runner.is_some()).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&capsule_gateway::openapi_document()?)?
+            );
+            Ok(())
+        }
         Command::Postgres { command } => match command {
             PostgresCommand::Up => {
                 let server = postgres::find_or_start(&postgres::project_dir()?).await?;

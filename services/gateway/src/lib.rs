@@ -184,6 +184,14 @@ fn front_door(backends: &Backends) -> axum::Router {
     router
 }
 
+/// The OpenAPI document of the REST bridge (what `GET /openapi.json`
+/// serves).
+pub fn openapi_document() -> anyhow::Result<serde_json::Value> {
+    let routes =
+        transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+    Ok(openapi::document(&routes))
+}
+
 /// Serves the gateway's gRPC API on `grpc_listener` and its HTTP side on
 /// `http_listener` until `shutdown` is cancelled.
 pub async fn serve(

@@ -1,0 +1,353 @@
+//! The gateway from the outside: REST/JSON over real HTTP, the gRPC front
+//! door, partial fan-out when a backend is gone.
+
+mod common;
+
+use std::time::Duration;
+
+use capsule::config::ServiceKind;
+use futures::StreamExt;
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+
+fn url(mesh: &common::TestMesh, path: &str) -> String {
+    format!("http://{}{path}", mesh.http)
+}
+
+async fn call(
+    client: &Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client.request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_journey_works_over_rest() {
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        ..Default::default()
+    })
+    .await;
+    let http = Client::new();
+    use reqwest::Method as M;
+
+    let (status, registered) = call(
+        &http,
+        M::POST,
+        &url(&mesh, "/v1/auth:register"),
+        None,
+        Some(json!({"email": "rest@example.com", "password": common::PASSWORD, "name": "Rest"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{registered}");
+    assert_eq!(registered["user"]["role"], "ROLE_USER", "enums as names");
+    let (_, login) = call(
+        &http,
+        M::POST,
+        &url(&mesh, "/v1/auth:login"),
+        None,
+        Some(json!({"email": "rest@example.com", "password": common::PASSWORD})),
+    )
+    .await;
+    let token = login["tokens"]["accessToken"]
+        .as_str()
+        .expect("camelCase names")
+        .to_owned();
+    let token = Some(token.as_str());
+
+    let (status, project) = call(
+        &http,
+        M::POST,
+        &url(&mesh, "/v1/projects"),
+        token,
+        Some(json!({"name": "Rest App"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{project}");
+    let id = project["id"].as_str().unwrap().to_owned();
+    let (status, settings) = call(
+        &http,
+        M::PATCH,
+        &url(&mesh, &format!("/v1/projects/{id}/settings?updateMask=buildCommand")),
+        token,
+        Some(json!({"buildCommand": "echo from rest; echo $SECRET_TOKEN"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{settings}");
+    assert_eq!(settings["buildCommand"], "echo from rest; echo $SECRET_TOKEN");
+    let (status, variable) = call(
+        &http,
+        M::PUT,
+        &url(&mesh, &format!("/v1/projects/{id}/variables/SECRET_TOKEN")),
+        token,
+        Some(json!({"value": "hunter2-hunter2", "secret": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{variable}");
+    assert_eq!(variable["name"], "SECRET_TOKEN", "the path binds the nested field");
+    assert!(variable.get("value").is_none(), "{variable}");
+
+    let (status, deployment) = call(
+        &http,
+        M::POST,
+        &url(&mesh, &format!("/v1/projects/{id}/deployments")),
+        token,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{deployment}");
+    let deployment_id = deployment["id"].as_str().unwrap().to_owned();
+
+    // Follow the logs as Server-Sent Events until the deployment is live.
+    let response = http
+        .get(url(
+            &mesh,
+            &format!("/v1/deployments/{deployment_id}/logs:stream?follow=true"),
+        ))
+        .bearer_auth(token.unwrap())
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = String::new();
+    let mut chunks = response.bytes_stream();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = chunks.next().await {
+            body.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream ends at the final state:\n{body}");
+    assert!(body.contains("id: 1\ndata: {"), "{body}");
+    assert!(body.contains("from rest"), "{body}");
+    assert!(body.contains("********") && !body.contains("hunter2-hunter2"), "{body}");
+    assert!(body.contains("deploying → live"), "{body}");
+
+    // Resume with Last-Event-ID, as newline-delimited JSON this time.
+    let resumed = http
+        .get(url(&mesh, &format!("/v1/deployments/{deployment_id}/logs:stream")))
+        .bearer_auth(token.unwrap())
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first: Value = serde_json::from_str(resumed.lines().next().unwrap()).unwrap();
+    assert_eq!(first["result"]["sequence"], "3", "int64 as strings, resumed after 2");
+
+    let (status, dashboard) = call(&http, M::GET, &url(&mesh, "/v1/dashboard"), token, None).await;
+    assert_eq!(status, StatusCode::OK, "{dashboard}");
+    assert_eq!(dashboard["user"]["email"], "rest@example.com");
+    assert_eq!(
+        dashboard["projects"][0]["latestDeployment"]["state"],
+        "DEPLOYMENT_STATE_LIVE"
+    );
+    assert!(dashboard.get("missing").is_none(), "{dashboard}");
+
+    let (status, overview) = call(
+        &http,
+        M::GET,
+        &url(&mesh, &format!("/v1/projects/{id}/overview")),
+        token,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(overview["owner"]["name"], "Rest");
+    assert_eq!(overview["settings"]["environmentVariables"][0]["secret"], true);
+    assert!(!overview.to_string().contains("hunter2-hunter2"));
+    assert_eq!(overview["recentDeployments"].as_array().map(Vec::len), Some(1));
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_with_the_right_http_status() {
+    let mesh = common::start().await;
+    let http = Client::new();
+    let (token, _) = mesh.user("errors@example.com").await;
+    let projects = url(&mesh, "/v1/projects");
+
+    let raw = |body: &'static str| {
+        let (http, projects, token) = (http.clone(), projects.clone(), token.clone());
+        async move {
+            let response = http
+                .post(projects)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = raw("{\"name\": ").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], 3);
+    assert!(body["message"].as_str().unwrap().contains("not valid JSON"), "{body}");
+    let (status, body) = raw("{\"name\": \"x\", \"bogus\": 1}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("bogus"), "{body}");
+    let (status, body) = raw("{\"name\": 42}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = raw("{\"name\": \"\", \"slug\": \"NO\"}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let fields: Vec<&str> = body["details"][0]["fieldViolations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
+    assert_eq!(fields, ["project.name", "project.slug"]);
+
+    let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let response = http
+        .post(&projects)
+        .bearer_auth(&token)
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["message"].as_str().unwrap().contains("larger than"), "{body}");
+
+    let response = http.get(&projects).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = http
+        .get(url(&mesh, "/v1/projects?pageSize=1000000000"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = http
+        .get(url(&mesh, "/v1/projects?nonsense=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = http
+        .get(url(&mesh, "/v1/projects/00000000-0000-0000-0000-000000000000"))
+        .bearer_auth(&token)
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    assert_eq!(
+        http.get(url(&mesh, "/v2/nothing")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http.delete(url(&mesh, "/v1/auth:login")).send().await.unwrap().status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    let document: Value = http
+        .get(url(&mesh, "/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(document["openapi"], "3.0.3");
+    assert!(document["paths"]["/v1/projects/{project_id}"]["get"].is_object());
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_gives_a_partial_dashboard_and_503_for_its_routes() {
+    let mesh = common::start().await;
+    let http = Client::new();
+    let (token, _) = mesh.user("partial@example.com").await;
+    let (status, _) = call(
+        &http,
+        reqwest::Method::POST,
+        &url(&mesh, "/v1/projects"),
+        Some(&token),
+        Some(json!({"name": "Still Here"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+
+    mesh.stop_service(ServiceKind::Deploy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, dashboard) = call(
+        &http,
+        reqwest::Method::GET,
+        &url(&mesh, "/v1/dashboard"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{dashboard}");
+    assert_eq!(dashboard["user"]["email"], "partial@example.com");
+    assert_eq!(dashboard["projects"][0]["project"]["name"], "Still Here");
+    assert_eq!(dashboard["missing"][0]["part"], "deployments");
+    assert_eq!(dashboard["missing"][0]["service"], "deploy");
+
+    let (status, body) = call(
+        &http,
+        reqwest::Method::GET,
+        &url(&mesh, "/v1/deployments/00000000-0000-0000-0000-000000000000"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], 14);
+    let ready = http.get(url(&mesh, "/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    mesh.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_front_door_routes_every_service() {
+    use capsule::proto::{
+        auth::v1::{GetMeRequest, auth_service_client::AuthServiceClient},
+        project::v1::{ListProjectsRequest, project_service_client::ProjectServiceClient},
+    };
+    let mesh = common::start().await;
+    let (token, user_id) = mesh.user("door@example.com").await;
+    let channel = capsule::testing::channel(mesh.addr(ServiceKind::Gateway)).await;
+    let me = AuthServiceClient::new(channel.clone())
+        .get_me(common::authed(GetMeRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(me.id, user_id);
+    let listed = ProjectServiceClient::new(channel.clone())
+        .list_projects(common::authed(ListProjectsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.projects.is_empty());
+    let anonymous = ProjectServiceClient::new(channel)
+        .list_projects(ListProjectsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+    mesh.stop().await;
+}
