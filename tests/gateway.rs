@@ -62,11 +62,11 @@ async fn the_whole_journey_works_over_rest() {
         Some(json!({"email": "rest@example.com", "password": common::PASSWORD})),
     )
     .await;
-    let token = login["tokens"]["accessToken"]
+    let bearer = login["tokens"]["accessToken"]
         .as_str()
         .expect("camelCase names")
         .to_owned();
-    let token = Some(token.as_str());
+    let token = Some(bearer.as_str());
 
     let (status, project) = call(
         &http,
@@ -117,7 +117,7 @@ async fn the_whole_journey_works_over_rest() {
             &mesh,
             &format!("/v1/deployments/{deployment_id}/logs:stream?follow=true"),
         ))
-        .bearer_auth(token.unwrap())
+        .bearer_auth(&bearer)
         .header("accept", "text/event-stream")
         .send()
         .await
@@ -140,7 +140,7 @@ async fn the_whole_journey_works_over_rest() {
     // Resume with Last-Event-ID, as newline-delimited JSON this time.
     let resumed = http
         .get(url(&mesh, &format!("/v1/deployments/{deployment_id}/logs:stream")))
-        .bearer_auth(token.unwrap())
+        .bearer_auth(&bearer)
         .header("last-event-id", "2")
         .send()
         .await
