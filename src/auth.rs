@@ -56,7 +56,8 @@ pub enum Access {
 }
 
 impl Access {
-    fn from_number(number: i32) -> Self {
+    /// From a `capsule.auth.v1.Access` enum number.
+    pub fn from_number(number: i32) -> Self {
         match number {
             1 => Self::Public,
             2 => Self::Authenticated,
@@ -454,6 +455,16 @@ pub async fn authorize(keys: &KeySet, path: &str, headers: &http::HeaderMap) -> 
         None if !path.starts_with("/capsule.") => return Ok(None),
         None => return Err(Status::unimplemented(format!("unknown method {path}"))),
     };
+    authorize_access(keys, access, headers).await
+}
+
+/// Decides a request for a method of access level `access` (see
+/// [`authorize`]).
+pub async fn authorize_access(
+    keys: &KeySet,
+    access: Access,
+    headers: &http::HeaderMap,
+) -> Result<Option<Caller>, Status> {
     if access == Access::Public {
         return Ok(None);
     }

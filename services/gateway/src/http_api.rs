@@ -207,8 +207,7 @@ async fn transcoded(
             return bridge.error(&status, &request_id);
         }
     };
-    let path = route.grpc_path();
-    if let Some(status) = edge_check(&bridge.keys, &path, &parts.headers).await {
+    if let Some(status) = edge_check(&bridge.keys, route, &parts.headers).await {
         return bridge.error(&status, &request_id);
     }
     let body = match axum::body::to_bytes(body, bridge.config.max_body_bytes).await {
@@ -278,12 +277,14 @@ async fn transcoded(
 /// The edge's token check: routes for signed-in users and admins are
 /// checked here; public routes pass, and runner routes are left to the
 /// service (it holds the runner token).
-async fn edge_check(keys: &KeySet, path: &str, headers: &HeaderMap) -> Option<Status> {
-    use capsule::auth::{Access, policies};
-    match policies().get(path) {
-        Some(Access::Authenticated | Access::Admin) => capsule::auth::authorize(keys, path, headers).await.err(),
-        Some(Access::Public | Access::Runner) => None,
-        _ => Some(Status::permission_denied(
+async fn edge_check(keys: &KeySet, route: &Route, headers: &HeaderMap) -> Option<Status> {
+    use capsule::auth::Access;
+    match route.access {
+        Access::Authenticated | Access::Admin => {
+            capsule::auth::authorize_access(keys, route.access, headers).await.err()
+        }
+        Access::Public | Access::Runner => None,
+        Access::Internal | Access::Unspecified => Some(Status::permission_denied(
             "this method is not available through the gateway",
         )),
     }

@@ -111,6 +111,8 @@ pub struct Backends {
     pub project: Channel,
     pub deploy: Channel,
     pub gateway: Channel,
+    /// More packages and where they are served (`test.echo.v1`, …).
+    pub extra: Vec<(String, Channel)>,
 }
 
 fn channel(url: &str) -> anyhow::Result<Channel> {
@@ -129,6 +131,7 @@ impl Backends {
             project: channel(&config.services.project)?,
             deploy: channel(&config.services.deploy)?,
             gateway: channel(&format!("http://127.0.0.1:{}", own_grpc.port()))?,
+            extra: Vec::new(),
         })
     }
 
@@ -149,7 +152,11 @@ impl Backends {
             "capsule.project.v1" => Some(self.project.clone()),
             "capsule.deploy.v1" => Some(self.deploy.clone()),
             "capsule.gateway.v1" => Some(self.gateway.clone()),
-            _ => None,
+            other => self
+                .extra
+                .iter()
+                .find(|(name, _)| name == other)
+                .map(|(_, channel)| channel.clone()),
         }
     }
 }
@@ -182,6 +189,26 @@ fn front_door(backends: &Backends) -> axum::Router {
         router = router.route_service(&format!("/{name}/{{*method}}"), forward);
     }
     router
+}
+
+/// The REST bridge alone, for any descriptor set: every annotated RPC in
+/// it is served, its calls sent to `backends`.
+pub async fn serve_rest(
+    listener: TcpListener,
+    descriptor_set: &[u8],
+    backends: Backends,
+    auth_url: &str,
+    edge: EdgeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let routes = transcode::Routes::from_descriptor_set(descriptor_set).map_err(anyhow::Error::msg)?;
+    let keys = capsule::auth::KeySet::at_edge(auth_url)?;
+    http_api::serve(
+        listener,
+        Arc::new(http_api::Bridge::new(routes, backends, keys, edge)),
+        shutdown,
+    )
+    .await
 }
 
 /// The OpenAPI document of the REST bridge (what `GET /openapi.json`

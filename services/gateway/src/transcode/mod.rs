@@ -27,6 +27,9 @@ pub struct Route {
     /// A response field to send instead of the whole message; empty for all.
     pub response_body: String,
     pub method: MethodDescriptor,
+    /// The RPC's `(capsule.auth.v1.access)` level, from the same
+    /// descriptors.
+    pub access: capsule::auth::Access,
 }
 
 impl Route {
@@ -52,6 +55,16 @@ pub enum Miss {
 pub struct Routes {
     pub pool: DescriptorPool,
     pub routes: Vec<Route>,
+}
+
+fn access_of(method: &MethodDescriptor) -> capsule::auth::Access {
+    let Some(extension) = method.parent_pool().get_extension_by_name("capsule.auth.v1.access") else {
+        return capsule::auth::Access::Unspecified;
+    };
+    match method.options().get_extension(&extension).as_ref() {
+        ReflectValue::EnumNumber(number) => capsule::auth::Access::from_number(*number),
+        _ => capsule::auth::Access::Unspecified,
+    }
 }
 
 fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Vec<Route>) -> Result<(), String> {
@@ -87,6 +100,7 @@ fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Ve
             body: text("body"),
             response_body: text("response_body"),
             method: method.clone(),
+            access: access_of(method),
         });
     }
     if let Some(ReflectValue::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
