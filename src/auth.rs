@@ -189,6 +189,14 @@ impl GrpcKeySource {
             client: AuthServiceClient::new(channel),
         }
     }
+
+    /// A source that connects to `auth_url` on first use.
+    fn lazy(auth_url: &str) -> anyhow::Result<Arc<dyn KeySource>> {
+        let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Arc::new(Self::new(channel)))
+    }
 }
 
 #[async_trait::async_trait]
@@ -300,13 +308,17 @@ impl KeySet {
 
     /// A key set that also accepts the runner token and the internal secret.
     pub fn with_secrets(source: Arc<dyn KeySource>, secrets: &Secrets) -> Arc<Self> {
+        Self::build(source, secrets, false)
+    }
+
+    fn build(source: Arc<dyn KeySource>, secrets: &Secrets, at_edge: bool) -> Arc<Self> {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
         validation.leeway = LEEWAY_SECS;
         Arc::new(Self {
-            at_edge: false,
+            at_edge,
             runner_token: secrets.runner_token.as_deref().map(digest),
             internal_secret: secrets.internal_secret.as_deref().map(digest),
             source,
@@ -320,33 +332,13 @@ impl KeySet {
     /// A key set fetched from the auth service at `auth_url` (connected on
     /// first use).
     pub fn from_auth_service(auth_url: &str, secrets: &Secrets) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        Ok(Self::with_secrets(Arc::new(GrpcKeySource::new(channel)), secrets))
+        Ok(Self::build(GrpcKeySource::lazy(auth_url)?, secrets, false))
     }
 
     /// The gateway's key set: like [`KeySet::from_auth_service`], but runner
     /// calls are passed on unchecked for the deploy service to check.
     pub fn at_edge(auth_url: &str) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_audience(&[AUDIENCE]);
-        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
-        validation.leeway = LEEWAY_SECS;
-        Ok(Arc::new(Self {
-            at_edge: true,
-            runner_token: None,
-            internal_secret: None,
-            source: Arc::new(GrpcKeySource::new(channel)),
-            keys: RwLock::new(HashMap::new()),
-            last_fetch: Mutex::new(None),
-            validation,
-            verified: std::sync::RwLock::new(HashMap::new()),
-        }))
+        Ok(Self::build(GrpcKeySource::lazy(auth_url)?, &Secrets::default(), true))
     }
 
     /// Fetches the key set again, unless that was done moments ago.

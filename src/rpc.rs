@@ -108,6 +108,44 @@ impl PageToken {
     }
 }
 
+/// The fields an update touches: `update_mask` must name at least one, and
+/// only fields from `allowed`.
+pub fn mask_paths(
+    mask: Option<&prost_types::FieldMask>,
+    allowed: &[&str],
+    violations: &mut FieldViolations,
+) -> Vec<String> {
+    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
+    if paths.is_empty() {
+        violations.add(
+            "update_mask",
+            format!("list the fields to change: {}", allowed.join(", ")),
+        );
+    }
+    for path in &paths {
+        if !allowed.contains(&path.as_str()) {
+            violations.add(
+                "update_mask",
+                format!("{path:?} cannot be updated; use {}", allowed.join(", ")),
+            );
+        }
+    }
+    paths
+}
+
+/// The next page's token for a query that asked for `limit + 1` rows: set
+/// when the extra row came back, from the last row shown.
+pub fn next_page_token<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> (DateTime<Utc>, Uuid)) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match rows.get(limit.wrapping_sub(1)).filter(|_| rows.len() > limit) {
+        Some(last) => {
+            let (time, id) = key(last);
+            PageToken { time, id }.encode()
+        }
+        None => String::new(),
+    }
+}
+
 /// Parses a resource id; a malformed one is a violation.
 pub fn parse_id(field: &str, value: &str, violations: &mut FieldViolations) -> Uuid {
     match Uuid::parse_str(value) {

@@ -96,29 +96,6 @@ fn preferences_proto(preferences: Preferences) -> pb::Preferences {
     }
 }
 
-fn mask_paths(
-    mask: Option<&prost_types::FieldMask>,
-    allowed: &[&str],
-    violations: &mut FieldViolations,
-) -> Vec<String> {
-    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
-    if paths.is_empty() {
-        violations.add(
-            "update_mask",
-            format!("list the fields to change: {}", allowed.join(", ")),
-        );
-    }
-    for path in &paths {
-        if !allowed.contains(&path.as_str()) {
-            violations.add(
-                "update_mask",
-                format!("{path:?} cannot be updated; use {}", allowed.join(", ")),
-            );
-        }
-    }
-    paths
-}
-
 impl AuthServiceApi {
     pub fn new(db: Database, keys: Arc<KeyRing>, config: AuthConfig) -> Self {
         Self {
@@ -479,7 +456,7 @@ impl AuthService for AuthServiceApi {
         let (_, _, user) = self.live_caller(&request).await?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
-        let paths = mask_paths(
+        let paths = rpc::mask_paths(
             body.update_mask.as_ref(),
             &["name", "avatar_url", "bio"],
             &mut violations,
@@ -560,7 +537,7 @@ impl AuthService for AuthServiceApi {
         let (_, _, user) = self.live_caller(&request).await?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
-        let paths = mask_paths(
+        let paths = rpc::mask_paths(
             body.update_mask.as_ref(),
             &["theme", "language", "timezone"],
             &mut violations,
@@ -640,7 +617,7 @@ impl AuthService for AuthServiceApi {
             .db
             .run(move |conn| Session::list_live(conn, user.id, after.map(|t| (t.time, t.id)), limit + 1))
             .await?;
-        let next_page_token = next_token(&sessions, limit, |s| (s.created_at, s.id));
+        let next_page_token = rpc::next_page_token(&sessions, limit, |s| (s.created_at, s.id));
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: sessions
                 .into_iter()
@@ -789,7 +766,7 @@ impl AuthService for AuthServiceApi {
             limit: limit + 1,
         };
         let users = self.inner.db.run(move |conn| User::list(conn, &filter)).await?;
-        let next_page_token = next_token(&users, limit, |(user, _)| (user.created_at, user.id));
+        let next_page_token = rpc::next_page_token(&users, limit, |(user, _)| (user.created_at, user.id));
         Ok(Response::new(pb::ListUsersResponse {
             users: users
                 .iter()
@@ -877,16 +854,5 @@ impl AuthService for AuthServiceApi {
             return Err(Status::not_found("no such user"));
         }
         Ok(Response::new(self.load_user(user_id).await?))
-    }
-}
-
-/// The next page's token when the query found more than `limit` rows.
-fn next_token<T>(rows: &[T], limit: i64, key: impl Fn(&T) -> (chrono::DateTime<Utc>, Uuid)) -> String {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if rows.len() > limit {
-        let (time, id) = key(&rows[limit - 1]);
-        PageToken { time, id }.encode()
-    } else {
-        String::new()
     }
 }

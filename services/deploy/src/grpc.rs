@@ -316,16 +316,8 @@ impl DeployService for DeployServiceApi {
             .db
             .run(move |conn| db::list(conn, project_id, state, after.map(|t| (t.time, t.id)), limit + 1))
             .await?;
+        let next_page_token = rpc::next_page_token(&rows, limit, |row| (row.created_at, row.id));
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let next_page_token = if rows.len() > limit {
-            PageToken {
-                time: rows[limit - 1].created_at,
-                id: rows[limit - 1].id,
-            }
-            .encode()
-        } else {
-            String::new()
-        };
         Ok(Response::new(pb::ListDeploymentsResponse {
             deployments: rows.iter().take(limit).map(deployment_proto).collect(),
             next_page_token,

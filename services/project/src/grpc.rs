@@ -83,29 +83,6 @@ fn slug_taken(slug: &str) -> Status {
     ))
 }
 
-fn mask_paths(
-    mask: Option<&prost_types::FieldMask>,
-    allowed: &[&str],
-    violations: &mut FieldViolations,
-) -> Vec<String> {
-    let paths: Vec<String> = mask.map(|mask| mask.paths.clone()).unwrap_or_default();
-    if paths.is_empty() {
-        violations.add(
-            "update_mask",
-            format!("list the fields to change: {}", allowed.join(", ")),
-        );
-    }
-    for path in &paths {
-        if !allowed.contains(&path.as_str()) {
-            violations.add(
-                "update_mask",
-                format!("{path:?} cannot be updated; use {}", allowed.join(", ")),
-            );
-        }
-    }
-    paths
-}
-
 impl ProjectServiceApi {
     pub fn new(db: Database) -> Self {
         Self { db: Arc::new(db) }
@@ -204,16 +181,8 @@ impl ProjectService for ProjectServiceApi {
             .db
             .run(move |conn| Project::list(conn, viewer, show_deleted, after.map(|t| (t.time, t.id)), limit + 1))
             .await?;
+        let next_page_token = rpc::next_page_token(&rows, limit, |row| (row.created_at, row.id));
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let next_page_token = if rows.len() > limit {
-            PageToken {
-                time: rows[limit - 1].created_at,
-                id: rows[limit - 1].id,
-            }
-            .encode()
-        } else {
-            String::new()
-        };
         Ok(Response::new(pb::ListProjectsResponse {
             projects: rows.iter().take(limit).map(project_proto).collect(),
             next_page_token,
@@ -229,7 +198,7 @@ impl ProjectService for ProjectServiceApi {
         let wanted = body.project.unwrap_or_default();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("project.id", &wanted.id, &mut violations);
-        let paths = mask_paths(
+        let paths = rpc::mask_paths(
             body.update_mask.as_ref(),
             &["name", "slug", "description"],
             &mut violations,
@@ -324,7 +293,7 @@ impl ProjectService for ProjectServiceApi {
         let wanted = body.settings.unwrap_or_default();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("settings.project_id", &wanted.project_id, &mut violations);
-        let paths = mask_paths(
+        let paths = rpc::mask_paths(
             body.update_mask.as_ref(),
             &[
                 "build_command",
