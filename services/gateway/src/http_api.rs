@@ -196,10 +196,18 @@ async fn transcoded(
     }
     let (route, bound) = match bridge.routes.find(&parts.method, parts.uri.path()) {
         Ok(found) => found,
-        Err(transcode::Miss::WrongVerb) => {
-            let status = Status::unimplemented(format!("{} is not allowed on {}", parts.method, parts.uri.path()));
+        Err(transcode::Miss::WrongVerb(allowed)) => {
+            let allow = allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+            let status = Status::unimplemented(format!(
+                "{} is not allowed on {}; use {allow}",
+                parts.method,
+                parts.uri.path()
+            ));
             let mut response = bridge.error(&status, &request_id);
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            if let Ok(value) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(http::header::ALLOW, value);
+            }
             return response;
         }
         Err(transcode::Miss::NoRoute) => {

@@ -111,6 +111,9 @@ pub fn document(routes: &Routes) -> Value {
     let mut wanted = BTreeSet::new();
     let mut pending: Vec<MessageDescriptor> = Vec::new();
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
+    // OpenAPI forbids two paths of one shape with different parameter
+    // names: the first route of a shape names its parameters for all.
+    let mut shape_names: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let status = routes.pool.get_message_by_name("google.rpc.Status");
     if let Some(status) = &status {
         wanted.insert(status.full_name().to_owned());
@@ -119,13 +122,19 @@ pub fn document(routes: &Routes) -> Value {
     for route in &routes.routes {
         let method = &route.method;
         let input = method.input();
-        let bound: BTreeSet<String> = route.template.fields().into_iter().collect();
+        let fields = route.template.fields();
+        let bound: BTreeSet<String> = fields.iter().cloned().collect();
+        let names = shape_names
+            .entry(route.template.shape())
+            .or_insert_with(|| fields.iter().map(|field| field.replace('.', "_")).collect())
+            .clone();
         let mut parameters = Vec::new();
-        for field_path in &bound {
+        for (name, field_path) in names.iter().zip(&fields) {
             parameters.push(json!({
-                "name": field_path,
+                "name": name,
                 "in": "path",
                 "required": true,
+                "description": format!("Binds the request field `{field_path}`."),
                 "schema": { "type": "string" },
             }));
         }
@@ -212,7 +221,7 @@ pub fn document(routes: &Routes) -> Value {
         }
         operation["security"] = if public { json!([]) } else { json!([{ "bearer": [] }]) };
         paths
-            .entry(route.template.openapi_path())
+            .entry(route.template.openapi_path_named(&names))
             .or_default()
             .insert(route.verb.as_str().to_lowercase(), operation);
     }

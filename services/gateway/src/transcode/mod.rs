@@ -43,11 +43,11 @@ impl Route {
 pub type Bound = Vec<(String, String)>;
 
 /// Why no route was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Miss {
     NoRoute,
-    /// The path exists with another HTTP verb.
-    WrongVerb,
+    /// The path exists with other HTTP verbs: these.
+    WrongVerb(Vec<http::Method>),
 }
 
 /// Every route of a descriptor pool.
@@ -144,16 +144,20 @@ impl Routes {
 
     /// The route for a request, with its bound path variables.
     pub fn find(&self, verb: &http::Method, path: &str) -> Result<(&Route, Bound), Miss> {
-        let mut miss = Miss::NoRoute;
+        let mut allowed = Vec::new();
         for route in &self.routes {
             if let Some(bound) = route.template.matches(path) {
                 if route.verb == verb {
                     return Ok((route, bound));
                 }
-                miss = Miss::WrongVerb;
+                allowed.push(route.verb.clone());
             }
         }
-        Err(miss)
+        Err(if allowed.is_empty() {
+            Miss::NoRoute
+        } else {
+            Miss::WrongVerb(allowed)
+        })
     }
 }
 

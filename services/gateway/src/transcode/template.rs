@@ -78,6 +78,13 @@ impl Template {
 
     /// The OpenAPI form: `/v1/projects/{project_id}`.
     pub fn openapi_path(&self) -> String {
+        self.openapi_path_named(&self.fields())
+    }
+
+    /// The OpenAPI path with these names for the variables, in order (paths
+    /// of the same shape must share parameter names in OpenAPI).
+    pub fn openapi_path_named(&self, names: &[String]) -> String {
+        let mut names = names.iter();
         let mut path = String::new();
         for segment in &self.segments {
             path.push('/');
@@ -87,7 +94,7 @@ impl Template {
                 Segment::Rest => path.push_str("**"),
                 Segment::Variable { field, .. } => {
                     path.push('{');
-                    path.push_str(field);
+                    path.push_str(names.next().unwrap_or(field));
                     path.push('}');
                 }
             }
@@ -97,6 +104,12 @@ impl Template {
             path.push_str(verb);
         }
         path
+    }
+
+    /// The template with its variables unnamed: two templates of one shape
+    /// match the same requests.
+    pub fn shape(&self) -> String {
+        self.openapi_path_named(&vec![String::new(); self.fields().len()])
     }
 
     /// Matches a request path (already split on `/`, still percent-encoded);
