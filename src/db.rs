@@ -25,6 +25,64 @@ const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest pause between two attempts to reach a database that is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Times every statement on every connection of this process (diesel's
+/// `Instrumentation`): a latency histogram per statement shape and
+/// service, `db_query_duration_seconds`; a warning for statements slower
+/// than `<SVC>_DB_SLOW_QUERY_MS` (default 200); the SQL at debug level,
+/// bound values only with `CAPSULE_DB_LOG_BINDS=true`.
+pub fn install_query_instrumentation() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = diesel::connection::set_default_instrumentation(|| Some(Box::new(QueryTimer::default())));
+    });
+}
+
+#[derive(Default)]
+struct QueryTimer {
+    service: &'static str,
+    slow: Duration,
+    log_binds: bool,
+    started: Option<std::time::Instant>,
+}
+
+impl diesel::connection::Instrumentation for QueryTimer {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        use diesel::connection::InstrumentationEvent as Event;
+        match event {
+            // The URL holds the password: only the application name is read.
+            Event::StartEstablishConnection { url, .. } => {
+                self.service = crate::config::ServiceKind::ALL
+                    .into_iter()
+                    .find(|kind| url.contains(&format!("application_name=capsule-{}", kind.name())))
+                    .map_or("other", crate::config::ServiceKind::name);
+                let variable = format!("{}_DB_SLOW_QUERY_MS", self.service.to_uppercase());
+                let slow_ms = std::env::var(variable).ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+                self.slow = Duration::from_millis(slow_ms);
+                self.log_binds = std::env::var("CAPSULE_DB_LOG_BINDS").is_ok_and(|v| v == "true");
+            }
+            Event::StartQuery { .. } => self.started = Some(std::time::Instant::now()),
+            Event::FinishQuery { query, error, .. } => {
+                let Some(started) = self.started.take() else { return };
+                let elapsed = started.elapsed();
+                let text = query.to_string();
+                let (statement, binds) = text.split_once(" -- binds: ").unwrap_or((text.as_str(), ""));
+                let shape: String = statement.chars().take(160).collect();
+                metrics::histogram!("db_query_duration_seconds", "service" => self.service, "statement" => shape.clone())
+                    .record(elapsed.as_secs_f64());
+                let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                if elapsed >= self.slow {
+                    tracing::warn!(service = self.service, duration_ms, statement = %shape, failed = error.is_some(), "slow query");
+                } else if self.log_binds {
+                    tracing::debug!(service = self.service, duration_ms, statement = %shape, binds, "query");
+                } else {
+                    tracing::debug!(service = self.service, duration_ms, statement = %shape, "query");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A service's database: configuration and pool.
 #[derive(Clone)]
 pub struct Database {
@@ -48,6 +106,19 @@ impl Database {
             config: Arc::new(config),
             pool,
         })
+    }
+
+    /// Publishes the pool's size, idle connections and waiters.
+    pub fn record_pool_metrics(&self) {
+        let status = self.pool.status();
+        let service = self.config.service.name();
+        #[expect(clippy::cast_precision_loss, reason = "pool sizes are small")]
+        {
+            metrics::gauge!("db_pool_size", "service" => service).set(status.size as f64);
+            metrics::gauge!("db_pool_available", "service" => service).set(status.available as f64);
+            metrics::gauge!("db_pool_waiting", "service" => service).set(status.waiting as f64);
+            metrics::gauge!("db_pool_max_size", "service" => service).set(status.max_size as f64);
+        }
     }
 
     /// Runs `SELECT 1` on a pooled connection.
@@ -140,6 +211,7 @@ pub async fn supervise(
                 }
             }
         }
+        db.record_pool_metrics();
         let pause = if serving { CHECK_INTERVAL } else { backoff };
         if !serving {
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -169,6 +241,16 @@ async fn prepare_schema(db: &Database, set: &'static MigrationSet) -> Result<(),
     let mut conn = db.connect_direct().await.map_err(SchemaError::Retry)?;
     let migrate_on_start = db.config.migrate_on_start;
     let service = db.config.service;
+    let latest: f64 = set
+        .files
+        .last()
+        .and_then(|file| {
+            file.version
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
     let outcome = tokio::task::spawn_blocking(move || -> Result<(), MigrateError> {
         if migrate_on_start {
             let applied = migrate::migrate(&mut conn, set, &MigrateOptions::default())?;
@@ -197,7 +279,11 @@ async fn prepare_schema(db: &Database, set: &'static MigrationSet) -> Result<(),
     .await
     .map_err(|err| SchemaError::Retry(err.into()))?;
     match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            metrics::gauge!("capsule_migration_version", "service" => service.name()).set(latest);
+            metrics::gauge!("capsule_migrations_pending", "service" => service.name()).set(0.0);
+            Ok(())
+        }
         // Pending migrations with migrate-on-start off wait for the job.
         Err(MigrateError::Other(message)) if !migrate_on_start => Err(SchemaError::Retry(anyhow::anyhow!(message))),
         Err(err) if err.is_fatal() => Err(SchemaError::Fatal(err)),

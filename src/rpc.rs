@@ -229,11 +229,14 @@ impl crate::db::Database {
         F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        let waited = std::time::Instant::now();
         let conn = self
             .pool
             .get()
             .await
             .map_err(|err| DbError::Unavailable(err.to_string()))?;
+        metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
+            .record(waited.elapsed().as_secs_f64());
         conn.interact(work)
             .await
             .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?

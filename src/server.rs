@@ -143,6 +143,7 @@ impl GrpcServer {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         self.health.set(false).await;
+        crate::db::install_query_instrumentation();
         let supervisor_stop = CancellationToken::new();
         let mut supervisor = tokio::spawn(crate::db::supervise(
             db,

@@ -114,6 +114,18 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
             body.contains(&format!("grpc_server_requests_total{{service=\"{kind}\"")),
             "{kind} /metrics lacks request counts:\n{body}"
         );
+        if *kind != ServiceKind::Gateway {
+            for family in [
+                "db_query_duration_seconds_bucket{service",
+                "db_pool_size{service",
+                "db_pool_available{service",
+                "db_pool_waiting{service",
+                "capsule_migration_version{service",
+                "grpc_server_request_duration_seconds_bucket{service",
+            ] {
+                assert!(body.contains(family), "{kind} /metrics lacks {family}:\n{body}");
+            }
+        }
     }
 
     let (status, body) = http_get(mesh.http, "/readyz").await;
