@@ -320,7 +320,98 @@ async fn a_dead_backend_gives_a_partial_dashboard_and_503_for_its_routes() {
     assert_eq!(body["code"], 14);
     let ready = http.get(url(&mesh, "/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    // The backend comes back on its address: the gateway recovers without
+    // a restart.
+    let addr = mesh.addr(ServiceKind::Deploy);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .expect("the deploy port is free again");
+    let config = capsule_deploy::DeployConfig::from_source(&|_: &str| None).expect("defaults are valid");
+    tokio::spawn(capsule_deploy::serve(
+        listener,
+        mesh.database(ServiceKind::Deploy).db_config(),
+        mesh.mesh.clone(),
+        config,
+        capsule::testing::serve_config(addr),
+        mesh.shutdown.clone(),
+    ));
+    capsule::testing::wait_for_health(
+        addr,
+        "capsule.deploy.v1.DeployService",
+        common::SERVING,
+        Duration::from_secs(20),
+    )
+    .await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        let (status, dashboard) = call(
+            &http,
+            reqwest::Method::GET,
+            &url(&mesh, "/v1/dashboard"),
+            Some(&token),
+            None,
+        )
+        .await;
+        if status == StatusCode::OK && dashboard.get("missing").is_none() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the dashboard is whole again once deploy is back");
     mesh.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_rate_limited_per_address() {
+    use capsule::{config::GatewayConfig, testing};
+    let grpc = testing::free_listener().await;
+    let http_listener = testing::free_listener().await;
+    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http_listener.local_addr().unwrap());
+    let nowhere = "http://127.0.0.1:9".to_owned();
+    let config = GatewayConfig {
+        http_addr,
+        services: capsule::config::ServiceUrls {
+            auth: nowhere.clone(),
+            project: nowhere.clone(),
+            deploy: nowhere,
+        },
+    };
+    let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
+        "GATEWAY_RATE_LIMIT_PER_SEC" => Some("1".to_owned()),
+        "GATEWAY_RATE_LIMIT_BURST" => Some("5".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(capsule_gateway::serve(
+        grpc,
+        http_listener,
+        config,
+        edge,
+        testing::serve_config(grpc_addr),
+        stop.clone(),
+    ));
+    testing::wait_for_health(
+        grpc_addr,
+        "capsule.gateway.v1.GatewayService",
+        common::SERVING,
+        Duration::from_secs(10),
+    )
+    .await;
+    let http = Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let response = http.get(format!("http://{http_addr}/v2/nothing")).send().await.unwrap();
+        statuses.push(response.status());
+    }
+    assert!(
+        statuses[..5].iter().all(|s| *s != StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[7], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
