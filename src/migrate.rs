@@ -492,6 +492,7 @@ fn lock_holder(conn: &mut PgConnection, service: ServiceKind) -> String {
                 extract(epoch FROM now() - a.xact_start)::bigint AS held_secs \
          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
          WHERE l.locktype = 'advisory' AND l.granted \
+           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
            AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid AND l.objsubid = 1 \
          LIMIT 1",
     )
