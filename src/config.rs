@@ -10,6 +10,7 @@
 //! | `<SVC>_DB_NAME`, `<SVC>_DB_SCHEMA` | `usecapsule_<svc>`, `public` |
 //! | `<SVC>_DB_POOL_SIZE` | twice the cores, at least 4 |
 //! | `<SVC>_DB_CONNECT_TIMEOUT_SECS` | `5` |
+//! | `<SVC>_DB_STATEMENT_TIMEOUT_MS` | `30000`; `0` for none (migrations never have one) |
 //! | `<SVC>_DATABASE_URL` | unset; when set it overrides the parts above |
 //! | `<SVC>_MIGRATE_ON_START` | `true` |
 //!
@@ -199,6 +200,9 @@ pub struct DbConfig {
     pub schema: String,
     pub pool_size: usize,
     pub connect_timeout: Duration,
+    /// `statement_timeout` of the service's pooled connections; zero for
+    /// none. Migrations run on their own connections, without it.
+    pub statement_timeout: Duration,
     /// `<SVC>_DATABASE_URL`, which wins over the parts when set.
     pub url_override: Option<SecretString>,
     pub migrate_on_start: bool,
@@ -275,6 +279,12 @@ impl DbConfig {
             5u64,
             "expected a whole number of seconds",
         )?);
+        let statement_timeout = Duration::from_millis(parse_or(
+            source,
+            &var("DB_STATEMENT_TIMEOUT_MS"),
+            30_000u64,
+            "expected a whole number of milliseconds (0 for none)",
+        )?);
         let url_variable = var("DATABASE_URL");
         let url_override = match source.get(&url_variable) {
             None => None,
@@ -306,6 +316,7 @@ impl DbConfig {
             schema,
             pool_size,
             connect_timeout,
+            statement_timeout,
             url_override,
             migrate_on_start,
         })

@@ -95,7 +95,24 @@ impl Database {
     /// succeeds whether or not the database is up.
     pub fn new(config: DbConfig) -> anyhow::Result<Self> {
         let manager = Manager::new(config.connection_url().expose_secret(), Runtime::Tokio1);
+        let statement_timeout_ms = config.statement_timeout.as_millis();
+        // Every pooled connection gets the statement timeout, whatever the
+        // URL says: a runaway query fails instead of holding a connection.
+        let set_timeout = deadpool_diesel::postgres::Hook::async_fn(move |conn, _| {
+            Box::pin(async move {
+                conn.interact(move |conn| {
+                    diesel::connection::SimpleConnection::batch_execute(
+                        conn,
+                        &format!("SET statement_timeout = {statement_timeout_ms}"),
+                    )
+                })
+                .await
+                .map_err(|err| deadpool_diesel::postgres::HookError::Message(err.to_string().into()))?
+                .map_err(|err| deadpool_diesel::postgres::HookError::Message(err.to_string().into()))
+            })
+        });
         let pool = Pool::builder(manager)
+            .post_create(set_timeout)
             .max_size(config.pool_size)
             .wait_timeout(Some(POOL_WAIT_TIMEOUT))
             .create_timeout(Some(config.connect_timeout.max(Duration::from_secs(1))))

@@ -564,7 +564,7 @@ pub fn migrate(
 ) -> Result<Vec<Applied1>, MigrateError> {
     let runnable = set.runnable()?;
     conn.batch_execute(&format!(
-        "SET lock_timeout = '{}ms'",
+        "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
         options.statement_lock_timeout.as_millis()
     ))?;
     with_lock(conn, set.service, options.lock_wait, |conn| {
@@ -855,7 +855,7 @@ pub fn revert(
     }
     let runnable = set.runnable()?;
     conn.batch_execute(&format!(
-        "SET lock_timeout = '{}ms'",
+        "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
         options.statement_lock_timeout.as_millis()
     ))?;
     with_lock(conn, set.service, options.lock_wait, |conn| {
