@@ -14,6 +14,7 @@ pub mod proto;
 pub mod rpc;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -10,6 +10,8 @@
 mod dev;
 mod migrate;
 mod postgres;
+mod stats;
+mod table;
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -46,6 +48,11 @@ enum Command {
     },
     /// Migrations: apply (default), info, validate, revert, redo, baseline.
     Migrate(migrate::MigrateArgs),
+    /// What a service's database says about itself.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Print the OpenAPI document of the gateway's REST bridge.
     Openapi,
     /// PostgreSQL for development and tests.
@@ -53,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: PostgresCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Table and index use, unused indexes, cache hit ratio, sizes, lock
+    /// waits, slowest statements (pg_stat_statements).
+    Stats(stats::StatsArgs),
 }
 
 #[derive(Subcommand)]
@@ -112,6 +126,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev::run().await,
         Command::Serve { service, runner } => serve(service.into(), runner.is_some()).await,
         Command::Migrate(args) => migrate::run(args).await,
+        Command::Db {
+            command: DbCommand::Stats(args),
+        } => stats::run(args).await,
         Command::Openapi => {
             println!(
                 "{}",

@@ -75,7 +75,7 @@ impl Target {
     }
 }
 
-fn migration_set(kind: ServiceKind) -> &'static MigrationSet {
+pub(crate) fn migration_set(kind: ServiceKind) -> &'static MigrationSet {
     match kind {
         ServiceKind::Auth => &capsule_auth::MIGRATIONS,
         ServiceKind::Project => &capsule_project::MIGRATIONS,
@@ -268,10 +268,10 @@ fn render_table(rows: &[InfoRow]) -> String {
         "DURATION",
         "CHECKSUM",
     ];
-    let cells: Vec<[String; 7]> = rows
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
-            [
+            vec![
                 row.service.to_string(),
                 row.version.clone(),
                 if row.transactional {
@@ -288,32 +288,7 @@ fn render_table(rows: &[InfoRow]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |values: Vec<&str>| -> String {
-        let mut out = String::new();
-        for (value, width) in values.iter().zip(widths) {
-            out.push_str(&format!("{value:<width$}  "));
-        }
-        out.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(header.to_vec());
-    out.push_str(&line(
-        widths
-            .iter()
-            .map(|w| "-".repeat(*w))
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect(),
-    ));
-    for row in &cells {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
+    let mut out = crate::table::render(&header, &cells);
     if rows.is_empty() {
         out.push_str("(no migrations)\n");
     }

@@ -249,3 +249,30 @@ async fn baseline_needs_a_version_and_one_service() {
         text(&output)
     );
 }
+
+#[tokio::test]
+async fn db_stats_prints_tables_for_every_service_and_json() {
+    let dbs = empty_databases().await;
+    assert!(run(&dbs, &["migrate", "all"]).status.success());
+    let output = run(&dbs, &["db", "stats", "all"]);
+    assert!(output.status.success(), "{}", text(&output));
+    let said = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "== auth (",
+        "== project (",
+        "== deploy (",
+        "TABLE",
+        "SEQ SCANS",
+        "Lock waits",
+        "Slowest statements",
+    ] {
+        assert!(said.contains(needle), "{needle} missing from:\n{said}");
+    }
+    let json = run(&dbs, &["db", "stats", "all", "--format", "json"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(
+        value["deploy"]["tables"]
+            .as_array()
+            .is_some_and(|tables| !tables.is_empty())
+    );
+}
