@@ -1,0 +1,153 @@
+//! The authorization matrix: every Capsule RPC, read from the descriptors,
+//! called as {anonymous, user, admin, runner}; a new RPC without a declared
+//! access level fails here.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use bytes::{Buf, BufMut};
+use capsule::{
+    auth::{Access, policies},
+    config::ServiceKind,
+};
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+};
+
+/// Sends and receives raw protobuf bytes: an empty message is a valid
+/// request of every type.
+#[derive(Clone, Default)]
+struct Raw;
+
+impl Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Raw
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Raw
+    }
+}
+
+impl Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// The status of calling `path` with an empty request as `token`.
+async fn call(mesh: &common::TestMesh, path: &str, token: Option<&str>) -> Code {
+    let service = path.trim_start_matches('/').split('/').next().unwrap();
+    let kind = ServiceKind::ALL
+        .into_iter()
+        .find(|kind| kind.grpc_service_name() == service)
+        .unwrap();
+    let channel = capsule::testing::channel(mesh.addr(kind)).await;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(Vec::new());
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let path = http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
+    let streaming = path.path().ends_with("/StreamLogs");
+    if streaming {
+        return match grpc.server_streaming(request, path, Raw).await {
+            Ok(mut stream) => match stream.get_mut().message().await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            },
+            Err(status) => status.code(),
+        };
+    }
+    match grpc.unary(request, path, Raw).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+fn denied(code: Code) -> bool {
+    matches!(code, Code::Unauthenticated | Code::PermissionDenied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_each_kind_of_caller_as_its_policy_says() {
+    let mut methods: Vec<(&String, &Access)> = policies().iter().collect();
+    methods.sort_by_key(|(path, _)| path.as_str());
+    let undeclared: Vec<&String> = methods
+        .iter()
+        .filter(|(_, access)| **access == Access::Unspecified)
+        .map(|(path, _)| *path)
+        .collect();
+    assert!(
+        undeclared.is_empty(),
+        "RPCs without (capsule.auth.v1.access): {undeclared:?}"
+    );
+    assert!(methods.len() >= 40, "{}", methods.len());
+
+    let mesh = common::start().await;
+    let runner = mesh.mesh.secrets.runner_token.clone().unwrap();
+    let mut rows = Vec::new();
+    for (index, (path, access)) in methods.into_iter().enumerate() {
+        // Fresh callers for each RPC: some of them end sessions.
+        let (user, _) = mesh.user(&format!("matrix-user-{index}@example.com")).await;
+        let admin = mesh.admin(&format!("matrix-admin-{index}@example.com")).await;
+        let anonymous = call(&mesh, path, None).await;
+        let as_user = call(&mesh, path, Some(&user)).await;
+        let as_admin = call(&mesh, path, Some(&admin)).await;
+        let as_runner = call(&mesh, path, Some(&runner)).await;
+        rows.push(format!(
+            "{path}: {access:?} anonymous={anonymous:?} user={as_user:?} admin={as_admin:?} runner={as_runner:?}"
+        ));
+        let (expect_anonymous, expect_user, expect_admin, expect_runner) = match access {
+            Access::Public => (true, true, true, true),
+            Access::Authenticated => (false, true, true, false),
+            Access::Admin => (false, false, true, false),
+            Access::Runner => (false, false, false, true),
+            // Internal calls need the services' shared secret as well.
+            Access::Internal => (false, false, false, false),
+            Access::Unspecified => unreachable!(),
+        };
+        for (who, code, allowed) in [
+            ("anonymous", anonymous, expect_anonymous),
+            ("user", as_user, expect_user),
+            ("admin", as_admin, expect_admin),
+            ("runner", as_runner, expect_runner),
+        ] {
+            assert_eq!(
+                !denied(code),
+                allowed,
+                "{path} ({access:?}) as {who}: {code:?}\n{}",
+                rows.join("\n")
+            );
+            assert_ne!(code, Code::Internal, "{path} as {who}");
+            assert_ne!(code, Code::Unimplemented, "{path} as {who}");
+        }
+        if *access != Access::Public {
+            assert_eq!(anonymous, Code::Unauthenticated, "{path} without a token");
+        }
+    }
+    mesh.stop().await;
+}
