@@ -56,8 +56,7 @@ pub enum Access {
 }
 
 impl Access {
-    /// From a `capsule.auth.v1.Access` enum number.
-    pub fn from_number(number: i32) -> Self {
+    fn from_number(number: i32) -> Self {
         match number {
             1 => Self::Public,
             2 => Self::Authenticated,
@@ -75,25 +74,32 @@ pub fn policies() -> &'static HashMap<String, Access> {
     static POLICIES: OnceLock<HashMap<String, Access>> = OnceLock::new();
     POLICIES.get_or_init(|| {
         let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set decodes");
-        let extension = pool
-            .get_extension_by_name("capsule.auth.v1.access")
-            .expect("access.proto defines capsule.auth.v1.access");
         let mut policies = HashMap::new();
         for service in pool
             .services()
             .filter(|service| service.full_name().starts_with("capsule."))
         {
             for method in service.methods() {
-                let options = method.options();
-                let access = match options.get_extension(&extension).as_ref() {
-                    Value::EnumNumber(number) => Access::from_number(*number),
-                    _ => Access::Unspecified,
-                };
-                policies.insert(format!("/{}/{}", service.full_name(), method.name()), access);
+                policies.insert(
+                    format!("/{}/{}", service.full_name(), method.name()),
+                    method_access(&method),
+                );
             }
         }
         policies
     })
+}
+
+/// The `(capsule.auth.v1.access)` level a method declares in its own
+/// descriptor pool; `Unspecified` when it declares none.
+pub fn method_access(method: &prost_reflect::MethodDescriptor) -> Access {
+    let Some(extension) = method.parent_pool().get_extension_by_name("capsule.auth.v1.access") else {
+        return Access::Unspecified;
+    };
+    match method.options().get_extension(&extension).as_ref() {
+        Value::EnumNumber(number) => Access::from_number(*number),
+        _ => Access::Unspecified,
+    }
 }
 
 /// A role in a token.

@@ -152,7 +152,9 @@ impl<F: Fn(&str) -> Option<String>> Source for F {
     }
 }
 
-fn parse_or<T: FromStr>(source: &dyn Source, variable: &str, default: T, expected: &str) -> Result<T, ConfigError> {
+/// The value of `variable` parsed as `T`, or `default` when unset; an
+/// error naming the variable and what a valid value looks like otherwise.
+pub fn parse_or<T: FromStr>(source: &dyn Source, variable: &str, default: T, expected: &str) -> Result<T, ConfigError> {
     match source.get(variable) {
         None => Ok(default),
         Some(raw) => raw.trim().parse().map_err(|_| ConfigError {
@@ -163,7 +165,26 @@ fn parse_or<T: FromStr>(source: &dyn Source, variable: &str, default: T, expecte
     }
 }
 
-fn parse_bool(source: &dyn Source, variable: &str, default: bool) -> Result<bool, ConfigError> {
+/// A positive whole number (its type bounds it), or `default` when unset.
+pub fn positive<T: FromStr + PartialOrd + Default>(
+    source: &dyn Source,
+    variable: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    let value = parse_or(source, variable, default, "expected a positive whole number")?;
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            variable: variable.to_owned(),
+            value: format!("{:?}", source.get(variable).unwrap_or_default()),
+            reason: "expected a positive whole number".to_owned(),
+        })
+    }
+}
+
+/// true/1/yes/on or false/0/no/off, or `default` when unset.
+pub fn parse_bool(source: &dyn Source, variable: &str, default: bool) -> Result<bool, ConfigError> {
     match source.get(variable).map(|raw| raw.trim().to_ascii_lowercase()) {
         None => Ok(default),
         Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
@@ -590,6 +611,19 @@ mod tests {
         assert_eq!(err.variable, "AUTH_SERVICE_URL");
         let cfg = GatewayConfig::from_source(&source(&[])).unwrap();
         assert_eq!(cfg.services.project, "http://127.0.0.1:50052");
+    }
+
+    #[test]
+    fn positive_numbers_are_bounded_by_their_type() {
+        let env = source(&[("A", "0"), ("B", "-3"), ("C", "3000000000"), ("D", "many"), ("E", "42")]);
+        for variable in ["A", "B", "C", "D"] {
+            let err = positive::<i32>(&env, variable, 1).unwrap_err();
+            assert_eq!(err.variable, variable);
+            assert!(err.reason.contains("positive whole number"), "{err}");
+        }
+        assert_eq!(positive::<i32>(&env, "E", 1).unwrap(), 42);
+        assert_eq!(positive::<u64>(&env, "UNSET", 7).unwrap(), 7);
+        assert!(parse_bool(&source(&[("F", "maybe")]), "F", false).is_err());
     }
 
     #[test]

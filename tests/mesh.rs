@@ -37,48 +37,31 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-async fn list_services_v1(addr: SocketAddr) -> BTreeSet<String> {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(testing::channel(addr).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    match response.message_response.unwrap() {
-        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn list_services_v1alpha(addr: SocketAddr) -> BTreeSet<String> {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut client = ServerReflectionClient::new(testing::channel(addr).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    match response.message_response.unwrap() {
-        MessageResponse::ListServicesResponse(list) => list.service.into_iter().map(|s| s.name).collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+/// The services a server lists through reflection `$version`.
+macro_rules! list_services {
+    ($version:ident, $addr:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut client = ServerReflectionClient::new(testing::channel($addr).await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::once(request))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        match response.message_response.unwrap() {
+            MessageResponse::ListServicesResponse(list) => {
+                list.service.into_iter().map(|s| s.name).collect::<BTreeSet<String>>()
+            }
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,9 +84,9 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
             // The front door lists every service it routes to.
             expected.extend(ServiceKind::ALL.iter().map(|k| k.grpc_service_name().to_owned()));
         }
-        assert_eq!(list_services_v1(*addr).await, expected, "{kind} via reflection v1");
+        assert_eq!(list_services!(v1, *addr), expected, "{kind} via reflection v1");
         assert_eq!(
-            list_services_v1alpha(*addr).await,
+            list_services!(v1alpha, *addr),
             expected,
             "{kind} via reflection v1alpha"
         );

@@ -16,7 +16,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use capsule::config::{ConfigError, ProcessEnv, Source};
+use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
@@ -39,38 +39,8 @@ impl AuthConfig {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let number = |variable: &str, default: u64| -> Result<u64, ConfigError> {
-            match source.get(variable) {
-                None => Ok(default),
-                Some(raw) => match raw.trim().parse::<u64>() {
-                    Ok(value) if value > 0 => Ok(value),
-                    _ => Err(ConfigError {
-                        variable: variable.to_owned(),
-                        value: format!("{raw:?}"),
-                        reason: "expected a positive whole number".to_owned(),
-                    }),
-                },
-            }
-        };
-        let flag = |variable: &str| -> Result<bool, ConfigError> {
-            match source.get(variable).as_deref().map(str::trim) {
-                None | Some("false" | "0" | "no") => Ok(false),
-                Some("true" | "1" | "yes") => Ok(true),
-                Some(other) => Err(ConfigError {
-                    variable: variable.to_owned(),
-                    value: format!("{other:?}"),
-                    reason: "expected true or false".to_owned(),
-                }),
-            }
-        };
-        let count = |variable: &str, default: u64| -> Result<i32, ConfigError> {
-            let value = number(variable, default)?;
-            i32::try_from(value).map_err(|_| ConfigError {
-                variable: variable.to_owned(),
-                value: value.to_string(),
-                reason: "expected a number below 2^31".to_owned(),
-            })
-        };
+        let number = |variable: &str, default: u64| positive(source, variable, default);
+        let count = |variable: &str, default: i32| positive(source, variable, default);
         Ok(Self {
             access_token_ttl: Duration::from_secs(number("AUTH_ACCESS_TOKEN_TTL_SECS", 900)?),
             refresh_token_ttl: Duration::from_secs(number("AUTH_REFRESH_TOKEN_TTL_SECS", 30 * 24 * 3600)?),
@@ -85,7 +55,7 @@ impl AuthConfig {
                 .unwrap_or_else(|| "http://localhost:8080".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
-            trust_forwarded_for: flag("AUTH_TRUST_FORWARDED_FOR")?,
+            trust_forwarded_for: parse_bool(source, "AUTH_TRUST_FORWARDED_FOR", false)?,
             log_mail: source.get("CAPSULE_DEV_MAILER").is_some_and(|value| value == "log"),
         })
     }

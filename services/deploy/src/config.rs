@@ -13,7 +13,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use capsule::config::{ConfigError, ProcessEnv, Source};
+use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
@@ -30,52 +30,29 @@ pub struct RunnerConfig {
     pub start_grace: Duration,
 }
 
-fn number(source: &dyn Source, variable: &str, default: u64) -> Result<u64, ConfigError> {
-    match source.get(variable) {
-        None => Ok(default),
-        Some(raw) => match raw.trim().parse::<u64>() {
-            Ok(value) if value > 0 => Ok(value),
-            _ => Err(ConfigError {
-                variable: variable.to_owned(),
-                value: format!("{raw:?}"),
-                reason: "expected a positive whole number".to_owned(),
-            }),
-        },
-    }
-}
-
 impl DeployConfig {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_source(&ProcessEnv)
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let local = match source.get("DEPLOY_LOCAL_RUNNER").as_deref().map(str::trim) {
-            None | Some("false" | "0" | "no") => false,
-            Some("true" | "1" | "yes") => true,
-            Some(other) => {
-                return Err(ConfigError {
-                    variable: "DEPLOY_LOCAL_RUNNER".to_owned(),
-                    value: format!("{other:?}"),
-                    reason: "expected true or false".to_owned(),
-                });
-            }
-        };
+        let local = parse_bool(source, "DEPLOY_LOCAL_RUNNER", false)?;
+        let number = |variable: &str, default: u64| positive(source, variable, default);
         let runner = if local {
             Some(RunnerConfig {
                 workdir: source
                     .get("DEPLOY_RUNNER_WORKDIR")
                     .map_or_else(|| std::env::temp_dir().join("capsule-runner"), PathBuf::from),
-                timeout: Duration::from_secs(number(source, "DEPLOY_RUNNER_TIMEOUT_SECS", 600)?),
-                max_output_bytes: number(source, "DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
-                heartbeat: Duration::from_millis(number(source, "DEPLOY_RUNNER_HEARTBEAT_MS", 300)?),
-                start_grace: Duration::from_secs(number(source, "DEPLOY_RUNNER_START_GRACE_SECS", 2)?),
+                timeout: Duration::from_secs(number("DEPLOY_RUNNER_TIMEOUT_SECS", 600)?),
+                max_output_bytes: number("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
+                heartbeat: Duration::from_millis(number("DEPLOY_RUNNER_HEARTBEAT_MS", 300)?),
+                start_grace: Duration::from_secs(number("DEPLOY_RUNNER_START_GRACE_SECS", 2)?),
             })
         } else {
             None
         };
         Ok(Self {
-            lease: Duration::from_secs(number(source, "DEPLOY_LEASE_SECS", 30)?),
+            lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             runner,
         })
     }

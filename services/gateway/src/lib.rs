@@ -17,7 +17,7 @@ pub mod transcode;
 use std::{sync::Arc, time::Duration};
 
 use capsule::{
-    config::{ConfigError, GatewayConfig, ProcessEnv, ServeConfig, ServiceKind, Source},
+    config::{ConfigError, GatewayConfig, ProcessEnv, ServeConfig, ServiceKind, Source, positive},
     proto::gateway::v1::gateway_service_server::GatewayServiceServer,
     server::GrpcServer,
 };
@@ -51,27 +51,11 @@ impl EdgeConfig {
     }
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let number = |variable: &str, default: u64| -> Result<u64, ConfigError> {
-            match source.get(variable) {
-                None => Ok(default),
-                Some(raw) => match raw.trim().parse::<u64>() {
-                    Ok(value) if value > 0 && value <= u64::from(u32::MAX) => Ok(value),
-                    _ => Err(ConfigError {
-                        variable: variable.to_owned(),
-                        value: format!("{raw:?}"),
-                        reason: "expected a positive whole number".to_owned(),
-                    }),
-                },
-            }
-        };
-        let small = |variable: &str, default: u64| -> Result<u32, ConfigError> {
-            number(variable, default).map(|value| u32::try_from(value).unwrap_or(u32::MAX))
-        };
         Ok(Self {
-            max_body_bytes: usize::try_from(number("GATEWAY_MAX_BODY_BYTES", 1024 * 1024)?).unwrap_or(usize::MAX),
-            default_timeout: Duration::from_millis(number("GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
-            rate_limit_per_sec: small("GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
-            rate_limit_burst: small("GATEWAY_RATE_LIMIT_BURST", 200)?,
+            max_body_bytes: positive(source, "GATEWAY_MAX_BODY_BYTES", 1024 * 1024)?,
+            default_timeout: Duration::from_millis(positive(source, "GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
+            rate_limit_per_sec: positive(source, "GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
+            rate_limit_burst: positive(source, "GATEWAY_RATE_LIMIT_BURST", 200)?,
             cors_origins: source
                 .get("GATEWAY_CORS_ORIGINS")
                 .map(|origins| {

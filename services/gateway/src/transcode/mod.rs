@@ -57,16 +57,6 @@ pub struct Routes {
     pub routes: Vec<Route>,
 }
 
-fn access_of(method: &MethodDescriptor) -> capsule::auth::Access {
-    let Some(extension) = method.parent_pool().get_extension_by_name("capsule.auth.v1.access") else {
-        return capsule::auth::Access::Unspecified;
-    };
-    match method.options().get_extension(&extension).as_ref() {
-        ReflectValue::EnumNumber(number) => capsule::auth::Access::from_number(*number),
-        _ => capsule::auth::Access::Unspecified,
-    }
-}
-
 fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Vec<Route>) -> Result<(), String> {
     let text = |name: &str| {
         rule.get_field_by_name(name)
@@ -100,7 +90,7 @@ fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Ve
             body: text("body"),
             response_body: text("response_body"),
             method: method.clone(),
-            access: access_of(method),
+            access: capsule::auth::method_access(method),
         });
     }
     if let Some(ReflectValue::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
