@@ -8,7 +8,7 @@ use capsule::{
     db::Database,
     proto::{
         deploy::v1::{self as pb, deploy_service_server::DeployService},
-        project::v1::{PrepareDeploymentRequest, project_service_client::ProjectServiceClient},
+        project::v1::{GetProjectRequest, PrepareDeploymentRequest, project_service_client::ProjectServiceClient},
     },
     rpc::{self, FieldViolations, PageToken},
 };
@@ -172,6 +172,37 @@ impl DeployServiceApi {
 
     /// Asks the project service, as the caller, whether the project exists
     /// and the caller may deploy it, and for the settings to snapshot.
+    /// A request to the project service on the caller's behalf.
+    fn as_caller<T>(caller: &Caller, message: T) -> Result<Request<T>, Status> {
+        let mut request = Request::new(message);
+        request.set_timeout(PROJECT_CALL_TIMEOUT);
+        let token = caller
+            .authorization()
+            .parse()
+            .map_err(|_| Status::unauthenticated("bad token"))?;
+        request.metadata_mut().insert("authorization", token);
+        Ok(request)
+    }
+
+    /// The project service's answer, in this service's words.
+    fn project_status(status: Status) -> Status {
+        match status.code() {
+            Code::NotFound => Status::not_found("no such project"),
+            Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
+            Code::PermissionDenied => {
+                tracing::error!(error = %status.message(), "the project service refused this service's credentials");
+                Status::internal("internal error")
+            }
+            _ => Status::unavailable(format!(
+                "the project service is unavailable ({}); retry shortly",
+                status.message()
+            )),
+        }
+    }
+
+    /// Asks the project service, as the caller, whether the project exists
+    /// and the caller may deploy it, and for the settings to snapshot
+    /// (secret values included: this call needs the internal secret).
     async fn prepare(
         &self,
         caller: &Caller,
@@ -182,36 +213,34 @@ impl DeployServiceApi {
                 "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
             )
         })?;
-        let mut request = Request::new(PrepareDeploymentRequest {
-            project_id: project_id.to_string(),
-        });
-        request.set_timeout(PROJECT_CALL_TIMEOUT);
-        let metadata = request.metadata_mut();
-        metadata.insert(
-            "authorization",
-            caller
-                .authorization()
-                .parse()
-                .map_err(|_| Status::unauthenticated("bad token"))?,
-        );
-        metadata.insert(
+        let mut request = Self::as_caller(
+            caller,
+            PrepareDeploymentRequest {
+                project_id: project_id.to_string(),
+            },
+        )?;
+        request.metadata_mut().insert(
             INTERNAL_HEADER,
             secret.parse().map_err(|_| Status::internal("internal error"))?,
         );
         match self.inner.projects.clone().prepare_deployment(request).await {
             Ok(plan) => Ok(plan.into_inner()),
-            Err(status) => Err(match status.code() {
-                Code::NotFound => Status::not_found("no such project"),
-                Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
-                Code::PermissionDenied => {
-                    tracing::error!(error = %status.message(), "the project service refused this service's credentials");
-                    Status::internal("internal error")
-                }
-                _ => Status::unavailable(format!(
-                    "the project service is unavailable ({}); retry shortly",
-                    status.message()
-                )),
-            }),
+            Err(status) => Err(Self::project_status(status)),
+        }
+    }
+
+    /// Whether the caller may see the project: the project service's call
+    /// (NOT_FOUND there is NOT_FOUND here). No settings, no secrets.
+    async fn check_project(&self, caller: &Caller, project_id: Uuid) -> Result<(), Status> {
+        let request = Self::as_caller(
+            caller,
+            GetProjectRequest {
+                project_id: project_id.to_string(),
+            },
+        )?;
+        match self.inner.projects.clone().get_project(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(Self::project_status(status)),
         }
     }
 
@@ -302,15 +331,7 @@ impl DeployService for DeployServiceApi {
             }
         };
         violations.check()?;
-        // Whether the caller may see the project is the project service's
-        // call: NOT_FOUND from there is NOT_FOUND here.
-        self.prepare(&caller, project_id).await.map_err(|status| {
-            if status.code() == Code::FailedPrecondition && status.message().contains("deleted") {
-                Status::not_found("no such project")
-            } else {
-                status
-            }
-        })?;
+        self.check_project(&caller, project_id).await?;
         let rows = self
             .inner
             .db
