@@ -346,7 +346,17 @@ impl DbConfig {
     /// The libpq connection URL, password included.
     pub fn connection_url(&self) -> SecretString {
         if let Some(url) = &self.url_override {
-            return url.clone();
+            // Name the connections (pg_stat_activity, query metrics) unless
+            // the URL already does.
+            return match url::Url::parse(url.expose_secret()) {
+                Ok(mut parsed) if !parsed.query_pairs().any(|(key, _)| key == "application_name") => {
+                    parsed
+                        .query_pairs_mut()
+                        .append_pair("application_name", &format!("capsule-{}", self.service));
+                    SecretString::from(parsed.to_string())
+                }
+                _ => url.clone(),
+            };
         }
         let mut url = url::Url::parse("postgres://localhost/").expect("a constant URL parses");
         // Setting parts of a postgres URL cannot fail for these values: the
@@ -579,9 +589,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.connection_url().expose_secret(),
-            "postgres://me:hunter2@db.internal:6432/auth"
+            "postgres://me:hunter2@db.internal:6432/auth?application_name=capsule-auth"
         );
         assert_eq!(cfg.target(), "me@db.internal:6432/auth");
+        let named = DbConfig::from_source(
+            ServiceKind::Auth,
+            &source(&[("AUTH_DATABASE_URL", "postgres://db/auth?application_name=mine")]),
+        )
+        .unwrap();
+        assert_eq!(
+            named.connection_url().expose_secret(),
+            "postgres://db/auth?application_name=mine"
+        );
         assert!(!format!("{cfg:?}").contains("hunter2"));
     }
 

@@ -1,6 +1,13 @@
 //! The generated contracts of every service, and the descriptor set they
 //! were compiled from.
 
+/// `capsule.admin.v1`.
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("capsule.admin.v1");
+    }
+}
+
 /// `capsule.auth.v1`.
 pub mod auth {
     pub mod v1 {

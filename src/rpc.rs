@@ -237,10 +237,21 @@ impl crate::db::Database {
             .map_err(|err| DbError::Unavailable(err.to_string()))?;
         metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
             .record(waited.elapsed().as_secs_f64());
-        conn.interact(work)
+        let result = conn
+            .interact(work)
             .await
-            .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?
-            .map_err(DbError::from)
+            .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
+        // A connection whose server went away (restart, failover, a killed
+        // backend) is not handed out again.
+        if let Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ClosedConnection
+            | diesel::result::DatabaseErrorKind::UnableToSendCommand,
+            _,
+        )) = &result
+        {
+            drop(deadpool::managed::Object::take(conn));
+        }
+        result.map_err(DbError::from)
     }
 }
 

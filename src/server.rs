@@ -144,18 +144,21 @@ impl GrpcServer {
     ) -> anyhow::Result<()> {
         self.health.set(false).await;
         crate::db::install_query_instrumentation();
+        let this = self
+            .add_service(crate::stats::DatabaseAdminApi::server(db.clone()))
+            .advertise("capsule.admin.v1.DatabaseAdmin");
         let supervisor_stop = CancellationToken::new();
         let mut supervisor = tokio::spawn(crate::db::supervise(
             db,
             migrations,
-            self.ready.clone(),
-            self.health(),
+            this.ready.clone(),
+            this.health(),
             supervisor_stop.clone(),
         ));
         // The supervisor ends early only on an error that forbids serving
         // (a migration history that disagrees with this build): stop then.
         let server_stop = shutdown.child_token();
-        let server = self.serve(listener, config, server_stop.clone());
+        let server = this.serve(listener, config, server_stop.clone());
         tokio::pin!(server);
         let result = tokio::select! {
             result = &mut server => result,
@@ -255,7 +258,8 @@ impl GrpcServer {
             .layer(layers)
             .add_routes(Routes::from(router))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // Small unary answers go out at once, not after Nagle's wait.
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop_accepting.clone().cancelled_owned(),
             );
         tokio::pin!(server);

@@ -2,6 +2,7 @@
 //! indexes, cache hit ratio, sizes, lock waits, and the slowest statements
 //! when pg_stat_statements is installed. Blocking; read-only.
 
+use crate::proto::admin::v1 as pb;
 use diesel::{
     PgConnection, QueryableByName, RunQueryDsl,
     sql_types::{BigInt, Double, Nullable, Text},
@@ -163,4 +164,98 @@ pub fn collect(conn: &mut PgConnection) -> diesel::QueryResult<Stats> {
         lock_waits,
         slowest,
     })
+}
+
+impl From<Stats> for pb::DatabaseStats {
+    fn from(stats: Stats) -> Self {
+        let installed = stats.slowest.is_some();
+        Self {
+            service: String::new(),
+            tables: stats
+                .tables
+                .into_iter()
+                .map(|t| pb::TableUse {
+                    table: t.table,
+                    rows: t.rows,
+                    seq_scans: t.seq_scans,
+                    index_scans: t.index_scans,
+                    table_size: t.table_size,
+                    index_size: t.index_size,
+                })
+                .collect(),
+            indexes: stats
+                .indexes
+                .into_iter()
+                .map(|i| pb::IndexUse {
+                    index: i.index,
+                    table: i.table,
+                    scans: i.scans,
+                    size: i.size,
+                    unique: i.unique,
+                })
+                .collect(),
+            cache_hit_ratio: stats.cache_hit_ratio,
+            database_size: stats.database_size,
+            lock_waits: stats
+                .lock_waits
+                .into_iter()
+                .map(|w| pb::LockWait {
+                    waiting_pid: w.waiting_pid,
+                    waiting_query: w.waiting_query,
+                    blocked_by: w.blocked_by,
+                    waiting_seconds: w.waiting_secs,
+                })
+                .collect(),
+            slowest_statements: stats
+                .slowest
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| pb::SlowStatement {
+                    query: s.query,
+                    calls: s.calls,
+                    mean_ms: s.mean_ms,
+                    total_ms: s.total_ms,
+                })
+                .collect(),
+            pg_stat_statements_installed: installed,
+            hint: if installed {
+                String::new()
+            } else {
+                PG_STAT_STATEMENTS_HINT.to_owned()
+            },
+        }
+    }
+}
+
+/// `capsule.admin.v1.DatabaseAdmin`, served beside every service that owns
+/// a database. Reads on a connection of its own, outside the pool: the
+/// timeouts it sets must not leak into pooled connections.
+pub struct DatabaseAdminApi {
+    db: crate::db::Database,
+}
+
+impl DatabaseAdminApi {
+    pub fn server(db: crate::db::Database) -> pb::database_admin_server::DatabaseAdminServer<Self> {
+        pb::database_admin_server::DatabaseAdminServer::new(Self { db })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::database_admin_server::DatabaseAdmin for DatabaseAdminApi {
+    async fn get_database_stats(
+        &self,
+        _request: tonic::Request<pb::GetDatabaseStatsRequest>,
+    ) -> Result<tonic::Response<pb::DatabaseStats>, tonic::Status> {
+        let mut conn = self.db.connect_direct().await.map_err(|err| {
+            tracing::warn!(error = %err, "database stats: cannot connect");
+            tonic::Status::unavailable("the database is unavailable; try again")
+        })?;
+        let stats = tokio::task::spawn_blocking(move || collect(&mut conn))
+            .await
+            .map_err(|err| tonic::Status::internal(format!("the stats task failed: {err}")))?
+            .map_err(crate::rpc::DbError::from)?;
+        let mut answer = pb::DatabaseStats::from(stats);
+        answer.service = self.db.config.service.name().to_owned();
+        Ok(tonic::Response::new(answer))
+    }
 }

@@ -442,3 +442,126 @@ async fn the_grpc_front_door_routes_every_service() {
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_see_every_database_s_insight_and_no_one_else_does() {
+    let mesh = common::start().await;
+    let http = Client::new();
+    let admin = mesh.admin("stats-admin@example.com").await;
+    let (user, _) = mesh.user("stats-user@example.com").await;
+    let stats = url(&mesh, "/v1/admin/database-stats");
+
+    let (status, body) = call(&http, reqwest::Method::GET, &stats, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let databases = body["databases"].as_array().unwrap();
+    let services: Vec<&str> = databases.iter().map(|d| d["service"].as_str().unwrap()).collect();
+    assert_eq!(services, ["auth", "project", "deploy"]);
+    let project = &databases[1];
+    let tables: Vec<&str> = project["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert!(tables.contains(&"projects"), "{tables:?}");
+    assert!(
+        project["indexes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["index"] == "idx_projects_owner_slug")
+    );
+    assert!(project["databaseSize"].as_str().unwrap().ends_with("B"));
+    if project["pgStatStatementsInstalled"] != true {
+        assert!(project["hint"].as_str().unwrap().contains("shared_preload_libraries"));
+    }
+    assert!(
+        body.get("missing").is_none_or(|m| m.as_array().unwrap().is_empty()),
+        "{body}"
+    );
+
+    let (status, body) = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{stats}?service=deploy"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["databases"].as_array().unwrap().len(), 1);
+
+    let (status, body) = call(
+        &http,
+        reqwest::Method::GET,
+        &format!("{stats}?service=billing"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("service"), "{body}");
+
+    let (status, _) = call(&http, reqwest::Method::GET, &stats, Some(&user), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(&http, reqwest::Method::GET, &stats, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A database's own service answers too, over gRPC, to admins only.
+    let channel = capsule::testing::channel(mesh.addr(ServiceKind::Project)).await;
+    let mut admin_api = capsule::proto::admin::v1::database_admin_client::DatabaseAdminClient::new(channel);
+    let mut request = tonic::Request::new(capsule::proto::admin::v1::GetDatabaseStatsRequest {});
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let direct = admin_api.get_database_stats(request).await.unwrap().into_inner();
+    assert_eq!(direct.service, "project");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_leave_the_gateway_standing() {
+    // Request spans once leaked into each other across `.await`s on shared
+    // threads and chained until dropping one overflowed the stack. Spans
+    // exist only with a subscriber, as in a served process.
+    {
+        use tracing_subscriber::prelude::*;
+        let _ = tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("info"))
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::sink))
+            .try_init();
+    }
+    let mesh = common::start().await;
+    let http = Client::new();
+    let (token, _) = mesh.user("crowd@example.com").await;
+    let (status, project) = call(
+        &http,
+        reqwest::Method::POST,
+        &url(&mesh, "/v1/projects"),
+        Some(&token),
+        Some(json!({"name": "Crowd"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let project_url = url(&mesh, &format!("/v1/projects/{}", project["id"].as_str().unwrap()));
+    let clients = (0..64).map(|_| {
+        let (http, token, project_url) = (Client::new(), token.clone(), project_url.clone());
+        tokio::spawn(async move {
+            let mut ok = 0;
+            for _ in 0..40 {
+                let (status, _) = call(&http, reqwest::Method::GET, &project_url, Some(&token), None).await;
+                ok += usize::from(status == StatusCode::OK);
+            }
+            ok
+        })
+    });
+    let ok: usize = futures::future::join_all(clients)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(ok, 64 * 40);
+    let (status, _) = call(&http, reqwest::Method::GET, &project_url, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    mesh.stop().await;
+}

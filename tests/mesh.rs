@@ -83,6 +83,9 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
         if *kind == ServiceKind::Gateway {
             // The front door lists every service it routes to.
             expected.extend(ServiceKind::ALL.iter().map(|k| k.grpc_service_name().to_owned()));
+        } else {
+            // Every service with a database tells about it.
+            expected.insert("capsule.admin.v1.DatabaseAdmin".to_owned());
         }
         assert_eq!(list_services!(v1, *addr), expected, "{kind} via reflection v1");
         assert_eq!(

@@ -50,6 +50,44 @@ async fn projects_are_owned_paged_updated_and_soft_deleted() {
         .unwrap_err();
     assert_eq!(duplicate.code(), Code::AlreadyExists);
 
+    // A slug derived from the name is made free instead: the same name
+    // twice gives two projects, the second slug suffixed.
+    let mut derived = Vec::new();
+    for _ in 0..2 {
+        let project = projects
+            .create_project(authed(
+                pb::CreateProjectRequest {
+                    project: Some(pb::Project {
+                        name: "My first app".into(),
+                        ..Default::default()
+                    }),
+                },
+                &alice,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            project.slug.starts_with("my-first-app-") && project.slug.len() == "my-first-app-".len() + 8,
+            "{}",
+            project.slug
+        );
+        // Created with its default settings, in the same statement.
+        let settings = projects
+            .get_project_settings(authed(
+                pb::GetProjectSettingsRequest {
+                    project_id: project.id.clone(),
+                },
+                &alice,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(settings.branch, "main");
+        derived.push(project.slug);
+    }
+    assert_ne!(derived[0], derived[1]);
+
     for i in 0..4 {
         projects
             .create_project(authed(
@@ -86,11 +124,11 @@ async fn projects_are_owned_paged_updated_and_soft_deleted() {
         }
         token = page.next_page_token;
     }
-    assert_eq!(seen.len(), 5, "every project once, in a stable order");
+    assert_eq!(seen.len(), 7, "every project once, in a stable order");
     let mut unique = seen.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 5);
+    assert_eq!(unique.len(), 7);
 
     let updated = projects
         .update_project(authed(
@@ -129,7 +167,7 @@ async fn projects_are_owned_paged_updated_and_soft_deleted() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.projects.len(), 4, "deleted projects are hidden by default");
+    assert_eq!(listed.projects.len(), 6, "deleted projects are hidden by default");
     let change = projects
         .update_project(authed(
             pb::UpdateProjectRequest {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use capsule::{
     auth::Caller,
     proto::{
+        admin::v1::{GetDatabaseStatsRequest, database_admin_client::DatabaseAdminClient},
         auth::v1::{GetMeRequest, GetPublicProfileRequest, auth_service_client::AuthServiceClient},
         deploy::v1::{Deployment, ListDeploymentsRequest, deploy_service_client::DeployServiceClient},
         gateway::v1::{self as pb, gateway_service_server::GatewayService},
@@ -110,6 +111,46 @@ impl GatewayServiceApi {
 
 #[tonic::async_trait]
 impl GatewayService for GatewayServiceApi {
+    async fn get_database_stats(
+        &self,
+        request: Request<pb::GetDatabaseStatsRequest>,
+    ) -> Result<Response<pb::GetDatabaseStatsResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let wanted = request.into_inner().service;
+        let all = [
+            ("auth", &self.backends.auth),
+            ("project", &self.backends.project),
+            ("deploy", &self.backends.deploy),
+        ];
+        if !wanted.is_empty() && !all.iter().any(|(name, _)| *name == wanted) {
+            let mut violations = FieldViolations::new();
+            violations.add("service", "must be auth, project, deploy, or empty for all three");
+            violations.check()?;
+        }
+        let calls = all
+            .into_iter()
+            .filter(|(name, _)| wanted.is_empty() || *name == wanted)
+            .map(|(name, channel)| {
+                let mut client = DatabaseAdminClient::new(channel.clone());
+                let request = on_behalf(&caller, GetDatabaseStatsRequest {});
+                async move {
+                    let result = match request {
+                        Ok(request) => within(client.get_database_stats(request)).await,
+                        Err(status) => Err(status),
+                    };
+                    (name, result)
+                }
+            });
+        let mut answer = pb::GetDatabaseStatsResponse::default();
+        for (name, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(stats) => answer.databases.push(stats),
+                Err(status) => answer.missing.push(missing("database", name, &status)?),
+            }
+        }
+        Ok(Response::new(answer))
+    }
+
     async fn get_dashboard(
         &self,
         request: Request<pb::GetDashboardRequest>,

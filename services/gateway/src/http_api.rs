@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tracing::Instrument;
 
 use crate::{
     Backends, EdgeConfig,
@@ -91,6 +92,12 @@ pub async fn serve(listener: TcpListener, bridge: Arc<Bridge>, shutdown: Cancell
         .layer(cors)
         .with_state(bridge);
     tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON)");
+    // Small JSON answers go out at once, not after Nagle's wait.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
@@ -178,16 +185,22 @@ async fn transcoded(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let request_id = parts
-        .headers
+    let request_id = request
+        .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let span = tracing::info_span!("rest", method = %parts.method, path = %parts.uri.path(), request_id = %request_id);
-    let _entered = span.enter();
+    // The span follows the request's future wherever it is polled (an
+    // entered guard held across `.await` would leak into other requests
+    // on the same thread and chain their spans without end).
+    let span =
+        tracing::info_span!("rest", method = %request.method(), path = %request.uri().path(), request_id = %request_id);
+    handle(bridge, client, request, request_id).instrument(span).await
+}
 
+async fn handle(bridge: Arc<Bridge>, client: SocketAddr, request: Request, request_id: String) -> Response {
+    let (parts, body) = request.into_parts();
     if bridge.limiter.check_key(&client.ip()).is_err() {
         return bridge.error(
             &Status::resource_exhausted("too many requests from this address; slow down"),

@@ -126,7 +126,8 @@ impl ProjectService for ProjectServiceApi {
         let mut violations = FieldViolations::new();
         let name = validate::name(&wanted.name, "project.name", &mut violations);
         validate::description(&wanted.description, "project.description", &mut violations);
-        let slug = if wanted.slug.is_empty() {
+        let slug_derived = wanted.slug.is_empty();
+        let slug = if slug_derived {
             validate::slug_from(&name)
         } else {
             validate::slug(&wanted.slug, "project.slug", &mut violations);
@@ -146,6 +147,7 @@ impl ProjectService for ProjectServiceApi {
                         description: &description,
                         owner_id,
                         slug: &new_slug,
+                        slug_derived,
                     },
                 )
             })

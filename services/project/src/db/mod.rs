@@ -3,12 +3,19 @@
 pub mod schema;
 
 use chrono::{DateTime, Utc};
-use diesel::{dsl::now, prelude::*};
+use diesel::{
+    dsl::now,
+    pg::Pg,
+    prelude::*,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
+    result::DatabaseErrorKind,
+    sql_types::{Bool, Text, Untyped},
+};
 use uuid::Uuid;
 
 use schema::{environment_variables, project_settings, projects};
 
-#[derive(Queryable, Selectable, Debug, Clone)]
+#[derive(Queryable, QueryableByName, Selectable, Debug, Clone)]
 #[diesel(table_name = projects)]
 pub struct Project {
     pub id: Uuid,
@@ -22,13 +29,73 @@ pub struct Project {
     pub purge_after: Option<DateTime<Utc>>,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = projects)]
 pub struct NewProject<'a> {
     pub name: &'a str,
     pub description: &'a str,
     pub owner_id: Uuid,
     pub slug: &'a str,
+    /// The slug was derived from the name, not chosen: when the owner
+    /// already uses it, a short random suffix makes it free.
+    pub slug_derived: bool,
+}
+
+/// The project and its default settings in one statement (one round trip;
+/// atomic without an explicit transaction). The foreign key of the settings
+/// row is checked at the end of the statement, when the project exists.
+const CREATE_PROJECT: &str = "\
+WITH project AS (
+    INSERT INTO projects (name, description, owner_id, slug)
+    VALUES ($1, $2, $3, CASE
+        WHEN $5 AND EXISTS (
+            SELECT 1 FROM projects WHERE owner_id = $3 AND slug = $4 AND deleted_at IS NULL
+        ) THEN left($4, 54) || '-' || substr(md5(random()::text), 1, 8)
+        ELSE $4
+    END)
+    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after
+), settings AS (
+    INSERT INTO project_settings (project_id) SELECT id FROM project
+)
+SELECT * FROM project";
+
+/// [`CREATE_PROJECT`] with its parameters bound. Unlike `sql_query`, whose
+/// statements diesel never caches, it has a static query id: prepared once
+/// per connection, not parsed and planned on every insert.
+struct CreateProject<'a>(&'a NewProject<'a>);
+
+impl QueryId for CreateProject<'_> {
+    type QueryId = CreateProject<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for CreateProject<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for CreateProject<'_> {}
+
+impl QueryFragment<Pg> for CreateProject<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        // `$n` in the text names the parameter; diesel numbers the binds.
+        let mut rest = CREATE_PROJECT;
+        while let Some(at) = rest.find('$') {
+            out.push_sql(&rest[..at]);
+            match rest.as_bytes().get(at + 1) {
+                Some(b'1') => out.push_bind_param::<Text, _>(&self.0.name)?,
+                Some(b'2') => out.push_bind_param::<Text, _>(&self.0.description)?,
+                Some(b'3') => out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.0.owner_id)?,
+                Some(b'4') => out.push_bind_param::<Text, _>(&self.0.slug)?,
+                Some(b'5') => out.push_bind_param::<Bool, _>(&self.0.slug_derived)?,
+                _ => {
+                    return Err(diesel::result::Error::QueryBuilderError(
+                        "CREATE_PROJECT: unknown parameter".into(),
+                    ));
+                }
+            }
+            rest = &rest[at + 2..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
 }
 
 #[derive(AsChangeset, Default)]
@@ -87,18 +154,15 @@ impl Project {
         query.first(conn).optional()
     }
 
-    /// Creates the project and its default settings.
+    /// Creates the project and its default settings. A derived slug that
+    /// two requests took at the same moment is retried once, suffixed.
     pub fn create(conn: &mut PgConnection, new: &NewProject<'_>) -> QueryResult<Project> {
-        conn.transaction(|conn| {
-            let project: Project = diesel::insert_into(projects::table)
-                .values(new)
-                .returning(Project::as_returning())
-                .get_result(conn)?;
-            diesel::insert_into(project_settings::table)
-                .values(project_settings::project_id.eq(project.id))
-                .execute(conn)?;
-            Ok(project)
-        })
+        match CreateProject(new).get_result(conn) {
+            Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) if new.slug_derived => {
+                CreateProject(new).get_result(conn)
+            }
+            result => result,
+        }
     }
 
     /// One page, newest first.
