@@ -163,3 +163,74 @@ async fn sigterm_lets_calls_in_flight_finish() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_replicas_started_at_once_on_an_empty_database_migrate_it_once_and_all_serve() {
+    use diesel::RunQueryDsl;
+
+    let db = TestDatabase::empty(ServiceKind::Project).await;
+    let mut addrs = Vec::new();
+    for _ in 0..5 {
+        let port = testing::free_listener().await.local_addr().unwrap().port();
+        addrs.push(format!("127.0.0.1:{port}").parse::<std::net::SocketAddr>().unwrap());
+    }
+    let mut replicas: Vec<_> = addrs
+        .iter()
+        .map(|addr| {
+            capsule()
+                .args(["serve", "project"])
+                .env("PROJECT_DATABASE_URL", &db.url)
+                .env("PROJECT_GRPC_ADDR", addr.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for addr in &addrs {
+        testing::wait_for_health(
+            *addr,
+            "capsule.project.v1.ProjectService",
+            SERVING,
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    // None crashed or restarted on the way: each is the process we started.
+    for replica in &mut replicas {
+        assert!(replica.try_wait().unwrap().is_none(), "a replica exited");
+    }
+
+    // Applied once: one row per version in the history (its primary key),
+    // and across the five logs, each version named by one replica only.
+    let mut conn = db.connect();
+    let rows: i64 = diesel::sql_query("SELECT count(*) AS count FROM capsule_schema_history")
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .count;
+    assert_eq!(usize::try_from(rows).unwrap(), capsule_project::MIGRATIONS.files.len());
+
+    for replica in &mut replicas {
+        Command::new("kill")
+            .args(["-TERM", &replica.id().to_string()])
+            .status()
+            .unwrap();
+    }
+    let mut appliers = 0;
+    for replica in replicas {
+        let output = tokio::task::spawn_blocking(move || replica.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{log}");
+        appliers += log.matches("applied migrations").count();
+    }
+    assert_eq!(appliers, 1, "exactly one replica applies the migrations");
+}
+
+#[derive(diesel::QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    count: i64,
+}
