@@ -3,6 +3,8 @@
 //! and writes. The cluster is a private one made for the test, so the
 //! shared server the other tests use is never touched.
 
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions unwrap too")]
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
