@@ -349,6 +349,8 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
         project.try_wait().unwrap().is_none(),
         "the project service kept running"
     );
-    let _ = project.kill();
-    let _ = auth.kill();
+    for mut child in [project, auth] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
