@@ -177,7 +177,7 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
     let auth_db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
     let auth_addr = testing::free_listener().await.local_addr().unwrap();
     let project_addr = testing::free_listener().await.local_addr().unwrap();
-    let mut auth = capsule_serve(
+    let auth = capsule_serve(
         "auth",
         &[
             ("AUTH_DATABASE_URL", auth_db.url.clone()),
