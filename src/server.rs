@@ -63,6 +63,11 @@ pub struct GrpcServer {
     extra: Option<axum::Router>,
 }
 
+/// The largest request message a service decodes (tonic's default is 4
+/// MiB): larger ones are refused with OUT_OF_RANGE before any handler runs.
+/// The gateway's REST body limit is the same size.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
 impl GrpcServer {
     /// A server for `kind` that starts NOT_SERVING until told otherwise.
     pub fn new(kind: ServiceKind) -> Self {

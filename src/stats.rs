@@ -237,6 +237,7 @@ pub struct DatabaseAdminApi {
 impl DatabaseAdminApi {
     pub fn server(db: crate::db::Database) -> pb::database_admin_server::DatabaseAdminServer<Self> {
         pb::database_admin_server::DatabaseAdminServer::new(Self { db })
+            .max_decoding_message_size(crate::server::MAX_MESSAGE_BYTES)
     }
 }
 

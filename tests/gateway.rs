@@ -565,3 +565,84 @@ async fn many_concurrent_requests_leave_the_gateway_standing() {
     assert_eq!(status, StatusCode::OK);
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_with_4xx_and_nothing_is_stored() {
+    let mesh = common::start().await;
+    let http = Client::new();
+    let (token, _) = mesh.user("hostile@example.com").await;
+    let projects = url(&mesh, "/v1/projects");
+    let post_raw = |body: Vec<u8>| {
+        http.post(&projects)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    // Nesting far past any real request, and bytes that are not UTF-8.
+    let deep = format!("{{\"name\": {}1{}}}", "[".repeat(10_000), "]".repeat(10_000));
+    for body in [
+        deep.into_bytes(),
+        b"{\"name\": \"\xff\xfe\"}".to_vec(),
+        vec![0xc3, 0x28],
+    ] {
+        let response = post_raw(body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["code"], 3, "{error}");
+    }
+    // Control characters and oversized names, named by field.
+    for name in ["a\u{0}b", "bell\u{7}", &"x".repeat(10_000)] {
+        let (status, error) = call(
+            &http,
+            reqwest::Method::POST,
+            &projects,
+            Some(&token),
+            Some(json!({ "name": name })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert!(error.to_string().contains("project.name"), "{error}");
+    }
+    // Page sizes out of range are refused; 0 means the default.
+    for (size, expected) in [
+        ("0", StatusCode::OK),
+        ("-1", StatusCode::BAD_REQUEST),
+        ("1000000000", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, body) = call(
+            &http,
+            reqwest::Method::GET,
+            &format!("{projects}?pageSize={size}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(status, expected, "pageSize={size}: {body}");
+    }
+    // Over gRPC, a message past the decode limit is refused before any
+    // handler runs.
+    let channel = capsule::testing::channel(mesh.addr(ServiceKind::Project)).await;
+    let mut client = capsule::proto::project::v1::project_service_client::ProjectServiceClient::new(channel);
+    let mut request = tonic::Request::new(capsule::proto::project::v1::CreateProjectRequest {
+        project: Some(capsule::proto::project::v1::Project {
+            name: "Huge".into(),
+            description: "d".repeat(2 * capsule::server::MAX_MESSAGE_BYTES),
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let status = client.create_project(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    let (status, listed) = call(&http, reqwest::Method::GET, &projects, Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        listed.get("projects").is_none_or(|p| p.as_array().unwrap().is_empty()),
+        "nothing was stored: {listed}"
+    );
+    mesh.stop().await;
+}

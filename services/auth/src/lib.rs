@@ -82,7 +82,7 @@ pub async fn serve_with(
     let result = GrpcServer::new(ServiceKind::Auth)
         .require_access(verifier)
         .ready_when(ready)
-        .add_service(AuthServiceServer::new(api))
+        .add_service(AuthServiceServer::new(api).max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES))
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await;
     reloader.abort();

@@ -78,7 +78,7 @@ pub async fn serve(
 
     let result = GrpcServer::new(ServiceKind::Deploy)
         .require_access(keys)
-        .add_service(DeployServiceServer::new(api))
+        .add_service(DeployServiceServer::new(api).max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES))
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await;
     if let Some(runner) = runner {

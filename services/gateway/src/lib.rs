@@ -221,7 +221,10 @@ pub async fn serve(
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
         .require_access(keys)
-        .add_service(GatewayServiceServer::new(GatewayServiceApi::new(backends.clone())))
+        .add_service(
+            GatewayServiceServer::new(GatewayServiceApi::new(backends.clone()))
+                .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
+        )
         .with_router(front_door(&backends));
     for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
         server = server.advertise(kind.grpc_service_name());

@@ -34,7 +34,10 @@ pub async fn serve(
     let db = Database::new(db_config)?;
     GrpcServer::new(ServiceKind::Project)
         .require_access(mesh.key_set()?)
-        .add_service(ProjectServiceServer::new(ProjectServiceApi::new(db.clone())))
+        .add_service(
+            ProjectServiceServer::new(ProjectServiceApi::new(db.clone()))
+                .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
+        )
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await
 }
