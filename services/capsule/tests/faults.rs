@@ -354,3 +354,170 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
         let _ = child.wait();
     }
 }
+
+/// The four services as processes on fresh databases of the shared server.
+struct Mesh {
+    env: Vec<(&'static str, String)>,
+    children: Vec<(&'static str, std::process::Child)>,
+    http: std::net::SocketAddr,
+    _dbs: Vec<TestDatabase>,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let auth_db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
+        let project_db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
+        let deploy_db = TestDatabase::migrated(ServiceKind::Deploy, &capsule_deploy::MIGRATIONS).await;
+        let mut addr = Vec::new();
+        for _ in 0..5 {
+            addr.push(testing::free_listener().await.local_addr().unwrap());
+        }
+        let env = vec![
+            ("AUTH_DATABASE_URL", auth_db.url.clone()),
+            ("PROJECT_DATABASE_URL", project_db.url.clone()),
+            ("DEPLOY_DATABASE_URL", deploy_db.url.clone()),
+            ("AUTH_GRPC_ADDR", addr[0].to_string()),
+            ("PROJECT_GRPC_ADDR", addr[1].to_string()),
+            ("DEPLOY_GRPC_ADDR", addr[2].to_string()),
+            ("GATEWAY_GRPC_ADDR", addr[3].to_string()),
+            ("GATEWAY_HTTP_ADDR", addr[4].to_string()),
+            ("AUTH_SERVICE_URL", format!("http://{}", addr[0])),
+            ("PROJECT_SERVICE_URL", format!("http://{}", addr[1])),
+            ("DEPLOY_SERVICE_URL", format!("http://{}", addr[2])),
+            ("GATEWAY_RATE_LIMIT_PER_SEC", "100000".to_owned()),
+            ("GATEWAY_RATE_LIMIT_BURST", "100000".to_owned()),
+        ];
+        let mut mesh = Self {
+            env,
+            children: Vec::new(),
+            http: addr[4],
+            _dbs: vec![auth_db, project_db, deploy_db],
+        };
+        for service in ["auth", "project", "deploy", "gateway"] {
+            mesh.spawn(service);
+        }
+        for grpc in &addr[..4] {
+            testing::wait_for_health(*grpc, "", SERVING, Duration::from_secs(30)).await;
+        }
+        mesh
+    }
+
+    fn spawn(&mut self, service: &'static str) {
+        let child = capsule_serve(service, &self.env);
+        self.children.push((service, child));
+    }
+
+    fn kill(&mut self, service: &str) {
+        let index = self.children.iter().position(|(name, _)| *name == service).unwrap();
+        let (_, mut child) = self.children.remove(index);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_killed_under_load_gives_503_and_partial_answers_then_recovers() {
+    let mut mesh = Mesh::start().await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://{}", mesh.http);
+    let registered: serde_json::Value = http
+        .post(format!("{base}/v1/auth:register"))
+        .json(&serde_json::json!({"email": "kill@example.com", "password": "a long enough password", "name": "K"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = registered["tokens"]["accessToken"].as_str().unwrap().to_owned();
+    let project: serde_json::Value = http
+        .post(format!("{base}/v1/projects"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "Survivor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deployments = format!("{base}/v1/projects/{}/deployments", project["id"].as_str().unwrap());
+    let dashboard = format!("{base}/v1/dashboard");
+
+    // One round of load: the deploy route and the fan-out, several at once.
+    let round = |http: reqwest::Client, token: String| {
+        let (deployments, dashboard) = (deployments.clone(), dashboard.clone());
+        async move {
+            let calls = (0..8).map(|i| {
+                let (http, token) = (http.clone(), token.clone());
+                let url = if i % 2 == 0 {
+                    deployments.clone()
+                } else {
+                    dashboard.clone()
+                };
+                async move {
+                    let response = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                    let status = response.status().as_u16();
+                    let body: serde_json::Value = response.json().await.unwrap_or_default();
+                    (i % 2 == 0, status, body)
+                }
+            });
+            futures::future::join_all(calls).await
+        }
+    };
+
+    let (mut sent, mut failed) = (0, 0);
+    for _ in 0..10 {
+        for (_, status, _) in round(http.clone(), token.clone()).await {
+            sent += 1;
+            failed += usize::from(status != 200);
+        }
+    }
+    assert_eq!(failed, 0, "all {sent} calls answered before the kill");
+
+    mesh.kill("deploy");
+    let (mut dead_deploy_503, mut partial_dashboards) = (0, 0);
+    // Reads are retried twice with backoff before a 503: about 1.2 s a round.
+    for _ in 0..4 {
+        for (deploy_route, status, body) in round(http.clone(), token.clone()).await {
+            sent += 1;
+            if deploy_route {
+                assert_eq!(status, 503, "the dead backend's route: {body}");
+                dead_deploy_503 += 1;
+            } else {
+                assert_eq!(status, 200, "the fan-out answers without deploy: {body}");
+                assert_eq!(body["missing"][0]["service"], "deploy", "{body}");
+                partial_dashboards += 1;
+            }
+        }
+    }
+
+    mesh.spawn("deploy");
+    let back = Instant::now();
+    let recovered = loop {
+        let results = round(http.clone(), token.clone()).await;
+        sent += results.len();
+        if results.iter().all(|(_, status, body)| {
+            *status == 200 && body.get("missing").is_none_or(|m| m.as_array().unwrap().is_empty())
+        }) {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(20), "no recovery: {results:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "sent {sent}; with deploy killed: {dead_deploy_503} answered 503, {partial_dashboards} partial dashboards; \
+         recovered {recovered:?} after deploy was started again"
+    );
+}
