@@ -198,7 +198,7 @@ impl GrpcKeySource {
 
     /// A source that connects to `auth_url` on first use.
     fn lazy(auth_url: &str) -> anyhow::Result<Arc<dyn KeySource>> {
-        let channel = tonic::transport::Endpoint::from_shared(auth_url.to_owned())?
+        let channel = crate::tls::endpoint(auth_url)?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         Ok(Arc::new(Self::new(channel)))

@@ -412,6 +412,8 @@ pub struct ServeConfig {
     pub grpc_addr: SocketAddr,
     pub drain_delay: Duration,
     pub shutdown_grace: Duration,
+    /// TLS for this process's listeners (see [`crate::tls`]); `None`: plain.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl ServeConfig {
@@ -440,6 +442,7 @@ impl ServeConfig {
                 8u64,
                 "expected a whole number of seconds",
             )?),
+            tls: crate::tls::ServerTls::from_source(source)?,
         })
     }
 }

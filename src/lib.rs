@@ -18,3 +18,4 @@ pub mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;

@@ -258,7 +258,11 @@ impl GrpcServer {
             .layer(RequestMetricsLayer { service: kind.name() })
             .option_layer(access);
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = &config.tls {
+            builder = builder.tls_config(tls.tonic())?;
+        }
+        let server = builder
             .accept_http1(true)
             .layer(layers)
             .add_routes(Routes::from(router))

@@ -53,7 +53,7 @@ pub async fn serve(
         mesh.secrets.runner_token = Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect());
     }
     let projects = ProjectServiceClient::new(
-        tonic::transport::Endpoint::from_shared(mesh.services.project.clone())?
+        capsule::tls::endpoint(&mesh.services.project)?
             .connect_timeout(std::time::Duration::from_secs(2))
             .connect_lazy(),
     );

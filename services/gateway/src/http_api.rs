@@ -79,7 +79,12 @@ impl Bridge {
     }
 }
 
-pub async fn serve(listener: TcpListener, bridge: Arc<Bridge>, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    bridge: Arc<Bridge>,
+    tls: Option<capsule::tls::ServerTls>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let cors = crate::cors(&bridge.config);
     let app = Router::new()
         .route(
@@ -91,6 +96,18 @@ pub async fn serve(listener: TcpListener, bridge: Arc<Bridge>, shutdown: Cancell
         .fallback(transcoded)
         .layer(cors)
         .with_state(bridge);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Some(tls) = tls {
+        tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON over TLS)");
+        // Through tap_io, whose streams axum knows how to ask for the
+        // client's address.
+        let listener =
+            axum::serve::ListenerExt::tap_io(capsule::tls::TlsListener::new(listener, tls.rustls()?)?, |_| {});
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        return Ok(());
+    }
     tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON)");
     // Small JSON answers go out at once, not after Nagle's wait.
     let listener = axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
@@ -98,7 +115,7 @@ pub async fn serve(listener: TcpListener, bridge: Arc<Bridge>, shutdown: Cancell
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())

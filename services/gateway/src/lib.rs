@@ -23,7 +23,7 @@ use capsule::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use grpc::GatewayServiceApi;
 
@@ -100,7 +100,7 @@ pub struct Backends {
 }
 
 fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_owned())?
+    Ok(capsule::tls::endpoint(url)?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .connect_lazy())
@@ -109,12 +109,19 @@ fn channel(url: &str) -> anyhow::Result<Channel> {
 impl Backends {
     /// Channels that connect on first use and reconnect after a backend
     /// restarts.
-    pub fn new(config: &GatewayConfig, own_grpc: std::net::SocketAddr) -> anyhow::Result<Self> {
+    /// `own_tls`: the gateway's own gRPC port serves TLS, so its loopback
+    /// channel is `https://localhost` (the certificate must name localhost).
+    pub fn new(config: &GatewayConfig, own_grpc: std::net::SocketAddr, own_tls: bool) -> anyhow::Result<Self> {
+        let own = if own_tls {
+            format!("https://localhost:{}", own_grpc.port())
+        } else {
+            format!("http://127.0.0.1:{}", own_grpc.port())
+        };
         Ok(Self {
             auth: channel(&config.services.auth)?,
             project: channel(&config.services.project)?,
             deploy: channel(&config.services.deploy)?,
-            gateway: channel(&format!("http://127.0.0.1:{}", own_grpc.port()))?,
+            gateway: channel(&own)?,
             extra: Vec::new(),
         })
     }
@@ -190,6 +197,7 @@ pub async fn serve_rest(
     http_api::serve(
         listener,
         Arc::new(http_api::Bridge::new(routes, backends, keys, edge)),
+        None,
         shutdown,
     )
     .await
@@ -213,7 +221,7 @@ pub async fn serve(
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let backends = Backends::new(&config, grpc_listener.local_addr()?)?;
+    let backends = Backends::new(&config, grpc_listener.local_addr()?, serve_config.tls.is_some())?;
     let keys = capsule::auth::KeySet::at_edge(&config.services.auth)?;
     let routes =
         transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
@@ -232,7 +240,7 @@ pub async fn serve(
     // The gateway holds no state of its own: it serves as soon as it listens.
     server.health().set(true).await;
 
-    let http = http_api::serve(http_listener, bridge, shutdown.clone());
+    let http = http_api::serve(http_listener, bridge, serve_config.tls.clone(), shutdown.clone());
     let grpc = server.serve(grpc_listener, &serve_config, shutdown);
     let (http, grpc) = tokio::join!(http, grpc);
     http?;
