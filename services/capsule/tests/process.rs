@@ -234,3 +234,101 @@ struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     count: i64,
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_call_and_says_not_serving_before_closing() {
+    use capsule::proto::auth::v1::{GetJwksRequest, auth_service_client::AuthServiceClient};
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    };
+
+    let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
+    let port = testing::free_listener().await.local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = capsule()
+        .args(["serve", "auth"])
+        .env("AUTH_DATABASE_URL", &db.url)
+        .env("AUTH_GRPC_ADDR", addr.to_string())
+        .env("CAPSULE_DRAIN_DELAY_MS", "1000")
+        .env("CAPSULE_SHUTDOWN_GRACE_SECS", "5")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let service = "capsule.auth.v1.AuthService";
+    testing::wait_for_health(addr, service, SERVING, Duration::from_secs(20)).await;
+    let channel = testing::channel(addr).await;
+
+    // Clients behave like a load balancer's: they stop sending new calls
+    // once health says NOT_SERVING.
+    let draining = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let watcher = tokio::spawn({
+        let draining = draining.clone();
+        async move {
+            while let Ok(Some(update)) = watch.message().await {
+                if update.status == NOT_SERVING {
+                    draining.store(true, Ordering::SeqCst);
+                    return Instant::now();
+                }
+            }
+            panic!("the health stream ended before NOT_SERVING");
+        }
+    });
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (channel, draining, sent, failed) = (channel.clone(), draining.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut client = AuthServiceClient::new(channel);
+                while !draining.load(Ordering::SeqCst) {
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    if client.get_jwks(GetJwksRequest::default()).await.is_err() {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let not_serving_at = watcher.await.unwrap();
+    // NOT_SERVING came first; the port still answers during the drain delay.
+    assert!(not_serving_at.duration_since(signalled) < Duration::from_millis(900));
+    assert_eq!(testing::health_status(addr, service).await, Some(NOT_SERVING));
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = signalled.elapsed();
+    let (sent, failed) = (sent.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
+    println!(
+        "sent {sent}, failed {failed}; NOT_SERVING after {:?}; exited after {took:?}",
+        not_serving_at.duration_since(signalled)
+    );
+    assert!(sent > 50, "a steady load: {sent}");
+    assert_eq!(failed, 0, "no call failed");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(1 + 5),
+        "exit within drain delay + grace: {took:?}"
+    );
+}
