@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
 use capsule::{
     config::ServiceKind,
     proto::{
@@ -139,20 +141,6 @@ impl Drop for Cluster {
     }
 }
 
-fn capsule_serve(service: &str, env: &[(&str, String)]) -> std::process::Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
-    command
-        .args(["serve", service])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.spawn().unwrap()
-}
-
 #[derive(Default)]
 struct Tally {
     sent: usize,
@@ -177,14 +165,14 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
     let auth_db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
     let auth_addr = testing::free_listener().await.local_addr().unwrap();
     let project_addr = testing::free_listener().await.local_addr().unwrap();
-    let auth = capsule_serve(
+    let auth = common::serve(
         "auth",
         &[
             ("AUTH_DATABASE_URL", auth_db.url.clone()),
             ("AUTH_GRPC_ADDR", auth_addr.to_string()),
         ],
     );
-    let mut project = capsule_serve(
+    let mut project = common::serve(
         "project",
         &[
             ("PROJECT_DATABASE_URL", cluster.url("project")),
@@ -368,25 +356,13 @@ impl Mesh {
         let auth_db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
         let project_db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
         let deploy_db = TestDatabase::migrated(ServiceKind::Deploy, &capsule_deploy::MIGRATIONS).await;
-        let mut addr = Vec::new();
-        for _ in 0..5 {
-            addr.push(testing::free_listener().await.local_addr().unwrap());
-        }
-        let env = vec![
+        let addr = common::addresses().await;
+        let mut env = common::mesh_env(&addr, |addr| format!("http://{addr}"));
+        env.extend([
             ("AUTH_DATABASE_URL", auth_db.url.clone()),
             ("PROJECT_DATABASE_URL", project_db.url.clone()),
             ("DEPLOY_DATABASE_URL", deploy_db.url.clone()),
-            ("AUTH_GRPC_ADDR", addr[0].to_string()),
-            ("PROJECT_GRPC_ADDR", addr[1].to_string()),
-            ("DEPLOY_GRPC_ADDR", addr[2].to_string()),
-            ("GATEWAY_GRPC_ADDR", addr[3].to_string()),
-            ("GATEWAY_HTTP_ADDR", addr[4].to_string()),
-            ("AUTH_SERVICE_URL", format!("http://{}", addr[0])),
-            ("PROJECT_SERVICE_URL", format!("http://{}", addr[1])),
-            ("DEPLOY_SERVICE_URL", format!("http://{}", addr[2])),
-            ("GATEWAY_RATE_LIMIT_PER_SEC", "100000".to_owned()),
-            ("GATEWAY_RATE_LIMIT_BURST", "100000".to_owned()),
-        ];
+        ]);
         let mut mesh = Self {
             env,
             children: Vec::new(),
@@ -403,7 +379,7 @@ impl Mesh {
     }
 
     fn spawn(&mut self, service: &'static str) {
-        let child = capsule_serve(service, &self.env);
+        let child = common::serve(service, &self.env);
         self.children.push((service, child));
     }
 

@@ -7,9 +7,11 @@
 use std::{
     net::SocketAddr,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
+
+mod common;
 
 use capsule::{
     config::ServiceKind,
@@ -48,20 +50,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.to_string_lossy().into_owned()
-}
-
-fn serve(service: &str, env: &[(&str, String)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_capsule"));
-    command
-        .args(["serve", service])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.spawn().unwrap()
 }
 
 async fn tls_channel(addr: SocketAddr, pki: &Pki, with_client_cert: bool) -> Result<tonic::transport::Channel, String> {
@@ -111,31 +99,21 @@ async fn services_speak_tls_require_client_certificates_where_told_and_call_each
     );
     let auth_db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
     let project_db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
-    let mut addr = Vec::new();
-    for _ in 0..5 {
-        addr.push(testing::free_listener().await.local_addr().unwrap());
-    }
-    let env = vec![
+    let addr = common::addresses().await;
+    let mut env = common::mesh_env(&addr, |addr| format!("https://localhost:{}", addr.port()));
+    env.extend([
         ("AUTH_DATABASE_URL", auth_db.url.clone()),
         ("PROJECT_DATABASE_URL", project_db.url.clone()),
-        ("AUTH_GRPC_ADDR", addr[0].to_string()),
-        ("PROJECT_GRPC_ADDR", addr[1].to_string()),
-        ("DEPLOY_GRPC_ADDR", addr[2].to_string()),
-        ("GATEWAY_GRPC_ADDR", addr[3].to_string()),
-        ("GATEWAY_HTTP_ADDR", addr[4].to_string()),
-        ("AUTH_SERVICE_URL", format!("https://localhost:{}", addr[0].port())),
-        ("PROJECT_SERVICE_URL", format!("https://localhost:{}", addr[1].port())),
-        ("DEPLOY_SERVICE_URL", format!("https://localhost:{}", addr[2].port())),
         ("CAPSULE_TLS_CERT_FILE", cert),
         ("CAPSULE_TLS_KEY_FILE", key),
         ("CAPSULE_TLS_CA_FILE", ca.clone()),
-    ];
+    ]);
     let mut project_env = env.clone();
     project_env.push(("CAPSULE_TLS_CLIENT_CA_FILE", ca));
     let mut children = vec![
-        serve("auth", &env),
-        serve("project", &project_env),
-        serve("gateway", &env),
+        common::serve("auth", &env),
+        common::serve("project", &project_env),
+        common::serve("gateway", &env),
     ];
     for grpc in [addr[0], addr[1], addr[3]] {
         wait_serving(grpc, &pki).await;
