@@ -345,8 +345,19 @@ async fn unary(
     let call = grpc.unary(request, path, DynamicCodec::new(route.method.output()));
     match tokio::time::timeout(timeout, call).await {
         Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(status),
+        Ok(Err(status)) => Err(backend_gone(status)),
         Err(_) => Err(Status::deadline_exceeded("the backend did not answer in time")),
+    }
+}
+
+/// CANCELLED from the channel itself means the backend's connection went
+/// away mid-call (the caller of the bridge cancelled nothing): that is the
+/// backend being unavailable, and a read may be retried.
+fn backend_gone(status: Status) -> Status {
+    if status.code() == Code::Cancelled {
+        Status::unavailable(format!("the backend went away during the call: {}", status.message()))
+    } else {
+        status
     }
 }
 
@@ -379,7 +390,7 @@ async fn stream(
         .await
     {
         Ok(response) => response.into_inner(),
-        Err(status) => return bridge.error(&status, request_id),
+        Err(status) => return bridge.error(&backend_gone(status), request_id),
     };
     let pool = bridge.routes.pool.clone();
     let has_sequence = route.method.output().get_field_by_name("sequence").is_some();
