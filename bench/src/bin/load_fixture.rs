@@ -1,7 +1,9 @@
 //! Prepares what `bench/run` replays: a fresh user with an access token, one
 //! project to read, and the framed gRPC request bodies h2load sends.
 //!
-//! Usage: `load_fixture <auth-url> <project-url> <out-dir>`. Writes
+//! Usage: `load_fixture wait <auth-addr> <project-addr>` returns once both
+//! report SERVING (no call that allocates: the idle memory is read after
+//! it). `load_fixture <auth-url> <project-url> <out-dir>` writes
 //! `get.grpc` and `create.grpc` (a gRPC frame: flag, length, protobuf) to
 //! `<out-dir>` and prints `{"token", "project_id", "owner_id"}` as JSON.
 
@@ -26,8 +28,15 @@ fn frame(message: &impl Message) -> anyhow::Result<Vec<u8>> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let usage = "usage: load_fixture <auth-url> <project-url> <out-dir>";
+    let mut args = std::env::args().skip(1).peekable();
+    let usage = "usage: load_fixture [wait] <auth-url> <project-url> <out-dir>";
+    if args.peek().is_some_and(|arg| arg == "wait") {
+        for addr in args.skip(1) {
+            let addr: std::net::SocketAddr = addr.parse().context(usage)?;
+            capsule::testing::wait_for_health(addr, "", 1, std::time::Duration::from_secs(60)).await;
+        }
+        return Ok(());
+    }
     let auth_url = args.next().context(usage)?;
     let project_url = args.next().context(usage)?;
     let out = PathBuf::from(args.next().context(usage)?);
