@@ -45,6 +45,38 @@ impl FieldViolations {
     }
 }
 
+/// True when `value` holds a control character (NUL, BEL, line breaks, …).
+pub fn has_control(value: &str) -> bool {
+    value.chars().any(char::is_control)
+}
+
+/// A required one-line name: trimmed, at most `max_chars` characters, no
+/// control characters. Returns it trimmed.
+pub fn name(value: &str, field: &str, max_chars: usize, violations: &mut FieldViolations) -> String {
+    let name = value.trim().to_owned();
+    if name.is_empty() {
+        violations.add(field, "is required");
+    } else if name.chars().count() > max_chars {
+        violations.add(field, format!("must be at most {max_chars} characters"));
+    } else if has_control(&name) {
+        violations.add(field, "must not contain control characters");
+    }
+    name
+}
+
+/// Free text of at most `max_chars` characters: line breaks and tabs are
+/// allowed, other control characters are not.
+pub fn text(value: &str, field: &str, max_chars: usize, violations: &mut FieldViolations) {
+    if value.chars().count() > max_chars {
+        violations.add(field, format!("must be at most {max_chars} characters"));
+    } else if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        violations.add(field, "must not contain control characters other than line breaks");
+    }
+}
+
 /// A single bad field.
 pub fn invalid_field(field: &str, description: &str) -> Status {
     let mut violations = FieldViolations::new();

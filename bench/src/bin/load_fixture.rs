@@ -26,6 +26,15 @@ fn frame(message: &impl Message) -> anyhow::Result<Vec<u8>> {
     Ok(framed)
 }
 
+fn create_request(name: &str) -> project::CreateProjectRequest {
+    project::CreateProjectRequest {
+        project: Some(project::Project {
+            name: name.to_owned(),
+            ..Default::default()
+        }),
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1).peekable();
@@ -55,28 +64,16 @@ async fn main() -> anyhow::Result<()> {
     let token = registered.tokens.context("Register returned no tokens")?.access_token;
 
     let mut projects = ProjectServiceClient::connect(project_url).await?;
-    let mut request = tonic::Request::new(project::CreateProjectRequest {
-        project: Some(project::Project {
-            name: "Bench read".into(),
-            ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let project_id = projects.create_project(request).await?.into_inner().id;
+    let authorization: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse()?;
+    let create = |name: &str| {
+        let mut request = tonic::Request::new(create_request(name));
+        request.metadata_mut().insert("authorization", authorization.clone());
+        request
+    };
+    let project_id = projects.create_project(create("Bench read")).await?.into_inner().id;
     // The name the insert benchmark sends, taken once: every insert after
     // it gets a suffixed slug, the same path for every request.
-    let mut request = tonic::Request::new(project::CreateProjectRequest {
-        project: Some(project::Project {
-            name: "Bench".into(),
-            ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    projects.create_project(request).await?;
+    projects.create_project(create("Bench")).await?;
 
     std::fs::write(
         out.join("get.grpc"),
@@ -84,15 +81,7 @@ async fn main() -> anyhow::Result<()> {
             project_id: project_id.clone(),
         })?,
     )?;
-    std::fs::write(
-        out.join("create.grpc"),
-        frame(&project::CreateProjectRequest {
-            project: Some(project::Project {
-                name: "Bench".into(),
-                ..Default::default()
-            }),
-        })?,
-    )?;
+    std::fs::write(out.join("create.grpc"), frame(&create_request("Bench"))?)?;
     println!(
         "{}",
         serde_json::json!({ "token": token, "project_id": project_id, "owner_id": owner_id })

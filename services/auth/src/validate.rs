@@ -2,11 +2,7 @@
 
 use std::str::FromStr;
 
-use capsule::rpc::FieldViolations;
-
-fn has_control(value: &str) -> bool {
-    value.chars().any(char::is_control)
-}
+use capsule::rpc::{self, FieldViolations};
 
 /// Trims and lowercases an email address and checks its shape.
 pub fn email(value: &str, field: &str, violations: &mut FieldViolations) -> String {
@@ -38,15 +34,7 @@ pub fn email(value: &str, field: &str, violations: &mut FieldViolations) -> Stri
 
 /// A display name: 1 to 100 characters, no control characters.
 pub fn name(value: &str, field: &str, violations: &mut FieldViolations) -> String {
-    let name = value.trim().to_owned();
-    if name.is_empty() {
-        violations.add(field, "is required");
-    } else if name.chars().count() > 100 {
-        violations.add(field, "must be at most 100 characters");
-    } else if has_control(&name) {
-        violations.add(field, "must not contain control characters");
-    }
-    name
+    rpc::name(value, field, 100, violations)
 }
 
 /// An https URL of at most 2048 characters, or empty.
@@ -63,14 +51,7 @@ pub fn avatar_url(value: &str, field: &str, violations: &mut FieldViolations) {
 
 /// At most 500 characters; line breaks allowed, other control characters not.
 pub fn bio(value: &str, field: &str, violations: &mut FieldViolations) {
-    if value.chars().count() > 500 {
-        violations.add(field, "must be at most 500 characters");
-    } else if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
-        violations.add(field, "must not contain control characters other than line breaks");
-    }
+    rpc::text(value, field, 500, violations);
 }
 
 pub fn theme(value: &str, field: &str, violations: &mut FieldViolations) {

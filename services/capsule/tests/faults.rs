@@ -141,6 +141,23 @@ impl Drop for Cluster {
     }
 }
 
+fn create(name: &str) -> pb::CreateProjectRequest {
+    pb::CreateProjectRequest {
+        project: Some(pb::Project {
+            name: name.to_owned(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A call of the load: the caller's token, and the load's deadline.
+fn signed<T>(message: T, metadata: &tonic::metadata::MetadataMap) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    *request.metadata_mut() = metadata.clone();
+    request.set_timeout(DEADLINE);
+    request
+}
+
 #[derive(Default)]
 struct Tally {
     sent: usize,
@@ -198,14 +215,12 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
     let client = ProjectServiceClient::new(testing::channel(project_addr).await);
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut request = tonic::Request::new(pb::CreateProjectRequest {
-        project: Some(pb::Project {
-            name: "Before".into(),
-            ..Default::default()
-        }),
-    });
-    *request.metadata_mut() = metadata.clone();
-    let first = client.clone().create_project(request).await.unwrap().into_inner();
+    let first = client
+        .clone()
+        .create_project(signed(create("Before"), &metadata))
+        .await
+        .unwrap()
+        .into_inner();
 
     let tally = Arc::new(Mutex::new(Tally::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -223,21 +238,15 @@ async fn a_postgres_restart_under_load_fails_fast_recovers_and_loses_no_acknowle
                     let started = Instant::now();
                     let write = i % 2 == 0;
                     let outcome = if write {
-                        let mut request = tonic::Request::new(pb::CreateProjectRequest {
-                            project: Some(pb::Project {
-                                name,
-                                ..Default::default()
-                            }),
-                        });
-                        *request.metadata_mut() = metadata.clone();
-                        request.set_timeout(DEADLINE);
+                        let request = signed(create(&name), &metadata);
                         client.create_project(request).await.map(|r| Some(r.into_inner().id))
                     } else {
-                        let mut request = tonic::Request::new(pb::GetProjectRequest {
-                            project_id: get.clone(),
-                        });
-                        *request.metadata_mut() = metadata.clone();
-                        request.set_timeout(DEADLINE);
+                        let request = signed(
+                            pb::GetProjectRequest {
+                                project_id: get.clone(),
+                            },
+                            &metadata,
+                        );
                         client.get_project(request).await.map(|_| None)
                     };
                     let elapsed = started.elapsed();

@@ -19,6 +19,23 @@ fn capsule() -> Command {
     command
 }
 
+/// `capsule serve` for `db`'s service, alone on a free port, with `env`;
+/// its output discarded.
+async fn serve_alone(db: &TestDatabase, env: &[(&str, &str)]) -> (std::process::Child, std::net::SocketAddr) {
+    let addr = testing::free_listener().await.local_addr().expect("a free port");
+    let prefix = db.service.env_prefix();
+    let child = capsule()
+        .args(["serve", db.service.name()])
+        .env(format!("{prefix}_DATABASE_URL"), &db.url)
+        .env(db.service.grpc_addr_variable(), addr.to_string())
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the capsule binary starts");
+    (child, addr)
+}
+
 #[test]
 fn a_bad_variable_stops_start_up_with_its_name() {
     let output = capsule()
@@ -66,18 +83,11 @@ fn an_unknown_service_is_refused_with_the_choices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
     let db = TestDatabase::migrated(ServiceKind::Deploy, &capsule_deploy::MIGRATIONS).await;
-    let port = testing::free_listener().await.local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = capsule()
-        .args(["serve", "deploy"])
-        .env("DEPLOY_DATABASE_URL", &db.url)
-        .env("DEPLOY_GRPC_ADDR", addr.to_string())
-        .env("CAPSULE_DRAIN_DELAY_MS", "1000")
-        .env("CAPSULE_SHUTDOWN_GRACE_SECS", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = serve_alone(
+        &db,
+        &[("CAPSULE_DRAIN_DELAY_MS", "1000"), ("CAPSULE_SHUTDOWN_GRACE_SECS", "3")],
+    )
+    .await;
     let service = "capsule.deploy.v1.DeployService";
     testing::wait_for_health(addr, service, SERVING, Duration::from_secs(20)).await;
 
@@ -117,17 +127,7 @@ async fn sigterm_lets_calls_in_flight_finish() {
     use capsule::proto::auth::v1::{RegisterRequest, auth_service_client::AuthServiceClient};
 
     let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
-    let port = testing::free_listener().await.local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = capsule()
-        .args(["serve", "auth"])
-        .env("AUTH_DATABASE_URL", &db.url)
-        .env("AUTH_GRPC_ADDR", addr.to_string())
-        .env("CAPSULE_DRAIN_DELAY_MS", "0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = serve_alone(&db, &[("CAPSULE_DRAIN_DELAY_MS", "0")]).await;
     testing::wait_for_health(addr, "capsule.auth.v1.AuthService", SERVING, Duration::from_secs(20)).await;
     let client = AuthServiceClient::new(testing::channel(addr).await);
 
@@ -244,18 +244,11 @@ async fn sigterm_under_load_fails_no_call_and_says_not_serving_before_closing() 
     };
 
     let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
-    let port = testing::free_listener().await.local_addr().unwrap().port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = capsule()
-        .args(["serve", "auth"])
-        .env("AUTH_DATABASE_URL", &db.url)
-        .env("AUTH_GRPC_ADDR", addr.to_string())
-        .env("CAPSULE_DRAIN_DELAY_MS", "1000")
-        .env("CAPSULE_SHUTDOWN_GRACE_SECS", "5")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, addr) = serve_alone(
+        &db,
+        &[("CAPSULE_DRAIN_DELAY_MS", "1000"), ("CAPSULE_SHUTDOWN_GRACE_SECS", "5")],
+    )
+    .await;
     let service = "capsule.auth.v1.AuthService";
     testing::wait_for_health(addr, service, SERVING, Duration::from_secs(20)).await;
     let channel = testing::channel(addr).await;

@@ -117,20 +117,17 @@ impl GatewayService for GatewayServiceApi {
     ) -> Result<Response<pb::GetDatabaseStatsResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         let wanted = request.into_inner().service;
-        let all = [
-            ("auth", &self.backends.auth),
-            ("project", &self.backends.project),
-            ("deploy", &self.backends.deploy),
-        ];
-        if !wanted.is_empty() && !all.iter().any(|(name, _)| *name == wanted) {
-            let mut violations = FieldViolations::new();
-            violations.add("service", "must be auth, project, deploy, or empty for all three");
-            violations.check()?;
+        let all = self.backends.all();
+        if !wanted.is_empty() && !all.iter().any(|(kind, _)| kind.name() == wanted) {
+            return Err(rpc::invalid_field(
+                "service",
+                "must be auth, project, deploy, or empty for all three",
+            ));
         }
         let calls = all
             .into_iter()
-            .filter(|(name, _)| wanted.is_empty() || *name == wanted)
-            .map(|(name, channel)| {
+            .filter(|(kind, _)| wanted.is_empty() || kind.name() == wanted)
+            .map(|(kind, channel)| {
                 let mut client = DatabaseAdminClient::new(channel.clone());
                 let request = on_behalf(&caller, GetDatabaseStatsRequest {});
                 async move {
@@ -138,7 +135,7 @@ impl GatewayService for GatewayServiceApi {
                         Ok(request) => within(client.get_database_stats(request)).await,
                         Err(status) => Err(status),
                     };
-                    (name, result)
+                    (kind.name(), result)
                 }
             });
         let mut answer = pb::GetDatabaseStatsResponse::default();

@@ -1,35 +1,16 @@
 //! Checks of project input, each adding field violations.
 
-use capsule::rpc::FieldViolations;
+use capsule::rpc::{self, FieldViolations};
 
 pub const MAX_VARIABLES: i64 = 100;
 pub const MAX_VALUE_BYTES: usize = 32 * 1024;
 
-fn has_control(value: &str) -> bool {
-    value.chars().any(char::is_control)
-}
-
 pub fn name(value: &str, field: &str, violations: &mut FieldViolations) -> String {
-    let name = value.trim().to_owned();
-    if name.is_empty() {
-        violations.add(field, "is required");
-    } else if name.chars().count() > 100 {
-        violations.add(field, "must be at most 100 characters");
-    } else if has_control(&name) {
-        violations.add(field, "must not contain control characters");
-    }
-    name
+    rpc::name(value, field, 100, violations)
 }
 
 pub fn description(value: &str, field: &str, violations: &mut FieldViolations) {
-    if value.chars().count() > 1000 {
-        violations.add(field, "must be at most 1000 characters");
-    } else if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
-    {
-        violations.add(field, "must not contain control characters other than line breaks");
-    }
+    rpc::text(value, field, 1000, violations);
 }
 
 /// Lowercase letters, digits and single hyphens, 3 to 63 characters, not
@@ -86,7 +67,7 @@ pub fn command(value: &str, field: &str, violations: &mut FieldViolations) {
 pub fn root_directory(value: &str, field: &str, violations: &mut FieldViolations) {
     let ok = value.len() <= 1024
         && !value.starts_with('/')
-        && !has_control(value)
+        && !rpc::has_control(value)
         && value.split('/').all(|part| part != "..");
     if !ok {
         violations.add(
