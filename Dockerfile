@@ -7,7 +7,7 @@ RUN cargo build --release --locked -p capsule-cli
 
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libpq5 ca-certificates postgresql-client \
+    && apt-get install -y --no-install-recommends libpq5 ca-certificates postgresql-client bubblewrap util-linux \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 capsule
 COPY --from=build /src/target/release/capsule /usr/local/bin/capsule

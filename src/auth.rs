@@ -53,6 +53,7 @@ pub enum Access {
     Admin,
     Runner,
     Internal,
+    Service,
 }
 
 impl Access {
@@ -63,6 +64,7 @@ impl Access {
             3 => Self::Admin,
             4 => Self::Runner,
             5 => Self::Internal,
+            6 => Self::Service,
             _ => Self::Unspecified,
         }
     }
@@ -149,6 +151,7 @@ pub struct Claims {
 /// The verified caller of a request, in its extensions.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    /// The user; for a runner, the runner's id; nil for a service.
     pub user_id: Uuid,
     pub role: Role,
     pub session_id: Uuid,
@@ -160,6 +163,11 @@ pub struct Caller {
 impl Caller {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
+    }
+
+    /// The registered runner making the call, for the runner API.
+    pub fn runner_id(&self) -> Option<Uuid> {
+        (self.role == Role::Runner).then_some(self.user_id)
     }
 
     /// The `authorization` header value that calls another service as this
@@ -246,18 +254,17 @@ impl From<TokenError> for Status {
 /// check (about 45 µs) on every later call.
 const VERIFIED_CACHE_SIZE: usize = 10_000;
 
-/// Shared secrets for the two callers that are not users.
+/// The secret shared by Capsule services.
 ///
-/// - `DEPLOY_RUNNER_TOKEN`: build runners send it as their bearer token to
-///   call the runner API (`ACCESS_RUNNER`).
-/// - `CAPSULE_INTERNAL_SECRET`: Capsule services send it in
-///   `x-capsule-internal`, next to the user's bearer token, to call
-///   `ACCESS_INTERNAL` methods on that user's behalf.
+/// `CAPSULE_INTERNAL_SECRET`: Capsule services send it in
+/// `x-capsule-internal`, next to the user's bearer token, to call
+/// `ACCESS_INTERNAL` methods on that user's behalf, or alone for
+/// `ACCESS_SERVICE` methods. Unset, those methods are refused.
 ///
-/// Unset, the matching methods are refused.
+/// Runners have credentials of their own, registered in the deploy
+/// service and checked by its [`RunnerVerifier`].
 #[derive(Clone, Default)]
 pub struct Secrets {
-    pub runner_token: Option<String>,
     pub internal_secret: Option<String>,
 }
 
@@ -268,7 +275,6 @@ impl Secrets {
 
     pub fn from_source(source: &dyn crate::config::Source) -> Self {
         Self {
-            runner_token: source.get("DEPLOY_RUNNER_TOKEN"),
             internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
         }
     }
@@ -277,7 +283,6 @@ impl Secrets {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
-            .field("runner_token", &self.runner_token.as_ref().map(|_| "<set>"))
             .field("internal_secret", &self.internal_secret.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -291,13 +296,21 @@ fn digest(value: &str) -> [u8; 32] {
     sha2::Sha256::digest(value.as_bytes()).into()
 }
 
+/// Checks a runner's bearer token: the deploy service's registered runners.
+#[async_trait::async_trait]
+pub trait RunnerVerifier: Send + Sync + 'static {
+    /// The id of the runner whose token this is; `None` for no runner's
+    /// (unknown or revoked).
+    async fn runner(&self, token: &str) -> Result<Option<Uuid>, Status>;
+}
+
 /// The public keys that verify access tokens, cached by key id, and the
 /// tokens already verified.
 pub struct KeySet {
     /// At the gateway: runner calls pass on to the deploy service, which
-    /// holds the runner token and checks it.
+    /// knows the runners and checks them.
     at_edge: bool,
-    runner_token: Option<[u8; 32]>,
+    runners: OnceLock<Arc<dyn RunnerVerifier>>,
     internal_secret: Option<[u8; 32]>,
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
@@ -325,7 +338,7 @@ impl KeySet {
         validation.leeway = LEEWAY_SECS;
         Arc::new(Self {
             at_edge,
-            runner_token: secrets.runner_token.as_deref().map(digest),
+            runners: OnceLock::new(),
             internal_secret: secrets.internal_secret.as_deref().map(digest),
             source,
             keys: RwLock::new(HashMap::new()),
@@ -345,6 +358,11 @@ impl KeySet {
     /// calls are passed on unchecked for the deploy service to check.
     pub fn at_edge(auth_url: &str) -> anyhow::Result<Arc<Self>> {
         Ok(Self::build(GrpcKeySource::lazy(auth_url)?, &Secrets::default(), true))
+    }
+
+    /// Lets runners in: their tokens are checked by `verifier` (set once).
+    pub fn accept_runners(&self, verifier: Arc<dyn RunnerVerifier>) {
+        let _ = self.runners.set(verifier);
     }
 
     /// Fetches the key set again, unless that was done moments ago.
@@ -474,35 +492,45 @@ pub async fn authorize_access(
     if access == Access::Runner && keys.at_edge {
         return Ok(None);
     }
-    let token = bearer(headers)?;
-    if access == Access::Runner {
-        let expected = keys
-            .runner_token
-            .ok_or_else(|| Status::permission_denied("runners are not enabled here: set DEPLOY_RUNNER_TOKEN"))?;
-        if digest(token) != expected {
-            return Err(Status::unauthenticated("the runner token is not valid"));
+    if access == Access::Service {
+        if !headers.contains_key(INTERNAL_HEADER) {
+            return Err(Status::unauthenticated(
+                "only a Capsule service may call this method: send the service credential",
+            ));
         }
+        check_internal_secret(keys, headers)?;
         return Ok(Some(Caller {
             user_id: Uuid::nil(),
+            role: Role::Service,
+            session_id: Uuid::nil(),
+            token: Arc::from(""),
+        }));
+    }
+    let token = bearer(headers)?;
+    if access == Access::Runner {
+        let verifier = keys
+            .runners
+            .get()
+            .ok_or_else(|| Status::permission_denied("this service runs no runner API"))?;
+        let runner = verifier
+            .runner(token)
+            .await?
+            .ok_or_else(|| Status::unauthenticated("the runner token is not valid (unknown or revoked runner)"))?;
+        return Ok(Some(Caller {
+            user_id: runner,
             role: Role::Runner,
             session_id: Uuid::nil(),
             token: Arc::from(token),
         }));
     }
     if access == Access::Internal {
-        let expected = keys.internal_secret.ok_or_else(|| {
-            Status::permission_denied("internal calls are not enabled here: set CAPSULE_INTERNAL_SECRET")
-        })?;
-        let presented = headers.get(INTERNAL_HEADER).and_then(|value| value.to_str().ok());
-        if presented.map(digest) != Some(expected) {
-            return Err(Status::permission_denied("only a Capsule service may call this method"));
-        }
+        check_internal_secret(keys, headers)?;
     }
     let caller = keys.caller(token).await?;
     let allowed = match access {
         Access::Authenticated | Access::Internal => matches!(caller.role, Role::User | Role::Admin),
         Access::Admin => caller.role == Role::Admin,
-        Access::Runner | Access::Public | Access::Unspecified => false,
+        Access::Runner | Access::Service | Access::Public | Access::Unspecified => false,
     };
     if !allowed {
         let needed = if access == Access::Admin {
@@ -513,6 +541,19 @@ pub async fn authorize_access(
         return Err(Status::permission_denied(format!("only {needed} may call this method")));
     }
     Ok(Some(caller))
+}
+
+/// Whether the request carries `CAPSULE_INTERNAL_SECRET`: only a Capsule
+/// service does.
+fn check_internal_secret(keys: &KeySet, headers: &http::HeaderMap) -> Result<(), Status> {
+    let expected = keys
+        .internal_secret
+        .ok_or_else(|| Status::permission_denied("internal calls are not enabled here: set CAPSULE_INTERNAL_SECRET"))?;
+    let presented = headers.get(INTERNAL_HEADER).and_then(|value| value.to_str().ok());
+    if presented.map(digest) != Some(expected) {
+        return Err(Status::permission_denied("only a Capsule service may call this method"));
+    }
+    Ok(())
 }
 
 /// The tower layer every service mounts: see the module doc.

@@ -14,8 +14,6 @@ use capsule::proto::{
 use common::{TestMesh, authed, violated_fields};
 use tonic::Code;
 
-const RUNNER_TOKEN: &str = "test-runner-token";
-
 /// A project of `token`'s user with these settings and variables.
 async fn project(mesh: &TestMesh, token: &str, build: &str, variables: &[(&str, &str, bool)]) -> String {
     let mut projects = mesh.projects().await;
@@ -131,8 +129,9 @@ fn text(lines: &[pb::LogLine]) -> String {
     lines.iter().map(|line| format!("{}\n", line.text)).collect()
 }
 
-fn runner_request<T>(message: T) -> tonic::Request<T> {
-    authed(message, RUNNER_TOKEN)
+/// A runner-API request with a registered runner's token.
+fn runner_request<T>(token: &str, message: T) -> tonic::Request<T> {
+    authed(message, token)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,36 +266,33 @@ async fn cancel_kills_a_running_build_within_a_second() {
     })
     .await;
     let (alice, _) = mesh.user("alice@example.com").await;
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pid");
+    // A background sleep, and one that leaves the process group and session.
     let project_id = project(
         &mesh,
         &alice,
-        "echo started; sleep 30 & echo $! > \"$PIDFILE\"; wait",
-        &[("PIDFILE", pidfile.to_str().unwrap(), false)],
+        "sleep 30 & setsid sleep 31 & echo \"uid=$(id -u)\"; wait",
+        &[],
     )
     .await;
     let deployment = deploy(&mesh, &alice, &project_id).await;
-    wait_for(
-        &mesh,
-        &alice,
-        &deployment.id,
-        DeploymentState::Building,
-        Duration::from_secs(20),
-    )
-    .await;
     let started = Instant::now();
-    let pid = loop {
-        if let Ok(pid) = std::fs::read_to_string(&pidfile)
-            && !pid.trim().is_empty()
-        {
-            break pid.trim().to_owned();
+    let uid: u32 = loop {
+        let all = text(&logs(&mesh, &alice, &deployment.id).await);
+        if let Some(uid) = all.lines().find_map(|line| line.strip_prefix("uid=")) {
+            break uid.parse().unwrap();
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "the build never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the build never started: {all}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let proc = std::path::PathBuf::from(format!("/proc/{pid}"));
-    assert!(proc.exists(), "sleep runs");
+    assert_ne!(uid, 0, "builds never run as root");
+    let running = || common::processes_of(uid);
+    while running() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the sleeps never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let canceled_at = Instant::now();
     let canceled = mesh
@@ -312,10 +308,10 @@ async fn cancel_kills_a_running_build_within_a_second() {
         .unwrap()
         .into_inner();
     assert_eq!(canceled.state, DeploymentState::Canceled as i32);
-    while proc.exists() && std::fs::read_to_string(proc.join("stat")).is_ok_and(|stat| !stat.contains(") Z ")) {
+    while running() > 0 {
         assert!(
             canceled_at.elapsed() < Duration::from_secs(1),
-            "the build still runs after a second"
+            "the build (or its setsid child) still runs after a second"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -341,15 +337,19 @@ async fn cancel_kills_a_running_build_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_state() {
     let mesh = common::start().await;
+    let (_, test_runner) = mesh.runner("test-runner").await;
     let (alice, _) = mesh.user("alice@example.com").await;
     let project_id = project(&mesh, &alice, "true", &[]).await;
     let deployment = deploy(&mesh, &alice, &project_id).await;
     let mut runner = mesh.deploys().await;
     let claimed = runner
-        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-            runner_id: "test-runner".into(),
-            lease: None,
-        }))
+        .claim_deployment(runner_request(
+            &test_runner,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -379,14 +379,17 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
     for i in 0..20 {
         let sent = Instant::now();
         runner
-            .append_logs(runner_request(pb::AppendLogsRequest {
-                deployment_id: deployment.id.clone(),
-                runner_id: "test-runner".into(),
-                entries: vec![pb::LogEntry {
-                    stream: pb::LogStream::Stdout as i32,
-                    text: format!("line {i}"),
-                }],
-            }))
+            .append_logs(runner_request(
+                &test_runner,
+                pb::AppendLogsRequest {
+                    deployment_id: deployment.id.clone(),
+                    runner_id: String::new(),
+                    entries: vec![pb::LogEntry {
+                        stream: pb::LogStream::Stdout as i32,
+                        text: format!("line {i}"),
+                    }],
+                },
+            ))
             .await
             .unwrap();
         let line = tokio::time::timeout(Duration::from_secs(2), stream.message())
@@ -406,13 +409,16 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
 
     for state in [DeploymentState::Deploying, DeploymentState::Live] {
         runner
-            .report_status(runner_request(pb::ReportStatusRequest {
-                deployment_id: deployment.id.clone(),
-                runner_id: "test-runner".into(),
-                state: state as i32,
-                status_message: String::new(),
-                exit_code: None,
-            }))
+            .report_status(runner_request(
+                &test_runner,
+                pb::ReportStatusRequest {
+                    deployment_id: deployment.id.clone(),
+                    runner_id: String::new(),
+                    state: state as i32,
+                    status_message: String::new(),
+                    exit_code: None,
+                },
+            ))
             .await
             .unwrap();
     }
@@ -458,23 +464,30 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
     let mesh = common::start().await;
+    let (_, runner_a) = mesh.runner("runner-a").await;
+    let (_, runner_b) = mesh.runner("runner-b").await;
+    let (silent_id, silent) = mesh.runner("silent").await;
+    let (_, rescuer) = mesh.runner("rescuer").await;
     let (alice, _) = mesh.user("alice@example.com").await;
     let project_id = project(&mesh, &alice, "true", &[]).await;
     let mut queued = Vec::new();
     for _ in 0..12 {
         queued.push(deploy(&mesh, &alice, &project_id).await.id);
     }
-    let claim_all = |runner: &'static str| {
+    let claim_all = |token: String| {
         let client = mesh.deploys();
         async move {
             let mut client = client.await;
             let mut mine = Vec::new();
             loop {
                 let claimed = client
-                    .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-                        runner_id: runner.into(),
-                        lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-                    }))
+                    .claim_deployment(runner_request(
+                        &token,
+                        pb::ClaimDeploymentRequest {
+                            runner_id: String::new(),
+                            lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                        },
+                    ))
                     .await
                     .unwrap()
                     .into_inner();
@@ -485,7 +498,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
             }
         }
     };
-    let (a, b) = tokio::join!(claim_all("runner-a"), claim_all("runner-b"));
+    let (a, b) = tokio::join!(claim_all(runner_a), claim_all(runner_b));
     assert!(a.iter().all(|id| !b.contains(id)), "no deployment claimed twice");
     let mut all: Vec<String> = a.into_iter().chain(b).collect();
     all.sort();
@@ -497,80 +510,105 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
     let deployment = deploy(&mesh, &alice, &project_id).await;
     let mut client = mesh.deploys().await;
     let first = client
-        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-            runner_id: "silent".into(),
-            lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-        }))
+        .claim_deployment(runner_request(
+            &silent,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(first.deployment.unwrap().id, deployment.id);
     let nothing = client
-        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-            runner_id: "rescuer".into(),
-            lease: None,
-        }))
+        .claim_deployment(runner_request(
+            &rescuer,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert!(nothing.deployment.is_none(), "the lease still holds");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let rescued = client
-        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-            runner_id: "rescuer".into(),
-            lease: None,
-        }))
+        .claim_deployment(runner_request(
+            &rescuer,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(rescued.deployment.unwrap().id, deployment.id);
     let late = client
-        .report_status(runner_request(pb::ReportStatusRequest {
-            deployment_id: deployment.id.clone(),
-            runner_id: "silent".into(),
-            state: DeploymentState::Deploying as i32,
-            ..Default::default()
-        }))
+        .report_status(runner_request(
+            &silent,
+            pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: String::new(),
+                state: DeploymentState::Deploying as i32,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
-    assert_eq!(late.code(), Code::FailedPrecondition);
+    assert_eq!(late.code(), Code::PermissionDenied, "another runner holds it now");
     let heartbeat = client
-        .heartbeat(runner_request(pb::HeartbeatRequest {
-            deployment_id: deployment.id.clone(),
-            runner_id: "silent".into(),
-        }))
+        .heartbeat(runner_request(
+            &silent,
+            pb::HeartbeatRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: String::new(),
+            },
+        ))
         .await
         .unwrap_err();
-    assert_eq!(heartbeat.code(), Code::FailedPrecondition);
+    assert_eq!(heartbeat.code(), Code::PermissionDenied);
     for state in [DeploymentState::Deploying, DeploymentState::Live] {
         client
-            .report_status(runner_request(pb::ReportStatusRequest {
-                deployment_id: deployment.id.clone(),
-                runner_id: "rescuer".into(),
-                state: state as i32,
-                ..Default::default()
-            }))
+            .report_status(runner_request(
+                &rescuer,
+                pb::ReportStatusRequest {
+                    deployment_id: deployment.id.clone(),
+                    runner_id: String::new(),
+                    state: state as i32,
+                    ..Default::default()
+                },
+            ))
             .await
             .unwrap();
     }
     let illegal = client
-        .report_status(runner_request(pb::ReportStatusRequest {
-            deployment_id: deployment.id.clone(),
-            runner_id: "rescuer".into(),
-            state: DeploymentState::Deploying as i32,
-            ..Default::default()
-        }))
+        .report_status(runner_request(
+            &rescuer,
+            pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                runner_id: String::new(),
+                state: DeploymentState::Deploying as i32,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(illegal.code(), Code::FailedPrecondition);
     let all = text(&logs(&mesh, &alice, &deployment.id).await);
-    assert!(all.contains("runner silent stopped renewing its lease"), "{all}");
+    assert!(
+        all.contains(&format!("runner {silent_id} stopped renewing its lease")),
+        "{all}"
+    );
     mesh.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
     let mesh = common::start().await;
+    let (_, r) = mesh.runner("r").await;
     let (alice, _) = mesh.user("alice@example.com").await;
     let (bob, _) = mesh.user("bob@example.com").await;
     let project_id = project(&mesh, &alice, "true", &[("TOKEN", "t0ps3cret-value", true)]).await;
@@ -696,10 +734,13 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
 
     // Only the runner holding the claim gets the secret, to run the build.
     let claimed = client
-        .claim_deployment(runner_request(pb::ClaimDeploymentRequest {
-            runner_id: "r".into(),
-            lease: None,
-        }))
+        .claim_deployment(runner_request(
+            &r,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+            },
+        ))
         .await
         .unwrap()
         .into_inner();

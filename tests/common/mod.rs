@@ -11,7 +11,7 @@ use capsule::{
     config::{GatewayConfig, Mesh, ServiceKind, ServiceUrls},
     proto::{
         auth::v1::{self as auth_pb, auth_service_client::AuthServiceClient},
-        deploy::v1::deploy_service_client::DeployServiceClient,
+        deploy::v1::{self as deploy_pb, deploy_service_client::DeployServiceClient},
         project::v1::project_service_client::ProjectServiceClient,
     },
     testing::{self, TestDatabase},
@@ -71,7 +71,6 @@ pub async fn start_with(options: Options) -> TestMesh {
             deploy: url(ServiceKind::Deploy),
         },
         secrets: Secrets {
-            runner_token: Some("test-runner-token".to_owned()),
             internal_secret: Some("test-internal-secret".to_owned()),
         },
     };
@@ -222,6 +221,20 @@ impl TestMesh {
             .access_token
     }
 
+    /// Registers a runner named `name` (as a fresh admin); returns its id
+    /// and token.
+    pub async fn runner(&self, name: &str) -> (String, String) {
+        let admin = self.admin(&format!("runner-admin-{name}@example.com")).await;
+        let created = self
+            .deploys()
+            .await
+            .create_runner(authed(deploy_pb::CreateRunnerRequest { name: name.to_owned() }, &admin))
+            .await
+            .unwrap()
+            .into_inner();
+        (created.runner.unwrap().id, created.token)
+    }
+
     /// Stops one service (its process would be gone).
     pub fn stop_service(&self, kind: ServiceKind) {
         if let Some((_, stop)) = self.stops.iter().find(|(k, _)| *k == kind) {
@@ -261,4 +274,28 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .into_iter()
         .map(|violation| violation.field)
         .collect()
+}
+
+/// How many live (not zombie) processes run as host `uid`.
+pub fn processes_of(uid: u32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("status")).ok())
+        .filter(|status| {
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            field("Uid:").split_whitespace().next() == Some(uid.to_string().as_str())
+                && !field("State:").starts_with('Z')
+        })
+        .count()
 }

@@ -23,6 +23,10 @@ impl Source for DevSource {
             Some("log".to_owned())
         } else if name == "DEPLOY_LOCAL_RUNNER" {
             Some("true".to_owned())
+        } else if name == "DEPLOY_RUNNER_SANDBOX" {
+            // The sandbox when this machine has one; else a warning in
+            // every deployment's log.
+            Some("auto".to_owned())
         } else if name == "CAPSULE_INTERNAL_SECRET" {
             Some(self.internal_secret.clone())
         } else if name.ends_with("_DB_HOST") {

@@ -2,14 +2,24 @@
 //!
 //! | variable | default |
 //! |---|---|
-//! | `DEPLOY_LOCAL_RUNNER` | `false`: run the built-in local runner in this process (`capsule serve deploy --runner local`; `capsule dev` turns it on) |
-//! | `DEPLOY_RUNNER_TOKEN` | unset: the runner API is closed; the local runner makes one up when unset |
+//! | `DEPLOY_LOCAL_RUNNER` | `false`: run the built-in local runner in this process (`capsule serve deploy --runner local`; `capsule dev` turns it on); it registers itself as runner `local:<hostname>` with a fresh token on every start |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim lasts this long without a heartbeat |
+//! | `DEPLOY_MAX_LOG_LINES` | `100000`: output lines kept per deployment; later ones are dropped (state changes are always kept) |
+//! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
 //! | `DEPLOY_RUNNER_WORKDIR` | the system temp directory: where builds run, one fresh directory each |
-//! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed |
-//! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: output beyond this fails the deployment |
+//! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed (also its CPU-time limit) |
+//! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |
+//! | `DEPLOY_RUNNER_LINES_PER_SEC` | `1000`: output lines sent per second (bursts of 5×); the rest are dropped and counted |
 //! | `DEPLOY_RUNNER_HEARTBEAT_MS` | `300`: how often the local runner renews its lease (and notices a cancel) |
 //! | `DEPLOY_RUNNER_START_GRACE_SECS` | `2`: a start command still running after this is LIVE |
+//! | `DEPLOY_RUNNER_SANDBOX` | `bwrap`: every command in a bubblewrap sandbox, and the runner refuses to start without one; `none`: unisolated (each deployment's log says so); `auto`: `bwrap` when it works, else `none` (what `capsule dev` uses) |
+//! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + (project mod count) |
+//! | `DEPLOY_SANDBOX_MEMORY_MB` | `2048`: address space of each process |
+//! | `DEPLOY_SANDBOX_PROCESSES` | `512`: processes of one project's sandbox user |
+//! | `DEPLOY_SANDBOX_OPEN_FILES` | `1024`: open files per process |
+//! | `DEPLOY_SANDBOX_FILE_SIZE_MB` | `1024`: largest file a command may write |
+//! | `DEPLOY_SANDBOX_TMP_MB` | `256`: size of the sandbox's private `/tmp` |
+//! | `DEPLOY_SANDBOX_RO_BINDS` | unset: more host paths (colon-separated) shown read-only inside, e.g. a toolchain under `/opt` |
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,6 +28,8 @@ use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
     pub lease: Duration,
+    pub max_log_lines: u64,
+    pub log_retention: Duration,
     pub runner: Option<RunnerConfig>,
 }
 
@@ -26,8 +38,90 @@ pub struct RunnerConfig {
     pub workdir: PathBuf,
     pub timeout: Duration,
     pub max_output_bytes: u64,
+    pub lines_per_sec: u32,
     pub heartbeat: Duration,
     pub start_grace: Duration,
+    pub sandbox: SandboxConfig,
+}
+
+/// How user commands are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    Bubblewrap,
+    None,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    pub mode: SandboxMode,
+    pub uid_base: u32,
+    pub uid_count: u32,
+    pub memory_bytes: u64,
+    pub processes: u64,
+    pub open_files: u64,
+    pub file_size_bytes: u64,
+    pub tmp_bytes: u64,
+    pub ro_binds: Vec<PathBuf>,
+}
+
+fn invalid(variable: &str, value: String, reason: &str) -> ConfigError {
+    ConfigError {
+        variable: variable.to_owned(),
+        value: format!("{value:?}"),
+        reason: reason.to_owned(),
+    }
+}
+
+impl SandboxConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let mode = match source.get("DEPLOY_RUNNER_SANDBOX").as_deref().map(str::trim) {
+            None | Some("bwrap") => SandboxMode::Bubblewrap,
+            Some("none") => SandboxMode::None,
+            Some("auto") => SandboxMode::Auto,
+            Some(other) => {
+                return Err(invalid(
+                    "DEPLOY_RUNNER_SANDBOX",
+                    other.to_owned(),
+                    "expected bwrap, none or auto",
+                ));
+            }
+        };
+        let mib = |variable: &str, default: u64| positive(source, variable, default).map(|mb| mb * 1024 * 1024);
+        let ro_binds = source
+            .get("DEPLOY_SANDBOX_RO_BINDS")
+            .map(|paths| {
+                paths
+                    .split(':')
+                    .filter(|path| !path.is_empty())
+                    .map(|path| {
+                        let path = PathBuf::from(path);
+                        if path.is_absolute() {
+                            Ok(path)
+                        } else {
+                            Err(invalid(
+                                "DEPLOY_SANDBOX_RO_BINDS",
+                                paths.clone(),
+                                "expected absolute paths separated by ':'",
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Self {
+            mode,
+            uid_base: positive(source, "DEPLOY_SANDBOX_UID_BASE", 200_000)?,
+            uid_count: positive(source, "DEPLOY_SANDBOX_UID_COUNT", 50_000)?,
+            memory_bytes: mib("DEPLOY_SANDBOX_MEMORY_MB", 2048)?,
+            processes: positive(source, "DEPLOY_SANDBOX_PROCESSES", 512)?,
+            open_files: positive(source, "DEPLOY_SANDBOX_OPEN_FILES", 1024)?,
+            file_size_bytes: mib("DEPLOY_SANDBOX_FILE_SIZE_MB", 1024)?,
+            tmp_bytes: mib("DEPLOY_SANDBOX_TMP_MB", 256)?,
+            ro_binds,
+        })
+    }
 }
 
 impl DeployConfig {
@@ -45,14 +139,18 @@ impl DeployConfig {
                     .map_or_else(|| std::env::temp_dir().join("capsule-runner"), PathBuf::from),
                 timeout: Duration::from_secs(number("DEPLOY_RUNNER_TIMEOUT_SECS", 600)?),
                 max_output_bytes: number("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
+                lines_per_sec: positive(source, "DEPLOY_RUNNER_LINES_PER_SEC", 1000)?,
                 heartbeat: Duration::from_millis(number("DEPLOY_RUNNER_HEARTBEAT_MS", 300)?),
                 start_grace: Duration::from_secs(number("DEPLOY_RUNNER_START_GRACE_SECS", 2)?),
+                sandbox: SandboxConfig::from_source(source)?,
             })
         } else {
             None
         };
         Ok(Self {
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
+            max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
+            log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
             runner,
         })
     }

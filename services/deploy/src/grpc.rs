@@ -8,7 +8,10 @@ use capsule::{
     db::Database,
     proto::{
         deploy::v1::{self as pb, deploy_service_server::DeployService},
-        project::v1::{GetProjectRequest, PrepareDeploymentRequest, project_service_client::ProjectServiceClient},
+        project::v1::{
+            GetDeploymentEnvironmentRequest, GetProjectRequest, PrepareDeploymentRequest,
+            project_service_client::ProjectServiceClient,
+        },
     },
     rpc::{self, FieldViolations, PageToken},
 };
@@ -18,7 +21,10 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    db::{self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, Viewer},
+    db::{
+        self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, Viewer,
+        runners::{NewRunner, Runner},
+    },
     notify::{Event, Hub},
     state::State,
 };
@@ -43,6 +49,8 @@ struct Inner {
     projects: ProjectServiceClient<tonic::transport::Channel>,
     internal_secret: Option<String>,
     lease: chrono::Duration,
+    /// Output lines kept per deployment.
+    max_log_lines: i64,
 }
 
 const NOT_FOUND: &str = "no such deployment";
@@ -97,8 +105,9 @@ fn refusal(refusal: Refusal, to: State) -> Status {
         Refusal::Illegal { from } => {
             Status::failed_precondition(format!("a {} deployment cannot become {}", from.as_str(), to.as_str()))
         }
-        Refusal::NotYourClaim => Status::failed_precondition(
-            "this runner no longer holds the deployment (its lease ran out); stop working on it",
+        Refusal::NotYourClaim => Status::permission_denied(
+            "this runner does not hold the deployment (another runner claimed it, or the lease ran out); \
+             stop working on it",
         ),
     }
 }
@@ -134,11 +143,52 @@ fn check_source_ref(value: &str, violations: &mut FieldViolations) {
     }
 }
 
-/// Masks secret values in a runner's output.
-fn mask(line: &str, secrets: &[&str]) -> String {
-    secrets
-        .iter()
-        .fold(line.to_owned(), |line, secret| line.replace(secret, "********"))
+/// The registered runner making a runner-API call.
+fn runner_of<T>(request: &Request<T>) -> Result<String, Status> {
+    Caller::of(request)?
+        .runner_id()
+        .map(|id| id.to_string())
+        .ok_or_else(|| Status::permission_denied("only a registered runner may call the runner API"))
+}
+
+fn runner_proto(runner: &Runner) -> pb::Runner {
+    pb::Runner {
+        id: runner.id.to_string(),
+        name: runner.name.clone(),
+        creator_id: runner.created_by.map(|id| id.to_string()).unwrap_or_default(),
+        create_time: Some(rpc::timestamp(runner.created_at)),
+        last_seen_time: runner.last_seen_at.map(rpc::timestamp),
+    }
+}
+
+/// A new runner token (256 random bits) and the hash that is stored.
+pub fn new_runner_token() -> Result<(String, Vec<u8>), Status> {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
+    let token = format!(
+        "capsule_runner_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    let hash = runner_token_hash(&token);
+    Ok((token, hash))
+}
+
+pub fn runner_token_hash(token: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Runner tokens checked against the registered runners, on every call:
+/// a deleted runner is refused at once.
+pub struct RegisteredRunners(pub Database);
+
+#[tonic::async_trait]
+impl capsule::auth::RunnerVerifier for RegisteredRunners {
+    async fn runner(&self, token: &str) -> Result<Option<Uuid>, Status> {
+        let hash = runner_token_hash(token);
+        Ok(self.0.run(move |conn| Runner::by_token(conn, &hash)).await?)
+    }
 }
 
 impl DeployServiceApi {
@@ -148,6 +198,7 @@ impl DeployServiceApi {
         projects: ProjectServiceClient<tonic::transport::Channel>,
         internal_secret: Option<String>,
         lease: Duration,
+        max_log_lines: u64,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
@@ -156,6 +207,7 @@ impl DeployServiceApi {
                 projects,
                 internal_secret,
                 lease: chrono::Duration::from_std(lease)?,
+                max_log_lines: i64::try_from(max_log_lines)?,
             }),
         })
     }
@@ -201,30 +253,54 @@ impl DeployServiceApi {
     }
 
     /// Asks the project service, as the caller, whether the project exists
-    /// and the caller may deploy it, and for the settings to snapshot
-    /// (secret values included: this call needs the internal secret).
+    /// and the caller may deploy it, and for the settings to snapshot (this
+    /// call needs the internal secret).
     async fn prepare(
         &self,
         caller: &Caller,
         project_id: Uuid,
     ) -> Result<capsule::proto::project::v1::DeploymentPlan, Status> {
-        let secret = self.inner.internal_secret.as_deref().ok_or_else(|| {
-            Status::failed_precondition(
-                "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
-            )
-        })?;
         let mut request = Self::as_caller(
             caller,
             PrepareDeploymentRequest {
                 project_id: project_id.to_string(),
             },
         )?;
+        self.as_service(&mut request)?;
+        match self.inner.projects.clone().prepare_deployment(request).await {
+            Ok(plan) => Ok(plan.into_inner()),
+            Err(status) => Err(Self::project_status(status)),
+        }
+    }
+
+    /// Adds the service credential to a request to the project service.
+    fn as_service<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
+        let secret = self.inner.internal_secret.as_deref().ok_or_else(|| {
+            Status::failed_precondition(
+                "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
+            )
+        })?;
         request.metadata_mut().insert(
             INTERNAL_HEADER,
             secret.parse().map_err(|_| Status::internal("internal error"))?,
         );
-        match self.inner.projects.clone().prepare_deployment(request).await {
-            Ok(plan) => Ok(plan.into_inner()),
+        Ok(())
+    }
+
+    /// The project's variables as they are now, for the runner that claimed
+    /// one of its deployments: `Ok(None)` when the project is gone.
+    async fn environment(
+        &self,
+        project_id: Uuid,
+    ) -> Result<Option<Vec<capsule::proto::project::v1::EnvironmentVariable>>, Status> {
+        let mut request = Request::new(GetDeploymentEnvironmentRequest {
+            project_id: project_id.to_string(),
+        });
+        request.set_timeout(PROJECT_CALL_TIMEOUT);
+        self.as_service(&mut request)?;
+        match self.inner.projects.clone().get_deployment_environment(request).await {
+            Ok(environment) => Ok(Some(environment.into_inner().environment_variables)),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(Self::project_status(status)),
         }
     }
@@ -274,17 +350,6 @@ impl DeployService for DeployServiceApi {
             build_command: plan.build_command,
             start_command: plan.start_command,
             root_directory: plan.root_directory,
-            secrets: plan
-                .environment_variables
-                .iter()
-                .filter(|variable| variable.secret)
-                .map(|variable| variable.name.clone())
-                .collect(),
-            environment: plan
-                .environment_variables
-                .into_iter()
-                .map(|variable| (variable.name, variable.value))
-                .collect(),
         };
         let new = NewDeployment {
             project_id,
@@ -374,7 +439,9 @@ impl DeployService for DeployServiceApi {
                 earlier.state().as_str()
             )));
         }
-        // The project must still exist and be the caller's to deploy.
+        // The project must still exist and be the caller's to deploy. The
+        // commands are the earlier deployment's; the variables, as for every
+        // deployment, are the project's when a runner claims it.
         self.prepare(&caller, earlier.project_id).await?;
         let new = NewDeployment {
             project_id: earlier.project_id,
@@ -507,11 +574,9 @@ impl DeployService for DeployServiceApi {
         &self,
         request: Request<pb::ClaimDeploymentRequest>,
     ) -> Result<Response<pb::ClaimDeploymentResponse>, Status> {
+        let runner = runner_of(&request)?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
-        if body.runner_id.is_empty() || body.runner_id.len() > 128 || body.runner_id.chars().any(char::is_control) {
-            violations.add("runner_id", "must be 1 to 128 printable characters");
-        }
         let lease = match body.lease {
             None => self.inner.lease,
             Some(lease) if lease.seconds >= 1 && lease.seconds <= 3600 && lease.nanos >= 0 => {
@@ -523,10 +588,27 @@ impl DeployService for DeployServiceApi {
             }
         };
         violations.check()?;
-        let runner = body.runner_id;
-        let claimed = self.inner.db.run(move |conn| db::claim(conn, &runner, lease)).await?;
+        let claimer = runner.clone();
+        let claimed = self.inner.db.run(move |conn| db::claim(conn, &claimer, lease)).await?;
         let Some(deployment) = claimed else {
             return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+        };
+        let id = deployment.id;
+        let variables = match self.environment(deployment.project_id).await {
+            Ok(Some(variables)) => variables,
+            Ok(None) => {
+                let outcome = Outcome {
+                    message: "the project no longer exists".to_owned(),
+                    exit_code: None,
+                };
+                self.change(id, State::Failed, Actor::Runner(runner), outcome).await?;
+                return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+            }
+            Err(status) => {
+                // Back to the queue at once, for a later claim.
+                self.inner.db.run(move |conn| db::release(conn, id, &runner)).await?;
+                return Err(status);
+            }
         };
         let snapshot = deployment.snapshot();
         Ok(Response::new(pb::ClaimDeploymentResponse {
@@ -535,7 +617,15 @@ impl DeployService for DeployServiceApi {
                 build_command: snapshot.build_command,
                 start_command: snapshot.start_command,
                 root_directory: snapshot.root_directory,
-                environment: snapshot.environment.into_iter().collect(),
+                secret_names: variables
+                    .iter()
+                    .filter(|variable| variable.secret)
+                    .map(|variable| variable.name.clone())
+                    .collect(),
+                environment: variables
+                    .into_iter()
+                    .map(|variable| (variable.name, variable.value))
+                    .collect(),
             }),
             deployment: Some(deployment_proto(&deployment)),
         }))
@@ -545,9 +635,10 @@ impl DeployService for DeployServiceApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let runner = runner_of(&request)?;
         let body = request.into_inner();
         let id = id_field("deployment_id", &body.deployment_id)?;
-        let (runner, lease) = (body.runner_id, self.inner.lease);
+        let lease = self.inner.lease;
         let renewed = self
             .inner
             .db
@@ -564,6 +655,7 @@ impl DeployService for DeployServiceApi {
         &self,
         request: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let runner = runner_of(&request)?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
@@ -585,7 +677,7 @@ impl DeployService for DeployServiceApi {
             message: body.status_message,
             exit_code: body.exit_code,
         };
-        let deployment = self.change(id, to, Actor::Runner(body.runner_id), outcome).await?;
+        let deployment = self.change(id, to, Actor::Runner(runner), outcome).await?;
         Ok(Response::new(deployment_proto(&deployment)))
     }
 
@@ -593,6 +685,7 @@ impl DeployService for DeployServiceApi {
         &self,
         request: Request<pb::AppendLogsRequest>,
     ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        let runner = runner_of(&request)?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
@@ -614,32 +707,114 @@ impl DeployService for DeployServiceApi {
             }
         }
         violations.check()?;
-        let runner = body.runner_id;
         let entries = body.entries;
+        let cap = self.inner.max_log_lines;
         let last = self
             .inner
             .db
             .run(move |conn| {
-                let Some(deployment) = db::holds(conn, id, &runner)? else {
+                if db::holds(conn, id, &runner)?.is_none() {
                     return Ok(None);
-                };
-                let snapshot = deployment.snapshot();
-                let secrets = snapshot.secret_values();
+                }
+                // The runner masks secret values: it alone holds them.
                 let lines: Vec<(&str, String)> = entries
-                    .iter()
+                    .into_iter()
                     .map(|entry| {
                         let stream = match pb::LogStream::try_from(entry.stream) {
                             Ok(pb::LogStream::Stderr) => "stderr",
                             Ok(pb::LogStream::System) => "system",
                             _ => "stdout",
                         };
-                        (stream, mask(&entry.text, &secrets))
+                        (stream, entry.text)
                     })
                     .collect();
-                db::append(conn, id, &lines).map(Some)
+                db::append(conn, id, &lines, Some(cap)).map(Some)
             })
             .await?
             .ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
         Ok(Response::new(pb::AppendLogsResponse { last_sequence: last }))
+    }
+
+    async fn create_runner(
+        &self,
+        request: Request<pb::CreateRunnerRequest>,
+    ) -> Result<Response<pb::CreateRunnerResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let name = request.into_inner().name;
+        let valid = !name.is_empty()
+            && name.len() <= 128
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+        if !valid {
+            return Err(rpc::invalid_field(
+                "name",
+                "must be 1 to 128 letters, digits, '.', '_', ':' and '-', such as build-eu-1",
+            ));
+        }
+        let (token, hash) = new_runner_token()?;
+        let created = self
+            .inner
+            .db
+            .run(move |conn| {
+                Runner::create(
+                    conn,
+                    &NewRunner {
+                        name: &name,
+                        token_hash: &hash,
+                        created_by: Some(caller.user_id),
+                    },
+                )
+            })
+            .await;
+        let runner = match created {
+            Ok(runner) => runner,
+            Err(err) if err.is_unique_violation(None) => {
+                return Err(Status::already_exists(
+                    "a runner of this name exists; choose another name",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        tracing::info!(runner.id = %runner.id, user.id = %caller.user_id, "runner registered");
+        Ok(Response::new(pb::CreateRunnerResponse {
+            runner: Some(runner_proto(&runner)),
+            token,
+        }))
+    }
+
+    async fn list_runners(
+        &self,
+        request: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);
+        let after = PageToken::decode(&body.page_token, &mut violations);
+        violations.check()?;
+        let rows = self
+            .inner
+            .db
+            .run(move |conn| Runner::list(conn, after.map(|t| (t.time, t.id)), limit + 1))
+            .await?;
+        let next_page_token = rpc::next_page_token(&rows, limit, |row| (row.created_at, row.id));
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Ok(Response::new(pb::ListRunnersResponse {
+            runners: rows.iter().take(limit).map(runner_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_runner(
+        &self,
+        request: Request<pb::DeleteRunnerRequest>,
+    ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = id_field("runner_id", &request.get_ref().runner_id)?;
+        if !self.inner.db.run(move |conn| Runner::delete(conn, id)).await? {
+            return Err(Status::not_found("no such runner"));
+        }
+        tracing::info!(runner.id = %id, user.id = %caller.user_id, "runner deleted");
+        Ok(Response::new(pb::DeleteRunnerResponse {}))
     }
 }

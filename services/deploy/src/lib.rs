@@ -39,19 +39,22 @@ pub static MIGRATIONS: MigrationSet =
 pub async fn serve(
     listener: TcpListener,
     db_config: DbConfig,
-    mut mesh: Mesh,
+    mesh: Mesh,
     config: DeployConfig,
     serve_config: ServeConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Fail fast: a runner that cannot sandbox must not start.
+    let sandbox = match &config.runner {
+        Some(runner) => Some(
+            runner::sandbox::Sandbox::new(runner.sandbox.clone(), &runner.workdir)
+                .await
+                .map_err(|why| anyhow::anyhow!("the local runner {why}"))?,
+        ),
+        None => None,
+    };
     let db = Database::new(db_config.clone())?;
     let hub = notify::Hub::start(db_config.connection_url(), shutdown.clone());
-    if config.runner.is_some() && mesh.secrets.runner_token.is_none() {
-        // The local runner needs a token; nobody else knows this one.
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
-        mesh.secrets.runner_token = Some(bytes.iter().map(|byte| format!("{byte:02x}")).collect());
-    }
     let projects = ProjectServiceClient::new(
         capsule::tls::endpoint(&mesh.services.project)?
             .connect_timeout(std::time::Duration::from_secs(2))
@@ -63,15 +66,28 @@ pub async fn serve(
         projects,
         mesh.secrets.internal_secret.clone(),
         config.lease,
+        config.max_log_lines,
     )?;
     let keys: Arc<KeySet> = mesh.key_set()?;
+    keys.accept_runners(Arc::new(grpc::RegisteredRunners(db.clone())));
+    tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
 
-    let runner = match (&config.runner, &mesh.secrets.runner_token) {
-        (Some(runner_config), Some(token)) => {
+    let runner = match (&config.runner, sandbox) {
+        (Some(runner_config), Some(sandbox)) => {
             let addr = listener.local_addr()?;
             let endpoint = format!("http://127.0.0.1:{}", addr.port());
-            let runner = runner::LocalRunner::new(&endpoint, token, runner_config.clone(), hub.clone())?;
-            Some(tokio::spawn(runner.run(shutdown.clone())))
+            let (db, config, hub, shutdown) = (db.clone(), runner_config.clone(), hub.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                // Its own credential, registered once the database is ready;
+                // no shared token exists.
+                let Some(token) = register_local_runner(&db, &shutdown).await else {
+                    return;
+                };
+                match runner::LocalRunner::new(&endpoint, &token, config, sandbox, hub) {
+                    Ok(runner) => runner.run(shutdown).await,
+                    Err(err) => tracing::error!(error = %err, "the local runner cannot start"),
+                }
+            }))
         }
         _ => None,
     };
@@ -85,4 +101,54 @@ pub async fn serve(
         let _ = runner.await;
     }
     result
+}
+
+/// Registers this process's local runner (a fresh token each start),
+/// retrying until the database is ready; `None` on shutdown.
+async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> Option<String> {
+    let name = runner::local_name();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        let (token, hash) = grpc::new_runner_token().ok()?;
+        let name = name.clone();
+        match db
+            .run(move |conn| db::runners::Runner::register_local(conn, &name, &hash))
+            .await
+        {
+            Ok(runner) => {
+                tracing::info!(runner.id = %runner.id, runner.name = %runner.name, "local runner registered");
+                return Some(token);
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot register the local runner yet; retrying"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Deletes old deployments' logs, now and then hourly, in batches.
+async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: CancellationToken) {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return;
+    };
+    loop {
+        loop {
+            let cutoff = chrono::Utc::now() - retention;
+            match db.run(move |conn| db::prune_logs(conn, cutoff, 100)).await {
+                Ok(0) => break,
+                Ok(pruned) => tracing::info!(deployments = pruned, "old deployment logs deleted"),
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot prune logs now");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
 }

@@ -313,16 +313,16 @@ async fn handle(bridge: Arc<Bridge>, client: SocketAddr, request: Request, reque
 }
 
 /// The edge's token check: routes for signed-in users and admins are
-/// checked here; public routes pass, and runner routes are left to the
-/// service (it holds the runner token).
+/// checked here; public routes pass. The runner API and calls between
+/// services are never bridged.
 async fn edge_check(keys: &KeySet, route: &Route, headers: &HeaderMap) -> Option<Status> {
     use capsule::auth::Access;
     match route.access {
         Access::Authenticated | Access::Admin => {
             capsule::auth::authorize_access(keys, route.access, headers).await.err()
         }
-        Access::Public | Access::Runner => None,
-        Access::Internal | Access::Unspecified => Some(Status::permission_denied(
+        Access::Public => None,
+        Access::Runner | Access::Internal | Access::Service | Access::Unspecified => Some(Status::permission_denied(
             "this method is not available through the gateway",
         )),
     }

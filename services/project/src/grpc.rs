@@ -411,17 +411,36 @@ impl ProjectService for ProjectServiceApi {
         let caller = Caller::of(&request)?.clone();
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
         let project = self.live(&caller, id).await?;
-        let (settings, variables) = self
-            .db
-            .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
-            .await?;
+        let settings = self.db.run(move |conn| Settings::get(conn, id)).await?;
         Ok(Response::new(pb::DeploymentPlan {
             project: Some(project_proto(&project)),
             build_command: settings.build_command,
             start_command: settings.start_command,
             root_directory: settings.root_directory,
             branch: settings.branch,
-            // For the deploy service only: secret values included.
+            environment_variables: Vec::new(),
+        }))
+    }
+
+    async fn get_deployment_environment(
+        &self,
+        request: Request<pb::GetDeploymentEnvironmentRequest>,
+    ) -> Result<Response<pb::DeploymentEnvironment>, Status> {
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        // The deploy service asks for itself (no user): any live project.
+        let service = Viewer {
+            user_id: Uuid::nil(),
+            admin: true,
+        };
+        let (project, variables) = self
+            .db
+            .run(move |conn| Ok((Project::find(conn, id, service)?, Variable::list(conn, id)?)))
+            .await?;
+        if project.is_none_or(|project| project.deleted_at.is_some()) {
+            return Err(Status::not_found(NOT_FOUND));
+        }
+        Ok(Response::new(pb::DeploymentEnvironment {
+            // For the runner holding a deployment only: secret values included.
             environment_variables: variables
                 .into_iter()
                 .map(|variable| pb::EnvironmentVariable {

@@ -1,9 +1,8 @@
 //! Rows and queries of the deploy database. State changes go through
 //! [`transition`], which applies [`State::can_move`] under a row lock.
 
+pub mod runners;
 pub mod schema;
-
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::{dsl::now, prelude::*};
@@ -13,27 +12,13 @@ use crate::state::State;
 use schema::{deployment_logs, deployments};
 
 /// What a deployment runs, copied from the project's settings when it is
-/// created. Secret values are included (runners need them); `secrets`
-/// names the ones never to show.
+/// created. No variables: a runner gets them, as they are then, when it
+/// claims the deployment, so no secret value rests in this database.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub build_command: String,
     pub start_command: String,
     pub root_directory: String,
-    pub environment: BTreeMap<String, String>,
-    pub secrets: Vec<String>,
-}
-
-impl Snapshot {
-    /// Secret values long enough to mask in logs.
-    pub fn secret_values(&self) -> Vec<&str> {
-        self.secrets
-            .iter()
-            .filter_map(|name| self.environment.get(name))
-            .map(String::as_str)
-            .filter(|value| value.len() >= 4)
-            .collect()
-    }
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -103,7 +88,7 @@ pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deplo
             .values(new)
             .returning(Deployment::as_returning())
             .get_result(conn)?;
-        append(conn, deployment.id, &[("system", "queued".to_owned())])?;
+        append(conn, deployment.id, &[("system", "queued".to_owned())], None)?;
         Ok(deployment)
     })
 }
@@ -145,29 +130,54 @@ pub fn list(
 
 /// Appends lines, numbering them after the deployment's last one. The
 /// counter's row lock makes numbers gapless under concurrent appends.
-pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)]) -> QueryResult<i64> {
-    if lines.is_empty() {
-        return deployments::table
+///
+/// With a `cap`, output lines (stdout, stderr) are kept only while the
+/// deployment has fewer than `cap` lines; the first one dropped leaves a
+/// system line saying so. System lines (state changes) are always kept.
+pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
+    conn.transaction(|conn| {
+        let current: i64 = deployments::table
             .find(id)
             .select(deployments::log_sequence)
-            .first(conn);
-    }
-    let count = i64::try_from(lines.len()).unwrap_or(i64::MAX);
-    conn.transaction(|conn| {
+            .for_update()
+            .first(conn)?;
+        let capped_note = cap
+            .map(|cap| format!("log limit of {cap} lines reached: further output of this deployment is dropped"))
+            .unwrap_or_default();
+        let mut kept: Vec<(&str, &str)> = Vec::with_capacity(lines.len());
+        let mut next = current;
+        for (stream, line) in lines {
+            let output = *stream != "system";
+            match cap {
+                Some(cap) if output && next >= cap => {
+                    // The first line over the limit leaves the note.
+                    if next == cap {
+                        kept.push(("system", capped_note.as_str()));
+                        next += 1;
+                    }
+                }
+                _ => {
+                    kept.push((stream, line.as_str()));
+                    next += 1;
+                }
+            }
+        }
+        if kept.is_empty() {
+            return Ok(current);
+        }
         let last: i64 = diesel::update(deployments::table.find(id))
-            .set(deployments::log_sequence.eq(deployments::log_sequence + count))
+            .set(deployments::log_sequence.eq(next))
             .returning(deployments::log_sequence)
             .get_result(conn)?;
-        let first = last - count + 1;
-        let rows: Vec<_> = lines
+        let rows: Vec<_> = kept
             .iter()
-            .zip(first..)
+            .zip(current + 1..)
             .map(|((stream, line), sequence)| {
                 (
                     deployment_logs::deployment_id.eq(id),
                     deployment_logs::sequence.eq(sequence),
                     deployment_logs::stream.eq(*stream),
-                    deployment_logs::line.eq(line),
+                    deployment_logs::line.eq(*line),
                 )
             })
             .collect();
@@ -264,7 +274,7 @@ pub fn transition(
         if !outcome.message.is_empty() {
             line.push_str(&format!(": {}", outcome.message));
         }
-        append(conn, id, &[("system", line)])?;
+        append(conn, id, &[("system", line)], None)?;
         if to == State::Live {
             let previous: Vec<Uuid> = deployments::table
                 .filter(deployments::project_id.eq(current.project_id))
@@ -282,7 +292,12 @@ pub fn transition(
                         deployments::finished_at.eq(now),
                     ))
                     .execute(conn)?;
-                append(conn, old, &[("system", format!("live → superseded: {id} is live"))])?;
+                append(
+                    conn,
+                    old,
+                    &[("system", format!("live → superseded: {id} is live"))],
+                    None,
+                )?;
             }
         }
         Ok(Ok(updated))
@@ -333,7 +348,7 @@ pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> 
             ))
             .returning(Deployment::as_returning())
             .get_result(conn)?;
-        append(conn, claimed.id, &lines)?;
+        append(conn, claimed.id, &lines, None)?;
         Ok(Some(claimed))
     })
 }
@@ -388,4 +403,47 @@ pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>>
         .first::<String>(conn)
         .optional()?
         .and_then(|state| State::parse(&state)))
+}
+
+/// Gives a claimed deployment back to the queue at once (its lease ends
+/// now), when the runner cannot be handed what it needs to run it.
+pub fn release(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<usize> {
+    diesel::update(
+        deployments::table
+            .find(id)
+            .filter(deployments::runner_id.eq(runner))
+            .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()])),
+    )
+    .set(deployments::lease_expires_at.eq(Utc::now() - chrono::Duration::seconds(1)))
+    .execute(conn)
+}
+
+/// Deletes the log lines of up to `batch` deployments that settled
+/// (failed, canceled, superseded) before `cutoff`; returns how many
+/// deployments were pruned. The deployments themselves stay.
+pub fn prune_logs(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
+    conn.transaction(|conn| {
+        let ids: Vec<Uuid> = deployments::table
+            .filter(deployments::logs_pruned_at.is_null())
+            .filter(deployments::state.eq_any([
+                State::Failed.as_str(),
+                State::Canceled.as_str(),
+                State::Superseded.as_str(),
+            ]))
+            .filter(deployments::finished_at.lt(cutoff))
+            .order(deployments::finished_at.asc())
+            .limit(batch)
+            .select(deployments::id)
+            .for_update()
+            .skip_locked()
+            .load(conn)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        diesel::delete(deployment_logs::table.filter(deployment_logs::deployment_id.eq_any(&ids))).execute(conn)?;
+        diesel::update(deployments::table.filter(deployments::id.eq_any(&ids)))
+            .set(deployments::logs_pruned_at.eq(now))
+            .execute(conn)?;
+        Ok(ids.len())
+    })
 }

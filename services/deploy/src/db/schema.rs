@@ -21,6 +21,18 @@ diesel::table! {
         finished_at -> Nullable<Timestamptz>,
         log_sequence -> Int8,
         owner_id -> Nullable<Uuid>,
+        logs_pruned_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    runners (id) {
+        id -> Uuid,
+        name -> Varchar,
+        token_hash -> Bytea,
+        created_by -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        last_seen_at -> Nullable<Timestamptz>,
     }
 }
 

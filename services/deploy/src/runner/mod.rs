@@ -1,41 +1,39 @@
 //! The built-in local runner: claims deployments through the runner API
-//! (over gRPC, like any other runner) and really runs them.
+//! (over gRPC, like any other runner, with a runner token of its own) and
+//! really runs them.
 //!
-//! Each deployment gets a fresh working directory. The build command runs
-//! with `sh -c`, its environment made only of the snapshot's variables (never
-//! spliced into the command line) plus PATH, HOME and LANG, in a process
-//! group of its own so a cancel or time-out kills everything it started.
-//! stdout and stderr stream into the logs; the exit status decides: 0 goes
-//! on to DEPLOYING and the start command, anything else is FAILED with the
-//! exit code in the logs. A start command still running after the grace
-//! period is LIVE and keeps running until a newer deployment of the project
-//! goes live through this runner, or the runner stops.
+//! Each deployment gets a fresh working directory, owned by the project's
+//! sandbox user. The build command runs in the sandbox ([`sandbox`]: the
+//! only place that builds a user's command), its environment made only of
+//! the deployment's variables plus PATH, HOME and LANG; [`process`] streams
+//! its output into the logs, bounded and with secrets masked, and kills the
+//! whole sandbox on a cancel, a time-out or too much output. The exit
+//! status decides: 0 goes on to DEPLOYING and the start command, anything
+//! else is FAILED with the exit code in the logs. A start command still
+//! running after the grace period is LIVE and keeps running until a newer
+//! deployment of the project goes live through this runner, or the runner
+//! stops.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    process::Stdio,
-    sync::Arc,
-    time::Duration,
-};
+pub mod process;
+pub mod sandbox;
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use capsule::proto::deploy::v1::{
     self as pb, ClaimDeploymentRequest, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
     deploy_service_client::DeployServiceClient,
 };
-use nix::{sys::signal::Signal, unistd::Pid};
-use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
-    process::{Child, Command},
-    sync::{Mutex, mpsc},
-};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, service::interceptor::InterceptedService, transport::Channel};
+use uuid::Uuid;
 
 use crate::{
     config::RunnerConfig,
     notify::{Event, Hub},
 };
+use process::{Ended, Limits, LineSink, Masker, kill_group, pump};
+use sandbox::{Sandbox, Spec};
 
 type Client = DeployServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -50,23 +48,15 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// How a command ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    Exited(i32),
-    Killed(&'static str),
-    Canceled,
-}
-
 /// Writes one deployment's lines and states through the runner API.
 #[derive(Clone)]
 struct Reporter {
     client: Client,
-    runner_id: String,
     deployment_id: String,
 }
 
-impl Reporter {
+#[tonic::async_trait]
+impl LineSink for Reporter {
     async fn lines(&self, lines: Vec<(LogStream, String)>) {
         if lines.is_empty() {
             return;
@@ -75,8 +65,7 @@ impl Reporter {
             .into_iter()
             .map(|(stream, text)| LogEntry {
                 stream: stream as i32,
-                // A line is at most 16 KiB: cut on a character boundary.
-                text: text.chars().take(4096).collect(),
+                text,
             })
             .collect();
         let sent = self
@@ -84,7 +73,7 @@ impl Reporter {
             .clone()
             .append_logs(pb::AppendLogsRequest {
                 deployment_id: self.deployment_id.clone(),
-                runner_id: self.runner_id.clone(),
+                runner_id: String::new(),
                 entries,
             })
             .await;
@@ -92,7 +81,9 @@ impl Reporter {
             tracing::debug!(deployment.id = %self.deployment_id, error = %status.message(), "log lines not written");
         }
     }
+}
 
+impl Reporter {
     async fn system(&self, line: String) {
         self.lines(vec![(LogStream::System, line)]).await;
     }
@@ -103,7 +94,7 @@ impl Reporter {
             .clone()
             .report_status(ReportStatusRequest {
                 deployment_id: self.deployment_id.clone(),
-                runner_id: self.runner_id.clone(),
+                runner_id: String::new(),
                 state: state as i32,
                 status_message: message,
                 exit_code,
@@ -131,27 +122,37 @@ impl LiveProcess {
 }
 
 pub struct LocalRunner {
+    /// For logs: the runner's name.
     id: String,
     client: Client,
     config: RunnerConfig,
+    sandbox: Sandbox,
     hub: Hub,
     live: Mutex<HashMap<String, LiveProcess>>,
 }
 
-fn kill_group(pid: i32) {
-    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+/// The name the local runner registers under.
+pub fn local_name() -> String {
+    format!("local:{}", hostname())
 }
 
 impl LocalRunner {
-    pub fn new(endpoint: &str, token: &str, config: RunnerConfig, hub: Hub) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        endpoint: &str,
+        token: &str,
+        config: RunnerConfig,
+        sandbox: Sandbox,
+        hub: Hub,
+    ) -> anyhow::Result<Arc<Self>> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         let bearer = Bearer(format!("Bearer {token}").parse()?);
         Ok(Arc::new(Self {
-            id: format!("local-{}-{}", hostname(), std::process::id()),
+            id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
             config,
+            sandbox,
             hub,
             live: Mutex::new(HashMap::new()),
         }))
@@ -166,7 +167,7 @@ impl LocalRunner {
                 .client
                 .clone()
                 .claim_deployment(ClaimDeploymentRequest {
-                    runner_id: self.id.clone(),
+                    runner_id: String::new(),
                     lease: None,
                 })
                 .await;
@@ -209,10 +210,13 @@ impl LocalRunner {
     ) {
         let reporter = Reporter {
             client: self.client.clone(),
-            runner_id: self.id.clone(),
             deployment_id: deployment.id.clone(),
         };
-        tracing::info!(deployment.id = %deployment.id, runner.id = %self.id, "running deployment");
+        tracing::info!(deployment.id = %deployment.id, runner.name = %self.id, "running deployment");
+        if let Some(warning) = self.sandbox.warning() {
+            reporter.system(warning.to_owned()).await;
+        }
+        let tenant: Uuid = deployment.project_id.parse().unwrap_or_default();
         let _ = std::fs::create_dir_all(&self.config.workdir);
         let workdir = match tempfile::Builder::new()
             .prefix(&format!("{}-", deployment.id))
@@ -220,17 +224,36 @@ impl LocalRunner {
         {
             Ok(dir) => dir,
             Err(err) => {
-                let message = format!("cannot create a working directory: {err}");
+                tracing::error!(error = %err, "cannot create a working directory");
+                let message = "the runner cannot create a working directory".to_owned();
                 reporter.state(DeploymentState::Failed, message, None).await;
                 return;
             }
         };
         let root = workdir.path().join(&snapshot.root_directory);
-        if let Err(err) = std::fs::create_dir_all(&root) {
-            let message = format!("cannot create the root directory: {err}");
+        let prepared = std::fs::create_dir_all(&root)
+            .and_then(|()| self.sandbox.prepare_workdir(tenant, workdir.path()))
+            .and_then(|()| self.sandbox.prepare_workdir(tenant, &root));
+        if let Err(err) = prepared {
+            tracing::error!(error = %err, "cannot prepare the working directory");
+            let message = "the runner cannot prepare the working directory".to_owned();
             reporter.state(DeploymentState::Failed, message, None).await;
             return;
         }
+        let masker = Masker::new(
+            snapshot
+                .secret_names
+                .iter()
+                .filter_map(|name| snapshot.environment.get(name))
+                .map(String::as_str),
+        );
+        let job = Job {
+            reporter: &reporter,
+            snapshot: &snapshot,
+            workdir: workdir.path().to_path_buf(),
+            tenant,
+            masker: Arc::new(masker),
+        };
 
         // Heartbeats keep the claim; a cancel (or a lost claim) stops the work.
         let stop = shutdown.child_token();
@@ -240,13 +263,10 @@ impl LocalRunner {
             Ended::Exited(0)
         } else {
             reporter.system(format!("$ {}", snapshot.build_command)).await;
-            match self.spawn(&snapshot.build_command, &snapshot.environment, &root) {
+            match self.spawn(&job, &snapshot.build_command, Some(self.config.timeout)) {
                 Ok(child) => {
-                    let limits = Limits {
-                        time: Some(self.config.timeout),
-                        output: self.config.max_output_bytes,
-                    };
-                    pump(reporter.clone(), child, stop.clone(), limits).await
+                    let limits = self.limits(Some(self.config.timeout));
+                    pump(&reporter, child, stop.clone(), limits, &job.masker).await
                 }
                 Err(err) => {
                     reporter.system(format!("cannot start the build: {err}")).await;
@@ -257,7 +277,7 @@ impl LocalRunner {
         match built {
             Ended::Exited(0) => {
                 reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
-                if let Some(live) = self.start(&reporter, &snapshot, &root, &stop, shutdown).await {
+                if let Some(live) = self.start(&job, &stop, shutdown).await {
                     heartbeat.abort();
                     let live = LiveProcess {
                         workdir: workdir.keep(),
@@ -296,18 +316,17 @@ impl LocalRunner {
     /// first. No start command: LIVE at once.
     async fn start(
         &self,
-        reporter: &Reporter,
-        snapshot: &pb::DeploymentSnapshot,
-        root: &Path,
+        job: &Job<'_>,
         stop: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Option<LiveProcess> {
+        let (reporter, snapshot) = (job.reporter, job.snapshot);
         if snapshot.start_command.trim().is_empty() {
             reporter.state(DeploymentState::Live, String::new(), Some(0)).await;
             return None;
         }
         reporter.system(format!("$ {}", snapshot.start_command)).await;
-        let child = match self.spawn(&snapshot.start_command, &snapshot.environment, root) {
+        let child = match self.spawn(job, &snapshot.start_command, None) {
             Ok(child) => child,
             Err(err) => {
                 reporter.system(format!("cannot start: {err}")).await;
@@ -321,11 +340,9 @@ impl LocalRunner {
         // The process outlives this deployment's heartbeats: it stops with
         // the runner, or when replaced.
         let process_stop = shutdown.child_token();
-        let limits = Limits {
-            time: None,
-            output: self.config.max_output_bytes,
-        };
-        let mut running = tokio::spawn(pump(reporter.clone(), child, process_stop.clone(), limits));
+        let limits = self.limits(None);
+        let (sink, masker, stopper) = (reporter.clone(), job.masker.clone(), process_stop.clone());
+        let mut running = tokio::spawn(async move { pump(&sink, child, stopper, limits, &masker).await });
         let early = tokio::select! {
             ended = &mut running => Some(ended.unwrap_or(Ended::Exited(128))),
             () = tokio::time::sleep(self.config.start_grace) => None,
@@ -363,26 +380,44 @@ impl LocalRunner {
         }
     }
 
-    fn spawn(&self, command: &str, environment: &HashMap<String, String>, root: &Path) -> std::io::Result<Child> {
-        Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(root)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            )
-            .env("HOME", root)
-            .env("LANG", "C.UTF-8")
-            .envs(environment)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
+    /// A user's command, in the sandbox.
+    fn spawn(
+        &self,
+        job: &Job<'_>,
+        command: &str,
+        cpu_time: Option<Duration>,
+    ) -> std::io::Result<tokio::process::Child> {
+        let environment: HashMap<String, String> = job.snapshot.environment.clone();
+        self.sandbox
+            .command(&Spec {
+                command,
+                workdir: &job.workdir,
+                root_directory: &job.snapshot.root_directory,
+                environment: &environment,
+                extra: &[],
+                tenant: job.tenant,
+                cpu_time,
+            })
             .spawn()
     }
+
+    fn limits(&self, time: Option<Duration>) -> Limits {
+        Limits {
+            time,
+            output_bytes: self.config.max_output_bytes,
+            lines_per_sec: self.config.lines_per_sec,
+        }
+    }
+}
+
+/// One claimed deployment being run.
+struct Job<'a> {
+    reporter: &'a Reporter,
+    snapshot: &'a pb::DeploymentSnapshot,
+    /// The working directory on the host.
+    workdir: PathBuf,
+    tenant: Uuid,
+    masker: Arc<Masker>,
 }
 
 async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration) {
@@ -396,7 +431,7 @@ async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration)
             .clone()
             .heartbeat(HeartbeatRequest {
                 deployment_id: reporter.deployment_id.clone(),
-                runner_id: reporter.runner_id.clone(),
+                runner_id: String::new(),
             })
             .await;
         match beat {
@@ -408,81 +443,6 @@ async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration)
             }
         }
     }
-}
-
-struct Limits {
-    time: Option<Duration>,
-    output: u64,
-}
-
-/// Streams a process's output into the logs until it exits, `stop` is
-/// cancelled, or it passes a limit; kills its process group in the last two
-/// cases.
-async fn pump(reporter: Reporter, mut child: Child, stop: CancellationToken, limits: Limits) -> Ended {
-    let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
-    let (lines_tx, mut lines) = mpsc::channel::<(LogStream, String)>(1024);
-    let pipes: [(LogStream, Option<Box<dyn AsyncRead + Unpin + Send>>); 2] = [
-        (LogStream::Stdout, child.stdout.take().map(|pipe| Box::new(pipe) as _)),
-        (LogStream::Stderr, child.stderr.take().map(|pipe| Box::new(pipe) as _)),
-    ];
-    for (stream, pipe) in pipes {
-        if let Some(pipe) = pipe {
-            let tx = lines_tx.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    if tx.send((stream, line)).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    }
-    drop(lines_tx);
-
-    let deadline = tokio::time::sleep(limits.time.unwrap_or(Duration::from_secs(u64::from(u32::MAX))));
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut pending = Vec::new();
-    let mut written = 0u64;
-    let mut open = true;
-    let ended = loop {
-        tokio::select! {
-            line = lines.recv(), if open => match line {
-                Some((stream, text)) => {
-                    written += text.len() as u64 + 1;
-                    if written > limits.output {
-                        kill_group(pid);
-                        break Ended::Killed("output limit reached");
-                    }
-                    pending.push((stream, text));
-                    if pending.len() >= 200 {
-                        reporter.lines(std::mem::take(&mut pending)).await;
-                    }
-                }
-                None => open = false,
-            },
-            _ = tick.tick() => reporter.lines(std::mem::take(&mut pending)).await,
-            status = child.wait(), if !open => break match status {
-                Ok(status) => Ended::Exited(status.code().unwrap_or(128)),
-                Err(_) => Ended::Exited(128),
-            },
-            () = stop.cancelled() => {
-                kill_group(pid);
-                break Ended::Canceled;
-            }
-            () = &mut deadline => {
-                kill_group(pid);
-                break Ended::Killed("time limit reached");
-            }
-        }
-    };
-    while let Ok(line) = lines.try_recv() {
-        pending.push(line);
-    }
-    reporter.lines(pending).await;
-    let _ = child.wait().await;
-    ended
 }
 
 fn hostname() -> String {
