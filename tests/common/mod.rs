@@ -4,6 +4,8 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
+pub mod deploy;
+
 use std::{net::SocketAddr, time::Duration};
 
 use capsule::{

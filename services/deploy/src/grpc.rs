@@ -696,6 +696,9 @@ impl DeployService for DeployServiceApi {
             if entry.text.len() > MAX_LINE_BYTES {
                 violations.add(format!("entries[{index}].text"), "must be at most 16 KiB");
             }
+            if entry.text.contains('\0') {
+                violations.add(format!("entries[{index}].text"), "must not contain NUL characters");
+            }
             if !matches!(
                 pb::LogStream::try_from(entry.stream),
                 Ok(pb::LogStream::Stdout | pb::LogStream::Stderr | pb::LogStream::System)

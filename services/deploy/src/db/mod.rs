@@ -131,9 +131,9 @@ pub fn list(
 /// Appends lines, numbering them after the deployment's last one. The
 /// counter's row lock makes numbers gapless under concurrent appends.
 ///
-/// With a `cap`, output lines (stdout, stderr) are kept only while the
-/// deployment has fewer than `cap` lines; the first one dropped leaves a
-/// system line saying so. System lines (state changes) are always kept.
+/// With a `cap` (a runner's lines), lines are kept only while the
+/// deployment has fewer than `cap`; the first one dropped leaves a system
+/// line saying so. The service's own lines (state changes) pass no cap.
 pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
     conn.transaction(|conn| {
         let current: i64 = deployments::table
@@ -147,9 +147,8 @@ pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: 
         let mut kept: Vec<(&str, &str)> = Vec::with_capacity(lines.len());
         let mut next = current;
         for (stream, line) in lines {
-            let output = *stream != "system";
             match cap {
-                Some(cap) if output && next >= cap => {
+                Some(cap) if next >= cap => {
                     // The first line over the limit leaves the note.
                     if next == cap {
                         kept.push(("system", capped_note.as_str()));
@@ -446,4 +445,84 @@ pub fn prune_logs(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) ->
             .execute(conn)?;
         Ok(ids.len())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use capsule::{config::ServiceKind, testing::TestDatabase};
+    use diesel::connection::SimpleConnection;
+
+    use super::*;
+
+    fn new_deployment(conn: &mut PgConnection) -> Deployment {
+        create(
+            conn,
+            &NewDeployment {
+                project_id: Uuid::new_v4(),
+                creator_id: Uuid::new_v4(),
+                owner_id: None,
+                source_ref: String::new(),
+                environment: "production".to_owned(),
+                snapshot: serde_json::json!({}),
+                rollback_of: None,
+            },
+        )
+        .unwrap()
+    }
+
+    fn lines(conn: &mut PgConnection, id: Uuid) -> Vec<LogRow> {
+        logs_after(conn, id, 0, 1000).unwrap()
+    }
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_dropped_with_one_note_and_state_changes_are_kept() {
+        let db = TestDatabase::migrated(ServiceKind::Deploy, &crate::MIGRATIONS).await;
+        let mut conn = db.connect();
+        let deployment = new_deployment(&mut conn);
+        let output: Vec<(&str, String)> = (0..5).map(|i| ("stdout", format!("line {i}"))).collect();
+        append(&mut conn, deployment.id, &output, Some(4)).unwrap();
+        append(&mut conn, deployment.id, &output, Some(4)).unwrap();
+        let from_the_runner = [("system", "from the runner".to_owned())];
+        append(&mut conn, deployment.id, &from_the_runner, Some(4)).unwrap();
+        let state_change = [("system", "building → failed".to_owned())];
+        append(&mut conn, deployment.id, &state_change, None).unwrap();
+        let kept: Vec<String> = lines(&mut conn, deployment.id)
+            .into_iter()
+            .map(|row| row.line)
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "queued",
+                "line 0",
+                "line 1",
+                "line 2",
+                "log limit of 4 lines reached: further output of this deployment is dropped",
+                "building → failed",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_of_deployments_settled_before_the_cutoff_are_pruned_and_the_deployments_stay() {
+        let db = TestDatabase::migrated(ServiceKind::Deploy, &crate::MIGRATIONS).await;
+        let mut conn = db.connect();
+        let old = new_deployment(&mut conn);
+        let recent = new_deployment(&mut conn);
+        let live = new_deployment(&mut conn);
+        conn.batch_execute(&format!(
+            "UPDATE deployments SET state = 'failed', finished_at = now() - interval '40 days' WHERE id = '{}';
+             UPDATE deployments SET state = 'failed', finished_at = now() - interval '1 day' WHERE id = '{}';
+             UPDATE deployments SET state = 'live', finished_at = now() - interval '40 days' WHERE id = '{}';",
+            old.id, recent.id, live.id
+        ))
+        .unwrap();
+        let cutoff = Utc::now() - chrono::Duration::days(30);
+        assert_eq!(prune_logs(&mut conn, cutoff, 100).unwrap(), 1);
+        assert_eq!(prune_logs(&mut conn, cutoff, 100).unwrap(), 0, "pruned once");
+        assert!(lines(&mut conn, old.id).is_empty());
+        assert_eq!(lines(&mut conn, recent.id).len(), 1);
+        assert_eq!(lines(&mut conn, live.id).len(), 1, "a live deployment keeps its logs");
+        assert!(find(&mut conn, old.id, None).unwrap().is_some(), "the deployment stays");
+    }
 }

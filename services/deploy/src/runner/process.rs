@@ -194,6 +194,7 @@ struct RateLimit {
     tokens: f64,
     last: Instant,
     dropped: u64,
+    last_note: Instant,
 }
 
 impl RateLimit {
@@ -204,6 +205,7 @@ impl RateLimit {
             tokens: rate * 5.0,
             last: Instant::now(),
             dropped: 0,
+            last_note: Instant::now(),
         }
     }
 
@@ -220,12 +222,13 @@ impl RateLimit {
         }
     }
 
-    /// The note for lines dropped since the last one, once there is room
-    /// for it.
+    /// The note for lines dropped since the last one: at most one a
+    /// second, and only when there is room for it.
     fn note(&mut self) -> Option<String> {
-        if self.dropped == 0 || !self.allow() {
+        if self.dropped == 0 || self.last_note.elapsed() < Duration::from_secs(1) || !self.allow() {
             return None;
         }
+        self.last_note = Instant::now();
         self.note_now()
     }
 

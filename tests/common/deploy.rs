@@ -1,0 +1,144 @@
+//! Helpers for tests that deploy: projects with settings, deployments,
+//! waiting for a state, reading logs.
+
+use std::time::{Duration, Instant};
+
+use capsule::proto::{
+    deploy::v1::{self as pb, DeploymentState},
+    project::v1 as project_pb,
+};
+
+use super::{TestMesh, authed};
+
+/// A project of `token`'s user with these settings and variables.
+pub async fn project(mesh: &TestMesh, token: &str, build: &str, variables: &[(&str, &str, bool)]) -> String {
+    app(mesh, token, build, "", variables).await
+}
+
+/// A project with a build and a start command.
+pub async fn app(mesh: &TestMesh, token: &str, build: &str, start: &str, variables: &[(&str, &str, bool)]) -> String {
+    let mut projects = mesh.projects().await;
+    let project = projects
+        .create_project(authed(
+            project_pb::CreateProjectRequest {
+                project: Some(project_pb::Project {
+                    name: format!("app {}", uuid::Uuid::new_v4()),
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    projects
+        .update_project_settings(authed(
+            project_pb::UpdateProjectSettingsRequest {
+                settings: Some(project_pb::ProjectSettings {
+                    project_id: project.id.clone(),
+                    build_command: build.to_owned(),
+                    start_command: start.to_owned(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["build_command".into(), "start_command".into()],
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    for (name, value, secret) in variables {
+        set_variable(mesh, token, &project.id, name, value, *secret).await;
+    }
+    project.id
+}
+
+/// Sets (or replaces) a project's variable.
+pub async fn set_variable(mesh: &TestMesh, token: &str, project_id: &str, name: &str, value: &str, secret: bool) {
+    mesh.projects()
+        .await
+        .set_environment_variable(authed(
+            project_pb::SetEnvironmentVariableRequest {
+                project_id: project_id.to_owned(),
+                variable: Some(project_pb::EnvironmentVariable {
+                    name: name.to_owned(),
+                    value: value.to_owned(),
+                    secret,
+                    update_time: None,
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+pub async fn deploy(mesh: &TestMesh, token: &str, project_id: &str) -> pb::Deployment {
+    mesh.deploys()
+        .await
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: project_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Waits until the deployment is in `state`.
+pub async fn wait_for(
+    mesh: &TestMesh,
+    token: &str,
+    id: &str,
+    state: DeploymentState,
+    within: Duration,
+) -> pb::Deployment {
+    let mut client = mesh.deploys().await;
+    let deadline = Instant::now() + within;
+    loop {
+        let deployment = client
+            .get_deployment(authed(
+                pb::GetDeploymentRequest {
+                    deployment_id: id.to_owned(),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        if deployment.state == state as i32 {
+            return deployment;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} is {:?}, not {state:?}",
+            DeploymentState::try_from(deployment.state)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn logs(mesh: &TestMesh, token: &str, id: &str) -> Vec<pb::LogLine> {
+    mesh.deploys()
+        .await
+        .get_logs(authed(
+            pb::GetLogsRequest {
+                deployment_id: id.to_owned(),
+                after_sequence: 0,
+                page_size: 1000,
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .lines
+}
+
+pub fn text(lines: &[pb::LogLine]) -> String {
+    lines.iter().map(|line| format!("{}\n", line.text)).collect()
+}

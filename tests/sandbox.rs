@@ -1,0 +1,472 @@
+//! Tenants' code against the sandbox: a hostile build probes everything an
+//! attacker tries first, and every probe fails while ordinary builds still
+//! log, exit and go live. Output floods stay bounded; runners have
+//! credentials of their own; secret values are current and masked.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use capsule::{
+    config::ServiceKind,
+    proto::deploy::v1::{self as pb, DeploymentState},
+};
+use common::{
+    TestMesh, authed,
+    deploy::{app, deploy, logs, project, set_variable, text, wait_for},
+};
+use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
+use tonic::Code;
+
+async fn local_runner_mesh(deploy: Vec<(&'static str, &'static str)>) -> TestMesh {
+    common::start_with(common::Options {
+        local_runner: true,
+        deploy,
+    })
+    .await
+}
+
+/// Waits until the deployment's logs contain `marker`; returns them.
+async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let all = text(&logs(mesh, token, id).await);
+        if all.contains(marker) {
+            return all;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no {marker:?} in:\n{all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A shell test that prints `probe NAME: OPEN` when the attack worked and
+/// `probe NAME: blocked` when it did not.
+fn probe(name: &str, attack: &str) -> String {
+    format!("if {attack}; then echo 'probe {name}: OPEN'; else echo 'probe {name}: blocked'; fi\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
+    let mesh = local_runner_mesh(Vec::new()).await;
+    // A victim whose app is live, its secret in its process's environment.
+    let (bob, _) = mesh.user("bob@example.com").await;
+    let victim = app(
+        &mesh,
+        &bob,
+        "echo built by bob",
+        "sleep 300",
+        &[("BOB_SECRET", "bob-very-secret-0042", true)],
+    )
+    .await;
+    let victim_deployment = deploy(&mesh, &bob, &victim).await;
+    wait_for(
+        &mesh,
+        &bob,
+        &victim_deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    let victim_logs = text(&logs(&mesh, &bob, &victim_deployment.id).await);
+    assert!(victim_logs.contains("built by bob"), "{victim_logs}");
+
+    let (mallory, _) = mesh.user("mallory@example.com").await;
+    let deploy_port = mesh.addr(ServiceKind::Deploy).port();
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let postgres = std::env::var("CAPSULE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let mut build = String::from("echo \"uid=$(id -u)\"\n");
+    build += &probe("root", "[ \"$(id -u)\" = 0 ]");
+    build += &probe(
+        "environments",
+        "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -q -e bob-very-secret -e test-internal-secret",
+    );
+    build += &probe("processes", "[ \"$(ls -d /proc/[0-9]* | wc -l)\" -gt 8 ]");
+    build += &probe("postgres", &format!("psql '{postgres}' -c 'select 1' >/dev/null 2>&1"));
+    build += &probe(
+        "grpc-port",
+        &format!("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {deploy_port}), 2)' 2>/dev/null"),
+    );
+    build += &probe("signal-service", &format!("kill -0 {} 2>/dev/null", std::process::id()));
+    build += &probe("write-etc", "echo x > /etc/capsule-probe 2>/dev/null");
+    build += &probe("write-usr", "touch /usr/capsule-probe 2>/dev/null");
+    build += &probe("checkout", &format!("[ -e '{checkout}/Cargo.toml' ]"));
+    build += &probe("other-workdirs", "ls /tmp/capsule-runner 2>/dev/null | grep -q .");
+    build += &probe("capabilities", "grep -q 'CapEff:.*[1-9a-f]' /proc/self/status");
+    build += &probe("new-user-namespace", "unshare -U true 2>/dev/null");
+    build += &probe("workspace-write", "! echo mine > /workspace/file");
+    build += "setsid sleep 1000 &\necho \"probes-done-$((6 * 7))\"\nwait\n";
+    let attacker = project(&mesh, &mallory, &build, &[]).await;
+    let attack = deploy(&mesh, &mallory, &attacker).await;
+    let all = logs_until(&mesh, &mallory, &attack.id, "probes-done-42").await;
+    let probes: Vec<&str> = all.lines().filter(|line| line.starts_with("probe ")).collect();
+    assert_eq!(probes.len(), 13, "every probe ran:\n{all}");
+    for line in &probes {
+        assert!(line.ends_with(": blocked"), "{line}\n{all}");
+    }
+    let uid: u32 = all
+        .lines()
+        .find_map(|line| line.strip_prefix("uid="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(uid > 0 && uid != nix_uid(), "the build runs as uid {uid}");
+
+    // Cancel ends everything in the sandbox, the setsid sleep included.
+    assert!(common::processes_of(uid) > 0);
+    mesh.deploys()
+        .await
+        .cancel_deployment(authed(
+            pb::CancelDeploymentRequest {
+                deployment_id: attack.id.clone(),
+            },
+            &mallory,
+        ))
+        .await
+        .unwrap();
+    let canceled = Instant::now();
+    while common::processes_of(uid) > 0 {
+        assert!(
+            canceled.elapsed() < Duration::from_secs(2),
+            "the sandbox outlived its cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The victim still runs.
+    let still = wait_for(
+        &mesh,
+        &bob,
+        &victim_deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(still.state, DeploymentState::Live as i32);
+    mesh.stop().await;
+}
+
+fn nix_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap()
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_300_mb_line_and_a_flood_of_empty_lines_keep_memory_and_rows_bounded() {
+    let mesh = local_runner_mesh(vec![
+        ("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", "1073741824"),
+        ("DEPLOY_MAX_LOG_LINES", "2000"),
+    ])
+    .await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let build = "echo start; head -c 300000000 /dev/zero | tr '\\0' a; echo; \
+                 head -c 10000000 /dev/zero | tr '\\0' '\\n'; echo end";
+    let project_id = project(&mesh, &alice, build, &[]).await;
+
+    let baseline = rss_bytes();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(120),
+    )
+    .await;
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
+    eprintln!("resident memory grew by {} KiB", growth / 1024);
+    assert!(
+        growth < 64 * 1024 * 1024,
+        "the service grew by {} MiB while 310 MB of output went through",
+        growth / (1024 * 1024)
+    );
+
+    let rows: Vec<pb::LogLine> = all_logs(&mesh, &alice, &deployment.id).await;
+    assert!(rows.len() <= 2010, "{} rows kept", rows.len());
+    let cut = rows
+        .iter()
+        .find(|line| line.text.starts_with("aaaa"))
+        .expect("the long line, cut");
+    assert!(cut.text.len() < 5000, "{}", cut.text.len());
+    assert!(cut.text.ends_with("bytes cut]"), "{}", &cut.text[cut.text.len() - 40..]);
+    let all = text(&rows);
+    assert!(
+        all.contains("log limit of 2000 lines reached") || all.contains("lines dropped"),
+        "the flood is said to be cut short"
+    );
+    mesh.stop().await;
+}
+
+/// Every log line of a deployment, page by page.
+async fn all_logs(mesh: &TestMesh, token: &str, id: &str) -> Vec<pb::LogLine> {
+    let mut client = mesh.deploys().await;
+    let mut lines = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = client
+            .get_logs(authed(
+                pb::GetLogsRequest {
+                    deployment_id: id.to_owned(),
+                    after_sequence: after,
+                    page_size: 1000,
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        lines.extend(page.lines);
+        if page.next_after_sequence == 0 {
+            return lines;
+        }
+        after = page.next_after_sequence;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runners_answer_only_for_their_own_claims_and_a_deleted_runner_is_refused_at_once() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "true", &[("KEY", "runner-secret-77", true)]).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let (first_id, first) = mesh.runner("first").await;
+    let (_, second) = mesh.runner("second").await;
+    let mut client = mesh.deploys().await;
+    let claimed = client
+        .claim_deployment(authed(pb::ClaimDeploymentRequest::default(), &first))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(claimed.deployment.as_ref().unwrap().id, deployment.id);
+    assert_eq!(claimed.deployment.unwrap().runner_id, first_id, "bound to the claimer");
+    assert_eq!(claimed.snapshot.unwrap().secret_names, ["KEY"]);
+
+    let report = client
+        .report_status(authed(
+            pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                state: DeploymentState::Failed as i32,
+                ..Default::default()
+            },
+            &second,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(report.code(), Code::PermissionDenied, "{report:?}");
+    let append = client
+        .append_logs(authed(
+            pb::AppendLogsRequest {
+                deployment_id: deployment.id.clone(),
+                entries: vec![pb::LogEntry {
+                    stream: pb::LogStream::Stdout as i32,
+                    text: "forged".into(),
+                }],
+                ..Default::default()
+            },
+            &second,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(append.code(), Code::PermissionDenied);
+    let heartbeat = client
+        .heartbeat(authed(
+            pb::HeartbeatRequest {
+                deployment_id: deployment.id.clone(),
+                ..Default::default()
+            },
+            &second,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(heartbeat.code(), Code::PermissionDenied);
+
+    // Deleted: refused at once, and its deployment is free for another.
+    let admin = mesh.admin("root@example.com").await;
+    let listed = client
+        .list_runners(authed(pb::ListRunnersRequest::default(), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.runners.iter().any(|runner| runner.name == "first"));
+    assert!(!format!("{listed:?}").contains(&first), "tokens are never listed");
+    client
+        .delete_runner(authed(
+            pb::DeleteRunnerRequest {
+                runner_id: first_id.clone(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let refused = client
+        .heartbeat(authed(
+            pb::HeartbeatRequest {
+                deployment_id: deployment.id.clone(),
+                ..Default::default()
+            },
+            &first,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    let taken_over = client
+        .claim_deployment(authed(pb::ClaimDeploymentRequest::default(), &second))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(taken_over.deployment.unwrap().id, deployment.id);
+
+    // The runner API is not on the REST bridge.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("http://{}/v1/runners/any:claim", mesh.http))
+        .bearer_auth(&second)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(response.status().as_u16(), 404 | 405), "{}", response.status());
+    mesh.stop().await;
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Text)]
+    text: String,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_rest_only_in_the_project_database_a_redeploy_gets_the_current_value_and_encodings_are_masked() {
+    let mesh = local_runner_mesh(Vec::new()).await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let build = "printf 'digest '; printf %s \"$TOKEN\" | sha256sum | cut -c1-16; \
+                 printf 'b64 '; printf %s \"$TOKEN\" | base64; \
+                 printf 'hex '; printf %s \"$TOKEN\" | od -An -tx1 | tr -d ' \\n'; echo";
+    let project_id = project(&mesh, &alice, build, &[("TOKEN", "first-secret-value-1", true)]).await;
+    let first = deploy(&mesh, &alice, &project_id).await;
+    wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
+    let first_logs = text(&logs(&mesh, &alice, &first.id).await);
+    assert!(
+        first_logs.contains(&format!("digest {}", digest("first-secret-value-1"))),
+        "{first_logs}"
+    );
+    assert!(first_logs.contains("b64 ********"), "{first_logs}");
+    assert!(first_logs.contains("hex ********"), "{first_logs}");
+
+    // Rotated: a rollback to the first deployment runs with the new value.
+    set_variable(&mesh, &alice, &project_id, "TOKEN", "second-secret-value-2", true).await;
+    let rollback = mesh
+        .deploys()
+        .await
+        .rollback_deployment(authed(
+            pb::RollbackDeploymentRequest {
+                deployment_id: first.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_for(
+        &mesh,
+        &alice,
+        &rollback.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    let rollback_logs = text(&logs(&mesh, &alice, &rollback.id).await);
+    assert!(
+        rollback_logs.contains(&format!("digest {}", digest("second-secret-value-2"))),
+        "{rollback_logs}"
+    );
+
+    // Nothing of either value anywhere in the deploy database.
+    let mut conn = mesh.database(ServiceKind::Deploy).connect();
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT snapshot::text AS text FROM deployments \
+         UNION ALL SELECT line FROM deployment_logs \
+         UNION ALL SELECT status_message FROM deployments",
+    )
+    .load(&mut conn)
+    .unwrap();
+    for row in rows {
+        assert!(
+            !row.text.contains("secret-value"),
+            "a secret value rests in the deploy database: {}",
+            row.text
+        );
+    }
+    mesh.stop().await;
+}
+
+fn digest(value: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(value.as_bytes())
+        .iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// The invariant of ARCHITECTURE.md: in the deploy service, only the
+/// sandbox builds a process command, so every user command goes through it.
+#[test]
+fn only_the_sandbox_spawns_processes_in_the_deploy_service() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/deploy/src");
+    let mut offenders = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") && !path.ends_with("runner/sandbox.rs") {
+                let source = std::fs::read_to_string(&path).unwrap();
+                if source.contains("Command::new") || source.contains("process::Command") {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "processes spawned outside the sandbox: {offenders:?}"
+    );
+}
