@@ -6,6 +6,8 @@
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim lasts this long without a heartbeat |
 //! | `DEPLOY_MAX_LOG_LINES` | `100000`: output lines kept per deployment; later ones are dropped (state changes are always kept) |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
+//! | `DEPLOY_LOCAL_REPOSITORIES` | unset: directories (colon-separated) under which a project's repository may be a local path or file:// URL; unset, local repositories are refused |
+//! | `DEPLOY_MAX_SOURCE_MB` | `512`: the largest file a source checkout may write |
 //! | `DEPLOY_RUNNER_WORKDIR` | the system temp directory: where builds run, one fresh directory each |
 //! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed (also its CPU-time limit) |
 //! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |
@@ -28,13 +30,22 @@ use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
     pub lease: Duration,
+    pub source: SourceConfig,
     pub max_log_lines: u64,
     pub log_retention: Duration,
     pub runner: Option<RunnerConfig>,
 }
 
+/// Where deployments' source may come from.
+#[derive(Debug, Clone, Default)]
+pub struct SourceConfig {
+    pub local_repositories: Vec<PathBuf>,
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
+    pub source: SourceConfig,
     pub workdir: PathBuf,
     pub timeout: Duration,
     pub max_output_bytes: u64,
@@ -73,6 +84,29 @@ fn invalid(variable: &str, value: String, reason: &str) -> ConfigError {
     }
 }
 
+/// Absolute paths separated by ':'.
+fn paths(source: &dyn Source, variable: &str) -> Result<Vec<PathBuf>, ConfigError> {
+    let Some(value) = source.get(variable) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(':')
+        .filter(|path| !path.is_empty())
+        .map(|path| {
+            let path = PathBuf::from(path);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(invalid(
+                    variable,
+                    value.clone(),
+                    "expected absolute paths separated by ':'",
+                ))
+            }
+        })
+        .collect()
+}
+
 impl SandboxConfig {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let mode = match source.get("DEPLOY_RUNNER_SANDBOX").as_deref().map(str::trim) {
@@ -88,28 +122,7 @@ impl SandboxConfig {
             }
         };
         let mib = |variable: &str, default: u64| positive(source, variable, default).map(|mb| mb * 1024 * 1024);
-        let ro_binds = source
-            .get("DEPLOY_SANDBOX_RO_BINDS")
-            .map(|paths| {
-                paths
-                    .split(':')
-                    .filter(|path| !path.is_empty())
-                    .map(|path| {
-                        let path = PathBuf::from(path);
-                        if path.is_absolute() {
-                            Ok(path)
-                        } else {
-                            Err(invalid(
-                                "DEPLOY_SANDBOX_RO_BINDS",
-                                paths.clone(),
-                                "expected absolute paths separated by ':'",
-                            ))
-                        }
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let ro_binds = paths(source, "DEPLOY_SANDBOX_RO_BINDS")?;
         Ok(Self {
             mode,
             uid_base: positive(source, "DEPLOY_SANDBOX_UID_BASE", 200_000)?,
@@ -132,8 +145,13 @@ impl DeployConfig {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         let local = parse_bool(source, "DEPLOY_LOCAL_RUNNER", false)?;
         let number = |variable: &str, default: u64| positive(source, variable, default);
+        let source_config = SourceConfig {
+            local_repositories: paths(source, "DEPLOY_LOCAL_REPOSITORIES")?,
+            max_bytes: number("DEPLOY_MAX_SOURCE_MB", 512)? * 1024 * 1024,
+        };
         let runner = if local {
             Some(RunnerConfig {
+                source: source_config.clone(),
                 workdir: source
                     .get("DEPLOY_RUNNER_WORKDIR")
                     .map_or_else(|| std::env::temp_dir().join("capsule-runner"), PathBuf::from),
@@ -148,6 +166,7 @@ impl DeployConfig {
             None
         };
         Ok(Self {
+            source: source_config,
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),

@@ -21,11 +21,13 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
+    config::{DeployConfig, SourceConfig},
     db::{
         self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, Viewer,
         runners::{NewRunner, Runner},
     },
     notify::{Event, Hub},
+    runner::source::{Commit, Repository, SourceError},
     state::State,
 };
 
@@ -51,6 +53,7 @@ struct Inner {
     lease: chrono::Duration,
     /// Output lines kept per deployment.
     max_log_lines: i64,
+    source: SourceConfig,
 }
 
 const NOT_FOUND: &str = "no such deployment";
@@ -78,6 +81,9 @@ pub fn deployment_proto(deployment: &Deployment) -> pb::Deployment {
         update_time: Some(rpc::timestamp(deployment.updated_at)),
         start_time: deployment.started_at.map(rpc::timestamp),
         finish_time: deployment.finished_at.map(rpc::timestamp),
+        commit_sha: deployment.commit_sha.clone(),
+        commit_message: deployment.commit_message.clone(),
+        commit_author: deployment.commit_author.clone(),
     }
 }
 
@@ -135,10 +141,16 @@ fn check_environment(value: &str, violations: &mut FieldViolations) -> String {
 }
 
 fn check_source_ref(value: &str, violations: &mut FieldViolations) {
-    if value.len() > 255 || value.chars().any(char::is_control) || value.contains("..") {
+    let ok = value.len() <= 255
+        && !value.starts_with(['-', '/'])
+        && !value.contains("..")
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if !ok {
         violations.add(
             "source_ref",
-            "must be a branch, tag or commit of at most 255 characters",
+            "must be a branch, tag or commit (letters, digits, '-', '_', '.', '/') of at most 255 characters",
         );
     }
 }
@@ -197,8 +209,7 @@ impl DeployServiceApi {
         hub: Hub,
         projects: ProjectServiceClient<tonic::transport::Channel>,
         internal_secret: Option<String>,
-        lease: Duration,
-        max_log_lines: u64,
+        config: &DeployConfig,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
@@ -206,8 +217,9 @@ impl DeployServiceApi {
                 hub,
                 projects,
                 internal_secret,
-                lease: chrono::Duration::from_std(lease)?,
-                max_log_lines: i64::try_from(max_log_lines)?,
+                lease: chrono::Duration::from_std(config.lease)?,
+                max_log_lines: i64::try_from(config.max_log_lines)?,
+                source: config.source.clone(),
             }),
         })
     }
@@ -271,6 +283,25 @@ impl DeployServiceApi {
             Ok(plan) => Ok(plan.into_inner()),
             Err(status) => Err(Self::project_status(status)),
         }
+    }
+
+    /// The exact commit `source_ref` names in the project's repository now
+    /// (none without a repository). What the user can fix is
+    /// INVALID_ARGUMENT naming the field.
+    async fn resolve(&self, repository_url: &str, source_ref: &str) -> Result<Commit, Status> {
+        if repository_url.is_empty() {
+            return Ok(Commit {
+                sha: String::new(),
+                message: String::new(),
+                author: String::new(),
+            });
+        }
+        let repository = Repository::parse(repository_url, &self.inner.source.local_repositories)
+            .map_err(|err| rpc::invalid_field("repository_url", &err.to_string()))?;
+        repository.resolve(source_ref).await.map_err(|err| match err {
+            SourceError::MissingRef { .. } => rpc::invalid_field("source_ref", &err.to_string()),
+            other => rpc::invalid_field("repository_url", &other.to_string()),
+        })
     }
 
     /// Adds the service credential to a request to the project service.
@@ -346,23 +377,30 @@ impl DeployService for DeployServiceApi {
         violations.check()?;
         let plan = self.prepare(&caller, project_id).await?;
         let owner_id = plan.project.as_ref().and_then(|project| project.owner_id.parse().ok());
+        let source_ref = if body.source_ref.is_empty() {
+            plan.branch
+        } else {
+            body.source_ref
+        };
+        let commit = self.resolve(&plan.repository_url, &source_ref).await?;
         let snapshot = Snapshot {
             build_command: plan.build_command,
             start_command: plan.start_command,
             root_directory: plan.root_directory,
+            repository_url: plan.repository_url,
+            health_check_path: plan.health_check_path,
         };
         let new = NewDeployment {
             project_id,
             creator_id: caller.user_id,
             owner_id,
-            source_ref: if body.source_ref.is_empty() {
-                plan.branch
-            } else {
-                body.source_ref
-            },
+            source_ref,
             environment,
             snapshot: serde_json::to_value(&snapshot).map_err(|_| Status::internal("internal error"))?,
             rollback_of: None,
+            commit_sha: commit.sha,
+            commit_message: commit.message,
+            commit_author: commit.author,
         };
         let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
         tracing::info!(deployment.id = %deployment.id, project.id = %project_id, user.id = %caller.user_id, "deployment queued");
@@ -451,6 +489,9 @@ impl DeployService for DeployServiceApi {
             environment: earlier.environment.clone(),
             snapshot: earlier.snapshot.clone(),
             rollback_of: Some(earlier.id),
+            commit_sha: earlier.commit_sha.clone(),
+            commit_message: earlier.commit_message.clone(),
+            commit_author: earlier.commit_author.clone(),
         };
         let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
         Ok(Response::new(deployment_proto(&deployment)))
@@ -617,6 +658,9 @@ impl DeployService for DeployServiceApi {
                 build_command: snapshot.build_command,
                 start_command: snapshot.start_command,
                 root_directory: snapshot.root_directory,
+                repository_url: snapshot.repository_url,
+                commit_sha: deployment.commit_sha.clone(),
+                health_check_path: snapshot.health_check_path,
                 secret_names: variables
                     .iter()
                     .filter(|variable| variable.secret)

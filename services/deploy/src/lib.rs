@@ -65,8 +65,7 @@ pub async fn serve(
         hub.clone(),
         projects,
         mesh.secrets.internal_secret.clone(),
-        config.lease,
-        config.max_log_lines,
+        &config,
     )?;
     let keys: Arc<KeySet> = mesh.key_set()?;
     keys.accept_runners(Arc::new(grpc::RegisteredRunners(db.clone())));

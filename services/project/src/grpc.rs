@@ -72,6 +72,8 @@ fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::ProjectSet
         root_directory: settings.root_directory.clone(),
         branch: settings.branch.clone(),
         auto_deploy: settings.auto_deploy,
+        repository_url: settings.repository_url.clone(),
+        health_check_path: settings.health_check_path.clone(),
         environment_variables: variables.iter().map(variable_proto).collect(),
         update_time: Some(rpc::timestamp(settings.updated_at)),
     }
@@ -303,6 +305,8 @@ impl ProjectService for ProjectServiceApi {
                 "root_directory",
                 "branch",
                 "auto_deploy",
+                "repository_url",
+                "health_check_path",
             ],
             &mut violations,
         );
@@ -326,6 +330,18 @@ impl ProjectService for ProjectServiceApi {
                     changes.branch = Some(wanted.branch.clone());
                 }
                 "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
+                "repository_url" => {
+                    validate::repository_url(&wanted.repository_url, "settings.repository_url", &mut violations);
+                    changes.repository_url = Some(wanted.repository_url.clone());
+                }
+                "health_check_path" => {
+                    validate::health_check_path(
+                        &wanted.health_check_path,
+                        "settings.health_check_path",
+                        &mut violations,
+                    );
+                    changes.health_check_path = Some(wanted.health_check_path.clone());
+                }
                 _ => {}
             }
         }
@@ -418,6 +434,8 @@ impl ProjectService for ProjectServiceApi {
             start_command: settings.start_command,
             root_directory: settings.root_directory,
             branch: settings.branch,
+            repository_url: settings.repository_url,
+            health_check_path: settings.health_check_path,
             environment_variables: Vec::new(),
         }))
     }

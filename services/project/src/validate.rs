@@ -95,6 +95,53 @@ pub fn branch(value: &str, field: &str, violations: &mut FieldViolations) {
     }
 }
 
+/// A git repository: an https://, ssh:// or git:// URL without a password
+/// in it, a file:// URL or an absolute local path (the deploy service
+/// decides which local roots it allows), or empty.
+pub fn repository_url(value: &str, field: &str, violations: &mut FieldViolations) {
+    if value.is_empty() {
+        return;
+    }
+    if value.len() > 2048 || rpc::has_control(value) || value.chars().any(char::is_whitespace) {
+        violations.add(
+            field,
+            "must be a repository URL of at most 2048 characters, without spaces",
+        );
+        return;
+    }
+    if value.starts_with('/') {
+        return;
+    }
+    match url::Url::parse(value) {
+        Ok(url) if url.scheme() == "file" => {}
+        Ok(url) if matches!(url.scheme(), "https" | "ssh" | "git") && url.host_str().is_some() => {
+            if url.password().is_some() || (url.scheme() == "https" && !url.username().is_empty()) {
+                violations.add(
+                    field,
+                    "must not carry credentials: keep a token or deploy key in a secret variable instead",
+                );
+            }
+        }
+        _ => violations.add(
+            field,
+            "must be an https://, ssh:// or git:// URL, a file:// URL or an absolute path, such as \
+             https://github.com/acme/app.git",
+        ),
+    }
+}
+
+/// An absolute HTTP path such as /healthz, or empty.
+pub fn health_check_path(value: &str, field: &str, violations: &mut FieldViolations) {
+    let ok = value.is_empty()
+        || (value.starts_with('/') && value.len() <= 1024 && value.chars().all(|c| c.is_ascii_graphic()));
+    if !ok {
+        violations.add(
+            field,
+            "must be a path such as /healthz (printable ASCII, at most 1024 bytes)",
+        );
+    }
+}
+
 /// Letters, digits and underscores, not starting with a digit, at most 128.
 pub fn variable_name(value: &str, field: &str, violations: &mut FieldViolations) {
     let ok = !value.is_empty()

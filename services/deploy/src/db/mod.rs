@@ -19,6 +19,10 @@ pub struct Snapshot {
     pub build_command: String,
     pub start_command: String,
     pub root_directory: String,
+    #[serde(default)]
+    pub repository_url: String,
+    #[serde(default)]
+    pub health_check_path: String,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -41,6 +45,9 @@ pub struct Deployment {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub owner_id: Option<Uuid>,
+    pub commit_sha: String,
+    pub commit_message: String,
+    pub commit_author: String,
 }
 
 impl Deployment {
@@ -63,6 +70,9 @@ pub struct NewDeployment {
     pub environment: String,
     pub snapshot: serde_json::Value,
     pub rollback_of: Option<Uuid>,
+    pub commit_sha: String,
+    pub commit_message: String,
+    pub commit_author: String,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -465,6 +475,9 @@ mod tests {
                 environment: "production".to_owned(),
                 snapshot: serde_json::json!({}),
                 rollback_of: None,
+                commit_sha: String::new(),
+                commit_message: String::new(),
+                commit_author: String::new(),
             },
         )
         .unwrap()

@@ -22,6 +22,9 @@ diesel::table! {
         log_sequence -> Int8,
         owner_id -> Nullable<Uuid>,
         logs_pruned_at -> Nullable<Timestamptz>,
+        commit_sha -> Varchar,
+        commit_message -> Varchar,
+        commit_author -> Varchar,
     }
 }
 

@@ -16,6 +16,7 @@
 
 pub mod process;
 pub mod sandbox;
+pub mod source;
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -230,10 +231,25 @@ impl LocalRunner {
                 return;
             }
         };
+        if !snapshot.repository_url.is_empty()
+            && let Err(why) = self.fetch_source(&reporter, &snapshot, workdir.path()).await
+        {
+            reporter.system(why.clone()).await;
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return;
+        }
         let root = workdir.path().join(&snapshot.root_directory);
-        let prepared = std::fs::create_dir_all(&root)
-            .and_then(|()| self.sandbox.prepare_workdir(tenant, workdir.path()))
-            .and_then(|()| self.sandbox.prepare_workdir(tenant, &root));
+        if !snapshot.repository_url.is_empty() && !root.is_dir() {
+            let why = format!(
+                "the root directory {:?} is not in commit {}: fix the project's root_directory",
+                snapshot.root_directory, snapshot.commit_sha
+            );
+            reporter.system(why.clone()).await;
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return;
+        }
+        let prepared =
+            std::fs::create_dir_all(&root).and_then(|()| self.sandbox.prepare_workdir(tenant, workdir.path()));
         if let Err(err) = prepared {
             tracing::error!(error = %err, "cannot prepare the working directory");
             let message = "the runner cannot prepare the working directory".to_owned();
@@ -378,6 +394,28 @@ impl LocalRunner {
             }
             Some(Ended::Canceled) => None,
         }
+    }
+
+    /// Fetches the deployment's commit into `dir`; why not, in words the
+    /// user can act on.
+    async fn fetch_source(
+        &self,
+        reporter: &Reporter,
+        snapshot: &pb::DeploymentSnapshot,
+        dir: &std::path::Path,
+    ) -> Result<(), String> {
+        reporter
+            .system(format!(
+                "fetching {} at {}",
+                snapshot.repository_url, snapshot.commit_sha
+            ))
+            .await;
+        let repository = source::Repository::parse(&snapshot.repository_url, &self.config.source.local_repositories)
+            .map_err(|err| format!("cannot fetch the source: {err}"))?;
+        repository
+            .checkout(&snapshot.commit_sha, dir, self.config.source.max_bytes)
+            .await
+            .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
     /// A user's command, in the sandbox.

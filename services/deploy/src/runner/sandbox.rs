@@ -209,17 +209,15 @@ impl Sandbox {
         self.config.uid_base.saturating_add(slot)
     }
 
-    /// Makes a fresh working directory writable by the project's sandbox
-    /// user (and by nobody else).
+    /// Hands a working directory and everything in it to the project's
+    /// sandbox user; the directory itself is open to nobody else.
     pub fn prepare_workdir(&self, tenant: Uuid, dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        if self.isolated()
-            && let Some(id) = self.host_id(tenant)
-        {
-            let id = Some(nix::unistd::Uid::from_raw(id));
-            nix::unistd::chown(dir, id, id.map(|uid| nix::unistd::Gid::from_raw(uid.as_raw())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        match self.host_id(tenant) {
+            Some(id) if self.isolated() => give_to(dir, id),
+            _ => Ok(()),
         }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
     }
 
     /// The command that runs `spec` as this sandbox says.
@@ -351,4 +349,27 @@ impl Sandbox {
         }
         limits
     }
+}
+
+/// Hands a tree to the sandbox user `id`, without following links.
+fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
+    let uid = Some(nix::unistd::Uid::from_raw(id));
+    let gid = Some(nix::unistd::Gid::from_raw(id));
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            uid,
+            gid,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        let metadata = std::fs::symlink_metadata(&path)?;
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
 }

@@ -116,6 +116,8 @@ pub struct Settings {
     pub branch: String,
     pub auto_deploy: bool,
     pub updated_at: DateTime<Utc>,
+    pub repository_url: String,
+    pub health_check_path: String,
 }
 
 #[derive(AsChangeset, Default)]
@@ -126,6 +128,8 @@ pub struct SettingsChanges {
     pub root_directory: Option<String>,
     pub branch: Option<String>,
     pub auto_deploy: Option<bool>,
+    pub repository_url: Option<String>,
+    pub health_check_path: Option<String>,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -236,6 +240,8 @@ impl Settings {
             && changes.root_directory.is_none()
             && changes.branch.is_none()
             && changes.auto_deploy.is_none()
+            && changes.repository_url.is_none()
+            && changes.health_check_path.is_none()
         {
             return Self::get(conn, project_id);
         }

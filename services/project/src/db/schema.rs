@@ -24,6 +24,8 @@ diesel::table! {
         auto_deploy -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        repository_url -> Varchar,
+        health_check_path -> Varchar,
     }
 }
 

@@ -1,0 +1,3 @@
+ALTER TABLE project_settings
+    DROP COLUMN health_check_path,
+    DROP COLUMN repository_url;
