@@ -535,6 +535,22 @@ impl GatewayConfig {
     }
 }
 
+/// Where the app of the project with host label `label` is served:
+/// `CAPSULE_APPS_URL` with `{label}` replaced (default
+/// `http://{label}.localhost:8080`, the gateway's HTTP port with
+/// `GATEWAY_APPS_DOMAIN=localhost`).
+pub fn app_url(label: &str) -> String {
+    static TEMPLATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            ProcessEnv
+                .get("CAPSULE_APPS_URL")
+                .filter(|template| template.contains("{label}"))
+                .unwrap_or_else(|| "http://{label}.localhost:8080".to_owned())
+        })
+        .replace("{label}", label)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -299,8 +299,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
                     deployment_id: deployment.id.clone(),
                     runner_id: String::new(),
                     state: state as i32,
-                    status_message: String::new(),
-                    exit_code: None,
+                    ..Default::default()
                 },
             ))
             .await

@@ -62,7 +62,7 @@ async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
         &mesh,
         &bob,
         "echo built by bob",
-        "sleep 300",
+        "exec python3 -m http.server \"$PORT\"",
         &[("BOB_SECRET", "bob-very-secret-0042", true)],
     )
     .await;

@@ -137,6 +137,7 @@ pub async fn start_with(options: Options) -> TestMesh {
     let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
         "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
         "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
+        "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
         _ => None,
     })
     .unwrap();

@@ -13,7 +13,10 @@
 //! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |
 //! | `DEPLOY_RUNNER_LINES_PER_SEC` | `1000`: output lines sent per second (bursts of 5×); the rest are dropped and counted |
 //! | `DEPLOY_RUNNER_HEARTBEAT_MS` | `300`: how often the local runner renews its lease (and notices a cancel) |
-//! | `DEPLOY_RUNNER_START_GRACE_SECS` | `2`: a start command still running after this is LIVE |
+//! | `DEPLOY_START_TIMEOUT_SECS` | `60`: a start command must answer on `PORT` (and its health check) within this, or the deployment fails |
+//! | `DEPLOY_DRAIN_SECS` | `10`: a superseded app keeps serving this long (while the gateway switches) before SIGTERM, then 5 s before SIGKILL |
+//! | `DEPLOY_MAX_RESTARTS`, `DEPLOY_RESTART_WINDOW_SECS` | `3`, `60`: a live app that exits is restarted with backoff; one more exit within the window makes it CRASHED |
+//! | `DEPLOY_RUNNER_UPSTREAM_HOST` | `127.0.0.1`: the address the runner serves live apps on for the gateway (the gateway must reach it) |
 //! | `DEPLOY_RUNNER_SANDBOX` | `bwrap`: every command in a bubblewrap sandbox, and the runner refuses to start without one; `none`: unisolated (each deployment's log says so); `auto`: `bwrap` when it works, else `none` (what `capsule dev` uses) |
 //! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + (project mod count) |
 //! | `DEPLOY_SANDBOX_MEMORY_MB` | `2048`: address space of each process |
@@ -51,7 +54,11 @@ pub struct RunnerConfig {
     pub max_output_bytes: u64,
     pub lines_per_sec: u32,
     pub heartbeat: Duration,
-    pub start_grace: Duration,
+    pub start_timeout: Duration,
+    pub drain: Duration,
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+    pub upstream_host: std::net::IpAddr,
     pub sandbox: SandboxConfig,
 }
 
@@ -159,7 +166,21 @@ impl DeployConfig {
                 max_output_bytes: number("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
                 lines_per_sec: positive(source, "DEPLOY_RUNNER_LINES_PER_SEC", 1000)?,
                 heartbeat: Duration::from_millis(number("DEPLOY_RUNNER_HEARTBEAT_MS", 300)?),
-                start_grace: Duration::from_secs(number("DEPLOY_RUNNER_START_GRACE_SECS", 2)?),
+                start_timeout: Duration::from_secs(number("DEPLOY_START_TIMEOUT_SECS", 60)?),
+                drain: Duration::from_secs(capsule::config::parse_or(
+                    source,
+                    "DEPLOY_DRAIN_SECS",
+                    10,
+                    "expected a whole number of seconds",
+                )?),
+                max_restarts: capsule::config::parse_or(source, "DEPLOY_MAX_RESTARTS", 3, "expected a whole number")?,
+                restart_window: Duration::from_secs(number("DEPLOY_RESTART_WINDOW_SECS", 60)?),
+                upstream_host: capsule::config::parse_or(
+                    source,
+                    "DEPLOY_RUNNER_UPSTREAM_HOST",
+                    std::net::IpAddr::from([127, 0, 0, 1]),
+                    "expected an IP address such as 127.0.0.1",
+                )?,
                 sandbox: SandboxConfig::from_source(source)?,
             })
         } else {

@@ -84,6 +84,10 @@ pub fn deployment_proto(deployment: &Deployment) -> pb::Deployment {
         commit_sha: deployment.commit_sha.clone(),
         commit_message: deployment.commit_message.clone(),
         commit_author: deployment.commit_author.clone(),
+        url: match (deployment.state(), deployment.host()) {
+            (State::Live, Some(host)) => capsule::config::app_url(&host),
+            _ => String::new(),
+        },
     }
 }
 
@@ -361,6 +365,7 @@ impl DeployServiceApi {
 }
 
 type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl DeployService for DeployServiceApi {
@@ -401,6 +406,7 @@ impl DeployService for DeployServiceApi {
             commit_sha: commit.sha,
             commit_message: commit.message,
             commit_author: commit.author,
+            host_label: plan.project.map(|project| project.host_label).unwrap_or_default(),
         };
         let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
         tracing::info!(deployment.id = %deployment.id, project.id = %project_id, user.id = %caller.user_id, "deployment queued");
@@ -457,7 +463,7 @@ impl DeployService for DeployServiceApi {
         self.visible(&caller, id).await?;
         let outcome = Outcome {
             message: "canceled by the user".to_owned(),
-            exit_code: None,
+            ..Outcome::default()
         };
         let deployment = self.change(id, State::Canceled, Actor::User, outcome).await?;
         tracing::info!(deployment.id = %id, user.id = %caller.user_id, "deployment canceled");
@@ -492,6 +498,7 @@ impl DeployService for DeployServiceApi {
             commit_sha: earlier.commit_sha.clone(),
             commit_message: earlier.commit_message.clone(),
             commit_author: earlier.commit_author.clone(),
+            host_label: earlier.host_label.clone(),
         };
         let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
         Ok(Response::new(deployment_proto(&deployment)))
@@ -640,7 +647,7 @@ impl DeployService for DeployServiceApi {
             Ok(None) => {
                 let outcome = Outcome {
                     message: "the project no longer exists".to_owned(),
-                    exit_code: None,
+                    ..Outcome::default()
                 };
                 self.change(id, State::Failed, Actor::Runner(runner), outcome).await?;
                 return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
@@ -707,12 +714,18 @@ impl DeployService for DeployServiceApi {
             .ok()
             .and_then(State::from_proto)
         {
-            Some(state @ (State::Deploying | State::Live | State::Failed)) => state,
+            Some(state @ (State::Deploying | State::Live | State::Failed | State::Crashed)) => state,
             _ => {
-                violations.add("state", "a runner reports DEPLOYMENT_STATE_DEPLOYING, _LIVE or _FAILED");
+                violations.add(
+                    "state",
+                    "a runner reports DEPLOYMENT_STATE_DEPLOYING, _LIVE, _FAILED or _CRASHED",
+                );
                 State::Failed
             }
         };
+        if !body.upstream.is_empty() && body.upstream.parse::<std::net::SocketAddr>().is_err() {
+            violations.add("upstream", "must be an address such as 127.0.0.1:40123");
+        }
         if body.status_message.len() > 1024 {
             violations.add("status_message", "must be at most 1024 bytes");
         }
@@ -720,6 +733,7 @@ impl DeployService for DeployServiceApi {
         let outcome = Outcome {
             message: body.status_message,
             exit_code: body.exit_code,
+            upstream: (to == State::Live && !body.upstream.is_empty()).then_some(body.upstream),
         };
         let deployment = self.change(id, to, Actor::Runner(runner), outcome).await?;
         Ok(Response::new(deployment_proto(&deployment)))
@@ -780,6 +794,52 @@ impl DeployService for DeployServiceApi {
             .await?
             .ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
         Ok(Response::new(pb::AppendLogsResponse { last_sequence: last }))
+    }
+
+    async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<RouteStream>, Status> {
+        // Subscribe first: no change falls between the table and the feed.
+        let mut events = self.inner.hub.subscribe();
+        let db = self.inner.db.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                let table = match db.run(db::routes).await {
+                    Ok(routes) => pb::RouteTable {
+                        routes: routes
+                            .into_iter()
+                            .map(|(host, upstream, id)| pb::Route {
+                                host,
+                                upstream,
+                                deployment_id: id.to_string(),
+                            })
+                            .collect(),
+                    },
+                    Err(err) => {
+                        let _ = tx.send(Err(Status::from(err))).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&table) {
+                    if tx.send(Ok(table.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(table);
+                }
+                // The next state change (or a lost one) recomputes the table.
+                loop {
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        event = events.recv() => match event {
+                            Ok(Event::Log(_)) => continue,
+                            Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
+                            Err(RecvError::Closed) => return,
+                        },
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn create_runner(

@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! QUEUED ──claim──▶ BUILDING ──▶ DEPLOYING ──▶ LIVE ──newer goes live──▶ SUPERSEDED
-//!   │                 │  ▲           │  ▲
-//!   │                 │  └─lease─────┼──┘ (a runner that stops heartbeating
-//!   │                 │   expired    │     gives the deployment back: QUEUED)
-//!   ▼                 ▼              ▼
+//!   │                 │  ▲           │  ▲          │
+//!   │                 │  └─lease─────┼──┘          └──kept exiting──▶ CRASHED
+//!   │                 │   expired    │     (a runner that stops heartbeating
+//!   ▼                 ▼              ▼      gives the deployment back: QUEUED)
 //! CANCELED      FAILED / CANCELED  FAILED / CANCELED
 //! ```
 
@@ -21,6 +21,7 @@ pub enum State {
     Failed,
     Canceled,
     Superseded,
+    Crashed,
 }
 
 impl State {
@@ -33,6 +34,7 @@ impl State {
             Self::Failed => "failed",
             Self::Canceled => "canceled",
             Self::Superseded => "superseded",
+            Self::Crashed => "crashed",
         }
     }
 
@@ -45,6 +47,7 @@ impl State {
             "failed" => Self::Failed,
             "canceled" => Self::Canceled,
             "superseded" => Self::Superseded,
+            "crashed" => Self::Crashed,
             _ => return None,
         })
     }
@@ -58,6 +61,7 @@ impl State {
             Self::Failed => DeploymentState::Failed,
             Self::Canceled => DeploymentState::Canceled,
             Self::Superseded => DeploymentState::Superseded,
+            Self::Crashed => DeploymentState::Crashed,
         }
     }
 
@@ -71,28 +75,32 @@ impl State {
             DeploymentState::Failed => Self::Failed,
             DeploymentState::Canceled => Self::Canceled,
             DeploymentState::Superseded => Self::Superseded,
+            DeploymentState::Crashed => Self::Crashed,
         })
     }
 
     /// No runner works on it any more: its logs are complete.
     pub fn is_settled(self) -> bool {
-        matches!(self, Self::Live | Self::Failed | Self::Canceled | Self::Superseded)
+        matches!(
+            self,
+            Self::Live | Self::Failed | Self::Canceled | Self::Superseded | Self::Crashed
+        )
     }
 
     /// Nothing can happen to it any more.
     pub fn is_final(self) -> bool {
-        matches!(self, Self::Failed | Self::Canceled | Self::Superseded)
+        matches!(self, Self::Failed | Self::Canceled | Self::Superseded | Self::Crashed)
     }
 
     /// Whether a deployment may go from `self` to `to`.
     pub fn can_move(self, to: State) -> bool {
-        use State::{Building, Canceled, Deploying, Failed, Live, Queued, Superseded};
+        use State::{Building, Canceled, Crashed, Deploying, Failed, Live, Queued, Superseded};
         matches!(
             (self, to),
             (Queued, Building | Canceled)
                 | (Building, Deploying | Failed | Canceled | Queued)
                 | (Deploying, Live | Failed | Canceled | Queued)
-                | (Live, Superseded)
+                | (Live, Superseded | Crashed)
         )
     }
 }
@@ -101,7 +109,7 @@ impl State {
 mod tests {
     use super::State::{self, *};
 
-    const ALL: [State; 7] = [Queued, Building, Deploying, Live, Failed, Canceled, Superseded];
+    const ALL: [State; 8] = [Queued, Building, Deploying, Live, Failed, Canceled, Superseded, Crashed];
 
     #[test]
     fn final_states_go_nowhere_and_the_happy_path_is_allowed() {

@@ -82,11 +82,12 @@ impl Bridge {
 pub async fn serve(
     listener: TcpListener,
     bridge: Arc<Bridge>,
+    apps: Option<Arc<crate::apps::Apps>>,
     tls: Option<capsule::tls::ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cors = crate::cors(&bridge.config);
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
@@ -96,6 +97,10 @@ pub async fn serve(
         .fallback(transcoded)
         .layer(cors)
         .with_state(bridge);
+    if let Some(apps) = apps {
+        // Apps' hosts first: nothing of the API is reachable through them.
+        app = app.layer(axum::middleware::from_fn_with_state(apps, to_app));
+    }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Some(tls) = tls {
         tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON over TLS)");
@@ -119,6 +124,28 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// A request for an app's host goes to the app; any other to the API.
+async fn to_app(
+    State(apps): State<Arc<crate::apps::Apps>>,
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
+        .map(str::to_ascii_lowercase);
+    if let Some(host) = host
+        && let Some(app) = apps.host_of(&host)
+    {
+        let app = app.to_owned();
+        return crate::apps::proxy::forward(&apps, &app, client, request).await;
+    }
+    next.run(request).await
 }
 
 async fn openapi(State(bridge): State<Arc<Bridge>>) -> Json<serde_json::Value> {

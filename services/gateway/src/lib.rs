@@ -8,6 +8,7 @@
 //!   streaming included; reflection lists them all, so one address is
 //!   enough for a client.
 
+pub mod apps;
 mod codec;
 mod grpc;
 mod http_api;
@@ -36,8 +37,10 @@ pub use grpc::GatewayServiceApi;
 /// | `GATEWAY_RATE_LIMIT_PER_SEC` | `100` requests per second per client address … |
 /// | `GATEWAY_RATE_LIMIT_BURST` | `200` … with bursts up to this |
 /// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
+/// | `GATEWAY_APPS_*` | serving users' apps: see [`apps::AppsConfig`] |
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
+    pub apps: apps::AppsConfig,
     pub max_body_bytes: usize,
     pub default_timeout: Duration,
     pub rate_limit_per_sec: u32,
@@ -52,6 +55,7 @@ impl EdgeConfig {
 
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
+            apps: apps::AppsConfig::from_source(source)?,
             max_body_bytes: positive(source, "GATEWAY_MAX_BODY_BYTES", 1024 * 1024)?,
             default_timeout: Duration::from_millis(positive(source, "GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
             rate_limit_per_sec: positive(source, "GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
@@ -198,6 +202,7 @@ pub async fn serve_rest(
         listener,
         Arc::new(http_api::Bridge::new(routes, backends, keys, edge)),
         None,
+        None,
         shutdown,
     )
     .await
@@ -225,6 +230,12 @@ pub async fn serve(
     let keys = capsule::auth::KeySet::at_edge(&config.services.auth)?;
     let routes =
         transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
+    let apps = apps::Apps::new(edge.apps.clone());
+    tokio::spawn(apps::routes::follow(
+        apps.clone(),
+        backends.deploy.clone(),
+        shutdown.clone(),
+    ));
     let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
@@ -240,7 +251,13 @@ pub async fn serve(
     // The gateway holds no state of its own: it serves as soon as it listens.
     server.health().set(true).await;
 
-    let http = http_api::serve(http_listener, bridge, serve_config.tls.clone(), shutdown.clone());
+    let http = http_api::serve(
+        http_listener,
+        bridge,
+        Some(apps),
+        serve_config.tls.clone(),
+        shutdown.clone(),
+    );
     let grpc = server.serve(grpc_listener, &serve_config, shutdown);
     let (http, grpc) = tokio::join!(http, grpc);
     http?;

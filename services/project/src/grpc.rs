@@ -47,6 +47,8 @@ fn project_proto(project: &Project) -> pb::Project {
         update_time: Some(rpc::timestamp(project.updated_at)),
         delete_time: project.deleted_at.map(rpc::timestamp),
         purge_time: project.purge_after.map(rpc::timestamp),
+        url: capsule::config::app_url(&project.host_label),
+        host_label: project.host_label.clone(),
     }
 }
 

@@ -48,9 +48,24 @@ pub struct Deployment {
     pub commit_sha: String,
     pub commit_message: String,
     pub commit_author: String,
+    pub host_label: String,
+    pub upstream: String,
 }
 
 impl Deployment {
+    /// The host it is served at: the project's label, or
+    /// `<label>--<environment>` outside production (labels never contain
+    /// `--`, so these never collide).
+    pub fn host(&self) -> Option<String> {
+        if self.host_label.is_empty() {
+            None
+        } else if self.environment == "production" {
+            Some(self.host_label.clone())
+        } else {
+            Some(format!("{}--{}", self.host_label, self.environment))
+        }
+    }
+
     pub fn state(&self) -> State {
         State::parse(&self.state).unwrap_or(State::Failed)
     }
@@ -73,6 +88,7 @@ pub struct NewDeployment {
     pub commit_sha: String,
     pub commit_message: String,
     pub commit_author: String,
+    pub host_label: String,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -229,6 +245,8 @@ pub enum Actor {
 pub struct Outcome {
     pub message: String,
     pub exit_code: Option<i32>,
+    /// With LIVE: where the runner serves the app.
+    pub upstream: Option<String>,
 }
 
 /// The one way a deployment changes state: row lock, legality check,
@@ -260,31 +278,9 @@ pub fn transition(
         if !from.can_move(to) {
             return Ok(Err(Refusal::Illegal { from }));
         }
-        let settled = to.is_settled();
-        let updated: Deployment = diesel::update(deployments::table.find(id))
-            .set((
-                deployments::state.eq(to.as_str()),
-                deployments::status_message.eq(&outcome.message),
-                deployments::exit_code.eq(outcome.exit_code.or(current.exit_code)),
-                deployments::finished_at.eq(if settled { Some(Utc::now()) } else { None }),
-                deployments::cancel_requested.eq(to == State::Canceled),
-            ))
-            .returning(Deployment::as_returning())
-            .get_result(conn)?;
-        if to.is_final() {
-            diesel::update(deployments::table.find(id))
-                .set((
-                    deployments::runner_id.eq(None::<String>),
-                    deployments::lease_expires_at.eq(None::<DateTime<Utc>>),
-                ))
-                .execute(conn)?;
-        }
-        let mut line = format!("{} → {}", from.as_str(), to.as_str());
-        if !outcome.message.is_empty() {
-            line.push_str(&format!(": {}", outcome.message));
-        }
-        append(conn, id, &[("system", line)], None)?;
         if to == State::Live {
+            // The previous live one of this project and environment gives
+            // way first: at most one is live (a unique index says so too).
             let previous: Vec<Uuid> = deployments::table
                 .filter(deployments::project_id.eq(current.project_id))
                 .filter(deployments::environment.eq(&current.environment))
@@ -309,6 +305,31 @@ pub fn transition(
                 )?;
             }
         }
+        let settled = to.is_settled();
+        let updated: Deployment = diesel::update(deployments::table.find(id))
+            .set((
+                deployments::state.eq(to.as_str()),
+                deployments::status_message.eq(&outcome.message),
+                deployments::exit_code.eq(outcome.exit_code.or(current.exit_code)),
+                deployments::finished_at.eq(if settled { Some(Utc::now()) } else { None }),
+                deployments::cancel_requested.eq(to == State::Canceled),
+                deployments::upstream.eq(outcome.upstream.clone().unwrap_or_default()),
+            ))
+            .returning(Deployment::as_returning())
+            .get_result(conn)?;
+        if to.is_final() {
+            diesel::update(deployments::table.find(id))
+                .set((
+                    deployments::runner_id.eq(None::<String>),
+                    deployments::lease_expires_at.eq(None::<DateTime<Utc>>),
+                ))
+                .execute(conn)?;
+        }
+        let mut line = format!("{} → {}", from.as_str(), to.as_str());
+        if !outcome.message.is_empty() {
+            line.push_str(&format!(": {}", outcome.message));
+        }
+        append(conn, id, &[("system", line)], None)?;
         Ok(Ok(updated))
     })
 }
@@ -375,7 +396,11 @@ pub fn heartbeat(
         deployments::table
             .find(id)
             .filter(deployments::runner_id.eq(runner))
-            .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()])),
+            .filter(deployments::state.eq_any([
+                State::Building.as_str(),
+                State::Deploying.as_str(),
+                State::Live.as_str(),
+            ])),
     )
     .set(deployments::lease_expires_at.eq(expires))
     .returning(deployments::state)
@@ -384,22 +409,31 @@ pub fn heartbeat(
     if renewed.is_some() {
         return Ok(Some((expires, false)));
     }
-    // A canceled deployment: the runner must stop.
+    // Canceled, or a live one that was replaced or crashed: the runner
+    // must stop.
     let canceled = deployments::table
         .find(id)
-        .filter(deployments::state.eq(State::Canceled.as_str()))
+        .filter(deployments::state.eq_any([
+            State::Canceled.as_str(),
+            State::Superseded.as_str(),
+            State::Crashed.as_str(),
+        ]))
         .count()
         .get_result::<i64>(conn)?
         > 0;
     Ok(canceled.then_some((Utc::now(), true)))
 }
 
-/// Whether `runner` holds `id` now.
+/// Whether `runner` holds `id` now (building it, or running it live).
 pub fn holds(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Option<Deployment>> {
     deployments::table
         .find(id)
         .filter(deployments::runner_id.eq(runner))
-        .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()]))
+        .filter(deployments::state.eq_any([
+            State::Building.as_str(),
+            State::Deploying.as_str(),
+            State::Live.as_str(),
+        ]))
         .select(Deployment::as_select())
         .first(conn)
         .optional()
@@ -412,6 +446,23 @@ pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>>
         .first::<String>(conn)
         .optional()?
         .and_then(|state| State::parse(&state)))
+}
+
+/// Live deployments that a runner serves: (host, upstream, id).
+pub fn routes(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, Uuid)>> {
+    let live: Vec<Deployment> = deployments::table
+        .filter(deployments::state.eq(State::Live.as_str()))
+        .filter(deployments::upstream.ne(""))
+        .filter(deployments::host_label.ne(""))
+        .select(Deployment::as_select())
+        .load(conn)?;
+    Ok(live
+        .into_iter()
+        .filter_map(|deployment| {
+            let host = deployment.host()?;
+            Some((host, deployment.upstream, deployment.id))
+        })
+        .collect())
 }
 
 /// Gives a claimed deployment back to the queue at once (its lease ends
@@ -438,6 +489,7 @@ pub fn prune_logs(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) ->
                 State::Failed.as_str(),
                 State::Canceled.as_str(),
                 State::Superseded.as_str(),
+                State::Crashed.as_str(),
             ]))
             .filter(deployments::finished_at.lt(cutoff))
             .order(deployments::finished_at.asc())
@@ -478,6 +530,7 @@ mod tests {
                 commit_sha: String::new(),
                 commit_message: String::new(),
                 commit_author: String::new(),
+                host_label: String::new(),
             },
         )
         .unwrap()

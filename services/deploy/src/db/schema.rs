@@ -25,6 +25,8 @@ diesel::table! {
         commit_sha -> Varchar,
         commit_message -> Varchar,
         commit_author -> Varchar,
+        host_label -> Varchar,
+        upstream -> Varchar,
     }
 }
 

@@ -9,22 +9,32 @@
 //! its output into the logs, bounded and with secrets masked, and kills the
 //! whole sandbox on a cancel, a time-out or too much output. The exit
 //! status decides: 0 goes on to DEPLOYING and the start command, anything
-//! else is FAILED with the exit code in the logs. A start command still
-//! running after the grace period is LIVE and keeps running until a newer
-//! deployment of the project goes live through this runner, or the runner
-//! stops.
+//! else is FAILED with the exit code in the logs. The start command gets
+//! PORT and is LIVE once it answers there ([`serve`]: through the sandbox's
+//! forwarder, with the project's health check), with the upstream address
+//! the gateway routes to; it keeps running, restarted with backoff when it
+//! exits (CRASHED after too many restarts), until it is superseded — then
+//! it keeps serving for the drain period while the gateway switches, gets
+//! SIGTERM, a grace period and SIGKILL — or the runner stops.
 
 pub mod process;
 pub mod sandbox;
+pub mod serve;
 pub mod source;
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use capsule::proto::deploy::v1::{
     self as pb, ClaimDeploymentRequest, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
     deploy_service_client::DeployServiceClient,
 };
-use tokio::sync::Mutex;
+use nix::sys::signal::Signal;
+use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, service::interceptor::InterceptedService, transport::Channel};
 use uuid::Uuid;
@@ -33,8 +43,9 @@ use crate::{
     config::RunnerConfig,
     notify::{Event, Hub},
 };
-use process::{Ended, Limits, LineSink, Masker, kill_group, pump};
+use process::{Ended, Limits, LineSink, Masker, pump};
 use sandbox::{Sandbox, Spec};
+use serve::{Forwarder, Reach};
 
 type Client = DeployServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -90,6 +101,10 @@ impl Reporter {
     }
 
     async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
+        self.report(state, message, exit_code, String::new()).await;
+    }
+
+    async fn report(&self, state: DeploymentState, message: String, exit_code: Option<i32>, upstream: String) {
         let reported = self
             .client
             .clone()
@@ -99,6 +114,7 @@ impl Reporter {
                 state: state as i32,
                 status_message: message,
                 exit_code,
+                upstream,
             })
             .await;
         if let Err(status) = reported {
@@ -107,19 +123,15 @@ impl Reporter {
     }
 }
 
-/// A live deployment's start process.
-struct LiveProcess {
+/// A live app: its process (pumped into the logs), the forwarder the
+/// gateway reaches it through, and what kills it.
+struct LiveApp {
+    job: Job,
+    reach: Reach,
+    forwarder: Forwarder,
     pid: i32,
-    workdir: PathBuf,
-    stop: CancellationToken,
-}
-
-impl LiveProcess {
-    fn end(self) {
-        self.stop.cancel();
-        kill_group(self.pid);
-        let _ = std::fs::remove_dir_all(&self.workdir);
-    }
+    running: JoinHandle<Ended>,
+    kill: CancellationToken,
 }
 
 pub struct LocalRunner {
@@ -129,7 +141,8 @@ pub struct LocalRunner {
     config: RunnerConfig,
     sandbox: Sandbox,
     hub: Hub,
-    live: Mutex<HashMap<String, LiveProcess>>,
+    /// The supervisors of live apps.
+    live: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The name the local runner registers under.
@@ -155,12 +168,13 @@ impl LocalRunner {
             config,
             sandbox,
             hub,
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Vec::new()),
         }))
     }
 
     /// Claims and runs deployments until `shutdown`; then kills what runs.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let runner = self.clone();
         let mut events = self.hub.subscribe();
         tracing::info!(runner.id = %self.id, "local runner started");
         while !shutdown.is_cancelled() {
@@ -178,7 +192,12 @@ impl LocalRunner {
                     snapshot: Some(snapshot),
                     ..
                 }) => {
-                    self.execute(deployment, snapshot, &shutdown).await;
+                    if let Some(app) = self.execute(deployment, snapshot, &shutdown).await {
+                        let supervisor = tokio::spawn(runner.clone().supervise(app, shutdown.clone()));
+                        let mut live = self.live.lock().await;
+                        live.retain(|task| !task.is_finished());
+                        live.push(supervisor);
+                    }
                     continue;
                 }
                 Ok(_) => {}
@@ -198,17 +217,20 @@ impl LocalRunner {
                 }
             }
         }
-        for (_, process) in self.live.lock().await.drain() {
-            process.end();
+        // Every app's kill switch is a child of `shutdown`: wait for them.
+        for supervisor in self.live.lock().await.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), supervisor).await;
         }
     }
 
+    /// Runs a claimed deployment: the source, the build, the start; the app
+    /// when it went live serving.
     async fn execute(
         &self,
         deployment: pb::Deployment,
         snapshot: pb::DeploymentSnapshot,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Option<LiveApp> {
         let reporter = Reporter {
             client: self.client.clone(),
             deployment_id: deployment.id.clone(),
@@ -228,7 +250,7 @@ impl LocalRunner {
                 tracing::error!(error = %err, "cannot create a working directory");
                 let message = "the runner cannot create a working directory".to_owned();
                 reporter.state(DeploymentState::Failed, message, None).await;
-                return;
+                return None;
             }
         };
         if !snapshot.repository_url.is_empty()
@@ -236,7 +258,7 @@ impl LocalRunner {
         {
             reporter.system(why.clone()).await;
             reporter.state(DeploymentState::Failed, why, None).await;
-            return;
+            return None;
         }
         let root = workdir.path().join(&snapshot.root_directory);
         if !snapshot.repository_url.is_empty() && !root.is_dir() {
@@ -246,7 +268,7 @@ impl LocalRunner {
             );
             reporter.system(why.clone()).await;
             reporter.state(DeploymentState::Failed, why, None).await;
-            return;
+            return None;
         }
         let prepared =
             std::fs::create_dir_all(&root).and_then(|()| self.sandbox.prepare_workdir(tenant, workdir.path()));
@@ -254,7 +276,7 @@ impl LocalRunner {
             tracing::error!(error = %err, "cannot prepare the working directory");
             let message = "the runner cannot prepare the working directory".to_owned();
             reporter.state(DeploymentState::Failed, message, None).await;
-            return;
+            return None;
         }
         let masker = Masker::new(
             snapshot
@@ -264,12 +286,13 @@ impl LocalRunner {
                 .map(String::as_str),
         );
         let job = Job {
-            reporter: &reporter,
-            snapshot: &snapshot,
+            reporter: reporter.clone(),
+            snapshot: Arc::new(snapshot),
             workdir: workdir.path().to_path_buf(),
             tenant,
             masker: Arc::new(masker),
         };
+        let snapshot = job.snapshot.clone();
 
         // Heartbeats keep the claim; a cancel (or a lost claim) stops the work.
         let stop = shutdown.child_token();
@@ -279,7 +302,7 @@ impl LocalRunner {
             Ended::Exited(0)
         } else {
             reporter.system(format!("$ {}", snapshot.build_command)).await;
-            match self.spawn(&job, &snapshot.build_command, Some(self.config.timeout)) {
+            match self.spawn(&job, &snapshot.build_command, Some(self.config.timeout), None) {
                 Ok(child) => {
                     let limits = self.limits(Some(self.config.timeout));
                     pump(&reporter, child, stop.clone(), limits, &job.masker).await
@@ -293,17 +316,14 @@ impl LocalRunner {
         match built {
             Ended::Exited(0) => {
                 reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
-                if let Some(live) = self.start(&job, &stop, shutdown).await {
-                    heartbeat.abort();
-                    let live = LiveProcess {
-                        workdir: workdir.keep(),
-                        ..live
-                    };
-                    if let Some(previous) = self.live.lock().await.insert(deployment.project_id.clone(), live) {
-                        previous.end();
-                    }
-                    return;
+                let app = self.start(job, &stop, shutdown).await;
+                stop.cancel();
+                let _ = heartbeat.await;
+                if app.is_some() {
+                    // The supervisor removes the directory when the app ends.
+                    let _ = workdir.keep();
                 }
+                return app;
             }
             Ended::Exited(code) => {
                 reporter.system(format!("build failed: exit code {code}")).await;
@@ -325,75 +345,233 @@ impl LocalRunner {
         }
         stop.cancel();
         let _ = heartbeat.await;
+        None
     }
 
-    /// The start command: LIVE when it is still running after the grace
-    /// period (returned, to keep) or exits 0; FAILED when it exits non-zero
-    /// first. No start command: LIVE at once.
-    async fn start(
-        &self,
-        job: &Job<'_>,
-        stop: &CancellationToken,
-        shutdown: &CancellationToken,
-    ) -> Option<LiveProcess> {
-        let (reporter, snapshot) = (job.reporter, job.snapshot);
+    /// The start command, with PORT: LIVE (returned, to supervise) once it
+    /// answers there within `DEPLOY_START_TIMEOUT_SECS`, FAILED with the
+    /// reason otherwise. No start command: LIVE at once, nothing to serve.
+    async fn start(&self, job: Job, stop: &CancellationToken, shutdown: &CancellationToken) -> Option<LiveApp> {
+        let reporter = job.reporter.clone();
+        let snapshot = job.snapshot.clone();
         if snapshot.start_command.trim().is_empty() {
             reporter.state(DeploymentState::Live, String::new(), Some(0)).await;
             return None;
         }
-        reporter.system(format!("$ {}", snapshot.start_command)).await;
-        let child = match self.spawn(job, &snapshot.start_command, None) {
-            Ok(child) => child,
+        let fail = |why: String| {
+            let reporter = reporter.clone();
+            async move {
+                reporter.system(why.clone()).await;
+                reporter.state(DeploymentState::Failed, why, None).await;
+            }
+        };
+        let (reach, port) = match self.prepare_serving(&job) {
+            Ok(reached) => reached,
             Err(err) => {
-                reporter.system(format!("cannot start: {err}")).await;
-                reporter
-                    .state(DeploymentState::Failed, format!("cannot start: {err}"), None)
-                    .await;
+                tracing::error!(error = %err, "cannot prepare serving");
+                fail("the runner cannot prepare serving the app".to_owned()).await;
                 return None;
             }
         };
-        let pid = child.id().and_then(|pid| i32::try_from(pid).ok())?;
-        // The process outlives this deployment's heartbeats: it stops with
-        // the runner, or when replaced.
-        let process_stop = shutdown.child_token();
-        let limits = self.limits(None);
-        let (sink, masker, stopper) = (reporter.clone(), job.masker.clone(), process_stop.clone());
-        let mut running = tokio::spawn(async move { pump(&sink, child, stopper, limits, &masker).await });
-        let early = tokio::select! {
-            ended = &mut running => Some(ended.unwrap_or(Ended::Exited(128))),
-            () = tokio::time::sleep(self.config.start_grace) => None,
-            () = stop.cancelled() => {
-                process_stop.cancel();
-                Some(Ended::Canceled)
+        let forwarder = match Forwarder::start(self.config.upstream_host, reach.clone()).await {
+            Ok(forwarder) => forwarder,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for the app's traffic");
+                fail("the runner cannot listen for the app's traffic".to_owned()).await;
+                return None;
             }
         };
-        match early {
-            None => {
-                reporter.state(DeploymentState::Live, String::new(), None).await;
-                Some(LiveProcess {
-                    pid,
-                    workdir: PathBuf::new(),
-                    stop: process_stop,
-                })
+        reporter
+            .system(format!("$ {}  (PORT={port})", snapshot.start_command))
+            .await;
+        let kill = shutdown.child_token();
+        let (pid, mut running) = match self.launch(&job, port, &kill) {
+            Ok(launched) => launched,
+            Err(err) => {
+                fail(format!("cannot start: {err}")).await;
+                return None;
             }
-            Some(Ended::Exited(0)) => {
-                reporter.state(DeploymentState::Live, String::new(), Some(0)).await;
-                None
+        };
+        let timeout = self.config.start_timeout;
+        let deadline = Instant::now() + timeout;
+        let path = snapshot.health_check_path.as_str();
+        loop {
+            tokio::select! {
+                ended = &mut running => {
+                    let why = match ended.unwrap_or(Ended::Exited(128)) {
+                        Ended::Exited(code) => format!("the app exited with code {code} before it answered on port {port}"),
+                        Ended::Killed(why) => format!("the app was stopped: {why}"),
+                        Ended::Canceled => return None,
+                    };
+                    fail(why).await;
+                    return None;
+                }
+                () = stop.cancelled() => {
+                    kill.cancel();
+                    let _ = running.await;
+                    return None;
+                }
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            Some(Ended::Exited(code)) => {
-                reporter.system(format!("start command failed: exit code {code}")).await;
-                let message = format!("start command exited with code {code}");
-                reporter.state(DeploymentState::Failed, message, Some(code)).await;
-                None
-            }
-            Some(Ended::Killed(why)) => {
-                reporter
-                    .state(DeploymentState::Failed, format!("start stopped: {why}"), None)
+            match serve::probe(&reach, path).await {
+                Ok(()) => break,
+                Err(why) if Instant::now() >= deadline => {
+                    kill.cancel();
+                    let _ = running.await;
+                    let what = if path.is_empty() {
+                        "accept connections".to_owned()
+                    } else {
+                        format!("answer GET {path} with 2xx or 3xx")
+                    };
+                    fail(format!(
+                        "the app did not {what} on port {port} within {} s ({why}): make the start command listen on $PORT",
+                        timeout.as_secs()
+                    ))
                     .await;
-                None
+                    return None;
+                }
+                Err(_) => {}
             }
-            Some(Ended::Canceled) => None,
         }
+        let upstream = forwarder.addr().to_string();
+        reporter
+            .report(DeploymentState::Live, String::new(), None, upstream)
+            .await;
+        Some(LiveApp {
+            job,
+            reach,
+            forwarder,
+            pid,
+            running,
+            kill,
+        })
+    }
+
+    /// Where the app will listen and how the runner reaches it.
+    fn prepare_serving(&self, job: &Job) -> std::io::Result<(Reach, u16)> {
+        let port = self.sandbox.app_port()?;
+        if !self.sandbox.isolated() {
+            return Ok((Reach::Port(port), port));
+        }
+        let dir = serve::serve_dir(&job.workdir);
+        std::fs::create_dir_all(&dir)?;
+        self.sandbox.prepare_workdir(job.tenant, &dir)?;
+        Ok((Reach::Socket(dir.join(sandbox::APP_SOCKET)), port))
+    }
+
+    /// Starts the app and pumps its output (no output limit: it runs for
+    /// as long as it is live) until it exits or `kill`.
+    fn launch(&self, job: &Job, port: u16, kill: &CancellationToken) -> std::io::Result<(i32, JoinHandle<Ended>)> {
+        let serve_dir = self.sandbox.isolated().then(|| serve::serve_dir(&job.workdir));
+        let child = self.spawn(
+            job,
+            &job.snapshot.start_command,
+            None,
+            Some((serve_dir.as_deref(), port)),
+        )?;
+        let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
+        let limits = Limits {
+            time: None,
+            output_bytes: u64::MAX,
+            lines_per_sec: self.config.lines_per_sec,
+        };
+        let (sink, masker, kill) = (job.reporter.clone(), job.masker.clone(), kill.clone());
+        Ok((
+            pid,
+            tokio::spawn(async move { pump(&sink, child, kill, limits, &masker).await }),
+        ))
+    }
+
+    /// Keeps a live app running: restarts it with backoff when it exits
+    /// (CRASHED after `DEPLOY_MAX_RESTARTS` within the window), and drains
+    /// it when it is superseded.
+    async fn supervise(self: Arc<Self>, mut app: LiveApp, shutdown: CancellationToken) {
+        let reporter = app.job.reporter.clone();
+        let drain = CancellationToken::new();
+        let beat = tokio::spawn(heartbeat(
+            reporter.clone(),
+            drain.clone(),
+            self.config.heartbeat.max(Duration::from_secs(1)),
+        ));
+        let mut exits: VecDeque<Instant> = VecDeque::new();
+        loop {
+            tokio::select! {
+                ended = &mut app.running => {
+                    if shutdown.is_cancelled() || drain.is_cancelled() {
+                        break;
+                    }
+                    let code = match ended.unwrap_or(Ended::Exited(128)) {
+                        Ended::Exited(code) => code,
+                        Ended::Killed(_) | Ended::Canceled => break,
+                    };
+                    let now = Instant::now();
+                    exits.push_back(now);
+                    while exits.front().is_some_and(|at| now.duration_since(*at) > self.config.restart_window) {
+                        exits.pop_front();
+                    }
+                    if exits.len() > self.config.max_restarts as usize {
+                        let why = format!(
+                            "the app exited {} times within {} s (last exit code {code}); it is not restarted again",
+                            exits.len(),
+                            self.config.restart_window.as_secs()
+                        );
+                        reporter.system(why.clone()).await;
+                        reporter.state(DeploymentState::Crashed, why, Some(code)).await;
+                        break;
+                    }
+                    let backoff = Duration::from_secs(1 << (exits.len() - 1).min(5));
+                    reporter
+                        .system(format!("the app exited with code {code}; restarting in {} s", backoff.as_secs()))
+                        .await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = drain.cancelled() => break,
+                        () = shutdown.cancelled() => break,
+                    }
+                    match self.launch(&app.job, app.reach_port(), &app.kill) {
+                        Ok((pid, running)) => {
+                            app.pid = pid;
+                            app.running = running;
+                            reporter.system("the app restarted".to_owned()).await;
+                        }
+                        Err(err) => {
+                            let why = format!("cannot restart the app: {err}");
+                            reporter.state(DeploymentState::Crashed, why, None).await;
+                            break;
+                        }
+                    }
+                }
+                () = drain.cancelled() => {
+                    // Superseded (or canceled): keep serving while the gateway
+                    // switches, then stop gently.
+                    tokio::select! {
+                        () = tokio::time::sleep(self.config.drain) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                    self.terminate(&mut app).await;
+                    break;
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        beat.abort();
+        app.kill.cancel();
+        let _ = (&mut app.running).await;
+        drop(app.forwarder);
+        let _ = std::fs::remove_dir_all(serve::serve_dir(&app.job.workdir));
+        let _ = std::fs::remove_dir_all(&app.job.workdir);
+    }
+
+    /// SIGTERM to everything in the app's sandbox, then SIGKILL after the
+    /// grace period.
+    async fn terminate(&self, app: &mut LiveApp) {
+        if self.sandbox.isolated() {
+            serve::signal_sandbox(app.pid, Signal::SIGTERM);
+        } else if app.pid > 0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pid), Signal::SIGTERM);
+        }
+        let _ = tokio::time::timeout(STOP_GRACE, &mut app.running).await;
+        app.kill.cancel();
     }
 
     /// Fetches the deployment's commit into `dir`; why not, in words the
@@ -418,23 +596,27 @@ impl LocalRunner {
             .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
-    /// A user's command, in the sandbox.
+    /// A user's command, in the sandbox; an app's with its PORT (and the
+    /// directory of its forwarder's socket).
     fn spawn(
         &self,
-        job: &Job<'_>,
+        job: &Job,
         command: &str,
         cpu_time: Option<Duration>,
+        serve: Option<(Option<&std::path::Path>, u16)>,
     ) -> std::io::Result<tokio::process::Child> {
         let environment: HashMap<String, String> = job.snapshot.environment.clone();
+        let extra: Vec<(&str, String)> = serve.iter().map(|(_, port)| ("PORT", port.to_string())).collect();
         self.sandbox
             .command(&Spec {
                 command,
                 workdir: &job.workdir,
                 root_directory: &job.snapshot.root_directory,
                 environment: &environment,
-                extra: &[],
+                extra: &extra,
                 tenant: job.tenant,
                 cpu_time,
+                serve: serve.and_then(|(dir, _)| dir),
             })
             .spawn()
     }
@@ -449,13 +631,26 @@ impl LocalRunner {
 }
 
 /// One claimed deployment being run.
-struct Job<'a> {
-    reporter: &'a Reporter,
-    snapshot: &'a pb::DeploymentSnapshot,
+#[derive(Clone)]
+struct Job {
+    reporter: Reporter,
+    snapshot: Arc<pb::DeploymentSnapshot>,
     /// The working directory on the host.
     workdir: PathBuf,
     tenant: Uuid,
     masker: Arc<Masker>,
+}
+
+/// How long an app has between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+impl LiveApp {
+    fn reach_port(&self) -> u16 {
+        match self.reach {
+            Reach::Port(port) => port,
+            Reach::Socket(_) => sandbox::APP_PORT,
+        }
+    }
 }
 
 async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration) {
@@ -474,7 +669,9 @@ async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration)
             .await;
         match beat {
             Ok(response) if !response.get_ref().cancel_requested => {}
-            // Canceled, or the claim is gone: stop the work.
+            // The service is briefly away: the lease outlasts a few beats.
+            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {}
+            // Canceled, replaced, or the claim is gone: stop the work.
             _ => {
                 stop.cancel();
                 return;

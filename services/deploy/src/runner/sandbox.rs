@@ -86,7 +86,18 @@ pub struct Spec<'a> {
     pub tenant: Uuid,
     /// CPU seconds per process (builds), if limited.
     pub cpu_time: Option<Duration>,
+    /// For an app that serves: the host directory shown at `/run/capsule`,
+    /// where a forwarder listens on `app.sock` for the runner and passes
+    /// each connection to the app's `PORT` inside the sandbox's network.
+    pub serve: Option<&'a Path>,
 }
+
+/// Where the forwarder's socket appears inside the sandbox.
+const SERVE_DIR: &str = "/run/capsule";
+/// The socket the runner connects to, in the serve directory.
+pub const APP_SOCKET: &str = "app.sock";
+/// The port an app listens on inside its own network namespace.
+pub const APP_PORT: u16 = 8080;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Isolation {
@@ -150,6 +161,16 @@ impl Sandbox {
         self.isolation == Isolation::Bubblewrap
     }
 
+    /// The PORT an app gets: the same in every sandbox (each has its own
+    /// network); a free port of the host when unisolated.
+    pub fn app_port(&self) -> std::io::Result<u16> {
+        if self.isolated() {
+            Ok(APP_PORT)
+        } else {
+            Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+        }
+    }
+
     /// The line every deployment's log starts with when commands run
     /// unisolated.
     pub fn warning(&self) -> Option<&'static str> {
@@ -178,6 +199,7 @@ impl Sandbox {
             extra: &[],
             tenant,
             cpu_time: Some(Duration::from_secs(10)),
+            serve: None,
         };
         let output = tokio::time::timeout(Duration::from_secs(10), self.command(&spec).output())
             .await
@@ -293,6 +315,9 @@ impl Sandbox {
         }
         let tmp_size = self.config.tmp_bytes.to_string();
         let workdir = PathBuf::from(WORKSPACE).join(spec.root_directory);
+        if let Some(serve) = spec.serve {
+            arg(&[&"--bind", &serve, &SERVE_DIR]);
+        }
         arg(&[
             &"--proc",
             &"/proc",
@@ -312,8 +337,21 @@ impl Sandbox {
             &"--",
             &"/bin/sh",
             &"-c",
-            &spec.command,
         ]);
+        match spec.serve {
+            // socat (Debian package socat) joins the runner's socket to the
+            // app's port; the user's command is passed as "$1", never
+            // spliced into this script.
+            Some(_) => arg(&[
+                &format!(
+                    "socat -lf /dev/null UNIX-LISTEN:{SERVE_DIR}/{APP_SOCKET},fork,unlink-early \
+                     TCP:127.0.0.1:{APP_PORT} & exec /bin/sh -c \"$1\""
+                ),
+                &"capsule-app",
+                &spec.command,
+            ]),
+            None => arg(&[&spec.command]),
+        }
         // prlimit (util-linux) sets the limits, soft and hard, then runs bwrap.
         let mut command = Command::new("prlimit");
         command

@@ -27,6 +27,7 @@ pub struct Project {
     pub slug: String,
     pub deleted_at: Option<DateTime<Utc>>,
     pub purge_after: Option<DateTime<Utc>>,
+    pub host_label: String,
 }
 
 pub struct NewProject<'a> {
@@ -51,7 +52,7 @@ WITH project AS (
         ) THEN left($4, 54) || '-' || substr(md5(random()::text), 1, 8)
         ELSE $4
     END)
-    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after
+    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label
 ), settings AS (
     INSERT INTO project_settings (project_id) SELECT id FROM project
 )

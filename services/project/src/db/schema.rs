@@ -11,6 +11,7 @@ diesel::table! {
         slug -> Varchar,
         deleted_at -> Nullable<Timestamptz>,
         purge_after -> Nullable<Timestamptz>,
+        host_label -> Varchar,
     }
 }
 

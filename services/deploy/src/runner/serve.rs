@@ -1,0 +1,194 @@
+//! Apps that serve: where the gateway reaches them, whether they answer,
+//! and stopping them gently.
+//!
+//! A sandboxed app listens on `PORT` inside a network of its own. A socat
+//! forwarder in its sandbox listens on a Unix socket in a host directory
+//! bound into it; the runner's [`Forwarder`] listens on a TCP port of the
+//! host (`DEPLOY_RUNNER_UPSTREAM_HOST`, loopback by default) and joins each
+//! connection to that socket. That TCP address is the upstream the gateway
+//! routes to. Sandboxes have no route to the host's loopback, so no tenant
+//! reaches another's upstream. Unisolated, the app listens on a free port of
+//! the host, which is the upstream itself.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use nix::{sys::signal::Signal, unistd::Pid};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UnixStream},
+    task::JoinHandle,
+};
+
+/// How long one health probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the runner reaches an app.
+#[derive(Debug, Clone)]
+pub enum Reach {
+    /// Through the sandbox's forwarder socket.
+    Socket(PathBuf),
+    /// Straight to a port of the host (unisolated).
+    Port(u16),
+}
+
+/// Joins a host TCP port to an app: the upstream the gateway routes to.
+pub struct Forwarder {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Forwarder {
+    /// Listens on `host`, on a free port, for `reach`.
+    pub async fn start(host: IpAddr, reach: Reach) -> std::io::Result<Self> {
+        let listener = TcpListener::bind((host, 0)).await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let reach = reach.clone();
+                tokio::spawn(async move {
+                    let _ = client.set_nodelay(true);
+                    match reach {
+                        Reach::Socket(path) => {
+                            if let Ok(mut app) = UnixStream::connect(&path).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+                            }
+                        }
+                        Reach::Port(port) => {
+                            if let Ok(mut app) = TcpStream::connect(("127.0.0.1", port)).await {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether the app answers: with a `path`, a GET of it must answer 2xx or
+/// 3xx; without, the app must accept a connection (through the sandbox's
+/// forwarder, one that stays open: the forwarder closes it at once when
+/// nothing listens on the port).
+pub async fn probe(reach: &Reach, path: &str) -> Result<(), String> {
+    let probed = tokio::time::timeout(PROBE_TIMEOUT, async {
+        match reach {
+            Reach::Socket(socket) => {
+                let stream = UnixStream::connect(socket)
+                    .await
+                    .map_err(|_| "nothing listens yet".to_owned())?;
+                exchange(stream, path, true).await
+            }
+            Reach::Port(port) => {
+                let stream = TcpStream::connect(("127.0.0.1", *port))
+                    .await
+                    .map_err(|_| "nothing listens yet".to_owned())?;
+                exchange(stream, path, false).await
+            }
+        }
+    })
+    .await;
+    probed.unwrap_or_else(|_| Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())))
+}
+
+async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, path: &str, forwarded: bool) -> Result<(), String> {
+    let mut head = [0u8; 64];
+    if path.is_empty() {
+        if !forwarded {
+            return Ok(());
+        }
+        // Through the forwarder: held open means the app accepted it.
+        return match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut head)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => Err("nothing listens yet".to_owned()),
+            Ok(Ok(_)) | Err(_) => Ok(()),
+        };
+    }
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: capsule-health-check\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|_| "nothing listens yet".to_owned())?;
+    let mut read = 0;
+    while read < 12 {
+        match stream.read(&mut head[read..]).await {
+            Ok(0) | Err(_) => return Err("nothing listens yet".to_owned()),
+            Ok(more) => read += more,
+        }
+    }
+    // "HTTP/1.1 200"
+    let status = std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|code| code.parse::<u16>().ok());
+    match status {
+        Some(code) if (200..400).contains(&code) => Ok(()),
+        Some(code) => Err(format!("GET {path} answered {code}")),
+        None => Err(format!("GET {path} did not answer HTTP")),
+    }
+}
+
+/// Sends `signal` to every process in a sandbox's pid namespace (bwrap's
+/// own pid given): the app and all it started, not the sandbox's init,
+/// whose exit would kill them at once.
+pub fn signal_sandbox(bwrap: i32, signal: Signal) {
+    let Some(init) = children_of(bwrap).into_iter().next() else {
+        return;
+    };
+    let Ok(namespace) = std::fs::read_link(format!("/proc/{init}/ns/pid")) else {
+        return;
+    };
+    for pid in pids() {
+        if pid != init && std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == namespace) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+}
+
+fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn children_of(parent: i32) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // "pid (comm) state ppid ...": comm may hold spaces.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// The directory an app's forwarder socket lives in, beside its working
+/// directory.
+pub fn serve_dir(workdir: &Path) -> PathBuf {
+    let mut name = workdir.as_os_str().to_owned();
+    name.push(".run");
+    PathBuf::from(name)
+}

@@ -1,0 +1,106 @@
+//! Users' apps through the gateway's HTTP port: a request whose Host is
+//! `<label>.<GATEWAY_APPS_DOMAIN>` goes to the live deployment of that
+//! host, apart from the API bridge in `transcode/`.
+//!
+//! The route table is data the deploy service publishes
+//! (`DeployService/WatchRoutes`, a stream of whole tables); [`routes`]
+//! follows it and swaps the table at once, so a switch to a new deployment
+//! is atomic for every request after it. [`proxy`] forwards with hyper's
+//! client: streaming bodies both ways, WebSocket upgrades, the
+//! `X-Forwarded-*` headers; 502 when nothing is live, 504 when the app
+//! takes too long.
+
+pub mod proxy;
+pub mod routes;
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use capsule::config::{ConfigError, Source, positive};
+
+/// Settings of app serving.
+///
+/// | variable | default |
+/// |---|---|
+/// | `GATEWAY_APPS_DOMAIN` | `localhost`: apps answer at `<label>.localhost` (browsers resolve it with no DNS setup) |
+/// | `GATEWAY_APPS_TIMEOUT_SECS` | `60`: an app that sends no response head within this is 504 |
+/// | `CAPSULE_INTERNAL_SECRET` | the service credential the route table is read with; unset, no app is served |
+#[derive(Debug, Clone)]
+pub struct AppsConfig {
+    pub domain: String,
+    pub timeout: Duration,
+    pub internal_secret: Option<String>,
+}
+
+impl AppsConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let domain = source
+            .get("GATEWAY_APPS_DOMAIN")
+            .unwrap_or_else(|| "localhost".to_owned())
+            .trim()
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        if domain.is_empty()
+            || !domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(ConfigError {
+                variable: "GATEWAY_APPS_DOMAIN".to_owned(),
+                value: format!("{domain:?}"),
+                reason: "expected a domain such as apps.example.com".to_owned(),
+            });
+        }
+        Ok(Self {
+            domain,
+            timeout: Duration::from_secs(positive(source, "GATEWAY_APPS_TIMEOUT_SECS", 60)?),
+            internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
+        })
+    }
+}
+
+/// Hosts to upstreams, swapped whole.
+#[derive(Default)]
+pub struct Table(std::sync::RwLock<Arc<HashMap<String, SocketAddr>>>);
+
+impl Table {
+    pub fn get(&self, host: &str) -> Option<SocketAddr> {
+        self.0.read().ok()?.get(host).copied()
+    }
+
+    pub fn replace(&self, routes: HashMap<String, SocketAddr>) {
+        if let Ok(mut table) = self.0.write() {
+            *table = Arc::new(routes);
+        }
+    }
+}
+
+/// What serving apps needs: the domain, the table, the client.
+pub struct Apps {
+    pub config: AppsConfig,
+    pub table: Table,
+    client: proxy::Client,
+}
+
+impl Apps {
+    pub fn new(config: AppsConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            table: Table::default(),
+            client: proxy::client(),
+        })
+    }
+
+    /// The app host a request's Host names: `<host>` of
+    /// `<host>.<domain>[:port]`, one label deep.
+    pub fn host_of<'a>(&self, host_header: &'a str) -> Option<&'a str> {
+        let name = host_header.rsplit_once(':').map_or(host_header, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host_header
+            }
+        });
+        let label = name.strip_suffix(self.config.domain.as_str())?.strip_suffix('.')?;
+        (!label.is_empty() && !label.contains('.')).then_some(label)
+    }
+}

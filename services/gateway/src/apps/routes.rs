@@ -1,0 +1,63 @@
+//! Follows the deploy service's route table (a stream of whole tables),
+//! reconnecting with backoff; the last table stays in force meanwhile.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use capsule::{
+    auth::INTERNAL_HEADER,
+    proto::deploy::v1::{WatchRoutesRequest, deploy_service_client::DeployServiceClient},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use super::Apps;
+
+/// Keeps `apps.table` equal to the deploy service's until `shutdown`.
+pub async fn follow(apps: Arc<Apps>, channel: Channel, shutdown: CancellationToken) {
+    let Some(secret) = apps.config.internal_secret.clone() else {
+        tracing::warn!("CAPSULE_INTERNAL_SECRET is unset: the gateway serves no app");
+        return;
+    };
+    let mut wait = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match watch(&apps, channel.clone(), &secret, &shutdown).await {
+            Ok(()) => wait = Duration::from_millis(100),
+            Err(status) => tracing::debug!(error = %status.message(), "the route feed stopped; reconnecting"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(WatchRoutesRequest {});
+    request.metadata_mut().insert(
+        INTERNAL_HEADER,
+        secret
+            .parse()
+            .map_err(|_| tonic::Status::invalid_argument("CAPSULE_INTERNAL_SECRET is not a header value"))?,
+    );
+    let mut stream = DeployServiceClient::new(channel)
+        .watch_routes(request)
+        .await?
+        .into_inner();
+    loop {
+        let table = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            table = stream.message() => table?,
+        };
+        let Some(table) = table else {
+            return Ok(());
+        };
+        let routes: HashMap<String, SocketAddr> = table
+            .routes
+            .into_iter()
+            .filter_map(|route| Some((route.host, route.upstream.parse().ok()?)))
+            .collect();
+        tracing::debug!(routes = routes.len(), "route table updated");
+        apps.table.replace(routes);
+    }
+}
