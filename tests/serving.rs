@@ -1,0 +1,348 @@
+//! Deployments that serve: a site from a git repository, reached through
+//! the gateway by Host, replaced without a failed request; apps that never
+//! listen or keep crashing; staging beside production.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use capsule::proto::{
+    deploy::v1::{self as pb, DeploymentState},
+    project::v1 as project_pb,
+};
+use common::{
+    TestMesh, authed,
+    deploy::{app, logs, text, wait_for},
+};
+
+const REPOSITORIES: &str = "/tmp/capsule-test-repositories";
+const SITE: &str = "exec python3 -m http.server \"$PORT\"";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(["-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.com"])
+        .args(["-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A bare repository with a site; `publish` commits a new index.html.
+struct Site {
+    bare: PathBuf,
+    work: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Self {
+        std::fs::create_dir_all(REPOSITORIES).unwrap();
+        let dir = tempfile::tempdir_in(REPOSITORIES).unwrap();
+        let (bare, work) = (dir.path().join("site.git"), dir.path().join("work"));
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        git(&bare, &["init", "--quiet", "--bare"]);
+        git(&work, &["init", "--quiet"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        Self { bare, work, _dir: dir }
+    }
+
+    fn publish(&self, content: &str) -> String {
+        std::fs::write(self.work.join("index.html"), content).unwrap();
+        git(&self.work, &["add", "index.html"]);
+        git(&self.work, &["commit", "--quiet", "-m", content]);
+        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}
+
+async fn mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
+    let mut deploy = vec![
+        ("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES),
+        ("DEPLOY_DRAIN_SECS", "2"),
+        ("DEPLOY_START_TIMEOUT_SECS", "20"),
+    ];
+    deploy.extend_from_slice(extra);
+    common::start_with(common::Options {
+        local_runner: true,
+        deploy,
+    })
+    .await
+}
+
+/// A project serving `site`'s repository with `start`; its id and host label.
+async fn site_project(mesh: &TestMesh, token: &str, site: &Site, start: &str) -> (String, String) {
+    let id = app(mesh, token, "", start, &[]).await;
+    let mut projects = mesh.projects().await;
+    projects
+        .update_project_settings(authed(
+            project_pb::UpdateProjectSettingsRequest {
+                settings: Some(project_pb::ProjectSettings {
+                    project_id: id.clone(),
+                    repository_url: site.bare.to_str().unwrap().to_owned(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["repository_url".into()],
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    let project = projects
+        .get_project(authed(project_pb::GetProjectRequest { project_id: id.clone() }, token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(project.url.contains(&project.host_label), "{project:?}");
+    (id, project.host_label)
+}
+
+async fn create(mesh: &TestMesh, token: &str, project_id: &str, environment: &str) -> pb::Deployment {
+    mesh.deploys()
+        .await
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: project_id.to_owned(),
+                environment: environment.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// GET `path` of the app at `host` through the gateway: status and body.
+async fn fetch(client: &reqwest::Client, mesh: &TestMesh, host: &str, path: &str) -> Result<(u16, String), String> {
+    let response = client
+        .get(format!("http://{}{path}", mesh.http))
+        .header("host", format!("{host}.localhost:{}", mesh.http.port()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|err| err.to_string())?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.map_err(|err| err.to_string())?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request() {
+    let mesh = mesh(&[]).await;
+    let site = Site::new();
+    let first_sha = site.publish("<h1>version one</h1>");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
+    let client = reqwest::Client::new();
+
+    let (status, body) = fetch(&client, &mesh, &label, "/index.html").await.unwrap();
+    assert_eq!(status, 502, "nothing is live yet: {body}");
+    assert!(body.contains("No app is live here"), "{body}");
+
+    let first = create(&mesh, &alice, &project_id, "").await;
+    let first = wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
+    assert_eq!(first.commit_sha, first_sha);
+    assert!(first.url.contains(&label), "{first:?}");
+    let (status, body) = fetch(&client, &mesh, &label, "/index.html").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "<h1>version one</h1>"));
+    // The API is still the API on the gateway's own host.
+    let health = client
+        .get(format!("http://{}/healthz", mesh.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A second commit, deployed while a client fetches every 20 ms.
+    let second_sha = site.publish("<h1>version two</h1>");
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, done, label, addr) = (client.clone(), done.clone(), label.clone(), mesh.http);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                let response = client
+                    .get(format!("http://{addr}/index.html"))
+                    .header("host", format!("{label}.localhost:{}", addr.port()))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                let seen_now = match response {
+                    Ok(response) if response.status() == 200 => response.text().await.unwrap_or_default(),
+                    Ok(response) => format!("status {}", response.status()),
+                    Err(err) => format!("error {err}"),
+                };
+                seen.push(seen_now);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    let second = create(&mesh, &alice, &project_id, "").await;
+    let second = wait_for(
+        &mesh,
+        &alice,
+        &second.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(second.commit_sha, second_sha);
+    wait_for(
+        &mesh,
+        &alice,
+        &first.id,
+        DeploymentState::Superseded,
+        Duration::from_secs(5),
+    )
+    .await;
+    // Past the old one's drain, SIGTERM and end.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    done.store(true, Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    let failures: Vec<&String> = seen.iter().filter(|body| !body.starts_with("<h1>")).collect();
+    assert!(failures.is_empty(), "failed fetches during the switch: {failures:?}");
+    let switch = seen
+        .iter()
+        .position(|body| body.contains("two"))
+        .expect("the new version was served");
+    assert!(
+        seen[switch..].iter().all(|body| body.contains("two")),
+        "never the old version after the switch"
+    );
+    assert!(seen[..switch].iter().all(|body| body.contains("one")));
+    assert!(
+        switch > 0 && seen.len() - switch > 10,
+        "{} fetches, switch at {switch}",
+        seen.len()
+    );
+
+    // The app's own output is in the logs, after the build's.
+    let runtime = text(&logs(&mesh, &alice, &second.id).await);
+    assert!(runtime.contains("GET /index.html"), "{runtime}");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exiting_crashes() {
+    let mesh = mesh(&[("DEPLOY_START_TIMEOUT_SECS", "3"), ("DEPLOY_MAX_RESTARTS", "1")]).await;
+    let site = Site::new();
+    site.publish("hello");
+    let (alice, _) = mesh.user("alice@example.com").await;
+
+    let (silent, _) = site_project(&mesh, &alice, &site, "sleep 60").await;
+    let deployment = create(&mesh, &alice, &silent, "").await;
+    let failed = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(failed.status_message.contains("listen on $PORT"), "{failed:?}");
+
+    // Serves for two seconds, then exits: restarted once, then CRASHED.
+    let (flaky, label) = site_project(
+        &mesh,
+        &alice,
+        &site,
+        "python3 -m http.server \"$PORT\" & sleep 2; echo going down; exit 3",
+    )
+    .await;
+    let deployment = create(&mesh, &alice, &flaky, "").await;
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    let crashed = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Crashed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(crashed.exit_code, Some(3));
+    let all = text(&logs(&mesh, &alice, &deployment.id).await);
+    assert!(all.contains("exited with code 3; restarting"), "{all}");
+    assert!(all.contains("going down"), "{all}");
+    let started = Instant::now();
+    loop {
+        let (status, _) = fetch(&reqwest::Client::new(), &mesh, &label, "/").await.unwrap();
+        if status == 502 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a crashed app is 502, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_and_production_are_live_side_by_side() {
+    let mesh = mesh(&[]).await;
+    let site = Site::new();
+    site.publish("<p>same site</p>");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
+    let production = create(&mesh, &alice, &project_id, "production").await;
+    let staging = create(&mesh, &alice, &project_id, "staging").await;
+    wait_for(
+        &mesh,
+        &alice,
+        &production.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        &mesh,
+        &alice,
+        &staging.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        &mesh,
+        &alice,
+        &production.id,
+        DeploymentState::Live,
+        Duration::from_secs(1),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for host in [label.clone(), format!("{label}--staging")] {
+        let (status, body) = fetch(&client, &mesh, &host, "/index.html").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "<p>same site</p>"), "{host}");
+    }
+    mesh.stop().await;
+}
