@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(Path::new("proto/capsule"), &mut protos)?;
     // The error model, so reflection and the REST bridge can show details.
     collect_protos(Path::new("proto/google/rpc"), &mut protos)?;
+    // Raw bodies (push events) through the REST bridge.
+    protos.push(PathBuf::from("proto/google/api/httpbody.proto"));
     protos.sort();
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

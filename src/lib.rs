@@ -19,3 +19,11 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+
+/// `google.api` messages the contracts use (`HttpBody`), where the
+/// generated code looks for them.
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}

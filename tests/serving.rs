@@ -7,8 +7,6 @@
 mod common;
 
 use std::{
-    path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -22,56 +20,11 @@ use capsule::proto::{
 };
 use common::{
     TestMesh, authed,
-    deploy::{app, logs, text, wait_for},
+    deploy::{app, logs, text, update_settings, wait_for},
+    git::{REPOSITORIES, Repo},
 };
 
-const REPOSITORIES: &str = "/tmp/capsule-test-repositories";
 const SITE: &str = "exec python3 -m http.server \"$PORT\"";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(["-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-/// A bare repository with a site; `publish` commits a new index.html.
-struct Site {
-    bare: PathBuf,
-    work: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Site {
-    fn new() -> Self {
-        std::fs::create_dir_all(REPOSITORIES).unwrap();
-        let dir = tempfile::tempdir_in(REPOSITORIES).unwrap();
-        let (bare, work) = (dir.path().join("site.git"), dir.path().join("work"));
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Self { bare, work, _dir: dir }
-    }
-
-    fn publish(&self, content: &str) -> String {
-        std::fs::write(self.work.join("index.html"), content).unwrap();
-        git(&self.work, &["add", "index.html"]);
-        git(&self.work, &["commit", "--quiet", "-m", content]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
 
 async fn mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
     let mut deploy = vec![
@@ -88,25 +41,15 @@ async fn mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
 }
 
 /// A project serving `site`'s repository with `start`; its id and host label.
-async fn site_project(mesh: &TestMesh, token: &str, site: &Site, start: &str) -> (String, String) {
+pub async fn site_project(mesh: &TestMesh, token: &str, site: &Repo, start: &str) -> (String, String) {
     let id = app(mesh, token, "", start, &[]).await;
+    let settings = project_pb::ProjectSettings {
+        project_id: id.clone(),
+        repository_url: site.url(),
+        ..Default::default()
+    };
+    update_settings(mesh, token, settings, &["repository_url"]).await;
     let mut projects = mesh.projects().await;
-    projects
-        .update_project_settings(authed(
-            project_pb::UpdateProjectSettingsRequest {
-                settings: Some(project_pb::ProjectSettings {
-                    project_id: id.clone(),
-                    repository_url: site.bare.to_str().unwrap().to_owned(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["repository_url".into()],
-                }),
-            },
-            token,
-        ))
-        .await
-        .unwrap();
     let project = projects
         .get_project(authed(project_pb::GetProjectRequest { project_id: id.clone() }, token))
         .await
@@ -148,8 +91,8 @@ async fn fetch(client: &reqwest::Client, mesh: &TestMesh, host: &str, path: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request() {
     let mesh = mesh(&[]).await;
-    let site = Site::new();
-    let first_sha = site.publish("<h1>version one</h1>");
+    let site = Repo::new();
+    let first_sha = site.commit("main", "<h1>version one</h1>", "<h1>version one</h1>");
     let (alice, _) = mesh.user("alice@example.com").await;
     let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
     let client = reqwest::Client::new();
@@ -173,7 +116,7 @@ async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request
     assert_eq!(health.status(), 200);
 
     // A second commit, deployed while a client fetches every 20 ms.
-    let second_sha = site.publish("<h1>version two</h1>");
+    let second_sha = site.commit("main", "<h1>version two</h1>", "<h1>version two</h1>");
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
         let (client, done, label, addr) = (client.clone(), done.clone(), label.clone(), mesh.http);
@@ -245,8 +188,8 @@ async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exiting_crashes() {
     let mesh = mesh(&[("DEPLOY_START_TIMEOUT_SECS", "3"), ("DEPLOY_MAX_RESTARTS", "1")]).await;
-    let site = Site::new();
-    site.publish("hello");
+    let site = Repo::new();
+    site.commit("main", "hello", "hello");
     let (alice, _) = mesh.user("alice@example.com").await;
 
     let (silent, _) = site_project(&mesh, &alice, &site, "sleep 60").await;
@@ -308,8 +251,8 @@ async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staging_and_production_are_live_side_by_side() {
     let mesh = mesh(&[]).await;
-    let site = Site::new();
-    site.publish("<p>same site</p>");
+    let site = Repo::new();
+    site.commit("main", "<p>same site</p>", "<p>same site</p>");
     let (alice, _) = mesh.user("alice@example.com").await;
     let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
     let production = create(&mesh, &alice, &project_id, "production").await;

@@ -2,15 +2,9 @@
 //! is created and fetched by the runner; bad repositories and refs are
 //! refused with the field to fix.
 
-#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
-
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::time::Duration;
 
 use capsule::proto::{
     deploy::v1::{self as pb, DeploymentState},
@@ -18,61 +12,10 @@ use capsule::proto::{
 };
 use common::{
     TestMesh, authed,
-    deploy::{logs, project, text, wait_for},
+    deploy::{logs, project, text, update_settings, wait_for},
+    git::{REPOSITORIES, Repo},
     violated_fields,
 };
-
-/// The root the tests' deploy service allows local repositories under.
-const REPOSITORIES: &str = "/tmp/capsule-test-repositories";
-
-/// A bare repository and a working clone to commit into.
-struct Repo {
-    bare: PathBuf,
-    work: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(["-c", "user.name=Ada Lovelace", "-c", "user.email=ada@example.com"])
-        .args(["-c", "init.defaultBranch=main"])
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("git runs");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-impl Repo {
-    fn new() -> Self {
-        std::fs::create_dir_all(REPOSITORIES).expect("the repositories root");
-        let dir = tempfile::tempdir_in(REPOSITORIES).expect("a repository directory");
-        let bare = dir.path().join("app.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Self { bare, work, _dir: dir }
-    }
-
-    /// Commits `index.html` with `content` on `branch` and pushes it;
-    /// returns the commit.
-    fn commit(&self, branch: &str, content: &str, message: &str) -> String {
-        git(&self.work, &["checkout", "--quiet", "-B", branch]);
-        std::fs::write(self.work.join("index.html"), content).unwrap();
-        git(&self.work, &["add", "index.html"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "--force", "origin", branch]);
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-}
 
 async fn mesh() -> TestMesh {
     common::start_with(common::Options {
@@ -83,23 +26,12 @@ async fn mesh() -> TestMesh {
 }
 
 async fn set_repository(mesh: &TestMesh, token: &str, project_id: &str, url: &str) {
-    mesh.projects()
-        .await
-        .update_project_settings(authed(
-            project_pb::UpdateProjectSettingsRequest {
-                settings: Some(project_pb::ProjectSettings {
-                    project_id: project_id.to_owned(),
-                    repository_url: url.to_owned(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["repository_url".into()],
-                }),
-            },
-            token,
-        ))
-        .await
-        .expect("the repository is set");
+    let settings = project_pb::ProjectSettings {
+        project_id: project_id.to_owned(),
+        repository_url: url.to_owned(),
+        ..Default::default()
+    };
+    update_settings(mesh, token, settings, &["repository_url"]).await;
 }
 
 async fn create(
@@ -129,7 +61,7 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
     let first_sha = repo.commit("main", "<h1>version one</h1>", "First version");
     let (alice, _) = mesh.user("alice@example.com").await;
     let project_id = project(&mesh, &alice, "cat index.html; ls -la; id -u", &[]).await;
-    set_repository(&mesh, &alice, &project_id, repo.bare.to_str().unwrap()).await;
+    set_repository(&mesh, &alice, &project_id, &repo.url()).await;
 
     let first = create(&mesh, &alice, &project_id, "").await.unwrap();
     assert_eq!(first.source_ref, "main");
@@ -189,7 +121,7 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_naming_the_
     repo.commit("main", "hello", "Hello");
     let (alice, _) = mesh.user("alice@example.com").await;
     let project_id = project(&mesh, &alice, "true", &[]).await;
-    set_repository(&mesh, &alice, &project_id, repo.bare.to_str().unwrap()).await;
+    set_repository(&mesh, &alice, &project_id, &repo.url()).await;
 
     let missing = create(&mesh, &alice, &project_id, "no-such-branch").await.unwrap_err();
     assert_eq!(violated_fields(&missing), ["source_ref"]);
@@ -231,23 +163,12 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_naming_the_
     assert_eq!(violated_fields(&with_password), ["settings.repository_url"]);
 
     // A root directory the commit lacks: the deployment fails saying so.
-    mesh.projects()
-        .await
-        .update_project_settings(authed(
-            project_pb::UpdateProjectSettingsRequest {
-                settings: Some(project_pb::ProjectSettings {
-                    project_id: project_id.clone(),
-                    root_directory: "apps/web".into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["root_directory".into()],
-                }),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap();
+    let settings = project_pb::ProjectSettings {
+        project_id: project_id.clone(),
+        root_directory: "apps/web".into(),
+        ..Default::default()
+    };
+    update_settings(&mesh, &alice, settings, &["root_directory"]).await;
     let deployment = create(&mesh, &alice, &project_id, "").await.unwrap();
     let failed = wait_for(
         &mesh,

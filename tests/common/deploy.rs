@@ -142,3 +142,20 @@ pub async fn logs(mesh: &TestMesh, token: &str, id: &str) -> Vec<pb::LogLine> {
 pub fn text(lines: &[pb::LogLine]) -> String {
     lines.iter().map(|line| format!("{}\n", line.text)).collect()
 }
+
+/// Changes the `paths` of a project's settings to those in `settings`.
+pub async fn update_settings(mesh: &TestMesh, token: &str, settings: project_pb::ProjectSettings, paths: &[&str]) {
+    mesh.projects()
+        .await
+        .update_project_settings(authed(
+            project_pb::UpdateProjectSettingsRequest {
+                settings: Some(settings),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|path| (*path).to_owned()).collect(),
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}

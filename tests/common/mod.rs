@@ -5,6 +5,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 pub mod deploy;
+pub mod git;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -9,7 +9,7 @@ use capsule::{
     proto::{
         deploy::v1::{self as pb, deploy_service_server::DeployService},
         project::v1::{
-            GetDeploymentEnvironmentRequest, GetProjectRequest, PrepareDeploymentRequest,
+            DeploymentPlan, GetDeploymentEnvironmentRequest, GetProjectRequest, PrepareDeploymentRequest,
             project_service_client::ProjectServiceClient,
         },
     },
@@ -271,11 +271,7 @@ impl DeployServiceApi {
     /// Asks the project service, as the caller, whether the project exists
     /// and the caller may deploy it, and for the settings to snapshot (this
     /// call needs the internal secret).
-    async fn prepare(
-        &self,
-        caller: &Caller,
-        project_id: Uuid,
-    ) -> Result<capsule::proto::project::v1::DeploymentPlan, Status> {
+    async fn prepare(&self, caller: &Caller, project_id: Uuid) -> Result<DeploymentPlan, Status> {
         let mut request = Self::as_caller(
             caller,
             PrepareDeploymentRequest {
@@ -308,8 +304,56 @@ impl DeployServiceApi {
         })
     }
 
+    /// Queues a deployment of `plan` at `source_ref` (the plan's branch when
+    /// empty), resolved to its exact commit now.
+    pub(crate) async fn queue(
+        &self,
+        plan: DeploymentPlan,
+        creator_id: Uuid,
+        environment: String,
+        source_ref: String,
+    ) -> Result<Deployment, Status> {
+        let project = plan.project.unwrap_or_default();
+        let project_id: Uuid = project.id.parse().map_err(|_| Status::internal("internal error"))?;
+        let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
+        let commit = self.resolve(&plan.repository_url, &source_ref).await?;
+        let snapshot = Snapshot {
+            build_command: plan.build_command,
+            start_command: plan.start_command,
+            root_directory: plan.root_directory,
+            repository_url: plan.repository_url,
+            health_check_path: plan.health_check_path,
+        };
+        let new = NewDeployment {
+            project_id,
+            creator_id,
+            owner_id: project.owner_id.parse().ok(),
+            source_ref,
+            environment,
+            snapshot: serde_json::to_value(&snapshot).map_err(|_| Status::internal("internal error"))?,
+            rollback_of: None,
+            commit_sha: commit.sha,
+            commit_message: commit.message,
+            commit_author: commit.author,
+            host_label: project.host_label,
+        };
+        Ok(self.inner.db.run(move |conn| db::create(conn, &new)).await?)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub(crate) fn projects(&self) -> ProjectServiceClient<tonic::transport::Channel> {
+        self.inner.projects.clone()
+    }
+
+    pub(crate) fn source_config(&self) -> &SourceConfig {
+        &self.inner.source
+    }
+
     /// Adds the service credential to a request to the project service.
-    fn as_service<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
+    pub(crate) fn as_service<T>(&self, request: &mut Request<T>) -> Result<(), Status> {
         let secret = self.inner.internal_secret.as_deref().ok_or_else(|| {
             Status::failed_precondition(
                 "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
@@ -381,34 +425,7 @@ impl DeployService for DeployServiceApi {
         check_source_ref(&body.source_ref, &mut violations);
         violations.check()?;
         let plan = self.prepare(&caller, project_id).await?;
-        let owner_id = plan.project.as_ref().and_then(|project| project.owner_id.parse().ok());
-        let source_ref = if body.source_ref.is_empty() {
-            plan.branch
-        } else {
-            body.source_ref
-        };
-        let commit = self.resolve(&plan.repository_url, &source_ref).await?;
-        let snapshot = Snapshot {
-            build_command: plan.build_command,
-            start_command: plan.start_command,
-            root_directory: plan.root_directory,
-            repository_url: plan.repository_url,
-            health_check_path: plan.health_check_path,
-        };
-        let new = NewDeployment {
-            project_id,
-            creator_id: caller.user_id,
-            owner_id,
-            source_ref,
-            environment,
-            snapshot: serde_json::to_value(&snapshot).map_err(|_| Status::internal("internal error"))?,
-            rollback_of: None,
-            commit_sha: commit.sha,
-            commit_message: commit.message,
-            commit_author: commit.author,
-            host_label: plan.project.map(|project| project.host_label).unwrap_or_default(),
-        };
-        let deployment = self.inner.db.run(move |conn| db::create(conn, &new)).await?;
+        let deployment = self.queue(plan, caller.user_id, environment, body.source_ref).await?;
         tracing::info!(deployment.id = %deployment.id, project.id = %project_id, user.id = %caller.user_id, "deployment queued");
         Ok(Response::new(deployment_proto(&deployment)))
     }
@@ -840,6 +857,13 @@ impl DeployService for DeployServiceApi {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn receive_git_push(
+        &self,
+        request: Request<pb::ReceiveGitPushRequest>,
+    ) -> Result<Response<pb::ReceiveGitPushResponse>, Status> {
+        crate::push::receive(self, request).await.map(Response::new)
     }
 
     async fn create_runner(

@@ -5,6 +5,7 @@ pub mod config;
 mod db;
 mod grpc;
 mod notify;
+mod push;
 mod runner;
 mod state;
 
@@ -70,6 +71,9 @@ pub async fn serve(
     let keys: Arc<KeySet> = mesh.key_set()?;
     keys.accept_runners(Arc::new(grpc::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
+    if let Some(every) = config.poll_interval {
+        tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
+    }
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {

@@ -208,7 +208,20 @@ fn deadline(headers: &HeaderMap, default: Duration) -> Duration {
 
 fn metadata_from(headers: &HeaderMap, request_id: &str, client: SocketAddr) -> tonic::metadata::MetadataMap {
     let mut metadata = tonic::metadata::MetadataMap::new();
-    for name in ["authorization", "user-agent"] {
+    // With the signature and delivery headers of git hosts' push events.
+    for name in [
+        "authorization",
+        "user-agent",
+        "x-hub-signature-256",
+        "x-github-delivery",
+        "x-github-event",
+        "x-gitea-signature",
+        "x-gitea-delivery",
+        "x-gitea-event",
+        "x-gitlab-token",
+        "x-gitlab-event",
+        "x-gitlab-event-uuid",
+    ] {
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
             && let Ok(value) = value.parse()
         {
@@ -298,7 +311,12 @@ async fn handle(bridge: Arc<Bridge>, client: SocketAddr, request: Request, reque
     {
         query.push(("after_sequence".to_owned(), last.to_owned()));
     }
-    let message = match transcode::build_request(route, &bound, &query, &body) {
+    let content_type = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let message = match transcode::build_request(route, &bound, &query, &body, content_type) {
         Ok(message) => message,
         Err(status) => return bridge.error(&status, &request_id),
     };

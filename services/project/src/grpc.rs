@@ -10,6 +10,7 @@ use capsule::{
     rpc::{self, FieldViolations, PageToken},
 };
 use chrono::{Duration, Utc};
+use diesel::OptionalExtension;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -78,6 +79,20 @@ fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::ProjectSet
         health_check_path: settings.health_check_path.clone(),
         environment_variables: variables.iter().map(variable_proto).collect(),
         update_time: Some(rpc::timestamp(settings.updated_at)),
+    }
+}
+
+/// What a deployment of the project runs (no variables).
+fn plan_proto(project: &Project, settings: Settings) -> pb::DeploymentPlan {
+    pb::DeploymentPlan {
+        project: Some(project_proto(project)),
+        build_command: settings.build_command,
+        start_command: settings.start_command,
+        root_directory: settings.root_directory,
+        branch: settings.branch,
+        repository_url: settings.repository_url,
+        health_check_path: settings.health_check_path,
+        environment_variables: Vec::new(),
     }
 }
 
@@ -430,15 +445,87 @@ impl ProjectService for ProjectServiceApi {
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
         let project = self.live(&caller, id).await?;
         let settings = self.db.run(move |conn| Settings::get(conn, id)).await?;
-        Ok(Response::new(pb::DeploymentPlan {
-            project: Some(project_proto(&project)),
-            build_command: settings.build_command,
-            start_command: settings.start_command,
-            root_directory: settings.root_directory,
-            branch: settings.branch,
-            repository_url: settings.repository_url,
-            health_check_path: settings.health_check_path,
-            environment_variables: Vec::new(),
+        Ok(Response::new(plan_proto(&project, settings)))
+    }
+
+    async fn list_auto_deploy_projects(
+        &self,
+        request: Request<pb::ListAutoDeployProjectsRequest>,
+    ) -> Result<Response<pb::ListAutoDeployProjectsResponse>, Status> {
+        let body = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let limit = rpc::page_size(body.page_size, 100, 500, &mut violations);
+        let after =
+            (!body.page_token.is_empty()).then(|| rpc::parse_id("page_token", &body.page_token, &mut violations));
+        violations.check()?;
+        let rows = self
+            .db
+            .run(move |conn| Settings::auto_deploying(conn, after, limit))
+            .await?;
+        let full = i64::try_from(rows.len()).unwrap_or(0) == limit;
+        let next_page_token = if full {
+            rows.last()
+                .map(|(project, _)| project.id.to_string())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAutoDeployProjectsResponse {
+            plans: rows
+                .into_iter()
+                .map(|(project, settings)| plan_proto(&project, settings))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_push_target(
+        &self,
+        request: Request<pb::GetPushTargetRequest>,
+    ) -> Result<Response<pb::PushTarget>, Status> {
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let service = Viewer {
+            user_id: Uuid::nil(),
+            admin: true,
+        };
+        let (project, settings, secret) = self
+            .db
+            .run(move |conn| {
+                Ok((
+                    Project::find(conn, id, service)?,
+                    Settings::get(conn, id).optional()?,
+                    Settings::webhook_secret(conn, id).optional()?,
+                ))
+            })
+            .await?;
+        let (Some(project), Some(settings)) = (project.filter(|project| project.deleted_at.is_none()), settings) else {
+            return Err(Status::not_found(NOT_FOUND));
+        };
+        let auto_deploy = settings.auto_deploy;
+        Ok(Response::new(pb::PushTarget {
+            plan: Some(plan_proto(&project, settings)),
+            auto_deploy,
+            webhook_secret: secret.unwrap_or_default(),
+        }))
+    }
+
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        self.live(&caller, id).await?;
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
+        let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+        let stored = secret.clone();
+        self.db
+            .run(move |conn| Settings::set_webhook_secret(conn, id, &stored))
+            .await?;
+        tracing::info!(project.id = %id, user.id = %caller.user_id, "webhook secret rotated");
+        Ok(Response::new(pb::RotateWebhookSecretResponse {
+            webhook_secret: secret,
         }))
     }
 

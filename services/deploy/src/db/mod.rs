@@ -1,6 +1,7 @@
 //! Rows and queries of the deploy database. State changes go through
 //! [`transition`], which applies [`State::can_move`] under a row lock.
 
+pub mod push;
 pub mod runners;
 pub mod schema;
 

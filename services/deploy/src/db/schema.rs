@@ -51,6 +51,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    source_watches (project_id) {
+        project_id -> Uuid,
+        last_sha -> Varchar,
+        checked_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    push_deliveries (project_id, delivery_id) {
+        project_id -> Uuid,
+        delivery_id -> Varchar,
+        received_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
 
-diesel::allow_tables_to_appear_in_same_query!(deployments, deployment_logs);
+diesel::allow_tables_to_appear_in_same_query!(deployments, deployment_logs, source_watches, push_deliveries);

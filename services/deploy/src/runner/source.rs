@@ -155,6 +155,28 @@ impl Repository {
         })
     }
 
+    /// The commit `branch` points at now (`git ls-remote`, no fetch).
+    pub async fn head(&self, branch: &str) -> Result<String, SourceError> {
+        let scratch = tempfile::tempdir().map_err(|err| SourceError::Unreachable(err.to_string()))?;
+        let reference = format!("refs/heads/{branch}");
+        let listed = git(
+            scratch.path(),
+            &["ls-remote", "--end-of-options", &self.location(), &reference],
+            self,
+            None,
+        )
+        .await?;
+        listed
+            .lines()
+            .find_map(|line| {
+                let (sha, name) = line.split_once('\t')?;
+                (name == reference).then(|| sha.to_owned())
+            })
+            .ok_or(SourceError::MissingRef {
+                reference: branch.to_owned(),
+            })
+    }
+
     /// Fetches commit `sha` (shallow) and checks it out in `dir`, writing
     /// at most `max_bytes` per file.
     pub async fn checkout(&self, sha: &str, dir: &Path, max_bytes: u64) -> Result<(), SourceError> {

@@ -245,10 +245,24 @@ pub fn build_request(
     bound: &[(String, String)],
     query: &[(String, String)],
     body: &[u8],
+    content_type: &str,
 ) -> Result<DynamicMessage, Status> {
     let input = route.method.input();
     let mut json = Map::new();
-    let body_json = if body.iter().all(u8::is_ascii_whitespace) {
+    // A `google.api.HttpBody` body field takes the bytes as they came.
+    let raw_body = field(&input, &route.body)
+        .filter(|field| matches!(field.kind(), Kind::Message(message) if message.full_name() == "google.api.HttpBody"));
+    let body_json = if let Some(raw) = raw_body {
+        use base64::Engine;
+        json.insert(
+            raw.json_name().to_owned(),
+            serde_json::json!({
+                "contentType": content_type,
+                "data": base64::engine::general_purpose::STANDARD.encode(body),
+            }),
+        );
+        None
+    } else if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
         Some(

@@ -228,6 +228,42 @@ impl Project {
 }
 
 impl Settings {
+    /// Live projects with auto-deploy on and a repository, by id after
+    /// `after`, with their settings.
+    pub fn auto_deploying(
+        conn: &mut PgConnection,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> QueryResult<Vec<(Project, Settings)>> {
+        let mut query = projects::table
+            .inner_join(project_settings::table)
+            .filter(project_settings::auto_deploy.eq(true))
+            .filter(project_settings::repository_url.ne(""))
+            .filter(projects::deleted_at.is_null())
+            .order(projects::id.asc())
+            .limit(limit)
+            .select((Project::as_select(), Settings::as_select()))
+            .into_boxed();
+        if let Some(after) = after {
+            query = query.filter(projects::id.gt(after));
+        }
+        query.load(conn)
+    }
+
+    /// The secret push events must be signed with; empty for none.
+    pub fn webhook_secret(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<String> {
+        project_settings::table
+            .find(project_id)
+            .select(project_settings::webhook_secret)
+            .first(conn)
+    }
+
+    pub fn set_webhook_secret(conn: &mut PgConnection, project_id: Uuid, secret: &str) -> QueryResult<usize> {
+        diesel::update(project_settings::table.find(project_id))
+            .set(project_settings::webhook_secret.eq(secret))
+            .execute(conn)
+    }
+
     pub fn get(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<Settings> {
         project_settings::table
             .find(project_id)

@@ -27,6 +27,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         repository_url -> Varchar,
         health_check_path -> Varchar,
+        webhook_secret -> Varchar,
     }
 }
 

@@ -1,0 +1,3 @@
+DROP INDEX idx_deployments_project_commit;
+DROP TABLE push_deliveries;
+DROP TABLE source_watches;
