@@ -305,21 +305,64 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
             .await
             .unwrap();
     }
-    // The state changes' own lines, then the end of the stream.
+    // The state changes' own lines; the stream stays open while live, for
+    // the app's own output, which comes as the runtime phase.
+    for _ in 0..2 {
+        received.push(stream.message().await.unwrap().unwrap());
+    }
+    assert!(received.last().unwrap().text.contains("live"));
+    assert_eq!(received.last().unwrap().phase, pb::LogPhase::Build as i32);
+    runner
+        .append_logs(runner_request(
+            &test_runner,
+            pb::AppendLogsRequest {
+                deployment_id: deployment.id.clone(),
+                entries: vec![pb::LogEntry {
+                    stream: pb::LogStream::Stderr as i32,
+                    text: "GET / 200".into(),
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let runtime = tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (runtime.text.as_str(), runtime.phase),
+        ("GET / 200", pb::LogPhase::Runtime as i32)
+    );
+    received.push(runtime);
+    // It ends when the deployment does.
+    runner
+        .report_status(runner_request(
+            &test_runner,
+            pb::ReportStatusRequest {
+                deployment_id: deployment.id.clone(),
+                state: DeploymentState::Crashed as i32,
+                status_message: "exited".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(line) = stream.message().await.unwrap() {
             received.push(line);
         }
     })
     .await;
-    assert!(ended.is_ok(), "the stream ends when the deployment is live");
+    assert!(ended.is_ok(), "the stream ends when the deployment crashes");
     let sequences: Vec<i64> = received.iter().map(|l| l.sequence).collect();
     assert_eq!(
         sequences,
         (1..=i64::try_from(received.len()).unwrap()).collect::<Vec<_>>(),
         "no gap, no duplicate"
     );
-    assert!(received.last().unwrap().text.contains("live"));
+    assert!(received.last().unwrap().text.contains("crashed"));
 
     // Resume after a sequence number.
     let mut resumed = mesh

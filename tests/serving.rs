@@ -31,6 +31,7 @@ async fn mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
         ("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES),
         ("DEPLOY_DRAIN_SECS", "2"),
         ("DEPLOY_START_TIMEOUT_SECS", "20"),
+        ("DEPLOY_REAP_INTERVAL_SECS", "1"),
     ];
     deploy.extend_from_slice(extra);
     common::start_with(common::Options {
@@ -286,6 +287,56 @@ async fn staging_and_production_are_live_side_by_side() {
     for host in [label.clone(), format!("{label}--staging")] {
         let (status, body) = fetch(&client, &mesh, &host, "/index.html").await.unwrap();
         assert_eq!((status, body.as_str()), (200, "<p>same site</p>"), "{host}");
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_project_stops_its_app() {
+    let mesh = mesh(&[]).await;
+    let site = Repo::new();
+    site.commit("main", "<p>soon gone</p>", "soon gone");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
+    let deployment = create(&mesh, &alice, &project_id, "").await;
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    mesh.projects()
+        .await
+        .delete_project(authed(
+            project_pb::DeleteProjectRequest {
+                project_id: project_id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
+    let stopped = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Superseded,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(stopped.status_message.contains("deleted"), "{stopped:?}");
+    let started = Instant::now();
+    loop {
+        let (status, _) = fetch(&reqwest::Client::new(), &mesh, &label, "/").await.unwrap();
+        if status == 502 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a deleted project's app is 502, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     mesh.stop().await;
 }

@@ -8,6 +8,7 @@
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
 //! | `DEPLOY_LOCAL_REPOSITORIES` | unset: directories (colon-separated) under which a project's repository may be a local path or file:// URL; unset, local repositories are refused |
 //! | `DEPLOY_POLL_INTERVAL_SECS` | `60`: how often auto-deploying projects' branches are polled (`git ls-remote`); `0` turns polling off (push events still deploy) |
+//! | `DEPLOY_REAP_INTERVAL_SECS` | `60`: how often the live deployments of deleted projects are looked for and stopped |
 //! | `DEPLOY_MAX_SOURCE_MB` | `512`: the largest file a source checkout may write |
 //! | `DEPLOY_RUNNER_WORKDIR` | the system temp directory: where builds run, one fresh directory each |
 //! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed (also its CPU-time limit) |
@@ -34,6 +35,7 @@ use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
     pub poll_interval: Option<Duration>,
+    pub reap_interval: Duration,
     pub lease: Duration,
     pub source: SourceConfig,
     pub max_log_lines: u64,
@@ -196,6 +198,7 @@ impl DeployConfig {
         )?;
         Ok(Self {
             poll_interval: (poll > 0).then(|| Duration::from_secs(poll)),
+            reap_interval: Duration::from_secs(number("DEPLOY_REAP_INTERVAL_SECS", 60)?),
             source: source_config,
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,

@@ -106,6 +106,11 @@ fn line_proto(row: LogRow) -> pb::LogLine {
         stream: stream_of(&row.stream) as i32,
         text: row.line,
         time: Some(rpc::timestamp(row.created_at)),
+        phase: if row.runtime {
+            pb::LogPhase::Runtime
+        } else {
+            pb::LogPhase::Build
+        } as i32,
     }
 }
 
@@ -562,6 +567,7 @@ impl DeployService for DeployServiceApi {
         self.visible(&caller, id).await?;
         // Subscribe before reading the backlog, so no line falls between.
         let mut events = self.inner.hub.subscribe();
+        let hub = self.inner.hub.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let db = self.inner.db.clone();
         let (follow, mut last) = (body.follow, body.after_sequence);
@@ -595,7 +601,7 @@ impl DeployService for DeployServiceApi {
             let settled = |db: Database| async move {
                 db.run(move |conn| db::state_of(conn, id))
                     .await
-                    .map(|state| state.is_none_or(State::is_settled))
+                    .map(|state| state.is_none_or(State::is_final))
             };
             let Some(sent) = drain(last).await else { return };
             last = sent;
@@ -605,6 +611,12 @@ impl DeployService for DeployServiceApi {
             loop {
                 let wake = tokio::select! {
                     () = tx.closed() => return,
+                    () = hub.stopped() => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the service is stopping; resume with after_sequence")))
+                            .await;
+                        return;
+                    }
                     event = events.recv() => event,
                 };
                 let (read, check_state) = match wake {
@@ -816,6 +828,7 @@ impl DeployService for DeployServiceApi {
     async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<RouteStream>, Status> {
         // Subscribe first: no change falls between the table and the feed.
         let mut events = self.inner.hub.subscribe();
+        let hub = self.inner.hub.clone();
         let db = self.inner.db.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
@@ -847,6 +860,7 @@ impl DeployService for DeployServiceApi {
                 loop {
                     tokio::select! {
                         () = tx.closed() => return,
+                        () = hub.stopped() => return,
                         event = events.recv() => match event {
                             Ok(Event::Log(_)) => continue,
                             Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,

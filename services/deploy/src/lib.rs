@@ -6,6 +6,7 @@ mod db;
 mod grpc;
 mod notify;
 mod push;
+mod reap;
 mod runner;
 mod state;
 
@@ -74,6 +75,7 @@ pub async fn serve(
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
     }
+    tokio::spawn(reap::run(api.clone(), config.reap_interval, shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {

@@ -26,6 +26,7 @@ pub enum Event {
 #[derive(Clone)]
 pub struct Hub {
     events: broadcast::Sender<Event>,
+    shutdown: CancellationToken,
 }
 
 impl Hub {
@@ -33,6 +34,7 @@ impl Hub {
     pub fn start(url: SecretString, shutdown: CancellationToken) -> Self {
         let (events, _) = broadcast::channel(4096);
         let sender = events.clone();
+        let stopping = shutdown.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -51,11 +53,20 @@ impl Hub {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         });
-        Self { events }
+        Self {
+            events,
+            shutdown: stopping,
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Resolves when the service stops: followers end their streams then
+    /// (a live deployment's logs would otherwise hold shutdown open).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await;
     }
 }
 

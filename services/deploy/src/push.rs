@@ -101,7 +101,11 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
         .await
         .map_err(|err| Status::unavailable(err.to_string()))?;
     let sha = head.clone();
-    if api.db().run(move |conn| db::push::saw_head(conn, project_id, &sha)).await? {
+    if api
+        .db()
+        .run(move |conn| db::push::saw_head(conn, project_id, &sha))
+        .await?
+    {
         deploy_commit(api, plan, &head).await?;
     }
     Ok(())

@@ -100,6 +100,7 @@ pub struct LogRow {
     pub stream: String,
     pub line: String,
     pub created_at: DateTime<Utc>,
+    pub runtime: bool,
 }
 
 /// Who may see a deployment: the project's owner, or an admin.
@@ -158,16 +159,19 @@ pub fn list(
 /// Appends lines, numbering them after the deployment's last one. The
 /// counter's row lock makes numbers gapless under concurrent appends.
 ///
-/// With a `cap` (a runner's lines), lines are kept only while the
+/// With a `cap` (a runner's build lines), lines are kept only while the
 /// deployment has fewer than `cap`; the first one dropped leaves a system
-/// line saying so. The service's own lines (state changes) pass no cap.
+/// line saying so. The service's own lines (state changes) pass no cap, and
+/// neither do a live app's (runtime), which the runner rate-limits.
 pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
     conn.transaction(|conn| {
-        let current: i64 = deployments::table
+        let (current, state): (i64, String) = deployments::table
             .find(id)
-            .select(deployments::log_sequence)
+            .select((deployments::log_sequence, deployments::state))
             .for_update()
             .first(conn)?;
+        let runtime = state == State::Live.as_str();
+        let cap = cap.filter(|_| !runtime);
         let capped_note = cap
             .map(|cap| format!("log limit of {cap} lines reached: further output of this deployment is dropped"))
             .unwrap_or_default();
@@ -204,6 +208,7 @@ pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: 
                     deployment_logs::sequence.eq(sequence),
                     deployment_logs::stream.eq(*stream),
                     deployment_logs::line.eq(*line),
+                    deployment_logs::runtime.eq(runtime),
                 )
             })
             .collect();
@@ -306,6 +311,12 @@ pub fn transition(
                 )?;
             }
         }
+        // Written before the change, so it belongs to the phase it ends.
+        let mut line = format!("{} → {}", from.as_str(), to.as_str());
+        if !outcome.message.is_empty() {
+            line.push_str(&format!(": {}", outcome.message));
+        }
+        append(conn, id, &[("system", line)], None)?;
         let settled = to.is_settled();
         let updated: Deployment = diesel::update(deployments::table.find(id))
             .set((
@@ -326,11 +337,6 @@ pub fn transition(
                 ))
                 .execute(conn)?;
         }
-        let mut line = format!("{} → {}", from.as_str(), to.as_str());
-        if !outcome.message.is_empty() {
-            line.push_str(&format!(": {}", outcome.message));
-        }
-        append(conn, id, &[("system", line)], None)?;
         Ok(Ok(updated))
     })
 }
@@ -464,6 +470,24 @@ pub fn routes(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, Uuid)
             Some((host, deployment.upstream, deployment.id))
         })
         .collect())
+}
+
+/// The projects that have a live deployment.
+pub fn live_projects(conn: &mut PgConnection) -> QueryResult<Vec<Uuid>> {
+    deployments::table
+        .filter(deployments::state.eq(State::Live.as_str()))
+        .select(deployments::project_id)
+        .distinct()
+        .load(conn)
+}
+
+/// A project's live deployments.
+pub fn live_of(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<Vec<Uuid>> {
+    deployments::table
+        .filter(deployments::project_id.eq(project_id))
+        .filter(deployments::state.eq(State::Live.as_str()))
+        .select(deployments::id)
+        .load(conn)
 }
 
 /// Gives a claimed deployment back to the queue at once (its lease ends

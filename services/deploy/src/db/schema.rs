@@ -48,6 +48,7 @@ diesel::table! {
         stream -> Varchar,
         line -> Text,
         created_at -> Timestamptz,
+        runtime -> Bool,
     }
 }
 
