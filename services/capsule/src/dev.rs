@@ -128,6 +128,9 @@ pub async fn run() -> anyhow::Result<()> {
          grpcurl -plaintext -d '{{\"service\":\"capsule.project.v1.ProjectService\"}}' localhost:50052 grpc.health.v1.Health/Check\n  \
          curl localhost:8080/readyz\n  \
          curl localhost:50053/metrics\n\n\
+         Apps: a live deployment answers at http://<host label>.localhost:8080 (GATEWAY_APPS_DOMAIN).\n\
+         Repositories: https://, ssh:// and git:// URLs; to deploy from a local path, allow its directory:\n  \
+         DEPLOY_LOCAL_REPOSITORIES=$HOME/src cargo run -p capsule-cli -- dev\n\n\
          Development admin: {DEV_ADMIN_EMAIL} / {}\n\
          Mail is logged, not sent (verification and reset links appear in the log).\n\n\
          Ctrl-C stops everything{}.\n",
