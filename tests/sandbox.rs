@@ -21,7 +21,7 @@ use capsule::{
 };
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy, logs, project, set_variable, text, wait_for},
+    deploy::{app, deploy, logs, project, rollback, set_variable, text, wait_for},
 };
 use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
 use tonic::Code;
@@ -391,18 +391,7 @@ async fn secrets_rest_only_in_the_project_database_a_redeploy_gets_the_current_v
 
     // Rotated: a rollback to the first deployment runs with the new value.
     set_variable(&mesh, &alice, &project_id, "TOKEN", "second-secret-value-2", true).await;
-    let rollback = mesh
-        .deploys()
-        .await
-        .rollback_deployment(authed(
-            pb::RollbackDeploymentRequest {
-                deployment_id: first.id.clone(),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let rollback = rollback(&mesh, &alice, &first.id).await;
     wait_for(
         &mesh,
         &alice,

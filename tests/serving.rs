@@ -14,13 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capsule::proto::{
-    deploy::v1::{self as pb, DeploymentState},
-    project::v1 as project_pb,
-};
+use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{app, logs, text, update_settings, wait_for},
+    deploy::{app, create, logs, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
 };
 
@@ -60,20 +57,17 @@ pub async fn site_project(mesh: &TestMesh, token: &str, site: &Repo, start: &str
     (id, project.host_label)
 }
 
-async fn create(mesh: &TestMesh, token: &str, project_id: &str, environment: &str) -> pb::Deployment {
-    mesh.deploys()
-        .await
-        .create_deployment(authed(
-            pb::CreateDeploymentRequest {
-                project_id: project_id.to_owned(),
-                environment: environment.to_owned(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+/// Waits (up to 5 s) until the app at `host` answers 502.
+async fn assert_soon_502(mesh: &TestMesh, host: &str, what: &str) {
+    let started = Instant::now();
+    loop {
+        let (status, _) = fetch(&reqwest::Client::new(), mesh, host, "/").await.unwrap();
+        if status == 502 {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{what}, not {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// GET `path` of the app at `host` through the gateway: status and body.
@@ -102,7 +96,7 @@ async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request
     assert_eq!(status, 502, "nothing is live yet: {body}");
     assert!(body.contains("No app is live here"), "{body}");
 
-    let first = create(&mesh, &alice, &project_id, "").await;
+    let first = create(&mesh, &alice, &project_id, "", "").await.unwrap();
     let first = wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
     assert_eq!(first.commit_sha, first_sha);
     assert!(first.url.contains(&label), "{first:?}");
@@ -141,7 +135,7 @@ async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request
             seen
         })
     };
-    let second = create(&mesh, &alice, &project_id, "").await;
+    let second = create(&mesh, &alice, &project_id, "", "").await.unwrap();
     let second = wait_for(
         &mesh,
         &alice,
@@ -194,7 +188,7 @@ async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exit
     let (alice, _) = mesh.user("alice@example.com").await;
 
     let (silent, _) = site_project(&mesh, &alice, &site, "sleep 60").await;
-    let deployment = create(&mesh, &alice, &silent, "").await;
+    let deployment = create(&mesh, &alice, &silent, "", "").await.unwrap();
     let failed = wait_for(
         &mesh,
         &alice,
@@ -213,7 +207,7 @@ async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exit
         "python3 -m http.server \"$PORT\" & sleep 2; echo going down; exit 3",
     )
     .await;
-    let deployment = create(&mesh, &alice, &flaky, "").await;
+    let deployment = create(&mesh, &alice, &flaky, "", "").await.unwrap();
     wait_for(
         &mesh,
         &alice,
@@ -234,18 +228,7 @@ async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exit
     let all = text(&logs(&mesh, &alice, &deployment.id).await);
     assert!(all.contains("exited with code 3; restarting"), "{all}");
     assert!(all.contains("going down"), "{all}");
-    let started = Instant::now();
-    loop {
-        let (status, _) = fetch(&reqwest::Client::new(), &mesh, &label, "/").await.unwrap();
-        if status == 502 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a crashed app is 502, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_soon_502(&mesh, &label, "a crashed app is 502").await;
     mesh.stop().await;
 }
 
@@ -256,8 +239,8 @@ async fn staging_and_production_are_live_side_by_side() {
     site.commit("main", "<p>same site</p>", "<p>same site</p>");
     let (alice, _) = mesh.user("alice@example.com").await;
     let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
-    let production = create(&mesh, &alice, &project_id, "production").await;
-    let staging = create(&mesh, &alice, &project_id, "staging").await;
+    let production = create(&mesh, &alice, &project_id, "", "production").await.unwrap();
+    let staging = create(&mesh, &alice, &project_id, "", "staging").await.unwrap();
     wait_for(
         &mesh,
         &alice,
@@ -298,7 +281,7 @@ async fn deleting_a_project_stops_its_app() {
     site.commit("main", "<p>soon gone</p>", "soon gone");
     let (alice, _) = mesh.user("alice@example.com").await;
     let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
-    let deployment = create(&mesh, &alice, &project_id, "").await;
+    let deployment = create(&mesh, &alice, &project_id, "", "").await.unwrap();
     wait_for(
         &mesh,
         &alice,
@@ -326,17 +309,6 @@ async fn deleting_a_project_stops_its_app() {
     )
     .await;
     assert!(stopped.status_message.contains("deleted"), "{stopped:?}");
-    let started = Instant::now();
-    loop {
-        let (status, _) = fetch(&reqwest::Client::new(), &mesh, &label, "/").await.unwrap();
-        if status == 502 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "a deleted project's app is 502, not {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_soon_502(&mesh, &label, "a deleted project's app is 502").await;
     mesh.stop().await;
 }

@@ -6,13 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use capsule::proto::{
-    deploy::v1::{self as pb, DeploymentState},
-    project::v1 as project_pb,
-};
+use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{logs, project, text, update_settings, wait_for},
+    deploy::{create, logs, project, rollback, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
     violated_fields,
 };
@@ -34,26 +31,6 @@ async fn set_repository(mesh: &TestMesh, token: &str, project_id: &str, url: &st
     update_settings(mesh, token, settings, &["repository_url"]).await;
 }
 
-async fn create(
-    mesh: &TestMesh,
-    token: &str,
-    project_id: &str,
-    source_ref: &str,
-) -> Result<pb::Deployment, tonic::Status> {
-    mesh.deploys()
-        .await
-        .create_deployment(authed(
-            pb::CreateDeploymentRequest {
-                project_id: project_id.to_owned(),
-                source_ref: source_ref.to_owned(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_same_one() {
     let mesh = mesh().await;
@@ -63,7 +40,7 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
     let project_id = project(&mesh, &alice, "cat index.html; ls -la; id -u", &[]).await;
     set_repository(&mesh, &alice, &project_id, &repo.url()).await;
 
-    let first = create(&mesh, &alice, &project_id, "").await.unwrap();
+    let first = create(&mesh, &alice, &project_id, "", "").await.unwrap();
     assert_eq!(first.source_ref, "main");
     assert_eq!(first.commit_sha, first_sha);
     assert_eq!(first.commit_message, "First version");
@@ -74,7 +51,7 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
     let first_logs = text(&logs(&mesh, &alice, &first.id).await);
     assert!(first_logs.contains("<h1>version one</h1>"), "{first_logs}");
 
-    let second = create(&mesh, &alice, &project_id, "main").await.unwrap();
+    let second = create(&mesh, &alice, &project_id, "main", "").await.unwrap();
     assert_eq!(second.commit_sha, second_sha);
     wait_for(
         &mesh,
@@ -87,20 +64,9 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
     assert!(text(&logs(&mesh, &alice, &second.id).await).contains("version two"));
 
     // By commit, and a rollback: the first commit again.
-    let by_commit = create(&mesh, &alice, &project_id, &first_sha).await.unwrap();
+    let by_commit = create(&mesh, &alice, &project_id, &first_sha, "").await.unwrap();
     assert_eq!(by_commit.commit_sha, first_sha);
-    let rollback = mesh
-        .deploys()
-        .await
-        .rollback_deployment(authed(
-            pb::RollbackDeploymentRequest {
-                deployment_id: second.id.clone(),
-            },
-            &alice,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let rollback = rollback(&mesh, &alice, &second.id).await;
     assert_eq!(rollback.commit_sha, second_sha);
     wait_for(
         &mesh,
@@ -123,10 +89,12 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_naming_the_
     let project_id = project(&mesh, &alice, "true", &[]).await;
     set_repository(&mesh, &alice, &project_id, &repo.url()).await;
 
-    let missing = create(&mesh, &alice, &project_id, "no-such-branch").await.unwrap_err();
+    let missing = create(&mesh, &alice, &project_id, "no-such-branch", "")
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&missing), ["source_ref"]);
     assert!(missing.message().contains("no-such-branch") || format!("{missing:?}").contains("no-such-branch"));
-    let option = create(&mesh, &alice, &project_id, "--upload-pack=touch /tmp/x")
+    let option = create(&mesh, &alice, &project_id, "--upload-pack=touch /tmp/x", "")
         .await
         .unwrap_err();
     assert_eq!(violated_fields(&option), ["source_ref"]);
@@ -134,7 +102,7 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_naming_the_
     // Outside the allowed root (the path exists: /etc).
     let forbidden = project(&mesh, &alice, "true", &[]).await;
     set_repository(&mesh, &alice, &forbidden, "/etc").await;
-    let refused = create(&mesh, &alice, &forbidden, "").await.unwrap_err();
+    let refused = create(&mesh, &alice, &forbidden, "", "").await.unwrap_err();
     assert_eq!(violated_fields(&refused), ["repository_url"]);
     assert!(
         format!("{refused:?}").contains("DEPLOY_LOCAL_REPOSITORIES"),
@@ -169,7 +137,7 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_naming_the_
         ..Default::default()
     };
     update_settings(&mesh, &alice, settings, &["root_directory"]).await;
-    let deployment = create(&mesh, &alice, &project_id, "").await.unwrap();
+    let deployment = create(&mesh, &alice, &project_id, "", "").await.unwrap();
     let failed = wait_for(
         &mesh,
         &alice,

@@ -159,3 +159,41 @@ pub async fn update_settings(mesh: &TestMesh, token: &str, settings: project_pb:
         .await
         .unwrap();
 }
+
+/// Creates a deployment of `source_ref` in `environment` (empty: the
+/// project's branch, production).
+pub async fn create(
+    mesh: &TestMesh,
+    token: &str,
+    project_id: &str,
+    source_ref: &str,
+    environment: &str,
+) -> Result<pb::Deployment, tonic::Status> {
+    mesh.deploys()
+        .await
+        .create_deployment(authed(
+            pb::CreateDeploymentRequest {
+                project_id: project_id.to_owned(),
+                source_ref: source_ref.to_owned(),
+                environment: environment.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Rolls back to deployment `id`: the new deployment.
+pub async fn rollback(mesh: &TestMesh, token: &str, id: &str) -> pb::Deployment {
+    mesh.deploys()
+        .await
+        .rollback_deployment(authed(
+            pb::RollbackDeploymentRequest {
+                deployment_id: id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
