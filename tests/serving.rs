@@ -312,3 +312,85 @@ async fn deleting_a_project_stops_its_app() {
     assert_soon_502(&mesh, &label, "a deleted project's app is 502").await;
     mesh.stop().await;
 }
+
+/// An app that completes a WebSocket handshake (RFC 6455's accept key) and
+/// then echoes what it reads, upper-cased.
+const UPGRADE_ECHO: &str = r#"exec python3 - <<'PY'
+import base64, hashlib, os, socket, threading
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+def serve(conn):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        head += chunk
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n\r\n")[0].split(b"\r\n")[1:])
+    headers = {name.lower(): value for name, value in headers.items()}
+    if headers.get(b"upgrade", b"").lower() != b"websocket":
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        return conn.close()
+    accept = base64.b64encode(hashlib.sha1(headers[b"sec-websocket-key"] + GUID).digest())
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: " + accept + b"\r\n\r\n")
+    while chunk := conn.recv(4096):
+        conn.sendall(chunk.upper())
+    conn.close()
+server = socket.create_server(("", int(os.environ["PORT"])))
+while True:
+    threading.Thread(target=serve, args=(server.accept()[0],), daemon=True).start()
+PY"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mesh = mesh(&[]).await;
+    let site = Repo::new();
+    site.commit("main", "unused", "an upgrade echo app");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, UPGRADE_ECHO).await;
+    let deployment = create(&mesh, &alice, &project_id, "", "").await.unwrap();
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let mut stream = tokio::net::TcpStream::connect(mesh.http).await.unwrap();
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nhost: {label}.localhost:{}\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        mesh.http.port()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed during the handshake: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The example key of RFC 6455 section 1.3 and its accept value.
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    for message in ["hello", "over the same connection"] {
+        stream.write_all(message.as_bytes()).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8(echoed).unwrap(), message.to_uppercase());
+    }
+    mesh.stop().await;
+}
