@@ -312,6 +312,8 @@ pub struct KeySet {
     at_edge: bool,
     runners: OnceLock<Arc<dyn RunnerVerifier>>,
     internal_secret: Option<[u8; 32]>,
+    /// What a Capsule caller vouching for a client address presents.
+    client_proof: Option<String>,
     source: Arc<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     last_fetch: Mutex<Option<Instant>>,
@@ -340,6 +342,7 @@ impl KeySet {
             at_edge,
             runners: OnceLock::new(),
             internal_secret: secrets.internal_secret.as_deref().map(digest),
+            client_proof: secrets.internal_secret.as_deref().map(crate::client::proof),
             source,
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
@@ -607,6 +610,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let keys = self.keys.clone();
+        if let Some(ip) = crate::client::resolve(&request, keys.client_proof.as_deref()) {
+            tracing::Span::current().record("client", tracing::field::display(ip));
+            request.extensions_mut().insert(crate::client::ClientAddress(ip));
+        }
         Box::pin(async move {
             match authorize(&keys, request.uri().path(), request.headers()).await {
                 Ok(caller) => {

@@ -7,6 +7,7 @@
 //! handling ([`shutdown`]).
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod db;
 pub mod migrate;

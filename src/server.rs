@@ -288,8 +288,9 @@ impl GrpcServer {
     }
 }
 
-/// The log span of one request: method and request id, so every line a
-/// handler logs carries both.
+/// The log span of one request: method, request id and (once the access
+/// layer knows it) the client address, so every line a handler logs
+/// carries them.
 #[derive(Clone, Copy)]
 struct RequestSpan;
 
@@ -300,7 +301,12 @@ impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
             .get("x-request-id")
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
-        tracing::info_span!("request", method = %request.uri().path(), request_id = %request_id)
+        tracing::info_span!(
+            "request",
+            method = %request.uri().path(),
+            request_id = %request_id,
+            client = tracing::field::Empty
+        )
     }
 }
 

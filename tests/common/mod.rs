@@ -115,7 +115,10 @@ pub async fn start_with(options: Options) -> TestMesh {
                     capsule_auth::serve_with(
                         listener,
                         config,
-                        capsule_auth::AuthConfig::from_source(&|_: &str| None).unwrap(),
+                        capsule_auth::AuthConfig::from_source(&|name: &str| {
+                            (name == "CAPSULE_INTERNAL_SECRET").then(|| "test-internal-secret".to_owned())
+                        })
+                        .unwrap(),
                         serve,
                         token,
                     )

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use capsule::{
     auth::{AUDIENCE, Caller, Claims, ISSUER},
+    client,
     db::Database,
     proto::auth::v1::{self as pb, auth_service_server::AuthService},
     rpc::{self, FieldViolations, PageToken},
@@ -32,6 +33,7 @@ struct Inner {
     db: Database,
     keys: Arc<KeyRing>,
     config: AuthConfig,
+    hasher: password::Hasher,
 }
 
 const WRONG_CREDENTIALS: &str = "email or password is incorrect";
@@ -99,21 +101,13 @@ fn preferences_proto(preferences: Preferences) -> pb::Preferences {
 impl AuthServiceApi {
     pub fn new(db: Database, keys: Arc<KeyRing>, config: AuthConfig) -> Self {
         Self {
-            inner: Arc::new(Inner { db, keys, config }),
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                hasher: password::Hasher::new(config.hash_concurrency, config.hash_max_wait),
+                config,
+            }),
         }
-    }
-
-    fn client_address<T>(&self, request: &Request<T>) -> String {
-        if self.inner.config.trust_forwarded_for
-            && let Some(forwarded) = request.metadata().get("x-forwarded-for").and_then(|v| v.to_str().ok())
-            && let Some(first) = forwarded.split(',').next()
-        {
-            return first.trim().chars().take(64).collect();
-        }
-        request
-            .remote_addr()
-            .map(|addr| addr.ip().to_string())
-            .unwrap_or_default()
     }
 
     fn user_agent<T>(request: &Request<T>) -> String {
@@ -228,13 +222,82 @@ impl AuthServiceApi {
         Ok(())
     }
 
+    /// The counters an attempt at `email`'s password from `address` counts
+    /// against: that account from that address (a few failures lock the
+    /// pair), that address for any account (a flood), and that account
+    /// from anywhere (a distributed guesser, with a high ceiling) — so a
+    /// flood from one address does not lock its victim out elsewhere.
+    fn password_throttles(&self, email: &str, address: &str) -> Result<Vec<db::Throttle>, Status> {
+        let config = &self.inner.config;
+        let window = chrono::Duration::from_std(config.failure_window).map_err(internal)?;
+        let lockout = chrono::Duration::from_std(config.lockout).map_err(internal)?;
+        let rule = |max_failures, window| db::ThrottleRule {
+            max_failures,
+            window,
+            lockout,
+        };
+        Ok(vec![
+            db::Throttle {
+                scope: format!("pair:{email}|{address}"),
+                rule: rule(config.max_failures_per_pair, window),
+                shared: false,
+            },
+            self.address_throttle(address)?,
+            db::Throttle {
+                scope: format!("account:{email}"),
+                rule: rule(config.max_failures_per_account, chrono::Duration::days(1)),
+                shared: false,
+            },
+        ])
+    }
+
+    /// The counter of failed attempts from `address`, for any account or
+    /// token.
+    fn address_throttle(&self, address: &str) -> Result<db::Throttle, Status> {
+        let config = &self.inner.config;
+        Ok(db::Throttle {
+            scope: format!("address:{address}"),
+            rule: db::ThrottleRule {
+                max_failures: config.max_failures_per_address,
+                window: chrono::Duration::from_std(config.failure_window).map_err(internal)?,
+                lockout: chrono::Duration::from_std(config.lockout).map_err(internal)?,
+            },
+            shared: true,
+        })
+    }
+
+    /// Counts an attempt as a failure in advance (see
+    /// [`db::take_attempt`]); RESOURCE_EXHAUSTED with the wait while one of
+    /// its counters is locked.
+    async fn take_attempt(&self, throttles: &[db::Throttle]) -> Result<(), Status> {
+        let throttles = throttles.to_vec();
+        match self
+            .inner
+            .db
+            .run(move |conn| db::take_attempt(conn, &throttles))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(until) => Err(Self::throttled(until)),
+        }
+    }
+
+    /// The attempt counted by [`Self::take_attempt`] succeeded.
+    async fn attempt_succeeded(&self, throttles: Vec<db::Throttle>) -> Result<(), Status> {
+        Ok(self
+            .inner
+            .db
+            .run(move |conn| db::attempt_succeeded(conn, &throttles))
+            .await?)
+    }
+
     fn throttled(until: chrono::DateTime<Utc>) -> Status {
         let wait = (until - Utc::now()).num_seconds().max(1);
         let mut details = ErrorDetails::new();
         details.set_retry_info(Some(Duration::from_secs(u64::try_from(wait).unwrap_or(1))));
         Status::with_error_details(
             Code::ResourceExhausted,
-            format!("too many failed sign-ins; retry in {wait} s"),
+            format!("too many failed attempts; retry in {wait} s"),
             details,
         )
     }
@@ -253,7 +316,7 @@ impl AuthServiceApi {
 #[tonic::async_trait]
 impl AuthService for AuthServiceApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
-        let (user_agent, address) = (Self::user_agent(&request), self.client_address(&request));
+        let (user_agent, address) = (Self::user_agent(&request), client::address_of(&request));
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let email = validate::email(&body.email, "email", &mut violations);
@@ -261,7 +324,7 @@ impl AuthService for AuthServiceApi {
         password::check_policy(&body.password, &email, "password", &mut violations);
         violations.check()?;
 
-        let hash = password::hash(body.password).await.map_err(internal)?;
+        let hash = self.inner.hasher.hash(body.password).await?;
         let created = self
             .inner
             .db
@@ -297,11 +360,16 @@ impl AuthService for AuthServiceApi {
     }
 
     async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
-        let (user_agent, address) = (Self::user_agent(&request), self.client_address(&request));
+        let (user_agent, address) = (Self::user_agent(&request), client::address_of(&request));
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         if body.email.trim().is_empty() {
             violations.add("email", "is required");
+        } else if body.email.chars().count() > validate::MAX_EMAIL_CHARS {
+            violations.add(
+                "email",
+                format!("must be at most {} characters", validate::MAX_EMAIL_CHARS),
+            );
         }
         if body.password.is_empty() {
             violations.add("password", "is required");
@@ -313,45 +381,20 @@ impl AuthService for AuthServiceApi {
         }
         violations.check()?;
         let email = body.email.trim().to_lowercase();
-        let scopes = vec![format!("account:{email}"), format!("address:{address}")];
-
+        let throttles = self.password_throttles(&email, &address)?;
+        self.take_attempt(&throttles).await?;
         let lookup_email = email.clone();
-        let lookup_scopes = scopes.clone();
-        let (locked, user) = self
+        let user = self
             .inner
             .db
-            .run(move |conn| {
-                Ok((
-                    db::locked_until(conn, &lookup_scopes)?,
-                    User::find_by_email(conn, &lookup_email)?,
-                ))
-            })
+            .run(move |conn| User::find_by_email(conn, &lookup_email))
             .await?;
-        if let Some(until) = locked {
-            return Err(Self::throttled(until));
-        }
-        let matches = password::verify(body.password, user.as_ref().map(|user| user.password_hash.clone())).await;
-        let config = &self.inner.config;
+        let matches = self
+            .inner
+            .hasher
+            .verify(body.password, user.as_ref().map(|user| user.password_hash.clone()))
+            .await?;
         let Some(user) = user.filter(|_| matches) else {
-            let window = chrono::Duration::from_std(config.failure_window).map_err(internal)?;
-            let lockout = chrono::Duration::from_std(config.lockout).map_err(internal)?;
-            let account_rule = db::ThrottleRule {
-                max_failures: config.max_failures_per_account,
-                window,
-                lockout,
-            };
-            let address_rule = db::ThrottleRule {
-                max_failures: config.max_failures_per_address,
-                window,
-                lockout,
-            };
-            self.inner
-                .db
-                .run(move |conn| {
-                    db::record_failure(conn, &scopes[0], account_rule)?;
-                    db::record_failure(conn, &scopes[1], address_rule)
-                })
-                .await?;
             return Err(Status::unauthenticated(WRONG_CREDENTIALS));
         };
         if !user.is_active {
@@ -359,11 +402,7 @@ impl AuthService for AuthServiceApi {
                 "this account is deactivated; contact an administrator",
             ));
         }
-        let account_scope = format!("account:{email}");
-        self.inner
-            .db
-            .run(move |conn| db::clear_failures(conn, &account_scope))
-            .await?;
+        self.attempt_succeeded(throttles).await?;
         let tokens = self.start_session(&user, user_agent, address).await?;
         tracing::info!(user.id = %user.id, "signed in");
         let user_id = user.id;
@@ -575,6 +614,7 @@ impl AuthService for AuthServiceApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let (_, session, user) = self.live_caller(&request).await?;
+        let address = client::address_of(&request);
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         if body.current_password.is_empty() {
@@ -582,10 +622,19 @@ impl AuthService for AuthServiceApi {
         }
         password::check_policy(&body.new_password, &user.email, "new_password", &mut violations);
         violations.check()?;
-        if !password::verify(body.current_password, Some(user.password_hash.clone())).await {
+        // A stolen session must not become a way to guess the password.
+        let throttles = self.password_throttles(&user.email, &address)?;
+        self.take_attempt(&throttles).await?;
+        if !self
+            .inner
+            .hasher
+            .verify(body.current_password, Some(user.password_hash.clone()))
+            .await?
+        {
             return Err(rpc::invalid_field("current_password", "is not your current password"));
         }
-        let hash = password::hash(body.new_password).await.map_err(internal)?;
+        self.attempt_succeeded(throttles).await?;
+        let hash = self.inner.hasher.hash(body.new_password).await?;
         let revoked = self
             .inner
             .db
@@ -653,10 +702,13 @@ impl AuthService for AuthServiceApi {
         &self,
         request: Request<pb::VerifyEmailRequest>,
     ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let address = client::address_of(&request);
         let token = request.into_inner().token;
         if token.is_empty() {
             return Err(rpc::invalid_field("token", "is required"));
         }
+        let throttles = vec![self.address_throttle(&address)?];
+        self.take_attempt(&throttles).await?;
         let hash = token_hash(&token);
         let verified = self
             .inner
@@ -677,6 +729,7 @@ impl AuthService for AuthServiceApi {
                 "is not valid, was already used or has expired; ask for a new email",
             )
         })?;
+        self.attempt_succeeded(throttles).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user: Some(self.load_user(user_id).await?),
         }))
@@ -702,6 +755,7 @@ impl AuthService for AuthServiceApi {
         &self,
         request: Request<pb::ResetPasswordRequest>,
     ) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+        let address = client::address_of(&request);
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         if body.token.is_empty() {
@@ -709,7 +763,9 @@ impl AuthService for AuthServiceApi {
         }
         password::check_policy(&body.new_password, "", "new_password", &mut violations);
         violations.check()?;
-        let hash = password::hash(body.new_password).await.map_err(internal)?;
+        let throttles = vec![self.address_throttle(&address)?];
+        self.take_attempt(&throttles).await?;
+        let hash = self.inner.hasher.hash(body.new_password).await?;
         let token_hash = token_hash(&body.token);
         let reset = self
             .inner
@@ -731,6 +787,7 @@ impl AuthService for AuthServiceApi {
                 "is not valid, was already used or has expired; ask for a new email",
             )
         })?;
+        self.attempt_succeeded(throttles).await?;
         tracing::info!(user.id = %user_id, "password reset");
         Ok(Response::new(pb::ResetPasswordResponse {}))
     }

@@ -30,7 +30,8 @@ static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/auth")
 /// The auth database's migrations, embedded at build time.
 pub static MIGRATIONS: MigrationSet = MigrationSet::new(ServiceKind::Auth, &EMBEDDED, capsule::migrate::files::AUTH);
 
-/// How often the signing keys are reloaded (another replica may rotate).
+/// How often the signing keys are reloaded (another replica may rotate)
+/// and old sign-in counters forgotten.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Serves the auth service on `listener` until `shutdown` is cancelled.
@@ -54,7 +55,7 @@ pub async fn serve_with(
     let db = Database::new(db_config)?;
     let keys = Arc::new(keys::KeyRing::lazy());
     let api = AuthServiceApi::new(db.clone(), keys.clone(), config.clone());
-    let verifier = KeySet::new(Arc::new(keys::LocalKeys(keys.clone())));
+    let verifier = KeySet::with_secrets(Arc::new(keys::LocalKeys(keys.clone())), &config.secrets);
     let db_for_keys = db.clone();
 
     // Keys live in the database: load them once it is migrated (before
@@ -75,6 +76,12 @@ pub async fn serve_with(
             }
             if let Err(err) = keys.reload(&db_for_keys, &config).await {
                 tracing::warn!(error = %format!("{err:#}"), "cannot reload the signing keys");
+            }
+            let pruned = db_for_keys
+                .run(|conn| db::prune_throttles(conn, chrono::Duration::days(2)))
+                .await;
+            if let Err(err) = pruned {
+                tracing::warn!(error = %err, "cannot forget old sign-in counters");
             }
         }
     });

@@ -1,13 +1,21 @@
 //! Passwords: the NIST SP 800-63B policy (8 to 128 characters, nothing from
 //! a list of common passwords) and argon2id with OWASP's parameters
-//! (19 MiB, 2 passes, 1 lane), hashed and verified on a blocking thread.
+//! (19 MiB, 2 passes, 1 lane), hashed and verified on a blocking thread —
+//! at most `AUTH_HASH_CONCURRENCY` at once, so a storm of sign-ins costs
+//! a bounded amount of memory (19 MiB each) and waits, or is turned away.
 
-use std::sync::OnceLock;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use argon2::{
     Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version, password_hash::SaltString,
 };
 use capsule::rpc::FieldViolations;
+use tokio::sync::Semaphore;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 pub const MIN_CHARS: usize = 8;
 pub const MAX_CHARS: usize = 128;
@@ -37,6 +45,54 @@ pub fn check_policy(password: &str, email: &str, field: &str, violations: &mut F
     }
 }
 
+/// Hashing and verifying passwords, a bounded number at once.
+#[derive(Clone)]
+pub struct Hasher {
+    slots: Arc<Semaphore>,
+    max_wait: Duration,
+}
+
+impl Hasher {
+    /// At most `concurrency` hashes at once; a call that cannot start
+    /// within `max_wait` is refused.
+    pub fn new(concurrency: usize, max_wait: Duration) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            max_wait,
+        }
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(Duration::from_secs(1)));
+                Err(Status::with_error_details(
+                    Code::Unavailable,
+                    "the service is busy checking passwords; retry in 1 s",
+                    details,
+                ))
+            }
+        }
+    }
+
+    /// The argon2id hash of a new password.
+    pub async fn hash(&self, password: String) -> Result<String, Status> {
+        let _slot = self.slot().await?;
+        hash(password).await.map_err(|err| {
+            tracing::error!(error = %err, "cannot hash a password");
+            Status::internal("internal error")
+        })
+    }
+
+    /// Whether `password` matches `hash` (see [`verify`]).
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Status> {
+        let _slot = self.slot().await?;
+        Ok(verify(password, hash).await)
+    }
+}
+
 /// The argon2id hash (PHC string) of a password.
 pub async fn hash(password: String) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || {
@@ -53,7 +109,7 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
 
 /// Whether `password` matches `hash`. With no hash (unknown account) a
 /// dummy hash is checked so the answer takes as long either way.
-pub async fn verify(password: String, hash: Option<String>) -> bool {
+async fn verify(password: String, hash: Option<String>) -> bool {
     tokio::task::spawn_blocking(move || {
         let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
         let Ok(parsed) = PasswordHash::new(&hash) else {
@@ -108,5 +164,19 @@ mod tests {
         assert!(verify("correct horse battery staple".to_owned(), Some(first.clone())).await);
         assert!(!verify("wrong horse battery staple".to_owned(), Some(first)).await);
         assert!(!verify("anything".to_owned(), None).await);
+    }
+
+    #[tokio::test]
+    async fn a_hasher_runs_a_bounded_number_at_once_and_turns_away_who_waits_too_long() {
+        let hasher = Hasher::new(1, Duration::from_millis(1));
+        let held = hasher.slots.clone().acquire_owned().await.unwrap();
+        let busy = hasher
+            .hash("correct horse battery staple".to_owned())
+            .await
+            .unwrap_err();
+        assert_eq!(busy.code(), Code::Unavailable);
+        assert!(busy.get_details_retry_info().is_some(), "{busy:?}");
+        drop(held);
+        assert!(hasher.hash("correct horse battery staple".to_owned()).await.is_ok());
     }
 }

@@ -4,6 +4,9 @@ use std::str::FromStr;
 
 use capsule::rpc::{self, FieldViolations};
 
+/// The longest email address (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+
 /// Trims and lowercases an email address and checks its shape.
 pub fn email(value: &str, field: &str, violations: &mut FieldViolations) -> String {
     let email = value.trim().to_lowercase();
@@ -26,7 +29,7 @@ pub fn email(value: &str, field: &str, violations: &mut FieldViolations) -> Stri
     };
     if email.is_empty() {
         violations.add(field, "is required");
-    } else if email.len() > 254 || !valid {
+    } else if email.len() > MAX_EMAIL_CHARS || !valid {
         violations.add(field, "must be an email address such as ada@example.com");
     }
     email

@@ -7,7 +7,12 @@
 //! reads (GET) are retried with backoff on UNAVAILABLE; bodies are limited;
 //! CORS is configurable; requests are rate-limited per client address.
 
-use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    num::NonZeroU32,
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
@@ -42,7 +47,7 @@ pub struct Bridge {
     pub backends: Backends,
     pub keys: Arc<KeySet>,
     pub config: EdgeConfig,
-    limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    limiter: ClientLimiter,
     openapi: serde_json::Value,
 }
 
@@ -52,7 +57,7 @@ impl Bridge {
         let burst = NonZeroU32::new(config.rate_limit_burst).unwrap_or(per_second);
         let openapi = crate::openapi::document(&routes);
         Self {
-            limiter: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
+            limiter: ClientLimiter::new(Quota::per_second(per_second).allow_burst(burst)),
             routes,
             backends,
             keys,
@@ -79,6 +84,45 @@ impl Bridge {
     }
 }
 
+/// The per-client rate limit. IPv6 clients are counted by their /64 (one
+/// host usually holds a whole /64), and clients idle long enough to be
+/// back at a full burst are forgotten, so memory follows the clients of
+/// the last moments, not every client ever seen.
+pub struct ClientLimiter(DefaultKeyedRateLimiter<IpAddr>);
+
+impl ClientLimiter {
+    pub fn new(quota: Quota) -> Self {
+        Self(RateLimiter::keyed(quota))
+    }
+
+    /// Whether `client` may make one more request now.
+    pub fn check(&self, client: IpAddr) -> bool {
+        let key = match client {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))
+            }
+            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            v4 => v4,
+        };
+        self.0.check_key(&key).is_ok()
+    }
+
+    /// Forgets the clients that have been idle long enough.
+    pub fn prune(&self) {
+        self.0.retain_recent();
+        self.0.shrink_to_fit();
+    }
+
+    /// How many clients are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// How often idle clients are forgotten.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+
 pub async fn serve(
     listener: TcpListener,
     bridge: Arc<Bridge>,
@@ -87,6 +131,17 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cors = crate::cors(&bridge.config);
+    {
+        let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(PRUNE_INTERVAL) => bridge.limiter.prune(),
+                }
+            }
+        });
+    }
     let mut app = Router::new()
         .route(
             "/healthz",
@@ -206,7 +261,12 @@ fn deadline(headers: &HeaderMap, default: Duration) -> Duration {
     parsed.min(default * 10)
 }
 
-fn metadata_from(headers: &HeaderMap, request_id: &str, client: SocketAddr) -> tonic::metadata::MetadataMap {
+fn metadata_from(
+    headers: &HeaderMap,
+    request_id: &str,
+    client: IpAddr,
+    proof: Option<&str>,
+) -> tonic::metadata::MetadataMap {
     let mut metadata = tonic::metadata::MetadataMap::new();
     // With the signature and delivery headers of git hosts' push events.
     for name in [
@@ -231,10 +291,9 @@ fn metadata_from(headers: &HeaderMap, request_id: &str, client: SocketAddr) -> t
     if let Ok(value) = request_id.parse() {
         metadata.insert("x-request-id", value);
     }
-    if let Ok(value) = client.ip().to_string().parse() {
-        metadata.insert("x-forwarded-for", value);
-    }
-    metadata
+    let mut headers = metadata.into_headers();
+    capsule::client::vouch(&mut headers, Some(client), proof);
+    tonic::metadata::MetadataMap::from_headers(headers)
 }
 
 async fn transcoded(
@@ -251,14 +310,15 @@ async fn transcoded(
     // The span follows the request's future wherever it is polled (an
     // entered guard held across `.await` would leak into other requests
     // on the same thread and chain their spans without end).
-    let span =
-        tracing::info_span!("rest", method = %request.method(), path = %request.uri().path(), request_id = %request_id);
+    let span = tracing::info_span!("rest", method = %request.method(), path = %request.uri().path(), request_id = %request_id, client = tracing::field::Empty);
     handle(bridge, client, request, request_id).instrument(span).await
 }
 
-async fn handle(bridge: Arc<Bridge>, client: SocketAddr, request: Request, request_id: String) -> Response {
+async fn handle(bridge: Arc<Bridge>, peer: SocketAddr, request: Request, request_id: String) -> Response {
     let (parts, body) = request.into_parts();
-    if bridge.limiter.check_key(&client.ip()).is_err() {
+    let client = capsule::client::forwarded(peer.ip(), &parts.headers, &bridge.config.trusted_proxies);
+    tracing::Span::current().record("client", tracing::field::display(client));
+    if !bridge.limiter.check(client) {
         return bridge.error(
             &Status::resource_exhausted("too many requests from this address; slow down"),
             &request_id,
@@ -323,7 +383,12 @@ async fn handle(bridge: Arc<Bridge>, client: SocketAddr, request: Request, reque
     let Some(channel) = bridge.backends.for_service(route.method.parent_service().full_name()) else {
         return bridge.error(&Status::unimplemented("no backend serves this API"), &request_id);
     };
-    let metadata = metadata_from(&parts.headers, &request_id, client);
+    let metadata = metadata_from(
+        &parts.headers,
+        &request_id,
+        client,
+        bridge.config.client_proof.as_deref(),
+    );
     if streaming {
         let sse = parts
             .headers
@@ -482,4 +547,28 @@ async fn stream(
         headers.insert("x-request-id", value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_forgets_idle_clients_and_counts_an_ipv6_host_by_its_64() {
+        let limiter = ClientLimiter::new(Quota::per_second(NonZeroU32::new(1000).unwrap()));
+        for i in 0..10_000u32 {
+            assert!(limiter.check(IpAddr::V4(Ipv4Addr::from(i))));
+        }
+        assert_eq!(limiter.len(), 10_000);
+        std::thread::sleep(Duration::from_millis(50));
+        limiter.prune();
+        assert_eq!(limiter.len(), 0, "clients back at a full burst are forgotten");
+
+        let strict = ClientLimiter::new(Quota::per_hour(NonZeroU32::MIN));
+        assert!(strict.check("2001:db8::1".parse().unwrap()));
+        assert!(!strict.check("2001:db8::ffff:2".parse().unwrap()), "the same /64");
+        assert!(strict.check("2001:db8:0:1::1".parse().unwrap()), "another /64");
+        strict.prune();
+        assert_eq!(strict.len(), 2, "clients still limited are kept");
+    }
 }

@@ -37,6 +37,8 @@ pub use grpc::GatewayServiceApi;
 /// | `GATEWAY_RATE_LIMIT_PER_SEC` | `100` requests per second per client address … |
 /// | `GATEWAY_RATE_LIMIT_BURST` | `200` … with bursts up to this |
 /// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
+/// | `GATEWAY_TRUSTED_PROXIES` | unset: the client is the connection's peer; a comma-separated list of CIDRs (`10.0.0.0/8,::1`) whose `X-Forwarded-For` is believed |
+/// | `CAPSULE_INTERNAL_SECRET` | proves to the services the client address the gateway forwards (see [`capsule::client`]) |
 /// | `GATEWAY_APPS_*` | serving users' apps: see [`apps::AppsConfig`] |
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -46,6 +48,9 @@ pub struct EdgeConfig {
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
     pub cors_origins: Vec<String>,
+    pub trusted_proxies: Vec<capsule::client::IpNet>,
+    /// Sent with the client address to the services.
+    pub client_proof: Option<String>,
 }
 
 impl EdgeConfig {
@@ -70,6 +75,18 @@ impl EdgeConfig {
                         .collect()
                 })
                 .unwrap_or_default(),
+            trusted_proxies: capsule::client::parse_networks(
+                &source.get("GATEWAY_TRUSTED_PROXIES").unwrap_or_default(),
+            )
+            .map_err(|reason| ConfigError {
+                variable: "GATEWAY_TRUSTED_PROXIES".to_owned(),
+                value: source.get("GATEWAY_TRUSTED_PROXIES").unwrap_or_default(),
+                reason,
+            })?,
+            client_proof: source
+                .get("CAPSULE_INTERNAL_SECRET")
+                .as_deref()
+                .map(capsule::client::proof),
         })
     }
 }
@@ -158,15 +175,20 @@ impl Backends {
 
 /// The gRPC front door: calls for the services behind the gateway are
 /// forwarded as they are (headers, body and trailers stream through).
-fn front_door(backends: &Backends) -> axum::Router {
+fn front_door(backends: &Backends, edge: &EdgeConfig) -> axum::Router {
     let mut router = axum::Router::new();
     for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
         let name = kind.grpc_service_name();
         let Some(channel) = backends.for_service(name) else {
             continue;
         };
-        let forward = tower::service_fn(move |request: http::Request<axum::body::Body>| {
+        let (trusted, proof) = (edge.trusted_proxies.clone(), edge.client_proof.clone());
+        let forward = tower::service_fn(move |mut request: http::Request<axum::body::Body>| {
             let mut channel = channel.clone();
+            // The services learn who the client is from the gateway alone.
+            let client = capsule::client::peer(&request)
+                .map(|peer| capsule::client::forwarded(peer, request.headers(), &trusted));
+            capsule::client::vouch(request.headers_mut(), client, proof.as_deref());
             async move {
                 use tower::Service;
                 let request = request.map(tonic::body::Body::new);
@@ -236,6 +258,7 @@ pub async fn serve(
         backends.deploy.clone(),
         shutdown.clone(),
     ));
+    let front_door = front_door(&backends, &edge);
     let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
@@ -244,7 +267,7 @@ pub async fn serve(
             GatewayServiceServer::new(GatewayServiceApi::new(backends.clone()))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
-        .with_router(front_door(&backends));
+        .with_router(front_door);
     for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
         server = server.advertise(kind.grpc_service_name());
     }

@@ -395,7 +395,7 @@ pub fn push_email(conn: &mut PgConnection, recipient: &str, subject: &str, body:
         .get_result(conn)
 }
 
-/// How failed sign-ins are counted.
+/// How failed attempts on one scope are counted.
 #[derive(Debug, Clone, Copy)]
 pub struct ThrottleRule {
     pub max_failures: i32,
@@ -403,53 +403,121 @@ pub struct ThrottleRule {
     pub lockout: Duration,
 }
 
-/// When the latest lock on any of `scopes` lifts, if one is in force.
-pub fn locked_until(conn: &mut PgConnection, scopes: &[String]) -> QueryResult<Option<DateTime<Utc>>> {
-    login_throttles::table
-        .filter(login_throttles::scope.eq_any(scopes))
-        .filter(login_throttles::locked_until.gt(now))
-        .select(diesel::dsl::max(login_throttles::locked_until))
-        .first::<Option<DateTime<Utc>>>(conn)
+/// One counter of failed attempts (an account, an address, or an account
+/// from one address) and its rule.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    pub scope: String,
+    pub rule: ThrottleRule,
+    /// Counts many people's attempts (an address): a success takes back
+    /// one failure rather than starting again from nothing.
+    pub shared: bool,
 }
 
-/// Counts one failure on `scope`; locks it when the window holds
-/// `max_failures`.
-pub fn record_failure(conn: &mut PgConnection, scope: &str, rule: ThrottleRule) -> QueryResult<()> {
-    let now_utc = Utc::now();
-    let window_start = now_utc - rule.window;
-    conn.transaction(|conn| {
-        let row: Option<(i32, DateTime<Utc>)> = login_throttles::table
-            .find(scope)
-            .select((login_throttles::failures, login_throttles::window_started_at))
-            .for_update()
-            .first(conn)
-            .optional()?;
-        let (failures, started) = match row {
-            Some((failures, started)) if started > window_start => (failures + 1, started),
-            _ => (1, now_utc),
-        };
-        let locked = (failures >= rule.max_failures).then(|| now_utc + rule.lockout);
-        diesel::insert_into(login_throttles::table)
-            .values((
-                login_throttles::scope.eq(scope),
-                login_throttles::failures.eq(failures),
-                login_throttles::window_started_at.eq(started),
-                login_throttles::locked_until.eq(locked),
-            ))
-            .on_conflict(login_throttles::scope)
-            .do_update()
-            .set((
-                login_throttles::failures.eq(failures),
-                login_throttles::window_started_at.eq(started),
-                login_throttles::locked_until.eq(locked),
-            ))
+/// Why [`take_attempt`] undid its transaction.
+enum Refused {
+    Locked(DateTime<Utc>),
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for Refused {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Database(err)
+    }
+}
+
+/// Counts one attempt, in advance, as a failure on every scope at once —
+/// so that N guesses in parallel count as N — unless one of the scopes is
+/// locked: then nothing is counted and the answer is when its lock lifts.
+/// A scope reaching its maximum is locked for its lockout (the attempt
+/// that reached it still runs). Callers give the scopes in one order, so
+/// two attempts never wait for each other in a circle.
+pub fn take_attempt(conn: &mut PgConnection, throttles: &[Throttle]) -> QueryResult<Result<(), DateTime<Utc>>> {
+    use diesel::sql_types::{Double, Integer, Nullable, Text, Timestamptz};
+
+    #[derive(QueryableByName)]
+    struct Lock {
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        locked_until: Option<DateTime<Utc>>,
+    }
+
+    let taken = conn.transaction(|conn| {
+        for throttle in throttles {
+            let counted = diesel::sql_query(
+                "INSERT INTO login_throttles AS t (scope, failures, window_started_at, locked_until) \
+                 VALUES ($1, 1, now(), CASE WHEN $2 <= 1 THEN now() + $4 * interval '1 second' END) \
+                 ON CONFLICT (scope) DO UPDATE SET \
+                   failures = CASE WHEN t.window_started_at > now() - $3 * interval '1 second' \
+                                   THEN t.failures + 1 ELSE 1 END, \
+                   window_started_at = CASE WHEN t.window_started_at > now() - $3 * interval '1 second' \
+                                            THEN t.window_started_at ELSE now() END, \
+                   locked_until = CASE WHEN (CASE WHEN t.window_started_at > now() - $3 * interval '1 second' \
+                                                  THEN t.failures + 1 ELSE 1 END) >= $2 \
+                                       THEN now() + $4 * interval '1 second' END \
+                 WHERE t.locked_until IS NULL OR t.locked_until <= now()",
+            )
+            .bind::<Text, _>(&throttle.scope)
+            .bind::<Integer, _>(throttle.rule.max_failures)
+            .bind::<Double, _>(seconds(throttle.rule.window))
+            .bind::<Double, _>(seconds(throttle.rule.lockout))
             .execute(conn)?;
+            if counted == 0 {
+                let lock: Lock = diesel::sql_query("SELECT locked_until FROM login_throttles WHERE scope = $1")
+                    .bind::<Text, _>(&throttle.scope)
+                    .get_result(conn)?;
+                return Err(Refused::Locked(lock.locked_until.unwrap_or_else(Utc::now)));
+            }
+        }
         Ok(())
-    })
+    });
+    match taken {
+        Ok(()) => Ok(Ok(())),
+        Err(Refused::Locked(until)) => Ok(Err(until)),
+        Err(Refused::Database(err)) => Err(err),
+    }
 }
 
-pub fn clear_failures(conn: &mut PgConnection, scope: &str) -> QueryResult<usize> {
-    diesel::delete(login_throttles::table.find(scope)).execute(conn)
+/// The attempt counted by [`take_attempt`] succeeded: a scope of one
+/// person starts again from nothing (failures are counted consecutively),
+/// a shared one takes back the failure counted in advance.
+pub fn attempt_succeeded(conn: &mut PgConnection, throttles: &[Throttle]) -> QueryResult<()> {
+    use diesel::sql_types::{Integer, Text};
+
+    let personal: Vec<&str> = throttles
+        .iter()
+        .filter(|throttle| !throttle.shared)
+        .map(|throttle| throttle.scope.as_str())
+        .collect();
+    diesel::delete(login_throttles::table.filter(login_throttles::scope.eq_any(personal))).execute(conn)?;
+    for throttle in throttles.iter().filter(|throttle| throttle.shared) {
+        diesel::sql_query(
+            "UPDATE login_throttles SET failures = greatest(failures - 1, 0), \
+               locked_until = CASE WHEN failures - 1 < $2 THEN NULL ELSE locked_until END \
+             WHERE scope = $1",
+        )
+        .bind::<Text, _>(&throttle.scope)
+        .bind::<Integer, _>(throttle.rule.max_failures)
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Forgets counters whose window and lock are both over.
+pub fn prune_throttles(conn: &mut PgConnection, older_than: Duration) -> QueryResult<usize> {
+    diesel::delete(
+        login_throttles::table
+            .filter(login_throttles::window_started_at.lt(Utc::now() - older_than))
+            .filter(
+                login_throttles::locked_until
+                    .is_null()
+                    .or(login_throttles::locked_until.lt(now)),
+            ),
+    )
+    .execute(conn)
+}
+
+fn seconds(duration: Duration) -> f64 {
+    duration.as_seconds_f64()
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
