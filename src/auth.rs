@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::proto::{
     self,
-    auth::v1::{GetJwksRequest, Jwk, auth_service_client::AuthServiceClient},
+    auth::v1::{CheckSessionRequest, GetJwksRequest, Jwk, auth_service_client::AuthServiceClient},
 };
 
 /// The `iss` of every access token.
@@ -190,26 +190,41 @@ impl Caller {
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync + 'static {
     async fn fetch(&self) -> anyhow::Result<Vec<Jwk>>;
+
+    /// Session `session_id` and its user as they are now.
+    async fn standing(&self, session_id: Uuid) -> Result<Standing, Status>;
 }
 
-/// The auth service's GetJwks, over gRPC.
+/// A session as it stands now, not as its token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// Not revoked, not expired, its user active.
+    pub live: bool,
+    /// Its user's role now; `None` for no such session.
+    pub role: Option<Role>,
+}
+
+/// The auth service's GetJwks and CheckSession, over gRPC.
 pub struct GrpcKeySource {
     client: AuthServiceClient<tonic::transport::Channel>,
+    /// The service credential CheckSession needs.
+    internal_secret: Option<String>,
 }
 
 impl GrpcKeySource {
-    pub fn new(channel: tonic::transport::Channel) -> Self {
+    pub fn new(channel: tonic::transport::Channel, secrets: &Secrets) -> Self {
         Self {
             client: AuthServiceClient::new(channel),
+            internal_secret: secrets.internal_secret.clone(),
         }
     }
 
     /// A source that connects to `auth_url` on first use.
-    fn lazy(auth_url: &str) -> anyhow::Result<Arc<dyn KeySource>> {
+    fn lazy(auth_url: &str, secrets: &Secrets) -> anyhow::Result<Arc<dyn KeySource>> {
         let channel = crate::tls::endpoint(auth_url)?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        Ok(Arc::new(Self::new(channel)))
+        Ok(Arc::new(Self::new(channel, secrets)))
     }
 }
 
@@ -220,6 +235,37 @@ impl KeySource for GrpcKeySource {
         let mut request = tonic::Request::new(GetJwksRequest {});
         request.set_timeout(Duration::from_secs(3));
         Ok(client.get_jwks(request).await?.into_inner().keys)
+    }
+
+    async fn standing(&self, session_id: Uuid) -> Result<Standing, Status> {
+        let secret = self.internal_secret.as_deref().ok_or_else(|| {
+            Status::permission_denied("admin calls are not enabled here: set CAPSULE_INTERNAL_SECRET")
+        })?;
+        let mut request = tonic::Request::new(CheckSessionRequest {
+            session_id: session_id.to_string(),
+        });
+        request.set_timeout(Duration::from_secs(3));
+        request.metadata_mut().insert(
+            INTERNAL_HEADER,
+            secret
+                .parse()
+                .map_err(|_| Status::internal("CAPSULE_INTERNAL_SECRET is not a header value"))?,
+        );
+        let standing = self
+            .client
+            .clone()
+            .check_session(request)
+            .await
+            .map_err(|status| Status::unavailable(format!("cannot check the session now: {}", status.message())))?
+            .into_inner();
+        Ok(Standing {
+            live: standing.live,
+            role: match standing.role() {
+                crate::proto::auth::v1::Role::Admin => Some(Role::Admin),
+                crate::proto::auth::v1::Role::User => Some(Role::User),
+                crate::proto::auth::v1::Role::Unspecified => None,
+            },
+        })
     }
 }
 
@@ -354,13 +400,17 @@ impl KeySet {
     /// A key set fetched from the auth service at `auth_url` (connected on
     /// first use).
     pub fn from_auth_service(auth_url: &str, secrets: &Secrets) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::build(GrpcKeySource::lazy(auth_url)?, secrets, false))
+        Ok(Self::build(GrpcKeySource::lazy(auth_url, secrets)?, secrets, false))
     }
 
     /// The gateway's key set: like [`KeySet::from_auth_service`], but runner
     /// calls are passed on unchecked for the deploy service to check.
     pub fn at_edge(auth_url: &str) -> anyhow::Result<Arc<Self>> {
-        Ok(Self::build(GrpcKeySource::lazy(auth_url)?, &Secrets::default(), true))
+        Ok(Self::build(
+            GrpcKeySource::lazy(auth_url, &Secrets::default())?,
+            &Secrets::default(),
+            true,
+        ))
     }
 
     /// Lets runners in: their tokens are checked by `verifier` (set once).
@@ -542,6 +592,19 @@ pub async fn authorize_access(
             "a signed-in user"
         };
         return Err(Status::permission_denied(format!("only {needed} may call this method")));
+    }
+    // The token says who was an admin when it was issued; the auth
+    // service says who is one now (the edge leaves this to the service).
+    if access == Access::Admin && !keys.at_edge {
+        let standing = keys.source.standing(caller.session_id).await?;
+        if standing.role != Some(Role::Admin) {
+            return Err(Status::permission_denied(
+                "only an admin may call this method, and you are no longer one",
+            ));
+        }
+        if !standing.live {
+            return Err(Status::unauthenticated("your session has ended; sign in again"));
+        }
     }
     Ok(Some(caller))
 }

@@ -32,6 +32,12 @@ impl KeySource for Static {
     async fn fetch(&self) -> anyhow::Result<Vec<Jwk>> {
         Ok(self.0.clone())
     }
+
+    async fn standing(&self, _session_id: uuid::Uuid) -> Result<capsule::auth::Standing, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the token-check bench calls no admin method",
+        ))
+    }
 }
 
 fn env_number(name: &str, default: u64) -> u64 {

@@ -798,6 +798,24 @@ impl AuthService for AuthServiceApi {
         }))
     }
 
+    async fn check_session(
+        &self,
+        request: Request<pb::CheckSessionRequest>,
+    ) -> Result<Response<pb::SessionStanding>, Status> {
+        let mut violations = FieldViolations::new();
+        let session_id = rpc::parse_id("session_id", &request.get_ref().session_id, &mut violations);
+        violations.check()?;
+        let standing = db::standing(&self.inner.db, session_id).await?;
+        Ok(Response::new(pb::SessionStanding {
+            live: standing.live,
+            role: match standing.role {
+                Some(capsule::auth::Role::Admin) => pb::Role::Admin as i32,
+                Some(_) => pb::Role::User as i32,
+                None => pb::Role::Unspecified as i32,
+            },
+        }))
+    }
+
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,
@@ -861,7 +879,7 @@ impl AuthService for AuthServiceApi {
         let changed = self
             .inner
             .db
-            .run(move |conn| User::set_role(conn, user_id, role))
+            .run(move |conn| User::change_role(conn, user_id, role))
             .await?;
         if changed == 0 {
             return Err(Status::not_found("no such user"));

@@ -12,7 +12,11 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use capsule::{auth::KeySource, db::Database, proto::auth::v1::Jwk};
+use capsule::{
+    auth::{KeySource, Standing},
+    db::Database,
+    proto::auth::v1::Jwk,
+};
 use chrono::Utc;
 use ed25519_dalek::{SigningKey, pkcs8::DecodePrivateKey, pkcs8::EncodePrivateKey};
 use jsonwebtoken::{EncodingKey, Header};
@@ -149,12 +153,20 @@ impl KeyRing {
     }
 }
 
-/// The auth service verifies tokens with its own ring, no network hop.
-pub struct LocalKeys(pub Arc<KeyRing>);
+/// The auth service verifies tokens with its own ring and checks sessions
+/// in its own database, no network hop.
+pub struct LocalKeys {
+    pub ring: Arc<KeyRing>,
+    pub db: Database,
+}
 
 #[async_trait::async_trait]
 impl KeySource for LocalKeys {
     async fn fetch(&self) -> anyhow::Result<Vec<Jwk>> {
-        Ok(self.0.jwks())
+        Ok(self.ring.jwks())
+    }
+
+    async fn standing(&self, session_id: uuid::Uuid) -> Result<Standing, tonic::Status> {
+        crate::db::standing(&self.db, session_id).await
     }
 }

@@ -55,7 +55,13 @@ pub async fn serve_with(
     let db = Database::new(db_config)?;
     let keys = Arc::new(keys::KeyRing::lazy());
     let api = AuthServiceApi::new(db.clone(), keys.clone(), config.clone());
-    let verifier = KeySet::with_secrets(Arc::new(keys::LocalKeys(keys.clone())), &config.secrets);
+    let verifier = KeySet::with_secrets(
+        Arc::new(keys::LocalKeys {
+            ring: keys.clone(),
+            db: db.clone(),
+        }),
+        &config.secrets,
+    );
     let db_for_keys = db.clone();
 
     // Keys live in the database: load them once it is migrated (before

@@ -496,6 +496,55 @@ async fn throttling_starts_after_the_configured_failures_and_lifts() {
         .unwrap();
 }
 
+/// 50 wrong guesses at once against one account: the codes of the answers,
+/// and the failures then counted for the account.
+async fn fifty_parallel_guesses(settings: &[(&str, &str)]) -> (Vec<Code>, i32) {
+    let auth = start(settings).await;
+    register(&auth, "target@example.com").await;
+    let guesses = (0..50).map(|_| {
+        let mut client = auth.client.clone();
+        async move {
+            client
+                .login(pb::LoginRequest {
+                    email: "target@example.com".into(),
+                    password: "wrong password".into(),
+                })
+                .await
+                .unwrap_err()
+                .code()
+        }
+    });
+    let codes = futures::future::join_all(guesses).await;
+    let counted: i32 = diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "SELECT failures FROM login_throttles WHERE scope = 'account:target@example.com'",
+    )
+    .get_result(&mut auth.db.connect())
+    .unwrap();
+    (codes, counted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_each_count_and_none_slips_past_the_limit() {
+    let roomy = [
+        ("AUTH_LOGIN_MAX_FAILURES", "1000"),
+        ("AUTH_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000"),
+    ];
+    let (codes, counted) = fifty_parallel_guesses(&roomy).await;
+    assert!(codes.iter().all(|code| *code == Code::Unauthenticated), "{codes:?}");
+    assert_eq!(counted, 50, "50 parallel guesses record 50 failures");
+
+    let strict = [("AUTH_LOGIN_MAX_FAILURES", "5")];
+    let (codes, counted) = fifty_parallel_guesses(&strict).await;
+    let checked = codes.iter().filter(|code| **code == Code::Unauthenticated).count();
+    let refused = codes.iter().filter(|code| **code == Code::ResourceExhausted).count();
+    assert_eq!(
+        (checked, refused),
+        (5, 45),
+        "only five guesses are ever checked: {codes:?}"
+    );
+    assert_eq!(counted, 5);
+}
+
 #[tokio::test]
 async fn email_verification_and_password_reset_use_single_use_tokens() {
     let auth = start(&[]).await;

@@ -150,6 +150,29 @@ impl User {
         query.load(conn)
     }
 
+    /// Sets a user's role; when it changes, their sessions end (reason
+    /// "role changed") so no token of the old role lives on. How many
+    /// users were found.
+    pub fn change_role(conn: &mut PgConnection, id: Uuid, role: &str) -> QueryResult<usize> {
+        conn.transaction(|conn| {
+            let current: Option<String> = users::table
+                .find(id)
+                .select(users::role)
+                .for_update()
+                .first(conn)
+                .optional()?;
+            match current {
+                None => Ok(0),
+                Some(current) if current == role => Ok(1),
+                Some(_) => {
+                    Self::set_role(conn, id, role)?;
+                    Session::revoke_all(conn, id, None, "role changed")?;
+                    Ok(1)
+                }
+            }
+        })
+    }
+
     pub fn set_role(conn: &mut PgConnection, id: Uuid, role: &str) -> QueryResult<usize> {
         diesel::update(users::table.find(id))
             .set(users::role.eq(role))
@@ -231,6 +254,18 @@ impl Session {
     }
 
     /// The session if it is live and its user active.
+    /// Whether a session is live, and its user's role, live or not.
+    pub fn standing(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<(bool, String)>> {
+        let live = Self::live(conn, id)?.is_some();
+        let role = user_sessions::table
+            .inner_join(users::table)
+            .filter(user_sessions::id.eq(id))
+            .select(users::role)
+            .first::<String>(conn)
+            .optional()?;
+        Ok(role.map(|role| (live, role)))
+    }
+
     pub fn live(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<(Session, User)>> {
         user_sessions::table
             .inner_join(users::table)
@@ -393,6 +428,22 @@ pub fn push_email(conn: &mut PgConnection, recipient: &str, subject: &str, body:
         ))
         .returning(email_outbox::id)
         .get_result(conn)
+}
+
+/// Session `session_id` and its user as they are now.
+pub async fn standing(db: &capsule::db::Database, session_id: Uuid) -> Result<capsule::auth::Standing, tonic::Status> {
+    use capsule::auth::{Role, Standing};
+    let found = db.run(move |conn| Session::standing(conn, session_id)).await?;
+    Ok(match found {
+        None => Standing {
+            live: false,
+            role: None,
+        },
+        Some((live, role)) => Standing {
+            live,
+            role: Some(if role == "admin" { Role::Admin } else { Role::User }),
+        },
+    })
 }
 
 /// How failed attempts on one scope are counted.
