@@ -24,12 +24,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Each message knows its full name, so the codec finds its descriptor.
+    config.enable_type_names();
 
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
         // RPCs not implemented yet answer UNIMPLEMENTED instead of failing
         // the build of the service that owns them.
         .generate_default_stubs(true)
+        // prost's codec plus one text check of every incoming message.
+        .codec_path("crate::codec::CheckedCodec")
         .file_descriptor_set_path(out_dir.join("capsule_descriptor.bin"))
         .compile_with_config(config, &protos, &[PathBuf::from("proto"), well_known])?;
 

@@ -23,7 +23,7 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use prost_reflect::{DescriptorPool, Value};
+use prost_reflect::Value;
 use tokio::sync::{Mutex, RwLock};
 use tonic::Status;
 use tower::{Layer, Service};
@@ -75,7 +75,7 @@ impl Access {
 pub fn policies() -> &'static HashMap<String, Access> {
     static POLICIES: OnceLock<HashMap<String, Access>> = OnceLock::new();
     POLICIES.get_or_init(|| {
-        let pool = DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET).expect("the built-in descriptor set decodes");
+        let pool = proto::pool();
         let mut policies = HashMap::new();
         for service in pool
             .services()

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod migrate;

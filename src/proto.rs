@@ -40,6 +40,14 @@ pub mod gateway {
 /// google.protobuf): what reflection serves and the gateway transcodes from.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("capsule_descriptor");
 
+/// The descriptors of [`FILE_DESCRIPTOR_SET`], decoded once.
+pub fn pool() -> &'static prost_reflect::DescriptorPool {
+    static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        prost_reflect::DescriptorPool::decode(FILE_DESCRIPTOR_SET).expect("the built-in descriptor set decodes")
+    })
+}
+
 /// The `/package.Service/Method` paths of every RPC in the descriptor set,
 /// plus health and reflection: the only values the `method` label of the
 /// request metrics takes, so a caller cannot grow the metric set.

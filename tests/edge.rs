@@ -211,3 +211,99 @@ async fn a_demoted_admin_is_refused_at_the_next_admin_call_in_every_service() {
     assert_eq!(me.code(), tonic::Code::Unauthenticated);
     mesh.stop().await;
 }
+
+/// Sends `body` to `path` with `method` and asserts a 400 whose violations
+/// name `field`.
+async fn assert_refused(
+    mesh: &TestMesh,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+    field: &str,
+) {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("http://{}{path}", mesh.http))
+        .json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {answer}");
+    let fields: Vec<&str> = answer["details"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|detail| detail["fieldViolations"].as_array().into_iter().flatten())
+        .filter_map(|violation| violation["field"].as_str())
+        .collect();
+    assert!(fields.contains(&field), "{path} {body}: {answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_in_any_string_field_is_a_400_naming_it_and_stores_nothing() {
+    use reqwest::Method;
+    let mesh = common::start().await;
+    let (token, _) = mesh.user("ada@example.com").await;
+    let nul = "a\u{0}b";
+    let register = json!({ "email": "new@example.com", "password": PASSWORD, "name": "New" });
+    for field in ["email", "password", "name"] {
+        let mut body = register.clone();
+        body[field] = json!(nul);
+        assert_refused(&mesh, Method::POST, "/v1/auth:register", None, body, field).await;
+    }
+    for field in ["email", "password"] {
+        let mut body = json!({ "email": "ada@example.com", "password": PASSWORD });
+        body[field] = json!(nul);
+        assert_refused(&mesh, Method::POST, "/v1/auth:login", None, body, field).await;
+    }
+    for field in ["name", "slug", "description"] {
+        let mut body = json!({ "name": "Shop", "slug": "shop", "description": "a shop" });
+        body[field] = json!(nul);
+        let path = format!("project.{field}");
+        assert_refused(&mesh, Method::POST, "/v1/projects", Some(&token), body, &path).await;
+    }
+    let project_id = common::deploy::project(&mesh, &token, "echo built", &[]).await;
+    for (field, json_name) in [
+        ("build_command", "buildCommand"),
+        ("start_command", "startCommand"),
+        ("root_directory", "rootDirectory"),
+        ("branch", "branch"),
+        ("repository_url", "repositoryUrl"),
+        ("health_check_path", "healthCheckPath"),
+    ] {
+        let path = format!("/v1/projects/{project_id}/settings?updateMask={json_name}");
+        let body = json!({ json_name: nul });
+        let field = format!("settings.{field}");
+        assert_refused(&mesh, Method::PATCH, &path, Some(&token), body, &field).await;
+    }
+    let path = format!("/v1/projects/{project_id}/variables/API_KEY");
+    assert_refused(
+        &mesh,
+        Method::PUT,
+        &path,
+        Some(&token),
+        json!({ "value": nul }),
+        "variable.value",
+    )
+    .await;
+
+    // Nothing of it was stored.
+    let settings = mesh
+        .projects()
+        .await
+        .get_project_settings(authed(
+            capsule::proto::project::v1::GetProjectSettingsRequest {
+                project_id: project_id.clone(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settings.build_command, "echo built");
+    assert!(settings.environment_variables.is_empty(), "{settings:?}");
+    mesh.stop().await;
+}
