@@ -414,6 +414,9 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// TLS for this process's listeners (see [`crate::tls`]); `None`: plain.
     pub tls: Option<crate::tls::ServerTls>,
+    /// `CAPSULE_METRICS_ADDR`: where the process serves `/metrics` on a
+    /// listener of its own; `None`, on each gRPC port.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServeConfig {
@@ -443,6 +446,16 @@ impl ServeConfig {
                 "expected a whole number of seconds",
             )?),
             tls: crate::tls::ServerTls::from_source(source)?,
+            metrics_addr: source
+                .get("CAPSULE_METRICS_ADDR")
+                .map(|value| {
+                    value.trim().parse().map_err(|_| ConfigError {
+                        variable: "CAPSULE_METRICS_ADDR".to_owned(),
+                        value,
+                        reason: "expected an address such as 0.0.0.0:9090".to_owned(),
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -11,7 +11,6 @@ use std::{
     time::Instant,
 };
 
-use axum::routing::get;
 use http::{HeaderValue, Request, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -219,12 +218,11 @@ impl GrpcServer {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         routes.add_service(reflection_v1).add_service(reflection_v1alpha);
 
-        let metrics = telemetry::metrics_handle();
-        let mut router = routes
-            .routes()
-            .prepare()
-            .into_axum_router()
-            .route("/metrics", get(move || std::future::ready(metrics.render())));
+        let mut router = routes.routes().prepare().into_axum_router();
+        // With CAPSULE_METRICS_ADDR the process serves them elsewhere.
+        if config.metrics_addr.is_none() {
+            router = router.merge(telemetry::metrics_router());
+        }
         if let Some(extra) = extra {
             router = router.merge(extra);
         }

@@ -56,3 +56,24 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
         handle
     })
 }
+
+/// `GET /metrics`: the Prometheus text of this process.
+pub fn metrics_router() -> axum::Router {
+    let metrics = metrics_handle();
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || std::future::ready(metrics.render())),
+    )
+}
+
+/// Serves `/metrics` alone on `listener` (`CAPSULE_METRICS_ADDR`), so it
+/// need not share a public port, until `shutdown`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    tracing::info!(metrics.addr = %listener.local_addr()?, "serving /metrics");
+    axum::serve(listener, metrics_router())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -228,6 +228,7 @@ pub fn serve_config(addr: SocketAddr) -> ServeConfig {
     config.grpc_addr = addr;
     config.drain_delay = Duration::ZERO;
     config.shutdown_grace = Duration::from_secs(5);
+    config.metrics_addr = None;
     config
 }
 

@@ -98,6 +98,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
     let gateway_serve = ServeConfig::from_source(ServiceKind::Gateway, &source)?;
+    crate::serve_metrics(&gateway_serve, &shutdown).await?;
     let gateway_config = GatewayConfig::from_source(&source)?;
     let edge = capsule_gateway::EdgeConfig::from_source(&source)?;
     let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;

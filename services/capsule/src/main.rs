@@ -160,7 +160,18 @@ async fn serve(kind: ServiceKind, local_runner: bool) -> anyhow::Result<()> {
     }
     let serve_config = ServeConfig::from_env(kind)?;
     let shutdown = capsule::shutdown::on_signal();
+    serve_metrics(&serve_config, &shutdown).await?;
     serve_one(kind, &serve_config, local_runner, shutdown).await
+}
+
+/// With `CAPSULE_METRICS_ADDR`, serves `/metrics` on a listener of its own
+/// (the gRPC ports then do not).
+pub(crate) async fn serve_metrics(config: &ServeConfig, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_addr {
+        let listener = bind(addr, "CAPSULE_METRICS_ADDR").await?;
+        tokio::spawn(capsule::telemetry::serve_metrics(listener, shutdown.clone()));
+    }
+    Ok(())
 }
 
 /// Serves one service with its configuration from the environment.

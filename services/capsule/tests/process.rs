@@ -81,6 +81,36 @@ fn an_unknown_service_is_refused_with_the_choices() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_to_their_own_listener_when_told() {
+    let db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
+    let metrics = testing::free_listener().await.local_addr().unwrap();
+    let (mut child, addr) = serve_alone(&db, &[("CAPSULE_METRICS_ADDR", &metrics.to_string())]).await;
+    testing::wait_for_health(
+        addr,
+        "capsule.project.v1.ProjectService",
+        SERVING,
+        Duration::from_secs(20),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let own = client.get(format!("http://{metrics}/metrics")).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    assert!(own.text().await.unwrap().contains("grpc_server_requests_total"));
+    let public = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
+    // gRPC's "unimplemented", not the metrics text.
+    assert_eq!(
+        public
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_owned()),
+        Some("12".to_owned())
+    );
+    assert!(!public.text().await.unwrap().contains("grpc_server_requests_total"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_reports_not_serving_then_exits_zero_within_the_grace_period() {
     let db = TestDatabase::migrated(ServiceKind::Deploy, &capsule_deploy::MIGRATIONS).await;
     let (mut child, addr) = serve_alone(

@@ -240,7 +240,7 @@ async fn readyz(State(bridge): State<Arc<Bridge>>) -> (StatusCode, Json<serde_js
 }
 
 /// The deadline of a call: `grpc-timeout` (e.g. `5S`, `500m`) or the
-/// default.
+/// default, at most ten times the default. Absurd values saturate.
 fn deadline(headers: &HeaderMap, default: Duration) -> Duration {
     let Some(value) = headers.get("grpc-timeout").and_then(|v| v.to_str().ok()) else {
         return default;
@@ -250,15 +250,15 @@ fn deadline(headers: &HeaderMap, default: Duration) -> Duration {
         return default;
     };
     let parsed = match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
         "S" => Duration::from_secs(amount),
         "m" => Duration::from_millis(amount),
         "u" => Duration::from_micros(amount),
         "n" => Duration::from_nanos(amount),
         _ => return default,
     };
-    parsed.min(default * 10)
+    parsed.min(default.saturating_mul(10))
 }
 
 fn metadata_from(
@@ -552,6 +552,26 @@ async fn stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_and_saturate() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-timeout", value.parse().unwrap());
+            deadline(&headers, Duration::from_secs(30))
+        };
+        assert_eq!(with("5S"), Duration::from_secs(5));
+        assert_eq!(with("250m"), Duration::from_millis(250));
+        assert_eq!(with("18446744073709551615H"), Duration::from_secs(300), "no overflow");
+        assert_eq!(with("99999999999999999999999M"), Duration::from_secs(30), "unparsable");
+        assert_eq!(with("7x"), Duration::from_secs(30));
+        assert_eq!(with(""), Duration::from_secs(30));
+        assert_eq!(
+            deadline(&HeaderMap::new(), Duration::MAX),
+            Duration::MAX,
+            "a huge default is no overflow either"
+        );
+    }
 
     #[test]
     fn the_limiter_forgets_idle_clients_and_counts_an_ipv6_host_by_its_64() {
