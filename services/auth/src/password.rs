@@ -1,8 +1,8 @@
 //! Passwords: the NIST SP 800-63B policy (8 to 128 characters, nothing from
 //! a list of common passwords) and argon2id with OWASP's parameters
-//! (19 MiB, 2 passes, 1 lane), hashed and verified on a blocking thread —
-//! at most `AUTH_HASH_CONCURRENCY` at once, so a storm of sign-ins costs
-//! a bounded amount of memory (19 MiB each) and waits, or is turned away.
+//! (19 MiB, 2 passes, 1 lane), hashed and verified on `AUTH_HASH_CONCURRENCY`
+//! threads of their own, so a storm of sign-ins costs a bounded amount of
+//! memory (19 MiB a thread) and waits, or is turned away.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -45,80 +45,116 @@ pub fn check_policy(password: &str, email: &str, field: &str, violations: &mut F
     }
 }
 
-/// Hashing and verifying passwords, a bounded number at once.
+/// Hashing and verifying passwords on threads of their own, a fixed number
+/// of them: each keeps the 19 MiB its hash needs and reuses it, so memory
+/// is bounded by the thread count (on the runtime's blocking pool, every
+/// thread that ever hashed could keep a malloc arena that size).
 #[derive(Clone)]
 pub struct Hasher {
     slots: Arc<Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<Job>,
     max_wait: Duration,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 impl Hasher {
-    /// At most `concurrency` hashes at once; a call that cannot start
-    /// within `max_wait` is refused.
+    /// `concurrency` hashing threads; a call that cannot start within
+    /// `max_wait` is refused.
     pub fn new(concurrency: usize, max_wait: Duration) -> Self {
+        let concurrency = concurrency.max(1);
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<Job>(concurrency);
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for index in 0..concurrency {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::error!(error = %err, "cannot start a password hashing thread");
+            }
+        }
         Self {
-            slots: Arc::new(Semaphore::new(concurrency.max(1))),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            jobs,
             max_wait,
         }
     }
 
-    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
+    /// Runs `work` on a hashing thread, once one is free within the wait.
+    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+        let _slot = match tokio::time::timeout(self.max_wait, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
             _ => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(Duration::from_secs(1)));
-                Err(Status::with_error_details(
+                return Err(Status::with_error_details(
                     Code::Unavailable,
                     "the service is busy checking passwords; retry in 1 s",
                     details,
-                ))
+                ));
             }
-        }
+        };
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| Status::internal("internal error"))?;
+        answer.await.map_err(|_| Status::internal("internal error"))
     }
 
     /// The argon2id hash of a new password.
     pub async fn hash(&self, password: String) -> Result<String, Status> {
-        let _slot = self.slot().await?;
-        hash(password).await.map_err(|err| {
+        self.run(move || hash_now(&password)).await?.map_err(|err| {
             tracing::error!(error = %err, "cannot hash a password");
             Status::internal("internal error")
         })
     }
 
-    /// Whether `password` matches `hash` (see [`verify`]).
+    /// Whether `password` matches `hash` (see [`verify_now`]).
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, Status> {
-        let _slot = self.slot().await?;
-        Ok(verify(password, hash).await)
+        self.run(move || verify_now(&password, hash)).await
     }
 }
 
-/// The argon2id hash (PHC string) of a password.
+/// The argon2id hash (PHC string) of a password, on the calling thread.
+fn hash_now(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|err| anyhow::anyhow!("{err}"))?;
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+}
+
+/// The argon2id hash of a password, on a blocking thread of the runtime
+/// (for one-off use outside the service, like the development admin).
 pub async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
-        let salt = SaltString::encode_b64(&salt).map_err(|err| anyhow::anyhow!("{err}"))?;
-        argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
-    })
-    .await?
+    tokio::task::spawn_blocking(move || hash_now(&password)).await?
 }
 
 /// Whether `password` matches `hash`. With no hash (unknown account) a
 /// dummy hash is checked so the answer takes as long either way.
-async fn verify(password: String, hash: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
-        let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        argon2().verify_password(password.as_bytes(), &parsed).is_ok()
-    })
-    .await
-    .unwrap_or(false)
+fn verify_now(password: &str, hash: Option<String>) -> bool {
+    let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
+    let Ok(parsed) = PasswordHash::new(&hash) else {
+        return false;
+    };
+    argon2().verify_password(password.as_bytes(), &parsed).is_ok()
 }
 
 fn dummy_hash() -> &'static str {
@@ -161,9 +197,20 @@ mod tests {
         let second = hash("correct horse battery staple".to_owned()).await.unwrap();
         assert!(first.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert_ne!(first, second, "salted");
-        assert!(verify("correct horse battery staple".to_owned(), Some(first.clone())).await);
-        assert!(!verify("wrong horse battery staple".to_owned(), Some(first)).await);
-        assert!(!verify("anything".to_owned(), None).await);
+        let hasher = Hasher::new(2, Duration::from_secs(5));
+        assert!(
+            hasher
+                .verify("correct horse battery staple".to_owned(), Some(first.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("wrong horse battery staple".to_owned(), Some(first))
+                .await
+                .unwrap()
+        );
+        assert!(!hasher.verify("anything".to_owned(), None).await.unwrap());
     }
 
     #[tokio::test]

@@ -355,7 +355,13 @@ async fn handle(bridge: Arc<Bridge>, peer: SocketAddr, request: Request, request
                 "the body is larger than {} bytes",
                 bridge.config.max_body_bytes
             ));
-            return bridge.error(&status, &request_id);
+            // The rest of the body is never read, so this connection cannot
+            // carry another request: say so, or a client may reuse it.
+            let mut response = bridge.error(&status, &request_id);
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
         }
     };
     let mut query: Vec<(String, String)> = parts
