@@ -1,9 +1,10 @@
 //! A sign-in storm against `capsule serve auth` (its own process): `STORM`
-//! users (default 100), each from an address of their own (127.0.0.2, …),
-//! log in `ROUNDS` times (default 3) at once, with the right password. Prints the answers, p50/p99 latency, and the
-//! service's RSS before the storm and at its peak (VmHWM), for each
-//! `AUTH_HASH_CONCURRENCY` in `HASH_CONCURRENCY` (default "2,64": the
-//! bounded default on this machine, and a bound so loose it is none).
+//! users (default 100), registered one by one, each from an address of its
+//! own (127.1.0.1, …), log in `ROUNDS` times (default 3) all at once with
+//! the right password. Prints the answers, p50/p99 latency, and the
+//! service's RSS at start, after the registrations and at its peak (VmHWM),
+//! for each `AUTH_HASH_CONCURRENCY` in `HASH_CONCURRENCY` (default "2,64":
+//! the bounded default on this machine, and a bound so loose it is none).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -49,6 +50,7 @@ struct Outcome {
     other: usize,
     p50: Duration,
     p99: Duration,
+    started_kib: u64,
     idle_kib: u64,
     peak_kib: u64,
     elapsed: Duration,
@@ -72,6 +74,7 @@ async fn storm(binary: &str, hash_concurrency: u64) -> anyhow::Result<Outcome> {
     );
     let pid = service.0.id();
     testing::wait_for_health(addr, "capsule.auth.v1.AuthService", 1, Duration::from_secs(20)).await;
+    let started_kib = status_kib(pid, "VmRSS:")?;
     let mut clients = Vec::new();
     for user in 0..clients_count {
         let octets = u32::try_from(user + 1)?.to_be_bytes();
@@ -91,6 +94,11 @@ async fn storm(binary: &str, hash_concurrency: u64) -> anyhow::Result<Outcome> {
         clients.push((format!("storm-{user}@example.com"), client));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    eprintln!(
+        "RSS at start {:.1} MiB, after {clients_count} registrations {:.1} MiB",
+        started_kib as f64 / 1024.0,
+        status_kib(pid, "VmRSS:")? as f64 / 1024.0
+    );
     let idle_kib = status_kib(pid, "VmRSS:")?;
 
     let latencies = Arc::new(Mutex::new(Vec::new()));
@@ -145,6 +153,7 @@ async fn storm(binary: &str, hash_concurrency: u64) -> anyhow::Result<Outcome> {
         other: codes.len() - count(tonic::Code::Ok) - count(tonic::Code::Unavailable),
         p50: at(0.50),
         p99: at(0.99),
+        started_kib,
         idle_kib,
         peak_kib,
         elapsed,
@@ -169,13 +178,14 @@ async fn main() -> anyhow::Result<()> {
         #[expect(clippy::cast_precision_loss, reason = "KiB counts are far below 2^52")]
         let mib = |kib: u64| kib as f64 / 1024.0;
         println!(
-            "| {concurrency} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.1} s | {:.1} MiB | {:.1} MiB |",
+            "| {concurrency} | {} | {} | {} | {:.0} ms | {:.0} ms | {:.1} s | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
             outcome.ok,
             outcome.busy,
             outcome.other,
             outcome.p50.as_secs_f64() * 1000.0,
             outcome.p99.as_secs_f64() * 1000.0,
             outcome.elapsed.as_secs_f64(),
+            mib(outcome.started_kib),
             mib(outcome.idle_kib),
             mib(outcome.peak_kib),
         );

@@ -10,7 +10,8 @@ use std::{
 };
 
 use argon2::{
-    Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version, password_hash::SaltString,
+    Algorithm, Argon2, Block, Params, PasswordHash, Version,
+    password_hash::{self, Output, ParamsString, SaltString},
 };
 use capsule::rpc::FieldViolations;
 use tokio::sync::Semaphore;
@@ -130,15 +131,51 @@ impl Hasher {
     }
 }
 
-/// The argon2id hash (PHC string) of a password, on the calling thread.
+thread_local! {
+    /// The memory argon2 works in, kept by the thread for its next hash:
+    /// allocated and freed each time, glibc keeps every copy (aligned
+    /// blocks of 19 MiB are not reused), and memory grows with each hash.
+    static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output of `argon2` for `password` and `salt`, `length` bytes,
+/// computed in this thread's reusable memory.
+fn compute(argon2: &Argon2<'_>, password: &[u8], salt: &[u8], length: usize) -> anyhow::Result<Output> {
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let needed = argon2.params().block_count();
+        if blocks.len() < needed {
+            blocks.resize(needed, Block::default());
+        }
+        Output::init_with(length, |out| {
+            argon2
+                .hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+                .map_err(|_| password_hash::Error::Crypto)
+        })
+        .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+    })
+}
+
+/// The argon2id hash (PHC string) of a password with a fresh salt, on the
+/// calling thread.
 fn hash_now(password: &str) -> anyhow::Result<String> {
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|err| anyhow::anyhow!("{err}"))?;
-    argon2()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(|err| anyhow::anyhow!("hashing failed: {err}"))
+    hash_with_salt(password, &salt)
+}
+
+fn hash_with_salt(password: &str, salt: &[u8]) -> anyhow::Result<String> {
+    let salt_string = SaltString::encode_b64(salt).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let argon2 = argon2();
+    let output = compute(&argon2, password.as_bytes(), salt, Params::DEFAULT_OUTPUT_LEN)?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(argon2.params()).map_err(|err| anyhow::anyhow!("{err}"))?,
+        salt: Some(salt_string.as_salt()),
+        hash: Some(output),
+    };
+    Ok(hash.to_string())
 }
 
 /// The argon2id hash of a password, on a blocking thread of the runtime
@@ -147,25 +184,37 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
     tokio::task::spawn_blocking(move || hash_now(&password)).await?
 }
 
-/// Whether `password` matches `hash`. With no hash (unknown account) a
-/// dummy hash is checked so the answer takes as long either way.
+/// Whether `password` matches `hash` (any argon2 variant and parameters
+/// the PHC string names). With no hash (unknown account) a dummy hash is
+/// checked so the answer takes as long either way.
 fn verify_now(password: &str, hash: Option<String>) -> bool {
     let hash = hash.unwrap_or_else(|| dummy_hash().to_owned());
     let Ok(parsed) = PasswordHash::new(&hash) else {
         return false;
     };
-    argon2().verify_password(password.as_bytes(), &parsed).is_ok()
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let (Ok(algorithm), Ok(params), Ok(salt)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+        salt.decode_b64(&mut salt_bytes),
+    ) else {
+        return false;
+    };
+    let version = parsed
+        .version
+        .and_then(|version| Version::try_from(version).ok())
+        .unwrap_or_default();
+    let argon2 = Argon2::new(algorithm, version, params);
+    // Output's equality is constant-time.
+    compute(&argon2, password.as_bytes(), salt, expected.len()).is_ok_and(|computed| computed == expected)
 }
 
 fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
-    DUMMY.get_or_init(|| {
-        let salt = SaltString::encode_b64(b"capsule-dummy-salt").expect("a constant salt encodes");
-        argon2()
-            .hash_password(b"not a password anyone has", &salt)
-            .map(|hash| hash.to_string())
-            .unwrap_or_default()
-    })
+    DUMMY.get_or_init(|| hash_with_salt("not a password anyone has", b"capsule-dummy-salt").unwrap_or_default())
 }
 
 #[cfg(test)]
