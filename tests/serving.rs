@@ -1,6 +1,7 @@
 //! Deployments that serve: a site from a git repository, reached through
 //! the gateway by Host, replaced without a failed request; apps that never
-//! listen or keep crashing; staging beside production.
+//! listen or keep crashing; staging beside production; apps stopped when
+//! their project is deleted or their owner deactivated.
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
+use capsule::proto::{auth::v1 as auth_pb, deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
     deploy::{app, create, logs, text, update_settings, wait_for},
@@ -275,41 +276,53 @@ async fn staging_and_production_are_live_side_by_side() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deleting_a_project_stops_its_app() {
+async fn deleting_a_project_or_deactivating_its_owner_stops_its_app() {
     let mesh = mesh(&[]).await;
     let site = Repo::new();
     site.commit("main", "<p>soon gone</p>", "soon gone");
+    let admin = mesh.admin("reaper-admin@example.com").await;
     let (alice, _) = mesh.user("alice@example.com").await;
-    let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
-    let deployment = create(&mesh, &alice, &project_id, "", "").await.unwrap();
-    wait_for(
-        &mesh,
-        &alice,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (bob, bob_id) = mesh.user("bob@example.com").await;
+    let (alice_project, alice_label) = site_project(&mesh, &alice, &site, SITE).await;
+    let (bob_project, bob_label) = site_project(&mesh, &bob, &site, SITE).await;
+    let alice_live = create(&mesh, &alice, &alice_project, "", "").await.unwrap();
+    let bob_live = create(&mesh, &bob, &bob_project, "", "").await.unwrap();
+    for id in [&alice_live.id, &bob_live.id] {
+        wait_for(&mesh, &admin, id, DeploymentState::Live, Duration::from_secs(30)).await;
+    }
+
     mesh.projects()
         .await
         .delete_project(authed(
             project_pb::DeleteProjectRequest {
-                project_id: project_id.clone(),
+                project_id: alice_project.clone(),
             },
             &alice,
         ))
         .await
         .unwrap();
-    let stopped = wait_for(
-        &mesh,
-        &alice,
-        &deployment.id,
-        DeploymentState::Superseded,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert!(stopped.status_message.contains("deleted"), "{stopped:?}");
-    assert_soon_502(&mesh, &label, "a deleted project's app is 502").await;
+    mesh.auth()
+        .await
+        .deactivate_user(authed(auth_pb::DeactivateUserRequest { user_id: bob_id }, &admin))
+        .await
+        .unwrap();
+
+    for (id, label, why) in [
+        (&alice_live.id, &alice_label, "the project was deleted"),
+        (&bob_live.id, &bob_label, "the owner's account was deactivated"),
+    ] {
+        let stopped = wait_for(&mesh, &admin, id, DeploymentState::Superseded, Duration::from_secs(10)).await;
+        assert_eq!(stopped.status_message, why, "{stopped:?}");
+        assert_soon_502(&mesh, label, why).await;
+    }
+    // The deactivated owner's session went with the account.
+    let refused = mesh
+        .auth()
+        .await
+        .get_me(authed(auth_pb::GetMeRequest {}, &bob))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     mesh.stop().await;
 }
 

@@ -816,6 +816,20 @@ impl AuthService for AuthServiceApi {
         }))
     }
 
+    async fn get_user_status(
+        &self,
+        request: Request<pb::GetUserStatusRequest>,
+    ) -> Result<Response<pb::UserStatus>, Status> {
+        let mut violations = FieldViolations::new();
+        let user_id = rpc::parse_id("user_id", &request.get_ref().user_id, &mut violations);
+        violations.check()?;
+        let found = self.inner.db.run(move |conn| User::find(conn, user_id)).await?;
+        Ok(Response::new(pb::UserStatus {
+            exists: found.is_some(),
+            active: found.is_some_and(|(user, _)| user.is_active),
+        }))
+    }
+
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,

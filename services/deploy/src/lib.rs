@@ -18,7 +18,7 @@ use capsule::{
     db::Database,
     migrate::MigrationSet,
     proto::{
-        deploy::v1::deploy_service_server::DeployServiceServer,
+        auth::v1::auth_service_client::AuthServiceClient, deploy::v1::deploy_service_server::DeployServiceServer,
         project::v1::project_service_client::ProjectServiceClient,
     },
     server::GrpcServer,
@@ -75,7 +75,12 @@ pub async fn serve(
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
     }
-    tokio::spawn(reap::run(api.clone(), config.reap_interval, shutdown.clone()));
+    let auth = AuthServiceClient::new(
+        capsule::tls::endpoint(&mesh.services.auth)?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect_lazy(),
+    );
+    tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {

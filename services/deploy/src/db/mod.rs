@@ -473,10 +473,10 @@ pub fn routes(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, Uuid)
 }
 
 /// The projects that have a live deployment.
-pub fn live_projects(conn: &mut PgConnection) -> QueryResult<Vec<Uuid>> {
+pub fn live_projects(conn: &mut PgConnection) -> QueryResult<Vec<(Uuid, Option<Uuid>)>> {
     deployments::table
         .filter(deployments::state.eq(State::Live.as_str()))
-        .select(deployments::project_id)
+        .select((deployments::project_id, deployments::owner_id))
         .distinct()
         .load(conn)
 }
