@@ -170,9 +170,9 @@ async fn main() -> anyhow::Result<()> {
         env_number("ROUNDS", 3)
     );
     println!(
-        "| AUTH_HASH_CONCURRENCY | ok | UNAVAILABLE (busy) | other | p50 | p99 | all done in | RSS idle | RSS peak |"
+        "| AUTH_HASH_CONCURRENCY | ok | UNAVAILABLE (busy) | other | p50 | p99 | all done in | RSS at start | RSS after registrations | RSS peak |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for concurrency in concurrencies.split(',').filter_map(|value| value.trim().parse().ok()) {
         let outcome = storm(&binary, concurrency).await?;
         #[expect(clippy::cast_precision_loss, reason = "KiB counts are far below 2^52")]
