@@ -1,0 +1,84 @@
+//! Where settings come from (the process environment, or a map in tests)
+//! and the parsers that name the variable to fix.
+
+use std::str::FromStr;
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}={value} is not valid: {reason}")]
+pub struct ConfigError {
+    /// The environment variable to fix.
+    pub variable: String,
+    /// The value as given, or `<redacted>` for secrets.
+    pub value: String,
+    /// What a valid value looks like.
+    pub reason: String,
+}
+
+/// Where configuration values come from: the process environment in
+/// production, a map in tests.
+pub trait Source {
+    /// The value of `name`, if set. An empty value counts as unset.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Source for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|value| !value.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Source for F {
+    fn get(&self, name: &str) -> Option<String> {
+        self(name).filter(|value| !value.is_empty())
+    }
+}
+
+/// The value of `variable` parsed as `T`, or `default` when unset; an
+/// error naming the variable and what a valid value looks like otherwise.
+pub fn parse_or<T: FromStr>(source: &dyn Source, variable: &str, default: T, expected: &str) -> Result<T, ConfigError> {
+    match source.get(variable) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|_| ConfigError {
+            variable: variable.to_owned(),
+            value: format!("{raw:?}"),
+            reason: expected.to_owned(),
+        }),
+    }
+}
+
+/// A positive whole number (its type bounds it), or `default` when unset.
+pub fn positive<T: FromStr + PartialOrd + Default>(
+    source: &dyn Source,
+    variable: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    let value = parse_or(source, variable, default, "expected a positive whole number")?;
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            variable: variable.to_owned(),
+            value: format!("{:?}", source.get(variable).unwrap_or_default()),
+            reason: "expected a positive whole number".to_owned(),
+        })
+    }
+}
+
+/// true/1/yes/on or false/0/no/off, or `default` when unset.
+pub fn parse_bool(source: &dyn Source, variable: &str, default: bool) -> Result<bool, ConfigError> {
+    match source.get(variable).map(|raw| raw.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
+        Some(v) => Err(ConfigError {
+            variable: variable.to_owned(),
+            value: format!("{v:?}"),
+            reason: "expected true or false".to_owned(),
+        }),
+    }
+}
