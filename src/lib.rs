@@ -16,11 +16,13 @@ pub mod proto;
 pub mod rpc;
 pub mod server;
 pub mod shutdown;
-pub mod stats;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+
+/// What a database says about itself (`capsule db stats`, the admin API).
+pub use db::stats;
 
 /// `google.api` messages the contracts use (`HttpBody`), where the
 /// generated code looks for them.

@@ -19,37 +19,20 @@ use tonic::{
     service::{Routes, RoutesBuilder},
     transport::Server,
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
+
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnFailure, TraceLayer},
 };
 
+mod admin;
+mod health;
+
+pub use health::Health;
+
+pub use crate::rpc::MAX_MESSAGE_BYTES;
 use crate::{config::ServeConfig, config::ServiceKind, proto, telemetry};
-
-/// The health of one service as its health endpoint reports it, for the
-/// service's own name and for the whole server (`""`).
-#[derive(Clone)]
-pub struct Health {
-    reporter: HealthReporter,
-    service_names: Arc<Vec<String>>,
-}
-
-impl Health {
-    /// Reports SERVING or NOT_SERVING for every name this server answers for.
-    pub async fn set(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter.set_service_status("", status).await;
-        for name in self.service_names.iter() {
-            self.reporter.set_service_status(name, status).await;
-        }
-    }
-}
 
 /// A gRPC server under construction: add the service's API, then `serve`.
 pub struct GrpcServer {
@@ -61,11 +44,6 @@ pub struct GrpcServer {
     ready: Option<crate::db::ReadyCheck>,
     extra: Option<axum::Router>,
 }
-
-/// The largest request message a service decodes (tonic's default is 4
-/// MiB): larger ones are refused with OUT_OF_RANGE before any handler runs.
-/// The gateway's REST body limit is the same size.
-pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 impl GrpcServer {
     /// A server for `kind` that starts NOT_SERVING until told otherwise.
@@ -149,7 +127,7 @@ impl GrpcServer {
         self.health.set(false).await;
         crate::db::install_query_instrumentation();
         let this = self
-            .add_service(crate::stats::DatabaseAdminApi::server(db.clone()))
+            .add_service(admin::DatabaseAdminApi::server(db.clone()))
             .advertise("capsule.admin.v1.DatabaseAdmin");
         let supervisor_stop = CancellationToken::new();
         let mut supervisor = tokio::spawn(crate::db::supervise(
