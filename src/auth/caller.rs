@@ -1,0 +1,155 @@
+//! Who may call what, and who is calling: access levels from the
+//! descriptors, roles, claims and the verified caller.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+};
+
+use prost_reflect::Value;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::proto::{self};
+
+/// Who may call an RPC (`capsule.auth.v1.Access`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Unspecified,
+    Public,
+    Authenticated,
+    Admin,
+    Runner,
+    Internal,
+    Service,
+}
+
+impl Access {
+    fn from_number(number: i32) -> Self {
+        match number {
+            1 => Self::Public,
+            2 => Self::Authenticated,
+            3 => Self::Admin,
+            4 => Self::Runner,
+            5 => Self::Internal,
+            6 => Self::Service,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+/// The access level of every Capsule RPC, by `/package.Service/Method`
+/// path, read once from the descriptors.
+pub fn policies() -> &'static HashMap<String, Access> {
+    static POLICIES: OnceLock<HashMap<String, Access>> = OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let pool = proto::pool();
+        let mut policies = HashMap::new();
+        for service in pool
+            .services()
+            .filter(|service| service.full_name().starts_with("capsule."))
+        {
+            for method in service.methods() {
+                policies.insert(
+                    format!("/{}/{}", service.full_name(), method.name()),
+                    method_access(&method),
+                );
+            }
+        }
+        policies
+    })
+}
+
+/// The `(capsule.auth.v1.access)` level a method declares in its own
+/// descriptor pool; `Unspecified` when it declares none.
+pub fn method_access(method: &prost_reflect::MethodDescriptor) -> Access {
+    let Some(extension) = method.parent_pool().get_extension_by_name("capsule.auth.v1.access") else {
+        return Access::Unspecified;
+    };
+    match method.options().get_extension(&extension).as_ref() {
+        Value::EnumNumber(number) => Access::from_number(*number),
+        _ => Access::Unspecified,
+    }
+}
+
+/// A role in a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Admin,
+    /// A build runner.
+    Runner,
+    /// Another Capsule service.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Admin => "admin",
+            Self::Runner => "runner",
+            Self::Service => "service",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "user" => Some(Self::User),
+            "admin" => Some(Self::Admin),
+            "runner" => Some(Self::Runner),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+}
+
+/// The claims of an access token.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub role: String,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+}
+
+/// The verified caller of a request, in its extensions.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user; for a runner, the runner's id; nil for a service.
+    pub user_id: Uuid,
+    pub role: Role,
+    pub session_id: Uuid,
+    /// The bearer token, to pass on to other services on the caller's
+    /// behalf. Never logged.
+    pub(super) token: Arc<str>,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// The registered runner making the call, for the runner API.
+    pub fn runner_id(&self) -> Option<Uuid> {
+        (self.role == Role::Runner).then_some(self.user_id)
+    }
+
+    /// The `authorization` header value that calls another service as this
+    /// caller.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    /// The caller of a request that passed [`AuthLayer`]; UNAUTHENTICATED
+    /// when there is none (a public method, or no layer).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("sign in first: send `authorization: Bearer <access token>`"))
+    }
+}
