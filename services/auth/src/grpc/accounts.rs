@@ -1,0 +1,182 @@
+//! Accounts: registering, signing in, the password, and what another service may ask about a user.
+
+use std::time::Duration;
+
+use capsule::{
+    client,
+    proto::auth::v1 as pb,
+    rpc::{self, FieldViolations},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    db::{NewUser, Profile, Session, User},
+    password, validate,
+};
+
+use super::api::{AuthServiceApi, WRONG_CREDENTIALS, user_proto};
+
+pub(super) async fn register(
+    api: &AuthServiceApi,
+    request: Request<pb::RegisterRequest>,
+) -> Result<Response<pb::RegisterResponse>, Status> {
+    let (user_agent, address) = (AuthServiceApi::user_agent(&request), client::address_of(&request));
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let email = validate::email(&body.email, "email", &mut violations);
+    let name = validate::name(&body.name, "name", &mut violations);
+    password::check_policy(&body.password, &email, "password", &mut violations);
+    violations.check()?;
+
+    let hash = api.inner.hasher.hash(body.password).await?;
+    let created = api
+        .inner
+        .db
+        .run(move |conn| {
+            User::create(
+                conn,
+                &NewUser {
+                    email: &email,
+                    password_hash: &hash,
+                    name: &name,
+                    role: "user",
+                },
+            )
+        })
+        .await;
+    let user = match created {
+        Ok(user) => user,
+        Err(err) if err.is_unique_violation(None) => {
+            return Err(Status::already_exists(
+                "an account with this email already exists; sign in instead",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    tracing::info!(user.id = %user.id, "registered");
+    api.send_token_email(&user, "verify_email", Duration::from_secs(24 * 3600))
+        .await?;
+    let tokens = api.start_session(&user, user_agent, address).await?;
+    Ok(Response::new(pb::RegisterResponse {
+        user: Some(user_proto(&user, Some(&Profile::default()))),
+        tokens: Some(tokens),
+    }))
+}
+
+pub(super) async fn login(
+    api: &AuthServiceApi,
+    request: Request<pb::LoginRequest>,
+) -> Result<Response<pb::LoginResponse>, Status> {
+    let (user_agent, address) = (AuthServiceApi::user_agent(&request), client::address_of(&request));
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    if body.email.trim().is_empty() {
+        violations.add("email", "is required");
+    } else if body.email.chars().count() > validate::MAX_EMAIL_CHARS {
+        violations.add(
+            "email",
+            format!("must be at most {} characters", validate::MAX_EMAIL_CHARS),
+        );
+    }
+    if body.password.is_empty() {
+        violations.add("password", "is required");
+    } else if body.password.chars().count() > password::MAX_CHARS {
+        violations.add(
+            "password",
+            format!("must be at most {} characters", password::MAX_CHARS),
+        );
+    }
+    violations.check()?;
+    let email = body.email.trim().to_lowercase();
+    let throttles = api.password_throttles(&email, &address)?;
+    api.take_attempt(&throttles).await?;
+    let lookup_email = email.clone();
+    let user = api
+        .inner
+        .db
+        .run(move |conn| User::find_by_email(conn, &lookup_email))
+        .await?;
+    let matches = api
+        .inner
+        .hasher
+        .verify(body.password, user.as_ref().map(|user| user.password_hash.clone()))
+        .await?;
+    let Some(user) = user.filter(|_| matches) else {
+        return Err(Status::unauthenticated(WRONG_CREDENTIALS));
+    };
+    if !user.is_active {
+        return Err(Status::permission_denied(
+            "this account is deactivated; contact an administrator",
+        ));
+    }
+    api.attempt_succeeded(throttles).await?;
+    let tokens = api.start_session(&user, user_agent, address).await?;
+    tracing::info!(user.id = %user.id, "signed in");
+    let user_id = user.id;
+    let profile = api
+        .inner
+        .db
+        .run(move |conn| User::find(conn, user_id))
+        .await?
+        .and_then(|(_, p)| p);
+    Ok(Response::new(pb::LoginResponse {
+        user: Some(user_proto(&user, profile.as_ref())),
+        tokens: Some(tokens),
+    }))
+}
+
+pub(super) async fn change_password(
+    api: &AuthServiceApi,
+    request: Request<pb::ChangePasswordRequest>,
+) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+    let (_, session, user) = api.live_caller(&request).await?;
+    let address = client::address_of(&request);
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    if body.current_password.is_empty() {
+        violations.add("current_password", "is required");
+    }
+    password::check_policy(&body.new_password, &user.email, "new_password", &mut violations);
+    violations.check()?;
+    // A stolen session must not become a way to guess the password.
+    let throttles = api.password_throttles(&user.email, &address)?;
+    api.take_attempt(&throttles).await?;
+    if !api
+        .inner
+        .hasher
+        .verify(body.current_password, Some(user.password_hash.clone()))
+        .await?
+    {
+        return Err(rpc::invalid_field("current_password", "is not your current password"));
+    }
+    api.attempt_succeeded(throttles).await?;
+    let hash = api.inner.hasher.hash(body.new_password).await?;
+    let revoked = api
+        .inner
+        .db
+        .run(move |conn| {
+            diesel::Connection::transaction(conn, |conn| {
+                User::set_password_hash(conn, user.id, &hash)?;
+                Session::revoke_all(conn, user.id, Some(session.id), "password changed")
+            })
+        })
+        .await?;
+    tracing::info!(user.id = %user.id, revoked_sessions = revoked, "password changed");
+    Ok(Response::new(pb::ChangePasswordResponse {
+        revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
+    }))
+}
+
+pub(super) async fn get_user_status(
+    api: &AuthServiceApi,
+    request: Request<pb::GetUserStatusRequest>,
+) -> Result<Response<pb::UserStatus>, Status> {
+    let mut violations = FieldViolations::new();
+    let user_id = rpc::parse_id("user_id", &request.get_ref().user_id, &mut violations);
+    violations.check()?;
+    let found = api.inner.db.run(move |conn| User::find(conn, user_id)).await?;
+    Ok(Response::new(pb::UserStatus {
+        exists: found.is_some(),
+        active: found.is_some_and(|(user, _)| user.is_active),
+    }))
+}

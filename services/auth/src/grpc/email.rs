@@ -1,0 +1,124 @@
+//! Email flows with single-use tokens: verification and password reset.
+
+use std::time::Duration;
+
+use capsule::{
+    client,
+    proto::auth::v1 as pb,
+    rpc::{self, FieldViolations},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    db::{self, Session, User},
+    password, validate,
+};
+
+use super::api::{AuthServiceApi, token_hash};
+
+pub(super) async fn send_verification_email(
+    api: &AuthServiceApi,
+    request: Request<pb::SendVerificationEmailRequest>,
+) -> Result<Response<pb::SendVerificationEmailResponse>, Status> {
+    let (_, _, user) = api.live_caller(&request).await?;
+    if user.email_verified {
+        return Err(Status::failed_precondition("your email address is already verified"));
+    }
+    api.send_token_email(&user, "verify_email", Duration::from_secs(24 * 3600))
+        .await?;
+    Ok(Response::new(pb::SendVerificationEmailResponse {}))
+}
+
+pub(super) async fn verify_email(
+    api: &AuthServiceApi,
+    request: Request<pb::VerifyEmailRequest>,
+) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+    let address = client::address_of(&request);
+    let token = request.into_inner().token;
+    if token.is_empty() {
+        return Err(rpc::invalid_field("token", "is required"));
+    }
+    let throttles = vec![api.address_throttle(&address)?];
+    api.take_attempt(&throttles).await?;
+    let hash = token_hash(&token);
+    let verified = api
+        .inner
+        .db
+        .run(move |conn| {
+            diesel::Connection::transaction(conn, |conn| {
+                let user_id = db::consume_email_token(conn, &hash, "verify_email")?;
+                if let Some(user_id) = user_id {
+                    User::mark_email_verified(conn, user_id)?;
+                }
+                Ok(user_id)
+            })
+        })
+        .await?;
+    let user_id = verified.ok_or_else(|| {
+        rpc::invalid_field(
+            "token",
+            "is not valid, was already used or has expired; ask for a new email",
+        )
+    })?;
+    api.attempt_succeeded(throttles).await?;
+    Ok(Response::new(pb::VerifyEmailResponse {
+        user: Some(api.load_user(user_id).await?),
+    }))
+}
+
+pub(super) async fn request_password_reset(
+    api: &AuthServiceApi,
+    request: Request<pb::RequestPasswordResetRequest>,
+) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+    let mut violations = FieldViolations::new();
+    let email = validate::email(&request.get_ref().email, "email", &mut violations);
+    violations.check()?;
+    let user = api.inner.db.run(move |conn| User::find_by_email(conn, &email)).await?;
+    // The answer is the same whether or not the account exists.
+    if let Some(user) = user.filter(|user| user.is_active) {
+        api.send_token_email(&user, "reset_password", Duration::from_secs(3600))
+            .await?;
+    }
+    Ok(Response::new(pb::RequestPasswordResetResponse {}))
+}
+
+pub(super) async fn reset_password(
+    api: &AuthServiceApi,
+    request: Request<pb::ResetPasswordRequest>,
+) -> Result<Response<pb::ResetPasswordResponse>, Status> {
+    let address = client::address_of(&request);
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    if body.token.is_empty() {
+        violations.add("token", "is required");
+    }
+    password::check_policy(&body.new_password, "", "new_password", &mut violations);
+    violations.check()?;
+    let throttles = vec![api.address_throttle(&address)?];
+    api.take_attempt(&throttles).await?;
+    let hash = api.inner.hasher.hash(body.new_password).await?;
+    let token_hash = token_hash(&body.token);
+    let reset = api
+        .inner
+        .db
+        .run(move |conn| {
+            diesel::Connection::transaction(conn, |conn| {
+                let Some(user_id) = db::consume_email_token(conn, &token_hash, "reset_password")? else {
+                    return Ok(None);
+                };
+                User::set_password_hash(conn, user_id, &hash)?;
+                Session::revoke_all(conn, user_id, None, "password reset")?;
+                Ok(Some(user_id))
+            })
+        })
+        .await?;
+    let user_id = reset.ok_or_else(|| {
+        rpc::invalid_field(
+            "token",
+            "is not valid, was already used or has expired; ask for a new email",
+        )
+    })?;
+    api.attempt_succeeded(throttles).await?;
+    tracing::info!(user.id = %user_id, "password reset");
+    Ok(Response::new(pb::ResetPasswordResponse {}))
+}
