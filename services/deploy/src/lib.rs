@@ -1,6 +1,7 @@
 //! Capsule's deploy service: deployments with a lifecycle, runners that
 //! execute them, logs that stream.
 
+mod api;
 pub mod config;
 mod db;
 mod grpc;
@@ -27,8 +28,8 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::DeployServiceApi;
 pub use config::{DeployConfig, RunnerConfig};
-pub use grpc::DeployServiceApi;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
 
@@ -70,7 +71,7 @@ pub async fn serve(
         &config,
     )?;
     let keys: Arc<KeySet> = mesh.key_set()?;
-    keys.accept_runners(Arc::new(grpc::RegisteredRunners(db.clone())));
+    keys.accept_runners(Arc::new(api::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
@@ -119,7 +120,7 @@ async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> O
     let name = runner::local_name();
     let mut wait = std::time::Duration::from_millis(100);
     loop {
-        let (token, hash) = grpc::new_runner_token().ok()?;
+        let (token, hash) = api::new_runner_token().ok()?;
         let name = name.clone();
         match db
             .run(move |conn| db::runners::Runner::register_local(conn, &name, &hash))

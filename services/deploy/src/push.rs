@@ -23,8 +23,8 @@ use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
 use crate::{
+    api::DeployServiceApi,
     db::{self, Deployment},
-    grpc::DeployServiceApi,
     runner::source::Repository,
 };
 

@@ -16,8 +16,8 @@ use tonic::{Code, Request, transport::Channel};
 use uuid::Uuid;
 
 use crate::{
+    api::DeployServiceApi,
     db::{self, Actor, Outcome},
-    grpc::DeployServiceApi,
     state::State,
 };
 

@@ -1,0 +1,119 @@
+//! The `capsule.deploy.v1.DeployService` implementation: one thin trait
+//! impl that hands each RPC to the module of its concern; the service's
+//! state and what they share are in [`crate::api`].
+
+mod deployments;
+mod logs;
+mod routes;
+mod runners;
+
+use capsule::proto::deploy::v1::{self as pb, deploy_service_server::DeployService};
+use tonic::{Request, Response, Status};
+
+use crate::api::{DeployServiceApi, LogStream, RouteStream};
+
+#[tonic::async_trait]
+impl DeployService for DeployServiceApi {
+    async fn create_deployment(
+        &self,
+        request: Request<pb::CreateDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        deployments::create_deployment(self, request).await
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        deployments::get_deployment(self, request).await
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        deployments::list_deployments(self, request).await
+    }
+
+    async fn cancel_deployment(
+        &self,
+        request: Request<pb::CancelDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        deployments::cancel_deployment(self, request).await
+    }
+
+    async fn rollback_deployment(
+        &self,
+        request: Request<pb::RollbackDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        deployments::rollback_deployment(self, request).await
+    }
+
+    async fn get_logs(&self, request: Request<pb::GetLogsRequest>) -> Result<Response<pb::GetLogsResponse>, Status> {
+        logs::get_logs(self, request).await
+    }
+
+    async fn stream_logs(&self, request: Request<pb::StreamLogsRequest>) -> Result<Response<LogStream>, Status> {
+        logs::stream_logs(self, request).await
+    }
+
+    async fn claim_deployment(
+        &self,
+        request: Request<pb::ClaimDeploymentRequest>,
+    ) -> Result<Response<pb::ClaimDeploymentResponse>, Status> {
+        runners::claim_deployment(self, request).await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        runners::heartbeat(self, request).await
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<pb::ReportStatusRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        runners::report_status(self, request).await
+    }
+
+    async fn append_logs(
+        &self,
+        request: Request<pb::AppendLogsRequest>,
+    ) -> Result<Response<pb::AppendLogsResponse>, Status> {
+        runners::append_logs(self, request).await
+    }
+
+    async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<RouteStream>, Status> {
+        routes::watch_routes(self, _request).await
+    }
+
+    async fn receive_git_push(
+        &self,
+        request: Request<pb::ReceiveGitPushRequest>,
+    ) -> Result<Response<pb::ReceiveGitPushResponse>, Status> {
+        routes::receive_git_push(self, request).await
+    }
+
+    async fn create_runner(
+        &self,
+        request: Request<pb::CreateRunnerRequest>,
+    ) -> Result<Response<pb::CreateRunnerResponse>, Status> {
+        runners::create_runner(self, request).await
+    }
+
+    async fn list_runners(
+        &self,
+        request: Request<pb::ListRunnersRequest>,
+    ) -> Result<Response<pb::ListRunnersResponse>, Status> {
+        runners::list_runners(self, request).await
+    }
+
+    async fn delete_runner(
+        &self,
+        request: Request<pb::DeleteRunnerRequest>,
+    ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
+        runners::delete_runner(self, request).await
+    }
+}

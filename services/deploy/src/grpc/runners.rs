@@ -1,0 +1,282 @@
+//! The runner API (claims, heartbeats, status and log reports) and the runners' registration.
+
+use capsule::{
+    auth::Caller,
+    proto::deploy::v1 as pb,
+    rpc::{self, FieldViolations, PageToken},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    db::{
+        self, Actor, Outcome, Refusal,
+        runners::{NewRunner, Runner},
+    },
+    state::State,
+};
+
+use crate::api::{
+    DeployServiceApi, MAX_APPEND_LINES, MAX_LINE_BYTES, deployment_proto, id_field, new_runner_token, refusal,
+    runner_of, runner_proto,
+};
+
+pub(super) async fn claim_deployment(
+    api: &DeployServiceApi,
+    request: Request<pb::ClaimDeploymentRequest>,
+) -> Result<Response<pb::ClaimDeploymentResponse>, Status> {
+    let runner = runner_of(&request)?;
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let lease = match body.lease {
+        None => api.inner.lease,
+        Some(lease) if lease.seconds >= 1 && lease.seconds <= 3600 && lease.nanos >= 0 => {
+            chrono::Duration::seconds(lease.seconds) + chrono::Duration::nanoseconds(i64::from(lease.nanos))
+        }
+        Some(_) => {
+            violations.add("lease", "must be between 1 s and 1 h");
+            api.inner.lease
+        }
+    };
+    violations.check()?;
+    let claimer = runner.clone();
+    let claimed = api.inner.db.run(move |conn| db::claim(conn, &claimer, lease)).await?;
+    let Some(deployment) = claimed else {
+        return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+    };
+    let id = deployment.id;
+    let variables = match api.environment(deployment.project_id).await {
+        Ok(Some(variables)) => variables,
+        Ok(None) => {
+            let outcome = Outcome {
+                message: "the project no longer exists".to_owned(),
+                ..Outcome::default()
+            };
+            api.change(id, State::Failed, Actor::Runner(runner), outcome).await?;
+            return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+        }
+        Err(status) => {
+            // Back to the queue at once, for a later claim.
+            api.inner.db.run(move |conn| db::release(conn, id, &runner)).await?;
+            return Err(status);
+        }
+    };
+    let snapshot = deployment.snapshot();
+    Ok(Response::new(pb::ClaimDeploymentResponse {
+        lease_expire_time: deployment.lease_expires_at.map(rpc::timestamp),
+        snapshot: Some(pb::DeploymentSnapshot {
+            build_command: snapshot.build_command,
+            start_command: snapshot.start_command,
+            root_directory: snapshot.root_directory,
+            repository_url: snapshot.repository_url,
+            commit_sha: deployment.commit_sha.clone(),
+            health_check_path: snapshot.health_check_path,
+            secret_names: variables
+                .iter()
+                .filter(|variable| variable.secret)
+                .map(|variable| variable.name.clone())
+                .collect(),
+            environment: variables
+                .into_iter()
+                .map(|variable| (variable.name, variable.value))
+                .collect(),
+        }),
+        deployment: Some(deployment_proto(&deployment)),
+    }))
+}
+
+pub(super) async fn heartbeat(
+    api: &DeployServiceApi,
+    request: Request<pb::HeartbeatRequest>,
+) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    let runner = runner_of(&request)?;
+    let body = request.into_inner();
+    let id = id_field("deployment_id", &body.deployment_id)?;
+    let lease = api.inner.lease;
+    let renewed = api
+        .inner
+        .db
+        .run(move |conn| db::heartbeat(conn, id, &runner, lease))
+        .await?;
+    let (expires, cancel_requested) = renewed.ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
+    Ok(Response::new(pb::HeartbeatResponse {
+        lease_expire_time: Some(rpc::timestamp(expires)),
+        cancel_requested,
+    }))
+}
+
+pub(super) async fn report_status(
+    api: &DeployServiceApi,
+    request: Request<pb::ReportStatusRequest>,
+) -> Result<Response<pb::Deployment>, Status> {
+    let runner = runner_of(&request)?;
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+    let to = match pb::DeploymentState::try_from(body.state)
+        .ok()
+        .and_then(State::from_proto)
+    {
+        Some(state @ (State::Deploying | State::Live | State::Failed | State::Crashed)) => state,
+        _ => {
+            violations.add(
+                "state",
+                "a runner reports DEPLOYMENT_STATE_DEPLOYING, _LIVE, _FAILED or _CRASHED",
+            );
+            State::Failed
+        }
+    };
+    if !body.upstream.is_empty() && body.upstream.parse::<std::net::SocketAddr>().is_err() {
+        violations.add("upstream", "must be an address such as 127.0.0.1:40123");
+    }
+    if body.status_message.len() > 1024 {
+        violations.add("status_message", "must be at most 1024 bytes");
+    }
+    violations.check()?;
+    let outcome = Outcome {
+        message: body.status_message,
+        exit_code: body.exit_code,
+        upstream: (to == State::Live && !body.upstream.is_empty()).then_some(body.upstream),
+    };
+    let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
+    Ok(Response::new(deployment_proto(&deployment)))
+}
+
+pub(super) async fn append_logs(
+    api: &DeployServiceApi,
+    request: Request<pb::AppendLogsRequest>,
+) -> Result<Response<pb::AppendLogsResponse>, Status> {
+    let runner = runner_of(&request)?;
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+    if body.entries.len() > MAX_APPEND_LINES {
+        violations.add("entries", format!("at most {MAX_APPEND_LINES} lines per call"));
+    }
+    for (index, entry) in body.entries.iter().enumerate() {
+        if entry.text.len() > MAX_LINE_BYTES {
+            violations.add(format!("entries[{index}].text"), "must be at most 16 KiB");
+        }
+        if entry.text.contains('\0') {
+            violations.add(format!("entries[{index}].text"), "must not contain NUL characters");
+        }
+        if !matches!(
+            pb::LogStream::try_from(entry.stream),
+            Ok(pb::LogStream::Stdout | pb::LogStream::Stderr | pb::LogStream::System)
+        ) {
+            violations.add(
+                format!("entries[{index}].stream"),
+                "must be LOG_STREAM_STDOUT, _STDERR or _SYSTEM",
+            );
+        }
+    }
+    violations.check()?;
+    let entries = body.entries;
+    let cap = api.inner.max_log_lines;
+    let last = api
+        .inner
+        .db
+        .run(move |conn| {
+            if db::holds(conn, id, &runner)?.is_none() {
+                return Ok(None);
+            }
+            // The runner masks secret values: it alone holds them.
+            let lines: Vec<(&str, String)> = entries
+                .into_iter()
+                .map(|entry| {
+                    let stream = match pb::LogStream::try_from(entry.stream) {
+                        Ok(pb::LogStream::Stderr) => "stderr",
+                        Ok(pb::LogStream::System) => "system",
+                        _ => "stdout",
+                    };
+                    (stream, entry.text)
+                })
+                .collect();
+            db::append(conn, id, &lines, Some(cap)).map(Some)
+        })
+        .await?
+        .ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;
+    Ok(Response::new(pb::AppendLogsResponse { last_sequence: last }))
+}
+
+pub(super) async fn create_runner(
+    api: &DeployServiceApi,
+    request: Request<pb::CreateRunnerRequest>,
+) -> Result<Response<pb::CreateRunnerResponse>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let name = request.into_inner().name;
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if !valid {
+        return Err(rpc::invalid_field(
+            "name",
+            "must be 1 to 128 letters, digits, '.', '_', ':' and '-', such as build-eu-1",
+        ));
+    }
+    let (token, hash) = new_runner_token()?;
+    let created = api
+        .inner
+        .db
+        .run(move |conn| {
+            Runner::create(
+                conn,
+                &NewRunner {
+                    name: &name,
+                    token_hash: &hash,
+                    created_by: Some(caller.user_id),
+                },
+            )
+        })
+        .await;
+    let runner = match created {
+        Ok(runner) => runner,
+        Err(err) if err.is_unique_violation(None) => {
+            return Err(Status::already_exists(
+                "a runner of this name exists; choose another name",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    tracing::info!(runner.id = %runner.id, user.id = %caller.user_id, "runner registered");
+    Ok(Response::new(pb::CreateRunnerResponse {
+        runner: Some(runner_proto(&runner)),
+        token,
+    }))
+}
+
+pub(super) async fn list_runners(
+    api: &DeployServiceApi,
+    request: Request<pb::ListRunnersRequest>,
+) -> Result<Response<pb::ListRunnersResponse>, Status> {
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);
+    let after = PageToken::decode(&body.page_token, &mut violations);
+    violations.check()?;
+    let rows = api
+        .inner
+        .db
+        .run(move |conn| Runner::list(conn, after.map(|t| (t.time, t.id)), limit + 1))
+        .await?;
+    let next_page_token = rpc::next_page_token(&rows, limit, |row| (row.created_at, row.id));
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    Ok(Response::new(pb::ListRunnersResponse {
+        runners: rows.iter().take(limit).map(runner_proto).collect(),
+        next_page_token,
+    }))
+}
+
+pub(super) async fn delete_runner(
+    api: &DeployServiceApi,
+    request: Request<pb::DeleteRunnerRequest>,
+) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let id = id_field("runner_id", &request.get_ref().runner_id)?;
+    if !api.inner.db.run(move |conn| Runner::delete(conn, id)).await? {
+        return Err(Status::not_found("no such runner"));
+    }
+    tracing::info!(runner.id = %id, user.id = %caller.user_id, "runner deleted");
+    Ok(Response::new(pb::DeleteRunnerResponse {}))
+}
