@@ -1,6 +1,8 @@
 //! Rows and queries of the deploy database. State changes go through
 //! [`transition`], which applies [`State::can_move`] under a row lock.
 
+mod claims;
+mod logs;
 pub mod push;
 pub mod runners;
 pub mod schema;
@@ -10,7 +12,10 @@ use diesel::{dsl::now, prelude::*};
 use uuid::Uuid;
 
 use crate::state::State;
-use schema::{deployment_logs, deployments};
+use schema::deployments;
+
+pub use claims::{claim, heartbeat, holds, release};
+pub use logs::{LogRow, append, logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is
 /// created. No variables: a runner gets them, as they are then, when it
@@ -92,17 +97,6 @@ pub struct NewDeployment {
     pub host_label: String,
 }
 
-#[derive(Queryable, Selectable, Debug, Clone)]
-#[diesel(table_name = deployment_logs)]
-pub struct LogRow {
-    pub deployment_id: Uuid,
-    pub sequence: i64,
-    pub stream: String,
-    pub line: String,
-    pub created_at: DateTime<Utc>,
-    pub runtime: bool,
-}
-
 /// Who may see a deployment: the project's owner, or an admin.
 #[derive(Debug, Clone, Copy)]
 pub struct Viewer {
@@ -154,79 +148,6 @@ pub fn list(
         );
     }
     query.load(conn)
-}
-
-/// Appends lines, numbering them after the deployment's last one. The
-/// counter's row lock makes numbers gapless under concurrent appends.
-///
-/// With a `cap` (a runner's build lines), lines are kept only while the
-/// deployment has fewer than `cap`; the first one dropped leaves a system
-/// line saying so. The service's own lines (state changes) pass no cap, and
-/// neither do a live app's (runtime), which the runner rate-limits.
-pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
-    conn.transaction(|conn| {
-        let (current, state): (i64, String) = deployments::table
-            .find(id)
-            .select((deployments::log_sequence, deployments::state))
-            .for_update()
-            .first(conn)?;
-        let runtime = state == State::Live.as_str();
-        let cap = cap.filter(|_| !runtime);
-        let capped_note = cap
-            .map(|cap| format!("log limit of {cap} lines reached: further output of this deployment is dropped"))
-            .unwrap_or_default();
-        let mut kept: Vec<(&str, &str)> = Vec::with_capacity(lines.len());
-        let mut next = current;
-        for (stream, line) in lines {
-            match cap {
-                Some(cap) if next >= cap => {
-                    // The first line over the limit leaves the note.
-                    if next == cap {
-                        kept.push(("system", capped_note.as_str()));
-                        next += 1;
-                    }
-                }
-                _ => {
-                    kept.push((stream, line.as_str()));
-                    next += 1;
-                }
-            }
-        }
-        if kept.is_empty() {
-            return Ok(current);
-        }
-        let last: i64 = diesel::update(deployments::table.find(id))
-            .set(deployments::log_sequence.eq(next))
-            .returning(deployments::log_sequence)
-            .get_result(conn)?;
-        let rows: Vec<_> = kept
-            .iter()
-            .zip(current + 1..)
-            .map(|((stream, line), sequence)| {
-                (
-                    deployment_logs::deployment_id.eq(id),
-                    deployment_logs::sequence.eq(sequence),
-                    deployment_logs::stream.eq(*stream),
-                    deployment_logs::line.eq(*line),
-                    deployment_logs::runtime.eq(runtime),
-                )
-            })
-            .collect();
-        diesel::insert_into(deployment_logs::table)
-            .values(&rows)
-            .execute(conn)?;
-        Ok(last)
-    })
-}
-
-pub fn logs_after(conn: &mut PgConnection, id: Uuid, after: i64, limit: i64) -> QueryResult<Vec<LogRow>> {
-    deployment_logs::table
-        .filter(deployment_logs::deployment_id.eq(id))
-        .filter(deployment_logs::sequence.gt(after))
-        .order(deployment_logs::sequence.asc())
-        .limit(limit)
-        .select(LogRow::as_select())
-        .load(conn)
 }
 
 /// Why a state change was refused.
@@ -341,111 +262,6 @@ pub fn transition(
     })
 }
 
-/// Takes the oldest queued deployment, or one whose runner's lease ran
-/// out, for `runner` (FOR UPDATE SKIP LOCKED: concurrent runners never take
-/// the same one).
-pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> QueryResult<Option<Deployment>> {
-    conn.transaction(|conn| {
-        let candidate = deployments::table
-            .filter(
-                deployments::state.eq(State::Queued.as_str()).or(deployments::state
-                    .eq_any([State::Building.as_str(), State::Deploying.as_str()])
-                    .and(deployments::lease_expires_at.lt(now))),
-            )
-            .order(deployments::created_at.asc())
-            .select(Deployment::as_select())
-            .for_update()
-            .skip_locked()
-            .first(conn)
-            .optional()?;
-        let Some(candidate) = candidate else {
-            return Ok(None);
-        };
-        let mut lines = Vec::new();
-        if let Some(previous) = candidate
-            .runner_id
-            .as_deref()
-            .filter(|_| candidate.state() != State::Queued)
-        {
-            lines.push((
-                "system",
-                format!(
-                    "{} → queued: runner {previous} stopped renewing its lease",
-                    candidate.state
-                ),
-            ));
-        }
-        lines.push(("system", format!("queued → building: claimed by runner {runner}")));
-        let claimed: Deployment = diesel::update(deployments::table.find(candidate.id))
-            .set((
-                deployments::state.eq(State::Building.as_str()),
-                deployments::runner_id.eq(runner),
-                deployments::lease_expires_at.eq(Utc::now() + lease),
-                deployments::started_at.eq(candidate.started_at.unwrap_or_else(Utc::now)),
-            ))
-            .returning(Deployment::as_returning())
-            .get_result(conn)?;
-        append(conn, claimed.id, &lines, None)?;
-        Ok(Some(claimed))
-    })
-}
-
-/// Renews `runner`'s lease; `None` when it no longer holds the deployment.
-/// The answer says whether the deployment was canceled meanwhile.
-pub fn heartbeat(
-    conn: &mut PgConnection,
-    id: Uuid,
-    runner: &str,
-    lease: chrono::Duration,
-) -> QueryResult<Option<(DateTime<Utc>, bool)>> {
-    let expires = Utc::now() + lease;
-    let renewed: Option<String> = diesel::update(
-        deployments::table
-            .find(id)
-            .filter(deployments::runner_id.eq(runner))
-            .filter(deployments::state.eq_any([
-                State::Building.as_str(),
-                State::Deploying.as_str(),
-                State::Live.as_str(),
-            ])),
-    )
-    .set(deployments::lease_expires_at.eq(expires))
-    .returning(deployments::state)
-    .get_result(conn)
-    .optional()?;
-    if renewed.is_some() {
-        return Ok(Some((expires, false)));
-    }
-    // Canceled, or a live one that was replaced or crashed: the runner
-    // must stop.
-    let canceled = deployments::table
-        .find(id)
-        .filter(deployments::state.eq_any([
-            State::Canceled.as_str(),
-            State::Superseded.as_str(),
-            State::Crashed.as_str(),
-        ]))
-        .count()
-        .get_result::<i64>(conn)?
-        > 0;
-    Ok(canceled.then_some((Utc::now(), true)))
-}
-
-/// Whether `runner` holds `id` now (building it, or running it live).
-pub fn holds(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Option<Deployment>> {
-    deployments::table
-        .find(id)
-        .filter(deployments::runner_id.eq(runner))
-        .filter(deployments::state.eq_any([
-            State::Building.as_str(),
-            State::Deploying.as_str(),
-            State::Live.as_str(),
-        ]))
-        .select(Deployment::as_select())
-        .first(conn)
-        .optional()
-}
-
 pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>> {
     Ok(deployments::table
         .find(id)
@@ -488,50 +304,6 @@ pub fn live_of(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<Vec<Uui
         .filter(deployments::state.eq(State::Live.as_str()))
         .select(deployments::id)
         .load(conn)
-}
-
-/// Gives a claimed deployment back to the queue at once (its lease ends
-/// now), when the runner cannot be handed what it needs to run it.
-pub fn release(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<usize> {
-    diesel::update(
-        deployments::table
-            .find(id)
-            .filter(deployments::runner_id.eq(runner))
-            .filter(deployments::state.eq_any([State::Building.as_str(), State::Deploying.as_str()])),
-    )
-    .set(deployments::lease_expires_at.eq(Utc::now() - chrono::Duration::seconds(1)))
-    .execute(conn)
-}
-
-/// Deletes the log lines of up to `batch` deployments that settled
-/// (failed, canceled, superseded) before `cutoff`; returns how many
-/// deployments were pruned. The deployments themselves stay.
-pub fn prune_logs(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> QueryResult<usize> {
-    conn.transaction(|conn| {
-        let ids: Vec<Uuid> = deployments::table
-            .filter(deployments::logs_pruned_at.is_null())
-            .filter(deployments::state.eq_any([
-                State::Failed.as_str(),
-                State::Canceled.as_str(),
-                State::Superseded.as_str(),
-                State::Crashed.as_str(),
-            ]))
-            .filter(deployments::finished_at.lt(cutoff))
-            .order(deployments::finished_at.asc())
-            .limit(batch)
-            .select(deployments::id)
-            .for_update()
-            .skip_locked()
-            .load(conn)?;
-        if ids.is_empty() {
-            return Ok(0);
-        }
-        diesel::delete(deployment_logs::table.filter(deployment_logs::deployment_id.eq_any(&ids))).execute(conn)?;
-        diesel::update(deployments::table.filter(deployments::id.eq_any(&ids)))
-            .set(deployments::logs_pruned_at.eq(now))
-            .execute(conn)?;
-        Ok(ids.len())
-    })
 }
 
 #[cfg(test)]
