@@ -3,7 +3,10 @@
 use capsule::config::{DbConfig, GatewayConfig, Mesh, ServeConfig, ServiceKind, Source};
 use tokio::task::JoinSet;
 
-use crate::{bind, postgres};
+use crate::{
+    postgres,
+    serve::{bind, serve_metrics},
+};
 
 /// The environment, falling back to the found server's address for the
 /// database host and port.
@@ -98,7 +101,7 @@ pub async fn run() -> anyhow::Result<()> {
         });
     }
     let gateway_serve = ServeConfig::from_source(ServiceKind::Gateway, &source)?;
-    crate::serve_metrics(&gateway_serve, &shutdown).await?;
+    serve_metrics(&gateway_serve, &shutdown).await?;
     let gateway_config = GatewayConfig::from_source(&source)?;
     let edge = capsule_gateway::EdgeConfig::from_source(&source)?;
     let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;

@@ -21,7 +21,7 @@ use capsule::{
 };
 use tonic::{Code, Request, Response, Status};
 
-use crate::Backends;
+use crate::backends::Backends;
 
 /// Each backend call of a fan-out gets this long.
 const PART_DEADLINE: Duration = Duration::from_secs(2);

@@ -8,7 +8,7 @@
 //! CORS is configurable; requests are rate-limited per client address.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     num::NonZeroU32,
     sync::Arc,
     time::Duration,
@@ -24,7 +24,7 @@ use axum::{
 };
 use capsule::auth::KeySet;
 use futures::StreamExt;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use prost_reflect::DynamicMessage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,8 +33,10 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus,
 use tracing::Instrument;
 
 use crate::{
-    Backends, EdgeConfig,
+    backends::Backends,
     codec::DynamicCodec,
+    config::{EdgeConfig, cors},
+    limit::ClientLimiter,
     transcode::{self, Route, Routes},
 };
 
@@ -84,42 +86,6 @@ impl Bridge {
     }
 }
 
-/// The per-client rate limit. IPv6 clients are counted by their /64 (one
-/// host usually holds a whole /64), and clients idle long enough to be
-/// back at a full burst are forgotten, so memory follows the clients of
-/// the last moments, not every client ever seen.
-pub struct ClientLimiter(DefaultKeyedRateLimiter<IpAddr>);
-
-impl ClientLimiter {
-    pub fn new(quota: Quota) -> Self {
-        Self(RateLimiter::keyed(quota))
-    }
-
-    /// Whether `client` may make one more request now.
-    pub fn check(&self, client: IpAddr) -> bool {
-        let key = match client {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX)))
-            }
-            IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED)),
-            v4 => v4,
-        };
-        self.0.check_key(&key).is_ok()
-    }
-
-    /// Forgets the clients that have been idle long enough.
-    pub fn prune(&self) {
-        self.0.retain_recent();
-        self.0.shrink_to_fit();
-    }
-
-    /// How many clients are remembered.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
 /// How often idle clients are forgotten.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -130,7 +96,7 @@ pub async fn serve(
     tls: Option<capsule::tls::ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let cors = crate::cors(&bridge.config);
+    let cors = cors(&bridge.config);
     {
         let (bridge, shutdown) = (bridge.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -577,24 +543,5 @@ mod tests {
             Duration::MAX,
             "a huge default is no overflow either"
         );
-    }
-
-    #[test]
-    fn the_limiter_forgets_idle_clients_and_counts_an_ipv6_host_by_its_64() {
-        let limiter = ClientLimiter::new(Quota::per_second(NonZeroU32::new(1000).unwrap()));
-        for i in 0..10_000u32 {
-            assert!(limiter.check(IpAddr::V4(Ipv4Addr::from(i))));
-        }
-        assert_eq!(limiter.len(), 10_000);
-        std::thread::sleep(Duration::from_millis(50));
-        limiter.prune();
-        assert_eq!(limiter.len(), 0, "clients back at a full burst are forgotten");
-
-        let strict = ClientLimiter::new(Quota::per_hour(NonZeroU32::MIN));
-        assert!(strict.check("2001:db8::1".parse().unwrap()));
-        assert!(!strict.check("2001:db8::ffff:2".parse().unwrap()), "the same /64");
-        assert!(strict.check("2001:db8:0:1::1".parse().unwrap()), "another /64");
-        strict.prune();
-        assert_eq!(strict.len(), 2, "clients still limited are kept");
     }
 }

@@ -9,169 +9,28 @@
 //!   enough for a client.
 
 pub mod apps;
+mod backends;
 mod codec;
+mod config;
 mod grpc;
 mod http_api;
+mod limit;
 mod openapi;
 pub mod transcode;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use capsule::{
-    config::{ConfigError, GatewayConfig, ProcessEnv, ServeConfig, ServiceKind, Source, positive},
+    config::{GatewayConfig, ServeConfig, ServiceKind},
     proto::gateway::v1::gateway_service_server::GatewayServiceServer,
     server::GrpcServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
+pub use backends::Backends;
+pub use config::EdgeConfig;
 pub use grpc::GatewayServiceApi;
-
-/// Settings of the edge.
-///
-/// | variable | default |
-/// |---|---|
-/// | `GATEWAY_MAX_BODY_BYTES` | `1048576` |
-/// | `GATEWAY_REQUEST_TIMEOUT_MS` | `30000`: the deadline of a backend call without `grpc-timeout` |
-/// | `GATEWAY_RATE_LIMIT_PER_SEC` | `100` requests per second per client address … |
-/// | `GATEWAY_RATE_LIMIT_BURST` | `200` … with bursts up to this |
-/// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
-/// | `GATEWAY_TRUSTED_PROXIES` | unset: the client is the connection's peer; a comma-separated list of CIDRs (`10.0.0.0/8,::1`) whose `X-Forwarded-For` is believed |
-/// | `CAPSULE_INTERNAL_SECRET` | proves to the services the client address the gateway forwards (see [`capsule::client`]) |
-/// | `GATEWAY_APPS_*` | serving users' apps: see [`apps::AppsConfig`] |
-#[derive(Debug, Clone)]
-pub struct EdgeConfig {
-    pub apps: apps::AppsConfig,
-    pub max_body_bytes: usize,
-    pub default_timeout: Duration,
-    pub rate_limit_per_sec: u32,
-    pub rate_limit_burst: u32,
-    pub cors_origins: Vec<String>,
-    pub trusted_proxies: Vec<capsule::client::IpNet>,
-    /// Sent with the client address to the services.
-    pub client_proof: Option<String>,
-}
-
-impl EdgeConfig {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_source(&ProcessEnv)
-    }
-
-    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        Ok(Self {
-            apps: apps::AppsConfig::from_source(source)?,
-            max_body_bytes: positive(source, "GATEWAY_MAX_BODY_BYTES", 1024 * 1024)?,
-            default_timeout: Duration::from_millis(positive(source, "GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
-            rate_limit_per_sec: positive(source, "GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
-            rate_limit_burst: positive(source, "GATEWAY_RATE_LIMIT_BURST", 200)?,
-            cors_origins: source
-                .get("GATEWAY_CORS_ORIGINS")
-                .map(|origins| {
-                    origins
-                        .split(',')
-                        .map(|o| o.trim().to_owned())
-                        .filter(|o| !o.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default(),
-            trusted_proxies: capsule::client::parse_networks(
-                &source.get("GATEWAY_TRUSTED_PROXIES").unwrap_or_default(),
-            )
-            .map_err(|reason| ConfigError {
-                variable: "GATEWAY_TRUSTED_PROXIES".to_owned(),
-                value: source.get("GATEWAY_TRUSTED_PROXIES").unwrap_or_default(),
-                reason,
-            })?,
-            client_proof: source
-                .get("CAPSULE_INTERNAL_SECRET")
-                .as_deref()
-                .map(capsule::client::proof),
-        })
-    }
-}
-
-fn cors(config: &EdgeConfig) -> tower_http::cors::CorsLayer {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if config.cors_origins.is_empty() {
-        return CorsLayer::new();
-    }
-    let origin = if config.cors_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| o.parse().ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(origin)
-        .allow_methods(tower_http::cors::Any)
-        .allow_headers(tower_http::cors::Any)
-        .expose_headers([http::HeaderName::from_static("x-request-id")])
-}
-
-/// Lazily connected channels to the services behind the gateway, and to
-/// the gateway's own gRPC API.
-#[derive(Clone)]
-pub struct Backends {
-    pub auth: Channel,
-    pub project: Channel,
-    pub deploy: Channel,
-    pub gateway: Channel,
-    /// More packages and where they are served (`test.echo.v1`, …).
-    pub extra: Vec<(String, Channel)>,
-}
-
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(capsule::tls::endpoint(url)?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
-}
-
-impl Backends {
-    /// Channels that connect on first use and reconnect after a backend
-    /// restarts.
-    /// `own_tls`: the gateway's own gRPC port serves TLS, so its loopback
-    /// channel is `https://localhost` (the certificate must name localhost).
-    pub fn new(config: &GatewayConfig, own_grpc: std::net::SocketAddr, own_tls: bool) -> anyhow::Result<Self> {
-        let own = if own_tls {
-            format!("https://localhost:{}", own_grpc.port())
-        } else {
-            format!("http://127.0.0.1:{}", own_grpc.port())
-        };
-        Ok(Self {
-            auth: channel(&config.services.auth)?,
-            project: channel(&config.services.project)?,
-            deploy: channel(&config.services.deploy)?,
-            gateway: channel(&own)?,
-            extra: Vec::new(),
-        })
-    }
-
-    /// Each backend with its service kind.
-    pub fn all(&self) -> [(ServiceKind, &Channel); 3] {
-        [
-            (ServiceKind::Auth, &self.auth),
-            (ServiceKind::Project, &self.project),
-            (ServiceKind::Deploy, &self.deploy),
-        ]
-    }
-
-    /// The channel that serves a gRPC service.
-    pub fn for_service(&self, full_name: &str) -> Option<Channel> {
-        let package = full_name.rsplit_once('.').map_or(full_name, |(package, _)| package);
-        match package {
-            "capsule.auth.v1" => Some(self.auth.clone()),
-            "capsule.project.v1" => Some(self.project.clone()),
-            "capsule.deploy.v1" => Some(self.deploy.clone()),
-            "capsule.gateway.v1" => Some(self.gateway.clone()),
-            other => self
-                .extra
-                .iter()
-                .find(|(name, _)| name == other)
-                .map(|(_, channel)| channel.clone()),
-        }
-    }
-}
 
 /// The gRPC front door: calls for the services behind the gateway are
 /// forwarded as they are (headers, body and trailers stream through).

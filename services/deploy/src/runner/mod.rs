@@ -15,9 +15,12 @@
 //! the gateway routes to; it keeps running, restarted with backoff when it
 //! exits (CRASHED after too many restarts), until it is superseded — then
 //! it keeps serving for the drain period while the gateway switches, gets
-//! SIGTERM, a grace period and SIGKILL — or the runner stops.
+//! SIGTERM, a grace period and SIGKILL — or the runner stops. [`report`]
+//! is the runner's side of the runner API (its token, lines, states,
+//! heartbeats).
 
 pub mod process;
+mod report;
 pub mod sandbox;
 pub mod serve;
 pub mod source;
@@ -30,98 +33,21 @@ use std::{
 };
 
 use capsule::proto::deploy::v1::{
-    self as pb, ClaimDeploymentRequest, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
-    deploy_service_client::DeployServiceClient,
+    self as pb, ClaimDeploymentRequest, DeploymentState, deploy_service_client::DeployServiceClient,
 };
 use nix::sys::signal::Signal;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, service::interceptor::InterceptedService, transport::Channel};
 use uuid::Uuid;
 
 use crate::{
     config::RunnerConfig,
     notify::{Event, Hub},
 };
-use process::{Ended, Limits, LineSink, Masker, pump};
+use process::{Ended, Limits, Masker, pump};
+use report::{Bearer, Client, Reporter, heartbeat};
 use sandbox::{Sandbox, Spec};
 use serve::{Forwarder, Reach};
-
-type Client = DeployServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds the runner token to every call.
-#[derive(Clone)]
-pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// Writes one deployment's lines and states through the runner API.
-#[derive(Clone)]
-struct Reporter {
-    client: Client,
-    deployment_id: String,
-}
-
-#[tonic::async_trait]
-impl LineSink for Reporter {
-    async fn lines(&self, lines: Vec<(LogStream, String)>) {
-        if lines.is_empty() {
-            return;
-        }
-        let entries = lines
-            .into_iter()
-            .map(|(stream, text)| LogEntry {
-                stream: stream as i32,
-                text,
-            })
-            .collect();
-        let sent = self
-            .client
-            .clone()
-            .append_logs(pb::AppendLogsRequest {
-                deployment_id: self.deployment_id.clone(),
-                runner_id: String::new(),
-                entries,
-            })
-            .await;
-        if let Err(status) = sent {
-            tracing::debug!(deployment.id = %self.deployment_id, error = %status.message(), "log lines not written");
-        }
-    }
-}
-
-impl Reporter {
-    async fn system(&self, line: String) {
-        self.lines(vec![(LogStream::System, line)]).await;
-    }
-
-    async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
-        self.report(state, message, exit_code, String::new()).await;
-    }
-
-    async fn report(&self, state: DeploymentState, message: String, exit_code: Option<i32>, upstream: String) {
-        let reported = self
-            .client
-            .clone()
-            .report_status(ReportStatusRequest {
-                deployment_id: self.deployment_id.clone(),
-                runner_id: String::new(),
-                state: state as i32,
-                status_message: message,
-                exit_code,
-                upstream,
-            })
-            .await;
-        if let Err(status) = reported {
-            tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "could not report the deployment's state");
-        }
-    }
-}
 
 /// A live app: its process (pumped into the logs), the forwarder the
 /// gateway reaches it through, and what kills it.
@@ -649,33 +575,6 @@ impl LiveApp {
         match self.reach {
             Reach::Port(port) => port,
             Reach::Socket(_) => sandbox::APP_PORT,
-        }
-    }
-}
-
-async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let beat = reporter
-            .client
-            .clone()
-            .heartbeat(HeartbeatRequest {
-                deployment_id: reporter.deployment_id.clone(),
-                runner_id: String::new(),
-            })
-            .await;
-        match beat {
-            Ok(response) if !response.get_ref().cancel_requested => {}
-            // The service is briefly away: the lease outlasts a few beats.
-            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {}
-            // Canceled, replaced, or the claim is gone: stop the work.
-            _ => {
-                stop.cancel();
-                return;
-            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! `X-Forwarded-*` headers; 502 when nothing is live, 504 when the app
 //! takes too long.
 
+mod client;
 pub mod proxy;
 pub mod routes;
 
@@ -78,7 +79,7 @@ impl Table {
 pub struct Apps {
     pub config: AppsConfig,
     pub table: Table,
-    client: proxy::Client,
+    client: client::Client,
 }
 
 impl Apps {
@@ -86,7 +87,7 @@ impl Apps {
         Arc::new(Self {
             config,
             table: Table::default(),
-            client: proxy::client(),
+            client: client::client(),
         })
     }
 

@@ -1,0 +1,122 @@
+//! The runner's side of the runner API: its token on every call, one
+//! deployment's lines and states, and the heartbeat that keeps its claim.
+
+use std::time::Duration;
+
+use capsule::proto::deploy::v1::{
+    self as pb, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
+    deploy_service_client::DeployServiceClient,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, service::interceptor::InterceptedService, transport::Channel};
+
+use super::process::LineSink;
+
+pub(super) type Client = DeployServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds the runner token to every call.
+#[derive(Clone)]
+pub struct Bearer(pub(super) tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Writes one deployment's lines and states through the runner API.
+#[derive(Clone)]
+pub(super) struct Reporter {
+    pub(super) client: Client,
+    pub(super) deployment_id: String,
+}
+
+#[tonic::async_trait]
+impl LineSink for Reporter {
+    async fn lines(&self, lines: Vec<(LogStream, String)>) {
+        if lines.is_empty() {
+            return;
+        }
+        let entries = lines
+            .into_iter()
+            .map(|(stream, text)| LogEntry {
+                stream: stream as i32,
+                text,
+            })
+            .collect();
+        let sent = self
+            .client
+            .clone()
+            .append_logs(pb::AppendLogsRequest {
+                deployment_id: self.deployment_id.clone(),
+                runner_id: String::new(),
+                entries,
+            })
+            .await;
+        if let Err(status) = sent {
+            tracing::debug!(deployment.id = %self.deployment_id, error = %status.message(), "log lines not written");
+        }
+    }
+}
+
+impl Reporter {
+    pub(super) async fn system(&self, line: String) {
+        self.lines(vec![(LogStream::System, line)]).await;
+    }
+
+    pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
+        self.report(state, message, exit_code, String::new()).await;
+    }
+
+    pub(super) async fn report(
+        &self,
+        state: DeploymentState,
+        message: String,
+        exit_code: Option<i32>,
+        upstream: String,
+    ) {
+        let reported = self
+            .client
+            .clone()
+            .report_status(ReportStatusRequest {
+                deployment_id: self.deployment_id.clone(),
+                runner_id: String::new(),
+                state: state as i32,
+                status_message: message,
+                exit_code,
+                upstream,
+            })
+            .await;
+        if let Err(status) = reported {
+            tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "could not report the deployment's state");
+        }
+    }
+}
+
+pub(super) async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let beat = reporter
+            .client
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                deployment_id: reporter.deployment_id.clone(),
+                runner_id: String::new(),
+            })
+            .await;
+        match beat {
+            Ok(response) if !response.get_ref().cancel_requested => {}
+            // The service is briefly away: the lease outlasts a few beats.
+            Err(status) if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) => {}
+            // Canceled, replaced, or the claim is gone: stop the work.
+            _ => {
+                stop.cancel();
+                return;
+            }
+        }
+    }
+}
