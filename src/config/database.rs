@@ -36,6 +36,9 @@ pub struct DbConfig {
     /// `<SVC>_DATABASE_URL`, which wins over the parts when set.
     pub url_override: Option<SecretString>,
     pub migrate_on_start: bool,
+    /// `<SVC>_DB_BATCHING` (default on): calls of one kind that queue while
+    /// the connections are busy run together (see [`crate::db::Batcher`]).
+    pub batching: bool,
 }
 
 impl fmt::Debug for DbConfig {
@@ -135,6 +138,7 @@ impl DbConfig {
             }
         };
         let migrate_on_start = parse_bool(source, &var("MIGRATE_ON_START"), true)?;
+        let batching = parse_bool(source, &var("DB_BATCHING"), true)?;
 
         Ok(Self {
             service,
@@ -149,6 +153,7 @@ impl DbConfig {
             statement_timeout,
             url_override,
             migrate_on_start,
+            batching,
         })
     }
 

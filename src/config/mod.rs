@@ -13,6 +13,7 @@
 //! | `<SVC>_DB_STATEMENT_TIMEOUT_MS` | `30000`; `0` for none (migrations never have one) |
 //! | `<SVC>_DATABASE_URL` | unset; when set it overrides the parts above |
 //! | `<SVC>_MIGRATE_ON_START` | `true` |
+//! | `<SVC>_DB_BATCHING` | `true`: queued calls of one kind run as one statement |
 //!
 //! Every service also reads its listen address, `<SVC>_GRPC_ADDR`
 //! (`0.0.0.0:5005N`), and the gateway `GATEWAY_HTTP_ADDR` (`0.0.0.0:8080`)

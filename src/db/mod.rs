@@ -8,6 +8,7 @@
 //! readiness through [`Readiness`], which the server implements; `stats`
 //! is what a database says about itself.
 
+pub mod batch;
 mod error;
 mod instrument;
 pub mod stats;
@@ -20,6 +21,7 @@ use deadpool_diesel::{Runtime, postgres::Manager};
 use diesel::{Connection, PgConnection, RunQueryDsl};
 use secrecy::ExposeSecret;
 
+pub use batch::Batcher;
 pub use error::DbError;
 pub use instrument::install_query_instrumentation;
 pub use supervise::{Readiness, ReadyCheck, supervise};

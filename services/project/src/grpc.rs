@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use capsule::{
     auth::Caller,
-    db::Database,
+    db::{Batcher, Database},
     proto::project::v1::{self as pb, project_service_server::ProjectService},
     rpc::{self, FieldViolations, PageToken},
 };
@@ -26,6 +26,8 @@ pub const RETENTION_DAYS: i64 = 30;
 #[derive(Clone)]
 pub struct ProjectServiceApi {
     db: Arc<Database>,
+    /// Lookups by id, batched while the connections are busy.
+    by_id: Batcher<Uuid, Option<Project>>,
 }
 
 const NOT_FOUND: &str = "no such project";
@@ -104,16 +106,20 @@ fn slug_taken(slug: &str) -> Status {
 
 impl ProjectServiceApi {
     pub fn new(db: Database) -> Self {
-        Self { db: Arc::new(db) }
+        Self {
+            by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
+            db: Arc::new(db),
+        }
     }
 
     /// The project, if the caller may see it; NOT_FOUND otherwise, so ids
     /// of other people's projects reveal nothing.
     async fn visible(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
         let viewer = viewer(caller);
-        self.db
-            .run(move |conn| Project::find(conn, project_id, viewer))
+        self.by_id
+            .call(project_id)
             .await?
+            .filter(|project| viewer.admin || project.owner_id == viewer.user_id)
             .ok_or_else(|| Status::not_found(NOT_FOUND))
     }
 

@@ -159,6 +159,27 @@ impl Project {
         query.first(conn).optional()
     }
 
+    /// The projects with these ids (one statement, `id = ANY($1)`), each
+    /// answer in the order of `ids`: the batched read behind every lookup
+    /// by id. Who may see it is the caller's to check.
+    pub fn find_each(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<Vec<QueryResult<Option<Project>>>> {
+        let rows: Vec<Project> = projects::table
+            .filter(projects::id.eq_any(ids))
+            .select(Project::as_select())
+            .load(conn)?;
+        let mut by_id: std::collections::HashMap<Uuid, Project> = rows.into_iter().map(|row| (row.id, row)).collect();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                Ok(if ids.len() == 1 {
+                    by_id.remove(id)
+                } else {
+                    by_id.get(id).cloned()
+                })
+            })
+            .collect())
+    }
+
     /// Creates the project and its default settings. A derived slug that
     /// two requests took at the same moment is retried once, suffixed.
     pub fn create(conn: &mut PgConnection, new: &NewProject<'_>) -> QueryResult<Project> {

@@ -1,0 +1,257 @@
+//! Natural batching keeps each call's semantics: its own answer and
+//! per-row error, a failed batch statement fails only that batch's callers,
+//! callers that give up are left out, and turning it off runs calls alone.
+//! Then GetProject under concurrency: ownership and NOT_FOUND per caller.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use capsule::{
+    config::ServiceKind,
+    db::{Batcher, Database, DbError},
+    proto::project::v1 as pb,
+    testing::TestDatabase,
+};
+use diesel::{
+    QueryResult, QueryableByName, RunQueryDsl,
+    sql_types::{Array, Integer},
+};
+use tonic::Code;
+
+/// Input that holds the connection for a while, so that the calls after it
+/// queue.
+const SLOW: i32 = 1000;
+/// Input that makes the whole statement fail (division by zero).
+const POISON: i32 = 0;
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = Integer)]
+    input: i32,
+    #[diesel(sql_type = Integer)]
+    output: i32,
+}
+
+/// A batcher on one connection that answers 2v, computed by PostgreSQL in
+/// one statement per batch (`v / v` makes a 0 fail the whole statement);
+/// negative inputs are a per-row NOT_FOUND. Records every batch's size.
+async fn doubler(batching: bool) -> (Batcher<i32, i32>, Arc<Mutex<Vec<usize>>>, TestDatabase) {
+    let test_db = TestDatabase::empty(ServiceKind::Project).await;
+    let mut config = test_db.db_config();
+    config.pool_size = 1;
+    config.batching = batching;
+    let db = Database::new(config).unwrap();
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    let batcher = Batcher::new(db, "test_doubler", move |conn, inputs: &[i32]| {
+        seen.lock().unwrap().push(inputs.len());
+        if inputs.contains(&SLOW) {
+            diesel::sql_query("SELECT pg_sleep(0.3)").execute(conn)?;
+        }
+        let rows: Vec<Row> =
+            diesel::sql_query("SELECT v AS input, (v / v) * v * 2 AS output FROM unnest($1) AS v WHERE v >= 0")
+                .bind::<Array<Integer>, _>(inputs.to_vec())
+                .load(conn)?;
+        Ok(inputs
+            .iter()
+            .map(|input| -> QueryResult<i32> {
+                rows.iter()
+                    .find(|row| row.input == *input)
+                    .map(|row| row.output)
+                    .ok_or(diesel::result::Error::NotFound)
+            })
+            .collect())
+    });
+    (batcher, sizes, test_db)
+}
+
+/// Starts the slow call, then gives it time to take the connection.
+async fn hold_the_connection(batcher: &Batcher<i32, i32>) -> tokio::task::JoinHandle<Result<i32, DbError>> {
+    let slow = {
+        let batcher = batcher.clone();
+        tokio::spawn(async move { batcher.call(SLOW).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    slow
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_calls_run_together_and_each_gets_its_own_answer_or_error() {
+    let (batcher, sizes, _db) = doubler(true).await;
+    let slow = hold_the_connection(&batcher).await;
+    let calls: Vec<_> = (-5..45)
+        .filter(|value| *value != POISON)
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { (value, batcher.call(value).await) })
+        })
+        .collect();
+    for call in calls {
+        let (value, answer) = call.await.unwrap();
+        if value < 0 {
+            let status = tonic::Status::from(answer.unwrap_err());
+            assert_eq!(status.code(), Code::NotFound, "{value}: {status:?}");
+        } else {
+            assert_eq!(answer.unwrap(), value * 2, "{value}");
+        }
+    }
+    assert_eq!(slow.await.unwrap().unwrap(), SLOW * 2);
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(sizes.iter().sum::<usize>(), 50, "every call ran once: {sizes:?}");
+    assert!(
+        sizes.iter().any(|size| *size > 1),
+        "calls that queued behind a busy connection ran together: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_statement_fails_only_its_own_callers() {
+    let (batcher, _sizes, _db) = doubler(true).await;
+    let slow = hold_the_connection(&batcher).await;
+    let doomed: Vec<_> = [2, POISON, 3]
+        .into_iter()
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(value).await })
+        })
+        .collect();
+    for call in doomed {
+        let err = call.await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("division by zero"), "{err}");
+    }
+    slow.await.unwrap().unwrap();
+    // The next batch is whole again.
+    let after: Vec<_> = [4, 5]
+        .into_iter()
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.call(value).await })
+        })
+        .collect();
+    for (call, value) in after.into_iter().zip([4, 5]) {
+        assert_eq!(call.await.unwrap().unwrap(), value * 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_give_up_are_left_out_and_the_others_are_answered() {
+    let (batcher, sizes, _db) = doubler(true).await;
+    let slow = hold_the_connection(&batcher).await;
+    let impatient: Vec<_> = (1..=10)
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(50), batcher.call(value)).await })
+        })
+        .collect();
+    let patient: Vec<_> = (11..=20)
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { (value, batcher.call(value).await) })
+        })
+        .collect();
+    for call in impatient {
+        assert!(
+            call.await.unwrap().is_err(),
+            "the deadline passed while the connection was busy"
+        );
+    }
+    for call in patient {
+        let (value, answer) = call.await.unwrap();
+        assert_eq!(answer.unwrap(), value * 2);
+    }
+    slow.await.unwrap().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert_eq!(
+        sizes.iter().sum::<usize>(),
+        11,
+        "only the slow call and the 10 that waited ran: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_batching_off_every_call_runs_alone() {
+    let (batcher, sizes, _db) = doubler(false).await;
+    let slow = hold_the_connection(&batcher).await;
+    let calls: Vec<_> = (1..=10)
+        .map(|value| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { (value, batcher.call(value).await) })
+        })
+        .collect();
+    for call in calls {
+        let (value, answer) = call.await.unwrap();
+        assert_eq!(answer.unwrap(), value * 2);
+    }
+    slow.await.unwrap().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|size| *size == 1), "{sizes:?}");
+    assert_eq!(sizes.len(), 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_project_reads_answer_each_caller_by_its_own_rights() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (bob, _) = mesh.user("bob@example.com").await;
+    let admin = mesh.admin("root@example.com").await;
+    let mut ids = Vec::new();
+    for (token, name) in [(&alice, "alpha"), (&alice, "beta"), (&bob, "gamma")] {
+        let project = mesh
+            .projects()
+            .await
+            .create_project(common::authed(
+                pb::CreateProjectRequest {
+                    project: Some(pb::Project {
+                        name: name.to_owned(),
+                        ..Default::default()
+                    }),
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(project.id);
+    }
+    let missing = uuid::Uuid::new_v4().to_string();
+    // (who, which project, what they must get)
+    let mut cases = Vec::new();
+    for _ in 0..20 {
+        cases.push((alice.clone(), ids[0].clone(), Code::Ok));
+        cases.push((alice.clone(), ids[2].clone(), Code::NotFound));
+        cases.push((bob.clone(), ids[1].clone(), Code::NotFound));
+        cases.push((bob.clone(), ids[2].clone(), Code::Ok));
+        cases.push((admin.clone(), ids[1].clone(), Code::Ok));
+        cases.push((alice.clone(), missing.clone(), Code::NotFound));
+    }
+    let client = mesh.projects().await;
+    let calls: Vec<_> = cases
+        .into_iter()
+        .map(|(token, id, expected)| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let answer = client
+                    .get_project(common::authed(pb::GetProjectRequest { project_id: id.clone() }, &token))
+                    .await;
+                (id, expected, answer)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (id, expected, answer) = call.await.unwrap();
+        match answer {
+            Ok(project) => {
+                assert_eq!(expected, Code::Ok, "{id} was shown to a caller who may not see it");
+                assert_eq!(project.into_inner().id, id, "each caller gets the project it asked for");
+            }
+            Err(status) => assert_eq!(status.code(), expected, "{id}: {status:?}"),
+        }
+    }
+    mesh.stop().await;
+}
