@@ -255,3 +255,75 @@ async fn concurrent_project_reads_answer_each_caller_by_its_own_rights() {
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_each_get_their_own_project_or_their_own_conflict() {
+    let mesh = common::start().await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let client = mesh.projects().await;
+    // (name, chosen slug): ten with one derived slug, five fighting over one
+    // chosen slug, fifteen all different.
+    let mut wanted: Vec<(String, String)> = (0..10).map(|_| ("Same Name".to_owned(), String::new())).collect();
+    wanted.extend((0..5).map(|i| (format!("Fixed {i}"), "fixed".to_owned())));
+    wanted.extend((0..15).map(|i| (format!("Distinct {i}"), String::new())));
+    let calls: Vec<_> = wanted
+        .into_iter()
+        .map(|(name, slug)| {
+            let (mut client, token) = (client.clone(), alice.clone());
+            tokio::spawn(async move {
+                let project = pb::Project {
+                    name: name.clone(),
+                    slug: slug.clone(),
+                    ..Default::default()
+                };
+                let answer = client
+                    .create_project(common::authed(
+                        pb::CreateProjectRequest { project: Some(project) },
+                        &token,
+                    ))
+                    .await;
+                (name, slug, answer)
+            })
+        })
+        .collect();
+    let (mut slugs, mut fixed_won, mut fixed_refused) = (Vec::new(), 0, 0);
+    for call in calls {
+        let (name, slug, answer) = call.await.unwrap();
+        match answer {
+            Ok(project) => {
+                let project = project.into_inner();
+                assert_eq!(project.name, name, "each caller gets the project it asked for");
+                if slug == "fixed" {
+                    fixed_won += 1;
+                }
+                slugs.push(project.slug);
+            }
+            Err(status) if slug == "fixed" => {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+                fixed_refused += 1;
+            }
+            Err(status) => panic!("{name}: {status:?}"),
+        }
+    }
+    assert_eq!((fixed_won, fixed_refused), (1, 4), "one chosen slug, one owner");
+    let count = slugs.len();
+    slugs.sort();
+    slugs.dedup();
+    assert_eq!(slugs.len(), count, "every project has a slug of its own: {slugs:?}");
+    assert_eq!(count, 26);
+    let listed = mesh
+        .projects()
+        .await
+        .list_projects(common::authed(
+            pb::ListProjectsRequest {
+                page_size: 100,
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.projects.len(), 26, "what was answered is what is stored");
+    mesh.stop().await;
+}

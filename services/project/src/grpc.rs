@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    db::{NewProject, Project, ProjectChanges, Settings, SettingsChanges, Variable, Viewer},
+    db::{Project, ProjectChanges, ProjectToCreate, Settings, SettingsChanges, Variable, Viewer},
     validate,
 };
 
@@ -28,6 +28,8 @@ pub struct ProjectServiceApi {
     db: Arc<Database>,
     /// Lookups by id, batched while the connections are busy.
     by_id: Batcher<Uuid, Option<Project>>,
+    /// CreateProject's inserts, batched the same way.
+    creates: Batcher<ProjectToCreate, Project>,
 }
 
 const NOT_FOUND: &str = "no such project";
@@ -108,6 +110,7 @@ impl ProjectServiceApi {
     pub fn new(db: Database) -> Self {
         Self {
             by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
+            creates: Batcher::new(db.clone(), "project_create", Project::create_each),
             db: Arc::new(db),
         }
     }
@@ -161,20 +164,14 @@ impl ProjectService for ProjectServiceApi {
         violations.check()?;
         let owner_id = caller.user_id;
         let description = wanted.description;
-        let new_slug = slug.clone();
         let created = self
-            .db
-            .run(move |conn| {
-                Project::create(
-                    conn,
-                    &NewProject {
-                        name: &name,
-                        description: &description,
-                        owner_id,
-                        slug: &new_slug,
-                        slug_derived,
-                    },
-                )
+            .creates
+            .call(ProjectToCreate {
+                name,
+                description,
+                owner_id,
+                slug: slug.clone(),
+                slug_derived,
             })
             .await;
         match created {

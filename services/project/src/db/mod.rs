@@ -9,7 +9,7 @@ use diesel::{
     prelude::*,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     result::DatabaseErrorKind,
-    sql_types::{Bool, Text, Untyped},
+    sql_types::{Array, Bool, Text, Untyped},
 };
 use uuid::Uuid;
 
@@ -96,6 +96,60 @@ impl QueryFragment<Pg> for CreateProject<'_> {
         }
         out.push_sql(rest);
         Ok(())
+    }
+}
+
+/// Many projects and their default settings in one statement: the batched
+/// form of [`CREATE_PROJECT`]. A row that would break a unique index (a
+/// slug or host label taken, also by another row of the same batch) is
+/// left out, not an error: its caller is then served alone.
+const CREATE_PROJECTS: &str = "\
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bool[])
+        AS i(name, description, owner_id, slug, slug_derived)
+), project AS (
+    INSERT INTO projects (name, description, owner_id, slug)
+    SELECT name, description, owner_id, CASE
+        WHEN slug_derived AND EXISTS (
+            SELECT 1 FROM projects p
+            WHERE p.owner_id = input.owner_id AND p.slug = input.slug AND p.deleted_at IS NULL
+        ) THEN left(slug, 54) || '-' || substr(md5(random()::text), 1, 8)
+        ELSE slug
+    END FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label
+), settings AS (
+    INSERT INTO project_settings (project_id) SELECT id FROM project
+)
+SELECT * FROM project";
+
+/// A project to create, owned: what a queued CreateProject carries.
+#[derive(Clone, Debug)]
+pub struct ProjectToCreate {
+    pub name: String,
+    pub description: String,
+    pub owner_id: Uuid,
+    pub slug: String,
+    pub slug_derived: bool,
+}
+
+impl ProjectToCreate {
+    fn as_new(&self) -> NewProject<'_> {
+        NewProject {
+            name: &self.name,
+            description: &self.description,
+            owner_id: self.owner_id,
+            slug: &self.slug,
+            slug_derived: self.slug_derived,
+        }
+    }
+
+    /// Whether `project` is the row this request asked for.
+    fn made(&self, project: &Project) -> bool {
+        project.owner_id == self.owner_id
+            && project.name == self.name
+            && project.description == self.description
+            && (project.slug == self.slug || self.slug_derived)
     }
 }
 
@@ -189,6 +243,44 @@ impl Project {
             }
             result => result,
         }
+    }
+
+    /// Creates each project, answering in the order of `wanted`: the
+    /// batched insert behind CreateProject. One alone takes the prepared
+    /// single-row statement; many go in one statement, and a row it left
+    /// out (or every row, if the statement failed) is created alone, so
+    /// each caller gets its own project or its own error.
+    pub fn create_each(conn: &mut PgConnection, wanted: &[ProjectToCreate]) -> QueryResult<Vec<QueryResult<Project>>> {
+        if let [one] = wanted {
+            return Ok(vec![Project::create(conn, &one.as_new())]);
+        }
+        let inserted = diesel::sql_query(CREATE_PROJECTS)
+            .bind::<Array<Text>, _>(wanted.iter().map(|w| w.name.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(wanted.iter().map(|w| w.description.as_str()).collect::<Vec<_>>())
+            .bind::<Array<diesel::sql_types::Uuid>, _>(wanted.iter().map(|w| w.owner_id).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(wanted.iter().map(|w| w.slug.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Bool>, _>(wanted.iter().map(|w| w.slug_derived).collect::<Vec<_>>())
+            .load::<Project>(conn);
+        let mut inserted: Vec<Option<Project>> = match inserted {
+            Ok(rows) => rows.into_iter().map(Some).collect(),
+            Err(err) => {
+                tracing::debug!(error = %err, rows = wanted.len(), "batched insert failed; creating each alone");
+                Vec::new()
+            }
+        };
+        Ok(wanted
+            .iter()
+            .map(|one| {
+                let mine = inserted
+                    .iter_mut()
+                    .find(|row| row.as_ref().is_some_and(|project| one.made(project)))
+                    .and_then(Option::take);
+                match mine {
+                    Some(project) => Ok(project),
+                    None => Project::create(conn, &one.as_new()),
+                }
+            })
+            .collect())
     }
 
     /// One page, newest first.
