@@ -81,17 +81,25 @@ async fn hold_the_connection(batcher: &Batcher<i32, i32>) -> tokio::task::JoinHa
     slow
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_calls_run_together_and_each_gets_its_own_answer_or_error() {
-    let (batcher, sizes, _db) = doubler(true).await;
-    let slow = hold_the_connection(&batcher).await;
-    let calls: Vec<_> = (-5..45)
-        .filter(|value| *value != POISON)
+/// Calls `batcher` once per value, all at once; each answer with its value.
+fn call_all(
+    batcher: &Batcher<i32, i32>,
+    values: impl IntoIterator<Item = i32>,
+) -> Vec<tokio::task::JoinHandle<(i32, Result<i32, DbError>)>> {
+    values
+        .into_iter()
         .map(|value| {
             let batcher = batcher.clone();
             tokio::spawn(async move { (value, batcher.call(value).await) })
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_calls_run_together_and_each_gets_its_own_answer_or_error() {
+    let (batcher, sizes, _db) = doubler(true).await;
+    let slow = hold_the_connection(&batcher).await;
+    let calls = call_all(&batcher, (-5..45).filter(|value| *value != POISON));
     for call in calls {
         let (value, answer) = call.await.unwrap();
         if value < 0 {
@@ -114,28 +122,17 @@ async fn queued_calls_run_together_and_each_gets_its_own_answer_or_error() {
 async fn a_failed_batch_statement_fails_only_its_own_callers() {
     let (batcher, _sizes, _db) = doubler(true).await;
     let slow = hold_the_connection(&batcher).await;
-    let doomed: Vec<_> = [2, POISON, 3]
-        .into_iter()
-        .map(|value| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.call(value).await })
-        })
-        .collect();
+    let doomed = call_all(&batcher, [2, POISON, 3]);
     for call in doomed {
-        let err = call.await.unwrap().unwrap_err();
+        let err = call.await.unwrap().1.unwrap_err();
         assert!(err.to_string().contains("division by zero"), "{err}");
     }
     slow.await.unwrap().unwrap();
     // The next batch is whole again.
-    let after: Vec<_> = [4, 5]
-        .into_iter()
-        .map(|value| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.call(value).await })
-        })
-        .collect();
-    for (call, value) in after.into_iter().zip([4, 5]) {
-        assert_eq!(call.await.unwrap().unwrap(), value * 2);
+    let after = call_all(&batcher, [4, 5]);
+    for call in after {
+        let (value, answer) = call.await.unwrap();
+        assert_eq!(answer.unwrap(), value * 2);
     }
 }
 
@@ -149,12 +146,7 @@ async fn callers_that_give_up_are_left_out_and_the_others_are_answered() {
             tokio::spawn(async move { tokio::time::timeout(Duration::from_millis(50), batcher.call(value)).await })
         })
         .collect();
-    let patient: Vec<_> = (11..=20)
-        .map(|value| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { (value, batcher.call(value).await) })
-        })
-        .collect();
+    let patient = call_all(&batcher, 11..=20);
     for call in impatient {
         assert!(
             call.await.unwrap().is_err(),
@@ -178,12 +170,7 @@ async fn callers_that_give_up_are_left_out_and_the_others_are_answered() {
 async fn with_batching_off_every_call_runs_alone() {
     let (batcher, sizes, _db) = doubler(false).await;
     let slow = hold_the_connection(&batcher).await;
-    let calls: Vec<_> = (1..=10)
-        .map(|value| {
-            let batcher = batcher.clone();
-            tokio::spawn(async move { (value, batcher.call(value).await) })
-        })
-        .collect();
+    let calls = call_all(&batcher, 1..=10);
     for call in calls {
         let (value, answer) = call.await.unwrap();
         assert_eq!(answer.unwrap(), value * 2);
