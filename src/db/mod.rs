@@ -4,6 +4,7 @@
 //! Blocking diesel work runs on the pool's threads (`interact`) or on
 //! `spawn_blocking`, never on a tokio worker.
 //!
+//! `query` holds the SQL pieces services share (keyset pages, EXPLAIN);
 //! `error` maps database trouble to statuses once; `supervise` reports
 //! readiness through [`Readiness`], which the server implements; `stats`
 //! is what a database says about itself.
@@ -11,6 +12,7 @@
 pub mod batch;
 mod error;
 mod instrument;
+pub mod query;
 pub mod stats;
 mod supervise;
 

@@ -64,7 +64,13 @@ pub fn revert(
                     .execute(conn)?;
                 Ok(())
             };
-            conn.transaction(undo)?;
+            // A migration that cannot run in a transaction (metadata.toml)
+            // cannot be undone in one either.
+            if set.file(version).is_none_or(|file| file.run_in_transaction) {
+                conn.transaction(undo)?;
+            } else {
+                undo(conn)?;
+            }
         }
         Ok(victims)
     })

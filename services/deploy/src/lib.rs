@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::DeployServiceApi;
 pub use config::{DeployConfig, RunnerConfig};
+pub use db::explain_reads;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
 

@@ -15,6 +15,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use db::explain_reads;
 pub use grpc::{ProjectServiceApi, RETENTION_DAYS};
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/project");

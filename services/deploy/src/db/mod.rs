@@ -8,14 +8,18 @@ pub mod runners;
 pub mod schema;
 
 use chrono::{DateTime, Utc};
-use diesel::{dsl::now, prelude::*};
+use diesel::{
+    dsl::{AsSelect, SqlTypeOf, now},
+    pg::Pg,
+    prelude::*,
+};
 use uuid::Uuid;
 
 use crate::state::State;
 use schema::deployments;
 
 pub use claims::{claim, heartbeat, holds, release};
-pub use logs::{LogRow, append, logs_after, prune_logs};
+pub use logs::{LogRow, append, explain_reads, logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is
 /// created. No variables: a runner gets them, as they are then, when it
@@ -116,11 +120,16 @@ pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deplo
 }
 
 pub fn find(conn: &mut PgConnection, id: Uuid, viewer: Option<Viewer>) -> QueryResult<Option<Deployment>> {
+    by_id(id, viewer).first(conn).optional()
+}
+
+/// The statement behind [`find`].
+fn by_id<'a>(id: Uuid, viewer: Option<Viewer>) -> deployments::BoxedQuery<'a, Pg, SqlTypeOf<AsSelect<Deployment, Pg>>> {
     let mut query = deployments::table.find(id).select(Deployment::as_select()).into_boxed();
     if let Some(viewer) = viewer.filter(|viewer| !viewer.admin) {
         query = query.filter(deployments::owner_id.eq(viewer.user_id));
     }
-    query.first(conn).optional()
+    query
 }
 
 /// A project's deployments, newest first.
@@ -140,12 +149,8 @@ pub fn list(
     if let Some(state) = state {
         query = query.filter(deployments::state.eq(state.as_str()));
     }
-    if let Some((time, id)) = after {
-        query = query.filter(
-            deployments::created_at
-                .lt(time)
-                .or(deployments::created_at.eq(time).and(deployments::id.lt(id))),
-        );
+    if let Some(cursor) = after {
+        query = query.filter(capsule::db::query::older_than("deployments", cursor));
     }
     query.load(conn)
 }

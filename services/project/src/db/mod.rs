@@ -4,7 +4,7 @@ pub mod schema;
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    dsl::now,
+    dsl::{AsSelect, EqAny, Filter, Select, SqlTypeOf, now},
     pg::Pg,
     prelude::*,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
@@ -12,6 +12,9 @@ use diesel::{
     sql_types::{Array, Bool, Text, Untyped},
 };
 use uuid::Uuid;
+
+/// [`Project::by_ids`]' statement.
+type ByIds<'a> = Select<Filter<projects::table, EqAny<projects::id, &'a [Uuid]>>, AsSelect<Project, Pg>>;
 
 use schema::{environment_variables, project_settings, projects};
 
@@ -217,10 +220,7 @@ impl Project {
     /// answer in the order of `ids`: the batched read behind every lookup
     /// by id. Who may see it is the caller's to check.
     pub fn find_each(conn: &mut PgConnection, ids: &[Uuid]) -> QueryResult<Vec<QueryResult<Option<Project>>>> {
-        let rows: Vec<Project> = projects::table
-            .filter(projects::id.eq_any(ids))
-            .select(Project::as_select())
-            .load(conn)?;
+        let rows: Vec<Project> = Project::by_ids(ids).load(conn)?;
         let mut by_id: std::collections::HashMap<Uuid, Project> = rows.into_iter().map(|row| (row.id, row)).collect();
         Ok(ids
             .iter()
@@ -283,6 +283,13 @@ impl Project {
             .collect())
     }
 
+    /// The statement behind [`Project::find_each`].
+    fn by_ids(ids: &[Uuid]) -> ByIds<'_> {
+        projects::table
+            .filter(projects::id.eq_any(ids))
+            .select(Project::as_select())
+    }
+
     /// One page, newest first.
     pub fn list(
         conn: &mut PgConnection,
@@ -291,6 +298,17 @@ impl Project {
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
     ) -> QueryResult<Vec<Project>> {
+        Project::page(viewer, show_deleted, after, limit).load(conn)
+    }
+
+    /// The statement behind [`Project::list`]: an owner's page seeks in
+    /// `idx_projects_owner_created`, an admin's in `idx_projects_created`.
+    fn page<'a>(
+        viewer: Viewer,
+        show_deleted: bool,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> projects::BoxedQuery<'a, Pg, SqlTypeOf<AsSelect<Project, Pg>>> {
         let mut query = projects::table
             .select(Project::as_select())
             .order((projects::created_at.desc(), projects::id.desc()))
@@ -302,14 +320,10 @@ impl Project {
         if !show_deleted {
             query = query.filter(projects::deleted_at.is_null());
         }
-        if let Some((time, id)) = after {
-            query = query.filter(
-                projects::created_at
-                    .lt(time)
-                    .or(projects::created_at.eq(time).and(projects::id.lt(id))),
-            );
+        if let Some(cursor) = after {
+            query = query.filter(capsule::db::query::older_than("projects", cursor));
         }
-        query.load(conn)
+        query
     }
 
     pub fn update(conn: &mut PgConnection, id: Uuid, changes: &ProjectChanges) -> QueryResult<Project> {
@@ -445,4 +459,43 @@ impl Variable {
     pub fn delete(conn: &mut PgConnection, project_id: Uuid, name: &str) -> QueryResult<usize> {
         diesel::delete(environment_variables::table.find((project_id, name))).execute(conn)
     }
+}
+
+/// The plans of the statements behind GetProject and ListProjects (an
+/// owner's first page, an admin's first page and an admin's page after
+/// `cursor`), with these values bound: what `bench/scale` checks for index
+/// use on a large database.
+pub fn explain_reads(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    project: Uuid,
+    cursor: (DateTime<Utc>, Uuid),
+    limit: i64,
+) -> QueryResult<Vec<(&'static str, serde_json::Value)>> {
+    use capsule::db::query::explain;
+    let (user, admin) = (
+        Viewer {
+            user_id: owner,
+            admin: false,
+        },
+        Viewer {
+            user_id: owner,
+            admin: true,
+        },
+    );
+    Ok(vec![
+        ("GetProject", explain(conn, &Project::by_ids(&[project]))?),
+        (
+            "ListProjects, owner, first page",
+            explain(conn, &Project::page(user, false, None, limit))?,
+        ),
+        (
+            "ListProjects, admin, first page",
+            explain(conn, &Project::page(admin, false, None, limit))?,
+        ),
+        (
+            "ListProjects, admin, deep page",
+            explain(conn, &Project::page(admin, false, Some(cursor), limit))?,
+        ),
+    ])
 }
