@@ -19,6 +19,11 @@ use std::process::ExitCode;
 use capsule::config::ServiceKind;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc rather than glibc's malloc: see bench/README.md ("The
+/// allocator") for what it changed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "capsule",
