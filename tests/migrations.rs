@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use capsule::{
     config::ServiceKind,
-    migrate::{self, MigrateError, MigrateOptions, MigrationFile, MigrationSet, Problem, State},
+    migrate::{self, Future, MigrateError, MigrateOptions, MigrationFile, MigrationSet, Problem, State},
     testing::{self, TestDatabase},
 };
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection, sql_types::Text};
@@ -116,7 +116,8 @@ async fn an_edited_migration_fails_validate_and_service_start() {
     conn.batch_execute("UPDATE capsule_schema_history SET checksum = 'abc123' WHERE version = 'V002'")
         .unwrap();
 
-    let err = blocking(move || migrate::validate(&mut conn, &capsule_auth::MIGRATIONS).unwrap_err()).await;
+    let err =
+        blocking(move || migrate::validate(&mut conn, &capsule_auth::MIGRATIONS, Future::Allow).unwrap_err()).await;
     let MigrateError::Invalid(problems) = &err else {
         panic!("{err}")
     };
@@ -153,7 +154,9 @@ async fn an_edited_migration_fails_validate_and_service_start() {
 }
 
 #[tokio::test]
-async fn a_database_ahead_of_the_binary_refuses_to_start() {
+async fn a_database_ahead_of_the_binary_is_served_unless_refused_but_a_missing_migration_never_is() {
+    // The next release applied V999: this build serves it (a rollout, or
+    // a rollback of the binary), shows it as future, and counts it.
     let db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
     db.connect()
         .batch_execute(
@@ -161,24 +164,87 @@ async fn a_database_ahead_of_the_binary_refuses_to_start() {
              VALUES ('V999', 'from the future', 'migration', 'ffff')",
         )
         .unwrap();
-    let listener = testing::free_listener().await;
-    let addr = listener.local_addr().unwrap();
-    let served = tokio::time::timeout(
-        Duration::from_secs(20),
-        capsule_project::serve(
+    let mut conn = db.connect();
+    let ahead =
+        blocking(move || migrate::validate(&mut conn, &capsule_project::MIGRATIONS, Future::Allow).unwrap()).await;
+    assert_eq!(ahead, ["V999"]);
+    let mut conn = db.connect();
+    let rows = blocking(move || migrate::info(&mut conn, &capsule_project::MIGRATIONS).unwrap()).await;
+    let future = rows.iter().find(|row| row.version == "V999").unwrap();
+    assert_eq!(future.state.to_string(), "future");
+
+    let serve = |config: capsule::config::DbConfig| async move {
+        let listener = testing::free_listener().await;
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(capsule_project::serve(
             listener,
-            db.db_config(),
+            config,
             capsule::config::Mesh::from_source(&|_: &str| None).unwrap(),
             testing::serve_config(addr),
-            CancellationToken::new(),
-        ),
-    )
-    .await
-    .expect("the service refuses to start instead of retrying");
+            stop.clone(),
+        ));
+        (addr, stop, task)
+    };
+    let (addr, stop, task) = serve(db.db_config()).await;
+    testing::wait_for_health(addr, "", 1, Duration::from_secs(20)).await;
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("capsule_migrations_ahead{service=\"project\"} 1"),
+        "{metrics}"
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // Refused when the operator says so, naming the setting.
+    let mut strict = db.db_config();
+    strict.migrate_allow_future = false;
+    let (_, _, task) = serve(strict).await;
+    let served = tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the service refuses to start instead of retrying")
+        .unwrap();
     let message = format!("{:#}", served.unwrap_err());
     assert!(
-        message.contains("V999 (from the future) is applied in the database but unknown to this build"),
+        message.contains("V999 (from the future) is applied in the database but newer than this build")
+            && message.contains("PROJECT_MIGRATE_ALLOW_FUTURE is false"),
         "{message}"
+    );
+    // Reverting under a newer release's migrations is refused too.
+    let mut conn = db.connect();
+    let err = blocking(move || {
+        migrate::revert(
+            &mut conn,
+            &capsule_project::MIGRATIONS,
+            None,
+            &MigrateOptions::default(),
+        )
+        .unwrap_err()
+    })
+    .await;
+    assert!(err.to_string().contains("V999"), "{err}");
+
+    // A version this build knows later ones than, but not itself, is a
+    // removed migration: refused whatever the setting.
+    db.connect()
+        .batch_execute(
+            "DELETE FROM capsule_schema_history WHERE version = 'V999'; \
+             INSERT INTO capsule_schema_history (version, description, kind, checksum) \
+             VALUES ('V0015', 'removed', 'migration', 'eeee')",
+        )
+        .unwrap();
+    let mut conn = db.connect();
+    let err =
+        blocking(move || migrate::validate(&mut conn, &capsule_project::MIGRATIONS, Future::Allow).unwrap_err()).await;
+    assert!(
+        err.to_string()
+            .contains("V0015 (removed) is applied in the database but missing from this build"),
+        "{err}"
     );
 }
 
@@ -188,7 +254,8 @@ async fn a_pending_migration_that_sorts_before_an_applied_one_is_refused() {
     let mut conn = db.connect();
     conn.batch_execute("DELETE FROM capsule_schema_history WHERE version = 'V002'")
         .unwrap();
-    let err = blocking(move || migrate::validate(&mut conn, &capsule_deploy::MIGRATIONS).unwrap_err()).await;
+    let err =
+        blocking(move || migrate::validate(&mut conn, &capsule_deploy::MIGRATIONS, Future::Allow).unwrap_err()).await;
     assert!(
         err.to_string().contains("V002 is pending but sorts before V00"),
         "{err}"

@@ -36,6 +36,11 @@ pub struct DbConfig {
     /// `<SVC>_DATABASE_URL`, which wins over the parts when set.
     pub url_override: Option<SecretString>,
     pub migrate_on_start: bool,
+    /// `<SVC>_MIGRATE_ALLOW_FUTURE` (default on): serve a database that
+    /// holds migrations newer than this build (the previous release during
+    /// a rollout), as long as every migration this build knows is applied
+    /// unchanged.
+    pub migrate_allow_future: bool,
     /// `<SVC>_DB_BATCHING` (default on): calls of one kind that queue while
     /// the connections are busy run together (see [`crate::db::Batcher`]).
     pub batching: bool,
@@ -138,6 +143,7 @@ impl DbConfig {
             }
         };
         let migrate_on_start = parse_bool(source, &var("MIGRATE_ON_START"), true)?;
+        let migrate_allow_future = parse_bool(source, &var("MIGRATE_ALLOW_FUTURE"), true)?;
         let batching = parse_bool(source, &var("DB_BATCHING"), true)?;
 
         Ok(Self {
@@ -153,6 +159,7 @@ impl DbConfig {
             statement_timeout,
             url_override,
             migrate_on_start,
+            migrate_allow_future,
             batching,
         })
     }

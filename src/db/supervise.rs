@@ -131,23 +131,32 @@ async fn prepare_schema(db: &Database, set: &'static MigrationSet) -> Result<(),
                 .ok()
         })
         .unwrap_or(0.0);
-    let outcome = tokio::task::spawn_blocking(move || -> Result<(), MigrateError> {
+    let future = if db.config.migrate_allow_future {
+        migrate::Future::Allow
+    } else {
+        migrate::Future::Refuse
+    };
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Vec<String>, MigrateError> {
         if migrate_on_start {
-            let applied = migrate::migrate(&mut conn, set, &MigrateOptions::default())?;
+            let options = MigrateOptions {
+                future,
+                ..MigrateOptions::default()
+            };
+            let applied = migrate::migrate(&mut conn, set, &options)?;
             if !applied.is_empty() {
                 let versions: Vec<&str> = applied.iter().map(|m| m.version.as_str()).collect();
                 tracing::info!(service = %service, versions = ?versions, "applied migrations");
             }
-            return Ok(());
+            return migrate::validate(&mut conn, set, future);
         }
-        migrate::validate(&mut conn, set)?;
+        let ahead = migrate::validate(&mut conn, set, future)?;
         let pending: Vec<String> = migrate::info(&mut conn, set)?
             .into_iter()
             .filter(|row| row.state == migrate::State::Pending)
             .map(|row| row.version)
             .collect();
         if pending.is_empty() {
-            Ok(())
+            Ok(ahead)
         } else {
             Err(MigrateError::Other(format!(
                 "migrations {} are pending and {}_MIGRATE_ON_START is false: run `capsule migrate {service}` (or the migration job)",
@@ -159,9 +168,19 @@ async fn prepare_schema(db: &Database, set: &'static MigrationSet) -> Result<(),
     .await
     .map_err(|err| SchemaError::Retry(err.into()))?;
     match outcome {
-        Ok(()) => {
+        Ok(ahead) => {
+            if !ahead.is_empty() {
+                tracing::warn!(
+                    service = %service,
+                    versions = ?ahead,
+                    "the database holds migrations newer than this build (a rollout in progress?); serving, since every \
+                     migration this build knows is applied unchanged"
+                );
+            }
             metrics::gauge!("capsule_migration_version", "service" => service.name()).set(latest);
             metrics::gauge!("capsule_migrations_pending", "service" => service.name()).set(0.0);
+            #[expect(clippy::cast_precision_loss, reason = "a handful of versions")]
+            metrics::gauge!("capsule_migrations_ahead", "service" => service.name()).set(ahead.len() as f64);
             Ok(())
         }
         // Pending migrations with migrate-on-start off wait for the job.

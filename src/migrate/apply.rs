@@ -10,7 +10,7 @@ use super::{
     lock::with_lock,
     set::{MigrationFile, MigrationSet},
     statements::split_statements,
-    validate::validate,
+    validate::{Future, validate},
 };
 
 /// Options for [`migrate`].
@@ -21,6 +21,9 @@ pub struct MigrateOptions {
     /// `lock_timeout` for the migration's statements, so a migration waiting
     /// on a busy table fails instead of queueing every query behind it.
     pub statement_lock_timeout: Duration,
+    /// Whether a database ahead of this build is migrated (nothing to do
+    /// for this build) or refused.
+    pub future: Future,
 }
 
 impl Default for MigrateOptions {
@@ -28,6 +31,7 @@ impl Default for MigrateOptions {
         Self {
             lock_wait: Duration::from_secs(60),
             statement_lock_timeout: Duration::from_secs(10),
+            future: Future::Allow,
         }
     }
 }
@@ -58,7 +62,7 @@ pub fn migrate(
     ))?;
     with_lock(conn, set.service, options.lock_wait, |conn| {
         ensure_history(conn, set)?;
-        validate(conn, set)?;
+        validate(conn, set, options.future)?;
         let done: Vec<String> = applied(conn)?.into_iter().map(|row| row.version).collect();
         let mut report = Vec::new();
         for file in set.files.iter().filter(|file| !done.iter().any(|v| v == file.version)) {

@@ -8,7 +8,7 @@ use super::{
     history::{Flag, applied, ensure_history, record},
     set::MigrationSet,
     statements::split_statements,
-    validate::validate,
+    validate::{Future, validate},
 };
 
 /// Applies every pending migration inside one transaction, records what
@@ -18,7 +18,7 @@ pub fn dry_run(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<Applie
     let mut report = Vec::new();
     let result = conn.transaction::<(), MigrateError, _>(|conn| {
         ensure_history(conn, set)?;
-        validate(conn, set)?;
+        validate(conn, set, Future::Allow)?;
         let done: Vec<String> = applied(conn)?.into_iter().map(|row| row.version).collect();
         for file in set.files.iter().filter(|file| !done.iter().any(|v| v == file.version)) {
             let statements = split_statements(file.up);

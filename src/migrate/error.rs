@@ -64,6 +64,11 @@ pub enum Problem {
         version: String,
         description: String,
     },
+    Ahead {
+        version: String,
+        description: String,
+        service: ServiceKind,
+    },
     OutOfOrder {
         version: String,
         latest_applied: String,
@@ -85,8 +90,19 @@ impl fmt::Display for Problem {
             ),
             Self::UnknownToBuild { version, description } => write!(
                 f,
-                "{version} ({description}) is applied in the database but unknown to this build: the database is ahead of \
-                 this binary. Run a build that has {version}, or revert it with that build"
+                "{version} ({description}) is applied in the database but missing from this build, which knows later \
+                 versions: a released migration was removed. Restore its folder, or revert it with the build that has it"
+            ),
+            Self::Ahead {
+                version,
+                description,
+                service,
+            } => write!(
+                f,
+                "{version} ({description}) is applied in the database but newer than this build: the database is ahead \
+                 of this binary and {}_MIGRATE_ALLOW_FUTURE is false. Run a build that has {version}, revert it with \
+                 that build, or allow a database ahead of its binary",
+                service.env_prefix()
             ),
             Self::OutOfOrder {
                 version,

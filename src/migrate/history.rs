@@ -21,6 +21,8 @@ pub enum State {
     Pending,
     Modified,
     MissingFromBuild,
+    /// Applied by a newer build: after every version this build knows.
+    Future,
     OutOfOrder,
 }
 
@@ -32,6 +34,7 @@ impl fmt::Display for State {
             Self::Pending => "pending",
             Self::Modified => "MODIFIED",
             Self::MissingFromBuild => "MISSING FROM BUILD",
+            Self::Future => "future",
             Self::OutOfOrder => "OUT OF ORDER",
         })
     }
@@ -185,12 +188,17 @@ pub fn info(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<InfoRow>,
             }
         })
         .collect();
+    let newest_known = set.files.last().map_or("", |file| file.version);
     for row in applied.iter().filter(|row| set.file(&row.version).is_none()) {
         rows.push(InfoRow {
             service: set.service,
             version: row.version.clone(),
             description: row.description.clone(),
-            state: State::MissingFromBuild,
+            state: if row.version.as_str() > newest_known {
+                State::Future
+            } else {
+                State::MissingFromBuild
+            },
             applied_at: Some(row.installed_on),
             duration_ms: Some(row.execution_time_ms),
             checksum: row.checksum.clone(),

@@ -40,7 +40,7 @@ pub use lock::{lock_key, with_lock};
 pub use revert::{baseline, revert};
 pub use set::{MigrationFile, MigrationSet, files};
 pub use statements::split_statements;
-pub use validate::validate;
+pub use validate::{Future, validate};
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use super::{
     history::{HISTORY_TABLE, applied, ensure_history, record},
     lock::with_lock,
     set::MigrationSet,
-    validate::validate,
+    validate::{Future, validate},
 };
 
 /// Reverts applied migrations, newest first, down to (not including)
@@ -35,7 +35,8 @@ pub fn revert(
     ))?;
     with_lock(conn, set.service, options.lock_wait, |conn| {
         ensure_history(conn, set)?;
-        validate(conn, set)?;
+        // Never undo a migration a newer build's migrations may stand on.
+        validate(conn, set, Future::Refuse)?;
         let mut done: Vec<String> = applied(conn)?.into_iter().map(|row| row.version).collect();
         done.reverse();
         let victims: Vec<String> = match to {

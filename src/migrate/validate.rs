@@ -8,15 +8,27 @@ use super::{
     set::MigrationSet,
 };
 
-/// The disagreements between the database's history and this build.
-pub fn validate(conn: &mut PgConnection, set: &MigrationSet) -> Result<(), MigrateError> {
+/// Whether a database holding migrations newer than this build (applied
+/// by the next release, in an expand/contract rollout) may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Future {
+    /// Served, as long as every migration this build knows is applied
+    /// unchanged: the newer ones only added what this build ignores.
+    Allow,
+    Refuse,
+}
+
+/// The disagreements between the database's history and this build; when
+/// there are none, the versions the database holds beyond this build
+/// (only ever non-empty with [`Future::Allow`]).
+pub fn validate(conn: &mut PgConnection, set: &MigrationSet, future: Future) -> Result<Vec<String>, MigrateError> {
     let rows = info(conn, set)?;
     let latest_applied = rows
         .iter()
         .filter(|row| {
             matches!(
                 row.state,
-                State::Applied | State::Baseline | State::Modified | State::MissingFromBuild
+                State::Applied | State::Baseline | State::Modified | State::MissingFromBuild | State::Future
             )
         })
         .map(|row| row.version.clone())
@@ -43,6 +55,11 @@ pub fn validate(conn: &mut PgConnection, set: &MigrationSet) -> Result<(), Migra
                 version: row.version.clone(),
                 description: row.description.clone(),
             }),
+            State::Future if future == Future::Refuse => Some(Problem::Ahead {
+                version: row.version.clone(),
+                description: row.description.clone(),
+                service: set.service,
+            }),
             State::OutOfOrder => Some(Problem::OutOfOrder {
                 version: row.version.clone(),
                 latest_applied: latest_applied.clone(),
@@ -51,7 +68,11 @@ pub fn validate(conn: &mut PgConnection, set: &MigrationSet) -> Result<(), Migra
         })
         .collect();
     if problems.is_empty() {
-        Ok(())
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.state == State::Future)
+            .map(|row| row.version)
+            .collect())
     } else {
         Err(MigrateError::Invalid(problems))
     }

@@ -171,8 +171,16 @@ fn act(
     Ok(match action {
         Action::Info => Outcome::Rows(migrate::info(conn, set)?),
         Action::Validate => {
-            migrate::validate(conn, set)?;
-            Outcome::Said(vec!["valid: the database's history matches this build".to_owned()])
+            let ahead = migrate::validate(conn, set, options.future)?;
+            let mut said = "valid: the database's history matches this build".to_owned();
+            if !ahead.is_empty() {
+                said.push_str(&format!(
+                    " (it also holds {}, newer than this build: served while {}_MIGRATE_ALLOW_FUTURE is true)",
+                    ahead.join(", "),
+                    set.service.env_prefix()
+                ));
+            }
+            Outcome::Said(vec![said])
         }
         Action::Apply if dry_run => {
             let report = migrate::dry_run(conn, set)?;

@@ -91,7 +91,11 @@ pub fn logs_after(conn: &mut PgConnection, id: Uuid, after: i64, limit: i64) -> 
 }
 
 /// The statement behind [`logs_after`]: a range of the primary key.
-fn page<'a>(id: Uuid, after: i64, limit: i64) -> deployment_logs::BoxedQuery<'a, Pg, SqlTypeOf<AsSelect<LogRow, Pg>>> {
+pub(super) fn page<'a>(
+    id: Uuid,
+    after: i64,
+    limit: i64,
+) -> deployment_logs::BoxedQuery<'a, Pg, SqlTypeOf<AsSelect<LogRow, Pg>>> {
     deployment_logs::table
         .filter(deployment_logs::deployment_id.eq(id))
         .filter(deployment_logs::sequence.gt(after))
@@ -99,31 +103,6 @@ fn page<'a>(id: Uuid, after: i64, limit: i64) -> deployment_logs::BoxedQuery<'a,
         .limit(limit)
         .select(LogRow::as_select())
         .into_boxed()
-}
-
-/// The plans of the statements behind GetLogs and StreamLogs (the
-/// visibility check, a page from the start and one after `late`), with
-/// these values bound: what `bench/scale` checks for index use.
-pub fn explain_reads(
-    conn: &mut PgConnection,
-    owner: Uuid,
-    id: Uuid,
-    late: i64,
-    limit: i64,
-) -> QueryResult<Vec<(&'static str, serde_json::Value)>> {
-    use capsule::db::query::explain;
-    let viewer = super::Viewer {
-        user_id: owner,
-        admin: false,
-    };
-    Ok(vec![
-        (
-            "the deployment, as its owner",
-            explain(conn, &super::by_id(id, Some(viewer)))?,
-        ),
-        ("GetLogs, first page", explain(conn, &page(id, 0, limit))?),
-        ("GetLogs, a late page", explain(conn, &page(id, late, limit))?),
-    ])
 }
 
 /// Deletes the log lines of up to `batch` deployments that settled

@@ -19,7 +19,7 @@ use crate::state::State;
 use schema::deployments;
 
 pub use claims::{claim, heartbeat, holds, release};
-pub use logs::{LogRow, append, explain_reads, logs_after, prune_logs};
+pub use logs::{LogRow, append, logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is
 /// created. No variables: a runner gets them, as they are then, when it
@@ -130,6 +130,28 @@ fn by_id<'a>(id: Uuid, viewer: Option<Viewer>) -> deployments::BoxedQuery<'a, Pg
         query = query.filter(deployments::owner_id.eq(viewer.user_id));
     }
     query
+}
+
+/// The plans of the statements behind GetLogs and StreamLogs (the
+/// visibility check, a page from the start and one after `late`), with
+/// these values bound: what `bench/scale` checks for index use.
+pub fn explain_reads(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    id: Uuid,
+    late: i64,
+    limit: i64,
+) -> QueryResult<Vec<(&'static str, serde_json::Value)>> {
+    use capsule::db::query::explain;
+    let viewer = Viewer {
+        user_id: owner,
+        admin: false,
+    };
+    Ok(vec![
+        ("the deployment, as its owner", explain(conn, &by_id(id, Some(viewer)))?),
+        ("GetLogs, first page", explain(conn, &logs::page(id, 0, limit))?),
+        ("GetLogs, a late page", explain(conn, &logs::page(id, late, limit))?),
+    ])
 }
 
 /// A project's deployments, newest first.
