@@ -47,6 +47,28 @@ pub struct Applied1 {
     pub transactional: bool,
 }
 
+/// What every change to the schema starts with: the statements' lock
+/// timeout, the service's migration lock, the history table, and a
+/// validated history; `work` gets the versions applied so far.
+pub(super) fn under_lock<T>(
+    conn: &mut PgConnection,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+    future: Future,
+    work: impl FnOnce(&mut PgConnection, Vec<String>) -> Result<T, MigrateError>,
+) -> Result<T, MigrateError> {
+    conn.batch_execute(&format!(
+        "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
+        options.statement_lock_timeout.as_millis()
+    ))?;
+    with_lock(conn, set.service, options.lock_wait, |conn| {
+        ensure_history(conn, set)?;
+        validate(conn, set, future)?;
+        let done = applied(conn)?.into_iter().map(|row| row.version).collect();
+        work(conn, done)
+    })
+}
+
 /// Applies every pending migration, each in its own transaction, under the
 /// lock. Validates first: a history that disagrees with the build is
 /// refused before anything runs.
@@ -56,14 +78,7 @@ pub fn migrate(
     options: &MigrateOptions,
 ) -> Result<Vec<Applied1>, MigrateError> {
     let runnable = set.runnable()?;
-    conn.batch_execute(&format!(
-        "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
-        options.statement_lock_timeout.as_millis()
-    ))?;
-    with_lock(conn, set.service, options.lock_wait, |conn| {
-        ensure_history(conn, set)?;
-        validate(conn, set, options.future)?;
-        let done: Vec<String> = applied(conn)?.into_iter().map(|row| row.version).collect();
+    under_lock(conn, set, options, options.future, |conn, done| {
         let mut report = Vec::new();
         for file in set.files.iter().filter(|file| !done.iter().any(|v| v == file.version)) {
             let migration = &runnable[file.version];

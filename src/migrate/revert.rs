@@ -1,14 +1,14 @@
 //! Reverting and baselining.
 
-use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection, sql_types::Text};
+use diesel::{Connection, PgConnection, RunQueryDsl, sql_types::Text};
 
 use super::{
-    apply::MigrateOptions,
+    apply::{MigrateOptions, under_lock},
     error::MigrateError,
     history::{HISTORY_TABLE, applied, ensure_history, record},
     lock::with_lock,
     set::MigrationSet,
-    validate::{Future, validate},
+    validate::Future,
 };
 
 /// Reverts applied migrations, newest first, down to (not including)
@@ -29,15 +29,8 @@ pub fn revert(
         });
     }
     let runnable = set.runnable()?;
-    conn.batch_execute(&format!(
-        "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
-        options.statement_lock_timeout.as_millis()
-    ))?;
-    with_lock(conn, set.service, options.lock_wait, |conn| {
-        ensure_history(conn, set)?;
-        // Never undo a migration a newer build's migrations may stand on.
-        validate(conn, set, Future::Refuse)?;
-        let mut done: Vec<String> = applied(conn)?.into_iter().map(|row| row.version).collect();
+    // Never undo a migration a newer build's migrations may stand on.
+    under_lock(conn, set, options, Future::Refuse, |conn, mut done| {
         done.reverse();
         let victims: Vec<String> = match to {
             None => done.into_iter().take(1).collect(),

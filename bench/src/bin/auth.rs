@@ -22,6 +22,7 @@ use capsule::{
     proto::auth::v1::{self as pb, Jwk, auth_service_client::AuthServiceClient},
     testing::{self, TestDatabase},
 };
+use capsule_bench::env_number;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use tokio_util::sync::CancellationToken;
 
@@ -38,13 +39,6 @@ impl KeySource for Static {
             "the token-check bench calls no admin method",
         ))
     }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Microseconds per `authorize` call: (first sight of each token, a token

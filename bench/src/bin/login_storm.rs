@@ -7,7 +7,7 @@
 //! the bounded default on this machine, and a bound so loose it is none).
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,14 +17,8 @@ use capsule::{
     proto::auth::v1::{self as pb, auth_service_client::AuthServiceClient},
     testing::{self, TestDatabase},
 };
+use capsule_bench::{env_number, serve};
 use tokio::sync::Mutex;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A field of /proc/<pid>/status, in KiB.
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
@@ -62,14 +56,8 @@ async fn storm(binary: &str, hash_concurrency: u64) -> anyhow::Result<Outcome> {
     let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
     let addr = testing::free_listener().await.local_addr()?;
     let service = Service(
-        Command::new(binary)
-            .args(["serve", "auth"])
-            .env("AUTH_DATABASE_URL", &db.url)
-            .env("AUTH_GRPC_ADDR", addr.to_string())
+        serve(binary, ServiceKind::Auth, &db.url, addr.port())
             .env("AUTH_HASH_CONCURRENCY", hash_concurrency.to_string())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()?,
     );
     let pid = service.0.id();

@@ -10,7 +10,7 @@
 //! `target/release/capsule`.
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,6 +18,7 @@ use capsule::{
     config::ServiceKind,
     testing::{self, TestDatabase},
 };
+use capsule_bench::{migrations, serve};
 
 const SERVING: i32 = 1;
 
@@ -63,25 +64,12 @@ async fn main() -> anyhow::Result<()> {
 
     let mut restart = Vec::new();
     for kind in ServiceKind::WITH_DATABASE {
-        let set = match kind {
-            ServiceKind::Auth => &capsule_auth::MIGRATIONS,
-            ServiceKind::Project => &capsule_project::MIGRATIONS,
-            _ => &capsule_deploy::MIGRATIONS,
-        };
-        let db = TestDatabase::migrated(kind, set).await;
+        let db = TestDatabase::migrated(kind, migrations(kind)).await;
         for _ in 0..runs {
             let port = testing::free_listener().await.local_addr()?.port();
             let addr = format!("127.0.0.1:{port}").parse()?;
             let start = Instant::now();
-            let mut child = Command::new(&bin)
-                .args(["serve", kind.name()])
-                .env(format!("{}_DATABASE_URL", kind.env_prefix()), &db.url)
-                .env(kind.grpc_addr_variable(), format!("127.0.0.1:{port}"))
-                .env("CAPSULE_DRAIN_DELAY_MS", "0")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
+            let mut child = serve(&bin, kind, &db.url, port).spawn()?;
             loop {
                 if testing::health_status(addr, kind.grpc_service_name()).await == Some(SERVING) {
                     break;

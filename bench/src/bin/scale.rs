@@ -18,7 +18,7 @@
 //! large-set p50 is more than twice the small one's.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -32,6 +32,7 @@ use capsule::{
     },
     testing::{self, TestDatabase},
 };
+use capsule_bench::{env_number, migrations, serve};
 use diesel::{Connection, PgConnection, RunQueryDsl, connection::SimpleConnection};
 use tonic::{Request, transport::Channel};
 
@@ -59,13 +60,6 @@ struct Timing {
     call: &'static str,
     p50: Duration,
     p99: Duration,
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn authed<T>(message: T, token: &str) -> Request<T> {
@@ -118,27 +112,18 @@ impl Mesh {
         let mut databases = Vec::new();
         for kind in ServiceKind::WITH_DATABASE {
             ports.push((kind, testing::free_listener().await.local_addr()?.port()));
-            let set = match kind {
-                ServiceKind::Auth => &capsule_auth::MIGRATIONS,
-                ServiceKind::Project => &capsule_project::MIGRATIONS,
-                _ => &capsule_deploy::MIGRATIONS,
-            };
-            databases.push(TestDatabase::migrated(kind, set).await);
+            databases.push(TestDatabase::migrated(kind, migrations(kind)).await);
         }
         let mut children = Vec::new();
-        for (kind, _) in &ports {
-            let mut command = Command::new(bin);
-            command
-                .args(["serve", kind.name()])
-                .env("CAPSULE_DRAIN_DELAY_MS", "0")
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null());
-            for ((other, port), db) in ports.iter().zip(&databases) {
-                let prefix = other.env_prefix();
-                command
-                    .env(format!("{prefix}_DATABASE_URL"), &db.url)
-                    .env(other.grpc_addr_variable(), format!("127.0.0.1:{port}"))
-                    .env(format!("{prefix}_SERVICE_URL"), format!("http://127.0.0.1:{port}"));
+        for ((kind, port), db) in ports.iter().zip(&databases) {
+            let mut command = serve(bin, *kind, &db.url, *port);
+            // Each service finds the others (project asks auth for its
+            // keys, deploy asks project).
+            for (other, port) in &ports {
+                command.env(
+                    format!("{}_SERVICE_URL", other.env_prefix()),
+                    format!("http://127.0.0.1:{port}"),
+                );
             }
             children.push(
                 command

@@ -10,6 +10,14 @@ use crate::state::State;
 
 use super::{Deployment, logs::append};
 
+/// The states in which a runner holds a deployment (building it, or
+/// running it live).
+const HELD: [&str; 3] = [
+    State::Building.as_str(),
+    State::Deploying.as_str(),
+    State::Live.as_str(),
+];
+
 /// Takes the oldest queued deployment, or one whose runner's lease ran
 /// out, for `runner` (FOR UPDATE SKIP LOCKED: concurrent runners never take
 /// the same one).
@@ -72,11 +80,7 @@ pub fn heartbeat(
         deployments::table
             .find(id)
             .filter(deployments::runner_id.eq(runner))
-            .filter(deployments::state.eq_any([
-                State::Building.as_str(),
-                State::Deploying.as_str(),
-                State::Live.as_str(),
-            ])),
+            .filter(deployments::state.eq_any(HELD)),
     )
     .set(deployments::lease_expires_at.eq(expires))
     .returning(deployments::state)
@@ -105,11 +109,7 @@ pub fn holds(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Opt
     deployments::table
         .find(id)
         .filter(deployments::runner_id.eq(runner))
-        .filter(deployments::state.eq_any([
-            State::Building.as_str(),
-            State::Deploying.as_str(),
-            State::Live.as_str(),
-        ]))
+        .filter(deployments::state.eq_any(HELD))
         .select(Deployment::as_select())
         .first(conn)
         .optional()
