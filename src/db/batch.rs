@@ -202,13 +202,15 @@ where
                         for job in jobs {
                             let _ = job.reply.send(Err(DbError::Query(duplicate(&err))));
                         }
-                        Ok(())
+                        // Handed back, so a connection that died is dropped.
+                        Err(err)
                     }
                 }
             })
             .await;
-        // No connection could be had: the jobs were dropped with the
-        // closure, and their callers run alone (and meet the same error).
+        // Every caller has its answer. Or no connection could be had: the
+        // jobs were dropped with the closure, and their callers run alone
+        // (and meet the same error).
         let _ = ran;
     }
 }

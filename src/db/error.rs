@@ -43,9 +43,23 @@ const REFUSED_VALUES: &[&str] = &[
     "invalid input syntax",
 ];
 
+/// Whether the error says the connection itself is gone (the server
+/// closed it, or a statement could not even be sent): the call may succeed
+/// on another connection, and this one must not be used again.
+pub(super) fn connection_lost(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    matches!(
+        err,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        )
+    )
+}
+
 impl From<DbError> for Status {
-    /// Unavailable → UNAVAILABLE; a connection that broke mid-query →
-    /// UNAVAILABLE; not found → NOT_FOUND; a value or reference the
+    /// Unavailable → UNAVAILABLE; a connection that broke or could not
+    /// send → UNAVAILABLE; not found → NOT_FOUND; a value or reference the
     /// database refuses → INVALID_ARGUMENT, ALREADY_EXISTS or
     /// FAILED_PRECONDITION (logged as a warning: validation missed it);
     /// anything else is logged once and answered INTERNAL without details.
@@ -72,9 +86,10 @@ impl From<DbError> for Status {
                     _ => Status::invalid_argument("a value is not allowed here; check the request's fields"),
                 }
             }
-            DbError::Unavailable(_)
-            | DbError::Query(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _))
-            | DbError::Query(Error::BrokenTransactionManager) => {
+            DbError::Unavailable(_) | DbError::Query(Error::BrokenTransactionManager) => {
+                Status::unavailable("the database is unavailable; retry shortly")
+            }
+            DbError::Query(ref err) if connection_lost(err) => {
                 Status::unavailable("the database is unavailable; retry shortly")
             }
             DbError::Query(Error::NotFound) => Status::not_found("not found"),
@@ -112,12 +127,7 @@ impl super::Database {
             .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
         // A connection whose server went away (restart, failover, a killed
         // backend) is not handed out again.
-        if let Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::ClosedConnection
-            | diesel::result::DatabaseErrorKind::UnableToSendCommand,
-            _,
-        )) = &result
-        {
+        if result.as_ref().is_err_and(connection_lost) {
             drop(deadpool::managed::Object::take(conn));
         }
         result.map_err(DbError::from)
