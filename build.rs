@@ -42,8 +42,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Writes, for each service, the list of its migration files with the
-/// SHA-256 of each `up.sql`: what the harness compares with the checksums
-/// recorded in the database.
+/// SHA-256 of each `up.sql` (the checksum earlier builds recorded; the
+/// harness computes the one it records now from the SQL's tokens).
 fn write_migration_files(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use std::fmt::Write;
 
@@ -73,11 +73,17 @@ fn write_migration_files(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 "None".to_owned()
             };
-            let metadata = std::fs::read_to_string(dir.join("metadata.toml")).unwrap_or_default();
+            let metadata_path = dir.join("metadata.toml");
+            let metadata = std::fs::read_to_string(&metadata_path).unwrap_or_default();
             let in_transaction = !metadata.replace(' ', "").contains("run_in_transaction=false");
+            let metadata = if metadata_path.is_file() {
+                format!("include_str!({:?})", metadata_path.display().to_string())
+            } else {
+                "\"\"".to_owned()
+            };
             writeln!(
                 code,
-                "    MigrationFile {{ version: {version:?}, name: {name:?}, description: {:?}, up: include_str!({:?}), down: {down}, checksum: {checksum:?}, run_in_transaction: {in_transaction} }},",
+                "    MigrationFile {{ version: {version:?}, name: {name:?}, description: {:?}, up: include_str!({:?}), down: {down}, sha256: {checksum:?}, run_in_transaction: {in_transaction}, metadata: {metadata} }},",
                 description.replace('_', " "),
                 up_path.display().to_string(),
             )?;

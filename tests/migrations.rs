@@ -125,11 +125,11 @@ async fn an_edited_migration_fails_validate_and_service_start() {
         matches!(&problems[..], [Problem::Modified { version, recorded, .. }] if version == "V002" && recorded == "abc123")
     );
     let message = err.to_string();
-    let embedded = capsule::migrate::files::AUTH[1].checksum;
+    let embedded = capsule::migrate::files::AUTH[1].checksum();
     for needle in [
         "V002",
         "abc123",
-        embedded,
+        embedded.as_str(),
         "add a new migration instead",
         "migrations/auth/V002__add_user_profiles/up.sql",
     ] {
@@ -268,7 +268,7 @@ async fn a_dry_run_reports_statements_and_risky_locks_and_leaves_no_trace() {
     let mut conn = db.connect();
     let set = &capsule_project::MIGRATIONS;
     blocking(move || {
-        let report = migrate::dry_run(&mut conn, set).unwrap();
+        let report = migrate::dry_run(&mut conn, set, &MigrateOptions::default()).unwrap();
         assert_eq!(report.len(), set.files.len());
         assert!(
             report[0]
@@ -290,7 +290,7 @@ async fn a_dry_run_reports_statements_and_risky_locks_and_leaves_no_trace() {
         conn.batch_execute("INSERT INTO projects (name, owner_id) VALUES ('app', gen_random_uuid())")
             .unwrap();
         let before = catalog(&mut conn);
-        let report = migrate::dry_run(&mut conn, set).unwrap();
+        let report = migrate::dry_run(&mut conn, set, &MigrateOptions::default()).unwrap();
         let warnings: Vec<&String> = report.iter().flat_map(|m| &m.warnings).collect();
         assert!(
             warnings.iter().any(|w| w.contains("ACCESS EXCLUSIVE lock on projects")),
@@ -313,8 +313,9 @@ static BROKEN_FILES: &[MigrationFile] = &[
         description: "create widgets",
         up: include_str!("fixtures/broken/V001__create_widgets/up.sql"),
         down: Some(include_str!("fixtures/broken/V001__create_widgets/down.sql")),
-        checksum: "v001",
+        sha256: "v001",
         run_in_transaction: true,
+        metadata: "",
     },
     MigrationFile {
         version: "V002",
@@ -322,8 +323,9 @@ static BROKEN_FILES: &[MigrationFile] = &[
         description: "break things",
         up: include_str!("fixtures/broken/V002__break_things/up.sql"),
         down: None,
-        checksum: "v002",
+        sha256: "v002",
         run_in_transaction: true,
+        metadata: "",
     },
     MigrationFile {
         version: "V003",
@@ -331,8 +333,9 @@ static BROKEN_FILES: &[MigrationFile] = &[
         description: "never reached",
         up: include_str!("fixtures/broken/V003__never_reached/up.sql"),
         down: None,
-        checksum: "v003",
+        sha256: "v003",
         run_in_transaction: true,
+        metadata: "",
     },
 ];
 static BROKEN: MigrationSet = MigrationSet::new(ServiceKind::Deploy, &BROKEN_EMBEDDED, BROKEN_FILES);
@@ -363,6 +366,7 @@ async fn a_migration_with_bad_sql_rolls_back_and_names_file_statement_and_error(
             index,
             statement,
             error,
+            tries: 1,
         } = &err
         else {
             panic!("{err}")
@@ -478,4 +482,64 @@ async fn a_database_migrated_by_plain_diesel_is_adopted() {
         conn.transaction::<_, diesel::result::Error, _>(|_| Ok(())).unwrap();
     })
     .await;
+}
+
+static OUTSIDE_EMBEDDED: EmbeddedMigrations = embed_migrations!("tests/fixtures/outside");
+static OUTSIDE_FILES: &[MigrationFile] = &[
+    MigrationFile {
+        version: "V001",
+        name: "V001__create_widgets",
+        description: "create widgets",
+        up: include_str!("fixtures/outside/V001__create_widgets/up.sql"),
+        down: Some(include_str!("fixtures/outside/V001__create_widgets/down.sql")),
+        sha256: "v001",
+        run_in_transaction: true,
+        metadata: "",
+    },
+    MigrationFile {
+        version: "V002",
+        name: "V002__index_names_concurrently",
+        description: "index names concurrently",
+        up: include_str!("fixtures/outside/V002__index_names_concurrently/up.sql"),
+        down: Some(include_str!("fixtures/outside/V002__index_names_concurrently/down.sql")),
+        sha256: "v002",
+        run_in_transaction: false,
+        metadata: include_str!("fixtures/outside/V002__index_names_concurrently/metadata.toml"),
+    },
+];
+static OUTSIDE: MigrationSet = MigrationSet::new(ServiceKind::Deploy, &OUTSIDE_EMBEDDED, OUTSIDE_FILES);
+
+#[tokio::test]
+async fn a_failed_migration_outside_a_transaction_says_what_it_may_have_left_behind() {
+    let db = TestDatabase::empty(ServiceKind::Deploy).await;
+    let mut conn = db.connect();
+    let (mut conn, err) = blocking(move || {
+        let err = migrate::migrate(&mut conn, &OUTSIDE, &MigrateOptions::default()).unwrap_err();
+        (conn, err)
+    })
+    .await;
+    let message = err.to_string();
+    for needle in [
+        "migration V002 failed outside a transaction",
+        "NOT rolled back",
+        "migrations/deploy/V002__index_names_concurrently/up.sql",
+        "could not create unique index",
+        "INVALID index",
+        "DROP INDEX CONCURRENTLY",
+    ] {
+        assert!(message.contains(needle), "{needle} missing from: {message}");
+    }
+    assert!(err.is_fatal(), "a person decides what to do, not a retry loop");
+    // What the message warns about is really there.
+    #[derive(QueryableByName)]
+    struct Valid {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        indisvalid: bool,
+    }
+    let index = diesel::sql_query("SELECT indisvalid FROM pg_index WHERE indexrelid = 'idx_widgets_name'::regclass")
+        .get_result::<Valid>(&mut conn)
+        .unwrap();
+    assert!(!index.indisvalid);
+    let rows = blocking(move || migrate::info(&mut conn, &OUTSIDE).unwrap()).await;
+    assert_eq!(rows[1].state, State::Pending, "V002 is not recorded");
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use diesel::{Connection, PgConnection, connection::SimpleConnection, migration::Migration};
 
 use super::{
-    error::MigrateError,
-    history::{applied, ensure_history, record},
+    error::{MigrateError, lock_not_available},
+    history::{applied, ensure_history, record, set_checksum},
     lock::with_lock,
     set::{MigrationFile, MigrationSet},
     statements::split_statements,
@@ -24,6 +24,14 @@ pub struct MigrateOptions {
     /// Whether a database ahead of this build is migrated (nothing to do
     /// for this build) or refused.
     pub future: Future,
+    /// How many more times a migration is tried after one of its
+    /// statements gave up waiting for a lock (`lock_timeout`); each try is
+    /// rolled back first, and they wait longer each time.
+    pub lock_retries: u32,
+    /// The first pause between tries; it doubles each time (up to 30 s),
+    /// and each pause is drawn between half of it and all of it, so
+    /// replicas that failed together do not return together.
+    pub lock_retry_pause: Duration,
 }
 
 impl Default for MigrateOptions {
@@ -32,6 +40,8 @@ impl Default for MigrateOptions {
             lock_wait: Duration::from_secs(60),
             statement_lock_timeout: Duration::from_secs(10),
             future: Future::Allow,
+            lock_retries: 4,
+            lock_retry_pause: Duration::from_millis(500),
         }
     }
 }
@@ -57,16 +67,34 @@ pub(super) fn under_lock<T>(
     future: Future,
     work: impl FnOnce(&mut PgConnection, Vec<String>) -> Result<T, MigrateError>,
 ) -> Result<T, MigrateError> {
+    set_timeouts(conn, options)?;
+    with_lock(conn, set.service, options.lock_wait, |conn| {
+        ensure_history(conn, set)?;
+        validate(conn, set, future)?;
+        let rows = applied(conn)?;
+        // Checksums of the bytes, as earlier builds recorded them, become
+        // checksums of the tokens, so comment edits pass from now on.
+        for row in &rows {
+            if let Some(file) = set.file(&row.version)
+                && row.checksum == file.sha256
+            {
+                set_checksum(conn, &row.version, &file.checksum())?;
+            }
+        }
+        work(conn, rows.into_iter().map(|row| row.version).collect())
+    })
+}
+
+/// The statements' lock timeout (and no statement timeout) for the
+/// session. Messages in English where the role may choose, so a lock
+/// timeout is recognised whatever the server's language.
+pub(super) fn set_timeouts(conn: &mut PgConnection, options: &MigrateOptions) -> Result<(), MigrateError> {
+    let _ = conn.batch_execute("SET lc_messages = 'C'");
     conn.batch_execute(&format!(
         "SET lock_timeout = '{}ms'; SET statement_timeout = 0",
         options.statement_lock_timeout.as_millis()
     ))?;
-    with_lock(conn, set.service, options.lock_wait, |conn| {
-        ensure_history(conn, set)?;
-        validate(conn, set, future)?;
-        let done = applied(conn)?.into_iter().map(|row| row.version).collect();
-        work(conn, done)
-    })
+    Ok(())
 }
 
 /// Applies every pending migration, each in its own transaction, under the
@@ -83,27 +111,48 @@ pub fn migrate(
         for file in set.files.iter().filter(|file| !done.iter().any(|v| v == file.version)) {
             let migration = &runnable[file.version];
             let start = std::time::Instant::now();
+            let checksum = file.checksum();
             let run = |conn: &mut PgConnection| -> Result<(), MigrateError> {
                 migration
                     .run(conn)
                     .map_err(|err| MigrateError::Other(err.to_string()))?;
                 let elapsed = i32::try_from(start.elapsed().as_millis()).unwrap_or(i32::MAX);
-                record(
-                    conn,
-                    file.version,
-                    file.description,
-                    "migration",
-                    file.checksum,
-                    elapsed,
-                )
+                record(conn, file.version, file.description, "migration", &checksum, elapsed)
             };
-            let outcome = if file.run_in_transaction {
-                conn.transaction(run)
-            } else {
-                run(conn)
-            };
-            if let Err(err) = outcome {
-                return Err(diagnose(conn, set, file, err));
+            let mut tries = 1;
+            loop {
+                let outcome = if file.run_in_transaction {
+                    conn.transaction(run)
+                } else {
+                    run(conn)
+                };
+                match outcome {
+                    Ok(()) => break,
+                    // Rolled back: the database is as before, so it can be
+                    // tried again once whoever holds the lock is done.
+                    Err(err) if file.run_in_transaction && waited_for_lock(&err) && tries <= options.lock_retries => {
+                        let pause = retry_pause(options.lock_retry_pause, tries);
+                        tracing::warn!(
+                            service = %set.service,
+                            version = file.version,
+                            try_number = tries,
+                            tries_left = options.lock_retries + 1 - tries,
+                            pause_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+                            error = %err,
+                            "a statement of the migration gave up waiting for a lock; rolled back, trying again"
+                        );
+                        std::thread::sleep(pause);
+                        tries += 1;
+                    }
+                    Err(err) if file.run_in_transaction => return Err(diagnose(conn, set, file, err, tries)),
+                    Err(err) => {
+                        return Err(MigrateError::FailedOutsideTransaction {
+                            version: file.version.to_owned(),
+                            file: format!("migrations/{}/{}/up.sql", set.service, file.name),
+                            error: err.to_string(),
+                        });
+                    }
+                }
             }
             report.push(Applied1 {
                 version: file.version.to_owned(),
@@ -120,7 +169,13 @@ pub fn migrate(
 
 /// Finds which statement of a failed migration fails, by replaying it one
 /// statement at a time in a transaction that is rolled back.
-fn diagnose(conn: &mut PgConnection, set: &MigrationSet, file: &MigrationFile, original: MigrateError) -> MigrateError {
+fn diagnose(
+    conn: &mut PgConnection,
+    set: &MigrationSet,
+    file: &MigrationFile,
+    original: MigrateError,
+    tries: u32,
+) -> MigrateError {
     let path = format!("migrations/{}/{}/up.sql", set.service, file.name);
     let statements = split_statements(file.up);
     let mut found = None;
@@ -140,6 +195,7 @@ fn diagnose(conn: &mut PgConnection, set: &MigrationSet, file: &MigrationFile, o
             index,
             statement,
             error,
+            tries,
         },
         None => MigrateError::Failed {
             version: file.version.to_owned(),
@@ -147,6 +203,26 @@ fn diagnose(conn: &mut PgConnection, set: &MigrationSet, file: &MigrationFile, o
             index: 0,
             statement: "(the whole file)".to_owned(),
             error: original.to_string(),
+            tries,
         },
     }
+}
+
+fn waited_for_lock(err: &MigrateError) -> bool {
+    lock_not_available(&err.to_string())
+}
+
+/// The pause before try `tries + 1`: `first`, doubled per try up to 30 s,
+/// drawn between half of that and all of it.
+fn retry_pause(first: Duration, tries: u32) -> Duration {
+    let ceiling = first
+        .saturating_mul(1 << tries.saturating_sub(1).min(16))
+        .min(Duration::from_secs(30));
+    let mut byte = [0u8; 1];
+    let share = if getrandom::fill(&mut byte).is_ok() {
+        f64::from(byte[0]) / 255.0
+    } else {
+        0.5
+    };
+    ceiling.mul_f64(0.5 + share / 2.0)
 }

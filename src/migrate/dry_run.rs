@@ -3,9 +3,10 @@
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl, connection::SimpleConnection, sql_types::Text};
 
 use super::{
-    apply::Applied1,
+    apply::{Applied1, MigrateOptions, set_timeouts},
     error::MigrateError,
     history::{Flag, applied, ensure_history, record},
+    lock::with_lock,
     set::MigrationSet,
     statements::split_statements,
     validate::{Future, validate},
@@ -13,8 +14,19 @@ use super::{
 
 /// Applies every pending migration inside one transaction, records what
 /// each statement does, then rolls everything back. Migrations that cannot
-/// run in a transaction are listed, not run.
-pub fn dry_run(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<Applied1>, MigrateError> {
+/// run in a transaction are listed, not run. It holds the migration lock
+/// and runs under the same `lock_timeout` as a real apply, so it waits and
+/// fails where one would.
+pub fn dry_run(
+    conn: &mut PgConnection,
+    set: &MigrationSet,
+    options: &MigrateOptions,
+) -> Result<Vec<Applied1>, MigrateError> {
+    set_timeouts(conn, options)?;
+    with_lock(conn, set.service, options.lock_wait, |conn| rolled_back(conn, set))
+}
+
+fn rolled_back(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<Applied1>, MigrateError> {
     let mut report = Vec::new();
     let result = conn.transaction::<(), MigrateError, _>(|conn| {
         ensure_history(conn, set)?;
@@ -34,6 +46,7 @@ pub fn dry_run(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<Applie
                             index: index + 1,
                             statement: statement.clone(),
                             error: err.to_string(),
+                            tries: 1,
                         });
                     }
                     for table in exclusive_locks(conn)?.into_iter().filter(|table| !before.contains(table)) {
@@ -53,7 +66,7 @@ pub fn dry_run(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<Applie
                         ));
                     }
                 }
-                record(conn, file.version, file.description, "migration", file.checksum, 0)?;
+                record(conn, file.version, file.description, "migration", &file.checksum(), 0)?;
             } else {
                 warnings.push("runs outside a transaction (metadata.toml): not executed by the dry run".to_owned());
             }

@@ -10,13 +10,29 @@ pub enum MigrateError {
     #[error("{}", format_problems(.0))]
     Invalid(Vec<Problem>),
     #[error(
-        "migration {version} failed and was rolled back: the database is as it was before it.\n  file: {file}\n  statement {index}: {statement}\n  PostgreSQL: {error}"
+        "migration {version} failed{} and was rolled back: the database is as it was before it.\n  file: {file}\n  statement {index}: {statement}\n  PostgreSQL: {error}",
+        tries_note(*.tries)
     )]
     Failed {
         version: String,
         file: String,
         index: usize,
         statement: String,
+        error: String,
+        /// How many times it was tried (more than once after lock timeouts).
+        tries: u32,
+    },
+    #[error(
+        "migration {version} failed outside a transaction (its metadata.toml says run_in_transaction = false), so \
+         it was NOT rolled back: the statements before the failing one stay applied and {version} is not recorded.\n  \
+         file: {file}\n  PostgreSQL: {error}\n  \
+         Check what it left behind before applying again: an index built CONCURRENTLY that failed stays as an \
+         INVALID index (see \\d in psql, or pg_index.indisvalid) and must be dropped with DROP INDEX CONCURRENTLY; \
+         objects created by earlier statements exist and make a second try fail unless they use IF NOT EXISTS"
+    )]
+    FailedOutsideTransaction {
+        version: String,
+        file: String,
         error: String,
     },
     #[error("the migration lock of {service} is held by {holder}; gave up after {waited_secs} s")]
@@ -37,8 +53,30 @@ pub enum MigrateError {
 
 impl MigrateError {
     /// Errors that retrying cannot fix: a service refuses to start on them.
+    /// A migration that still could not get its locks after its retries
+    /// is not: the service tries again later.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Self::Invalid(_) | Self::Failed { .. } | Self::Other(_))
+        match self {
+            Self::Failed { error, .. } => !lock_not_available(error),
+            Self::Invalid(_) | Self::FailedOutsideTransaction { .. } | Self::Other(_) => true,
+            Self::LockTimeout { .. } | Self::NoDown { .. } | Self::UnknownVersion { .. } | Self::Database(_) => false,
+        }
+    }
+}
+
+/// Whether PostgreSQL's message says a statement gave up waiting for a
+/// lock (SQLSTATE 55P03: `lock_timeout`, or `NOWAIT`). diesel does not
+/// pass SQLSTATE on, so the (English) message decides; the harness asks
+/// for English messages where the role may.
+pub(super) fn lock_not_available(message: &str) -> bool {
+    message.contains("canceling statement due to lock timeout") || message.contains("could not obtain lock on")
+}
+
+fn tries_note(tries: u32) -> String {
+    if tries > 1 {
+        format!(" {tries} times (each time a statement gave up waiting for a lock)")
+    } else {
+        String::new()
     }
 }
 

@@ -17,6 +17,8 @@ use crate::config::ServiceKind;
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Applied,
+    /// Applied, with its checksum re-recorded by `repair`.
+    Repaired,
     Baseline,
     Pending,
     Modified,
@@ -30,6 +32,7 @@ impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Applied => "applied",
+            Self::Repaired => "repaired",
             Self::Baseline => "baseline",
             Self::Pending => "pending",
             Self::Modified => "MODIFIED",
@@ -51,6 +54,31 @@ pub struct InfoRow {
     pub duration_ms: Option<i32>,
     pub checksum: String,
     pub transactional: bool,
+    /// The latest repair of an applied migration, when it is `repaired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repair: Option<Repair>,
+}
+
+/// One `repair`: a person decided that an applied migration's new text
+/// does what the old one did, and said why.
+#[derive(QueryableByName, Debug, Clone, serde::Serialize)]
+pub struct Repair {
+    #[diesel(sql_type = Text)]
+    pub version: String,
+    #[diesel(sql_type = Text)]
+    pub old_checksum: String,
+    #[diesel(sql_type = Text)]
+    pub new_checksum: String,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+    /// Who ran it, as the command saw it (user@host).
+    #[diesel(sql_type = Text)]
+    pub operator: String,
+    /// The database role it ran as.
+    #[diesel(sql_type = Text)]
+    pub repaired_by: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub repaired_on: DateTime<Utc>,
 }
 
 impl serde::Serialize for ServiceKind {
@@ -82,6 +110,8 @@ pub(super) struct Flag {
 }
 
 pub(super) const HISTORY_TABLE: &str = "capsule_schema_history";
+/// Every `repair`, kept: the history table holds only the latest checksum.
+pub(super) const REPAIRS_TABLE: &str = "capsule_schema_repairs";
 
 pub(super) fn history_exists(conn: &mut PgConnection) -> Result<bool, MigrateError> {
     Ok(
@@ -123,8 +153,10 @@ pub(super) fn ensure_history(conn: &mut PgConnection, set: &MigrationSet) -> Res
         for Version { version } in versions {
             let (description, checksum) = set
                 .file(&version)
-                .map_or(("adopted from diesel", ""), |file| (file.description, file.checksum));
-            record(conn, &version, description, "migration", checksum, 0)?;
+                .map_or(("adopted from diesel", String::new()), |file| {
+                    (file.description, file.checksum())
+                });
+            record(conn, &version, description, "migration", &checksum, 0)?;
         }
     }
     Ok(())
@@ -150,6 +182,30 @@ pub(super) fn record(
     Ok(())
 }
 
+/// Records `checksum` as the one of `version`.
+pub(super) fn set_checksum(conn: &mut PgConnection, version: &str, checksum: &str) -> Result<(), MigrateError> {
+    diesel::sql_query(format!("UPDATE {HISTORY_TABLE} SET checksum = $2 WHERE version = $1"))
+        .bind::<Text, _>(version)
+        .bind::<Text, _>(checksum)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Every repair, oldest first (none before the first).
+pub(super) fn repairs(conn: &mut PgConnection) -> Result<Vec<Repair>, MigrateError> {
+    let exists = diesel::sql_query(format!("SELECT to_regclass('{REPAIRS_TABLE}') IS NOT NULL AS flag"))
+        .get_result::<Flag>(conn)?
+        .flag;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(diesel::sql_query(format!(
+        "SELECT version, old_checksum, new_checksum, reason, operator, repaired_by, repaired_on \
+         FROM {REPAIRS_TABLE} ORDER BY id"
+    ))
+    .load(conn)?)
+}
+
 pub(super) fn applied(conn: &mut PgConnection) -> Result<Vec<Applied>, MigrateError> {
     if !history_exists(conn)? {
         return Ok(Vec::new());
@@ -163,15 +219,25 @@ pub(super) fn applied(conn: &mut PgConnection) -> Result<Vec<Applied>, MigrateEr
 /// Every version known to the build or the database, with its state.
 pub fn info(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<InfoRow>, MigrateError> {
     let applied = applied(conn)?;
+    let repairs = repairs(conn)?;
     let latest_applied = applied.iter().map(|row| row.version.clone()).max();
     let mut rows: Vec<InfoRow> = set
         .files
         .iter()
         .map(|file| {
             let record = applied.iter().find(|row| row.version == file.version);
+            // The repair that recorded the checksum the history holds now.
+            let repair = record.and_then(|row| {
+                repairs
+                    .iter()
+                    .rev()
+                    .find(|repair| repair.version == row.version)
+                    .filter(|repair| repair.new_checksum == row.checksum && repair.repaired_on >= row.installed_on)
+            });
             let state = match record {
                 Some(row) if row.kind == "baseline" => State::Baseline,
-                Some(row) if row.checksum != file.checksum => State::Modified,
+                Some(row) if !file.matches(&row.checksum) => State::Modified,
+                Some(_) if repair.is_some() => State::Repaired,
                 Some(_) => State::Applied,
                 None if latest_applied.as_deref().is_some_and(|latest| file.version < latest) => State::OutOfOrder,
                 None => State::Pending,
@@ -183,8 +249,9 @@ pub fn info(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<InfoRow>,
                 state,
                 applied_at: record.map(|row| row.installed_on),
                 duration_ms: record.map(|row| row.execution_time_ms),
-                checksum: file.checksum.to_owned(),
+                checksum: file.checksum(),
                 transactional: file.run_in_transaction,
+                repair: repair.cloned(),
             }
         })
         .collect();
@@ -203,6 +270,7 @@ pub fn info(conn: &mut PgConnection, set: &MigrationSet) -> Result<Vec<InfoRow>,
             duration_ms: Some(row.execution_time_ms),
             checksum: row.checksum.clone(),
             transactional: true,
+            repair: None,
         });
     }
     rows.sort_by(|a, b| a.version.cmp(&b.version));

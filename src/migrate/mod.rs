@@ -12,31 +12,39 @@
 //!   `run_in_transaction = false`), so a failing one leaves the database as
 //!   it was before it, and the report names the file, the statement and
 //!   PostgreSQL's error.
+//! - Checksums of the SQL's tokens: comment and layout edits are not
+//!   changes; `repair` re-records one changed migration with a reason.
+//! - A statement that gives up waiting for a lock (`lock_timeout`) rolls its
+//!   migration back, which is tried again after a growing, jittered pause.
 //! - `revert`, `redo`, `baseline`, and a dry run that applies everything in
 //!   a transaction, reports statements and risky locks, then rolls back.
 //!
 //! Every function here is blocking: call it from `spawn_blocking` or a
 //! pool's `interact`.
 //!
-//! The parts, lowest first: `set` (the files built in), `statements`, `error`, `history`
-//! (the table), `validate`, `lock`, then what runs: `apply`, `dry_run`,
-//! `revert` (and `baseline`).
+//! The parts, lowest first: `checksum`, `set` (the files built in),
+//! `statements`, `error`, `history` (the tables), `validate`, `lock`, then
+//! what runs: `apply`, `dry_run`, `revert` (and `baseline`), `repair`.
 
 mod apply;
+mod checksum;
 mod dry_run;
 mod error;
 mod history;
 mod lock;
+mod repair;
 mod revert;
 mod set;
 mod statements;
 mod validate;
 
 pub use apply::{Applied1, MigrateOptions, migrate};
+pub use checksum::checksum;
 pub use dry_run::dry_run;
 pub use error::{MigrateError, Problem};
-pub use history::{InfoRow, State, info};
+pub use history::{InfoRow, Repair, State, info};
 pub use lock::{lock_key, with_lock};
+pub use repair::repair;
 pub use revert::{baseline, revert};
 pub use set::{MigrationFile, MigrationSet, files};
 pub use statements::split_statements;
@@ -77,10 +85,11 @@ mod tests {
                          restore {name} and give the new migration the next free version",
                         file.name
                     )),
-                    Some(file) if file.checksum != *checksum => problems.push(format!(
+                    Some(file) if file.checksum() != *checksum => problems.push(format!(
                         "migrations/{service}/{name}/up.sql changed after release (recorded {checksum}, now {}): \
-                         released migrations are never edited; restore it and add a new migration instead",
-                        file.checksum
+                         released migrations are never edited (comments and layout may change); restore it and \
+                         add a new migration instead",
+                        file.checksum()
                     )),
                     Some(_) => {}
                 }
@@ -91,7 +100,10 @@ mod tests {
             {
                 problems.push(format!(
                     "migrations/{service}/{} is not recorded: append this line to migrations/{service}/checksums:\n{} {} {}",
-                    file.name, file.version, file.checksum, file.name
+                    file.name,
+                    file.version,
+                    file.checksum(),
+                    file.name
                 ));
             }
         }
@@ -103,7 +115,11 @@ mod tests {
         for files in [files::AUTH, files::PROJECT, files::DEPLOY] {
             assert!(!files.is_empty());
             assert!(files.windows(2).all(|pair| pair[0].version < pair[1].version));
-            assert!(files.iter().all(|file| file.checksum.len() == 64));
+            assert!(
+                files
+                    .iter()
+                    .all(|file| file.sha256.len() == 64 && file.checksum().len() == 64)
+            );
         }
     }
 }

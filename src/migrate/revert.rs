@@ -91,7 +91,7 @@ pub fn baseline(conn: &mut PgConnection, set: &MigrationSet, version: &str) -> R
         }
         let mut recorded = Vec::new();
         for file in set.files.iter().filter(|file| file.version <= version) {
-            record(conn, file.version, file.description, "baseline", file.checksum, 0)?;
+            record(conn, file.version, file.description, "baseline", &file.checksum(), 0)?;
             recorded.push(file.version.to_owned());
         }
         Ok(recorded)

@@ -20,9 +20,25 @@ pub struct MigrationFile {
     pub description: &'static str,
     pub up: &'static str,
     pub down: Option<&'static str>,
-    /// SHA-256 of `up.sql`, hex.
-    pub checksum: &'static str,
+    /// SHA-256 of `up.sql`'s bytes, hex: what builds before checksums
+    /// ignored comments recorded, still accepted for them.
+    pub sha256: &'static str,
     pub run_in_transaction: bool,
+    /// `metadata.toml`, as written (empty when there is none).
+    pub metadata: &'static str,
+}
+
+impl MigrationFile {
+    /// The checksum recorded for it: its SQL's tokens, without comments
+    /// and layout ([`super::checksum::checksum`]).
+    pub fn checksum(&self) -> String {
+        super::checksum::checksum(self.up)
+    }
+
+    /// Whether a recorded checksum is this file's, in either form.
+    pub fn matches(&self, recorded: &str) -> bool {
+        recorded == self.sha256 || recorded == self.checksum()
+    }
 }
 
 /// The migration files of each service, with their checksums.

@@ -28,7 +28,12 @@ pub fn validate(conn: &mut PgConnection, set: &MigrationSet, future: Future) -> 
         .filter(|row| {
             matches!(
                 row.state,
-                State::Applied | State::Baseline | State::Modified | State::MissingFromBuild | State::Future
+                State::Applied
+                    | State::Repaired
+                    | State::Baseline
+                    | State::Modified
+                    | State::MissingFromBuild
+                    | State::Future
             )
         })
         .map(|row| row.version.clone())

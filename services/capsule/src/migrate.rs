@@ -1,6 +1,6 @@
 //! `capsule migrate <auth|project|deploy|all> [action]`: the original
 //! `migrate:auth`, `migrate:auth:info`, `migrate:auth:validate` and
-//! `migrate:all`, plus revert, redo, baseline, dry runs and backups.
+//! `migrate:all`, plus revert, redo, baseline, repair, dry runs and backups.
 
 use std::path::{Path, PathBuf};
 
@@ -31,11 +31,16 @@ pub struct MigrateArgs {
     /// `revert`: revert every migration after this version (0 for all).
     #[arg(long)]
     to: Option<String>,
-    /// `baseline`: record versions up to this one as applied.
+    /// `baseline`: record versions up to this one as applied; `repair`:
+    /// the applied migration whose checksum to re-record.
     #[arg(long = "version", value_name = "VERSION")]
-    baseline_version: Option<String>,
-    /// `apply`: pg_dump each database into this directory first; abort if
-    /// the dump fails.
+    version: Option<String>,
+    /// `repair`: why the changed migration does what the applied one did
+    /// (kept in the database's history).
+    #[arg(long)]
+    reason: Option<String>,
+    /// `apply`, `revert`, `redo`: pg_dump each database into this
+    /// directory first; abort if the dump fails.
     #[arg(long, value_name = "DIR")]
     backup: Option<PathBuf>,
 }
@@ -56,6 +61,7 @@ enum Action {
     Revert,
     Redo,
     Baseline,
+    Repair,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,11 +90,26 @@ pub(crate) fn migration_set(kind: ServiceKind) -> &'static MigrationSet {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
-    if args.action == Action::Baseline && args.baseline_version.is_none() {
+    if args.action == Action::Baseline && args.version.is_none() {
         bail!("baseline needs --version VERSION: the last version the database already has");
     }
     if args.action == Action::Baseline && matches!(args.target, Target::All) {
         bail!("baseline adopts one database at a time: name auth, project or deploy");
+    }
+    if args.action == Action::Repair {
+        if matches!(args.target, Target::All) {
+            bail!("repair changes one database's history at a time: name auth, project or deploy");
+        }
+        if args.version.is_none() {
+            bail!("repair needs --version VERSION: the applied migration whose file changed");
+        }
+        if args.reason.as_deref().is_none_or(|reason| reason.trim().is_empty()) {
+            bail!("repair needs --reason \"...\": why the changed file does what the applied migration did");
+        }
+    }
+    if args.backup.is_some() && (args.dry_run || !matches!(args.action, Action::Apply | Action::Revert | Action::Redo))
+    {
+        bail!("--backup goes with apply, revert or redo (not a dry run): they are what change the schema");
     }
     let mut info_rows = Vec::new();
     let mut failures = Vec::new();
@@ -103,20 +124,22 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             )
         })?;
         let set = migration_set(kind);
-        if args.action == Action::Apply
-            && !args.dry_run
-            && let Some(dir) = &args.backup
-        {
-            backup(&config, set, dir).await?;
+        if let Some(dir) = &args.backup {
+            let label = match args.action {
+                Action::Revert => format!("before-revert-to-{}", args.to.as_deref().unwrap_or("previous")),
+                Action::Redo => "before-redo".to_owned(),
+                _ => format!("before-{}", set.files.last().map_or("none", |file| file.version)),
+            };
+            backup(&config, set, dir, &label).await?;
         }
-        let action = args.action;
-        let dry_run = args.dry_run;
-        let to = args.to.clone();
-        let version = args.baseline_version.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            act(&mut conn, set, action, dry_run, to.as_deref(), version.as_deref())
-        })
-        .await?;
+        let request = Request {
+            action: args.action,
+            dry_run: args.dry_run,
+            to: args.to.clone(),
+            version: args.version.clone(),
+            reason: args.reason.clone(),
+        };
+        let outcome = tokio::task::spawn_blocking(move || act(&mut conn, set, &request)).await?;
         match outcome {
             Ok(Outcome::Rows(rows)) => info_rows.extend(rows),
             Ok(Outcome::Said(lines)) => {
@@ -151,7 +174,17 @@ fn action_name(action: Action) -> &'static str {
         Action::Revert => "revert",
         Action::Redo => "redo",
         Action::Baseline => "baseline",
+        Action::Repair => "repair",
     }
+}
+
+/// What to do to one database.
+struct Request {
+    action: Action,
+    dry_run: bool,
+    to: Option<String>,
+    version: Option<String>,
+    reason: Option<String>,
 }
 
 enum Outcome {
@@ -162,13 +195,12 @@ enum Outcome {
 fn act(
     conn: &mut PgConnection,
     set: &'static MigrationSet,
-    action: Action,
-    dry_run: bool,
-    to: Option<&str>,
-    version: Option<&str>,
+    request: &Request,
 ) -> Result<Outcome, migrate::MigrateError> {
     let options = MigrateOptions::default();
-    Ok(match action {
+    let to = request.to.as_deref();
+    let version = request.version.as_deref().unwrap_or_default();
+    Ok(match request.action {
         Action::Info => Outcome::Rows(migrate::info(conn, set)?),
         Action::Validate => {
             let ahead = migrate::validate(conn, set, options.future)?;
@@ -182,8 +214,8 @@ fn act(
             }
             Outcome::Said(vec![said])
         }
-        Action::Apply if dry_run => {
-            let report = migrate::dry_run(conn, set)?;
+        Action::Apply if request.dry_run => {
+            let report = migrate::dry_run(conn, set, &options)?;
             let mut lines = vec![if report.is_empty() {
                 "dry run: nothing to apply".to_owned()
             } else {
@@ -235,9 +267,21 @@ fn act(
             )])
         }
         Action::Baseline => {
-            let version = version.unwrap_or_default();
             let recorded = migrate::baseline(conn, set, version)?;
             Outcome::Said(vec![format!("baseline: recorded {} as applied", recorded.join(", "))])
+        }
+        Action::Repair => {
+            let reason = request.reason.as_deref().unwrap_or_default();
+            let repair = migrate::repair(conn, set, version, reason, &operator(), &options)?;
+            Outcome::Said(vec![format!(
+                "repaired {}: checksum {} re-recorded as {} by {} ({}), because: {}",
+                repair.version,
+                repair.old_checksum,
+                repair.new_checksum,
+                repair.operator,
+                repair.repaired_by,
+                repair.reason
+            )])
         }
     })
 }
@@ -303,17 +347,33 @@ fn render_table(rows: &[InfoRow]) -> String {
     out
 }
 
-/// pg_dump of the service's database, named after the time and the version
-/// it is about to be migrated to. The password goes through the
-/// environment, not the command line.
-async fn backup(config: &DbConfig, set: &MigrationSet, dir: &Path) -> anyhow::Result<()> {
+/// Who runs the command, for the history: `user@host`.
+fn operator() -> String {
+    let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid {}", nix::unistd::getuid()), |user| user.name);
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|host| host.into_string().ok())
+        .unwrap_or_else(|| "unknown host".to_owned());
+    format!("{user}@{host}")
+}
+
+/// pg_dump of the service's database, named after the time and what is
+/// about to happen to it. The password goes through the environment, not
+/// the command line, decoded from the URL (`%40` is `@`).
+async fn backup(config: &DbConfig, set: &MigrationSet, dir: &Path, label: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the backup directory {}", dir.display()))?;
-    let target_version = set.files.last().map_or("none", |file| file.version);
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    let file = dir.join(format!("{}-{stamp}-before-{target_version}.sql", set.service));
+    let file = dir.join(format!("{}-{stamp}-{label}.sql", set.service));
     let mut url =
         url::Url::parse(config.connection_url().expose_secret()).context("the database URL does not parse")?;
-    let password = url.password().map(str::to_owned);
+    let password = url.password().map(|encoded| {
+        percent_encoding::percent_decode_str(encoded)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
     let _ = url.set_password(None);
     // libpq options such as connect_timeout are fine for pg_dump; `options`
     // (search_path) is too.
@@ -330,11 +390,11 @@ async fn backup(config: &DbConfig, set: &MigrationSet, dir: &Path) -> anyhow::Re
     let output = command
         .output()
         .await
-        .context("cannot run pg_dump (install postgresql-client); nothing was migrated")?;
+        .context("cannot run pg_dump (install postgresql-client); nothing was changed")?;
     if !output.status.success() {
         let _ = std::fs::remove_file(&file);
         bail!(
-            "the backup of {} failed, so nothing was migrated: {}",
+            "the backup of {} failed, so nothing was changed: {}",
             config.target(),
             String::from_utf8_lossy(&output.stderr).trim()
         );

@@ -1,5 +1,7 @@
 //! `capsule migrate` as operators run it, against real PostgreSQL.
 
+#![expect(clippy::unwrap_used, reason = "a test helper that fails should panic")]
+
 use std::process::{Command, Output, Stdio};
 
 use capsule::{config::ServiceKind, testing::TestDatabase};
@@ -170,7 +172,7 @@ async fn validate_fails_with_the_version_and_both_checksums() {
     for needle in [
         "V003 was changed after it was applied",
         "deadbeef",
-        capsule::migrate::files::PROJECT[2].checksum,
+        &capsule::migrate::files::PROJECT[2].checksum(),
         "add a new migration instead",
         "validate failed for project",
     ] {
@@ -224,7 +226,7 @@ async fn backup_dumps_the_database_before_migrating() {
         .output()
         .expect("capsule runs");
     assert!(!failing.status.success());
-    assert!(text(&failing).contains("nothing was migrated"), "{}", text(&failing));
+    assert!(text(&failing).contains("nothing was changed"), "{}", text(&failing));
     let tables = count(
         &dbs.project,
         "SELECT count(*) AS count FROM pg_tables WHERE schemaname = 'public'",
@@ -275,4 +277,161 @@ async fn db_stats_prints_tables_for_every_service_and_json() {
             .as_array()
             .is_some_and(|tables| !tables.is_empty())
     );
+}
+
+#[tokio::test]
+async fn repair_needs_a_version_and_a_reason_and_shows_in_info() {
+    let dbs = empty_databases().await;
+    assert!(run(&dbs, &["migrate", "auth"]).status.success());
+    // The recorded checksum no longer matches the file (as after an edit).
+    dbs.auth
+        .connect()
+        .batch_execute("UPDATE capsule_schema_history SET checksum = 'abc123' WHERE version = 'V002'")
+        .unwrap();
+    assert!(!run(&dbs, &["migrate", "auth", "validate"]).status.success());
+
+    for (args, needle) in [
+        (&["migrate", "auth", "repair"][..], "repair needs --version VERSION"),
+        (
+            &["migrate", "auth", "repair", "--version", "V002"][..],
+            "repair needs --reason",
+        ),
+        (
+            &["migrate", "all", "repair", "--version", "V002", "--reason", "x"][..],
+            "one database's history at a time",
+        ),
+    ] {
+        let output = run(&dbs, args);
+        assert!(
+            !output.status.success() && text(&output).contains(needle),
+            "{}",
+            text(&output)
+        );
+    }
+
+    let output = run(
+        &dbs,
+        &[
+            "migrate",
+            "auth",
+            "repair",
+            "--version",
+            "V002",
+            "--reason",
+            "header comment reworded",
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("repaired V002: checksum abc123 re-recorded"),
+        "{}",
+        text(&output)
+    );
+    assert!(run(&dbs, &["migrate", "auth", "validate"]).status.success());
+
+    let output = run(&dbs, &["migrate", "auth", "info"]);
+    let v002 = text(&output)
+        .lines()
+        .find(|line| line.contains("V002"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(v002.contains("repaired"), "{}", text(&output));
+    let output = run(&dbs, &["migrate", "auth", "info", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["version"] == "V002")
+        .unwrap();
+    assert_eq!(row["state"], "repaired");
+    assert_eq!(row["repair"]["old_checksum"], "abc123");
+    assert_eq!(row["repair"]["reason"], "header comment reworded");
+    assert!(row["repair"]["operator"].as_str().unwrap().contains('@'));
+}
+
+/// A `pg_dump` first on the PATH that writes the password it was given to
+/// `CAPTURE`, then runs the real one.
+fn capturing_pg_dump(dir: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let real = Command::new("sh").args(["-c", "command -v pg_dump"]).output().unwrap();
+    let real = String::from_utf8(real.stdout).unwrap().trim().to_owned();
+    let script = dir.join("pg_dump");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\nprintf '%s' \"$PGPASSWORD\" >> \"$CAPTURE\"\nexec {real} \"$@\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+#[tokio::test]
+async fn revert_and_redo_back_up_first_with_a_password_that_needs_decoding() {
+    let dbs = empty_databases().await;
+    assert!(run(&dbs, &["migrate", "auth"]).status.success());
+    // A role whose password has the characters URLs must encode.
+    let role = format!("capsule_backup_{}", uuid::Uuid::new_v4().simple());
+    let password = "p@ss%:w/rd";
+    dbs.auth
+        .connect()
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'p@ss%:w/rd'"))
+        .unwrap();
+    let mut url = url::Url::parse(&dbs.auth.url).unwrap();
+    url.set_username(&role).unwrap();
+    let url = url
+        .as_str()
+        .replacen(&format!("{role}@"), &format!("{role}:p%40ss%25%3Aw%2Frd@"), 1);
+
+    let work = tempfile::tempdir().unwrap();
+    let capture = work.path().join("password");
+    let path = capturing_pg_dump(work.path());
+    let backups = work.path().join("backups");
+    let backups_arg = backups.to_string_lossy().into_owned();
+    for action in ["revert", "redo"] {
+        let output = capsule(&dbs, &["migrate", "auth", action, "--backup", &backups_arg])
+            .env("AUTH_DATABASE_URL", &url)
+            .env("PATH", &path)
+            .env("CAPTURE", &capture)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{action}: {}", text(&output));
+        assert_eq!(std::fs::read_to_string(&capture).unwrap(), password, "{action}");
+        std::fs::remove_file(&capture).unwrap();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&backups)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|name| name.contains("redo"));
+    assert!(
+        names.len() == 2
+            && names[0].ends_with("-before-revert-to-previous.sql")
+            && names[1].ends_with("-before-redo.sql"),
+        "{names:?}"
+    );
+    let dump = std::fs::read_to_string(backups.join(&names[1])).unwrap();
+    assert!(
+        dump.contains("CREATE TABLE public.signing_keys") && !dump.contains("CREATE TABLE public.login_throttles"),
+        "the redo's dump is the schema after the revert: V006's table, not V007's"
+    );
+    assert_eq!(
+        count(&dbs.auth, "SELECT count(*) AS count FROM capsule_schema_history"),
+        7,
+        "reverted V007, then the redo reverted V006 and applied V006 and V007"
+    );
+
+    let output = run(&dbs, &["migrate", "auth", "info", "--backup", &backups_arg]);
+    assert!(
+        text(&output).contains("--backup goes with apply, revert or redo"),
+        "{}",
+        text(&output)
+    );
+    dbs.auth
+        .connect()
+        .batch_execute(&format!(
+            "REASSIGN OWNED BY {role} TO CURRENT_USER; DROP OWNED BY {role}; DROP ROLE {role}"
+        ))
+        .unwrap();
 }
