@@ -75,7 +75,13 @@ fn write_migration_files(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
             };
             let metadata_path = dir.join("metadata.toml");
             let metadata = std::fs::read_to_string(&metadata_path).unwrap_or_default();
-            let in_transaction = !metadata.replace(' ', "").contains("run_in_transaction=false");
+            let in_transaction = match metadata.parse::<toml::Table>() {
+                Ok(table) => table
+                    .get("run_in_transaction")
+                    .map_or(Some(true), toml::Value::as_bool)
+                    .ok_or_else(|| format!("{}: run_in_transaction must be true or false", metadata_path.display()))?,
+                Err(err) => return Err(format!("{}: {err}", metadata_path.display()).into()),
+            };
             let metadata = if metadata_path.is_file() {
                 format!("include_str!({:?})", metadata_path.display().to_string())
             } else {
@@ -90,6 +96,11 @@ fn write_migration_files(out: &Path) -> Result<(), Box<dyn std::error::Error>> {
         }
         writeln!(code, "];")?;
     }
+    writeln!(
+        code,
+        "pub static RELEASED: &str = include_str!({:?});",
+        root.join("released.toml").display().to_string()
+    )?;
     std::fs::write(out, code)?;
     Ok(())
 }

@@ -39,6 +39,10 @@ pub struct MigrateArgs {
     /// (kept in the database's history).
     #[arg(long)]
     reason: Option<String>,
+    /// `lint`: check the migrations after this version (0 for all);
+    /// by default the ones added since the last release.
+    #[arg(long, value_name = "VERSION")]
+    since: Option<String>,
     /// `apply`, `revert`, `redo`: pg_dump each database into this
     /// directory first; abort if the dump fails.
     #[arg(long, value_name = "DIR")]
@@ -62,6 +66,7 @@ enum Action {
     Redo,
     Baseline,
     Repair,
+    Lint,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +95,9 @@ pub(crate) fn migration_set(kind: ServiceKind) -> &'static MigrationSet {
 }
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
+    if args.action == Action::Lint {
+        return lint(&args);
+    }
     if args.action == Action::Baseline && args.version.is_none() {
         bail!("baseline needs --version VERSION: the last version the database already has");
     }
@@ -175,6 +183,7 @@ fn action_name(action: Action) -> &'static str {
         Action::Redo => "redo",
         Action::Baseline => "baseline",
         Action::Repair => "repair",
+        Action::Lint => "lint",
     }
 }
 
@@ -270,6 +279,7 @@ fn act(
             let recorded = migrate::baseline(conn, set, version)?;
             Outcome::Said(vec![format!("baseline: recorded {} as applied", recorded.join(", "))])
         }
+        Action::Lint => unreachable!("lint reads no database: `run` handles it"),
         Action::Repair => {
             let reason = request.reason.as_deref().unwrap_or_default();
             let repair = migrate::repair(conn, set, version, reason, &operator(), &options)?;
@@ -284,6 +294,50 @@ fn act(
             )])
         }
     })
+}
+
+/// Lints the migrations added since the last release (or `--since`);
+/// fails when any finding is not waived. Needs no database.
+fn lint(args: &MigrateArgs) -> anyhow::Result<()> {
+    let mut findings = Vec::new();
+    for kind in args.target.services() {
+        let set = migration_set(kind);
+        let after = match args.since.as_deref() {
+            Some("0") => None,
+            Some(version) => Some(version.to_owned()),
+            None => migrate::last_release(kind)?,
+        };
+        let checked: Vec<&str> = set
+            .files
+            .iter()
+            .map(|file| file.version)
+            .filter(|version| after.as_deref().is_none_or(|after| *version > after))
+            .collect();
+        if matches!(args.format, Format::Table) {
+            match (&after, checked.is_empty()) {
+                (Some(after), true) => println!("{kind}: no migration after {after} (the last release)"),
+                (Some(after), false) => println!("{kind}: checking {} (after {after})", checked.join(", ")),
+                (None, _) => println!("{kind}: checking every migration ({})", checked.join(", ")),
+            }
+        }
+        findings.extend(migrate::lint(kind, set.files, after.as_deref()));
+    }
+    let problems = findings.iter().filter(|finding| finding.waived.is_none()).count();
+    match args.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
+        Format::Table => {
+            for finding in &findings {
+                println!("{finding}");
+            }
+            println!("{problems} problem(s), {} waived", findings.len() - problems);
+        }
+    }
+    if problems > 0 {
+        bail!(
+            "lint found {problems} problem(s): fix them, or waive each in the migration's metadata.toml with a reason"
+        );
+    }
+    Ok(())
 }
 
 /// Applies a service's pending migrations, printing what was applied.

@@ -435,3 +435,33 @@ async fn revert_and_redo_back_up_first_with_a_password_that_needs_decoding() {
         ))
         .unwrap();
 }
+
+#[test]
+fn lint_checks_what_was_added_since_the_release_without_a_database() {
+    let lint = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_capsule"))
+            .args(["migrate", "all", "lint"])
+            .args(args)
+            .env_remove("AUTH_DATABASE_URL")
+            .env_remove("PROJECT_DATABASE_URL")
+            .env_remove("DEPLOY_DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let output = lint(&[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(text(&output).contains("(the last release)"), "{}", text(&output));
+
+    // Everything, released history included: what the rules say about it.
+    let output = lint(&["--since", "0", "--format", "json"]);
+    assert!(!output.status.success());
+    let findings: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let first = &findings.as_array().unwrap()[0];
+    assert_eq!(first["rule"], "index-not-concurrently");
+    assert!(first["instead"].as_str().unwrap().contains("CONCURRENTLY"));
+    assert!(
+        text(&output).contains("waive each in the migration's metadata.toml"),
+        "{}",
+        text(&output)
+    );
+}
