@@ -153,24 +153,63 @@ async fn an_edited_migration_fails_validate_and_service_start() {
     assert!(message.contains("V002 was changed after it was applied"), "{message}");
 }
 
+static PROJECT_NEXT_EMBEDDED: EmbeddedMigrations = embed_migrations!("tests/fixtures/project_next");
+
+/// The project service's migrations as the next release has them: every
+/// migration of this build (linked from `migrations/project`), then an
+/// expand step, V900, that adds a column this build ignores.
+fn project_next() -> &'static MigrationSet {
+    let linked: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/project_next"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    for file in capsule::migrate::files::PROJECT {
+        assert!(
+            linked.iter().any(|name| name == file.name),
+            "tests/fixtures/project_next must link every project migration: \
+             ln -s ../../../migrations/project/{0} tests/fixtures/project_next/{0}",
+            file.name
+        );
+    }
+    let mut files: Vec<MigrationFile> = capsule::migrate::files::PROJECT
+        .iter()
+        .map(|file| MigrationFile { ..*file })
+        .collect();
+    files.push(MigrationFile {
+        version: "V900",
+        name: "V900__add_project_topics",
+        description: "add project topics",
+        up: include_str!("fixtures/project_next/V900__add_project_topics/up.sql"),
+        down: Some(include_str!("fixtures/project_next/V900__add_project_topics/down.sql")),
+        sha256: "",
+        run_in_transaction: true,
+        metadata: "",
+    });
+    Box::leak(Box::new(MigrationSet::new(
+        ServiceKind::Project,
+        &PROJECT_NEXT_EMBEDDED,
+        Box::leak(files.into_boxed_slice()),
+    )))
+}
+
 #[tokio::test]
 async fn a_database_ahead_of_the_binary_is_served_unless_refused_but_a_missing_migration_never_is() {
-    // The next release applied V999: this build serves it (a rollout, or
-    // a rollback of the binary), shows it as future, and counts it.
-    let db = TestDatabase::migrated(ServiceKind::Project, &capsule_project::MIGRATIONS).await;
-    db.connect()
-        .batch_execute(
-            "INSERT INTO capsule_schema_history (version, description, kind, checksum) \
-             VALUES ('V999', 'from the future', 'migration', 'ffff')",
-        )
-        .unwrap();
+    // A rolling update: the next release's migration job applied V900;
+    // this build (the previous release) keeps serving, shows it as future,
+    // and counts it.
+    let db = TestDatabase::empty(ServiceKind::Project).await;
+    let next = project_next();
+    let mut conn = db.connect();
+    let applied = blocking(move || migrate::migrate(&mut conn, next, &MigrateOptions::default()).unwrap()).await;
+    assert_eq!(applied.last().map(|m| m.version.as_str()), Some("V900"));
     let mut conn = db.connect();
     let ahead =
         blocking(move || migrate::validate(&mut conn, &capsule_project::MIGRATIONS, Future::Allow).unwrap()).await;
-    assert_eq!(ahead, ["V999"]);
+    assert_eq!(ahead, ["V900"]);
     let mut conn = db.connect();
     let rows = blocking(move || migrate::info(&mut conn, &capsule_project::MIGRATIONS).unwrap()).await;
-    let future = rows.iter().find(|row| row.version == "V999").unwrap();
+    let future = rows.iter().find(|row| row.version == "V900").unwrap();
     assert_eq!(future.state.to_string(), "future");
 
     let serve = |config: capsule::config::DbConfig| async move {
@@ -198,6 +237,7 @@ async fn a_database_ahead_of_the_binary_is_served_unless_refused_but_a_missing_m
         metrics.contains("capsule_migrations_ahead{service=\"project\"} 1"),
         "{metrics}"
     );
+
     stop.cancel();
     task.await.unwrap().unwrap();
 
@@ -211,7 +251,7 @@ async fn a_database_ahead_of_the_binary_is_served_unless_refused_but_a_missing_m
         .unwrap();
     let message = format!("{:#}", served.unwrap_err());
     assert!(
-        message.contains("V999 (from the future) is applied in the database but newer than this build")
+        message.contains("V900 (add project topics) is applied in the database but newer than this build")
             && message.contains("PROJECT_MIGRATE_ALLOW_FUTURE is false"),
         "{message}"
     );
@@ -227,13 +267,13 @@ async fn a_database_ahead_of_the_binary_is_served_unless_refused_but_a_missing_m
         .unwrap_err()
     })
     .await;
-    assert!(err.to_string().contains("V999"), "{err}");
+    assert!(err.to_string().contains("V900"), "{err}");
 
     // A version this build knows later ones than, but not itself, is a
     // removed migration: refused whatever the setting.
     db.connect()
         .batch_execute(
-            "DELETE FROM capsule_schema_history WHERE version = 'V999'; \
+            "DELETE FROM capsule_schema_history WHERE version = 'V900'; \
              INSERT INTO capsule_schema_history (version, description, kind, checksum) \
              VALUES ('V0015', 'removed', 'migration', 'eeee')",
         )
