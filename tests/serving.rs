@@ -18,7 +18,7 @@ use std::{
 use capsule::proto::{auth::v1 as auth_pb, deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{app, create, logs, text, update_settings, wait_for},
+    deploy::{app, create, logs, set_variable, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
 };
 
@@ -230,6 +230,66 @@ async fn an_app_that_never_listens_fails_with_the_reason_and_one_that_keeps_exit
     assert!(all.contains("exited with code 3; restarting"), "{all}");
     assert!(all.contains("going down"), "{all}");
     assert_soon_502(&mesh, &label, "a crashed app is 502").await;
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_command_runs_between_build_and_start_and_a_failing_one_keeps_the_live_version() {
+    let mesh = mesh(&[]).await;
+    let site = Repo::new();
+    site.commit("main", "<h1>version one</h1>", "<h1>version one</h1>");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, SITE).await;
+    set_variable(&mesh, &alice, &project_id, "RELEASE_TOKEN", "s3cret-value", true).await;
+    // The release phase runs after the build, in its directory, with the
+    // deployment's variables; the app starts after it and serves what it
+    // wrote.
+    let settings = |release: &str| project_pb::ProjectSettings {
+        project_id: project_id.clone(),
+        build_command: "echo built > built.txt".to_owned(),
+        release_command: release.to_owned(),
+        ..Default::default()
+    };
+    let release = "test -f built.txt && echo \"released after $(cat built.txt)\" > release.txt && \
+                   echo \"token of ${#RELEASE_TOKEN} characters\"";
+    update_settings(&mesh, &alice, settings(release), &["build_command", "release_command"]).await;
+    let first = create(&mesh, &alice, &project_id, "", "").await.unwrap();
+    wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
+    let client = reqwest::Client::new();
+    let (status, body) = fetch(&client, &mesh, &label, "/release.txt").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "released after built\n"));
+    let all = text(&logs(&mesh, &alice, &first.id).await);
+    let (build, release, start) = (
+        all.find("$ echo built").unwrap(),
+        all.find("token of 12 characters").unwrap(),
+        all.find("$ exec python3").unwrap(),
+    );
+    assert!(build < release && release < start, "{all}");
+
+    // A release command that fails fails its deployment, before anything
+    // starts: version one keeps serving.
+    site.commit("main", "<h1>version two</h1>", "<h1>version two</h1>");
+    update_settings(&mesh, &alice, settings("echo migrating; exit 3"), &["release_command"]).await;
+    let second = create(&mesh, &alice, &project_id, "", "").await.unwrap();
+    let failed = wait_for(
+        &mesh,
+        &alice,
+        &second.id,
+        DeploymentState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(failed.status_message, "release command exited with code 3");
+    assert_eq!(failed.exit_code, Some(3));
+    let all = text(&logs(&mesh, &alice, &second.id).await);
+    assert!(
+        all.contains("migrating") && all.contains("release command failed: exit code 3"),
+        "{all}"
+    );
+    assert!(!all.contains("$ exec python3"), "nothing started: {all}");
+    let (status, body) = fetch(&client, &mesh, &label, "/index.html").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "<h1>version one</h1>"));
+    wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(1)).await;
     mesh.stop().await;
 }
 

@@ -324,6 +324,7 @@ impl DeployServiceApi {
             root_directory: plan.root_directory,
             repository_url: plan.repository_url,
             health_check_path: plan.health_check_path,
+            release_command: plan.release_command,
         };
         let new = NewDeployment {
             project_id,

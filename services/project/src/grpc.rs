@@ -81,6 +81,7 @@ fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::ProjectSet
         auto_deploy: settings.auto_deploy,
         repository_url: settings.repository_url.clone(),
         health_check_path: settings.health_check_path.clone(),
+        release_command: settings.release_command.clone(),
         environment_variables: variables.iter().map(variable_proto).collect(),
         update_time: Some(rpc::timestamp(settings.updated_at)),
     }
@@ -96,6 +97,7 @@ fn plan_proto(project: &Project, settings: Settings) -> pb::DeploymentPlan {
         branch: settings.branch,
         repository_url: settings.repository_url,
         health_check_path: settings.health_check_path,
+        release_command: settings.release_command,
         environment_variables: Vec::new(),
     }
 }
@@ -322,6 +324,7 @@ impl ProjectService for ProjectServiceApi {
             &[
                 "build_command",
                 "start_command",
+                "release_command",
                 "root_directory",
                 "branch",
                 "auto_deploy",
@@ -340,6 +343,10 @@ impl ProjectService for ProjectServiceApi {
                 "start_command" => {
                     validate::command(&wanted.start_command, "settings.start_command", &mut violations);
                     changes.start_command = Some(wanted.start_command.clone());
+                }
+                "release_command" => {
+                    validate::command(&wanted.release_command, "settings.release_command", &mut violations);
+                    changes.release_command = Some(wanted.release_command.clone());
                 }
                 "root_directory" => {
                     validate::root_directory(&wanted.root_directory, "settings.root_directory", &mut violations);

@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub repository_url: String,
     #[serde(default)]
     pub health_check_path: String,
+    #[serde(default)]
+    pub release_command: String,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]

@@ -70,6 +70,7 @@ pub(super) async fn claim_deployment(
             repository_url: snapshot.repository_url,
             commit_sha: deployment.commit_sha.clone(),
             health_check_path: snapshot.health_check_path,
+            release_command: snapshot.release_command,
             secret_names: variables
                 .iter()
                 .filter(|variable| variable.secret)

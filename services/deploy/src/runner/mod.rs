@@ -224,54 +224,65 @@ impl LocalRunner {
         let stop = shutdown.child_token();
         let heartbeat = tokio::spawn(heartbeat(reporter.clone(), stop.clone(), self.config.heartbeat));
 
-        let built = if snapshot.build_command.trim().is_empty() {
-            Ended::Exited(0)
-        } else {
-            reporter.system(format!("$ {}", snapshot.build_command)).await;
-            match self.spawn(&job, &snapshot.build_command, Some(self.config.timeout), None) {
-                Ok(child) => {
-                    let limits = self.limits(Some(self.config.timeout));
-                    pump(&reporter, child, stop.clone(), limits, &job.masker).await
-                }
-                Err(err) => {
-                    reporter.system(format!("cannot start the build: {err}")).await;
-                    Ended::Exited(127)
-                }
+        // The build, then the release phase: both before anything starts,
+        // so a failure leaves the live version serving.
+        let mut prepared = self.step(&job, "build", &snapshot.build_command, &stop).await;
+        if prepared {
+            prepared = self
+                .step(&job, "release command", &snapshot.release_command, &stop)
+                .await;
+        }
+        if prepared {
+            reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
+            let app = self.start(job, &stop, shutdown).await;
+            stop.cancel();
+            let _ = heartbeat.await;
+            if app.is_some() {
+                // The supervisor removes the directory when the app ends.
+                let _ = workdir.keep();
             }
-        };
-        match built {
-            Ended::Exited(0) => {
-                reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
-                let app = self.start(job, &stop, shutdown).await;
-                stop.cancel();
-                let _ = heartbeat.await;
-                if app.is_some() {
-                    // The supervisor removes the directory when the app ends.
-                    let _ = workdir.keep();
-                }
-                return app;
-            }
-            Ended::Exited(code) => {
-                reporter.system(format!("build failed: exit code {code}")).await;
-                reporter
-                    .state(
-                        DeploymentState::Failed,
-                        format!("build exited with code {code}"),
-                        Some(code),
-                    )
-                    .await;
-            }
-            Ended::Killed(why) => {
-                reporter.system(format!("build stopped: {why}")).await;
-                reporter
-                    .state(DeploymentState::Failed, format!("build stopped: {why}"), None)
-                    .await;
-            }
-            Ended::Canceled => tracing::info!(deployment.id = %deployment.id, "build stopped: canceled"),
+            return app;
         }
         stop.cancel();
         let _ = heartbeat.await;
         None
+    }
+
+    /// One of the user's commands that run before the app starts (the
+    /// build, the release command), in the sandbox with the deployment's
+    /// variables: whether it succeeded (or there is none); otherwise the
+    /// deployment is failed, saying why.
+    async fn step(&self, job: &Job, what: &str, command: &str, stop: &CancellationToken) -> bool {
+        if command.trim().is_empty() {
+            return true;
+        }
+        let reporter = &job.reporter;
+        reporter.system(format!("$ {command}")).await;
+        let ended = match self.spawn(job, command, Some(self.config.timeout), None) {
+            Ok(child) => {
+                let limits = self.limits(Some(self.config.timeout));
+                pump(reporter, child, stop.clone(), limits, &job.masker).await
+            }
+            Err(err) => {
+                reporter.system(format!("cannot start the {what}: {err}")).await;
+                Ended::Exited(127)
+            }
+        };
+        match ended {
+            Ended::Exited(0) => return true,
+            Ended::Exited(code) => {
+                reporter.system(format!("{what} failed: exit code {code}")).await;
+                let why = format!("{what} exited with code {code}");
+                reporter.state(DeploymentState::Failed, why, Some(code)).await;
+            }
+            Ended::Killed(why) => {
+                reporter.system(format!("{what} stopped: {why}")).await;
+                let why = format!("{what} stopped: {why}");
+                reporter.state(DeploymentState::Failed, why, None).await;
+            }
+            Ended::Canceled => tracing::info!(deployment.id = %reporter.deployment_id, "{what} stopped: canceled"),
+        }
+        false
     }
 
     /// The start command, with PORT: LIVE (returned, to supervise) once it

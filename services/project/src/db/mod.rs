@@ -176,6 +176,7 @@ pub struct Settings {
     pub updated_at: DateTime<Utc>,
     pub repository_url: String,
     pub health_check_path: String,
+    pub release_command: String,
 }
 
 #[derive(AsChangeset, Default)]
@@ -188,6 +189,7 @@ pub struct SettingsChanges {
     pub auto_deploy: Option<bool>,
     pub repository_url: Option<String>,
     pub health_check_path: Option<String>,
+    pub release_command: Option<String>,
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -406,6 +408,7 @@ impl Settings {
             && changes.auto_deploy.is_none()
             && changes.repository_url.is_none()
             && changes.health_check_path.is_none()
+            && changes.release_command.is_none()
         {
             return Self::get(conn, project_id);
         }

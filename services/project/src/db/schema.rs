@@ -28,6 +28,7 @@ diesel::table! {
         repository_url -> Varchar,
         health_check_path -> Varchar,
         webhook_secret -> Varchar,
+        release_command -> Varchar,
     }
 }
 
