@@ -1,7 +1,7 @@
 # One image, four services: `capsule serve <auth|project|deploy|gateway>`.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev libclang-dev && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends libpq-dev libclang-dev protobuf-compiler && rm -rf /var/lib/apt/lists/*
 COPY . .
 RUN cargo build --release --locked -p capsule-cli
 

@@ -1,4 +1,5 @@
-//! The codec of every Capsule contract: prost's, plus one check of every
+//! The codec of every Capsule contract: prost's, plus the message's
+//! declared rules ([`crate::rules`]) and one check of every
 //! string in a message before it is decoded — text PostgreSQL refuses
 //! (the NUL character) and bytes that are not UTF-8 are INVALID_ARGUMENT
 //! naming the field, for every field of every RPC, in this one place
@@ -66,6 +67,7 @@ impl<U: Message + Name + Default> Decoder for CheckedDecoder<U> {
         // A decode buffer holds the whole message in one piece.
         if let Some(descriptor) = crate::proto::pool().get_message_by_name(&U::full_name()) {
             check_text(&descriptor, buf.chunk())?;
+            crate::rules::check(&descriptor, buf.chunk())?;
         }
         self.0
             .decode(buf)

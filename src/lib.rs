@@ -14,6 +14,7 @@ pub mod db;
 pub mod migrate;
 pub mod proto;
 pub mod rpc;
+pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -642,7 +642,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(violated_fields(&bad), ["project_id", "environment", "source_ref"]);
+    assert_eq!(violated_fields(&bad), ["project_id", "source_ref", "environment"]);
 
     let listed = client
         .list_deployments(authed(

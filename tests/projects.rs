@@ -302,7 +302,7 @@ async fn bad_input_names_its_fields_and_secrets_stay_write_only() {
         .unwrap_err();
     assert_eq!(
         violated_fields(&bad),
-        ["project.name", "project.description", "project.slug"]
+        ["project.name", "project.slug", "project.description"]
     );
 
     let project = projects

@@ -238,6 +238,45 @@ fn set_field(
     Ok(())
 }
 
+/// The update mask of a PATCH that names none: the body's fields that may
+/// be updated (those the mask's `field_mask.in` rule lists; fields the
+/// server sets, such as ids and times, are left out as AIP-134 asks), in
+/// the mask's JSON form.
+pub fn inferred_mask(
+    input: &MessageDescriptor,
+    body: &prost_reflect::FieldDescriptor,
+    value: &Value,
+) -> Option<String> {
+    let mask = input.get_field_by_name("update_mask")?;
+    let (Kind::Message(resource), Value::Object(object)) = (body.kind(), value) else {
+        return None;
+    };
+    let allowed = updatable(&mask);
+    let paths: Vec<String> = object
+        .keys()
+        .filter_map(|key| {
+            resource
+                .get_field_by_json_name(key)
+                .or_else(|| resource.get_field_by_name(key))
+        })
+        .filter(|field| {
+            allowed
+                .as_ref()
+                .is_none_or(|allowed| allowed.iter().any(|path| path == field.name()))
+        })
+        .map(|field| field.json_name().to_owned())
+        .collect();
+    Some(paths.join(","))
+}
+
+/// The paths an update mask may name, when its rules list them.
+pub fn updatable(mask: &prost_reflect::FieldDescriptor) -> Option<Vec<String>> {
+    match capsule::rules::field_rules(mask)?.r#type? {
+        capsule::rules::types::field_rules::Type::FieldMask(rules) if !rules.r#in.is_empty() => Some(rules.r#in),
+        _ => None,
+    }
+}
+
 /// Builds the gRPC request of `route` from path variables, query
 /// parameters and the body, as `google.api.http` binds them.
 pub fn build_request(
@@ -283,6 +322,14 @@ pub fn build_request(
         (field_name, Some(value)) => {
             let descriptor = field(&input, field_name)
                 .ok_or_else(|| Status::internal(format!("the body field {field_name} does not exist")))?;
+            if route.verb == http::Method::PATCH
+                && !query
+                    .iter()
+                    .any(|(name, _)| name == "update_mask" || name == "updateMask")
+                && let Some(mask) = inferred_mask(&input, &descriptor, &value)
+            {
+                json.insert("updateMask".to_owned(), Value::String(mask));
+            }
             json.insert(descriptor.json_name().to_owned(), value);
         }
     }

@@ -1,13 +1,17 @@
 //! The OpenAPI 3 document of the REST bridge, derived from the same
 //! descriptors as the routes: paths, parameters, request and response
-//! schemas in the proto3 JSON mapping, bearer security, the error schema.
+//! schemas in the proto3 JSON mapping, bearer security, the error schema;
+//! the `buf.validate` rules of every field as JSON Schema ([`rules`]), and
+//! links from what a create returns to the calls that take its id.
+
+mod rules;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
-use crate::transcode::Routes;
+use crate::transcode::{Route, Routes};
 
 fn schema_ref(message: &MessageDescriptor) -> Value {
     json!({ "$ref": format!("#/components/schemas/{}", message.full_name()) })
@@ -19,8 +23,10 @@ fn kind_schema(kind: &Kind, wanted: &mut BTreeSet<String>, pool: &mut Vec<Messag
         Kind::Double | Kind::Float => json!({ "type": "number" }),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
         Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0 }),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({ "type": "string", "format": "int64" }),
-        Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64" }),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$" })
+        }
+        Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$" }),
         Kind::Bool => json!({ "type": "boolean" }),
         Kind::String => json!({ "type": "string" }),
         Kind::Bytes => json!({ "type": "string", "format": "byte" }),
@@ -57,23 +63,75 @@ fn field_schema(field: &FieldDescriptor, wanted: &mut BTreeSet<String>, pool: &m
         return json!({ "type": "object", "additionalProperties": kind_schema(&value.kind(), wanted, pool) });
     }
     let item = kind_schema(&field.kind(), wanted, pool);
-    if field.is_list() {
+    let mut schema = if field.is_list() {
         json!({ "type": "array", "items": item })
     } else {
         item
-    }
+    };
+    rules::constrain(field, &mut schema);
+    schema
 }
 
+/// A message's schema. `updatable`: when the message is the body of an
+/// update, the fields an update may change — the others are read-only.
 fn message_schema(
     message: &MessageDescriptor,
+    updatable: Option<&Vec<String>>,
     wanted: &mut BTreeSet<String>,
     pool: &mut Vec<MessageDescriptor>,
 ) -> Value {
     let mut properties = serde_json::Map::new();
     for field in message.fields() {
-        properties.insert(field.json_name().to_owned(), field_schema(&field, wanted, pool));
+        let mut schema = field_schema(&field, wanted, pool);
+        if updatable.is_some_and(|paths| !paths.iter().any(|path| path == field.name())) {
+            schema = read_only(schema);
+        }
+        properties.insert(field.json_name().to_owned(), schema);
     }
-    json!({ "type": "object", "properties": properties, "additionalProperties": false })
+    let mut schema = json!({ "type": "object", "properties": properties, "additionalProperties": false });
+    let required = rules::required_fields(message);
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
+}
+
+/// A `$ref` cannot carry siblings in OpenAPI 3.0: it is wrapped.
+fn read_only(schema: Value) -> Value {
+    if schema.get("$ref").is_some() {
+        json!({ "allOf": [schema], "readOnly": true })
+    } else {
+        let mut schema = schema;
+        schema["readOnly"] = json!(true);
+        schema
+    }
+}
+
+/// For a PATCH whose body is a resource and whose mask the gateway infers
+/// from the body: the resource's message and the paths it may update.
+fn inferred_update(route: &Route) -> Option<(MessageDescriptor, Vec<String>)> {
+    if route.verb != http::Method::PATCH {
+        return None;
+    }
+    let input = route.method.input();
+    let mask = input.get_field_by_name("update_mask")?;
+    let Kind::Message(resource) = input.get_field_by_name(&route.body)?.kind() else {
+        return None;
+    };
+    Some((resource, crate::transcode::updatable(&mask)?))
+}
+
+/// The field a path variable binds (`project.id` is `id` in `project`).
+fn bound_field(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let (head, rest) = path
+        .split_once('.')
+        .map_or((path, None), |(head, rest)| (head, Some(rest)));
+    let field = message.get_field_by_name(head)?;
+    match (rest, field.kind()) {
+        (None, _) => Some(field),
+        (Some(rest), Kind::Message(inner)) => bound_field(&inner, rest),
+        _ => None,
+    }
 }
 
 /// Fields that can be query parameters: scalars, enums and well-known
@@ -106,6 +164,55 @@ fn query_fields(
     }
 }
 
+fn operation_id(route: &Route) -> String {
+    format!("{}_{}", route.method.parent_service().name(), route.method.name())
+}
+
+/// OpenAPI links from each `CreateX` that returns an X with an `id` to
+/// every operation whose only path parameter is `x_id`, so a client (and a
+/// stateful test) can follow a created resource.
+fn link_creates(
+    operations: &[(&Route, String, Vec<String>)],
+    paths: &mut BTreeMap<String, serde_json::Map<String, Value>>,
+) {
+    for (create, path, _) in operations {
+        let output = create.method.output();
+        if !create.method.name().starts_with("Create") || output.get_field_by_name("id").is_none() {
+            continue;
+        }
+        let parameter = format!("{}_id", snake(output.name()));
+        let mut links = serde_json::Map::new();
+        for (target, _, names) in operations {
+            if names.len() == 1 && names[0] == parameter && !target.method.is_server_streaming() {
+                links.insert(
+                    target.method.name().to_owned(),
+                    json!({
+                        "operationId": operation_id(target),
+                        "parameters": { parameter.clone(): "$response.body#/id" },
+                    }),
+                );
+            }
+        }
+        if let Some(operation) = paths
+            .get_mut(path)
+            .and_then(|verbs| verbs.get_mut(&create.verb.as_str().to_lowercase()))
+        {
+            operation["responses"]["200"]["links"] = Value::Object(links);
+        }
+    }
+}
+
+fn snake(name: &str) -> String {
+    let mut out = String::new();
+    for (index, c) in name.chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
 /// The document.
 pub fn document(routes: &Routes) -> Value {
     let mut wanted = BTreeSet::new();
@@ -114,6 +221,8 @@ pub fn document(routes: &Routes) -> Value {
     // OpenAPI forbids two paths of one shape with different parameter
     // names: the first route of a shape names its parameters for all.
     let mut shape_names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut updatable: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut operations: Vec<(&Route, String, Vec<String>)> = Vec::new();
     let status = routes.pool.get_message_by_name("google.rpc.Status");
     if let Some(status) = &status {
         wanted.insert(status.full_name().to_owned());
@@ -130,14 +239,18 @@ pub fn document(routes: &Routes) -> Value {
             .clone();
         let mut parameters = Vec::new();
         for (name, field_path) in names.iter().zip(&fields) {
+            let schema = bound_field(&input, field_path).map_or(json!({ "type": "string" }), |field| {
+                field_schema(&field, &mut wanted, &mut pending)
+            });
             parameters.push(json!({
                 "name": name,
                 "in": "path",
                 "required": true,
                 "description": format!("Binds the request field `{field_path}`."),
-                "schema": { "type": "string" },
+                "schema": schema,
             }));
         }
+        let update = inferred_update(route);
         let mut request_body = None;
         match route.body.as_str() {
             "" => {
@@ -160,11 +273,20 @@ pub fn document(routes: &Routes) -> Value {
             }
             field_name => {
                 if let Some(field) = input.get_field_by_name(field_name) {
-                    request_body = Some(field_schema(&field, &mut wanted, &mut pending));
+                    let schema = field_schema(&field, &mut wanted, &mut pending);
+                    request_body = Some(match &update {
+                        // The mask is the body's fields: at least one.
+                        Some(_) => json!({ "allOf": [schema], "minProperties": 1 }),
+                        None => schema,
+                    });
                 }
                 let mut fields = Vec::new();
                 let mut skip = bound.clone();
                 skip.insert(field_name.to_owned());
+                if let Some((resource, paths)) = &update {
+                    skip.insert("update_mask".to_owned());
+                    updatable.insert(resource.full_name().to_owned(), paths.clone());
+                }
                 query_fields(&input, "", &skip, &mut fields, 0);
                 for (name, field) in fields {
                     parameters.push(json!({
@@ -203,7 +325,7 @@ pub fn document(routes: &Routes) -> Value {
             Some(capsule::auth::Access::Public)
         );
         let mut operation = json!({
-            "operationId": format!("{}_{}", method.parent_service().name(), method.name()),
+            "operationId": operation_id(route),
             "tags": [method.parent_service().full_name()],
             "summary": method.name(),
             "parameters": parameters,
@@ -216,18 +338,27 @@ pub fn document(routes: &Routes) -> Value {
             },
         });
         if let Some(schema) = request_body {
+            // Required only when an empty body breaks a rule.
+            let broken = capsule::rules::broken_fields(&prost_reflect::DynamicMessage::new(input.clone()));
+            let required = match route.body.as_str() {
+                "*" => !broken.is_empty(),
+                field => broken.iter().any(|path| path == field),
+            };
             operation["requestBody"] =
-                json!({ "required": true, "content": { "application/json": { "schema": schema } } });
+                json!({ "required": required, "content": { "application/json": { "schema": schema } } });
         }
         operation["security"] = if public { json!([]) } else { json!([{ "bearer": [] }]) };
+        let path = route.template.openapi_path_named(&names);
+        operations.push((route, path.clone(), names.clone()));
         paths
-            .entry(route.template.openapi_path_named(&names))
+            .entry(path)
             .or_default()
             .insert(route.verb.as_str().to_lowercase(), operation);
     }
+    link_creates(&operations, &mut paths);
     let mut schemas = serde_json::Map::new();
     while let Some(message) = pending.pop() {
-        let schema = message_schema(&message, &mut wanted, &mut pending);
+        let schema = message_schema(&message, updatable.get(message.full_name()), &mut wanted, &mut pending);
         schemas.insert(message.full_name().to_owned(), schema);
     }
     json!({
