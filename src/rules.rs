@@ -6,12 +6,8 @@
 //! the same rules ([`field_rules`]), so what it publishes is what is
 //! enforced.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, OnceLock},
-};
+use std::{collections::HashSet, sync::OnceLock};
 
-use prost::Message;
 pub use prost_protovalidate::types;
 use prost_protovalidate::{Error, Validator, types::FieldRules};
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
@@ -30,28 +26,25 @@ pub fn field_rules(field: &FieldDescriptor) -> Option<FieldRules> {
         return None;
     }
     match options.get_extension(&extension).as_ref() {
-        Value::Message(rules) => FieldRules::decode(rules.encode_to_vec().as_slice()).ok(),
+        Value::Message(rules) => rules.transcode_to().ok(),
         _ => None,
     }
 }
 
 /// Whether a message, or one it holds, declares any rule: only those are
-/// decoded a second time to be checked.
+/// decoded a second time to be checked. Found once, for every message of
+/// the contracts.
 fn has_rules(message: &MessageDescriptor) -> bool {
-    static KNOWN: OnceLock<Mutex<HashMap<String, bool>>> = OnceLock::new();
-    let known = KNOWN.get_or_init(Mutex::default);
-    if let Some(answer) = known
-        .lock()
-        .ok()
-        .and_then(|known| known.get(message.full_name()).copied())
-    {
-        return answer;
-    }
-    let answer = declares_rules(message, &mut Vec::new());
-    if let Ok(mut known) = known.lock() {
-        known.insert(message.full_name().to_owned(), answer);
-    }
-    answer
+    static WITH_RULES: OnceLock<HashSet<String>> = OnceLock::new();
+    WITH_RULES
+        .get_or_init(|| {
+            crate::proto::pool()
+                .all_messages()
+                .filter(|message| declares_rules(message, &mut Vec::new()))
+                .map(|message| message.full_name().to_owned())
+                .collect()
+        })
+        .contains(message.full_name())
 }
 
 fn declares_rules(message: &MessageDescriptor, seen: &mut Vec<String>) -> bool {
@@ -80,10 +73,14 @@ pub fn check(message: &MessageDescriptor, bytes: &[u8]) -> Result<(), Status> {
     check_message(&decoded)
 }
 
+fn validator() -> &'static Validator {
+    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(Validator::new)
+}
+
 /// Checks a decoded message against its rules.
 pub fn check_message(message: &impl ReflectMessage) -> Result<(), Status> {
-    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
-    match VALIDATOR.get_or_init(Validator::new).validate(message) {
+    match validator().validate(message) {
         Ok(()) => Ok(()),
         Err(Error::Validation(error)) => {
             let mut violations = FieldViolations::new();
@@ -102,8 +99,7 @@ pub fn check_message(message: &impl ReflectMessage) -> Result<(), Status> {
 /// The paths of the fields of `message` that break a rule: the gateway asks
 /// it of an empty message to know which fields a request must carry.
 pub fn broken_fields(message: &impl ReflectMessage) -> Vec<String> {
-    static VALIDATOR: OnceLock<Validator> = OnceLock::new();
-    match VALIDATOR.get_or_init(Validator::new).validate(message) {
+    match validator().validate(message) {
         Err(Error::Validation(error)) => error
             .violations()
             .iter()
@@ -154,7 +150,7 @@ fn value_text(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use prost::Name;
+    use prost::{Message, Name};
 
     use super::*;
     use crate::proto::project::v1 as pb;

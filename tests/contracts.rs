@@ -73,6 +73,16 @@ impl Api {
     }
 }
 
+/// The OpenAPI document the gateway serves.
+async fn document(http: &Client, mesh: &common::TestMesh) -> Value {
+    let response = http
+        .get(format!("http://{}/openapi.json", mesh.http))
+        .send()
+        .await
+        .expect("the gateway serves its document");
+    response.json().await.expect("the document is JSON")
+}
+
 /// The document's verdict on a value.
 fn judged(schema: &Value, value: &Value) -> Verdict {
     let validator = jsonschema::options()
@@ -258,14 +268,7 @@ async fn openapi_rules_match_what_rest_and_grpc_enforce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_links_creations_and_requires_only_bodies_that_cannot_be_empty() {
     let mesh = common::start().await;
-    let document: Value = Client::new()
-        .get(format!("http://{}/openapi.json", mesh.http))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = document(&Client::new(), &mesh).await;
     let operation = |path: &str, method: &str| {
         document
             .pointer(&format!("/paths/{}/{method}", path.replace('/', "~1")))

@@ -113,12 +113,10 @@ fn inferred_update(route: &Route) -> Option<(MessageDescriptor, Vec<String>)> {
     if route.verb != http::Method::PATCH {
         return None;
     }
-    let input = route.method.input();
-    let mask = input.get_field_by_name("update_mask")?;
-    let Kind::Message(resource) = input.get_field_by_name(&route.body)?.kind() else {
+    let Kind::Message(resource) = route.method.input().get_field_by_name(&route.body)?.kind() else {
         return None;
     };
-    Some((resource, crate::transcode::updatable(&mask)?))
+    Some((resource, route.updatable.clone()?))
 }
 
 /// The field a path variable binds (`project.id` is `id` in `project`).
@@ -161,6 +159,26 @@ fn query_fields(
             }
             _ => out.push((name, field)),
         }
+    }
+}
+
+/// The query parameters of a request: its fields not bound elsewhere.
+fn query_parameters(
+    input: &MessageDescriptor,
+    skip: &BTreeSet<String>,
+    parameters: &mut Vec<Value>,
+    wanted: &mut BTreeSet<String>,
+    pending: &mut Vec<MessageDescriptor>,
+) {
+    let mut fields = Vec::new();
+    query_fields(input, "", skip, &mut fields, 0);
+    for (name, field) in fields {
+        parameters.push(json!({
+            "name": name,
+            "in": "query",
+            "required": false,
+            "schema": field_schema(&field, wanted, pending),
+        }));
     }
 }
 
@@ -253,18 +271,7 @@ pub fn document(routes: &Routes) -> Value {
         let update = inferred_update(route);
         let mut request_body = None;
         match route.body.as_str() {
-            "" => {
-                let mut fields = Vec::new();
-                query_fields(&input, "", &bound, &mut fields, 0);
-                for (name, field) in fields {
-                    parameters.push(json!({
-                        "name": name,
-                        "in": "query",
-                        "required": false,
-                        "schema": field_schema(&field, &mut wanted, &mut pending),
-                    }));
-                }
-            }
+            "" => query_parameters(&input, &bound, &mut parameters, &mut wanted, &mut pending),
             "*" => {
                 if wanted.insert(input.full_name().to_owned()) {
                     pending.push(input.clone());
@@ -280,22 +287,13 @@ pub fn document(routes: &Routes) -> Value {
                         None => schema,
                     });
                 }
-                let mut fields = Vec::new();
                 let mut skip = bound.clone();
                 skip.insert(field_name.to_owned());
                 if let Some((resource, paths)) = &update {
                     skip.insert("update_mask".to_owned());
                     updatable.insert(resource.full_name().to_owned(), paths.clone());
                 }
-                query_fields(&input, "", &skip, &mut fields, 0);
-                for (name, field) in fields {
-                    parameters.push(json!({
-                        "name": name,
-                        "in": "query",
-                        "required": false,
-                        "schema": field_schema(&field, &mut wanted, &mut pending),
-                    }));
-                }
+                query_parameters(&input, &skip, &mut parameters, &mut wanted, &mut pending);
             }
         }
         let output = method.output();

@@ -30,6 +30,9 @@ pub struct Route {
     /// The RPC's `(capsule.auth.v1.access)` level, from the same
     /// descriptors.
     pub access: capsule::auth::Access,
+    /// The paths the request's `update_mask` may name, when its rules list
+    /// them (read once here, not per request).
+    pub updatable: Option<Vec<String>>,
 }
 
 impl Route {
@@ -91,6 +94,11 @@ fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Ve
             response_body: text("response_body"),
             method: method.clone(),
             access: capsule::auth::method_access(method),
+            updatable: method
+                .input()
+                .get_field_by_name("update_mask")
+                .as_ref()
+                .and_then(updatable),
         });
     }
     if let Some(ReflectValue::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
@@ -242,16 +250,12 @@ fn set_field(
 /// be updated (those the mask's `field_mask.in` rule lists; fields the
 /// server sets, such as ids and times, are left out as AIP-134 asks), in
 /// the mask's JSON form.
-pub fn inferred_mask(
-    input: &MessageDescriptor,
-    body: &prost_reflect::FieldDescriptor,
-    value: &Value,
-) -> Option<String> {
-    let mask = input.get_field_by_name("update_mask")?;
+fn inferred_mask(route: &Route, body: &prost_reflect::FieldDescriptor, value: &Value) -> Option<String> {
+    route.method.input().get_field_by_name("update_mask")?;
     let (Kind::Message(resource), Value::Object(object)) = (body.kind(), value) else {
         return None;
     };
-    let allowed = updatable(&mask);
+    let allowed = route.updatable.as_ref();
     let paths: Vec<String> = object
         .keys()
         .filter_map(|key| {
@@ -270,7 +274,7 @@ pub fn inferred_mask(
 }
 
 /// The paths an update mask may name, when its rules list them.
-pub fn updatable(mask: &prost_reflect::FieldDescriptor) -> Option<Vec<String>> {
+fn updatable(mask: &prost_reflect::FieldDescriptor) -> Option<Vec<String>> {
     match capsule::rules::field_rules(mask)?.r#type? {
         capsule::rules::types::field_rules::Type::FieldMask(rules) if !rules.r#in.is_empty() => Some(rules.r#in),
         _ => None,
@@ -326,7 +330,7 @@ pub fn build_request(
                 && !query
                     .iter()
                     .any(|(name, _)| name == "update_mask" || name == "updateMask")
-                && let Some(mask) = inferred_mask(&input, &descriptor, &value)
+                && let Some(mask) = inferred_mask(route, &descriptor, &value)
             {
                 json.insert("updateMask".to_owned(), Value::String(mask));
             }
