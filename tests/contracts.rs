@@ -394,3 +394,78 @@ async fn reflection_shows_the_rules_to_grpc_clients() {
     assert_eq!(string.pattern.as_deref(), Some("^[a-z0-9]+(-[a-z0-9]+)*$"));
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_calls_the_grpc_port_with_grpc_web() {
+    use hyper_util::{client::legacy::Client as HyperClient, rt::TokioExecutor};
+    use project_pb::project_service_client::ProjectServiceClient;
+    let mesh = common::start().await;
+    let (token, _) = mesh.user("grpc-web@example.com").await;
+    let grpc = format!("http://{}", mesh.addr(capsule::config::ServiceKind::Gateway));
+    let http = Client::new();
+
+    // The browser's preflight carries no token: CORS answers it first.
+    let preflight = http
+        .request(
+            Method::OPTIONS,
+            format!("{grpc}/capsule.project.v1.ProjectService/CreateProject"),
+        )
+        .header("origin", common::BROWSER_ORIGIN)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,x-grpc-web",
+        )
+        .send()
+        .await
+        .expect("the gateway answers a preflight");
+    assert!(preflight.status().is_success(), "{preflight:?}");
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        common::BROWSER_ORIGIN
+    );
+    // Another origin is not allowed.
+    let stranger = http
+        .request(
+            Method::OPTIONS,
+            format!("{grpc}/capsule.project.v1.ProjectService/CreateProject"),
+        )
+        .header("origin", "https://evil.example.net")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .expect("the gateway answers a preflight");
+    assert!(
+        stranger.headers().get("access-control-allow-origin").is_none(),
+        "{stranger:?}"
+    );
+
+    // A gRPC-Web client over HTTP/1.1, through the front door to project.
+    let connector = HyperClient::builder(TokioExecutor::new()).build_http();
+    let web = tower::ServiceBuilder::new()
+        .layer(tonic_web::GrpcWebClientLayer::new())
+        .service(connector);
+    let mut client = ProjectServiceClient::with_origin(web, grpc.parse().expect("an origin"));
+    let mut create = tonic::Request::new(project_pb::CreateProjectRequest {
+        project: Some(project_pb::Project {
+            name: "From a browser".into(),
+            ..Default::default()
+        }),
+    });
+    create
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("a header"));
+    let created = client
+        .create_project(create)
+        .await
+        .expect("a gRPC-Web call creates a project")
+        .into_inner();
+    assert_eq!(created.name, "From a browser");
+    // Errors come back as gRPC statuses too: no token, no access.
+    let refused = client
+        .get_project(project_pb::GetProjectRequest { project_id: created.id })
+        .await
+        .expect_err("a call without a token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    mesh.stop().await;
+}

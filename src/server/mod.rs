@@ -22,12 +22,14 @@ use tonic::{
 
 use tower::{Layer, Service, ServiceBuilder};
 use tower_http::{
+    map_response_body::MapResponseBodyLayer,
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnFailure, TraceLayer},
 };
 
 mod admin;
 mod health;
+mod web;
 
 pub use health::Health;
 
@@ -43,6 +45,7 @@ pub struct GrpcServer {
     access: Option<crate::auth::AuthLayer>,
     ready: Option<crate::db::ReadyCheck>,
     extra: Option<axum::Router>,
+    web: Option<tower_http::cors::CorsLayer>,
 }
 
 impl GrpcServer {
@@ -62,7 +65,16 @@ impl GrpcServer {
             access: None,
             ready: None,
             extra: None,
+            web: None,
         }
+    }
+
+    /// Also speaks gRPC-Web (HTTP/1.1 and browsers' `fetch`) on the same
+    /// port, with `cors` answering preflights before any other layer (a
+    /// preflight carries no token).
+    pub fn grpc_web(mut self, cors: tower_http::cors::CorsLayer) -> Self {
+        self.web = Some(cors);
+        self
     }
 
     /// Routes served beside the gRPC services (the gateway's proxy to the
@@ -178,6 +190,7 @@ impl GrpcServer {
             access,
             ready: _,
             extra,
+            web,
         } = self;
 
         let reflection = || {
@@ -221,7 +234,14 @@ impl GrpcServer {
             stop.cancel();
         });
 
+        let (cors, grpc_web) = match web {
+            Some(cors) => (Some(cors), Some(web::GrpcWebOnlyLayer)),
+            None => (None, None),
+        };
         let layers = ServiceBuilder::new()
+            .option_layer(cors)
+            // CORS answers a preflight with an empty body of the type below it.
+            .layer(MapResponseBodyLayer::new(tonic::body::Body::new))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(
@@ -232,7 +252,10 @@ impl GrpcServer {
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             )
             .layer(RequestMetricsLayer { service: kind.name() })
-            .option_layer(access);
+            .option_layer(access)
+            // Innermost: the layers above see a gRPC-Web call's headers,
+            // and the services below plain gRPC.
+            .option_layer(grpc_web);
 
         let mut builder = Server::builder();
         if let Some(tls) = &config.tls {

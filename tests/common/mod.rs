@@ -47,6 +47,9 @@ pub struct Options {
     pub deploy: Vec<(&'static str, &'static str)>,
 }
 
+/// The one origin the test gateway lets browsers call from.
+pub const BROWSER_ORIGIN: &str = "https://app.example.com";
+
 pub async fn start() -> TestMesh {
     start_with(Options::default()).await
 }
@@ -142,6 +145,7 @@ pub async fn start_with(options: Options) -> TestMesh {
         "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
         "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
         "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
+        "GATEWAY_CORS_ORIGINS" => Some(BROWSER_ORIGIN.to_owned()),
         _ => None,
     })
     .unwrap();

@@ -69,7 +69,21 @@ impl EdgeConfig {
     }
 }
 
+/// CORS for the REST bridge: the origins of `GATEWAY_CORS_ORIGINS`.
 pub(crate) fn cors(config: &EdgeConfig) -> tower_http::cors::CorsLayer {
+    cors_exposing(config, &["x-request-id"])
+}
+
+/// CORS for gRPC-Web on the gRPC port: a browser must also read the status
+/// the call ended with.
+pub(crate) fn grpc_web_cors(config: &EdgeConfig) -> tower_http::cors::CorsLayer {
+    cors_exposing(
+        config,
+        &["x-request-id", "grpc-status", "grpc-message", "grpc-status-details-bin"],
+    )
+}
+
+fn cors_exposing(config: &EdgeConfig, exposed: &[&'static str]) -> tower_http::cors::CorsLayer {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if config.cors_origins.is_empty() {
         return CorsLayer::new();
@@ -83,5 +97,10 @@ pub(crate) fn cors(config: &EdgeConfig) -> tower_http::cors::CorsLayer {
         .allow_origin(origin)
         .allow_methods(tower_http::cors::Any)
         .allow_headers(tower_http::cors::Any)
-        .expose_headers([http::HeaderName::from_static("x-request-id")])
+        .expose_headers(
+            exposed
+                .iter()
+                .map(|name| http::HeaderName::from_static(name))
+                .collect::<Vec<_>>(),
+        )
 }

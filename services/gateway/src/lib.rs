@@ -118,6 +118,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let front_door = front_door(&backends, &edge);
+    let grpc_web_cors = crate::config::grpc_web_cors(&edge);
     let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
@@ -126,7 +127,8 @@ pub async fn serve(
             GatewayServiceServer::new(GatewayServiceApi::new(backends.clone()))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
-        .with_router(front_door);
+        .with_router(front_door)
+        .grpc_web(grpc_web_cors);
     for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
         server = server.advertise(kind.grpc_service_name());
     }
