@@ -45,7 +45,7 @@ pub struct GrpcServer {
     access: Option<crate::auth::AuthLayer>,
     ready: Option<crate::db::ReadyCheck>,
     extra: Option<axum::Router>,
-    web: Option<tower_http::cors::CorsLayer>,
+    grpc_web_cors: Option<tower_http::cors::CorsLayer>,
 }
 
 impl GrpcServer {
@@ -65,7 +65,7 @@ impl GrpcServer {
             access: None,
             ready: None,
             extra: None,
-            web: None,
+            grpc_web_cors: None,
         }
     }
 
@@ -73,7 +73,7 @@ impl GrpcServer {
     /// port, with `cors` answering preflights before any other layer (a
     /// preflight carries no token).
     pub fn grpc_web(mut self, cors: tower_http::cors::CorsLayer) -> Self {
-        self.web = Some(cors);
+        self.grpc_web_cors = Some(cors);
         self
     }
 
@@ -190,7 +190,7 @@ impl GrpcServer {
             access,
             ready: _,
             extra,
-            web,
+            grpc_web_cors,
         } = self;
 
         let reflection = || {
@@ -234,12 +234,9 @@ impl GrpcServer {
             stop.cancel();
         });
 
-        let (cors, grpc_web) = match web {
-            Some(cors) => (Some(cors), Some(web::GrpcWebOnlyLayer)),
-            None => (None, None),
-        };
+        let grpc_web = grpc_web_cors.is_some().then_some(web::GrpcWebOnlyLayer);
         let layers = ServiceBuilder::new()
-            .option_layer(cors)
+            .option_layer(grpc_web_cors)
             // CORS answers a preflight with an empty body of the type below it.
             .layer(MapResponseBodyLayer::new(tonic::body::Body::new))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
