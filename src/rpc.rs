@@ -101,7 +101,10 @@ pub fn page_size(value: i32, default: i64, max: i64, violations: &mut FieldViola
 }
 
 /// A position in a list ordered by (time, id), newest first: opaque to
-/// clients, checked when it comes back.
+/// clients. Its form is fixed — 8 bytes of microseconds and the 16 of the
+/// id, 32 characters of unpadded base64url — so the rule on every
+/// `page_token` (that pattern) says exactly which tokens are taken: any
+/// string of that form is a position in the list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageToken {
     pub time: DateTime<Utc>,
@@ -110,33 +113,38 @@ pub struct PageToken {
 
 impl PageToken {
     pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}|{}", self.time.timestamp_micros(), self.id))
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.time.timestamp_micros().to_be_bytes());
+        bytes[8..].copy_from_slice(self.id.as_bytes());
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// Parses `page_token`; an empty token is the first page. A token that
-    /// does not parse is a violation.
+    /// does not parse is a violation. A time beyond any row's (a token
+    /// made by hand) is taken as the nearest time the database can hold.
     pub fn decode(token: &str, violations: &mut FieldViolations) -> Option<Self> {
         if token.is_empty() {
             return None;
         }
-        let parsed = URL_SAFE_NO_PAD
+        let bytes = URL_SAFE_NO_PAD
             .decode(token)
             .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| {
-                let (micros, id) = text.split_once('|')?;
-                Some(Self {
-                    time: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-                    id: id.parse().ok()?,
-                })
-            });
-        if parsed.is_none() {
+            .and_then(|bytes| <[u8; 24]>::try_from(bytes).ok());
+        let Some(bytes) = bytes else {
             violations.add(
                 "page_token",
                 "is not a token from a previous page; pass next_page_token as returned",
             );
-        }
-        parsed
+            return None;
+        };
+        let (micros, id) = bytes.split_at(8);
+        let micros = i64::from_be_bytes(micros.try_into().unwrap_or_default());
+        // Years 1 to 9999: every row's time is inside, and PostgreSQL holds both.
+        let (first, last) = (-62_135_596_800_000_000, 253_402_300_799_999_999);
+        Some(Self {
+            time: DateTime::from_timestamp_micros(micros.clamp(first, last)).unwrap_or_default(),
+            id: Uuid::from_slice(id).unwrap_or_default(),
+        })
     }
 }
 
@@ -220,6 +228,20 @@ mod tests {
         };
         let mut violations = FieldViolations::new();
         assert_eq!(PageToken::decode(&token.encode(), &mut violations), Some(token));
+        assert!(violations.is_empty());
+        // Any 32 characters of base64url are a position: the rule's pattern
+        // is the whole truth.
+        assert_eq!(
+            PageToken::decode(&"A".repeat(32), &mut violations)
+                .unwrap()
+                .time
+                .timestamp(),
+            0
+        );
+        let mut far = [0u8; 24];
+        far[..8].copy_from_slice(&i64::MAX.to_be_bytes());
+        let far = PageToken::decode(&URL_SAFE_NO_PAD.encode(far), &mut violations).unwrap();
+        assert_eq!(chrono::Datelike::year(&far.time), 9999);
         assert!(violations.is_empty());
         assert_eq!(PageToken::decode("not-a-token!", &mut violations), None);
         let status = violations.check().unwrap_err();

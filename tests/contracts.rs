@@ -64,6 +64,18 @@ impl Api {
             .clone()
     }
 
+    /// The schema of a property of an operation's JSON body.
+    fn body_property(&self, path: &str, method: &str, name: &str) -> Value {
+        let pointer = format!(
+            "/paths/{}/{method}/requestBody/content/application~1json/schema/properties/{name}",
+            path.replace('/', "~1")
+        );
+        self.document
+            .pointer(&pointer)
+            .unwrap_or_else(|| panic!("{method} {path} takes {name} in its body"))
+            .clone()
+    }
+
     /// The schema of a message's property.
     fn property(&self, message: &str, name: &str) -> Value {
         self.document
@@ -244,9 +256,15 @@ async fn openapi_rules_match_what_rest_and_grpc_enforce() {
         assert_eq!(grpc(result, "variable.name"), expected, "variable {name}");
     }
 
-    // A password: 8 to 128 characters, checked before any hashing.
-    let schema = api.property("capsule.auth.v1.RegisterRequest", "password");
-    for (n, password, expected) in [(1, "8 chars!", Accepted), (2, "7 chars", Refused)] {
+    // A password: 8 to 128 characters, not a common one in any letter
+    // case, checked before any hashing.
+    let schema = api.body_property("/v1/auth:register", "post", "password");
+    for (n, password, expected) in [
+        (1, "8 chars!", Accepted),
+        (2, "7 chars", Refused),
+        (3, "Password1", Refused),
+        (4, "pASSWORD12", Refused),
+    ] {
         assert_eq!(judged(&schema, &json!(password)), expected, "password {password:?}");
         let body = json!({"email": format!("rest{n}@example.com"), "password": password, "name": "R"});
         assert_eq!(
@@ -298,7 +316,12 @@ async fn the_document_links_creations_and_requires_only_bodies_that_cannot_be_em
     // Logging out takes no field that must be set; creating a project does.
     assert_ne!(operation("/v1/auth:logout", "post")["requestBody"]["required"], true);
     assert_eq!(operation("/v1/projects", "post")["requestBody"]["required"], true);
-    // int64 strings are digits.
+    // A body the path fills is not required: deploying takes defaults.
+    assert_ne!(
+        operation("/v1/projects/{project_id}/deployments", "post")["requestBody"]["required"],
+        true
+    );
+    // int64 strings are digits, at most the largest int64.
     let logs = operation("/v1/deployments/{deployment_id}/logs", "get");
     let after = logs["parameters"]
         .as_array()
@@ -306,7 +329,17 @@ async fn the_document_links_creations_and_requires_only_bodies_that_cannot_be_em
         .iter()
         .find(|p| p["name"] == "after_sequence")
         .expect("GetLogs takes after_sequence");
-    assert_eq!(after["schema"]["pattern"], "^[0-9]+$", "{after}");
+    let pattern = regex::Regex::new(after["schema"]["pattern"].as_str().expect("a pattern")).expect("a regex");
+    for (value, ok) in [
+        ("0", true),
+        ("42", true),
+        ("9223372036854775807", true),
+        ("9223372036854775808", false),
+        ("6813080476125444017815071", false),
+        ("-1", false),
+    ] {
+        assert_eq!(pattern.is_match(value), ok, "{value}");
+    }
     mesh.stop().await;
 }
 

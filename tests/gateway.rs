@@ -220,9 +220,8 @@ async fn bad_requests_get_json_errors_with_the_right_http_status() {
         .map(|v| v["field"].as_str().unwrap())
         .collect();
     assert_eq!(body["details"][0]["@type"], "type.googleapis.com/google.rpc.BadRequest");
-    // The slug breaks two declared rules (length and pattern); the empty
-    // name, which only the handler refuses, waits for them to be mended.
-    assert_eq!(fields, ["project.slug", "project.slug"]);
+    // The empty name breaks its rule, the slug two (length and pattern).
+    assert_eq!(fields, ["project.name", "project.slug", "project.slug"]);
 
     let huge = format!("{{\"name\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let response = http
@@ -270,6 +269,16 @@ async fn bad_requests_get_json_errors_with_the_right_http_status() {
         http.delete(url(&mesh, "/v1/auth:login")).send().await.unwrap().status(),
         StatusCode::METHOD_NOT_ALLOWED
     );
+    // The most specific template decides: a custom verb or a literal path
+    // is not swallowed by a variable of a less specific one.
+    for (path, allow) in [
+        ("/v1/projects/00000000-0000-0000-0000-000000000000:undelete", "POST"),
+        ("/v1/users/me/profile", "PATCH"),
+    ] {
+        let response = http.get(url(&mesh, path)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(response.headers()["allow"], allow, "{path}");
+    }
     let document: Value = http
         .get(url(&mesh, "/openapi.json"))
         .send()

@@ -182,7 +182,22 @@ async fn projects_are_owned_paged_updated_and_soft_deleted() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(change.code(), Code::FailedPrecondition);
+    assert_eq!(change.code(), Code::NotFound);
+    assert!(change.message().contains(":undelete"), "{change:?}");
+    let gone = projects
+        .get_project(authed(
+            pb::GetProjectRequest {
+                project_id: created.id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        gone.code(),
+        Code::NotFound,
+        "a deleted project is gone but for undeleting it"
+    );
     let restored = projects
         .undelete_project(authed(
             pb::UndeleteProjectRequest {

@@ -84,6 +84,21 @@ async fn fetch(client: &reqwest::Client, mesh: &TestMesh, host: &str, path: &str
     Ok((status, response.text().await.map_err(|err| err.to_string())?))
 }
 
+/// Waits until the gateway routes `host` to a live app: the route reaches
+/// it over the deploy service's watch stream just after the deployment is
+/// live, not in the same instant.
+async fn until_served(client: &reqwest::Client, mesh: &TestMesh, host: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match fetch(client, mesh, host, "/").await {
+            Ok((502, body)) if body.contains("No app is live here") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request() {
     let mesh = mesh(&[]).await;
@@ -101,6 +116,7 @@ async fn a_site_from_git_is_served_by_host_and_replaced_without_a_failed_request
     let first = wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
     assert_eq!(first.commit_sha, first_sha);
     assert!(first.url.contains(&label), "{first:?}");
+    until_served(&client, &mesh, &label).await;
     let (status, body) = fetch(&client, &mesh, &label, "/index.html").await.unwrap();
     assert_eq!((status, body.as_str()), (200, "<h1>version one</h1>"));
     // The API is still the API on the gateway's own host.
@@ -431,6 +447,7 @@ async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
         Duration::from_secs(30),
     )
     .await;
+    until_served(&reqwest::Client::new(), &mesh, &label).await;
 
     let mut stream = tokio::net::TcpStream::connect(mesh.http).await.unwrap();
     let request = format!(

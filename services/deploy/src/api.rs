@@ -256,8 +256,7 @@ impl DeployServiceApi {
     /// The project service's answer, in this service's words.
     pub(crate) fn project_status(status: Status) -> Status {
         match status.code() {
-            Code::NotFound => Status::not_found("no such project"),
-            Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
+            Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
             Code::PermissionDenied => {
                 tracing::error!(error = %status.message(), "the project service refused this service's credentials");
                 Status::internal("internal error")
@@ -287,8 +286,9 @@ impl DeployServiceApi {
     }
 
     /// The exact commit `source_ref` names in the project's repository now
-    /// (none without a repository). What the user can fix is
-    /// INVALID_ARGUMENT naming the field.
+    /// (none without a repository). A reference the repository lacks is
+    /// NOT_FOUND; a repository this service cannot use is the project's
+    /// state, FAILED_PRECONDITION saying which setting to change.
     pub(crate) async fn resolve(&self, repository_url: &str, source_ref: &str) -> Result<Commit, Status> {
         if repository_url.is_empty() {
             return Ok(Commit {
@@ -297,11 +297,15 @@ impl DeployServiceApi {
                 author: String::new(),
             });
         }
-        let repository = Repository::parse(repository_url, &self.inner.source.local_repositories)
-            .map_err(|err| rpc::invalid_field("repository_url", &err.to_string()))?;
+        let unusable = |err: SourceError| {
+            Status::failed_precondition(format!(
+                "the project's repository_url setting: {err}; change it in the project's settings"
+            ))
+        };
+        let repository = Repository::parse(repository_url, &self.inner.source.local_repositories).map_err(unusable)?;
         repository.resolve(source_ref).await.map_err(|err| match err {
-            SourceError::MissingRef { .. } => rpc::invalid_field("source_ref", &err.to_string()),
-            other => rpc::invalid_field("repository_url", &other.to_string()),
+            SourceError::MissingRef { .. } => Status::not_found(err.to_string()),
+            other => unusable(other),
         })
     }
 

@@ -111,8 +111,9 @@ async fn an_annotated_rpc_is_served_with_no_gateway_code() {
         .unwrap();
     assert_eq!(shouted["echoes"], json!(["HEY!!", "you", "there"]));
 
+    // FAILED_PRECONDITION: refused for the state of things, 409.
     let failed = client.get(format!("{base}/v1/echo/fail")).send().await.unwrap();
-    assert_eq!(failed.status(), reqwest::StatusCode::BAD_REQUEST);
+    assert_eq!(failed.status(), reqwest::StatusCode::CONFLICT);
     let body: Value = failed.json().await.unwrap();
     assert_eq!(body["code"], 9);
     assert_eq!(body["message"], "the echo refuses");

@@ -128,11 +128,19 @@ impl ProjectServiceApi {
             .ok_or_else(|| Status::not_found(NOT_FOUND))
     }
 
-    /// Like [`Self::visible`], and not deleted.
+    /// Like [`Self::visible`], and not deleted: a deleted project is gone
+    /// for every call but listing with `show_deleted` and undeleting it.
+    /// Its owner is told how to bring it back.
     async fn live(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
         let project = self.visible(caller, project_id).await?;
         if project.deleted_at.is_some() {
-            return Err(Status::failed_precondition("the project is deleted; undelete it first"));
+            let until = project
+                .purge_after
+                .map(|purge| format!(" until {}", purge.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_default();
+            return Err(Status::not_found(format!(
+                "the project is deleted; UndeleteProject (POST /v1/projects/{project_id}:undelete) brings it back{until}"
+            )));
         }
         Ok(project)
     }
@@ -155,12 +163,11 @@ impl ProjectService for ProjectServiceApi {
         let wanted = request.into_inner().project.unwrap_or_default();
         let mut violations = FieldViolations::new();
         let name = validate::name(&wanted.name, "project.name", &mut violations);
-        validate::description(&wanted.description, "project.description", &mut violations);
+        // The rules in the protos checked the slug and description.
         let slug_derived = wanted.slug.is_empty();
         let slug = if slug_derived {
             validate::slug_from(&name)
         } else {
-            validate::slug(&wanted.slug, "project.slug", &mut violations);
             wanted.slug.clone()
         };
         violations.check()?;
@@ -189,7 +196,7 @@ impl ProjectService for ProjectServiceApi {
     async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
         let caller = Caller::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        Ok(Response::new(project_proto(&self.visible(caller, id).await?)))
+        Ok(Response::new(project_proto(&self.live(caller, id).await?)))
     }
 
     async fn list_projects(
@@ -233,19 +240,18 @@ impl ProjectService for ProjectServiceApi {
         for path in &paths {
             match path.as_str() {
                 "name" => changes.name = Some(validate::name(&wanted.name, "project.name", &mut violations)),
-                "slug" => {
-                    validate::slug(&wanted.slug, "project.slug", &mut violations);
-                    changes.slug = Some(wanted.slug.clone());
-                }
-                "description" => {
-                    validate::description(&wanted.description, "project.description", &mut violations);
-                    changes.description = Some(wanted.description.clone());
-                }
+                // The rules in the protos checked the slug and description.
+                "slug" => changes.slug = Some(wanted.slug.clone()),
+                "description" => changes.description = Some(wanted.description.clone()),
                 _ => {}
             }
         }
         violations.check()?;
-        self.live(&caller, id).await?;
+        let current = self.live(&caller, id).await?;
+        // An empty slug is derived from the name, as when creating.
+        if changes.slug.as_deref() == Some("") {
+            changes.slug = Some(validate::slug_from(changes.name.as_deref().unwrap_or(&current.name)));
+        }
         let slug = changes.slug.clone().unwrap_or_default();
         match self.db.run(move |conn| Project::update(conn, id, &changes)).await {
             Ok(project) => Ok(Response::new(project_proto(&project))),
@@ -302,7 +308,7 @@ impl ProjectService for ProjectServiceApi {
     ) -> Result<Response<pb::ProjectSettings>, Status> {
         let caller = Caller::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        self.visible(caller, id).await?;
+        self.live(caller, id).await?;
         let (settings, variables) = self
             .db
             .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
@@ -357,10 +363,8 @@ impl ProjectService for ProjectServiceApi {
                     changes.branch = Some(wanted.branch.clone());
                 }
                 "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
-                "repository_url" => {
-                    validate::repository_url(&wanted.repository_url, "settings.repository_url", &mut violations);
-                    changes.repository_url = Some(wanted.repository_url.clone());
-                }
+                // Its rule in the protos is the whole check (no credentials in it).
+                "repository_url" => changes.repository_url = Some(wanted.repository_url.clone()),
                 "health_check_path" => {
                     validate::health_check_path(
                         &wanted.health_check_path,

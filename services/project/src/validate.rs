@@ -9,28 +9,6 @@ pub fn name(value: &str, field: &str, violations: &mut FieldViolations) -> Strin
     rpc::name(value, field, 100, violations)
 }
 
-pub fn description(value: &str, field: &str, violations: &mut FieldViolations) {
-    rpc::text(value, field, 1000, violations);
-}
-
-/// Lowercase letters, digits and single hyphens, 3 to 63 characters, not
-/// starting or ending with a hyphen.
-pub fn slug(value: &str, field: &str, violations: &mut FieldViolations) {
-    let ok = (3..=63).contains(&value.len())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !value.starts_with('-')
-        && !value.ends_with('-')
-        && !value.contains("--");
-    if !ok {
-        violations.add(
-            field,
-            "must be 3 to 63 lowercase letters, digits and single hyphens, such as my-app",
-        );
-    }
-}
-
 /// A slug made from a name: "My App!" → "my-app".
 pub fn slug_from(name: &str) -> String {
     let mut slug = String::new();
@@ -95,41 +73,6 @@ pub fn branch(value: &str, field: &str, violations: &mut FieldViolations) {
     }
 }
 
-/// A git repository: an https://, ssh:// or git:// URL without a password
-/// in it, a file:// URL or an absolute local path (the deploy service
-/// decides which local roots it allows), or empty.
-pub fn repository_url(value: &str, field: &str, violations: &mut FieldViolations) {
-    if value.is_empty() {
-        return;
-    }
-    if value.len() > 2048 || rpc::has_control(value) || value.chars().any(char::is_whitespace) {
-        violations.add(
-            field,
-            "must be a repository URL of at most 2048 characters, without spaces",
-        );
-        return;
-    }
-    if value.starts_with('/') {
-        return;
-    }
-    match url::Url::parse(value) {
-        Ok(url) if url.scheme() == "file" => {}
-        Ok(url) if matches!(url.scheme(), "https" | "ssh" | "git") && url.host_str().is_some() => {
-            if url.password().is_some() || (url.scheme() == "https" && !url.username().is_empty()) {
-                violations.add(
-                    field,
-                    "must not carry credentials: keep a token or deploy key in a secret variable instead",
-                );
-            }
-        }
-        _ => violations.add(
-            field,
-            "must be an https://, ssh:// or git:// URL, a file:// URL or an absolute path, such as \
-             https://github.com/acme/app.git",
-        ),
-    }
-}
-
 /// An absolute HTTP path such as /healthz, or empty.
 pub fn health_check_path(value: &str, field: &str, violations: &mut FieldViolations) {
     let ok = value.is_empty()
@@ -181,12 +124,6 @@ mod tests {
         assert_eq!(slug_from("A"), "a-project");
         assert_eq!(slug_from("!!!"), "project");
         assert!(slug_from(&"x".repeat(200)).len() <= 63);
-        for good in ["my-app", "abc", "a1-b2"] {
-            assert!(ok(|v| slug(good, "slug", v)), "{good}");
-        }
-        for bad in ["ab", "My-App", "-app", "app-", "a--b", "a_b", &"x".repeat(64)] {
-            assert!(!ok(|v| slug(bad, "slug", v)), "{bad}");
-        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub(super) async fn register(
     let mut violations = FieldViolations::new();
     let email = validate::email(&body.email, "email", &mut violations);
     let name = validate::name(&body.name, "name", &mut violations);
-    password::check_policy(&body.password, &email, "password", &mut violations);
+    password::not_the_email(&body.password, &email, "password", &mut violations);
     violations.check()?;
 
     let hash = api.inner.hasher.hash(body.password).await?;
@@ -133,10 +133,7 @@ pub(super) async fn change_password(
     let address = client::address_of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
-    if body.current_password.is_empty() {
-        violations.add("current_password", "is required");
-    }
-    password::check_policy(&body.new_password, &user.email, "new_password", &mut violations);
+    password::not_the_email(&body.new_password, &user.email, "new_password", &mut violations);
     violations.check()?;
     // A stolen session must not become a way to guess the password.
     let throttles = api.password_throttles(&user.email, &address)?;
@@ -147,7 +144,11 @@ pub(super) async fn change_password(
         .verify(body.current_password, Some(user.password_hash.clone()))
         .await?
     {
-        return Err(rpc::invalid_field("current_password", "is not your current password"));
+        // The proof of who is asking failed, not the request's form: the
+        // caller is refused this change (and the session stays signed in).
+        return Err(Status::permission_denied(
+            "current_password is not your current password",
+        ));
     }
     api.attempt_succeeded(throttles).await?;
     let hash = api.inner.hasher.hash(body.new_password).await?;

@@ -24,11 +24,18 @@ fn kind_schema(kind: &Kind, wanted: &mut BTreeSet<String>, pool: &mut Vec<Messag
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
         Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0 }),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            json!({ "type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$" })
+            let magnitude = rules::decimal_at_most(i64::MAX.unsigned_abs());
+            json!({ "type": "string", "format": "int64", "pattern": format!("^(?:-?(?:{magnitude})|-9223372036854775808)$") })
         }
-        Kind::Uint64 | Kind::Fixed64 => json!({ "type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$" }),
+        Kind::Uint64 | Kind::Fixed64 => json!({
+            "type": "string",
+            "format": "uint64",
+            "pattern": format!("^(?:{})$", rules::decimal_at_most(u64::MAX)),
+        }),
         Kind::Bool => json!({ "type": "boolean" }),
-        Kind::String => json!({ "type": "string" }),
+        // Every service refuses NUL in a string (`capsule::codec`); a rule's
+        // own pattern replaces this one, and refuses it too.
+        Kind::String => json!({ "type": "string", "pattern": "^[^\\x00]*$" }),
         Kind::Bytes => json!({ "type": "string", "format": "byte" }),
         Kind::Enum(enumeration) => json!({
             "type": "string",
@@ -92,6 +99,36 @@ fn message_schema(
     let required = rules::required_fields(message);
     if !required.is_empty() {
         schema["required"] = json!(required);
+    }
+    schema
+}
+
+/// The schema of a request body whose message the path partly fills: the
+/// message's, without the fields the path binds (`prefix` + name), which
+/// the bridge takes from the path.
+fn body_schema(
+    message: &MessageDescriptor,
+    prefix: &str,
+    bound: &BTreeSet<String>,
+    wanted: &mut BTreeSet<String>,
+    pool: &mut Vec<MessageDescriptor>,
+) -> Value {
+    let taken: Vec<String> = message
+        .fields()
+        .filter(|field| bound.contains(&format!("{prefix}{}", field.name())))
+        .map(|field| field.json_name().to_owned())
+        .collect();
+    let mut schema = message_schema(message, None, wanted, pool);
+    if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        properties.retain(|name, _| !taken.contains(name));
+    }
+    if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+        required.retain(|name| !taken.iter().any(|taken| name == taken));
+        if required.is_empty()
+            && let Some(object) = schema.as_object_mut()
+        {
+            object.remove("required");
+        }
     }
     schema
 }
@@ -252,7 +289,7 @@ pub fn document(routes: &Routes) -> Value {
         let fields = route.template.fields();
         let bound: BTreeSet<String> = fields.iter().cloned().collect();
         let names = shape_names
-            .entry(route.template.shape())
+            .entry(route.template.shape().to_owned())
             .or_insert_with(|| fields.iter().map(|field| field.replace('.', "_")).collect())
             .clone();
         let mut parameters = Vec::new();
@@ -272,19 +309,26 @@ pub fn document(routes: &Routes) -> Value {
         let mut request_body = None;
         match route.body.as_str() {
             "" => query_parameters(&input, &bound, &mut parameters, &mut wanted, &mut pending),
-            "*" => {
-                if wanted.insert(input.full_name().to_owned()) {
-                    pending.push(input.clone());
-                }
-                request_body = Some(schema_ref(&input));
-            }
+            "*" => request_body = Some(body_schema(&input, "", &bound, &mut wanted, &mut pending)),
             field_name => {
                 if let Some(field) = input.get_field_by_name(field_name) {
-                    let schema = field_schema(&field, &mut wanted, &mut pending);
                     request_body = Some(match &update {
-                        // The mask is the body's fields: at least one.
-                        Some(_) => json!({ "allOf": [schema], "minProperties": 1 }),
-                        None => schema,
+                        // The mask is the body's fields: at least one, none
+                        // required, each held to its rules.
+                        Some((resource, paths)) => {
+                            let mut schema = message_schema(resource, Some(paths), &mut wanted, &mut pending);
+                            if let Some(object) = schema.as_object_mut() {
+                                object.remove("required");
+                            }
+                            schema["minProperties"] = json!(1);
+                            schema
+                        }
+                        None => match field.kind() {
+                            Kind::Message(message) if bound.iter().any(|path| path.starts_with(field_name)) => {
+                                body_schema(&message, &format!("{field_name}."), &bound, &mut wanted, &mut pending)
+                            }
+                            _ => field_schema(&field, &mut wanted, &mut pending),
+                        },
                     });
                 }
                 let mut skip = bound.clone();
@@ -336,11 +380,17 @@ pub fn document(routes: &Routes) -> Value {
             },
         });
         if let Some(schema) = request_body {
-            // Required only when an empty body breaks a rule.
+            // Required only when an empty body breaks a rule the path does
+            // not fill.
             let broken = capsule::rules::broken_fields(&prost_reflect::DynamicMessage::new(input.clone()));
             let required = match route.body.as_str() {
-                "*" => !broken.is_empty(),
-                field => broken.iter().any(|path| path == field),
+                "*" => broken.iter().any(|path| !bound.contains(path)),
+                // An update names at least one field.
+                _ if update.is_some() => true,
+                field => {
+                    broken.iter().any(|path| path == field)
+                        && !bound.iter().any(|path| path.starts_with(&format!("{field}.")))
+                }
             };
             operation["requestBody"] =
                 json!({ "required": required, "content": { "application/json": { "schema": schema } } });

@@ -1,14 +1,30 @@
 //! The `buf.validate` rules of a field in JSON Schema, so the OpenAPI
 //! document states what the services enforce ([`capsule::rules`]).
 
-use capsule::rules::types::{
-    EnumRules, FieldRules, Ignore, StringRules, field_rules::Type, int32_rules, int64_rules, string_rules::WellKnown,
+use capsule::rules::{
+    CapsuleRule,
+    types::{
+        EnumRules, FieldRules, Ignore, StringRules, field_rules::Type, int32_rules, int64_rules,
+        string_rules::WellKnown,
+    },
 };
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Value, json};
 
 /// Adds the rules declared on `field` to `schema`, the schema of its type.
 pub fn constrain(field: &FieldDescriptor, schema: &mut Value) {
+    match capsule::rules::capsule_rule(field) {
+        Some(CapsuleRule::NewPassword) => refuse_common_passwords(schema),
+        Some(CapsuleRule::TimeZone) => {
+            schema["enum"] = json!(
+                chrono_tz::TZ_VARIANTS
+                    .iter()
+                    .map(|zone| zone.name())
+                    .collect::<Vec<_>>()
+            );
+        }
+        _ => {}
+    }
     let Some(rules) = capsule::rules::field_rules(field) else {
         return;
     };
@@ -59,12 +75,12 @@ fn scalar(field: &FieldDescriptor, rules: &FieldRules, schema: &mut Value) {
             }
         }
         Some(Type::Int64(int)) => {
-            // int64 travels as a string of digits; only "not negative" is
-            // said here, the bounds go in the description.
+            // int64 travels as a string of digits; "not negative" is said
+            // by the pattern, other bounds go in the description.
             if let Some(int64_rules::GreaterThan::Gte(min) | int64_rules::GreaterThan::Gt(min)) = int.greater_than
                 && min >= 0
             {
-                schema["pattern"] = json!("^[0-9]+$");
+                schema["pattern"] = json!(format!("^(?:{})$", decimal_at_most(i64::MAX.unsigned_abs())));
             }
         }
         Some(Type::Enum(enumeration)) => {
@@ -74,6 +90,61 @@ fn scalar(field: &FieldDescriptor, rules: &FieldRules, schema: &mut Value) {
         }
         _ => {}
     }
+}
+
+/// A new password: not one of the common ones, in any letter case (a
+/// regular expression has no case-insensitive flag in JSON Schema, so each
+/// letter is a class of both cases).
+fn refuse_common_passwords(schema: &mut Value) {
+    let any_case = |password: &str| {
+        password
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphabetic() {
+                    format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase())
+                } else {
+                    escape(&c.to_string())
+                }
+            })
+            .collect::<String>()
+    };
+    let common: Vec<String> = capsule::rules::COMMON_PASSWORDS
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(any_case)
+        .collect();
+    schema["not"] = json!({ "pattern": format!("^(?:{})$", common.join("|")) });
+    schema["description"] = json!("Not one of the most common passwords, in any letter case.");
+}
+
+/// A regular expression for the decimal numbers from 0 to `max`, without
+/// leading zeros: shorter numbers, then those of `max`'s length digit by
+/// digit.
+pub fn decimal_at_most(max: u64) -> String {
+    let digits: Vec<u32> = max.to_string().chars().filter_map(|c| c.to_digit(10)).collect();
+    let length = digits.len();
+    let mut alternatives = vec!["0".to_owned()];
+    if length > 1 {
+        alternatives.push(format!("[1-9][0-9]{{0,{}}}", length - 2));
+    }
+    for (index, &digit) in digits.iter().enumerate() {
+        let lowest = u32::from(index == 0);
+        if digit > lowest {
+            let prefix: String = digits[..index].iter().map(u32::to_string).collect();
+            let rest = length - index - 1;
+            let tail = if rest > 0 {
+                format!("[0-9]{{{rest}}}")
+            } else {
+                String::new()
+            };
+            alternatives.push(format!("{prefix}[{lowest}-{}]{tail}", digit - 1));
+        }
+    }
+    if max > 0 {
+        alternatives.push(max.to_string());
+    }
+    alternatives.join("|")
 }
 
 fn string_schema(rules: &StringRules, schema: &mut Value) {
@@ -162,4 +233,27 @@ pub fn required_fields(message: &MessageDescriptor) -> Vec<String> {
         .collect();
     names.dedup();
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decimal_at_most;
+
+    #[test]
+    fn decimal_bounds_take_every_number_up_to_the_bound_and_none_above() {
+        for max in [0u64, 7, 10, 19, 100, 4096, 9_223_372_036_854_775_807, u64::MAX] {
+            let pattern = regex::Regex::new(&format!("^(?:{})$", decimal_at_most(max))).unwrap();
+            let mut probes = vec![0, 1, 9, 10, 11, 99, 100, 101, max / 2];
+            probes.extend([max.saturating_sub(1), max]);
+            for probe in probes.into_iter().filter(|probe| *probe <= max) {
+                assert!(pattern.is_match(&probe.to_string()), "{probe} <= {max}");
+            }
+            assert!(!pattern.is_match(&format!("{max}0")), "{max}0 > {max}");
+            if let Some(above) = max.checked_add(1) {
+                assert!(!pattern.is_match(&above.to_string()), "{above} > {max}");
+            }
+            assert!(!pattern.is_match("01"), "no leading zeros");
+            assert!(!pattern.is_match("-1"));
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! per-route code. Requests and responses follow the proto3 JSON mapping
 //! (camelCase, 64-bit integers as strings, enums as names, RFC 3339
 //! timestamps); errors are `google.rpc.Status` JSON with grpc-gateway's
-//! status table.
+//! status table (FAILED_PRECONDITION is 409 Conflict).
 
 pub mod template;
 
@@ -140,14 +140,24 @@ impl Routes {
         Ok(Self { pool, routes })
     }
 
-    /// The route for a request, with its bound path variables.
+    /// The route for a request, with its bound path variables. The most
+    /// specific template that matches the path decides (a custom verb, then
+    /// the most literal segments, as OpenAPI matches concrete paths first):
+    /// when none of its routes takes the HTTP verb, the answer is 405 with
+    /// those verbs, not a less specific route that happens to match —
+    /// `GET /v1/deployments/{id}:cancel` is not `GET /v1/deployments/{id}`.
     pub fn find(&self, verb: &http::Method, path: &str) -> Result<(&Route, Bound), Miss> {
+        let mut shape = None;
         let mut allowed = Vec::new();
         for route in &self.routes {
+            if shape.is_some_and(|shape| shape != route.template.shape()) {
+                continue;
+            }
             if let Some(bound) = route.template.matches(path) {
                 if route.verb == verb {
                     return Ok((route, bound));
                 }
+                shape = Some(route.template.shape());
                 allowed.push(route.verb.clone());
             }
         }
@@ -190,6 +200,8 @@ fn is_scalar_like(kind: &Kind) -> bool {
         _ => true,
     }
 }
+
+const PATH: &str = "path parameter";
 
 /// Puts a string from the path or query at `path` (dotted field names) in
 /// the JSON request, converted for the field's type.
@@ -240,7 +252,16 @@ fn set_field(
             _ => return Err(bad_request(format!("{from} {path:?}: conflicts with the body"))),
         }
     } else {
-        // The path wins over the body (as in grpc-gateway).
+        // The path names the resource: a body that names another is a
+        // mistake, not something to override quietly.
+        if from == PATH
+            && let Some(given) = json.get(&key)
+            && given != &value
+        {
+            return Err(bad_request(format!(
+                "the body's {key} is {given}, the path's {value}: the path sets it; leave it out of the body"
+            )));
+        }
         json.insert(key, value);
     }
     Ok(())
@@ -271,6 +292,43 @@ fn inferred_mask(route: &Route, body: &prost_reflect::FieldDescriptor, value: &V
         .map(|field| field.json_name().to_owned())
         .collect();
     Some(paths.join(","))
+}
+
+fn is_mask(name: &str) -> bool {
+    name == "update_mask" || name == "updateMask"
+}
+
+/// The proto3 JSON mapping reads `null` as "the default value"; the
+/// contracts have no field where null means something else, and a client
+/// that sends one most likely meant something the bridge cannot guess
+/// (clearing a field is sending its empty value in an update). Refused,
+/// naming where.
+fn refuse_nulls(value: &Value, at: &str) -> Result<(), Status> {
+    match value {
+        Value::Null => Err(bad_request(format!(
+            "the body's {}: null is not a value; leave the field out, or send its empty value (\"\", 0, false, [])",
+            if at.is_empty() {
+                "top level".to_owned()
+            } else {
+                format!("{at:?}")
+            }
+        ))),
+        Value::Object(object) => object.iter().try_for_each(|(key, item)| {
+            refuse_nulls(
+                item,
+                &if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                },
+            )
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(index, item)| refuse_nulls(item, &format!("{at}[{index}]"))),
+        _ => Ok(()),
+    }
 }
 
 /// The paths an update mask may name, when its rules list them.
@@ -308,10 +366,10 @@ pub fn build_request(
     } else if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        Some(
-            serde_json::from_slice::<Value>(body)
-                .map_err(|err| bad_request(format!("the body is not valid JSON: {err}")))?,
-        )
+        let value = serde_json::from_slice::<Value>(body)
+            .map_err(|err| bad_request(format!("the body is not valid JSON: {err}")))?;
+        refuse_nulls(&value, "")?;
+        Some(value)
     };
     match (route.body.as_str(), body_json) {
         ("", Some(_)) => {
@@ -327,9 +385,7 @@ pub fn build_request(
             let descriptor = field(&input, field_name)
                 .ok_or_else(|| Status::internal(format!("the body field {field_name} does not exist")))?;
             if route.verb == http::Method::PATCH
-                && !query
-                    .iter()
-                    .any(|(name, _)| name == "update_mask" || name == "updateMask")
+                && !query.iter().any(|(name, value)| is_mask(name) && !value.is_empty())
                 && let Some(mask) = inferred_mask(route, &descriptor, &value)
             {
                 json.insert("updateMask".to_owned(), Value::String(mask));
@@ -338,7 +394,7 @@ pub fn build_request(
         }
     }
     for (path, value) in bound {
-        set_field(&mut json, &input, path, value, "path parameter")?;
+        set_field(&mut json, &input, path, value, PATH)?;
     }
     if route.body == "*" && !query.is_empty() {
         return Err(bad_request(format!(
@@ -347,6 +403,10 @@ pub fn build_request(
         )));
     }
     for (name, value) in query {
+        // An empty mask is no mask: the body's fields are the update.
+        if is_mask(name) && value.is_empty() {
+            continue;
+        }
         let name = name.strip_suffix("[]").unwrap_or(name);
         set_field(&mut json, &input, name, value, "query parameter")?;
     }
@@ -378,16 +438,19 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Value {
     json.get(&key).cloned().unwrap_or(Value::Null)
 }
 
-/// grpc-gateway's gRPC → HTTP status table.
+/// grpc-gateway's gRPC → HTTP status table, but for FAILED_PRECONDITION:
+/// a request refused for the state of what it names (cancelling a live
+/// deployment, deploying a deleted project) is 409 Conflict, as RFC 9110
+/// defines it, not 400 — the request itself was well formed.
 pub fn http_status(code: Code) -> http::StatusCode {
     use http::StatusCode as S;
     match code {
         Code::Ok => S::OK,
         Code::Cancelled => S::from_u16(499).unwrap_or(S::BAD_REQUEST),
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => S::BAD_REQUEST,
+        Code::InvalidArgument | Code::OutOfRange => S::BAD_REQUEST,
         Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
         Code::NotFound => S::NOT_FOUND,
-        Code::AlreadyExists | Code::Aborted => S::CONFLICT,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => S::CONFLICT,
         Code::PermissionDenied => S::FORBIDDEN,
         Code::Unauthenticated => S::UNAUTHORIZED,
         Code::ResourceExhausted => S::TOO_MANY_REQUESTS,
@@ -409,7 +472,9 @@ pub fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
         .unwrap_or_else(|| Value::Array(Vec::new()));
     let mut object = BTreeMap::new();
     object.insert("code", Value::from(status.code() as i32));
-    object.insert("message", Value::from(status.message()));
+    // A message may quote what the client sent; a NUL in it is written out,
+    // as no string of the API holds one.
+    object.insert("message", Value::from(status.message().replace('\0', "\\0")));
     object.insert("details", details);
     serde_json::to_value(object).unwrap_or(Value::Null)
 }

@@ -24,6 +24,8 @@ pub struct Template {
     verb: Option<String>,
     /// The template as written, for OpenAPI paths.
     pub text: String,
+    /// The template with its variables unnamed.
+    shape: String,
 }
 
 impl Template {
@@ -46,11 +48,14 @@ impl Template {
             Some(index) => (&path[..index], Some(path[index + 1..].to_owned())),
             None => (path, None),
         };
-        Ok(Self {
+        let mut template = Self {
             segments: parse_segments(body)?,
             verb,
             text: text.to_owned(),
-        })
+            shape: String::new(),
+        };
+        template.shape = template.openapi_path_named(&vec![String::new(); template.fields().len()]);
+        Ok(template)
     }
 
     pub fn has_verb(&self) -> bool {
@@ -108,8 +113,8 @@ impl Template {
 
     /// The template with its variables unnamed: two templates of one shape
     /// match the same requests.
-    pub fn shape(&self) -> String {
-        self.openapi_path_named(&vec![String::new(); self.fields().len()])
+    pub fn shape(&self) -> &str {
+        &self.shape
     }
 
     /// Matches a request path (already split on `/`, still percent-encoded);
