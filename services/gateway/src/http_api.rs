@@ -1,5 +1,5 @@
 //! The gateway's HTTP side: the REST/JSON bridge (every annotated RPC, see
-//! [`crate::transcode`]), `/openapi.json`, `/healthz`, `/readyz`.
+//! [`crate::transcode`]), `/openapi.json`, `/docs` ([`crate::docs`]), `/healthz`, `/readyz`.
 //!
 //! At the edge: the caller's token is checked for routes that need one
 //! (public routes pass) and passed on; `x-request-id` is kept or made, and
@@ -115,6 +115,7 @@ pub async fn serve(
         )
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .merge(crate::docs::router())
         .fallback(transcoded)
         .layer(cors)
         .with_state(bridge);

@@ -12,6 +12,7 @@ pub mod apps;
 mod backends;
 mod codec;
 mod config;
+mod docs;
 mod grpc;
 mod http_api;
 mod limit;
