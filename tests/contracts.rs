@@ -64,16 +64,24 @@ impl Api {
             .clone()
     }
 
-    /// The schema of a property of an operation's JSON body.
+    /// The schema of a property of an operation's JSON body (inline, or the
+    /// message it refers to).
     fn body_property(&self, path: &str, method: &str, name: &str) -> Value {
         let pointer = format!(
-            "/paths/{}/{method}/requestBody/content/application~1json/schema/properties/{name}",
+            "/paths/{}/{method}/requestBody/content/application~1json/schema",
             path.replace('/', "~1")
         );
-        self.document
+        let mut schema = self
+            .document
             .pointer(&pointer)
-            .unwrap_or_else(|| panic!("{method} {path} takes {name} in its body"))
-            .clone()
+            .unwrap_or_else(|| panic!("{method} {path} takes a body"));
+        if let Some(reference) = schema["$ref"].as_str() {
+            schema = self
+                .document
+                .pointer(reference.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("{reference} is in the document"));
+        }
+        schema["properties"][name].clone()
     }
 
     /// The schema of a message's property.

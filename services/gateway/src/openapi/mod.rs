@@ -103,9 +103,9 @@ fn message_schema(
     schema
 }
 
-/// The schema of a request body whose message the path partly fills: the
-/// message's, without the fields the path binds (`prefix` + name), which
-/// the bridge takes from the path.
+/// The schema of a request body: its message's (a reference when the path
+/// binds none of its fields), without the fields the path binds (`prefix`
+/// + name), which the bridge takes from the path.
 fn body_schema(
     message: &MessageDescriptor,
     prefix: &str,
@@ -118,6 +118,12 @@ fn body_schema(
         .filter(|field| bound.contains(&format!("{prefix}{}", field.name())))
         .map(|field| field.json_name().to_owned())
         .collect();
+    if taken.is_empty() {
+        if wanted.insert(message.full_name().to_owned()) {
+            pool.push(message.clone());
+        }
+        return schema_ref(message);
+    }
     let mut schema = message_schema(message, None, wanted, pool);
     if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         properties.retain(|name, _| !taken.contains(name));
@@ -324,7 +330,7 @@ pub fn document(routes: &Routes) -> Value {
                             schema
                         }
                         None => match field.kind() {
-                            Kind::Message(message) if bound.iter().any(|path| path.starts_with(field_name)) => {
+                            Kind::Message(message) => {
                                 body_schema(&message, &format!("{field_name}."), &bound, &mut wanted, &mut pending)
                             }
                             _ => field_schema(&field, &mut wanted, &mut pending),
