@@ -114,6 +114,25 @@ async fn every_service_serves_health_reflection_and_metrics_then_stops_cleanly()
         }
     }
 
+    // The deploy service's gauges of deployments and the runner queue,
+    // written once its database answers.
+    let deploy = mesh
+        .addrs
+        .iter()
+        .find_map(|(kind, addr)| (*kind == ServiceKind::Deploy).then_some(*addr))
+        .expect("the mesh runs the deploy service");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(deploy, "/metrics").await;
+        if body.contains("capsule_deployments{state=\"queued\"}")
+            && body.contains("capsule_deployment_queue_oldest_seconds")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no deployment gauges:\n{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let (status, body) = http_get(mesh.http, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"status\":\"ready\""), "{body}");

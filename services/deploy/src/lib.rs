@@ -4,6 +4,7 @@
 mod api;
 pub mod config;
 mod db;
+mod gauges;
 mod grpc;
 mod notify;
 mod push;
@@ -74,6 +75,7 @@ pub async fn serve(
     let keys: Arc<KeySet> = mesh.key_set()?;
     keys.accept_runners(Arc::new(api::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
+    tokio::spawn(gauges::run(db.clone(), shutdown.clone()));
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
     }

@@ -318,6 +318,25 @@ pub fn routes(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, Uuid)
 }
 
 /// The projects that have a live deployment.
+/// How many deployments are in each of `states`, and when the oldest
+/// queued one was created.
+pub fn active_figures(conn: &mut PgConnection, states: &[State]) -> QueryResult<(Vec<i64>, Option<DateTime<Utc>>)> {
+    let counts = states
+        .iter()
+        .map(|state| {
+            deployments::table
+                .filter(deployments::state.eq(state.as_str()))
+                .count()
+                .get_result(conn)
+        })
+        .collect::<QueryResult<Vec<i64>>>()?;
+    let oldest = deployments::table
+        .filter(deployments::state.eq(State::Queued.as_str()))
+        .select(diesel::dsl::min(deployments::created_at))
+        .get_result(conn)?;
+    Ok((counts, oldest))
+}
+
 pub fn live_projects(conn: &mut PgConnection) -> QueryResult<Vec<(Uuid, Option<Uuid>)>> {
     deployments::table
         .filter(deployments::state.eq(State::Live.as_str()))
