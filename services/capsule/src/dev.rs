@@ -106,6 +106,10 @@ pub async fn run() -> anyhow::Result<()> {
     let edge = capsule_gateway::EdgeConfig::from_source(&source)?;
     let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;
     let http = bind(gateway_config.http_addr, "GATEWAY_HTTP_ADDR").await?;
+    // Where an operator looks: the API page, and the metrics (on their own
+    // listener when CAPSULE_METRICS_ADDR says so, else on every gRPC port).
+    let http_addr = http.local_addr()?;
+    let metrics_at = gateway_serve.metrics_addr.unwrap_or(grpc.local_addr()?);
     lines.insert(
         0,
         format!(
@@ -132,6 +136,10 @@ pub async fn run() -> anyhow::Result<()> {
          grpcurl -plaintext -d '{{\"service\":\"capsule.project.v1.ProjectService\"}}' localhost:50052 grpc.health.v1.Health/Check\n  \
          curl localhost:8080/readyz\n  \
          curl localhost:50053/metrics\n\n\
+         Where to look:\n  \
+         API page       http://{http_addr}/docs (the document: http://{http_addr}/openapi.json)\n  \
+         Metrics        http://{metrics_at}/metrics (Prometheus text)\n  \
+         Dashboard      deploy/observability/capsule-dashboard.json (Grafana) and capsule-alerts.yaml (Prometheus rules)\n\n\
          Apps: a live deployment answers at http://<host label>.localhost:8080 (GATEWAY_APPS_DOMAIN).\n\
          Repositories: https://, ssh:// and git:// URLs; to deploy from a local path, allow its directory:\n  \
          DEPLOY_LOCAL_REPOSITORIES=$HOME/src cargo run -p capsule-cli -- dev\n\n\
