@@ -40,6 +40,17 @@ pub enum CapsuleRule {
 /// that new passwords be checked against such a list).
 pub const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
 
+/// What a client whose value breaks `field`'s pattern is told, when the
+/// proto says it (`(capsule.auth.v1.hint)`).
+pub fn field_hint(field: &FieldDescriptor) -> Option<String> {
+    let extension = field.parent_pool().get_extension_by_name("capsule.auth.v1.hint")?;
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return None;
+    }
+    options.get_extension(&extension).as_str().map(str::to_owned)
+}
+
 /// The rule of Capsule's own declared on `field`, if any.
 pub fn capsule_rule(field: &FieldDescriptor) -> Option<CapsuleRule> {
     let pool = field.parent_pool();
@@ -294,6 +305,11 @@ fn describe(violation: &prost_protovalidate::Violation) -> String {
     if rule == "min_len" && value == "1" {
         return REQUIRED.to_owned();
     }
+    if rule == "pattern"
+        && let Some(hint) = violation.field_descriptor().and_then(field_hint)
+    {
+        return hint;
+    }
     if !violation.message().is_empty() {
         return violation.message().trim_start_matches("value ").to_owned();
     }
@@ -426,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn the_patterns_of_paths_branches_and_repositories_match_the_handlers() {
+    fn paths_branches_and_repositories_follow_their_rules() {
         for (root, ok) in [
             ("", true),
             ("apps/web", true),
@@ -466,6 +482,10 @@ mod tests {
                 },
             );
             assert_eq!(found.is_empty(), ok, "{branch:?}: {found:?}");
+            // A broken pattern is explained in the proto's words.
+            if !ok && !branch.is_empty() && !branch.ends_with(".lock") {
+                assert_eq!(found[0].1, "must be a git branch name such as main or release/2.0");
+            }
         }
         for (url, ok) in [
             ("", true),

@@ -342,37 +342,15 @@ impl ProjectService for ProjectServiceApi {
         let mut changes = SettingsChanges::default();
         for path in &paths {
             match path.as_str() {
-                "build_command" => {
-                    validate::command(&wanted.build_command, "settings.build_command", &mut violations);
-                    changes.build_command = Some(wanted.build_command.clone());
-                }
-                "start_command" => {
-                    validate::command(&wanted.start_command, "settings.start_command", &mut violations);
-                    changes.start_command = Some(wanted.start_command.clone());
-                }
-                "release_command" => {
-                    validate::command(&wanted.release_command, "settings.release_command", &mut violations);
-                    changes.release_command = Some(wanted.release_command.clone());
-                }
-                "root_directory" => {
-                    validate::root_directory(&wanted.root_directory, "settings.root_directory", &mut violations);
-                    changes.root_directory = Some(wanted.root_directory.clone());
-                }
-                "branch" => {
-                    validate::branch(&wanted.branch, "settings.branch", &mut violations);
-                    changes.branch = Some(wanted.branch.clone());
-                }
+                // The rules in the protos are the whole check of each.
+                "build_command" => changes.build_command = Some(wanted.build_command.clone()),
+                "start_command" => changes.start_command = Some(wanted.start_command.clone()),
+                "release_command" => changes.release_command = Some(wanted.release_command.clone()),
+                "root_directory" => changes.root_directory = Some(wanted.root_directory.clone()),
+                "branch" => changes.branch = Some(wanted.branch.clone()),
                 "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
-                // Its rule in the protos is the whole check (no credentials in it).
                 "repository_url" => changes.repository_url = Some(wanted.repository_url.clone()),
-                "health_check_path" => {
-                    validate::health_check_path(
-                        &wanted.health_check_path,
-                        "settings.health_check_path",
-                        &mut violations,
-                    );
-                    changes.health_check_path = Some(wanted.health_check_path.clone());
-                }
+                "health_check_path" => changes.health_check_path = Some(wanted.health_check_path.clone()),
                 _ => {}
             }
         }

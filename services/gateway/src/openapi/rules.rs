@@ -25,6 +25,9 @@ pub fn constrain(field: &FieldDescriptor, schema: &mut Value) {
         }
         _ => {}
     }
+    if let Some(hint) = capsule::rules::field_hint(field) {
+        add_description(schema, &format!("The value {hint}."));
+    }
     let Some(rules) = capsule::rules::field_rules(field) else {
         return;
     };
@@ -115,7 +118,7 @@ fn refuse_common_passwords(schema: &mut Value) {
         .map(any_case)
         .collect();
     schema["not"] = json!({ "pattern": format!("^(?:{})$", common.join("|")) });
-    schema["description"] = json!("Not one of the most common passwords, in any letter case.");
+    add_description(schema, "Not one of the most common passwords, in any letter case.");
 }
 
 /// A regular expression for the decimal numbers from 0 to `max`, without
@@ -156,7 +159,7 @@ fn string_schema(rules: &StringRules, schema: &mut Value) {
         rules.len.or(rules.max_len).or(rules.max_bytes).map(Value::from),
     );
     if let Some(max_bytes) = rules.max_bytes {
-        schema["description"] = json!(format!("At most {max_bytes} bytes of UTF-8."));
+        add_description(schema, &format!("At most {max_bytes} bytes of UTF-8."));
     }
     match rules.well_known {
         Some(WellKnown::Uuid(true)) => schema["format"] = json!("uuid"),
@@ -195,6 +198,15 @@ fn escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Adds a sentence to the schema's description.
+fn add_description(schema: &mut Value, sentence: &str) {
+    let text = match schema.get("description").and_then(Value::as_str) {
+        Some(before) => format!("{before} {sentence}"),
+        None => sentence.to_owned(),
+    };
+    schema["description"] = json!(text);
 }
 
 fn set(schema: &mut Value, key: &str, value: Option<Value>) {
