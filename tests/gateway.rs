@@ -261,6 +261,14 @@ async fn bad_requests_get_json_errors_with_the_right_http_status() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+    let body: Value = response.json().await.unwrap();
+    let info = body["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|detail| detail["@type"] == "type.googleapis.com/google.rpc.RequestInfo")
+        .unwrap_or_else(|| panic!("a RequestInfo detail: {body}"));
+    assert_eq!(info["requestId"], "trace-me-42");
     assert_eq!(
         http.get(url(&mesh, "/v2/nothing")).send().await.unwrap().status(),
         StatusCode::NOT_FOUND

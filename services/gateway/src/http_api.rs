@@ -68,12 +68,20 @@ impl Bridge {
         }
     }
 
+    /// An error as `google.rpc.Status` JSON, with a `google.rpc.RequestInfo`
+    /// detail naming the request (as `x-request-id` does), so a client can
+    /// quote it and an operator find every log line of it.
     fn error(&self, status: &Status, request_id: &str) -> Response {
-        let mut response = (
-            transcode::http_status(status.code()),
-            Json(transcode::status_json(&self.routes.pool, status)),
-        )
-            .into_response();
+        let mut body = transcode::status_json(&self.routes.pool, status);
+        if let Some(details) = body.get_mut("details").and_then(serde_json::Value::as_array_mut)
+            && !request_id.is_empty()
+        {
+            details.push(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.RequestInfo",
+                "requestId": request_id,
+            }));
+        }
+        let mut response = (transcode::http_status(status.code()), Json(body)).into_response();
         if let Ok(value) = HeaderValue::from_str(request_id) {
             response.headers_mut().insert("x-request-id", value);
         }
