@@ -371,9 +371,8 @@ impl ProjectService for ProjectServiceApi {
         let body = request.into_inner();
         let variable = body.variable.unwrap_or_default();
         let mut violations = FieldViolations::new();
+        // The rules in the protos checked the name and the value's size.
         let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
-        validate::variable_name(&variable.name, "variable.name", &mut violations);
-        validate::variable_value(&variable.value, "variable.value", &mut violations);
         violations.check()?;
         self.live(&caller, id).await?;
         let (name, value, secret) = (variable.name.clone(), variable.value, variable.secret);
@@ -418,7 +417,6 @@ impl ProjectService for ProjectServiceApi {
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
-        validate::variable_name(&body.name, "name", &mut violations);
         violations.check()?;
         self.live(&caller, id).await?;
         let name = body.name;
