@@ -43,23 +43,12 @@ pub const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
 /// What a client whose value breaks `field`'s pattern is told, when the
 /// proto says it (`(capsule.auth.v1.hint)`).
 pub fn field_hint(field: &FieldDescriptor) -> Option<String> {
-    let extension = field.parent_pool().get_extension_by_name("capsule.auth.v1.hint")?;
-    let options = field.options();
-    if !options.has_extension(&extension) {
-        return None;
-    }
-    options.get_extension(&extension).as_str().map(str::to_owned)
+    field_option(field, "capsule.auth.v1.hint")?.as_str().map(str::to_owned)
 }
 
 /// The rule of Capsule's own declared on `field`, if any.
 pub fn capsule_rule(field: &FieldDescriptor) -> Option<CapsuleRule> {
-    let pool = field.parent_pool();
-    let options = field.options();
-    let marked = |name: &str| {
-        pool.get_extension_by_name(name).is_some_and(|extension| {
-            options.has_extension(&extension) && options.get_extension(&extension).as_bool() == Some(true)
-        })
-    };
+    let marked = |name: &str| field_option(field, name).is_some_and(|value| value.as_bool() == Some(true));
     if marked("capsule.auth.v1.new_password") {
         Some(CapsuleRule::NewPassword)
     } else if marked("capsule.auth.v1.time_zone") {
@@ -67,6 +56,17 @@ pub fn capsule_rule(field: &FieldDescriptor) -> Option<CapsuleRule> {
     } else {
         None
     }
+}
+
+/// The value of the option `extension` on `field`, when the field sets it
+/// (read from the field's own descriptor pool: the gateway decodes one of
+/// its own).
+fn field_option(field: &FieldDescriptor, extension: &str) -> Option<Value> {
+    let extension = field.parent_pool().get_extension_by_name(extension)?;
+    let options = field.options();
+    options
+        .has_extension(&extension)
+        .then(|| options.get_extension(&extension).into_owned())
 }
 
 fn is_common_password(password: &str) -> bool {
@@ -79,12 +79,7 @@ fn is_common_password(password: &str) -> bool {
 /// The rules declared on one field, if any (read from the field's own
 /// descriptor pool: the gateway decodes one of its own).
 pub fn field_rules(field: &FieldDescriptor) -> Option<FieldRules> {
-    let extension = field.parent_pool().get_extension_by_name(FIELD_EXTENSION)?;
-    let options = field.options();
-    if !options.has_extension(&extension) {
-        return None;
-    }
-    match options.get_extension(&extension).as_ref() {
+    match field_option(field, FIELD_EXTENSION)? {
         Value::Message(rules) => rules.transcode_to().ok(),
         _ => None,
     }

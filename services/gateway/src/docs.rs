@@ -57,11 +57,22 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 async fn index() -> Response {
-    // The version in the files' addresses: a new Swagger UI is not hidden
-    // behind a cached old one.
-    let version = VERSION.trim();
-    let page = format!(
-        r#"<!doctype html>
+    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The page, written once: the version is in the files' addresses, so a
+/// new Swagger UI is not hidden behind a cached old one.
+fn page() -> &'static str {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PAGE.get_or_init(|| {
+        let version = VERSION.trim();
+        format!(
+            r#"<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
@@ -77,13 +88,8 @@ async fn index() -> Response {
 </body>
 </html>
 "#
-    );
-    let mut response = ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+        )
+    })
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> Response {

@@ -303,32 +303,37 @@ fn is_mask(name: &str) -> bool {
 /// that sends one most likely meant something the bridge cannot guess
 /// (clearing a field is sending its empty value in an update). Refused,
 /// naming where.
-fn refuse_nulls(value: &Value, at: &str) -> Result<(), Status> {
-    match value {
-        Value::Null => Err(bad_request(format!(
-            "the body's {}: null is not a value; leave the field out, or send its empty value (\"\", 0, false, [])",
-            if at.is_empty() {
-                "top level".to_owned()
-            } else {
-                format!("{at:?}")
-            }
-        ))),
-        Value::Object(object) => object.iter().try_for_each(|(key, item)| {
-            refuse_nulls(
-                item,
-                &if at.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{at}.{key}")
-                },
-            )
-        }),
+fn refuse_nulls(body: &Value) -> Result<(), Status> {
+    let Some(mut path) = null_at(body) else {
+        return Ok(());
+    };
+    path.reverse();
+    let at = if path.is_empty() {
+        "top level".to_owned()
+    } else {
+        format!("{:?}", path.concat().trim_start_matches('.'))
+    };
+    Err(bad_request(format!(
+        "the body's {at}: null is not a value; leave the field out, or send its empty value (\"\", 0, false, [])"
+    )))
+}
+
+/// Where the first `null` in `value` is, innermost step first (`.key` or
+/// `[index]`); nothing is written down unless one is found.
+fn null_at(value: &Value) -> Option<Vec<String>> {
+    let (mut path, step) = match value {
+        Value::Null => return Some(Vec::new()),
+        Value::Object(object) => object
+            .iter()
+            .find_map(|(key, item)| Some((null_at(item)?, format!(".{key}"))))?,
         Value::Array(items) => items
             .iter()
             .enumerate()
-            .try_for_each(|(index, item)| refuse_nulls(item, &format!("{at}[{index}]"))),
-        _ => Ok(()),
-    }
+            .find_map(|(index, item)| Some((null_at(item)?, format!("[{index}]"))))?,
+        _ => return None,
+    };
+    path.push(step);
+    Some(path)
 }
 
 /// The paths an update mask may name, when its rules list them.
@@ -368,7 +373,7 @@ pub fn build_request(
     } else {
         let value = serde_json::from_slice::<Value>(body)
             .map_err(|err| bad_request(format!("the body is not valid JSON: {err}")))?;
-        refuse_nulls(&value, "")?;
+        refuse_nulls(&value)?;
         Some(value)
     };
     match (route.body.as_str(), body_json) {
@@ -477,4 +482,20 @@ pub fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
     object.insert("message", Value::from(status.message().replace('\0', "\\0")));
     object.insert("details", details);
     serde_json::to_value(object).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::refuse_nulls;
+
+    #[test]
+    fn a_null_in_a_body_is_refused_naming_where() {
+        assert!(refuse_nulls(&json!({"name": "x", "tags": ["a"], "inner": {"n": 1}})).is_ok());
+        let message = |body| refuse_nulls(&body).unwrap_err().message().to_owned();
+        assert!(message(json!(null)).starts_with("the body's top level: null"));
+        assert!(message(json!({"description": null})).starts_with("the body's \"description\": null"));
+        assert!(message(json!({"a": {"b": [1, null]}})).starts_with("the body's \"a.b[1]\": null"));
+    }
 }
