@@ -3,7 +3,8 @@
 //! Everything the four services have in common: the generated contracts
 //! ([`proto`]), configuration from the environment ([`config`]), the
 //! database pool, migrations and health supervisor ([`db`]), the gRPC server
-//! bootstrap ([`server`]), logs and metrics ([`telemetry`]) and signal
+//! bootstrap ([`server`]), logs, metrics and trace export ([`telemetry`]),
+//! the spans of a trace and their context across calls ([`trace`]) and signal
 //! handling ([`shutdown`]).
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+pub mod trace;
 
 /// What a database says about itself (`capsule db stats`, the admin API).
 pub use db::stats;

@@ -59,6 +59,17 @@ pub fn endpoint(url: &str) -> anyhow::Result<Endpoint> {
     endpoint_from(url, &ProcessEnv)
 }
 
+/// A channel to another service (see [`endpoint`]) that connects on first
+/// use, reconnects after the service restarts, and traces every call.
+pub fn channel(url: &str) -> anyhow::Result<crate::trace::TracedChannel> {
+    Ok(crate::trace::traced(
+        endpoint(url)?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy(),
+    ))
+}
+
 pub fn endpoint_from(url: &str, source: &dyn Source) -> anyhow::Result<Endpoint> {
     let endpoint = Endpoint::from_shared(url.to_owned())?;
     if !url.starts_with("https://") {

@@ -113,18 +113,28 @@ impl super::Database {
         F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        use tracing::Instrument;
         let waited = std::time::Instant::now();
+        let wait = tracing::debug_span!(
+            target: crate::trace::TRACE,
+            "db.pool.wait",
+            db.system.name = "postgresql",
+            db.namespace = self.config.service.name(),
+        );
         let conn = self
             .pool
             .get()
+            .instrument(wait)
             .await
             .map_err(|err| DbError::Unavailable(err.to_string()))?;
         metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
             .record(waited.elapsed().as_secs_f64());
-        let result = conn
-            .interact(work)
-            .await
-            .map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
+        // With tracing on, the statements are spans of the caller's request.
+        let result = match crate::trace::carry() {
+            Some(carried) => conn.interact(move |conn| carried.run(|| work(conn))).await,
+            None => conn.interact(work).await,
+        };
+        let result = result.map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
         // A connection whose server went away (restart, failover, a killed
         // backend) is not handed out again.
         if result.as_ref().is_err_and(connection_lost) {

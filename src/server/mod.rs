@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -241,6 +241,12 @@ impl GrpcServer {
             .layer(MapResponseBodyLayer::new(tonic::body::Body::new))
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
+            // With tracing on, the call's server span holds its log span.
+            .option_layer(
+                crate::trace::grpc_server_layer()
+                    .map(|layer| (MapResponseBodyLayer::new(tonic::body::Body::new), layer)),
+            )
+            .layer(MapResponseBodyLayer::new(tonic::body::Body::new))
             .layer(
                 TraceLayer::new_for_grpc()
                     .make_span_with(RequestSpan)
@@ -284,9 +290,9 @@ impl GrpcServer {
     }
 }
 
-/// The log span of one request: method, request id and (once the access
-/// layer knows it) the client address, so every line a handler logs
-/// carries them.
+/// The log span of one request: method, request id, trace id (with
+/// tracing on) and (once the access layer knows it) the client address, so
+/// every line a handler logs carries them.
 #[derive(Clone, Copy)]
 struct RequestSpan;
 
@@ -301,6 +307,7 @@ impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
             "request",
             method = %request.uri().path(),
             request_id = %request_id,
+            trace_id = crate::trace::current_trace_id(),
             client = tracing::field::Empty
         )
     }
@@ -367,7 +374,7 @@ where
             // the headers. A response without one ends with status 0 in the
             // trailers (a stream that fails later is counted as OK here).
             let code = match &result {
-                Ok(response) => grpc_code(response.headers().get("grpc-status")),
+                Ok(response) => crate::trace::grpc_code(response.headers()).unwrap_or(0).to_string(),
                 Err(_) => "13".to_owned(),
             };
             metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method.clone(), "code" => code)
@@ -377,11 +384,4 @@ where
             result
         })
     }
-}
-
-fn grpc_code(header: Option<&HeaderValue>) -> String {
-    header
-        .and_then(|value| value.to_str().ok())
-        .and_then(|code| code.parse::<u8>().ok())
-        .map_or_else(|| "0".to_owned(), |code| code.to_string())
 }

@@ -1,5 +1,7 @@
 //! `capsule dev`: one command from a fresh clone to a running mesh.
 
+use std::time::Duration;
+
 use capsule::config::{DbConfig, GatewayConfig, Mesh, ServeConfig, ServiceKind, Source};
 use tokio::task::JoinSet;
 
@@ -45,7 +47,7 @@ impl Source for DevSource {
 /// The development admin's email; its password is printed at start.
 const DEV_ADMIN_EMAIL: &str = "admin@capsule.dev";
 
-pub async fn run() -> anyhow::Result<()> {
+pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
     let project_dir = postgres::project_dir()?;
     let server = postgres::find_or_start(&project_dir).await?;
     let source = DevSource {
@@ -139,7 +141,8 @@ pub async fn run() -> anyhow::Result<()> {
          Where to look:\n  \
          API page       http://{http_addr}/docs (the document: http://{http_addr}/openapi.json)\n  \
          Metrics        http://{metrics_at}/metrics (Prometheus text)\n  \
-         Dashboard      deploy/observability/capsule-dashboard.json (Grafana) and capsule-alerts.yaml (Prometheus rules)\n\n\
+         Dashboard      deploy/observability/capsule-dashboard.json (Grafana) and capsule-alerts.yaml (Prometheus rules)\n  \
+         Traces         {}\n\n\
          Apps: a live deployment answers at http://<host label>.localhost:8080 (GATEWAY_APPS_DOMAIN).\n\
          Repositories: https://, ssh:// and git:// URLs; to deploy from a local path, allow its directory:\n  \
          DEPLOY_LOCAL_REPOSITORIES=$HOME/src cargo run -p capsule-cli -- dev\n\n\
@@ -149,6 +152,7 @@ pub async fn run() -> anyhow::Result<()> {
         capsule::config::redact_url(&server.admin_url),
         server.origin,
         lines.join("\n"),
+        traces_line(traces.as_deref()).await,
         admin.password,
         if server.started_here.is_some() {
             ", the private PostgreSQL cluster included"
@@ -183,4 +187,27 @@ fn random_hex() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Where traces go, and whether anything listens there (nothing is
+/// started: a collector is the operator's to run).
+async fn traces_line(endpoint: Option<&str>) -> String {
+    let Some(endpoint) = endpoint else {
+        return "off; --otlp exports them to a collector on localhost:4317 (OTEL_EXPORTER_OTLP_ENDPOINT elsewhere)"
+            .to_owned();
+    };
+    let address = url::Url::parse(endpoint)
+        .ok()
+        .and_then(|url| Some(format!("{}:{}", url.host_str()?, url.port_or_known_default()?)));
+    let answers = match address {
+        Some(address) => tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(address))
+            .await
+            .is_ok_and(|connected| connected.is_ok()),
+        None => false,
+    };
+    if answers {
+        format!("{endpoint} (OTLP/gRPC); the trace id is in every log line and REST error")
+    } else {
+        format!("{endpoint} (OTLP/gRPC), where nothing answers yet: spans are dropped until a collector listens there")
+    }
 }

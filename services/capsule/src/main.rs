@@ -39,7 +39,14 @@ struct Cli {
 enum Command {
     /// Everything a newcomer needs: PostgreSQL, roles, databases, migrations
     /// and all four services in one process.
-    Dev,
+    Dev {
+        /// Export traces to the OTLP/gRPC collector at URL (default
+        /// http://localhost:4317), overriding OTEL_EXPORTER_OTLP_ENDPOINT.
+        /// Nothing is started: point it at Jaeger, Tempo or an
+        /// OpenTelemetry Collector that runs.
+        #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "http://localhost:4317")]
+        otlp: Option<String>,
+    },
     /// Serve one service (configured from the environment).
     Serve {
         #[arg(value_enum)]
@@ -107,7 +114,6 @@ impl From<Service> for ServiceKind {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    capsule::telemetry::init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -115,7 +121,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // The trace exporter runs on the runtime: install it inside.
+    let telemetry = match runtime.block_on(async { telemetry(&cli.command) }) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("capsule: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli, telemetry.endpoint().map(str::to_owned)));
+    // Outside the runtime's workers, which send the last spans meanwhile.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("capsule: {err:#}");
@@ -124,9 +141,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Logs for every command; traces for the ones that serve, named after
+/// what they serve, when OTEL_* (or `dev --otlp`) says where.
+fn telemetry(command: &Command) -> anyhow::Result<capsule::telemetry::Telemetry> {
+    use capsule::config::{ProcessEnv, Source};
+    let (name, otlp) = match command {
+        Command::Dev { otlp } => ("capsule".to_owned(), otlp.clone()),
+        Command::Serve { service, .. } => (format!("capsule-{}", ServiceKind::from(*service).name()), None),
+        _ => return Ok(capsule::telemetry::init_logging()),
+    };
+    let source = move |variable: &str| match &otlp {
+        Some(url) if variable.starts_with("OTEL_EXPORTER_OTLP_") && variable.ends_with("ENDPOINT") => Some(url.clone()),
+        _ => ProcessEnv.get(variable),
+    };
+    capsule::telemetry::init(&source, &name)
+}
+
+async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
     match cli.command {
-        Command::Dev => dev::run().await,
+        Command::Dev { .. } => dev::run(traces).await,
         Command::Serve { service, runner } => serve::serve(service.into(), runner.is_some()).await,
         Command::Migrate(args) => migrate::run(args).await,
         Command::Db {

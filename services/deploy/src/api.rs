@@ -44,7 +44,7 @@ pub struct DeployServiceApi {
 pub(crate) struct Inner {
     pub(crate) db: Database,
     pub(crate) hub: Hub,
-    pub(crate) projects: ProjectServiceClient<tonic::transport::Channel>,
+    pub(crate) projects: ProjectServiceClient<capsule::trace::TracedChannel>,
     pub(crate) internal_secret: Option<String>,
     pub(crate) lease: chrono::Duration,
     /// Output lines kept per deployment.
@@ -212,7 +212,7 @@ impl DeployServiceApi {
     pub fn new(
         db: Database,
         hub: Hub,
-        projects: ProjectServiceClient<tonic::transport::Channel>,
+        projects: ProjectServiceClient<capsule::trace::TracedChannel>,
         internal_secret: Option<String>,
         config: &DeployConfig,
     ) -> anyhow::Result<Self> {
@@ -350,7 +350,7 @@ impl DeployServiceApi {
         &self.inner.db
     }
 
-    pub(crate) fn projects(&self) -> ProjectServiceClient<tonic::transport::Channel> {
+    pub(crate) fn projects(&self) -> ProjectServiceClient<capsule::trace::TracedChannel> {
         self.inner.projects.clone()
     }
 

@@ -60,11 +60,7 @@ pub async fn serve(
     };
     let db = Database::new(db_config.clone())?;
     let hub = notify::Hub::start(db_config.connection_url(), shutdown.clone());
-    let projects = ProjectServiceClient::new(
-        capsule::tls::endpoint(&mesh.services.project)?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy(),
-    );
+    let projects = ProjectServiceClient::new(capsule::tls::channel(&mesh.services.project)?);
     let api = DeployServiceApi::new(
         db.clone(),
         hub.clone(),
@@ -79,11 +75,7 @@ pub async fn serve(
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
     }
-    let auth = AuthServiceClient::new(
-        capsule::tls::endpoint(&mesh.services.auth)?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect_lazy(),
-    );
+    let auth = AuthServiceClient::new(capsule::tls::channel(&mesh.services.auth)?);
     tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {

@@ -11,8 +11,9 @@ use capsule::proto::{
     auth::v1::{GetUserStatusRequest, auth_service_client::AuthServiceClient},
     project::v1::GetPushTargetRequest,
 };
+use capsule::trace::TracedChannel as Channel;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, transport::Channel};
+use tonic::{Code, Request};
 use uuid::Uuid;
 
 use crate::{

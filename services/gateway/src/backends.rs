@@ -1,9 +1,7 @@
 //! The channels to the services behind the gateway.
 
-use std::time::Duration;
-
 use capsule::config::{GatewayConfig, ServiceKind};
-use tonic::transport::Channel;
+use capsule::trace::TracedChannel as Channel;
 
 /// Lazily connected channels to the services behind the gateway, and to
 /// the gateway's own gRPC API.
@@ -15,13 +13,6 @@ pub struct Backends {
     pub gateway: Channel,
     /// More packages and where they are served (`test.echo.v1`, …).
     pub extra: Vec<(String, Channel)>,
-}
-
-fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(capsule::tls::endpoint(url)?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy())
 }
 
 impl Backends {
@@ -36,10 +27,10 @@ impl Backends {
             format!("http://127.0.0.1:{}", own_grpc.port())
         };
         Ok(Self {
-            auth: channel(&config.services.auth)?,
-            project: channel(&config.services.project)?,
-            deploy: channel(&config.services.deploy)?,
-            gateway: channel(&own)?,
+            auth: capsule::tls::channel(&config.services.auth)?,
+            project: capsule::tls::channel(&config.services.project)?,
+            deploy: capsule::tls::channel(&config.services.deploy)?,
+            gateway: capsule::tls::channel(&own)?,
             extra: Vec::new(),
         })
     }

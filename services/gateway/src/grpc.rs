@@ -20,6 +20,7 @@ use capsule::{
     rpc::{self, FieldViolations},
 };
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::backends::Backends;
 
@@ -59,8 +60,11 @@ fn missing(part: &str, service: &str, status: &Status) -> Result<pb::MissingPart
     }
 }
 
-async fn within<T>(call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T, Status> {
-    match tokio::time::timeout(PART_DEADLINE, call).await {
+/// One branch of a fan-out: its answer within the deadline, under a span
+/// of its own (`part`) when tracing is on.
+async fn within<T>(part: &'static str, call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T, Status> {
+    let span = tracing::debug_span!(target: capsule::trace::TRACE, "fanout", otel.name = part, fanout.part = part);
+    match tokio::time::timeout(PART_DEADLINE, call).instrument(span).await {
         Ok(result) => result.map(Response::into_inner),
         Err(_) => Err(Status::deadline_exceeded("no answer in time")),
     }
@@ -71,15 +75,15 @@ impl GatewayServiceApi {
         Self { backends }
     }
 
-    fn auth(&self) -> AuthServiceClient<tonic::transport::Channel> {
+    fn auth(&self) -> AuthServiceClient<capsule::trace::TracedChannel> {
         AuthServiceClient::new(self.backends.auth.clone())
     }
 
-    fn projects(&self) -> ProjectServiceClient<tonic::transport::Channel> {
+    fn projects(&self) -> ProjectServiceClient<capsule::trace::TracedChannel> {
         ProjectServiceClient::new(self.backends.project.clone())
     }
 
-    fn deploys(&self) -> DeployServiceClient<tonic::transport::Channel> {
+    fn deploys(&self) -> DeployServiceClient<capsule::trace::TracedChannel> {
         DeployServiceClient::new(self.backends.deploy.clone())
     }
 
@@ -100,7 +104,7 @@ impl GatewayServiceApi {
                 },
             );
             async move {
-                within(deploys.list_deployments(request?))
+                within("deployments", deploys.list_deployments(request?))
                     .await
                     .map(|page| page.deployments)
             }
@@ -132,7 +136,7 @@ impl GatewayService for GatewayServiceApi {
                 let request = on_behalf(&caller, GetDatabaseStatsRequest {});
                 async move {
                     let result = match request {
-                        Ok(request) => within(client.get_database_stats(request)).await,
+                        Ok(request) => within(kind.name(), client.get_database_stats(request)).await,
                         Err(status) => Err(status),
                     };
                     (kind.name(), result)
@@ -168,7 +172,10 @@ impl GatewayService for GatewayServiceApi {
                 show_deleted: false,
             },
         )?;
-        let (user, page) = tokio::join!(within(auth.get_me(me)), within(projects.list_projects(list)));
+        let (user, page) = tokio::join!(
+            within("user", auth.get_me(me)),
+            within("projects", projects.list_projects(list))
+        );
         let mut dashboard = pb::Dashboard::default();
         match user {
             Ok(user) => dashboard.user = Some(user),
@@ -229,8 +236,8 @@ impl GatewayService for GatewayServiceApi {
         )?;
         let ids = [body.project_id.clone()];
         let (project, settings, deployments) = tokio::join!(
-            within(projects.get_project(get)),
-            within(settings_client.get_project_settings(settings)),
+            within("project", projects.get_project(get)),
+            within("settings", settings_client.get_project_settings(settings)),
             self.latest_deployments(&caller, &ids, count),
         );
         // The project itself is essential: without it there is no overview.
@@ -254,7 +261,7 @@ impl GatewayService for GatewayServiceApi {
                 user_id: project.owner_id.clone(),
             },
         )?;
-        match within(self.auth().get_public_profile(owner)).await {
+        match within("owner", self.auth().get_public_profile(owner)).await {
             Ok(profile) => overview.owner = Some(profile),
             Err(status) => overview.missing.push(missing("owner", "auth", &status)?),
         }

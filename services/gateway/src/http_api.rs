@@ -23,12 +23,13 @@ use axum::{
     routing::get,
 };
 use capsule::auth::KeySet;
+use capsule::trace::TracedChannel as Channel;
 use futures::StreamExt;
 use governor::Quota;
 use prost_reflect::DynamicMessage;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 use tracing::Instrument;
 
@@ -69,17 +70,22 @@ impl Bridge {
     }
 
     /// An error as `google.rpc.Status` JSON, with a `google.rpc.RequestInfo`
-    /// detail naming the request (as `x-request-id` does), so a client can
-    /// quote it and an operator find every log line of it.
+    /// detail naming the request (as `x-request-id` does) and, with tracing
+    /// on, its trace (`servingData`: `trace_id=…`), so a client can quote
+    /// them and an operator find every log line and span of it.
     fn error(&self, status: &Status, request_id: &str) -> Response {
         let mut body = transcode::status_json(&self.routes.pool, status);
         if let Some(details) = body.get_mut("details").and_then(serde_json::Value::as_array_mut)
             && !request_id.is_empty()
         {
-            details.push(serde_json::json!({
+            let mut info = serde_json::json!({
                 "@type": "type.googleapis.com/google.rpc.RequestInfo",
                 "requestId": request_id,
-            }));
+            });
+            if let Some(trace_id) = capsule::trace::current_trace_id() {
+                info["servingData"] = format!("trace_id={trace_id}").into();
+            }
+            details.push(info);
         }
         let mut response = (transcode::http_status(status.code()), Json(body)).into_response();
         if let Ok(value) = HeaderValue::from_str(request_id) {
@@ -282,14 +288,44 @@ async fn transcoded(
         .and_then(|v| v.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    // The span follows the request's future wherever it is polled (an
+    // With tracing on, the request's server span holds its log span.
+    let server = tracing::debug_span!(
+        target: capsule::trace::TRACE,
+        "http.server",
+        otel.name = %request.method(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    capsule::trace::adopt(&server, request.headers());
+    // The spans follow the request's future wherever it is polled (an
     // entered guard held across `.await` would leak into other requests
     // on the same thread and chain their spans without end).
-    let span = tracing::info_span!("rest", method = %request.method(), path = %request.uri().path(), request_id = %request_id, client = tracing::field::Empty);
-    handle(bridge, client, request, request_id).instrument(span).await
+    let span = server.in_scope(|| {
+        tracing::info_span!("rest", method = %request.method(), path = %request.uri().path(), request_id = %request_id, trace_id = capsule::trace::current_trace_id(), client = tracing::field::Empty)
+    });
+    let response = handle(bridge, client, request, request_id, &server)
+        .instrument(span)
+        .instrument(server.clone())
+        .await;
+    let code = response.status().as_u16();
+    server.record("http.response.status_code", code);
+    if code >= 500 {
+        server.record("otel.status_code", "error");
+    }
+    response
 }
 
-async fn handle(bridge: Arc<Bridge>, peer: SocketAddr, request: Request, request_id: String) -> Response {
+async fn handle(
+    bridge: Arc<Bridge>,
+    peer: SocketAddr,
+    request: Request,
+    request_id: String,
+    server: &tracing::Span,
+) -> Response {
     let (parts, body) = request.into_parts();
     let client = capsule::client::forwarded(peer.ip(), &parts.headers, &bridge.config.trusted_proxies);
     tracing::Span::current().record("client", tracing::field::display(client));
@@ -320,6 +356,10 @@ async fn handle(bridge: Arc<Bridge>, peer: SocketAddr, request: Request, request
             return bridge.error(&status, &request_id);
         }
     };
+    if !server.is_disabled() {
+        capsule::trace::rename(server, format!("{} {}", parts.method, route.template.text));
+        server.record("http.route", route.template.text.as_str());
+    }
     if let Some(status) = edge_check(&bridge.keys, route, &parts.headers).await {
         return bridge.error(&status, &request_id);
     }

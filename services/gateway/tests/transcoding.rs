@@ -64,8 +64,8 @@ async fn an_annotated_rpc_is_served_with_no_gateway_code() {
             )
             .await
     });
-    let echo_channel = testing::channel(grpc_addr).await;
-    let nowhere = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    let echo_channel = capsule::trace::traced(testing::channel(grpc_addr).await);
+    let nowhere = capsule::tls::channel("http://127.0.0.1:9").unwrap();
     let backends = capsule_gateway::Backends {
         auth: nowhere.clone(),
         project: nowhere.clone(),

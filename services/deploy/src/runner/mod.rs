@@ -19,6 +19,7 @@
 //! is the runner's side of the runner API (its token, lines, states,
 //! heartbeats).
 
+mod job;
 pub mod process;
 mod report;
 pub mod sandbox;
@@ -27,7 +28,6 @@ pub mod source;
 
 use std::{
     collections::{HashMap, VecDeque},
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -38,27 +38,18 @@ use capsule::proto::deploy::v1::{
 use nix::sys::signal::Signal;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     config::RunnerConfig,
     notify::{Event, Hub},
 };
+use job::{Job, LiveApp, failed_step, step_span};
 use process::{Ended, Limits, Masker, pump};
 use report::{Bearer, Client, Reporter, heartbeat};
 use sandbox::{Sandbox, Spec};
 use serve::{Forwarder, Reach};
-
-/// A live app: its process (pumped into the logs), the forwarder the
-/// gateway reaches it through, and what kills it.
-struct LiveApp {
-    job: Job,
-    reach: Reach,
-    forwarder: Forwarder,
-    pid: i32,
-    running: JoinHandle<Ended>,
-    kill: CancellationToken,
-}
 
 pub struct LocalRunner {
     /// For logs: the runner's name.
@@ -84,9 +75,7 @@ impl LocalRunner {
         sandbox: Sandbox,
         hub: Hub,
     ) -> anyhow::Result<Arc<Self>> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let channel = capsule::tls::channel(endpoint)?;
         let bearer = Bearer(format!("Bearer {token}").parse()?);
         Ok(Arc::new(Self {
             id: local_name(),
@@ -118,7 +107,13 @@ impl LocalRunner {
                     snapshot: Some(snapshot),
                     ..
                 }) => {
-                    if let Some(app) = self.execute(deployment, snapshot, &shutdown).await {
+                    let span = tracing::debug_span!(
+                        target: capsule::trace::TRACE,
+                        "runner.deployment",
+                        otel.name = "run deployment",
+                        deployment.id = %deployment.id,
+                    );
+                    if let Some(app) = self.execute(deployment, snapshot, &shutdown).instrument(span).await {
                         let supervisor = tokio::spawn(runner.clone().supervise(app, shutdown.clone()));
                         let mut live = self.live.lock().await;
                         live.retain(|task| !task.is_finished());
@@ -180,8 +175,12 @@ impl LocalRunner {
             }
         };
         if !snapshot.repository_url.is_empty()
-            && let Err(why) = self.fetch_source(&reporter, &snapshot, workdir.path()).await
+            && let Err(why) = self
+                .fetch_source(&reporter, &snapshot, workdir.path())
+                .instrument(step_span("clone"))
+                .await
         {
+            failed_step(&why);
             reporter.system(why.clone()).await;
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
@@ -226,15 +225,19 @@ impl LocalRunner {
 
         // The build, then the release phase: both before anything starts,
         // so a failure leaves the live version serving.
-        let mut prepared = self.step(&job, "build", &snapshot.build_command, &stop).await;
+        let mut prepared = self
+            .step(&job, "build", &snapshot.build_command, &stop)
+            .instrument(step_span("build"))
+            .await;
         if prepared {
             prepared = self
                 .step(&job, "release command", &snapshot.release_command, &stop)
+                .instrument(step_span("release command"))
                 .await;
         }
         if prepared {
             reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
-            let app = self.start(job, &stop, shutdown).await;
+            let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
             stop.cancel();
             let _ = heartbeat.await;
             if app.is_some() {
@@ -282,6 +285,7 @@ impl LocalRunner {
             }
             Ended::Canceled => tracing::info!(deployment.id = %reporter.deployment_id, "{what} stopped: canceled"),
         }
+        failed_step(what);
         false
     }
 
@@ -298,6 +302,7 @@ impl LocalRunner {
         let fail = |why: String| {
             let reporter = reporter.clone();
             async move {
+                failed_step(&why);
                 reporter.system(why.clone()).await;
                 reporter.state(DeploymentState::Failed, why, None).await;
             }
@@ -332,6 +337,7 @@ impl LocalRunner {
         let timeout = self.config.start_timeout;
         let deadline = Instant::now() + timeout;
         let path = snapshot.health_check_path.as_str();
+        let health = step_span("health check");
         loop {
             tokio::select! {
                 ended = &mut running => {
@@ -350,9 +356,10 @@ impl LocalRunner {
                 }
                 () = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
-            match serve::probe(&reach, path).await {
+            match serve::probe(&reach, path).instrument(health.clone()).await {
                 Ok(()) => break,
                 Err(why) if Instant::now() >= deadline => {
+                    health.in_scope(|| failed_step(&why));
                     kill.cancel();
                     let _ = running.await;
                     let what = if path.is_empty() {
@@ -370,6 +377,7 @@ impl LocalRunner {
                 Err(_) => {}
             }
         }
+        drop(health);
         let upstream = forwarder.addr().to_string();
         reporter
             .report(DeploymentState::Live, String::new(), None, upstream)
@@ -567,28 +575,8 @@ impl LocalRunner {
     }
 }
 
-/// One claimed deployment being run.
-#[derive(Clone)]
-struct Job {
-    reporter: Reporter,
-    snapshot: Arc<pb::DeploymentSnapshot>,
-    /// The working directory on the host.
-    workdir: PathBuf,
-    tenant: Uuid,
-    masker: Arc<Masker>,
-}
-
 /// How long an app has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-impl LiveApp {
-    fn reach_port(&self) -> u16 {
-        match self.reach {
-            Reach::Port(port) => port,
-            Reach::Socket(_) => sandbox::APP_PORT,
-        }
-    }
-}
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")

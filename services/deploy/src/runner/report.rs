@@ -7,8 +7,9 @@ use capsule::proto::deploy::v1::{
     self as pb, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
     deploy_service_client::DeployServiceClient,
 };
+use capsule::trace::TracedChannel as Channel;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, service::interceptor::InterceptedService, transport::Channel};
+use tonic::{Request, service::interceptor::InterceptedService};
 
 use super::process::LineSink;
 

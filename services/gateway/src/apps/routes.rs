@@ -3,12 +3,12 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use capsule::trace::TracedChannel as Channel;
 use capsule::{
     auth::INTERNAL_HEADER,
     proto::deploy::v1::{WatchRoutesRequest, deploy_service_client::DeployServiceClient},
 };
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use super::Apps;
 

@@ -1,0 +1,65 @@
+//! One claimed deployment being run: what the runner holds of it, the app
+//! once it is live, and the spans of its steps in the deployment's trace.
+
+use std::{path::PathBuf, sync::Arc};
+
+use capsule::proto::deploy::v1 as pb;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    process::{Ended, Masker},
+    report::Reporter,
+    sandbox,
+    serve::{Forwarder, Reach},
+};
+
+/// One claimed deployment being run.
+#[derive(Clone)]
+pub(super) struct Job {
+    pub reporter: Reporter,
+    pub snapshot: Arc<pb::DeploymentSnapshot>,
+    /// The working directory on the host.
+    pub workdir: PathBuf,
+    pub tenant: Uuid,
+    pub masker: Arc<Masker>,
+}
+
+/// A live app: its process (pumped into the logs), the forwarder the
+/// gateway reaches it through, and what kills it.
+pub(super) struct LiveApp {
+    pub job: Job,
+    pub reach: Reach,
+    pub forwarder: Forwarder,
+    pub pid: i32,
+    pub running: JoinHandle<Ended>,
+    pub kill: CancellationToken,
+}
+
+impl LiveApp {
+    pub fn reach_port(&self) -> u16 {
+        match self.reach {
+            Reach::Port(port) => port,
+            Reach::Socket(_) => sandbox::APP_PORT,
+        }
+    }
+}
+
+/// A step of running a deployment, as a span of its trace.
+pub(super) fn step_span(step: &'static str) -> tracing::Span {
+    tracing::debug_span!(
+        target: capsule::trace::TRACE,
+        "runner.step",
+        otel.name = step,
+        otel.status_code = tracing::field::Empty,
+        error.message = tracing::field::Empty,
+    )
+}
+
+/// Marks the current step's span failed, saying why.
+pub(super) fn failed_step(why: &str) {
+    let span = tracing::Span::current();
+    span.record("otel.status_code", "error");
+    span.record("error.message", why);
+}
