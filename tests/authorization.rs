@@ -164,3 +164,77 @@ async fn every_rpc_answers_each_kind_of_caller_as_its_policy_says() {
     }
     mesh.stop().await;
 }
+
+/// What each organisation role may call, written out: a change to a
+/// method's `(capsule.auth.v1.permission)` or to a role's permissions must
+/// change this table too. Columns: viewer, developer, admin, owner.
+const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
+    ("project.v1.ProjectService/GetProject", [true, true, true, true]),
+    ("project.v1.ProjectService/ListProjects", [true, true, true, true]),
+    ("project.v1.ProjectService/GetProjectSettings", [true, true, true, true]),
+    ("project.v1.ProjectService/GetOrganization", [true, true, true, true]),
+    ("project.v1.ProjectService/ListMembers", [true, true, true, true]),
+    ("deploy.v1.DeployService/GetDeployment", [true, true, true, true]),
+    ("deploy.v1.DeployService/ListDeployments", [true, true, true, true]),
+    ("deploy.v1.DeployService/GetLogs", [true, true, true, true]),
+    ("deploy.v1.DeployService/StreamLogs", [true, true, true, true]),
+    ("project.v1.ProjectService/CreateProject", [false, true, true, true]),
+    ("project.v1.ProjectService/UpdateProject", [false, true, true, true]),
+    (
+        "project.v1.ProjectService/UpdateProjectSettings",
+        [false, true, true, true],
+    ),
+    (
+        "project.v1.ProjectService/SetEnvironmentVariable",
+        [false, true, true, true],
+    ),
+    (
+        "project.v1.ProjectService/DeleteEnvironmentVariable",
+        [false, true, true, true],
+    ),
+    ("project.v1.ProjectService/PrepareDeployment", [false, true, true, true]),
+    ("deploy.v1.DeployService/CreateDeployment", [false, true, true, true]),
+    ("deploy.v1.DeployService/CancelDeployment", [false, true, true, true]),
+    ("deploy.v1.DeployService/RollbackDeployment", [false, true, true, true]),
+    (
+        "project.v1.ProjectService/RotateWebhookSecret",
+        [false, false, true, true],
+    ),
+    ("project.v1.ProjectService/DeleteProject", [false, false, true, true]),
+    ("project.v1.ProjectService/UndeleteProject", [false, false, true, true]),
+    ("project.v1.ProjectService/TransferProject", [false, false, true, true]),
+    ("project.v1.ProjectService/InviteMember", [false, false, true, true]),
+    ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
+    ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
+];
+
+#[test]
+fn each_organisation_role_may_call_what_the_matrix_says() {
+    use capsule::auth::{OrgRole, Permission, declared_permission};
+    let pool = capsule::proto::pool();
+    let mut declared = Vec::new();
+    for service in pool.services().filter(|s| s.full_name().starts_with("capsule.")) {
+        for method in service.methods() {
+            let Some(name) = declared_permission(&method) else {
+                continue;
+            };
+            let path = format!(
+                "{}/{}",
+                service.full_name().trim_start_matches("capsule."),
+                method.name()
+            );
+            let permission = Permission::parse(&name).unwrap_or_else(|| panic!("{path}: unknown permission {name:?}"));
+            let row = OrgRole::ALL.map(|role| role.grants(permission));
+            let expected = ROLE_MATRIX
+                .iter()
+                .find(|(listed, _)| *listed == path)
+                .unwrap_or_else(|| panic!("{path} ({name}) is missing from ROLE_MATRIX"))
+                .1;
+            assert_eq!(row, expected, "{path} ({name}): viewer, developer, admin, owner");
+            declared.push(path);
+        }
+    }
+    for (path, _) in ROLE_MATRIX {
+        assert!(declared.iter().any(|d| d == path), "{path} declares no permission");
+    }
+}

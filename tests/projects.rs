@@ -111,6 +111,7 @@ async fn projects_are_owned_paged_updated_and_soft_deleted() {
                     page_size: 2,
                     page_token: token.clone(),
                     show_deleted: false,
+                    organization_id: String::new(),
                 },
                 &alice,
             ))

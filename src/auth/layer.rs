@@ -187,6 +187,9 @@ where
             tracing::Span::current().record("client", tracing::field::display(ip));
             request.extensions_mut().insert(crate::client::ClientAddress(ip));
         }
+        if let Some(permission) = super::Permission::of_method(request.uri().path()) {
+            request.extensions_mut().insert(permission);
+        }
         Box::pin(async move {
             match authorize(&keys, request.uri().path(), request.headers()).await {
                 Ok(caller) => {

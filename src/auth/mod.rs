@@ -17,9 +17,13 @@
 mod caller;
 mod keys;
 mod layer;
+mod opaque;
+mod permission;
 
 pub use caller::{Access, Caller, Claims, Role, method_access, policies};
 pub use keys::{
     AUDIENCE, GrpcKeySource, INTERNAL_HEADER, ISSUER, KeySet, KeySource, RunnerVerifier, Secrets, Standing, TokenError,
 };
 pub use layer::{AuthLayer, RequireAccess, authorize, authorize_access};
+pub use opaque::{new_token, token_hash};
+pub use permission::{OrgRole, Permission, declared_permission, is_missing_permission, permissions};

@@ -330,7 +330,7 @@ async fn measure_on(mesh: &Mesh, size: &Size) -> anyhow::Result<Measured> {
         let request = project_pb::ListProjectsRequest {
             page_size: PAGE,
             page_token: page_token.to_owned(),
-            show_deleted: false,
+            ..Default::default()
         };
         async move {
             let page = client.list_projects(authed(request, &token)).await?.into_inner();

@@ -4,13 +4,13 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use capsule::{
-    auth::{Caller, INTERNAL_HEADER},
+    auth::{Caller, INTERNAL_HEADER, OrgRole, Permission, is_missing_permission},
     db::Database,
     proto::{
         deploy::v1::{self as pb},
         project::v1::{
-            DeploymentPlan, GetDeploymentEnvironmentRequest, GetProjectRequest, PrepareDeploymentRequest,
-            project_service_client::ProjectServiceClient,
+            CheckProjectPermissionRequest, DeploymentPlan, GetDeploymentEnvironmentRequest, GetProjectRequest,
+            PrepareDeploymentRequest, project_service_client::ProjectServiceClient,
         },
     },
     rpc::{self, FieldViolations},
@@ -180,21 +180,10 @@ pub(crate) fn runner_proto(runner: &Runner) -> pb::Runner {
 
 /// A new runner token (256 random bits) and the hash that is stored.
 pub fn new_runner_token() -> Result<(String, Vec<u8>), Status> {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
-    let token = format!(
-        "capsule_runner_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
-    let hash = runner_token_hash(&token);
-    Ok((token, hash))
+    capsule::auth::new_token("capsule_runner_")
 }
 
-pub fn runner_token_hash(token: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).to_vec()
-}
+pub use capsule::auth::token_hash as runner_token_hash;
 
 /// Runner tokens checked against the registered runners, on every call:
 /// a deleted runner is refused at once.
@@ -229,14 +218,33 @@ impl DeployServiceApi {
         })
     }
 
-    /// The deployment if the caller may see it; NOT_FOUND otherwise.
-    pub(crate) async fn visible(&self, caller: &Caller, id: Uuid) -> Result<Deployment, Status> {
+    /// The deployment if the caller holds `permission` on its project, as
+    /// the project service says now (a removed member is out at once, a
+    /// transferred project's old owner too): NOT_FOUND when the caller may
+    /// not see the project, PERMISSION_DENIED for a member without the
+    /// permission. Admins see every deployment.
+    pub(crate) async fn visible(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        id: Uuid,
+    ) -> Result<Deployment, Status> {
         let viewer = viewer(caller);
-        self.inner
+        let deployment = self
+            .inner
             .db
-            .run(move |conn| db::find(conn, id, Some(viewer)))
+            .run(move |conn| db::find(conn, id, viewer.admin.then_some(viewer)))
             .await?
-            .ok_or_else(|| Status::not_found(NOT_FOUND))
+            .ok_or_else(|| Status::not_found(NOT_FOUND))?;
+        if !caller.is_admin() {
+            self.check_project(caller, permission, deployment.project_id)
+                .await
+                .map_err(|status| match status.code() {
+                    Code::NotFound => Status::not_found(NOT_FOUND),
+                    _ => status,
+                })?;
+        }
+        Ok(deployment)
     }
 
     /// Asks the project service, as the caller, whether the project exists
@@ -257,6 +265,8 @@ impl DeployServiceApi {
     pub(crate) fn project_status(status: Status) -> Status {
         match status.code() {
             Code::NotFound | Code::FailedPrecondition | Code::InvalidArgument | Code::Unauthenticated => status,
+            // A member without the permission: the project service's words.
+            Code::PermissionDenied if is_missing_permission(&status) => status,
             Code::PermissionDenied => {
                 tracing::error!(error = %status.message(), "the project service refused this service's credentials");
                 Status::internal("internal error")
@@ -390,17 +400,42 @@ impl DeployServiceApi {
         }
     }
 
-    /// Whether the caller may see the project: the project service's call
-    /// (NOT_FOUND there is NOT_FOUND here). No settings, no secrets.
-    pub(crate) async fn check_project(&self, caller: &Caller, project_id: Uuid) -> Result<(), Status> {
-        let request = Self::as_caller(
+    /// Whether the caller holds `permission` on the project: the project
+    /// service's call (NOT_FOUND there is NOT_FOUND here, a member's
+    /// missing permission is PERMISSION_DENIED). No settings, no secrets.
+    pub(crate) async fn check_project(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        project_id: Uuid,
+    ) -> Result<(), Status> {
+        if permission == Permission::ProjectRead {
+            // GetProject declares project.read itself, and needs no
+            // internal secret: reads work on a mesh without one.
+            let request = Self::as_caller(
+                caller,
+                GetProjectRequest {
+                    project_id: project_id.to_string(),
+                },
+            )?;
+            return match self.inner.projects.clone().get_project(request).await {
+                Ok(_) => Ok(()),
+                Err(status) => Err(Self::project_status(status)),
+            };
+        }
+        let mut request = Self::as_caller(
             caller,
-            GetProjectRequest {
+            CheckProjectPermissionRequest {
                 project_id: project_id.to_string(),
+                permission: permission.as_str().to_owned(),
             },
         )?;
-        match self.inner.projects.clone().get_project(request).await {
-            Ok(_) => Ok(()),
+        self.as_service(&mut request)?;
+        match self.inner.projects.clone().check_project_permission(request).await {
+            Ok(answer) if answer.get_ref().granted => Ok(()),
+            Ok(answer) => {
+                Err(permission.denied(OrgRole::from_proto(answer.get_ref().role()).unwrap_or(OrgRole::Viewer)))
+            }
             Err(status) => Err(Self::project_status(status)),
         }
     }

@@ -170,6 +170,7 @@ impl GatewayService for GatewayServiceApi {
                 page_size: i32::try_from(page_size).unwrap_or(20),
                 page_token: body.page_token,
                 show_deleted: false,
+                organization_id: String::new(),
             },
         )?;
         let (user, page) = tokio::join!(
@@ -255,15 +256,19 @@ impl GatewayService for GatewayServiceApi {
             Ok(mut lists) => overview.recent_deployments = lists.pop().unwrap_or_default(),
             Err(status) => overview.missing.push(missing("deployments", "deploy", &status)?),
         }
-        let owner = on_behalf(
-            &caller,
-            GetPublicProfileRequest {
-                user_id: project.owner_id.clone(),
-            },
-        )?;
-        match within("owner", self.auth().get_public_profile(owner)).await {
-            Ok(profile) => overview.owner = Some(profile),
-            Err(status) => overview.missing.push(missing("owner", "auth", &status)?),
+        // A user's profile; an organisation's project names its owner in
+        // `project.organization_id` alone.
+        if project.organization_id.is_empty() {
+            let owner = on_behalf(
+                &caller,
+                GetPublicProfileRequest {
+                    user_id: project.owner_id.clone(),
+                },
+            )?;
+            match within("owner", self.auth().get_public_profile(owner)).await {
+                Ok(profile) => overview.owner = Some(profile),
+                Err(status) => overview.missing.push(missing("owner", "auth", &status)?),
+            }
         }
         overview.project = Some(project);
         Ok(Response::new(overview))

@@ -1,11 +1,8 @@
 //! The `capsule.project.v1.ProjectService` implementation: parse,
-//! authorize, call the domain, convert.
-
-use std::sync::Arc;
+//! authorize (`api`), call the domain, convert.
 
 use capsule::{
-    auth::Caller,
-    db::{Batcher, Database},
+    auth::Permission,
     proto::project::v1::{self as pb, project_service_server::ProjectService},
     rpc::{self, FieldViolations, PageToken},
 };
@@ -15,141 +12,32 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    db::{Project, ProjectChanges, ProjectToCreate, Settings, SettingsChanges, Variable, Viewer},
-    validate,
+    api::{Ask, NOT_FOUND, ProjectServiceApi, viewer},
+    convert::{plan_proto, project_proto, settings_proto, variable_proto},
+    db::{Project, ProjectChanges, ProjectToCreate, Settings, SettingsChanges, Variable, VariableRefusal, Viewer},
+    organizations, validate,
 };
 
 /// How long a soft-deleted project can be brought back.
 pub const RETENTION_DAYS: i64 = 30;
 
-/// The project service's gRPC API.
-#[derive(Clone)]
-pub struct ProjectServiceApi {
-    db: Arc<Database>,
-    /// Lookups by id, batched while the connections are busy.
-    by_id: Batcher<Uuid, Option<Project>>,
-    /// CreateProject's inserts, batched the same way.
-    creates: Batcher<ProjectToCreate, Project>,
-}
-
-const NOT_FOUND: &str = "no such project";
-
-fn viewer(caller: &Caller) -> Viewer {
-    Viewer {
-        user_id: caller.user_id,
-        admin: caller.is_admin(),
-    }
-}
-
-fn project_proto(project: &Project) -> pb::Project {
-    pb::Project {
-        id: project.id.to_string(),
-        name: project.name.clone(),
-        slug: project.slug.clone(),
-        description: project.description.clone(),
-        owner_id: project.owner_id.to_string(),
-        create_time: Some(rpc::timestamp(project.created_at)),
-        update_time: Some(rpc::timestamp(project.updated_at)),
-        delete_time: project.deleted_at.map(rpc::timestamp),
-        purge_time: project.purge_after.map(rpc::timestamp),
-        url: capsule::config::app_url(&project.host_label),
-        host_label: project.host_label.clone(),
-    }
-}
-
-/// A variable as users see it: a secret's value is never returned.
-fn variable_proto(variable: &Variable) -> pb::EnvironmentVariable {
-    pb::EnvironmentVariable {
-        name: variable.name.clone(),
-        value: if variable.secret {
-            String::new()
-        } else {
-            variable.value.clone()
-        },
-        secret: variable.secret,
-        update_time: Some(rpc::timestamp(variable.updated_at)),
-    }
-}
-
-fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::ProjectSettings {
-    pb::ProjectSettings {
-        project_id: settings.project_id.to_string(),
-        build_command: settings.build_command.clone(),
-        start_command: settings.start_command.clone(),
-        root_directory: settings.root_directory.clone(),
-        branch: settings.branch.clone(),
-        auto_deploy: settings.auto_deploy,
-        repository_url: settings.repository_url.clone(),
-        health_check_path: settings.health_check_path.clone(),
-        release_command: settings.release_command.clone(),
-        environment_variables: variables.iter().map(variable_proto).collect(),
-        update_time: Some(rpc::timestamp(settings.updated_at)),
-    }
-}
-
-/// What a deployment of the project runs (no variables).
-fn plan_proto(project: &Project, settings: Settings) -> pb::DeploymentPlan {
-    pb::DeploymentPlan {
-        project: Some(project_proto(project)),
-        build_command: settings.build_command,
-        start_command: settings.start_command,
-        root_directory: settings.root_directory,
-        branch: settings.branch,
-        repository_url: settings.repository_url,
-        health_check_path: settings.health_check_path,
-        release_command: settings.release_command,
-        environment_variables: Vec::new(),
-    }
-}
-
 fn slug_taken(slug: &str) -> Status {
     Status::already_exists(format!(
-        "you already have a project with the slug {slug:?}; choose another"
+        "the owner already has a project with the slug {slug:?}; choose another"
     ))
 }
 
-impl ProjectServiceApi {
-    pub fn new(db: Database) -> Self {
-        Self {
-            by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
-            creates: Batcher::new(db.clone(), "project_create", Project::create_each),
-            db: Arc::new(db),
-        }
-    }
-
-    /// The project, if the caller may see it; NOT_FOUND otherwise, so ids
-    /// of other people's projects reveal nothing.
-    async fn visible(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
-        let viewer = viewer(caller);
-        self.by_id
-            .call(project_id)
-            .await?
-            .filter(|project| viewer.admin || project.owner_id == viewer.user_id)
-            .ok_or_else(|| Status::not_found(NOT_FOUND))
-    }
-
-    /// Like [`Self::visible`], and not deleted: a deleted project is gone
-    /// for every call but listing with `show_deleted` and undeleting it.
-    /// Its owner is told how to bring it back.
-    async fn live(&self, caller: &Caller, project_id: Uuid) -> Result<Project, Status> {
-        let project = self.visible(caller, project_id).await?;
-        if project.deleted_at.is_some() {
-            let until = project
-                .purge_after
-                .map(|purge| format!(" until {}", purge.format("%Y-%m-%d %H:%M UTC")))
-                .unwrap_or_default();
-            return Err(Status::not_found(format!(
-                "the project is deleted; UndeleteProject (POST /v1/projects/{project_id}:undelete) brings it back{until}"
-            )));
-        }
-        Ok(project)
-    }
-
-    fn project_id(field: &str, value: &str) -> Result<Uuid, Status> {
-        let mut violations = FieldViolations::new();
-        let id = rpc::parse_id(field, value, &mut violations);
-        violations.check()?;
-        Ok(id)
+fn refused(refusal: VariableRefusal, granted: &crate::api::Granted) -> Status {
+    match refusal {
+        VariableRefusal::Full => Status::failed_precondition(format!(
+            "a project has at most {} environment variables; delete one first",
+            validate::MAX_VARIABLES
+        )),
+        VariableRefusal::Secret => granted.role.map_or_else(
+            || Status::internal("internal error"),
+            |role| Permission::ProjectSecretsWrite.denied(role),
+        ),
+        VariableRefusal::NotFound => Status::not_found("no such environment variable"),
     }
 }
 
@@ -159,7 +47,7 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::CreateProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let wanted = request.into_inner().project.unwrap_or_default();
         let mut violations = FieldViolations::new();
         let name = validate::name(&wanted.name, "project.name", &mut violations);
@@ -170,8 +58,13 @@ impl ProjectService for ProjectServiceApi {
         } else {
             wanted.slug.clone()
         };
+        let organization_id = (!wanted.organization_id.is_empty())
+            .then(|| rpc::parse_id("project.organization_id", &wanted.organization_id, &mut violations));
         violations.check()?;
-        let owner_id = caller.user_id;
+        if let Some(organization_id) = organization_id {
+            self.member(&ask, organization_id).await?;
+        }
+        let owner_id = organization_id.unwrap_or(ask.caller.user_id);
         let description = wanted.description;
         let created = self
             .creates
@@ -179,13 +72,14 @@ impl ProjectService for ProjectServiceApi {
                 name,
                 description,
                 owner_id,
+                organization_id,
                 slug: slug.clone(),
                 slug_derived,
             })
             .await;
         match created {
             Ok(project) => {
-                tracing::info!(project.id = %project.id, user.id = %owner_id, "project created");
+                tracing::info!(project.id = %project.id, owner.id = %owner_id, user.id = %ask.caller.user_id, "project created");
                 Ok(Response::new(project_proto(&project)))
             }
             Err(err) if err.is_unique_violation(None) => Err(slug_taken(&slug)),
@@ -194,21 +88,34 @@ impl ProjectService for ProjectServiceApi {
     }
 
     async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
-        let caller = Caller::of(&request)?;
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        Ok(Response::new(project_proto(&self.live(caller, id).await?)))
+        Ok(Response::new(project_proto(&self.live(&ask, id).await?.project)))
     }
 
     async fn list_projects(
         &self,
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
-        let viewer = viewer(Caller::of(&request)?);
+        let ask = Ask::of(&request)?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);
         let after = PageToken::decode(&body.page_token, &mut violations);
+        let organization_id = (!body.organization_id.is_empty())
+            .then(|| rpc::parse_id("organization_id", &body.organization_id, &mut violations));
         violations.check()?;
+        let viewer = match organization_id {
+            // An organisation's projects are those it owns.
+            Some(organization_id) => {
+                self.member(&ask, organization_id).await?;
+                Viewer {
+                    user_id: organization_id,
+                    admin: false,
+                }
+            }
+            None => viewer(&ask.caller),
+        };
         let show_deleted = body.show_deleted;
         let rows = self
             .db
@@ -226,7 +133,7 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::UpdateProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let body = request.into_inner();
         let wanted = body.project.unwrap_or_default();
         let mut violations = FieldViolations::new();
@@ -247,7 +154,7 @@ impl ProjectService for ProjectServiceApi {
             }
         }
         violations.check()?;
-        let current = self.live(&caller, id).await?;
+        let current = self.live(&ask, id).await?.project;
         // An empty slug is derived from the name, as when creating.
         if changes.slug.as_deref() == Some("") {
             changes.slug = Some(validate::slug_from(changes.name.as_deref().unwrap_or(&current.name)));
@@ -264,15 +171,15 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::DeleteProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        self.live(&caller, id).await?;
+        self.live(&ask, id).await?;
         let purge_after = Utc::now() + Duration::days(RETENTION_DAYS);
         let project = self
             .db
             .run(move |conn| Project::soft_delete(conn, id, purge_after))
             .await?;
-        tracing::info!(project.id = %id, user.id = %caller.user_id, "project deleted");
+        tracing::info!(project.id = %id, user.id = %ask.caller.user_id, "project deleted");
         Ok(Response::new(project_proto(&project)))
     }
 
@@ -280,9 +187,9 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::UndeleteProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        let project = self.visible(&caller, id).await?;
+        let project = self.visible(&ask, id).await?.project;
         match project.purge_after {
             None => return Err(Status::failed_precondition("the project is not deleted")),
             Some(purge) if purge <= Utc::now() => {
@@ -296,7 +203,7 @@ impl ProjectService for ProjectServiceApi {
         match self.db.run(move |conn| Project::undelete(conn, id)).await {
             Ok(project) => Ok(Response::new(project_proto(&project))),
             Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
-                "another project of yours now uses the slug {slug:?}; change its slug first"
+                "another project of its owner now uses the slug {slug:?}; change its slug first"
             ))),
             Err(err) => Err(err.into()),
         }
@@ -306,9 +213,9 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::GetProjectSettingsRequest>,
     ) -> Result<Response<pb::ProjectSettings>, Status> {
-        let caller = Caller::of(&request)?;
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        self.live(caller, id).await?;
+        self.live(&ask, id).await?;
         let (settings, variables) = self
             .db
             .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
@@ -320,7 +227,7 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::UpdateProjectSettingsRequest>,
     ) -> Result<Response<pb::ProjectSettings>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let body = request.into_inner();
         let wanted = body.settings.unwrap_or_default();
         let mut violations = FieldViolations::new();
@@ -355,7 +262,7 @@ impl ProjectService for ProjectServiceApi {
             }
         }
         violations.check()?;
-        self.live(&caller, id).await?;
+        self.live(&ask, id).await?;
         let (settings, variables) = self
             .db
             .run(move |conn| Ok((Settings::update(conn, id, &changes)?, Variable::list(conn, id)?)))
@@ -367,44 +274,21 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::SetEnvironmentVariableRequest>,
     ) -> Result<Response<pb::EnvironmentVariable>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let body = request.into_inner();
         let variable = body.variable.unwrap_or_default();
         let mut violations = FieldViolations::new();
         // The rules in the protos checked the name and the value's size.
         let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
         violations.check()?;
-        self.live(&caller, id).await?;
+        let granted = self.live(&ask, id).await?;
+        let secrets = granted.holds(Permission::ProjectSecretsWrite);
         let (name, value, secret) = (variable.name.clone(), variable.value, variable.secret);
         let saved = self
             .db
-            .run(move |conn| {
-                conn.build_transaction().run(|conn| {
-                    use diesel::{QueryDsl, RunQueryDsl};
-                    // Lock the project row: concurrent writers count in turn.
-                    crate::db::schema::projects::table
-                        .find(id)
-                        .select(crate::db::schema::projects::id)
-                        .for_update()
-                        .first::<Uuid>(conn)?;
-                    let exists = crate::db::schema::environment_variables::table
-                        .find((id, &name))
-                        .count()
-                        .get_result::<i64>(conn)?
-                        > 0;
-                    if !exists && Variable::count(conn, id)? >= validate::MAX_VARIABLES {
-                        return Ok(None);
-                    }
-                    Variable::upsert(conn, id, &name, &value, secret).map(Some)
-                })
-            })
-            .await?;
-        let saved = saved.ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "a project has at most {} environment variables; delete one first",
-                validate::MAX_VARIABLES
-            ))
-        })?;
+            .run(move |conn| Variable::set(conn, id, &name, &value, secret, secrets))
+            .await?
+            .map_err(|refusal| refused(refusal, &granted))?;
         tracing::info!(project.id = %id, variable.name = %saved.name, variable.secret = saved.secret, "environment variable set");
         Ok(Response::new(variable_proto(&saved)))
     }
@@ -413,17 +297,18 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::DeleteEnvironmentVariableRequest>,
     ) -> Result<Response<pb::DeleteEnvironmentVariableResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
         violations.check()?;
-        self.live(&caller, id).await?;
+        let granted = self.live(&ask, id).await?;
+        let secrets = granted.holds(Permission::ProjectSecretsWrite);
         let name = body.name;
-        let deleted = self.db.run(move |conn| Variable::delete(conn, id, &name)).await?;
-        if deleted == 0 {
-            return Err(Status::not_found("no such environment variable"));
-        }
+        self.db
+            .run(move |conn| Variable::remove(conn, id, &name, secrets))
+            .await?
+            .map_err(|refusal| refused(refusal, &granted))?;
         Ok(Response::new(pb::DeleteEnvironmentVariableResponse {}))
     }
 
@@ -431,9 +316,9 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::PrepareDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentPlan>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        let project = self.live(&caller, id).await?;
+        let project = self.live(&ask, id).await?.project;
         let settings = self.db.run(move |conn| Settings::get(conn, id)).await?;
         Ok(Response::new(plan_proto(&project, settings)))
     }
@@ -503,9 +388,9 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
+        let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        self.live(&caller, id).await?;
+        self.live(&ask, id).await?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
         let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -513,7 +398,7 @@ impl ProjectService for ProjectServiceApi {
         self.db
             .run(move |conn| Settings::set_webhook_secret(conn, id, &stored))
             .await?;
-        tracing::info!(project.id = %id, user.id = %caller.user_id, "webhook secret rotated");
+        tracing::info!(project.id = %id, user.id = %ask.caller.user_id, "webhook secret rotated");
         Ok(Response::new(pb::RotateWebhookSecretResponse {
             webhook_secret: secret,
         }))
@@ -548,5 +433,71 @@ impl ProjectService for ProjectServiceApi {
                 })
                 .collect(),
         }))
+    }
+    async fn transfer_project(
+        &self,
+        request: Request<pb::TransferProjectRequest>,
+    ) -> Result<Response<pb::Project>, Status> {
+        organizations::transfer_project(self, request).await
+    }
+
+    async fn check_project_permission(
+        &self,
+        request: Request<pb::CheckProjectPermissionRequest>,
+    ) -> Result<Response<pb::CheckProjectPermissionResponse>, Status> {
+        organizations::check_project_permission(self, request).await
+    }
+
+    async fn create_organization(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
+        organizations::create(self, request).await
+    }
+
+    async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Result<Response<pb::Organization>, Status> {
+        organizations::get(self, request).await
+    }
+
+    async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
+        organizations::list(self, request).await
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        organizations::list_members(self, request).await
+    }
+
+    async fn invite_member(
+        &self,
+        request: Request<pb::InviteMemberRequest>,
+    ) -> Result<Response<pb::Invitation>, Status> {
+        organizations::invite(self, request).await
+    }
+
+    async fn accept_invitation(
+        &self,
+        request: Request<pb::AcceptInvitationRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        organizations::accept(self, request).await
+    }
+
+    async fn update_member(&self, request: Request<pb::UpdateMemberRequest>) -> Result<Response<pb::Member>, Status> {
+        organizations::update_member(self, request).await
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        organizations::remove_member(self, request).await
     }
 }

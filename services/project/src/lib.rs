@@ -1,22 +1,29 @@
-//! Capsule's project service: projects and their settings, owned by users.
+//! Capsule's project service: projects and their settings, owned by users
+//! or organisations, and the organisations' members.
 
+mod api;
+mod convert;
 mod db;
 mod grpc;
+mod organizations;
 mod validate;
 
 use capsule::{
     config::{DbConfig, Mesh, ServeConfig, ServiceKind},
     db::Database,
     migrate::MigrationSet,
-    proto::project::v1::project_service_server::ProjectServiceServer,
+    proto::{
+        auth::v1::auth_service_client::AuthServiceClient, project::v1::project_service_server::ProjectServiceServer,
+    },
     server::GrpcServer,
 };
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use api::ProjectServiceApi;
 pub use db::explain_reads;
-pub use grpc::{ProjectServiceApi, RETENTION_DAYS};
+pub use grpc::RETENTION_DAYS;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/project");
 
@@ -33,10 +40,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let db = Database::new(db_config)?;
+    // Invitations are mailed by the auth service, called with the
+    // internal secret.
+    let auth = match &mesh.secrets.internal_secret {
+        Some(secret) => Some((
+            AuthServiceClient::new(capsule::tls::channel(&mesh.services.auth)?),
+            secret.as_str().into(),
+        )),
+        None => None,
+    };
     GrpcServer::new(ServiceKind::Project)
         .require_access(mesh.key_set()?)
         .add_service(
-            ProjectServiceServer::new(ProjectServiceApi::new(db.clone()))
+            ProjectServiceServer::new(ProjectServiceApi::new(db.clone(), auth))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)

@@ -11,7 +11,6 @@ use capsule::{
     rpc,
 };
 use chrono::Utc;
-use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use uuid::Uuid;
@@ -39,17 +38,7 @@ pub(super) struct Inner {
 pub(super) const WRONG_CREDENTIALS: &str = "email or password is incorrect";
 pub(super) const SESSION_ENDED: &str = "your session has ended; sign in again";
 
-pub(super) fn random_token() -> Result<String, Status> {
-    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|_| Status::internal("internal error"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// Tokens are stored only as SHA-256 hashes.
-pub(super) fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
+pub(super) use capsule::auth::token_hash;
 
 pub(super) fn internal(err: impl std::fmt::Display) -> Status {
     tracing::error!(error = %err, "auth internal error");
@@ -166,8 +155,7 @@ impl AuthServiceApi {
         user_agent: String,
         address: String,
     ) -> Result<pb::TokenPair, Status> {
-        let refresh = random_token()?;
-        let hash = token_hash(&refresh);
+        let (refresh, hash) = capsule::auth::new_token("")?;
         let expires = Utc::now() + chrono::Duration::from_std(self.inner.config.refresh_token_ttl).map_err(internal)?;
         let user_id = user.id;
         let session = self
@@ -199,8 +187,7 @@ impl AuthServiceApi {
         purpose: &'static str,
         ttl: Duration,
     ) -> Result<(), Status> {
-        let token = random_token()?;
-        let hash = token_hash(&token);
+        let (token, hash) = capsule::auth::new_token("")?;
         let (subject, path) = match purpose {
             "verify_email" => ("Verify your email address", "verify-email"),
             _ => ("Reset your password", "reset-password"),

@@ -131,6 +131,13 @@ impl AuthService for AuthServiceApi {
         accounts::get_user_status(self, request).await
     }
 
+    async fn send_invitation_email(
+        &self,
+        request: Request<pb::SendInvitationEmailRequest>,
+    ) -> Result<Response<pb::SendInvitationEmailResponse>, Status> {
+        email::send_invitation_email(self, request).await
+    }
+
     async fn list_users(
         &self,
         request: Request<pb::ListUsersRequest>,

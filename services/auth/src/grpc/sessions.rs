@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{self, Session, Spent};
 
-use super::api::{AuthServiceApi, SESSION_ENDED, internal, random_token, token_hash};
+use super::api::{AuthServiceApi, SESSION_ENDED, internal, token_hash};
 
 pub(super) async fn refresh(
     api: &AuthServiceApi,
@@ -20,8 +20,7 @@ pub(super) async fn refresh(
         return Err(rpc::invalid_field("refresh_token", "is required"));
     }
     let hash = token_hash(&presented);
-    let next = random_token()?;
-    let next_hash = token_hash(&next);
+    let (next, next_hash) = capsule::auth::new_token("")?;
     let expires = Utc::now() + chrono::Duration::from_std(api.inner.config.refresh_token_ttl).map_err(internal)?;
     let outcome = api
         .inner

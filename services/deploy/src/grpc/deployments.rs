@@ -1,7 +1,7 @@
 //! Deployments: creating, reading, listing, cancelling and rolling back.
 
 use capsule::{
-    auth::Caller,
+    auth::{Caller, Permission},
     proto::deploy::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
 };
@@ -36,8 +36,11 @@ pub(super) async fn get_deployment(
     request: Request<pb::GetDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?;
+    let permission = Permission::required(&request)?;
     let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
-    Ok(Response::new(deployment_proto(&api.visible(caller, id).await?)))
+    Ok(Response::new(deployment_proto(
+        &api.visible(caller, permission, id).await?,
+    )))
 }
 
 pub(super) async fn list_deployments(
@@ -45,6 +48,7 @@ pub(super) async fn list_deployments(
     request: Request<pb::ListDeploymentsRequest>,
 ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let permission = Permission::required(&request)?;
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
@@ -58,7 +62,7 @@ pub(super) async fn list_deployments(
         }
     };
     violations.check()?;
-    api.check_project(&caller, project_id).await?;
+    api.check_project(&caller, permission, project_id).await?;
     let rows = api
         .inner
         .db
@@ -77,8 +81,9 @@ pub(super) async fn cancel_deployment(
     request: Request<pb::CancelDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let permission = Permission::required(&request)?;
     let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
-    api.visible(&caller, id).await?;
+    api.visible(&caller, permission, id).await?;
     let outcome = Outcome {
         message: "canceled by the user".to_owned(),
         ..Outcome::default()
@@ -93,8 +98,9 @@ pub(super) async fn rollback_deployment(
     request: Request<pb::RollbackDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let permission = Permission::required(&request)?;
     let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
-    let earlier = api.visible(&caller, id).await?;
+    let earlier = api.visible(&caller, permission, id).await?;
     if !matches!(earlier.state(), State::Live | State::Superseded) {
         return Err(Status::failed_precondition(format!(
             "only a deployment that went live can be rolled back to; this one is {}",

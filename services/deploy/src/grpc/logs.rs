@@ -1,7 +1,7 @@
 //! A deployment's logs: pages of them, and following them live.
 
 use capsule::{
-    auth::Caller,
+    auth::{Caller, Permission},
     db::Database,
     proto::deploy::v1 as pb,
     rpc::{self, FieldViolations},
@@ -22,6 +22,7 @@ pub(super) async fn get_logs(
     request: Request<pb::GetLogsRequest>,
 ) -> Result<Response<pb::GetLogsResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let permission = Permission::required(&request)?;
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
@@ -30,7 +31,7 @@ pub(super) async fn get_logs(
         violations.add("after_sequence", "must be 0 or more");
     }
     violations.check()?;
-    api.visible(&caller, id).await?;
+    api.visible(&caller, permission, id).await?;
     let after = body.after_sequence;
     let rows = api
         .inner
@@ -54,6 +55,7 @@ pub(super) async fn stream_logs(
     request: Request<pb::StreamLogsRequest>,
 ) -> Result<Response<LogStream>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let permission = Permission::required(&request)?;
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
@@ -61,7 +63,7 @@ pub(super) async fn stream_logs(
         violations.add("after_sequence", "must be 0 or more");
     }
     violations.check()?;
-    api.visible(&caller, id).await?;
+    api.visible(&caller, permission, id).await?;
     // Subscribe before reading the backlog, so no line falls between.
     let mut events = api.inner.hub.subscribe();
     let hub = api.inner.hub.clone();

@@ -1,6 +1,10 @@
 //! Rows and queries of the project database.
 
+pub mod organizations;
 pub mod schema;
+mod variables;
+
+pub use variables::VariableRefusal;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -9,7 +13,7 @@ use diesel::{
     prelude::*,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     result::DatabaseErrorKind,
-    sql_types::{Array, Bool, Text, Untyped},
+    sql_types::{Array, Bool, Nullable, Text, Untyped},
 };
 use uuid::Uuid;
 
@@ -31,12 +35,17 @@ pub struct Project {
     pub deleted_at: Option<DateTime<Utc>>,
     pub purge_after: Option<DateTime<Utc>>,
     pub host_label: String,
+    /// Set when an organisation owns the project (then `owner_id` is the
+    /// organisation's id too).
+    pub organization_id: Option<Uuid>,
 }
 
 pub struct NewProject<'a> {
     pub name: &'a str,
     pub description: &'a str,
+    /// The user, or the organisation when `organization_id` is set.
     pub owner_id: Uuid,
+    pub organization_id: Option<Uuid>,
     pub slug: &'a str,
     /// The slug was derived from the name, not chosen: when the owner
     /// already uses it, a short random suffix makes it free.
@@ -48,14 +57,15 @@ pub struct NewProject<'a> {
 /// row is checked at the end of the statement, when the project exists.
 const CREATE_PROJECT: &str = "\
 WITH project AS (
-    INSERT INTO projects (name, description, owner_id, slug)
-    VALUES ($1, $2, $3, CASE
+    INSERT INTO projects (name, description, owner_id, organization_id, slug)
+    VALUES ($1, $2, $3, $6, CASE
         WHEN $5 AND EXISTS (
             SELECT 1 FROM projects WHERE owner_id = $3 AND slug = $4 AND deleted_at IS NULL
         ) THEN left($4, 54) || '-' || substr(md5(random()::text), 1, 8)
         ELSE $4
     END)
-    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label
+    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label,
+        organization_id
 ), settings AS (
     INSERT INTO project_settings (project_id) SELECT id FROM project
 )
@@ -89,6 +99,9 @@ impl QueryFragment<Pg> for CreateProject<'_> {
                 Some(b'3') => out.push_bind_param::<diesel::sql_types::Uuid, _>(&self.0.owner_id)?,
                 Some(b'4') => out.push_bind_param::<Text, _>(&self.0.slug)?,
                 Some(b'5') => out.push_bind_param::<Bool, _>(&self.0.slug_derived)?,
+                Some(b'6') => {
+                    out.push_bind_param::<Nullable<diesel::sql_types::Uuid>, _>(&self.0.organization_id)?;
+                }
                 _ => {
                     return Err(diesel::result::Error::QueryBuilderError(
                         "CREATE_PROJECT: unknown parameter".into(),
@@ -108,11 +121,11 @@ impl QueryFragment<Pg> for CreateProject<'_> {
 /// left out, not an error: its caller is then served alone.
 const CREATE_PROJECTS: &str = "\
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bool[])
-        AS i(name, description, owner_id, slug, slug_derived)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::bool[], $6::uuid[])
+        AS i(name, description, owner_id, slug, slug_derived, organization_id)
 ), project AS (
-    INSERT INTO projects (name, description, owner_id, slug)
-    SELECT name, description, owner_id, CASE
+    INSERT INTO projects (name, description, owner_id, organization_id, slug)
+    SELECT name, description, owner_id, organization_id, CASE
         WHEN slug_derived AND EXISTS (
             SELECT 1 FROM projects p
             WHERE p.owner_id = input.owner_id AND p.slug = input.slug AND p.deleted_at IS NULL
@@ -120,7 +133,8 @@ WITH input AS (
         ELSE slug
     END FROM input
     ON CONFLICT DO NOTHING
-    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label
+    RETURNING id, name, description, owner_id, created_at, updated_at, slug, deleted_at, purge_after, host_label,
+        organization_id
 ), settings AS (
     INSERT INTO project_settings (project_id) SELECT id FROM project
 )
@@ -132,6 +146,7 @@ pub struct ProjectToCreate {
     pub name: String,
     pub description: String,
     pub owner_id: Uuid,
+    pub organization_id: Option<Uuid>,
     pub slug: String,
     pub slug_derived: bool,
 }
@@ -142,6 +157,7 @@ impl ProjectToCreate {
             name: &self.name,
             description: &self.description,
             owner_id: self.owner_id,
+            organization_id: self.organization_id,
             slug: &self.slug,
             slug_derived: self.slug_derived,
         }
@@ -262,6 +278,9 @@ impl Project {
             .bind::<Array<diesel::sql_types::Uuid>, _>(wanted.iter().map(|w| w.owner_id).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(wanted.iter().map(|w| w.slug.as_str()).collect::<Vec<_>>())
             .bind::<Array<Bool>, _>(wanted.iter().map(|w| w.slug_derived).collect::<Vec<_>>())
+            .bind::<Array<Nullable<diesel::sql_types::Uuid>>, _>(
+                wanted.iter().map(|w| w.organization_id).collect::<Vec<_>>(),
+            )
             .load::<Project>(conn);
         let mut inserted: Vec<Option<Project>> = match inserted {
             Ok(rows) => rows.into_iter().map(Some).collect(),
@@ -416,51 +435,6 @@ impl Settings {
             .set(changes)
             .returning(Settings::as_returning())
             .get_result(conn)
-    }
-}
-
-impl Variable {
-    pub fn list(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<Vec<Variable>> {
-        environment_variables::table
-            .filter(environment_variables::project_id.eq(project_id))
-            .select(Variable::as_select())
-            .order(environment_variables::name.asc())
-            .load(conn)
-    }
-
-    pub fn count(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<i64> {
-        environment_variables::table
-            .filter(environment_variables::project_id.eq(project_id))
-            .count()
-            .get_result(conn)
-    }
-
-    pub fn upsert(
-        conn: &mut PgConnection,
-        project_id: Uuid,
-        name: &str,
-        value: &str,
-        secret: bool,
-    ) -> QueryResult<Variable> {
-        diesel::insert_into(environment_variables::table)
-            .values((
-                environment_variables::project_id.eq(project_id),
-                environment_variables::name.eq(name),
-                environment_variables::value.eq(value),
-                environment_variables::secret.eq(secret),
-            ))
-            .on_conflict((environment_variables::project_id, environment_variables::name))
-            .do_update()
-            .set((
-                environment_variables::value.eq(value),
-                environment_variables::secret.eq(secret),
-            ))
-            .returning(Variable::as_returning())
-            .get_result(conn)
-    }
-
-    pub fn delete(conn: &mut PgConnection, project_id: Uuid, name: &str) -> QueryResult<usize> {
-        diesel::delete(environment_variables::table.find((project_id, name))).execute(conn)
     }
 }
 

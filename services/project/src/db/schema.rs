@@ -12,6 +12,7 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
         purge_after -> Nullable<Timestamptz>,
         host_label -> Varchar,
+        organization_id -> Nullable<Uuid>,
     }
 }
 
@@ -43,7 +44,51 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    organizations (id) {
+        id -> Uuid,
+        name -> Varchar,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organization_members (organization_id, user_id) {
+        organization_id -> Uuid,
+        user_id -> Uuid,
+        role -> Varchar,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    organization_invitations (id) {
+        id -> Uuid,
+        organization_id -> Uuid,
+        email -> Varchar,
+        role -> Varchar,
+        token_hash -> Bytea,
+        invited_by -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        accepted_at -> Nullable<Timestamptz>,
+        accepted_by -> Nullable<Uuid>,
+    }
+}
+
+diesel::joinable!(organization_members -> organizations (organization_id));
+diesel::joinable!(organization_invitations -> organizations (organization_id));
 diesel::joinable!(project_settings -> projects (project_id));
 diesel::joinable!(environment_variables -> projects (project_id));
 
-diesel::allow_tables_to_appear_in_same_query!(projects, project_settings, environment_variables);
+diesel::allow_tables_to_appear_in_same_query!(
+    projects,
+    project_settings,
+    environment_variables,
+    organizations,
+    organization_members,
+    organization_invitations
+);

@@ -1,0 +1,186 @@
+//! The project service's state, and who may do what to a project: the one
+//! place that decides it, for every RPC.
+
+use std::sync::Arc;
+
+use capsule::{
+    auth::{Caller, INTERNAL_HEADER, OrgRole, Permission},
+    db::{Batcher, Database},
+    proto::auth::v1::auth_service_client::AuthServiceClient,
+    rpc::{self, FieldViolations},
+    trace::TracedChannel,
+};
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+use crate::db::{Project, ProjectToCreate, Viewer, organizations};
+
+pub const NOT_FOUND: &str = "no such project";
+
+/// The project service's gRPC API.
+#[derive(Clone)]
+pub struct ProjectServiceApi {
+    pub(crate) db: Arc<Database>,
+    /// Lookups by id, batched while the connections are busy.
+    pub(crate) by_id: Batcher<Uuid, Option<Project>>,
+    /// CreateProject's inserts, batched the same way.
+    pub(crate) creates: Batcher<ProjectToCreate, Project>,
+    /// The auth service, which mails invitations; `None` without the
+    /// internal secret (then nobody can be invited).
+    auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
+}
+
+/// A call's caller and the permission its method declares.
+pub struct Ask {
+    pub caller: Caller,
+    pub permission: Permission,
+}
+
+impl Ask {
+    pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
+        Ok(Self {
+            caller: Caller::of(request)?.clone(),
+            permission: Permission::required(request)?,
+        })
+    }
+
+    /// The same caller asking for another permission.
+    pub fn with(&self, permission: Permission) -> Self {
+        Self {
+            caller: self.caller.clone(),
+            permission,
+        }
+    }
+}
+
+/// A project the caller may act on, and how.
+pub struct Granted {
+    pub project: Project,
+    /// The caller's role in the owning organisation; `None` for the owner
+    /// of a personal project or an admin, who hold every permission.
+    pub role: Option<OrgRole>,
+}
+
+impl Granted {
+    pub fn holds(&self, permission: Permission) -> bool {
+        self.role.is_none_or(|role| role.grants(permission))
+    }
+
+    /// PERMISSION_DENIED unless the caller holds `permission` too.
+    pub fn require(&self, permission: Permission) -> Result<(), Status> {
+        match self.role {
+            Some(role) if !role.grants(permission) => Err(permission.denied(role)),
+            _ => Ok(()),
+        }
+    }
+}
+
+pub fn viewer(caller: &Caller) -> Viewer {
+    Viewer {
+        user_id: caller.user_id,
+        admin: caller.is_admin(),
+    }
+}
+
+impl ProjectServiceApi {
+    pub fn new(db: Database, auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>) -> Self {
+        Self {
+            by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
+            creates: Batcher::new(db.clone(), "project_create", Project::create_each),
+            db: Arc::new(db),
+            auth,
+        }
+    }
+
+    /// The project if the caller may see it and holds the permission asked
+    /// for (deleted ones included). NOT_FOUND when the caller may not see
+    /// it at all, so ids of other people's projects reveal nothing;
+    /// PERMISSION_DENIED, naming the permission, for a member without it.
+    /// Membership is read at every call: a removed member is out at once.
+    pub async fn visible(&self, ask: &Ask, project_id: Uuid) -> Result<Granted, Status> {
+        let project = self
+            .by_id
+            .call(project_id)
+            .await?
+            .ok_or_else(|| Status::not_found(NOT_FOUND))?;
+        let caller = &ask.caller;
+        if caller.is_admin() || project.owner_id == caller.user_id {
+            return Ok(Granted { project, role: None });
+        }
+        let Some(organization_id) = project.organization_id else {
+            return Err(Status::not_found(NOT_FOUND));
+        };
+        let role = self
+            .role_of(organization_id, caller.user_id)
+            .await?
+            .ok_or_else(|| Status::not_found(NOT_FOUND))?;
+        let granted = Granted {
+            project,
+            role: Some(role),
+        };
+        granted.require(ask.permission)?;
+        Ok(granted)
+    }
+
+    /// Like [`Self::visible`], and not deleted: a deleted project is gone
+    /// for every call but listing with `show_deleted` and undeleting it.
+    /// Its owner is told how to bring it back.
+    pub async fn live(&self, ask: &Ask, project_id: Uuid) -> Result<Granted, Status> {
+        let granted = self.visible(ask, project_id).await?;
+        if granted.project.deleted_at.is_some() {
+            let until = granted
+                .project
+                .purge_after
+                .map(|purge| format!(" until {}", purge.format("%Y-%m-%d %H:%M UTC")))
+                .unwrap_or_default();
+            return Err(Status::not_found(format!(
+                "the project is deleted; UndeleteProject (POST /v1/projects/{project_id}:undelete) brings it back{until}"
+            )));
+        }
+        Ok(granted)
+    }
+
+    pub async fn role_of(&self, organization_id: Uuid, user_id: Uuid) -> Result<Option<OrgRole>, Status> {
+        Ok(self
+            .db
+            .run(move |conn| organizations::role_of(conn, organization_id, user_id))
+            .await?)
+    }
+
+    /// The caller's role in an organisation, if it holds the permission
+    /// asked for: NOT_FOUND for a non-member (admins see every
+    /// organisation, as an owner), PERMISSION_DENIED for a member without
+    /// it.
+    pub async fn member(&self, ask: &Ask, organization_id: Uuid) -> Result<OrgRole, Status> {
+        let role = match self.role_of(organization_id, ask.caller.user_id).await? {
+            Some(role) => role,
+            None if ask.caller.is_admin() => OrgRole::Owner,
+            None => return Err(Status::not_found("no such organization")),
+        };
+        if !role.grants(ask.permission) {
+            return Err(ask.permission.denied(role));
+        }
+        Ok(role)
+    }
+
+    pub fn project_id(field: &str, value: &str) -> Result<Uuid, Status> {
+        let mut violations = FieldViolations::new();
+        let id = rpc::parse_id(field, value, &mut violations);
+        violations.check()?;
+        Ok(id)
+    }
+
+    /// The auth service, called with the internal secret.
+    pub fn auth<T>(&self, message: T) -> Result<(AuthServiceClient<TracedChannel>, Request<T>), Status> {
+        let (client, secret) = self.auth.clone().ok_or_else(|| {
+            Status::failed_precondition("invitations are not enabled: set CAPSULE_INTERNAL_SECRET on auth and project")
+        })?;
+        let mut request = Request::new(message);
+        request.set_timeout(std::time::Duration::from_secs(5));
+        request.metadata_mut().insert(
+            INTERNAL_HEADER,
+            secret.parse().map_err(|_| Status::internal("internal error"))?,
+        );
+        Ok((client, request))
+    }
+}

@@ -1,0 +1,314 @@
+//! Organisations: creating them, their members and invitations, moving
+//! projects between owners, and the permission check the deploy service
+//! asks for.
+
+use capsule::{
+    auth::{Caller, OrgRole, Permission, new_token, token_hash},
+    proto::{auth::v1::SendInvitationEmailRequest, project::v1 as pb},
+    rpc::{self, FieldViolations},
+};
+use chrono::{Duration, Utc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    api::{Ask, ProjectServiceApi},
+    convert::{invitation_proto, member_proto, organization_proto, project_proto},
+    db::organizations::{self, NewInvitation, Refusal},
+    validate,
+};
+
+/// How long an invitation can be accepted.
+const INVITATION_DAYS: i64 = 7;
+
+fn ids(first: (&str, &str), second: Option<(&str, &str)>) -> Result<(Uuid, Option<Uuid>), Status> {
+    let mut violations = FieldViolations::new();
+    let one = rpc::parse_id(first.0, first.1, &mut violations);
+    let two = second.map(|(field, value)| rpc::parse_id(field, value, &mut violations));
+    violations.check()?;
+    Ok((one, two))
+}
+
+/// Only an owner gives, changes or takes away the owner role.
+fn owners_only(actor: OrgRole) -> Result<(), Status> {
+    if actor == OrgRole::Owner {
+        return Ok(());
+    }
+    Err(Status::permission_denied(
+        "only an owner of the organisation may make, unmake or remove an owner",
+    ))
+}
+
+fn refusal(refusal: Refusal) -> Status {
+    match refusal {
+        Refusal::NoSuchMember => Status::not_found("no such member"),
+        Refusal::LastOwner => {
+            Status::failed_precondition("an organisation keeps at least one owner: make another member an owner first")
+        }
+    }
+}
+
+pub async fn create(
+    api: &ProjectServiceApi,
+    request: Request<pb::CreateOrganizationRequest>,
+) -> Result<Response<pb::Organization>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let wanted = request.into_inner().organization.unwrap_or_default();
+    let mut violations = FieldViolations::new();
+    let name = validate::name(&wanted.name, "organization.name", &mut violations);
+    violations.check()?;
+    let creator = caller.user_id;
+    let organization = api
+        .db
+        .run(move |conn| organizations::create(conn, &name, creator))
+        .await?;
+    tracing::info!(organization.id = %organization.id, user.id = %creator, "organization created");
+    Ok(Response::new(organization_proto(&organization, OrgRole::Owner)))
+}
+
+pub async fn get(
+    api: &ProjectServiceApi,
+    request: Request<pb::GetOrganizationRequest>,
+) -> Result<Response<pb::Organization>, Status> {
+    let ask = Ask::of(&request)?;
+    let (id, _) = ids(("organization_id", &request.get_ref().organization_id), None)?;
+    let role = api.member(&ask, id).await?;
+    let organization = api
+        .db
+        .run(move |conn| organizations::find(conn, id))
+        .await?
+        .ok_or_else(|| Status::not_found("no such organization"))?;
+    Ok(Response::new(organization_proto(&organization, role)))
+}
+
+pub async fn list(
+    api: &ProjectServiceApi,
+    request: Request<pb::ListOrganizationsRequest>,
+) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
+    let user_id = Caller::of(&request)?.user_id;
+    let rows = api.db.run(move |conn| organizations::of_user(conn, user_id)).await?;
+    Ok(Response::new(pb::ListOrganizationsResponse {
+        organizations: rows
+            .iter()
+            .map(|(organization, role)| {
+                organization_proto(organization, OrgRole::parse(role).unwrap_or(OrgRole::Viewer))
+            })
+            .collect(),
+    }))
+}
+
+pub async fn list_members(
+    api: &ProjectServiceApi,
+    request: Request<pb::ListMembersRequest>,
+) -> Result<Response<pb::ListMembersResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let (id, _) = ids(("organization_id", &request.get_ref().organization_id), None)?;
+    api.member(&ask, id).await?;
+    let members = api.db.run(move |conn| organizations::members(conn, id)).await?;
+    Ok(Response::new(pb::ListMembersResponse {
+        members: members.iter().map(member_proto).collect(),
+    }))
+}
+
+pub async fn invite(
+    api: &ProjectServiceApi,
+    request: Request<pb::InviteMemberRequest>,
+) -> Result<Response<pb::Invitation>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let (id, _) = ids(("organization_id", &body.organization_id), None)?;
+    let role = OrgRole::from_proto(body.role())
+        .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
+    let actor = api.member(&ask, id).await?;
+    if role == OrgRole::Owner {
+        owners_only(actor)?;
+    }
+    let organization = api
+        .db
+        .run(move |conn| organizations::find(conn, id))
+        .await?
+        .ok_or_else(|| Status::not_found("no such organization"))?;
+    let (token, hash) = new_token("")?;
+    let expires = Utc::now() + Duration::days(INVITATION_DAYS);
+    let (email, invited_by) = (body.email.trim().to_lowercase(), ask.caller.user_id);
+    let invitation = api
+        .db
+        .run({
+            let email = email.clone();
+            move |conn| {
+                organizations::invite(
+                    conn,
+                    &NewInvitation {
+                        organization_id: id,
+                        email: &email,
+                        role,
+                        token_hash: &hash,
+                        invited_by,
+                        expires_at: expires,
+                    },
+                )
+            }
+        })
+        .await?;
+    let mail = SendInvitationEmailRequest {
+        email,
+        organization_name: organization.name,
+        inviter_id: invited_by.to_string(),
+        role: role.as_str().to_owned(),
+        token,
+        expire_time: Some(rpc::timestamp(expires)),
+    };
+    let sent = match api.auth(mail) {
+        Ok((mut auth, request)) => auth.send_invitation_email(request).await.map(drop),
+        Err(status) => Err(status),
+    };
+    if let Err(status) = sent {
+        // No email, no invitation: nobody could ever accept it.
+        let invitation_id = invitation.id;
+        api.db
+            .run(move |conn| organizations::withdraw(conn, invitation_id))
+            .await?;
+        tracing::warn!(error = %status.message(), "the invitation email could not be queued");
+        return Err(match status.code() {
+            tonic::Code::FailedPrecondition => status,
+            _ => Status::unavailable("the invitation email could not be queued; retry shortly"),
+        });
+    }
+    tracing::info!(organization.id = %id, invitation.id = %invitation.id, role = role.as_str(), "member invited");
+    Ok(Response::new(invitation_proto(&invitation)))
+}
+
+pub async fn accept(
+    api: &ProjectServiceApi,
+    request: Request<pb::AcceptInvitationRequest>,
+) -> Result<Response<pb::Member>, Status> {
+    let user_id = Caller::of(&request)?.user_id;
+    let hash = token_hash(&request.into_inner().token);
+    let member = api
+        .db
+        .run(move |conn| organizations::accept(conn, &hash, user_id))
+        .await?
+        .ok_or_else(|| {
+            Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
+        })?;
+    tracing::info!(organization.id = %member.organization_id, user.id = %user_id, role = %member.role, "invitation accepted");
+    Ok(Response::new(member_proto(&member)))
+}
+
+pub async fn update_member(
+    api: &ProjectServiceApi,
+    request: Request<pb::UpdateMemberRequest>,
+) -> Result<Response<pb::Member>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let (id, user_id) = ids(
+        ("organization_id", &body.organization_id),
+        Some(("user_id", &body.user_id)),
+    )?;
+    let user_id = user_id.unwrap_or_default();
+    let role = OrgRole::from_proto(body.role())
+        .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
+    let actor = api.member(&ask, id).await?;
+    let current = api.role_of(id, user_id).await?;
+    if role == OrgRole::Owner || current == Some(OrgRole::Owner) {
+        owners_only(actor)?;
+    }
+    let member = api
+        .db
+        .run(move |conn| organizations::change(conn, id, user_id, Some(role)))
+        .await?
+        .map_err(refusal)?
+        .ok_or_else(|| Status::not_found("no such member"))?;
+    tracing::info!(organization.id = %id, user.id = %user_id, role = role.as_str(), by = %ask.caller.user_id, "member role changed");
+    Ok(Response::new(member_proto(&member)))
+}
+
+pub async fn remove_member(
+    api: &ProjectServiceApi,
+    request: Request<pb::RemoveMemberRequest>,
+) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let (id, user_id) = ids(
+        ("organization_id", &body.organization_id),
+        Some(("user_id", &body.user_id)),
+    )?;
+    let user_id = user_id.unwrap_or_default();
+    if user_id == ask.caller.user_id {
+        // Leaving needs no permission, only a membership.
+        api.member(&ask.with(Permission::OrganizationRead), id).await?;
+    } else {
+        let actor = api.member(&ask, id).await?;
+        if api.role_of(id, user_id).await? == Some(OrgRole::Owner) {
+            owners_only(actor)?;
+        }
+    }
+    api.db
+        .run(move |conn| organizations::change(conn, id, user_id, None))
+        .await?
+        .map_err(refusal)?;
+    tracing::info!(organization.id = %id, user.id = %user_id, by = %ask.caller.user_id, "member removed");
+    Ok(Response::new(pb::RemoveMemberResponse {}))
+}
+
+pub async fn transfer_project(
+    api: &ProjectServiceApi,
+    request: Request<pb::TransferProjectRequest>,
+) -> Result<Response<pb::Project>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let target = (!body.organization_id.is_empty()).then_some(("organization_id", body.organization_id.as_str()));
+    let (project_id, organization_id) = ids(("project_id", &body.project_id), target)?;
+    let project = api.live(&ask, project_id).await?.project;
+    let owner = match organization_id {
+        Some(organization_id) => {
+            api.member(&ask.with(Permission::ProjectTransfer), organization_id)
+                .await?;
+            organization_id
+        }
+        None => ask.caller.user_id,
+    };
+    if project.owner_id == owner {
+        return Ok(Response::new(project_proto(&project)));
+    }
+    let slug = project.slug.clone();
+    match api
+        .db
+        .run(move |conn| organizations::transfer(conn, project_id, owner, organization_id))
+        .await
+    {
+        Ok(project) => {
+            tracing::info!(project.id = %project_id, owner.id = %owner, by = %ask.caller.user_id, "project transferred");
+            Ok(Response::new(project_proto(&project)))
+        }
+        Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
+            "the new owner already has a project with the slug {slug:?}; change this project's slug first"
+        ))),
+        Err(err) => Err(err.into()),
+    }
+}
+
+pub async fn check_project_permission(
+    api: &ProjectServiceApi,
+    request: Request<pb::CheckProjectPermissionRequest>,
+) -> Result<Response<pb::CheckProjectPermissionResponse>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let body = request.into_inner();
+    let (project_id, _) = ids(("project_id", &body.project_id), None)?;
+    let permission = Permission::parse(&body.permission)
+        .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
+    // Every member reads; the role says whether the permission is held.
+    let granted = api
+        .live(
+            &Ask {
+                caller,
+                permission: Permission::ProjectRead,
+            },
+            project_id,
+        )
+        .await?;
+    Ok(Response::new(pb::CheckProjectPermissionResponse {
+        granted: granted.holds(permission),
+        role: granted.role.map_or(0, |role| role.to_proto().into()),
+    }))
+}
