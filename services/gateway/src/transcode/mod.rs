@@ -336,6 +336,51 @@ fn null_at(value: &Value) -> Option<Vec<String>> {
     Some(path)
 }
 
+/// Where the first enum field given as a number is in `value`, a JSON
+/// form of `message`, innermost step first. The proto3 JSON mapping reads
+/// numbers too, but the bridge's document (and so its clients) speak
+/// names; a number is refused rather than taken silently, whatever it is.
+/// An element of a field's JSON: its index in a list, its key in a map.
+type Element<'a> = (usize, Option<&'a String>, &'a Value);
+
+fn enum_number_at(message: &MessageDescriptor, value: &Value) -> Option<Vec<String>> {
+    let Value::Object(object) = value else {
+        return None;
+    };
+    object.iter().find_map(|(key, item)| {
+        let field = field(message, key)?;
+        // The kind of each element, and the elements: a list's items, a
+        // map's values (by key) or the value itself.
+        let (kind, items): (Kind, Vec<Element<'_>>) = match item {
+            Value::Array(items) if field.is_list() => (
+                field.kind(),
+                items.iter().enumerate().map(|(i, v)| (i, None, v)).collect(),
+            ),
+            Value::Object(entries) if field.is_map() => {
+                let Kind::Message(entry) = field.kind() else {
+                    return None;
+                };
+                let values = entries.iter().map(|(name, v)| (0, Some(name), v)).collect();
+                (entry.map_entry_value_field().kind(), values)
+            }
+            item => (field.kind(), vec![(0, None, item)]),
+        };
+        items.into_iter().find_map(|(index, name, item)| {
+            let mut path = match (&kind, item) {
+                (Kind::Enum(_), Value::Number(_)) => Vec::new(),
+                (Kind::Message(inner), _) => enum_number_at(inner, item)?,
+                _ => return None,
+            };
+            path.push(match name {
+                Some(name) => format!(".{key}.{name}"),
+                None if field.is_list() => format!(".{key}[{index}]"),
+                None => format!(".{key}"),
+            });
+            Some(path)
+        })
+    })
+}
+
 /// The paths an update mask may name, when its rules list them.
 fn updatable(mask: &prost_reflect::FieldDescriptor) -> Option<Vec<String>> {
     match capsule::rules::field_rules(mask)?.r#type? {
@@ -415,8 +460,16 @@ pub fn build_request(
         let name = name.strip_suffix("[]").unwrap_or(name);
         set_field(&mut json, &input, name, value, "query parameter")?;
     }
+    let json = Value::Object(json);
+    if let Some(mut path) = enum_number_at(&input, &json) {
+        path.reverse();
+        return Err(bad_request(format!(
+            "{:?}: an enum value is sent by its name (as the OpenAPI document lists them), not its number",
+            path.concat().trim_start_matches('.')
+        )));
+    }
     let options = prost_reflect::DeserializeOptions::new().deny_unknown_fields(true);
-    DynamicMessage::deserialize_with_options(input, Value::Object(json), &options)
+    DynamicMessage::deserialize_with_options(input, json, &options)
         .map_err(|err| bad_request(format!("invalid request: {err}")))
 }
 
@@ -488,7 +541,7 @@ pub fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
 mod tests {
     use serde_json::json;
 
-    use super::refuse_nulls;
+    use super::{enum_number_at, refuse_nulls};
 
     #[test]
     fn a_null_in_a_body_is_refused_naming_where() {
@@ -497,5 +550,28 @@ mod tests {
         assert!(message(json!(null)).starts_with("the body's top level: null"));
         assert!(message(json!({"description": null})).starts_with("the body's \"description\": null"));
         assert!(message(json!({"a": {"b": [1, null]}})).starts_with("the body's \"a.b[1]\": null"));
+    }
+
+    #[test]
+    fn an_enum_given_by_number_is_found_wherever_it_is() {
+        let message = |name: &str| capsule::proto::pool().get_message_by_name(name).unwrap();
+        let invite = message("capsule.project.v1.InviteMemberRequest");
+        let at = |descriptor, body| {
+            enum_number_at(descriptor, &body).map(|mut path| {
+                path.reverse();
+                path.concat()
+            })
+        };
+        assert_eq!(at(&invite, json!({"role": "ORGANIZATION_ROLE_VIEWER"})), None);
+        assert_eq!(at(&invite, json!({"role": 1})).as_deref(), Some(".role"));
+        let create = message("capsule.project.v1.CreateOrganizationRequest");
+        assert_eq!(
+            at(&create, json!({"organization": {"name": "x", "role": 0}})).as_deref(),
+            Some(".organization.role")
+        );
+        assert_eq!(
+            at(&create, json!({"organization": {"createTime": "2000-01-01T00:00:00Z"}})),
+            None
+        );
     }
 }
