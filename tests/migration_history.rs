@@ -227,7 +227,12 @@ async fn a_migration_that_waits_too_long_for_a_lock_is_rolled_back_and_tried_aga
     releaser.join().unwrap();
     holder.join().unwrap();
     let applied: Vec<String> = applied.unwrap().into_iter().map(|m| m.version).collect();
-    assert_eq!(applied, ["V004", "V005", "V006", "V007"]);
+    let from_v004: Vec<&str> = capsule::migrate::files::AUTH
+        .iter()
+        .skip(3)
+        .map(|file| file.version)
+        .collect();
+    assert_eq!(applied, from_v004);
     assert!(
         start.elapsed() >= Duration::from_millis(1200),
         "it waited for the holder"
@@ -263,5 +268,10 @@ async fn a_migration_that_waits_too_long_for_a_lock_is_rolled_back_and_tried_aga
         .filter(|row| row.state == State::Pending)
         .map(|row| row.version.as_str())
         .collect();
-    assert_eq!(pending, ["V004", "V005", "V006", "V007"]);
+    let from_v004: Vec<&str> = capsule::migrate::files::AUTH
+        .iter()
+        .skip(3)
+        .map(|file| file.version)
+        .collect();
+    assert_eq!(pending, from_v004);
 }

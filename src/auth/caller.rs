@@ -10,6 +10,7 @@ use prost_reflect::Value;
 use tonic::Status;
 use uuid::Uuid;
 
+use super::Permission;
 use crate::proto::{self};
 
 /// Who may call an RPC (`capsule.auth.v1.Access`).
@@ -126,6 +127,30 @@ pub struct Caller {
     /// The bearer token, to pass on to other services on the caller's
     /// behalf. Never logged.
     pub(super) token: Arc<str>,
+    /// Set when the caller is an API token: what it may do.
+    pub scope: Option<Arc<TokenScope>>,
+}
+
+/// What an API token may do: the permissions it carries, on one project or
+/// on whatever its user may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenScope {
+    pub token_id: Uuid,
+    pub permissions: Vec<Permission>,
+    pub project_id: Option<Uuid>,
+}
+
+impl TokenScope {
+    /// Whether a call needing `permission` (none: a call that acts on no
+    /// project, such as managing the account) is within the scope.
+    pub fn covers(&self, permission: Option<Permission>) -> bool {
+        permission.is_some_and(|permission| self.permissions.contains(&permission))
+    }
+
+    /// Whether the token may act on `project_id`.
+    pub fn reaches(&self, project_id: Uuid) -> bool {
+        self.project_id.is_none_or(|only| only == project_id)
+    }
 }
 
 impl Caller {

@@ -12,9 +12,15 @@ use tokio::sync::{Mutex, RwLock};
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::proto::auth::v1::{CheckSessionRequest, GetJwksRequest, Jwk, auth_service_client::AuthServiceClient};
+use crate::proto::auth::v1::{
+    ApiTokenGrant, CheckApiTokenRequest, CheckSessionRequest, GetJwksRequest, Jwk,
+    auth_service_client::AuthServiceClient,
+};
 
-use super::caller::{Caller, Claims, Role};
+use super::{
+    Permission,
+    caller::{Caller, Claims, Role, TokenScope},
+};
 
 /// The `iss` of every access token.
 pub const ISSUER: &str = "capsule-auth";
@@ -33,7 +39,24 @@ pub trait KeySource: Send + Sync + 'static {
 
     /// Session `session_id` and its user as they are now.
     async fn standing(&self, session_id: Uuid) -> Result<Standing, Status>;
+
+    /// What the API token with this SHA-256 may do now (`None`: unknown,
+    /// revoked, expired, or its user deactivated), its use recorded.
+    async fn api_token(&self, _token_hash: Vec<u8>) -> Result<Option<TokenGrant>, Status> {
+        Ok(None)
+    }
 }
+
+/// What an API token may do, as the auth service says now.
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub user_id: Uuid,
+    pub role: Role,
+    pub scope: TokenScope,
+}
+
+/// How an API token starts: what tells it from an access token.
+pub const API_TOKEN_PREFIX: &str = "capsule_pat_";
 
 /// A session as it stands now, not as its token says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,19 +101,12 @@ impl KeySource for GrpcKeySource {
     }
 
     async fn standing(&self, session_id: Uuid) -> Result<Standing, Status> {
-        let secret = self.internal_secret.as_deref().ok_or_else(|| {
-            Status::permission_denied("admin calls are not enabled here: set CAPSULE_INTERNAL_SECRET")
-        })?;
-        let mut request = tonic::Request::new(CheckSessionRequest {
-            session_id: session_id.to_string(),
-        });
-        request.set_timeout(Duration::from_secs(3));
-        request.metadata_mut().insert(
-            INTERNAL_HEADER,
-            secret
-                .parse()
-                .map_err(|_| Status::internal("CAPSULE_INTERNAL_SECRET is not a header value"))?,
-        );
+        let request = self.with_secret(
+            CheckSessionRequest {
+                session_id: session_id.to_string(),
+            },
+            "admin calls",
+        )?;
         let standing = self
             .client
             .clone()
@@ -100,12 +116,65 @@ impl KeySource for GrpcKeySource {
             .into_inner();
         Ok(Standing {
             live: standing.live,
-            role: match standing.role() {
-                crate::proto::auth::v1::Role::Admin => Some(Role::Admin),
-                crate::proto::auth::v1::Role::User => Some(Role::User),
-                crate::proto::auth::v1::Role::Unspecified => None,
-            },
+            role: role_from_proto(standing.role()),
         })
+    }
+
+    async fn api_token(&self, token_hash: Vec<u8>) -> Result<Option<TokenGrant>, Status> {
+        let request = self.with_secret(CheckApiTokenRequest { token_hash }, "API tokens")?;
+        let grant = self
+            .client
+            .clone()
+            .check_api_token(request)
+            .await
+            .map_err(|status| Status::unavailable(format!("cannot check the API token now: {}", status.message())))?
+            .into_inner();
+        Ok(token_grant(&grant))
+    }
+}
+
+fn role_from_proto(role: crate::proto::auth::v1::Role) -> Option<Role> {
+    match role {
+        crate::proto::auth::v1::Role::Admin => Some(Role::Admin),
+        crate::proto::auth::v1::Role::User => Some(Role::User),
+        crate::proto::auth::v1::Role::Unspecified => None,
+    }
+}
+
+/// The grant in the auth service's answer; `None` unless live.
+pub fn token_grant(grant: &ApiTokenGrant) -> Option<TokenGrant> {
+    if !grant.live {
+        return None;
+    }
+    Some(TokenGrant {
+        user_id: grant.user_id.parse().ok()?,
+        role: role_from_proto(grant.role())?,
+        scope: TokenScope {
+            token_id: grant.api_token_id.parse().ok()?,
+            permissions: grant
+                .scopes
+                .iter()
+                .filter_map(|scope| Permission::parse(scope))
+                .collect(),
+            project_id: grant.project_id.parse().ok(),
+        },
+    })
+}
+
+impl GrpcKeySource {
+    fn with_secret<T>(&self, message: T, what: &str) -> Result<tonic::Request<T>, Status> {
+        let secret = self.internal_secret.as_deref().ok_or_else(|| {
+            Status::permission_denied(format!("{what} are not enabled here: set CAPSULE_INTERNAL_SECRET"))
+        })?;
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(Duration::from_secs(3));
+        request.metadata_mut().insert(
+            INTERNAL_HEADER,
+            secret
+                .parse()
+                .map_err(|_| Status::internal("CAPSULE_INTERNAL_SECRET is not a header value"))?,
+        );
+        Ok(request)
     }
 }
 
@@ -219,10 +288,15 @@ impl KeySet {
     }
 
     /// The gateway's key set: like [`KeySet::from_auth_service`], but runner
-    /// calls are passed on unchecked for the deploy service to check.
-    pub fn at_edge(auth_url: &str) -> anyhow::Result<Arc<Self>> {
+    /// calls are passed on unchecked for the deploy service to check, and
+    /// the internal secret only checks API tokens with the auth service
+    /// (calls between services are never taken at the edge).
+    pub fn at_edge(auth_url: &str, internal_secret: Option<&str>) -> anyhow::Result<Arc<Self>> {
+        let secrets = Secrets {
+            internal_secret: internal_secret.map(str::to_owned),
+        };
         Ok(Self::build(
-            GrpcKeySource::lazy(auth_url, &Secrets::default())?,
+            GrpcKeySource::lazy(auth_url, &secrets)?,
             &Secrets::default(),
             true,
         ))
@@ -281,9 +355,28 @@ impl KeySet {
             })
     }
 
-    /// Verifies a token and turns it into a caller. A token verified
-    /// before is answered from memory until it expires.
-    pub async fn caller(&self, token: &str) -> Result<Caller, TokenError> {
+    /// Verifies a token and turns it into a caller. An access token
+    /// verified before is answered from memory until it expires; an API
+    /// token is checked with the auth service on every call, so a revoked
+    /// one is refused at once.
+    pub async fn caller(&self, token: &str) -> Result<Caller, Status> {
+        if token.starts_with(API_TOKEN_PREFIX) {
+            let grant =
+                self.source.api_token(super::token_hash(token)).await?.ok_or_else(|| {
+                    Status::unauthenticated("the API token is not valid (unknown, revoked or expired)")
+                })?;
+            return Ok(Caller {
+                user_id: grant.user_id,
+                role: grant.role,
+                session_id: Uuid::nil(),
+                token: Arc::from(token),
+                scope: Some(Arc::new(grant.scope)),
+            });
+        }
+        Ok(self.access_token(token).await?)
+    }
+
+    async fn access_token(&self, token: &str) -> Result<Caller, TokenError> {
         if let Some(caller) = self.remembered(token) {
             return Ok(caller);
         }
@@ -293,6 +386,7 @@ impl KeySet {
             role: Role::parse(&claims.role).ok_or(TokenError::Invalid)?,
             session_id: claims.sid.parse().map_err(|_| TokenError::Invalid)?,
             token: Arc::from(token),
+            scope: None,
         };
         self.remember(&caller, claims.exp);
         Ok(caller)

@@ -11,6 +11,7 @@ use tower::{Layer, Service};
 use uuid::Uuid;
 
 use super::{
+    Permission,
     caller::{Access, Caller, Role, policies},
     keys::{INTERNAL_HEADER, KeySet, TokenError, digest},
 };
@@ -34,14 +35,16 @@ pub async fn authorize(keys: &KeySet, path: &str, headers: &http::HeaderMap) -> 
         None if !path.starts_with("/capsule.") => return Ok(None),
         None => return Err(Status::unimplemented(format!("unknown method {path}"))),
     };
-    authorize_access(keys, access, headers).await
+    authorize_access(keys, access, Permission::of_method(path), headers).await
 }
 
-/// Decides a request for a method of access level `access` (see
-/// [`authorize`]).
+/// Decides a request for a method of access level `access` that declares
+/// `permission` (see [`authorize`]). An API token passes only for a method
+/// whose permission is among its scopes.
 pub async fn authorize_access(
     keys: &KeySet,
     access: Access,
+    permission: Option<Permission>,
     headers: &http::HeaderMap,
 ) -> Result<Option<Caller>, Status> {
     if access == Access::Public {
@@ -67,6 +70,7 @@ pub async fn authorize_access(
             role: Role::Service,
             session_id: Uuid::nil(),
             token: Arc::from(""),
+            scope: None,
         }));
     }
     let token = bearer(headers)?;
@@ -84,12 +88,26 @@ pub async fn authorize_access(
             role: Role::Runner,
             session_id: Uuid::nil(),
             token: Arc::from(token),
+            scope: None,
         }));
     }
     if access == Access::Internal {
         check_internal_secret(keys, headers)?;
     }
     let caller = keys.caller(token).await?;
+    if let Some(scope) = &caller.scope
+        && !scope.covers(permission)
+    {
+        let scopes: Vec<&str> = scope.permissions.iter().map(|p| p.as_str()).collect();
+        return Err(Status::permission_denied(match permission {
+            Some(permission) => format!(
+                "this API token's scopes ({}) do not include {}, which this method needs",
+                scopes.join(", "),
+                permission.as_str()
+            ),
+            None => "an API token cannot call this method: only methods that act on a project or an organisation, within its scopes".to_owned(),
+        }));
+    }
     let allowed = match access {
         Access::Authenticated | Access::Internal => matches!(caller.role, Role::User | Role::Admin),
         Access::Admin => caller.role == Role::Admin,

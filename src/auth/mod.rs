@@ -20,9 +20,10 @@ mod layer;
 mod opaque;
 mod permission;
 
-pub use caller::{Access, Caller, Claims, Role, method_access, policies};
+pub use caller::{Access, Caller, Claims, Role, TokenScope, method_access, policies};
 pub use keys::{
-    AUDIENCE, GrpcKeySource, INTERNAL_HEADER, ISSUER, KeySet, KeySource, RunnerVerifier, Secrets, Standing, TokenError,
+    API_TOKEN_PREFIX, AUDIENCE, GrpcKeySource, INTERNAL_HEADER, ISSUER, KeySet, KeySource, RunnerVerifier, Secrets,
+    Standing, TokenError, TokenGrant, token_grant,
 };
 pub use layer::{AuthLayer, RequireAccess, authorize, authorize_access};
 pub use opaque::{new_token, token_hash};

@@ -169,4 +169,9 @@ impl KeySource for LocalKeys {
     async fn standing(&self, session_id: uuid::Uuid) -> Result<Standing, tonic::Status> {
         crate::db::standing(&self.db, session_id).await
     }
+
+    async fn api_token(&self, token_hash: Vec<u8>) -> Result<Option<capsule::auth::TokenGrant>, tonic::Status> {
+        let grant = crate::db::api_tokens::grant(&self.db, token_hash).await?;
+        Ok(capsule::auth::token_grant(&grant))
+    }
 }

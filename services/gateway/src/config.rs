@@ -16,7 +16,7 @@ use crate::apps;
 /// | `GATEWAY_RATE_LIMIT_BURST` | `200` … with bursts up to this |
 /// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
 /// | `GATEWAY_TRUSTED_PROXIES` | unset: the client is the connection's peer; a comma-separated list of CIDRs (`10.0.0.0/8,::1`) whose `X-Forwarded-For` is believed |
-/// | `CAPSULE_INTERNAL_SECRET` | proves to the services the client address the gateway forwards (see [`capsule::client`]) |
+/// | `CAPSULE_INTERNAL_SECRET` | proves to the services the client address the gateway forwards (see [`capsule::client`]); checks API tokens with the auth service |
 /// | `GATEWAY_APPS_*` | serving users' apps: see [`apps::AppsConfig`] |
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -29,6 +29,8 @@ pub struct EdgeConfig {
     pub trusted_proxies: Vec<capsule::client::IpNet>,
     /// Sent with the client address to the services.
     pub client_proof: Option<String>,
+    /// The services' shared secret: API tokens are checked with it.
+    pub internal_secret: Option<String>,
 }
 
 impl EdgeConfig {
@@ -65,6 +67,7 @@ impl EdgeConfig {
                 .get("CAPSULE_INTERNAL_SECRET")
                 .as_deref()
                 .map(capsule::client::proof),
+            internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
         })
     }
 }

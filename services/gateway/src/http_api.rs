@@ -450,7 +450,9 @@ async fn edge_check(keys: &KeySet, route: &Route, headers: &HeaderMap) -> Option
     use capsule::auth::Access;
     match route.access {
         Access::Authenticated | Access::Admin => {
-            capsule::auth::authorize_access(keys, route.access, headers).await.err()
+            capsule::auth::authorize_access(keys, route.access, route.permission, headers)
+                .await
+                .err()
         }
         Access::Public => None,
         Access::Runner | Access::Internal | Access::Service | Access::Unspecified => Some(Status::permission_denied(

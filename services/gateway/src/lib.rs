@@ -79,7 +79,7 @@ pub async fn serve_rest(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let routes = transcode::Routes::from_descriptor_set(descriptor_set).map_err(anyhow::Error::msg)?;
-    let keys = capsule::auth::KeySet::at_edge(auth_url)?;
+    let keys = capsule::auth::KeySet::at_edge(auth_url, edge.internal_secret.as_deref())?;
     http_api::serve(
         listener,
         Arc::new(http_api::Bridge::new(routes, backends, keys, edge)),
@@ -109,7 +109,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let backends = Backends::new(&config, grpc_listener.local_addr()?, serve_config.tls.is_some())?;
-    let keys = capsule::auth::KeySet::at_edge(&config.services.auth)?;
+    let keys = capsule::auth::KeySet::at_edge(&config.services.auth, edge.internal_secret.as_deref())?;
     let routes =
         transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
     let apps = apps::Apps::new(edge.apps.clone());

@@ -44,6 +44,17 @@ impl Ask {
         })
     }
 
+    /// An API token bound to one project: it may not list, create or act
+    /// on anything else.
+    pub fn bound_to_one_project(&self) -> Result<(), Status> {
+        match self.caller.scope.as_ref().and_then(|scope| scope.project_id) {
+            Some(project_id) => Err(Status::permission_denied(format!(
+                "this API token may act on project {project_id} only"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The same caller asking for another permission.
     pub fn with(&self, permission: Permission) -> Self {
         Self {
@@ -104,6 +115,9 @@ impl ProjectServiceApi {
             .await?
             .ok_or_else(|| Status::not_found(NOT_FOUND))?;
         let caller = &ask.caller;
+        if caller.scope.as_ref().is_some_and(|scope| !scope.reaches(project.id)) {
+            return Err(Status::not_found(NOT_FOUND));
+        }
         if caller.is_admin() || project.owner_id == caller.user_id {
             return Ok(Granted { project, role: None });
         }
@@ -152,6 +166,14 @@ impl ProjectServiceApi {
     /// organisation, as an owner), PERMISSION_DENIED for a member without
     /// it.
     pub async fn member(&self, ask: &Ask, organization_id: Uuid) -> Result<OrgRole, Status> {
+        if ask
+            .caller
+            .scope
+            .as_ref()
+            .is_some_and(|scope| scope.project_id.is_some())
+        {
+            return Err(Status::not_found("no such organization"));
+        }
         let role = match self.role_of(organization_id, ask.caller.user_id).await? {
             Some(role) => role,
             None if ask.caller.is_admin() => OrgRole::Owner,

@@ -61,8 +61,11 @@ impl ProjectService for ProjectServiceApi {
         let organization_id = (!wanted.organization_id.is_empty())
             .then(|| rpc::parse_id("project.organization_id", &wanted.organization_id, &mut violations));
         violations.check()?;
-        if let Some(organization_id) = organization_id {
-            self.member(&ask, organization_id).await?;
+        match organization_id {
+            Some(organization_id) => {
+                self.member(&ask, organization_id).await?;
+            }
+            None => ask.bound_to_one_project()?,
         }
         let owner_id = organization_id.unwrap_or(ask.caller.user_id);
         let description = wanted.description;
@@ -98,6 +101,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::ListProjectsRequest>,
     ) -> Result<Response<pb::ListProjectsResponse>, Status> {
         let ask = Ask::of(&request)?;
+        ask.bound_to_one_project()?;
         let body = request.into_inner();
         let mut violations = FieldViolations::new();
         let limit = rpc::page_size(body.page_size, 20, 100, &mut violations);

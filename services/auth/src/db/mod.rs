@@ -93,6 +93,7 @@ pub struct UserFilter {
 }
 
 mod accounts;
+pub mod api_tokens;
 mod keys;
 mod outbox;
 mod sessions;

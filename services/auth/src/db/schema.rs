@@ -101,6 +101,22 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    api_tokens (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        name -> Varchar,
+        token_hash -> Bytea,
+        scopes -> Array<Text>,
+        project_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        last_used_at -> Nullable<Timestamptz>,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(user_profiles -> users (user_id));
 diesel::joinable!(user_sessions -> users (user_id));
 diesel::joinable!(refresh_tokens -> user_sessions (session_id));
@@ -116,4 +132,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_preferences,
     signing_keys,
     login_throttles,
+    api_tokens,
 );

@@ -8,6 +8,7 @@ mod api;
 mod email;
 mod profile;
 mod sessions;
+mod tokens;
 
 use capsule::proto::auth::v1::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
@@ -129,6 +130,34 @@ impl AuthService for AuthServiceApi {
         request: Request<pb::GetUserStatusRequest>,
     ) -> Result<Response<pb::UserStatus>, Status> {
         accounts::get_user_status(self, request).await
+    }
+
+    async fn create_api_token(
+        &self,
+        request: Request<pb::CreateApiTokenRequest>,
+    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+        tokens::create_api_token(self, request).await
+    }
+
+    async fn list_api_tokens(
+        &self,
+        request: Request<pb::ListApiTokensRequest>,
+    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+        tokens::list_api_tokens(self, request).await
+    }
+
+    async fn revoke_api_token(
+        &self,
+        request: Request<pb::RevokeApiTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        tokens::revoke_api_token(self, request).await
+    }
+
+    async fn check_api_token(
+        &self,
+        request: Request<pb::CheckApiTokenRequest>,
+    ) -> Result<Response<pb::ApiTokenGrant>, Status> {
+        tokens::check_api_token(self, request).await
     }
 
     async fn send_invitation_email(

@@ -35,6 +35,11 @@ pub fn constrain(field: &FieldDescriptor, schema: &mut Value) {
         Some(Type::Repeated(repeated)) if field.is_list() => {
             set(schema, "minItems", repeated.min_items.map(Value::from));
             set(schema, "maxItems", repeated.max_items.map(Value::from));
+            set(
+                schema,
+                "uniqueItems",
+                repeated.unique.filter(|unique| *unique).map(Value::from),
+            );
             if let Some(items) = repeated.items.as_deref() {
                 scalar(field, items, &mut schema["items"]);
             }

@@ -30,6 +30,8 @@ pub struct Route {
     /// The RPC's `(capsule.auth.v1.access)` level, from the same
     /// descriptors.
     pub access: capsule::auth::Access,
+    /// The permission the method declares, for API tokens' scopes.
+    pub permission: Option<capsule::auth::Permission>,
     /// The paths the request's `update_mask` may name, when its rules list
     /// them (read once here, not per request).
     pub updatable: Option<Vec<String>>,
@@ -94,6 +96,8 @@ fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Ve
             response_body: text("response_body"),
             method: method.clone(),
             access: capsule::auth::method_access(method),
+            permission: capsule::auth::declared_permission(method)
+                .and_then(|declared| capsule::auth::Permission::parse(&declared)),
             updatable: method
                 .input()
                 .get_field_by_name("update_mask")
