@@ -5,8 +5,10 @@
 //! database pool, migrations and health supervisor ([`db`]), the gRPC server
 //! bootstrap ([`server`]), logs, metrics and trace export ([`telemetry`]),
 //! the spans of a trace and their context across calls ([`trace`]) and signal
-//! handling ([`shutdown`]).
+//! handling ([`shutdown`]), and the audit trail each service keeps
+//! ([`audit`]).
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod codec;

@@ -206,6 +206,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/InviteMember", [false, false, true, true]),
     ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
+    ("project.v1.ProjectService/ListAuditEvents", [false, false, true, true]),
 ];
 
 #[test]

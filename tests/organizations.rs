@@ -27,7 +27,7 @@ struct Mail {
 fn mailed_token(mesh: &TestMesh, email: &str) -> String {
     let mut conn = mesh.database(ServiceKind::Auth).connect();
     let mail: Mail =
-        diesel::sql_query("SELECT body FROM email_outbox WHERE recipient = $1 ORDER BY created_at DESC LIMIT 1")
+        diesel::sql_query("SELECT body FROM email_outbox WHERE recipient = $1 AND subject LIKE '%invited%' ORDER BY created_at DESC LIMIT 1")
             .bind::<Text, _>(email)
             .get_result(&mut conn)
             .unwrap();

@@ -25,10 +25,11 @@ pub enum Permission {
     ProjectTransfer,
     OrganizationRead,
     OrganizationMembersWrite,
+    AuditRead,
 }
 
 impl Permission {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::ProjectRead,
         Self::ProjectCreate,
         Self::ProjectSettingsWrite,
@@ -39,6 +40,7 @@ impl Permission {
         Self::ProjectTransfer,
         Self::OrganizationRead,
         Self::OrganizationMembersWrite,
+        Self::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Permission {
             Self::ProjectTransfer => "project.transfer",
             Self::OrganizationRead => "organization.read",
             Self::OrganizationMembersWrite => "organization.members.write",
+            Self::AuditRead => "audit.read",
         }
     }
 
@@ -70,7 +73,8 @@ impl Permission {
             Self::ProjectSecretsWrite
             | Self::ProjectDelete
             | Self::ProjectTransfer
-            | Self::OrganizationMembersWrite => OrgRole::Admin,
+            | Self::OrganizationMembersWrite
+            | Self::AuditRead => OrgRole::Admin,
         }
     }
 

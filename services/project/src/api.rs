@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use capsule::{
+    audit::{Actor, Event},
     auth::{Caller, INTERNAL_HEADER, OrgRole, Permission},
     db::{Batcher, Database},
     proto::auth::v1::auth_service_client::AuthServiceClient,
@@ -30,10 +31,12 @@ pub struct ProjectServiceApi {
     auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
 }
 
-/// A call's caller and the permission its method declares.
+/// A call's caller, the permission its method declares, and who acted
+/// from where, for the audit trail.
 pub struct Ask {
     pub caller: Caller,
     pub permission: Permission,
+    pub actor: Actor,
 }
 
 impl Ask {
@@ -41,6 +44,7 @@ impl Ask {
         Ok(Self {
             caller: Caller::of(request)?.clone(),
             permission: Permission::required(request)?,
+            actor: Actor::of(request),
         })
     }
 
@@ -60,6 +64,7 @@ impl Ask {
         Self {
             caller: self.caller.clone(),
             permission,
+            actor: self.actor.clone(),
         }
     }
 }
@@ -183,6 +188,23 @@ impl ProjectServiceApi {
             return Err(ask.permission.denied(role));
         }
         Ok(role)
+    }
+
+    /// Appends `event` to the audit trail, after the change it records has
+    /// been made. A failure to record is logged as an error with the
+    /// event; the change stands.
+    pub async fn audit(&self, event: Event) {
+        let recorded = event.clone();
+        if let Err(err) = self.db.run(move |conn| capsule::audit::record(conn, &recorded)).await {
+            tracing::error!(error = %err, action = event.action, target = %event.target, "the audit event could not be recorded");
+        }
+    }
+
+    /// An event about `project`, by the caller of `ask`.
+    pub fn project_event(ask: &Ask, action: &'static str, project: &Project) -> Event {
+        Event::new(&ask.actor, action, format!("projects/{}", project.id))
+            .organization(project.organization_id)
+            .project(project.id)
     }
 
     pub fn project_id(field: &str, value: &str) -> Result<Uuid, Status> {

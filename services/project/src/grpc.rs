@@ -83,6 +83,8 @@ impl ProjectService for ProjectServiceApi {
         match created {
             Ok(project) => {
                 tracing::info!(project.id = %project.id, owner.id = %owner_id, user.id = %ask.caller.user_id, "project created");
+                self.audit(Self::project_event(&ask, "project.create", &project).detail("slug", &project.slug))
+                    .await;
                 Ok(Response::new(project_proto(&project)))
             }
             Err(err) if err.is_unique_violation(None) => Err(slug_taken(&slug)),
@@ -165,7 +167,11 @@ impl ProjectService for ProjectServiceApi {
         }
         let slug = changes.slug.clone().unwrap_or_default();
         match self.db.run(move |conn| Project::update(conn, id, &changes)).await {
-            Ok(project) => Ok(Response::new(project_proto(&project))),
+            Ok(project) => {
+                self.audit(Self::project_event(&ask, "project.update", &project).detail("fields", paths.join(",")))
+                    .await;
+                Ok(Response::new(project_proto(&project)))
+            }
             Err(err) if err.is_unique_violation(None) => Err(slug_taken(&slug)),
             Err(err) => Err(err.into()),
         }
@@ -184,6 +190,7 @@ impl ProjectService for ProjectServiceApi {
             .run(move |conn| Project::soft_delete(conn, id, purge_after))
             .await?;
         tracing::info!(project.id = %id, user.id = %ask.caller.user_id, "project deleted");
+        self.audit(Self::project_event(&ask, "project.delete", &project)).await;
         Ok(Response::new(project_proto(&project)))
     }
 
@@ -205,7 +212,11 @@ impl ProjectService for ProjectServiceApi {
         }
         let slug = project.slug.clone();
         match self.db.run(move |conn| Project::undelete(conn, id)).await {
-            Ok(project) => Ok(Response::new(project_proto(&project))),
+            Ok(project) => {
+                self.audit(Self::project_event(&ask, "project.undelete", &project))
+                    .await;
+                Ok(Response::new(project_proto(&project)))
+            }
             Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
                 "another project of its owner now uses the slug {slug:?}; change its slug first"
             ))),
@@ -266,11 +277,15 @@ impl ProjectService for ProjectServiceApi {
             }
         }
         violations.check()?;
-        self.live(&ask, id).await?;
+        let granted = self.live(&ask, id).await?;
         let (settings, variables) = self
             .db
             .run(move |conn| Ok((Settings::update(conn, id, &changes)?, Variable::list(conn, id)?)))
             .await?;
+        self.audit(
+            Self::project_event(&ask, "project.settings.update", &granted.project).detail("fields", paths.join(",")),
+        )
+        .await;
         Ok(Response::new(settings_proto(&settings, &variables)))
     }
 
@@ -294,6 +309,12 @@ impl ProjectService for ProjectServiceApi {
             .await?
             .map_err(|refusal| refused(refusal, &granted))?;
         tracing::info!(project.id = %id, variable.name = %saved.name, variable.secret = saved.secret, "environment variable set");
+        self.audit(
+            Self::project_event(&ask, "project.variable.set", &granted.project)
+                .detail("name", &saved.name)
+                .detail("secret", saved.secret),
+        )
+        .await;
         Ok(Response::new(variable_proto(&saved)))
     }
 
@@ -309,10 +330,13 @@ impl ProjectService for ProjectServiceApi {
         let granted = self.live(&ask, id).await?;
         let secrets = granted.holds(Permission::ProjectSecretsWrite);
         let name = body.name;
+        let removed = name.clone();
         self.db
             .run(move |conn| Variable::remove(conn, id, &name, secrets))
             .await?
             .map_err(|refusal| refused(refusal, &granted))?;
+        self.audit(Self::project_event(&ask, "project.variable.delete", &granted.project).detail("name", removed))
+            .await;
         Ok(Response::new(pb::DeleteEnvironmentVariableResponse {}))
     }
 
@@ -394,7 +418,7 @@ impl ProjectService for ProjectServiceApi {
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
         let ask = Ask::of(&request)?;
         let id = Self::project_id("project_id", &request.get_ref().project_id)?;
-        self.live(&ask, id).await?;
+        let granted = self.live(&ask, id).await?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
         let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -403,6 +427,12 @@ impl ProjectService for ProjectServiceApi {
             .run(move |conn| Settings::set_webhook_secret(conn, id, &stored))
             .await?;
         tracing::info!(project.id = %id, user.id = %ask.caller.user_id, "webhook secret rotated");
+        self.audit(Self::project_event(
+            &ask,
+            "project.webhook_secret.rotate",
+            &granted.project,
+        ))
+        .await;
         Ok(Response::new(pb::RotateWebhookSecretResponse {
             webhook_secret: secret,
         }))
@@ -503,5 +533,12 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         organizations::remove_member(self, request).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<capsule::proto::audit::v1::ListAuditEventsRequest>,
+    ) -> Result<Response<capsule::proto::audit::v1::ListAuditEventsResponse>, Status> {
+        crate::trail::list_audit_events(self, request).await
     }
 }

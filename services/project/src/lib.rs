@@ -6,6 +6,7 @@ mod convert;
 mod db;
 mod grpc;
 mod organizations;
+mod trail;
 mod validate;
 
 use capsule::{

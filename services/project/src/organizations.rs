@@ -3,6 +3,7 @@
 //! asks for.
 
 use capsule::{
+    audit::{Actor, Event},
     auth::{Caller, OrgRole, Permission, new_token, token_hash},
     proto::{auth::v1::SendInvitationEmailRequest, project::v1 as pb},
     rpc::{self, FieldViolations},
@@ -17,6 +18,11 @@ use crate::{
     db::organizations::{self, NewInvitation, Refusal},
     validate,
 };
+
+/// An event about organisation `id` (and `below` it: `/members/<id>`).
+fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
+    Event::new(actor, action, format!("organizations/{id}{below}")).organization(Some(id))
+}
 
 /// How long an invitation can be accepted.
 const INVITATION_DAYS: i64 = 7;
@@ -53,6 +59,7 @@ pub async fn create(
     request: Request<pb::CreateOrganizationRequest>,
 ) -> Result<Response<pb::Organization>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
     let wanted = request.into_inner().organization.unwrap_or_default();
     let mut violations = FieldViolations::new();
     let name = validate::name(&wanted.name, "organization.name", &mut violations);
@@ -63,6 +70,10 @@ pub async fn create(
         .run(move |conn| organizations::create(conn, &name, creator))
         .await?;
     tracing::info!(organization.id = %organization.id, user.id = %creator, "organization created");
+    api.audit(
+        org_event(&actor, "organization.create", organization.id, String::new()).detail("name", &organization.name),
+    )
+    .await;
     Ok(Response::new(organization_proto(&organization, OrgRole::Owner)))
 }
 
@@ -175,6 +186,17 @@ pub async fn invite(
         });
     }
     tracing::info!(organization.id = %id, invitation.id = %invitation.id, role = role.as_str(), "member invited");
+    api.audit(
+        org_event(
+            &ask.actor,
+            "organization.invitation.create",
+            id,
+            format!("/invitations/{}", invitation.id),
+        )
+        .detail("email", &invitation.email)
+        .detail("role", role.as_str()),
+    )
+    .await;
     Ok(Response::new(invitation_proto(&invitation)))
 }
 
@@ -183,6 +205,7 @@ pub async fn accept(
     request: Request<pb::AcceptInvitationRequest>,
 ) -> Result<Response<pb::Member>, Status> {
     let user_id = Caller::of(&request)?.user_id;
+    let actor = Actor::of(&request);
     let hash = token_hash(&request.into_inner().token);
     let member = api
         .db
@@ -192,6 +215,16 @@ pub async fn accept(
             Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
         })?;
     tracing::info!(organization.id = %member.organization_id, user.id = %user_id, role = %member.role, "invitation accepted");
+    api.audit(
+        org_event(
+            &actor,
+            "organization.member.join",
+            member.organization_id,
+            format!("/members/{user_id}"),
+        )
+        .detail("role", &member.role),
+    )
+    .await;
     Ok(Response::new(member_proto(&member)))
 }
 
@@ -220,6 +253,17 @@ pub async fn update_member(
         .map_err(refusal)?
         .ok_or_else(|| Status::not_found("no such member"))?;
     tracing::info!(organization.id = %id, user.id = %user_id, role = role.as_str(), by = %ask.caller.user_id, "member role changed");
+    api.audit(
+        org_event(
+            &ask.actor,
+            "organization.member.update",
+            id,
+            format!("/members/{user_id}"),
+        )
+        .detail("role", role.as_str())
+        .detail("previous_role", current.map_or("", OrgRole::as_str)),
+    )
+    .await;
     Ok(Response::new(member_proto(&member)))
 }
 
@@ -248,6 +292,13 @@ pub async fn remove_member(
         .await?
         .map_err(refusal)?;
     tracing::info!(organization.id = %id, user.id = %user_id, by = %ask.caller.user_id, "member removed");
+    api.audit(org_event(
+        &ask.actor,
+        "organization.member.remove",
+        id,
+        format!("/members/{user_id}"),
+    ))
+    .await;
     Ok(Response::new(pb::RemoveMemberResponse {}))
 }
 
@@ -271,15 +322,23 @@ pub async fn transfer_project(
     if project.owner_id == owner {
         return Ok(Response::new(project_proto(&project)));
     }
-    let slug = project.slug.clone();
+    let (slug, previous_owner) = (project.slug.clone(), project.owner_id);
     match api
         .db
         .run(move |conn| organizations::transfer(conn, project_id, owner, organization_id))
         .await
     {
-        Ok(project) => {
+        Ok(moved) => {
             tracing::info!(project.id = %project_id, owner.id = %owner, by = %ask.caller.user_id, "project transferred");
-            Ok(Response::new(project_proto(&project)))
+            let event = ProjectServiceApi::project_event(&ask, "project.transfer", &moved)
+                .detail("from", previous_owner)
+                .detail("to", owner);
+            api.audit(event.clone()).await;
+            // The organisation it left sees the move too.
+            if project.organization_id.is_some() && project.organization_id != moved.organization_id {
+                api.audit(event.organization(project.organization_id)).await;
+            }
+            Ok(Response::new(project_proto(&moved)))
         }
         Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
             "the new owner already has a project with the slug {slug:?}; change this project's slug first"
@@ -293,6 +352,7 @@ pub async fn check_project_permission(
     request: Request<pb::CheckProjectPermissionRequest>,
 ) -> Result<Response<pb::CheckProjectPermissionResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
     let body = request.into_inner();
     let (project_id, _) = ids(("project_id", &body.project_id), None)?;
     let permission = Permission::parse(&body.permission)
@@ -303,6 +363,7 @@ pub async fn check_project_permission(
             &Ask {
                 caller,
                 permission: Permission::ProjectRead,
+                actor,
             },
             project_id,
         )

@@ -1,0 +1,236 @@
+//! The audit trail: every step of a team's work is one record with its
+//! actor, address and request id, readable by the organisation's admins,
+//! page by page; and no record can be altered, through the API or in the
+//! database.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use capsule::{config::ServiceKind, proto::project::v1 as pb};
+use common::{TestMesh, authed};
+use diesel::RunQueryDsl;
+use serde_json::Value;
+
+async fn events(mesh: &TestMesh, token: &str, query: &str) -> (reqwest::StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{}/v1/auditEvents?{query}", mesh.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+fn actions(page: &Value) -> Vec<String> {
+    page["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .map(|event| event["action"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
+    let mesh = common::start().await;
+    let (owner, owner_id) = mesh.user("audit-owner@example.com").await;
+    let (member, member_id) = mesh.user("audit-member@example.com").await;
+    let mut projects = mesh.projects().await;
+
+    let org = projects
+        .create_organization(authed(
+            pb::CreateOrganizationRequest {
+                organization: Some(pb::Organization {
+                    name: "Audited".to_owned(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let project = projects
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                project: Some(pb::Project {
+                    name: "Ledger".to_owned(),
+                    organization_id: org.clone(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let mut invite = authed(
+        pb::InviteMemberRequest {
+            organization_id: org.clone(),
+            email: "audit-member@example.com".to_owned(),
+            role: pb::OrganizationRole::Viewer.into(),
+        },
+        &owner,
+    );
+    invite
+        .metadata_mut()
+        .insert("x-request-id", "invite-request-42".parse().unwrap());
+    projects.invite_member(invite).await.unwrap();
+    let token = {
+        use diesel::{QueryableByName, sql_types::Text};
+        #[derive(QueryableByName)]
+        struct Mail {
+            #[diesel(sql_type = Text)]
+            body: String,
+        }
+        let mail: Mail = diesel::sql_query(
+            "SELECT body FROM email_outbox WHERE recipient = 'audit-member@example.com' AND subject LIKE '%invited%'",
+        )
+        .get_result(&mut mesh.database(ServiceKind::Auth).connect())
+        .unwrap();
+        let at = mail.body.find("token=").unwrap() + "token=".len();
+        mail.body[at..].split_whitespace().next().unwrap().to_owned()
+    };
+    projects
+        .accept_invitation(authed(pb::AcceptInvitationRequest { token }, &member))
+        .await
+        .unwrap();
+    projects
+        .update_member(authed(
+            pb::UpdateMemberRequest {
+                organization_id: org.clone(),
+                user_id: member_id.clone(),
+                role: pb::OrganizationRole::Developer.into(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+    common::deploy::set_variable(&mesh, &member, &project, "FEATURE_FLAGS", "checkout-v2", false).await;
+    // A member without audit.read: refused, naming it.
+    let (status, body) = events(&mesh, &member, &format!("organizationId={org}")).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    assert!(body.to_string().contains("audit.read"), "{body}");
+    projects
+        .remove_member(authed(
+            pb::RemoveMemberRequest {
+                organization_id: org.clone(),
+                user_id: member_id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+
+    // The organisation's trail, newest first, every step with who and where.
+    let (status, page) = events(&mesh, &owner, &format!("organizationId={org}")).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{page}");
+    let mut steps = actions(&page);
+    steps.reverse();
+    assert_eq!(
+        steps,
+        [
+            "organization.create",
+            "project.create",
+            "organization.invitation.create",
+            "organization.member.join",
+            "organization.member.update",
+            "project.variable.set",
+            "organization.member.remove",
+        ],
+        "{page}"
+    );
+    for event in page["events"].as_array().unwrap() {
+        let actor = event["actorId"].as_str().unwrap();
+        let expected = if matches!(
+            event["action"].as_str(),
+            Some("organization.member.join" | "project.variable.set")
+        ) {
+            &member_id
+        } else {
+            &owner_id
+        };
+        assert_eq!(actor, expected, "{event}");
+        assert_eq!(event["clientAddress"], "127.0.0.1", "{event}");
+        assert!(!event["requestId"].as_str().unwrap().is_empty(), "{event}");
+        assert_eq!(event["service"], "project");
+        assert_eq!(event["organizationId"], org.as_str());
+    }
+    let by_action = |action: &str| {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|event| event["action"] == action)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        by_action("organization.invitation.create")["requestId"],
+        "invite-request-42"
+    );
+    let variable = by_action("project.variable.set");
+    assert_eq!(variable["details"]["name"], "FEATURE_FLAGS");
+    assert!(
+        !variable.to_string().contains("checkout-v2"),
+        "values are never recorded: {variable}"
+    );
+    assert_eq!(by_action("organization.member.update")["details"]["role"], "developer");
+
+    // Page by page, the same events.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (_, page) = events(
+            &mesh,
+            &owner,
+            &format!("organizationId={org}&pageSize=3&pageToken={token}"),
+        )
+        .await;
+        paged.extend(actions(&page));
+        token = page["nextPageToken"].as_str().unwrap_or_default().to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    steps.reverse();
+    assert_eq!(paged, steps);
+
+    // Without a filter, a user reads their own events only.
+    let (_, own) = events(&mesh, &member, "").await;
+    assert_eq!(actions(&own), ["project.variable.set", "organization.member.join"]);
+    let (status, _) = events(&mesh, &member, &format!("actorId={owner_id}")).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
+
+    // Nothing in the API alters a record...
+    let pool = capsule::proto::pool();
+    for service in pool.services() {
+        for method in service.methods() {
+            let name = method.name();
+            assert!(
+                !name.contains("AuditEvent") || name.starts_with("List"),
+                "{} alters the audit trail",
+                method.full_name()
+            );
+        }
+    }
+    // ...and the database refuses it too.
+    let mut conn = mesh.database(ServiceKind::Project).connect();
+    for statement in [
+        "UPDATE audit_events SET actor_id = NULL",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+    ] {
+        let err = diesel::sql_query(statement).execute(&mut conn).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    }
+    let (_, after) = events(&mesh, &owner, &format!("organizationId={org}")).await;
+    assert_eq!(after["events"], page["events"]);
+    mesh.stop().await;
+}
