@@ -13,6 +13,12 @@
 //! its database, so a revoked session or a deactivated user is cut off
 //! there at once. Other services trust a valid token until it expires
 //! (15 minutes at most); refresh is refused at once.
+//!
+//! API tokens (`capsule_pat_…`) are opaque: every service asks the auth
+//! service about one (by its hash) on every call, so revoking it is
+//! immediate, and lets it through only to methods whose declared
+//! permission (`(capsule.auth.v1.permission)`, see [`Permission`]) is among
+//! its scopes.
 
 mod caller;
 mod keys;
