@@ -35,6 +35,14 @@ pub fn enabled() -> bool {
     ENABLED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether the call being served is recorded: tracing is on and its trace
+/// was sampled. The spans below a request's own (pool waits, statements,
+/// calls to other services, fan-out branches) are built only then: an
+/// unsampled trace costs its server span and nothing more.
+pub fn sampled() -> bool {
+    enabled() && opentelemetry::Context::current().span().span_context().is_sampled()
+}
+
 /// Turned on once, by the telemetry that exports the spans.
 pub(crate) fn enable() {
     ENABLED.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -150,6 +158,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if enabled() && !sampled() {
+            // Not recorded: the callee still learns the trace and that it
+            // is not sampled.
+            TraceContextPropagator::new().inject_context(
+                &opentelemetry::Context::current(),
+                &mut HeadersMut(request.headers_mut()),
+            );
+            return Either::Left(self.inner.call(request));
+        }
         let span = tracing::debug_span!(
             target: TRACE,
             "grpc.client",

@@ -166,6 +166,18 @@ async fn one_request_through_the_gateway_is_one_trace() {
     let (token, _) = mesh.user("traced@example.com").await;
     let project_id = common::deploy::project(&mesh, &token, "", &[("API_KEY", "s3cret", true)]).await;
 
+    // A caller's trace that is not sampled is recorded nowhere (the
+    // default sampler follows the caller); checked once the others arrive.
+    let unsampled = "6e0c63257de34c926f9efcd03927272e";
+    let answer = reqwest::Client::new()
+        .get(format!("http://{}/v1/projects/{project_id}/overview", mesh.http))
+        .bearer_auth(&token)
+        .header("traceparent", format!("00-{unsampled}-00f067aa0ba902b8-00"))
+        .send()
+        .await
+        .expect("the overview answers");
+    assert_eq!(answer.status(), StatusCode::OK);
+
     // The caller's own trace, continued: its id throughout, its span the
     // parent of the gateway's.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -297,6 +309,9 @@ async fn one_request_through_the_gateway_is_one_trace() {
         .unwrap_or_else(|| panic!("a span continues the gRPC caller's:\n{trace}"));
     assert_eq!(door.name, overview);
     assert_eq!(door.kind, SpanKind::Server as i32);
+
+    let recorded = receiver.trace(unsampled, |_| true).await;
+    assert!(recorded.0.is_empty(), "an unsampled trace was exported:\n{recorded}");
 
     mesh.stop().await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())

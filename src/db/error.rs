@@ -115,12 +115,16 @@ impl super::Database {
     {
         use tracing::Instrument;
         let waited = std::time::Instant::now();
-        let wait = tracing::debug_span!(
-            target: crate::trace::TRACE,
-            "db.pool.wait",
-            db.system.name = "postgresql",
-            db.namespace = self.config.service.name(),
-        );
+        let wait = if crate::trace::sampled() {
+            tracing::debug_span!(
+                target: crate::trace::TRACE,
+                "db.pool.wait",
+                db.system.name = "postgresql",
+                db.namespace = self.config.service.name(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let conn = self
             .pool
             .get()

@@ -42,18 +42,23 @@ impl diesel::connection::Instrumentation for QueryTimer {
             }
             Event::StartQuery { .. } => {
                 self.started = Some(std::time::Instant::now());
-                let span = tracing::debug_span!(
-                    target: crate::trace::TRACE,
-                    "db.query",
-                    otel.name = tracing::field::Empty,
-                    otel.kind = "client",
-                    otel.status_code = tracing::field::Empty,
-                    db.system.name = "postgresql",
-                    db.namespace = self.service,
-                    db.query.text = tracing::field::Empty,
-                    error.type = tracing::field::Empty,
-                );
-                self.span = (!span.is_disabled()).then_some(span);
+                // Only a sampled trace's statements are spans.
+                self.span = if crate::trace::sampled() {
+                    let span = tracing::debug_span!(
+                        target: crate::trace::TRACE,
+                        "db.query",
+                        otel.name = tracing::field::Empty,
+                        otel.kind = "client",
+                        otel.status_code = tracing::field::Empty,
+                        db.system.name = "postgresql",
+                        db.namespace = self.service,
+                        db.query.text = tracing::field::Empty,
+                        error.type = tracing::field::Empty,
+                    );
+                    (!span.is_disabled()).then_some(span)
+                } else {
+                    None
+                };
             }
             Event::FinishQuery { query, error, .. } => {
                 let Some(started) = self.started.take() else { return };

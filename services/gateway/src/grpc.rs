@@ -61,9 +61,13 @@ fn missing(part: &str, service: &str, status: &Status) -> Result<pb::MissingPart
 }
 
 /// One branch of a fan-out: its answer within the deadline, under a span
-/// of its own (`part`) when tracing is on.
+/// of its own (`part`) when the trace is sampled.
 async fn within<T>(part: &'static str, call: impl Future<Output = Result<Response<T>, Status>>) -> Result<T, Status> {
-    let span = tracing::debug_span!(target: capsule::trace::TRACE, "fanout", otel.name = part, fanout.part = part);
+    let span = if capsule::trace::sampled() {
+        tracing::debug_span!(target: capsule::trace::TRACE, "fanout", otel.name = part, fanout.part = part)
+    } else {
+        tracing::Span::none()
+    };
     match tokio::time::timeout(PART_DEADLINE, call).instrument(span).await {
         Ok(result) => result.map(Response::into_inner),
         Err(_) => Err(Status::deadline_exceeded("no answer in time")),
