@@ -104,16 +104,18 @@ pub fn vouch(headers: &mut http::HeaderMap, client: Option<IpAddr>, proof: Optio
     }
 }
 
-/// The client address of a call a service is handling (empty when
-/// unknown).
-pub fn address_of<T>(request: &tonic::Request<T>) -> String {
+/// The client address of a call a service is handling.
+pub fn ip_of<T>(request: &tonic::Request<T>) -> Option<IpAddr> {
     request
         .extensions()
         .get::<ClientAddress>()
         .map(|client| client.0)
         .or_else(|| request.remote_addr().map(|addr| addr.ip()))
-        .map(|ip| ip.to_string())
-        .unwrap_or_default()
+}
+
+/// [`ip_of`] as text (empty when unknown).
+pub fn address_of<T>(request: &tonic::Request<T>) -> String {
+    ip_of(request).map(|ip| ip.to_string()).unwrap_or_default()
 }
 
 /// Trusted proxies from a comma-separated list of CIDRs or addresses.

@@ -101,9 +101,10 @@ pub fn rename(span: &Span, name: String) {
 }
 
 /// The current span and trace, to carry to another thread (a pooled
-/// connection's); `None` when tracing is off.
+/// connection's); `None` unless the trace is sampled (nothing there would
+/// be recorded).
 pub fn carry() -> Option<Carried> {
-    enabled().then(|| Carried {
+    sampled().then(|| Carried {
         span: Span::current(),
         context: opentelemetry::Context::current(),
     })

@@ -39,6 +39,18 @@ fn create(name: &str, scopes: &[&str], project_id: &str, days: i32) -> pb::Creat
     }
 }
 
+async fn deploy_over_grpc(
+    mesh: &TestMesh,
+    token: &str,
+    project_id: &str,
+) -> Result<tonic::Response<capsule::proto::deploy::v1::Deployment>, tonic::Status> {
+    let request = capsule::proto::deploy::v1::CreateDeploymentRequest {
+        project_id: project_id.to_owned(),
+        ..Default::default()
+    };
+    mesh.deploys().await.create_deployment(authed(request, token)).await
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -88,17 +100,7 @@ async fn a_project_scoped_deploy_token_deploys_that_project_and_nothing_else() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // ...and over gRPC.
-    let deployed = mesh
-        .deploys()
-        .await
-        .create_deployment(authed(
-            capsule::proto::deploy::v1::CreateDeploymentRequest {
-                project_id: target.clone(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await;
+    let deployed = deploy_over_grpc(&mesh, &token, &target).await;
     assert!(deployed.is_ok(), "{deployed:?}");
     // Another project of the same user: as if it did not exist.
     let (status, body) = rest(
@@ -161,18 +163,7 @@ async fn a_project_scoped_deploy_token_deploys_that_project_and_nothing_else() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
-    let refused = mesh
-        .deploys()
-        .await
-        .create_deployment(authed(
-            capsule::proto::deploy::v1::CreateDeploymentRequest {
-                project_id: target.clone(),
-                ..Default::default()
-            },
-            &token,
-        ))
-        .await
-        .unwrap_err();
+    let refused = deploy_over_grpc(&mesh, &token, &target).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     mesh.stop().await;
 }

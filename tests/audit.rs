@@ -82,21 +82,7 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         .metadata_mut()
         .insert("x-request-id", "invite-request-42".parse().unwrap());
     projects.invite_member(invite).await.unwrap();
-    let token = {
-        use diesel::{QueryableByName, sql_types::Text};
-        #[derive(QueryableByName)]
-        struct Mail {
-            #[diesel(sql_type = Text)]
-            body: String,
-        }
-        let mail: Mail = diesel::sql_query(
-            "SELECT body FROM email_outbox WHERE recipient = 'audit-member@example.com' AND subject LIKE '%invited%'",
-        )
-        .get_result(&mut mesh.database(ServiceKind::Auth).connect())
-        .unwrap();
-        let at = mail.body.find("token=").unwrap() + "token=".len();
-        mail.body[at..].split_whitespace().next().unwrap().to_owned()
-    };
+    let token = common::mailed_invitation_token(&mesh, "audit-member@example.com");
     projects
         .accept_invitation(authed(pb::AcceptInvitationRequest { token }, &member))
         .await

@@ -7,33 +7,10 @@
 
 mod common;
 
-use capsule::{
-    config::ServiceKind,
-    proto::{deploy::v1 as deploy_pb, project::v1 as pb},
-};
+use capsule::proto::{deploy::v1 as deploy_pb, project::v1 as pb};
 use common::{TestMesh, authed};
-use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
 use reqwest::StatusCode;
 use tonic::Code;
-
-#[derive(QueryableByName)]
-struct Mail {
-    #[diesel(sql_type = Text)]
-    body: String,
-}
-
-/// The token of the newest invitation mailed to `email`, read from the
-/// auth service's outbox as a mail relay would.
-fn mailed_token(mesh: &TestMesh, email: &str) -> String {
-    let mut conn = mesh.database(ServiceKind::Auth).connect();
-    let mail: Mail =
-        diesel::sql_query("SELECT body FROM email_outbox WHERE recipient = $1 AND subject LIKE '%invited%' ORDER BY created_at DESC LIMIT 1")
-            .bind::<Text, _>(email)
-            .get_result(&mut conn)
-            .unwrap();
-    let at = mail.body.find("token=").expect("a link with the token") + "token=".len();
-    mail.body[at..].split_whitespace().next().unwrap().to_owned()
-}
 
 fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
     match result {
@@ -145,7 +122,7 @@ async fn a_members_role_decides_what_they_may_do_and_removal_is_immediate() {
         .unwrap()
         .into_inner();
     assert_eq!(invitation.email, "member@example.com");
-    let token = mailed_token(&mesh, "member@example.com");
+    let token = common::mailed_invitation_token(&mesh, "member@example.com");
     let accept = |token: &str, bearer: &str| {
         authed(
             pb::AcceptInvitationRequest {

@@ -29,7 +29,7 @@ mod permission;
 pub use caller::{Access, Caller, Claims, Role, TokenScope, method_access, policies};
 pub use keys::{
     API_TOKEN_PREFIX, AUDIENCE, GrpcKeySource, INTERNAL_HEADER, ISSUER, KeySet, KeySource, RunnerVerifier, Secrets,
-    Standing, TokenError, TokenGrant, token_grant,
+    Standing, TokenError, TokenGrant, as_service, token_grant,
 };
 pub use layer::{AuthLayer, RequireAccess, authorize, authorize_access};
 pub use opaque::{new_token, token_hash};

@@ -159,6 +159,16 @@ impl OrgRole {
         self >= permission.least_role()
     }
 
+    /// PERMISSION_DENIED ([`Permission::denied`]) unless this role holds
+    /// `permission`.
+    pub fn require(self, permission: Permission) -> Result<(), Status> {
+        if self.grants(permission) {
+            Ok(())
+        } else {
+            Err(permission.denied(self))
+        }
+    }
+
     pub fn to_proto(self) -> OrganizationRole {
         match self {
             Self::Viewer => OrganizationRole::Viewer,

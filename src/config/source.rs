@@ -15,6 +15,17 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+impl ConfigError {
+    /// `variable`'s `value` (quoted in the message) is not valid: `reason`.
+    pub fn invalid(variable: &str, value: &str, reason: &str) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            value: format!("{value:?}"),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 /// Where configuration values come from: the process environment in
 /// production, a map in tests.
 pub trait Source {
@@ -61,11 +72,11 @@ pub fn positive<T: FromStr + PartialOrd + Default>(
     if value > T::default() {
         Ok(value)
     } else {
-        Err(ConfigError {
-            variable: variable.to_owned(),
-            value: format!("{:?}", source.get(variable).unwrap_or_default()),
-            reason: "expected a positive whole number".to_owned(),
-        })
+        Err(ConfigError::invalid(
+            variable,
+            &source.get(variable).unwrap_or_default(),
+            "expected a positive whole number",
+        ))
     }
 }
 
@@ -75,10 +86,6 @@ pub fn parse_bool(source: &dyn Source, variable: &str, default: bool) -> Result<
         None => Ok(default),
         Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => Ok(true),
         Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => Ok(false),
-        Some(v) => Err(ConfigError {
-            variable: variable.to_owned(),
-            value: format!("{v:?}"),
-            reason: "expected true or false".to_owned(),
-        }),
+        Some(v) => Err(ConfigError::invalid(variable, &v, "expected true or false")),
     }
 }

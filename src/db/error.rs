@@ -133,7 +133,7 @@ impl super::Database {
             .map_err(|err| DbError::Unavailable(err.to_string()))?;
         metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
             .record(waited.elapsed().as_secs_f64());
-        // With tracing on, the statements are spans of the caller's request.
+        // In a sampled trace, the statements are spans of the caller's request.
         let result = match crate::trace::carry() {
             Some(carried) => conn.interact(move |conn| carried.run(|| work(conn))).await,
             None => conn.interact(work).await,

@@ -37,14 +37,6 @@ pub struct TraceConfig {
     pub timeout: Duration,
 }
 
-fn invalid(variable: &str, value: &str, reason: &str) -> ConfigError {
-    ConfigError {
-        variable: variable.to_owned(),
-        value: format!("{value:?}"),
-        reason: reason.to_owned(),
-    }
-}
-
 /// The first of `variables` that is set, with its name.
 fn first(source: &dyn Source, variables: &[&'static str]) -> Option<(&'static str, String)> {
     variables
@@ -62,7 +54,13 @@ impl TraceConfig {
         match source.get("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
             None | Some("otlp") => {}
             Some("none") => return Ok(None),
-            Some(other) => return Err(invalid("OTEL_TRACES_EXPORTER", other, "expected otlp or none")),
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "OTEL_TRACES_EXPORTER",
+                    other,
+                    "expected otlp or none",
+                ));
+            }
         }
         let Some((variable, endpoint)) = first(
             source,
@@ -71,14 +69,14 @@ impl TraceConfig {
             return Ok(None);
         };
         let parsed = url::Url::parse(endpoint.trim()).map_err(|_| {
-            invalid(
+            ConfigError::invalid(
                 variable,
                 &endpoint,
                 "expected the collector's OTLP/gRPC URL, like http://localhost:4317",
             )
         })?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 variable,
                 &endpoint,
                 "expected an http:// or https:// URL with a host, like http://localhost:4317",
@@ -89,7 +87,7 @@ impl TraceConfig {
             &["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"],
         ) && protocol.trim() != "grpc"
         {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 variable,
                 &protocol,
                 "only grpc is spoken: point the endpoint at the collector's OTLP/gRPC port (4317)",
@@ -153,7 +151,7 @@ fn sampler(source: &dyn Source) -> Result<Sampler, ConfigError> {
                 .parse::<f64>()
                 .ok()
                 .filter(|ratio| (0.0..=1.0).contains(ratio))
-                .ok_or_else(|| invalid(ARG, &raw, "expected a ratio from 0 to 1, like 0.01 for 1 %")),
+                .ok_or_else(|| ConfigError::invalid(ARG, &raw, "expected a ratio from 0 to 1, like 0.01 for 1 %")),
         }
     };
     let parent_based = |root: Sampler| Sampler::ParentBased(Box::new(root));
@@ -165,7 +163,7 @@ fn sampler(source: &dyn Source) -> Result<Sampler, ConfigError> {
         Some("parentbased_always_off") => parent_based(Sampler::AlwaysOff),
         Some("parentbased_traceidratio") => parent_based(Sampler::TraceIdRatioBased(ratio()?)),
         Some(other) => {
-            return Err(invalid(
+            return Err(ConfigError::invalid(
                 "OTEL_TRACES_SAMPLER",
                 other,
                 "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",

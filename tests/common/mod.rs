@@ -266,6 +266,25 @@ impl TestMesh {
 }
 
 /// A request with a bearer token.
+/// The token of the newest invitation mailed to `email`, read from the auth
+/// service's outbox as a mail relay would.
+pub fn mailed_invitation_token(mesh: &TestMesh, email: &str) -> String {
+    use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
+    #[derive(QueryableByName)]
+    struct Mail {
+        #[diesel(sql_type = Text)]
+        body: String,
+    }
+    let mail: Mail = diesel::sql_query(
+        "SELECT body FROM email_outbox WHERE recipient = $1 AND subject LIKE '%invited%' ORDER BY created_at DESC LIMIT 1",
+    )
+    .bind::<Text, _>(email)
+    .get_result(&mut mesh.database(ServiceKind::Auth).connect())
+    .expect("an invitation was mailed");
+    let at = mail.body.find("token=").expect("a link with the token") + "token=".len();
+    mail.body[at..].split_whitespace().next().unwrap_or_default().to_owned()
+}
+
 pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request

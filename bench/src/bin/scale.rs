@@ -435,13 +435,7 @@ async fn plans(
         let mut plans =
             capsule_project::explain_reads(&mut conn, owner, project, (cursor.created_at, cursor.id), limit)?;
         let mut conn = PgConnection::establish(&deploy_url)?;
-        plans.extend(capsule_deploy::explain_reads(
-            &mut conn,
-            owner,
-            deployment,
-            lines - 100,
-            101,
-        )?);
+        plans.extend(capsule_deploy::explain_reads(&mut conn, deployment, lines - 100, 101)?);
         Ok(plans
             .into_iter()
             .map(|(name, plan)| (name, capsule::db::query::plan_nodes(&plan)))

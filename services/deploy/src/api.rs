@@ -4,7 +4,7 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use capsule::{
-    auth::{Caller, INTERNAL_HEADER, OrgRole, Permission, is_missing_permission},
+    auth::{Caller, OrgRole, Permission, is_missing_permission},
     db::Database,
     proto::{
         deploy::v1::{self as pb},
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     config::{DeployConfig, SourceConfig},
-    db::{self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, Viewer, runners::Runner},
+    db::{self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, runners::Runner},
     notify::Hub,
     runner::source::{Commit, Repository, SourceError},
     state::State,
@@ -53,13 +53,6 @@ pub(crate) struct Inner {
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
-
-pub(crate) fn viewer(caller: &Caller) -> Viewer {
-    Viewer {
-        user_id: caller.user_id,
-        admin: caller.is_admin(),
-    }
-}
 
 pub fn deployment_proto(deployment: &Deployment) -> pb::Deployment {
     pb::Deployment {
@@ -229,11 +222,10 @@ impl DeployServiceApi {
         permission: Permission,
         id: Uuid,
     ) -> Result<Deployment, Status> {
-        let viewer = viewer(caller);
         let deployment = self
             .inner
             .db
-            .run(move |conn| db::find(conn, id, viewer.admin.then_some(viewer)))
+            .run(move |conn| db::find(conn, id))
             .await?
             .ok_or_else(|| Status::not_found(NOT_FOUND))?;
         if !caller.is_admin() {
@@ -247,8 +239,6 @@ impl DeployServiceApi {
         Ok(deployment)
     }
 
-    /// Asks the project service, as the caller, whether the project exists
-    /// and the caller may deploy it, and for the settings to snapshot.
     /// A request to the project service on the caller's behalf.
     pub(crate) fn as_caller<T>(caller: &Caller, message: T) -> Result<Request<T>, Status> {
         let mut request = Request::new(message);
@@ -375,11 +365,7 @@ impl DeployServiceApi {
                 "deployments are not enabled: set CAPSULE_INTERNAL_SECRET on project and deploy",
             )
         })?;
-        request.metadata_mut().insert(
-            INTERNAL_HEADER,
-            secret.parse().map_err(|_| Status::internal("internal error"))?,
-        );
-        Ok(())
+        capsule::auth::as_service(request, secret)
     }
 
     /// The project's variables as they are now, for the runner that claimed

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use capsule::{
     audit::{Actor, Event},
-    auth::{Caller, INTERNAL_HEADER, OrgRole, Permission},
+    auth::{Caller, OrgRole, Permission},
     db::{Batcher, Database},
     proto::auth::v1::auth_service_client::AuthServiceClient,
     rpc::{self, FieldViolations},
@@ -84,10 +84,7 @@ impl Granted {
 
     /// PERMISSION_DENIED unless the caller holds `permission` too.
     pub fn require(&self, permission: Permission) -> Result<(), Status> {
-        match self.role {
-            Some(role) if !role.grants(permission) => Err(permission.denied(role)),
-            _ => Ok(()),
-        }
+        self.role.map_or(Ok(()), |role| role.require(permission))
     }
 }
 
@@ -184,9 +181,7 @@ impl ProjectServiceApi {
             None if ask.caller.is_admin() => OrgRole::Owner,
             None => return Err(Status::not_found("no such organization")),
         };
-        if !role.grants(ask.permission) {
-            return Err(ask.permission.denied(role));
-        }
+        role.require(ask.permission)?;
         Ok(role)
     }
 
@@ -207,7 +202,8 @@ impl ProjectServiceApi {
             .project(project.id)
     }
 
-    pub fn project_id(field: &str, value: &str) -> Result<Uuid, Status> {
+    /// One id from a request, or INVALID_ARGUMENT naming its field.
+    pub fn parse_id(field: &str, value: &str) -> Result<Uuid, Status> {
         let mut violations = FieldViolations::new();
         let id = rpc::parse_id(field, value, &mut violations);
         violations.check()?;
@@ -221,10 +217,7 @@ impl ProjectServiceApi {
         })?;
         let mut request = Request::new(message);
         request.set_timeout(std::time::Duration::from_secs(5));
-        request.metadata_mut().insert(
-            INTERNAL_HEADER,
-            secret.parse().map_err(|_| Status::internal("internal error"))?,
-        );
+        capsule::auth::as_service(&mut request, &secret)?;
         Ok((client, request))
     }
 }

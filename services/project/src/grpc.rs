@@ -94,7 +94,7 @@ impl ProjectService for ProjectServiceApi {
 
     async fn get_project(&self, request: Request<pb::GetProjectRequest>) -> Result<Response<pb::Project>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         Ok(Response::new(project_proto(&self.live(&ask, id).await?.project)))
     }
 
@@ -182,7 +182,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::DeleteProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         self.live(&ask, id).await?;
         let purge_after = Utc::now() + Duration::days(RETENTION_DAYS);
         let project = self
@@ -199,7 +199,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::UndeleteProjectRequest>,
     ) -> Result<Response<pb::Project>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         let project = self.visible(&ask, id).await?.project;
         match project.purge_after {
             None => return Err(Status::failed_precondition("the project is not deleted")),
@@ -229,7 +229,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::GetProjectSettingsRequest>,
     ) -> Result<Response<pb::ProjectSettings>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         self.live(&ask, id).await?;
         let (settings, variables) = self
             .db
@@ -345,7 +345,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::PrepareDeploymentRequest>,
     ) -> Result<Response<pb::DeploymentPlan>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         let project = self.live(&ask, id).await?.project;
         let settings = self.db.run(move |conn| Settings::get(conn, id)).await?;
         Ok(Response::new(plan_proto(&project, settings)))
@@ -386,7 +386,7 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::GetPushTargetRequest>,
     ) -> Result<Response<pb::PushTarget>, Status> {
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         let service = Viewer {
             user_id: Uuid::nil(),
             admin: true,
@@ -417,7 +417,7 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::RotateWebhookSecretRequest>,
     ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
         let ask = Ask::of(&request)?;
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         let granted = self.live(&ask, id).await?;
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
@@ -442,7 +442,7 @@ impl ProjectService for ProjectServiceApi {
         &self,
         request: Request<pb::GetDeploymentEnvironmentRequest>,
     ) -> Result<Response<pb::DeploymentEnvironment>, Status> {
-        let id = Self::project_id("project_id", &request.get_ref().project_id)?;
+        let id = Self::parse_id("project_id", &request.get_ref().project_id)?;
         // The deploy service asks for itself (no user): any live project.
         let service = Viewer {
             user_id: Uuid::nil(),

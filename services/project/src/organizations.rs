@@ -27,12 +27,15 @@ fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Ev
 /// How long an invitation can be accepted.
 const INVITATION_DAYS: i64 = 7;
 
-fn ids(first: (&str, &str), second: Option<(&str, &str)>) -> Result<(Uuid, Option<Uuid>), Status> {
+/// The organisation and user a member call names.
+fn member_ids(organization_id: &str, user_id: &str) -> Result<(Uuid, Uuid), Status> {
     let mut violations = FieldViolations::new();
-    let one = rpc::parse_id(first.0, first.1, &mut violations);
-    let two = second.map(|(field, value)| rpc::parse_id(field, value, &mut violations));
+    let ids = (
+        rpc::parse_id("organization_id", organization_id, &mut violations),
+        rpc::parse_id("user_id", user_id, &mut violations),
+    );
     violations.check()?;
-    Ok((one, two))
+    Ok(ids)
 }
 
 /// Only an owner gives, changes or takes away the owner role.
@@ -82,7 +85,7 @@ pub async fn get(
     request: Request<pb::GetOrganizationRequest>,
 ) -> Result<Response<pb::Organization>, Status> {
     let ask = Ask::of(&request)?;
-    let (id, _) = ids(("organization_id", &request.get_ref().organization_id), None)?;
+    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
     let role = api.member(&ask, id).await?;
     let organization = api
         .db
@@ -113,7 +116,7 @@ pub async fn list_members(
     request: Request<pb::ListMembersRequest>,
 ) -> Result<Response<pb::ListMembersResponse>, Status> {
     let ask = Ask::of(&request)?;
-    let (id, _) = ids(("organization_id", &request.get_ref().organization_id), None)?;
+    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
     api.member(&ask, id).await?;
     let members = api.db.run(move |conn| organizations::members(conn, id)).await?;
     Ok(Response::new(pb::ListMembersResponse {
@@ -127,7 +130,7 @@ pub async fn invite(
 ) -> Result<Response<pb::Invitation>, Status> {
     let ask = Ask::of(&request)?;
     let body = request.into_inner();
-    let (id, _) = ids(("organization_id", &body.organization_id), None)?;
+    let id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
     let role = OrgRole::from_proto(body.role())
         .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
     let actor = api.member(&ask, id).await?;
@@ -234,11 +237,7 @@ pub async fn update_member(
 ) -> Result<Response<pb::Member>, Status> {
     let ask = Ask::of(&request)?;
     let body = request.into_inner();
-    let (id, user_id) = ids(
-        ("organization_id", &body.organization_id),
-        Some(("user_id", &body.user_id)),
-    )?;
-    let user_id = user_id.unwrap_or_default();
+    let (id, user_id) = member_ids(&body.organization_id, &body.user_id)?;
     let role = OrgRole::from_proto(body.role())
         .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
     let actor = api.member(&ask, id).await?;
@@ -273,11 +272,7 @@ pub async fn remove_member(
 ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
     let ask = Ask::of(&request)?;
     let body = request.into_inner();
-    let (id, user_id) = ids(
-        ("organization_id", &body.organization_id),
-        Some(("user_id", &body.user_id)),
-    )?;
-    let user_id = user_id.unwrap_or_default();
+    let (id, user_id) = member_ids(&body.organization_id, &body.user_id)?;
     if user_id == ask.caller.user_id {
         // Leaving needs no permission, only a membership.
         api.member(&ask.with(Permission::OrganizationRead), id).await?;
@@ -308,8 +303,11 @@ pub async fn transfer_project(
 ) -> Result<Response<pb::Project>, Status> {
     let ask = Ask::of(&request)?;
     let body = request.into_inner();
-    let target = (!body.organization_id.is_empty()).then_some(("organization_id", body.organization_id.as_str()));
-    let (project_id, organization_id) = ids(("project_id", &body.project_id), target)?;
+    let mut violations = FieldViolations::new();
+    let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
+    let organization_id = (!body.organization_id.is_empty())
+        .then(|| rpc::parse_id("organization_id", &body.organization_id, &mut violations));
+    violations.check()?;
     let project = api.live(&ask, project_id).await?.project;
     let owner = match organization_id {
         Some(organization_id) => {
@@ -354,7 +352,7 @@ pub async fn check_project_permission(
     let caller = Caller::of(&request)?.clone();
     let actor = Actor::of(&request);
     let body = request.into_inner();
-    let (project_id, _) = ids(("project_id", &body.project_id), None)?;
+    let project_id = ProjectServiceApi::parse_id("project_id", &body.project_id)?;
     let permission = Permission::parse(&body.permission)
         .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
     // Every member reads; the role says whether the permission is held.

@@ -210,13 +210,19 @@ impl AuthServiceApi {
                 })
             })
             .await?;
-        if self.inner.config.log_mail {
-            // Development only (CAPSULE_DEV_MAILER=log): the link is a secret.
-            tracing::info!(mail.id = %mail_id, user.id = %user_id, %link, "development mailer: {subject}");
-        } else {
-            tracing::debug!(mail.id = %mail_id, user.id = %user_id, "queued mail: {subject}");
-        }
+        self.mail_queued(mail_id, Some(user_id), &link, subject);
         Ok(())
+    }
+
+    /// Says that a mail was queued; in development (CAPSULE_DEV_MAILER=log)
+    /// with its link, which is a secret everywhere else.
+    pub(super) fn mail_queued(&self, mail_id: Uuid, user_id: Option<Uuid>, link: &str, subject: &str) {
+        let user_id = user_id.map(tracing::field::display);
+        if self.inner.config.log_mail {
+            tracing::info!(mail.id = %mail_id, user.id = user_id, %link, "development mailer: {subject}");
+        } else {
+            tracing::debug!(mail.id = %mail_id, user.id = user_id, "queued mail: {subject}");
+        }
     }
 
     /// The counters an attempt at `email`'s password from `address` counts

@@ -117,41 +117,34 @@ pub(super) async fn send_invitation_email(
     let mut violations = FieldViolations::new();
     let inviter_id = capsule::rpc::parse_id("inviter_id", &body.inviter_id, &mut violations);
     violations.check()?;
-    let inviter = api
-        .inner
-        .db
-        .run(move |conn| User::find(conn, inviter_id))
-        .await?
-        .map(|(user, _)| user.name)
-        .ok_or_else(|| Status::not_found("no such inviter"))?;
     let expires = body
         .expire_time
         .map(|time| time.seconds)
         .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
         .ok_or_else(|| Status::invalid_argument("expire_time is required"))?;
     let link = format!("{}/accept-invitation?token={}", api.inner.config.public_url, body.token);
-    let subject = format!("{inviter} invited you to {}", body.organization_name);
-    let text = format!(
-        "Hello,\n\n{inviter} invited you to join the organisation {} on Capsule as {}.\n\
-         Sign in (or create an account with this address), then open this link before {}:\n{link}\n",
-        body.organization_name,
-        body.role,
-        expires.format("%Y-%m-%d %H:%M UTC"),
-    );
-    let recipient = body.email;
-    let mail_id = api
+    let text_link = link.clone();
+    // The inviter's name and the mail, in one trip to the pool.
+    let queued = api
         .inner
         .db
-        .run({
-            let subject = subject.clone();
-            move |conn| db::push_email(conn, &recipient, &subject, &text)
+        .run(move |conn| {
+            let Some((inviter, _)) = User::find(conn, inviter_id)? else {
+                return Ok(None);
+            };
+            let subject = format!("{} invited you to {}", inviter.name, body.organization_name);
+            let text = format!(
+                "Hello,\n\n{} invited you to join the organisation {} on Capsule as {}.\n\
+                 Sign in (or create an account with this address), then open this link before {}:\n{text_link}\n",
+                inviter.name,
+                body.organization_name,
+                body.role,
+                expires.format("%Y-%m-%d %H:%M UTC"),
+            );
+            db::push_email(conn, &body.email, &subject, &text).map(|id| Some((id, subject)))
         })
         .await?;
-    if api.inner.config.log_mail {
-        // Development only (CAPSULE_DEV_MAILER=log): the link is a secret.
-        tracing::info!(mail.id = %mail_id, %link, "development mailer: {subject}");
-    } else {
-        tracing::debug!(mail.id = %mail_id, "queued mail: {subject}");
-    }
+    let (mail_id, subject) = queued.ok_or_else(|| Status::not_found("no such inviter"))?;
+    api.mail_queued(mail_id, None, &link, &subject);
     Ok(Response::new(pb::SendInvitationEmailResponse {}))
 }

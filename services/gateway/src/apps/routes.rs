@@ -3,11 +3,8 @@
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
+use capsule::proto::deploy::v1::{WatchRoutesRequest, deploy_service_client::DeployServiceClient};
 use capsule::trace::TracedChannel as Channel;
-use capsule::{
-    auth::INTERNAL_HEADER,
-    proto::deploy::v1::{WatchRoutesRequest, deploy_service_client::DeployServiceClient},
-};
 use tokio_util::sync::CancellationToken;
 
 use super::Apps;
@@ -34,12 +31,7 @@ pub async fn follow(apps: Arc<Apps>, channel: Channel, shutdown: CancellationTok
 
 async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
     let mut request = tonic::Request::new(WatchRoutesRequest {});
-    request.metadata_mut().insert(
-        INTERNAL_HEADER,
-        secret
-            .parse()
-            .map_err(|_| tonic::Status::invalid_argument("CAPSULE_INTERNAL_SECRET is not a header value"))?,
-    );
+    capsule::auth::as_service(&mut request, secret)?;
     let mut stream = DeployServiceClient::new(channel)
         .watch_routes(request)
         .await?
