@@ -207,6 +207,17 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
     ("project.v1.ProjectService/ListAuditEvents", [false, false, true, true]),
+    ("deploy.v1.DeployService/CreateWebhook", [false, false, true, true]),
+    ("deploy.v1.DeployService/ListWebhooks", [false, false, true, true]),
+    ("deploy.v1.DeployService/DeleteWebhook", [false, false, true, true]),
+    (
+        "deploy.v1.DeployService/ListWebhookDeliveries",
+        [false, false, true, true],
+    ),
+    (
+        "deploy.v1.DeployService/RedeliverWebhookDelivery",
+        [false, false, true, true],
+    ),
 ];
 
 #[test]

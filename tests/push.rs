@@ -22,6 +22,7 @@ async fn mesh(poll: &'static str) -> TestMesh {
             ("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES),
             ("DEPLOY_POLL_INTERVAL_SECS", poll),
         ],
+        ..Default::default()
     })
     .await
 }

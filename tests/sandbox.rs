@@ -30,6 +30,7 @@ async fn local_runner_mesh(deploy: Vec<(&'static str, &'static str)>) -> TestMes
     common::start_with(common::Options {
         local_runner: true,
         deploy,
+        ..Default::default()
     })
     .await
 }

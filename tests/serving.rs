@@ -35,6 +35,7 @@ async fn mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
     common::start_with(common::Options {
         local_runner: true,
         deploy,
+        ..Default::default()
     })
     .await
 }

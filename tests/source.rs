@@ -18,6 +18,7 @@ async fn mesh() -> TestMesh {
     common::start_with(common::Options {
         local_runner: true,
         deploy: vec![("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES)],
+        ..Default::default()
     })
     .await
 }

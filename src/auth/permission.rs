@@ -26,10 +26,11 @@ pub enum Permission {
     OrganizationRead,
     OrganizationMembersWrite,
     AuditRead,
+    WebhooksManage,
 }
 
 impl Permission {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ProjectRead,
         Self::ProjectCreate,
         Self::ProjectSettingsWrite,
@@ -41,6 +42,7 @@ impl Permission {
         Self::OrganizationRead,
         Self::OrganizationMembersWrite,
         Self::AuditRead,
+        Self::WebhooksManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl Permission {
             Self::OrganizationRead => "organization.read",
             Self::OrganizationMembersWrite => "organization.members.write",
             Self::AuditRead => "audit.read",
+            Self::WebhooksManage => "webhooks.manage",
         }
     }
 
@@ -74,7 +77,8 @@ impl Permission {
             | Self::ProjectDelete
             | Self::ProjectTransfer
             | Self::OrganizationMembersWrite
-            | Self::AuditRead => OrgRole::Admin,
+            | Self::AuditRead
+            | Self::WebhooksManage => OrgRole::Admin,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Options {
     pub local_runner: bool,
     /// Extra deploy settings (DEPLOY_*).
     pub deploy: Vec<(&'static str, &'static str)>,
+    /// Every call runs its own statements (`*_DB_BATCHING=false`): a
+    /// batched statement belongs to the call that led the batch.
+    pub unbatched: bool,
 }
 
 /// The one origin the test gateway lets browsers call from.
@@ -104,12 +107,10 @@ pub async fn start_with(options: Options) -> TestMesh {
         };
         let db = TestDatabase::migrated(kind, migrations).await;
         let addr = listener.local_addr().unwrap();
-        let (config, serve, mesh, deploy_config) = (
-            db.db_config(),
-            testing::serve_config(addr),
-            mesh.clone(),
-            deploy_config.clone(),
-        );
+        let mut config = db.db_config();
+        config.batching = !options.unbatched;
+        let (config, serve, mesh, deploy_config) =
+            (config, testing::serve_config(addr), mesh.clone(), deploy_config.clone());
         let token = shutdown.child_token();
         stops.push((kind, token.clone()));
         tasks.push(tokio::spawn(async move {

@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     /// Output lines kept per deployment.
     pub(crate) max_log_lines: i64,
     pub(crate) source: SourceConfig,
+    /// Where webhooks may be subscribed to.
+    pub(crate) webhook_guard: crate::webhooks::guard::Guard,
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
@@ -207,6 +209,7 @@ impl DeployServiceApi {
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 source: config.source.clone(),
+                webhook_guard: crate::webhooks::guard::Guard::new(config.webhooks.allowed_networks.clone()),
             }),
         })
     }

@@ -26,6 +26,10 @@
 //! | `DEPLOY_SANDBOX_OPEN_FILES` | `1024`: open files per process |
 //! | `DEPLOY_SANDBOX_FILE_SIZE_MB` | `1024`: largest file a command may write |
 //! | `DEPLOY_SANDBOX_TMP_MB` | `256`: size of the sandbox's private `/tmp` |
+//! | `DEPLOY_WEBHOOK_TIMEOUT_SECS` | `10`: a webhook receiver must answer within this |
+//! | `DEPLOY_WEBHOOK_MAX_ATTEMPTS` | `8`: attempts at one delivery before it is marked failed |
+//! | `DEPLOY_WEBHOOK_RETRY_SECS` | `30`: the wait before the second attempt; it doubles each time, up to an hour |
+//! | `DEPLOY_WEBHOOK_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs, such as `10.20.0.0/16`) webhooks may be delivered to although private; unset, only public addresses |
 //! | `DEPLOY_SANDBOX_RO_BINDS` | unset: more host paths (colon-separated) shown read-only inside, e.g. a toolchain under `/opt` |
 
 use std::{path::PathBuf, time::Duration};
@@ -41,6 +45,46 @@ pub struct DeployConfig {
     pub max_log_lines: u64,
     pub log_retention: Duration,
     pub runner: Option<RunnerConfig>,
+    pub webhooks: WebhookConfig,
+}
+
+/// How webhooks are delivered.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub timeout: Duration,
+    pub max_attempts: i32,
+    /// The wait before the second attempt; it doubles each time.
+    pub retry: Duration,
+    /// Private networks the operator lets webhooks reach.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+}
+
+impl WebhookConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let allowed_networks = match source.get("DEPLOY_WEBHOOK_ALLOWED_NETWORKS") {
+            None => Vec::new(),
+            Some(value) => value
+                .split(',')
+                .map(str::trim)
+                .filter(|net| !net.is_empty())
+                .map(|net| {
+                    net.parse().map_err(|_| {
+                        invalid(
+                            "DEPLOY_WEBHOOK_ALLOWED_NETWORKS",
+                            value.clone(),
+                            "expected networks such as 10.20.0.0/16, comma-separated",
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(Self {
+            timeout: Duration::from_secs(positive(source, "DEPLOY_WEBHOOK_TIMEOUT_SECS", 10)?),
+            max_attempts: positive(source, "DEPLOY_WEBHOOK_MAX_ATTEMPTS", 8)?,
+            retry: Duration::from_secs(positive(source, "DEPLOY_WEBHOOK_RETRY_SECS", 30)?),
+            allowed_networks,
+        })
+    }
 }
 
 /// Where deployments' source may come from.
@@ -204,6 +248,7 @@ impl DeployConfig {
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
             runner,
+            webhooks: WebhookConfig::from_source(source)?,
         })
     }
 }

@@ -11,6 +11,7 @@ mod push;
 mod reap;
 mod runner;
 mod state;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -72,6 +73,12 @@ pub async fn serve(
     keys.accept_runners(Arc::new(api::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
     tokio::spawn(gauges::run(db.clone(), shutdown.clone()));
+    tokio::spawn(webhooks::send::run(
+        db.clone(),
+        hub.clone(),
+        config.webhooks.clone(),
+        shutdown.clone(),
+    ));
     if let Some(every) = config.poll_interval {
         tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
     }
@@ -135,7 +142,8 @@ async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> O
     }
 }
 
-/// Deletes old deployments' logs, now and then hourly, in batches.
+/// Deletes old deployments' logs and settled webhook deliveries, now and
+/// then hourly, in batches.
 async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: CancellationToken) {
     let Ok(retention) = chrono::Duration::from_std(retention) else {
         return;
@@ -151,6 +159,12 @@ async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: Canc
                     break;
                 }
             }
+        }
+        let cutoff = chrono::Utc::now() - retention;
+        match db.run(move |conn| db::webhooks::prune(conn, cutoff)).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(deliveries = pruned, "old webhook deliveries deleted"),
+            Err(err) => tracing::debug!(error = %err, "cannot prune webhook deliveries now"),
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

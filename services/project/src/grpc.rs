@@ -482,6 +482,13 @@ impl ProjectService for ProjectServiceApi {
         organizations::check_project_permission(self, request).await
     }
 
+    async fn check_organization_permission(
+        &self,
+        request: Request<pb::CheckOrganizationPermissionRequest>,
+    ) -> Result<Response<pb::CheckOrganizationPermissionResponse>, Status> {
+        organizations::check_organization_permission(self, request).await
+    }
+
     async fn create_organization(
         &self,
         request: Request<pb::CreateOrganizationRequest>,

@@ -371,3 +371,28 @@ pub async fn check_project_permission(
         role: granted.role.map_or(0, |role| role.to_proto().into()),
     }))
 }
+
+pub async fn check_organization_permission(
+    api: &ProjectServiceApi,
+    request: Request<pb::CheckOrganizationPermissionRequest>,
+) -> Result<Response<pb::CheckOrganizationPermissionResponse>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
+    let body = request.into_inner();
+    let organization_id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
+    let permission = Permission::parse(&body.permission)
+        .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
+    let role = api
+        .member(
+            &Ask {
+                caller,
+                permission,
+                actor,
+            },
+            organization_id,
+        )
+        .await?;
+    Ok(Response::new(pb::CheckOrganizationPermissionResponse {
+        role: role.to_proto().into(),
+    }))
+}

@@ -6,6 +6,7 @@ mod logs;
 pub mod push;
 pub mod runners;
 pub mod schema;
+pub mod webhooks;
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -17,6 +18,7 @@ use uuid::Uuid;
 
 use crate::state::State;
 use schema::deployments;
+use webhooks::Event;
 
 pub use claims::{claim, heartbeat, holds, release};
 pub use logs::{LogRow, append, logs_after, prune_logs};
@@ -110,8 +112,48 @@ pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deplo
             .returning(Deployment::as_returning())
             .get_result(conn)?;
         append(conn, deployment.id, &[("system", "queued".to_owned())], None)?;
+        queue_event(conn, &deployment, Event::Created)?;
+        if deployment.rollback_of.is_some() {
+            queue_event(conn, &deployment, Event::RolledBack)?;
+        }
         Ok(deployment)
     })
+}
+
+/// The JSON body of a delivery: the event and the deployment as it was
+/// then (no variables, no logs).
+fn payload(event: Event, deployment: &Deployment) -> serde_json::Value {
+    let id = |id: Option<Uuid>| id.map(|id| id.to_string());
+    serde_json::json!({
+        "type": event.as_str(),
+        "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "deployment": {
+            "id": deployment.id.to_string(),
+            "project_id": deployment.project_id.to_string(),
+            "environment": deployment.environment,
+            "state": deployment.state().as_str(),
+            "source_ref": deployment.source_ref,
+            "commit_sha": deployment.commit_sha,
+            "status_message": deployment.status_message,
+            "rollback_of": id(deployment.rollback_of),
+            "creator_id": deployment.creator_id.to_string(),
+            "url": match (deployment.state(), deployment.host()) {
+                (State::Live, Some(host)) => Some(capsule::config::app_url(&host)),
+                _ => None,
+            },
+        },
+    })
+}
+
+/// Queues `event` about `deployment` for its webhooks, in the caller's
+/// transaction.
+fn queue_event(conn: &mut PgConnection, deployment: &Deployment, event: Event) -> QueryResult<usize> {
+    let about = webhooks::About {
+        deployment_id: deployment.id,
+        project_id: deployment.project_id,
+        owner_id: deployment.owner_id,
+    };
+    webhooks::enqueue(conn, about, event, payload(event, deployment))
 }
 
 /// The deployment by id. Who may see it is the project service's to say
@@ -265,6 +307,9 @@ pub fn transition(
             ))
             .returning(Deployment::as_returning())
             .get_result(conn)?;
+        if let Some(event) = Event::of_state(to) {
+            queue_event(conn, &updated, event)?;
+        }
         if to.is_final() {
             diesel::update(deployments::table.find(id))
                 .set((

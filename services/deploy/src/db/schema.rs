@@ -68,6 +68,54 @@ diesel::table! {
     }
 }
 
-diesel::joinable!(deployment_logs -> deployments (deployment_id));
+diesel::table! {
+    webhooks (id) {
+        id -> Uuid,
+        project_id -> Nullable<Uuid>,
+        organization_id -> Nullable<Uuid>,
+        url -> Varchar,
+        secret -> Varchar,
+        events -> Array<Text>,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
 
-diesel::allow_tables_to_appear_in_same_query!(deployments, deployment_logs, source_watches, push_deliveries);
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        webhook_id -> Uuid,
+        event -> Varchar,
+        deployment_id -> Uuid,
+        payload -> Jsonb,
+        state -> Varchar,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_attempts (delivery_id, attempt) {
+        delivery_id -> Uuid,
+        attempt -> Int4,
+        attempted_at -> Timestamptz,
+        status_code -> Nullable<Int4>,
+        error -> Varchar,
+        duration_ms -> Int4,
+    }
+}
+
+diesel::joinable!(deployment_logs -> deployments (deployment_id));
+diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
+diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    deployments,
+    deployment_logs,
+    source_watches,
+    push_deliveries,
+    webhooks,
+    webhook_deliveries,
+    webhook_attempts
+);

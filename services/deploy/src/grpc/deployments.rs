@@ -110,11 +110,15 @@ pub(super) async fn rollback_deployment(
     // The project must still exist and be the caller's to deploy. The
     // commands are the earlier deployment's; the variables, as for every
     // deployment, are the project's when a runner claims it.
-    api.prepare(&caller, earlier.project_id).await?;
+    let plan = api.prepare(&caller, earlier.project_id).await?;
     let new = NewDeployment {
         project_id: earlier.project_id,
         creator_id: caller.user_id,
-        owner_id: earlier.owner_id,
+        // The project's owner now: it may have moved to an organisation.
+        owner_id: plan
+            .project
+            .and_then(|project| project.owner_id.parse().ok())
+            .or(earlier.owner_id),
         source_ref: earlier.source_ref.clone(),
         environment: earlier.environment.clone(),
         snapshot: earlier.snapshot.clone(),

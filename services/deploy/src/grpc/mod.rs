@@ -6,6 +6,7 @@ mod deployments;
 mod logs;
 mod routes;
 mod runners;
+mod webhooks;
 
 use capsule::proto::deploy::v1::{self as pb, deploy_service_server::DeployService};
 use tonic::{Request, Response, Status};
@@ -115,5 +116,40 @@ impl DeployService for DeployServiceApi {
         request: Request<pb::DeleteRunnerRequest>,
     ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
         runners::delete_runner(self, request).await
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
+        webhooks::create_webhook(self, request).await
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::ListWebhooksResponse>, Status> {
+        webhooks::list_webhooks(self, request).await
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::DeleteWebhookRequest>,
+    ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
+        webhooks::delete_webhook(self, request).await
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        request: Request<pb::ListWebhookDeliveriesRequest>,
+    ) -> Result<Response<pb::ListWebhookDeliveriesResponse>, Status> {
+        webhooks::list_webhook_deliveries(self, request).await
+    }
+
+    async fn redeliver_webhook_delivery(
+        &self,
+        request: Request<pb::RedeliverWebhookDeliveryRequest>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        webhooks::redeliver_webhook_delivery(self, request).await
     }
 }

@@ -205,7 +205,8 @@ fn query_fields(
     }
 }
 
-/// The query parameters of a request: its fields not bound elsewhere.
+/// The query parameters of a request: its fields not bound elsewhere;
+/// required when an empty value breaks a rule.
 fn query_parameters(
     input: &MessageDescriptor,
     skip: &BTreeSet<String>,
@@ -215,11 +216,12 @@ fn query_parameters(
 ) {
     let mut fields = Vec::new();
     query_fields(input, "", skip, &mut fields, 0);
+    let required = rules::required_fields(input);
     for (name, field) in fields {
         parameters.push(json!({
+            "required": required.contains(&name),
             "name": name,
             "in": "query",
-            "required": false,
             "schema": field_schema(&field, wanted, pending),
         }));
     }
