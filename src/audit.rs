@@ -236,6 +236,43 @@ pub fn filter_of(request: &pb::ListAuditEventsRequest) -> Result<(Filter, i64), 
     Ok((filter, limit))
 }
 
+/// Appends `event` after the change it records has been made. A failure
+/// to record is logged as an error with the event; the change stands.
+pub async fn append(db: &crate::db::Database, event: Event) {
+    let recorded = event.clone();
+    if let Err(err) = db.run(move |conn| record(conn, &recorded)).await {
+        tracing::error!(error = %err, action = event.action, target = %event.target, "the audit event could not be recorded");
+    }
+}
+
+/// Without an organisation or a project to read, a caller reads only
+/// their own events (platform admins: anyone's).
+pub fn restrict_to_caller(filter: &mut Filter, caller: &Caller) -> Result<(), tonic::Status> {
+    if filter.project_id.is_some() || filter.organization_id.is_some() || caller.is_admin() {
+        return Ok(());
+    }
+    match filter.actor_id {
+        Some(actor) if actor != caller.user_id => Err(tonic::Status::permission_denied(
+            "only your own events, or those of an organisation or project you administer",
+        )),
+        _ => {
+            filter.actor_id = Some(caller.user_id);
+            Ok(())
+        }
+    }
+}
+
+/// The page of `rows` (read with one more than `limit`) as `service`
+/// answers it.
+pub fn page(rows: &[Row], limit: i64, service: &str) -> pb::ListAuditEventsResponse {
+    let next_page_token = next_page_token(rows, limit);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    pb::ListAuditEventsResponse {
+        events: rows.iter().take(limit).map(|row| to_proto(row, service)).collect(),
+        next_page_token,
+    }
+}
+
 /// The token of the page after `rows` (one more than a page was read).
 pub fn next_page_token(rows: &[Row], limit: i64) -> String {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

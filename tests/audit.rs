@@ -7,7 +7,10 @@
 
 mod common;
 
-use capsule::{config::ServiceKind, proto::project::v1 as pb};
+use capsule::{
+    config::ServiceKind,
+    proto::{deploy::v1 as deploy_pb, project::v1 as pb},
+};
 use common::{TestMesh, authed};
 use diesel::RunQueryDsl;
 use serde_json::Value;
@@ -99,6 +102,7 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         .await
         .unwrap();
     common::deploy::set_variable(&mesh, &member, &project, "FEATURE_FLAGS", "checkout-v2", false).await;
+    let deployment = common::deploy::deploy(&mesh, &member, &project).await;
     // A member without audit.read: refused, naming it.
     let (status, body) = events(&mesh, &member, &format!("organizationId={org}")).await;
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
@@ -112,6 +116,31 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
             &owner,
         ))
         .await
+        .unwrap();
+    // The deploy service keeps its own trail; the gateway merges them.
+    let mut deploys = mesh.deploys().await;
+    deploys
+        .cancel_deployment(authed(
+            deploy_pb::CancelDeploymentRequest {
+                deployment_id: deployment.id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+    let webhook = deploys
+        .create_webhook(authed(
+            deploy_pb::CreateWebhookRequest {
+                parent: format!("organizations/{org}"),
+                url: "https://93.184.216.34/capsule".to_owned(),
+                events: vec![deploy_pb::WebhookEvent::DeploymentFailed.into()],
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook
         .unwrap();
 
     // The organisation's trail, newest first, every step with who and where.
@@ -128,7 +157,10 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
             "organization.member.join",
             "organization.member.update",
             "project.variable.set",
+            "deployment.create",
             "organization.member.remove",
+            "deployment.cancel",
+            "webhook.create",
         ],
         "{page}"
     );
@@ -136,7 +168,7 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         let actor = event["actorId"].as_str().unwrap();
         let expected = if matches!(
             event["action"].as_str(),
-            Some("organization.member.join" | "project.variable.set")
+            Some("organization.member.join" | "project.variable.set" | "deployment.create")
         ) {
             &member_id
         } else {
@@ -145,7 +177,14 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         assert_eq!(actor, expected, "{event}");
         assert_eq!(event["clientAddress"], "127.0.0.1", "{event}");
         assert!(!event["requestId"].as_str().unwrap().is_empty(), "{event}");
-        assert_eq!(event["service"], "project");
+        let service = if event["action"].as_str().unwrap().starts_with("organization.")
+            || event["action"].as_str().unwrap().starts_with("project.")
+        {
+            "project"
+        } else {
+            "deploy"
+        };
+        assert_eq!(event["service"], service, "{event}");
         assert_eq!(event["organizationId"], org.as_str());
     }
     let by_action = |action: &str| {
@@ -168,6 +207,15 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         "values are never recorded: {variable}"
     );
     assert_eq!(by_action("organization.member.update")["details"]["role"], "developer");
+    assert_eq!(
+        by_action("deployment.create")["target"],
+        format!("deployments/{}", deployment.id)
+    );
+    assert_eq!(by_action("deployment.create")["projectId"], project.as_str());
+    assert_eq!(
+        by_action("webhook.create")["target"],
+        format!("webhooks/{}", webhook.id)
+    );
 
     // Page by page, the same events.
     let mut paged = Vec::new();
@@ -190,7 +238,10 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
 
     // Without a filter, a user reads their own events only.
     let (_, own) = events(&mesh, &member, "").await;
-    assert_eq!(actions(&own), ["project.variable.set", "organization.member.join"]);
+    assert_eq!(
+        actions(&own),
+        ["deployment.create", "project.variable.set", "organization.member.join"]
+    );
     let (status, _) = events(&mesh, &member, &format!("actorId={owner_id}")).await;
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
 
@@ -200,23 +251,114 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         for method in service.methods() {
             let name = method.name();
             assert!(
-                !name.contains("AuditEvent") || name.starts_with("List"),
+                !name.contains("AuditEvent") || name.starts_with("List") || name.starts_with("Stream"),
                 "{} alters the audit trail",
                 method.full_name()
             );
         }
     }
-    // ...and the database refuses it too.
-    let mut conn = mesh.database(ServiceKind::Project).connect();
-    for statement in [
-        "UPDATE audit_events SET actor_id = NULL",
-        "DELETE FROM audit_events",
-        "TRUNCATE audit_events",
-    ] {
-        let err = diesel::sql_query(statement).execute(&mut conn).unwrap_err();
-        assert!(err.to_string().contains("append-only"), "{statement}: {err}");
+    // ...and each database refuses it too.
+    for kind in [ServiceKind::Project, ServiceKind::Deploy] {
+        let mut conn = mesh.database(kind).connect();
+        for statement in [
+            "UPDATE audit_events SET actor_id = NULL",
+            "DELETE FROM audit_events",
+            "TRUNCATE audit_events",
+        ] {
+            let err = diesel::sql_query(statement).execute(&mut conn).unwrap_err();
+            assert!(err.to_string().contains("append-only"), "{kind:?} {statement}: {err}");
+        }
     }
     let (_, after) = events(&mesh, &owner, &format!("organizationId={org}")).await;
     assert_eq!(after["events"], page["events"]);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_trail_is_followed_as_server_sent_events_from_every_service() {
+    use futures::StreamExt;
+    let mesh = common::start().await;
+    let (owner, _) = mesh.user("follow-owner@example.com").await;
+    let (stranger, _) = mesh.user("follow-stranger@example.com").await;
+    let mut projects = mesh.projects().await;
+    let org = projects
+        .create_organization(authed(
+            pb::CreateOrganizationRequest {
+                organization: Some(pb::Organization {
+                    name: "Followed".to_owned(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let follow = |token: &str| {
+        reqwest::Client::new()
+            .get(format!(
+                "http://{}/v1/auditEvents:stream?organizationId={org}",
+                mesh.http
+            ))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    // A stranger is refused before anything streams.
+    let refused = follow(&stranger).await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::NOT_FOUND);
+
+    let response = follow(&owner).await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    // Only what happens from now on: the organisation's creation is past.
+    let project = projects
+        .create_project(authed(
+            pb::CreateProjectRequest {
+                project: Some(pb::Project {
+                    name: "Watched".to_owned(),
+                    organization_id: org.clone(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    mesh.deploys()
+        .await
+        .create_webhook(authed(
+            deploy_pb::CreateWebhookRequest {
+                parent: format!("projects/{project}"),
+                url: "https://93.184.216.34/capsule".to_owned(),
+                events: vec![deploy_pb::WebhookEvent::DeploymentLive.into()],
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+    let mut body = String::new();
+    let mut chunks = response.bytes_stream();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(15), async {
+        while let Some(chunk) = chunks.next().await {
+            body.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if body.contains("webhook.create") && body.contains("project.create") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "both services' events arrive:\n{body}");
+    assert!(!body.contains("organization.create"), "{body}");
+    let data: Vec<Value> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let services: Vec<&str> = data.iter().filter_map(|event| event["service"].as_str()).collect();
+    assert_eq!(services, ["project", "deploy"], "oldest first: {body}");
     mesh.stop().await;
 }

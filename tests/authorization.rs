@@ -81,13 +81,21 @@ async fn call(mesh: &common::TestMesh, kind: ServiceKind, path: &str, token: Opt
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
     let path = http::uri::PathAndQuery::try_from(path.to_owned()).unwrap();
-    let streaming = path.path().ends_with("/StreamLogs");
+    let name = path.path().trim_start_matches('/').replace('/', ".");
+    let streaming = capsule::proto::pool()
+        .get_service_by_name(name.rsplit_once('.').unwrap().0)
+        .and_then(|service| service.methods().find(|method| method.full_name() == name))
+        .is_some_and(|method| method.is_server_streaming());
     if streaming {
         return match grpc.server_streaming(request, path, Raw).await {
-            Ok(mut stream) => match stream.get_mut().message().await {
-                Ok(_) => Code::Ok,
-                Err(status) => status.code(),
-            },
+            // A refusal may come as the first message; a stream that stays
+            // open with nothing to say yet was let in.
+            Ok(mut stream) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(2), stream.get_mut().message()).await {
+                    Ok(Err(status)) => status.code(),
+                    Ok(Ok(_)) | Err(_) => Code::Ok,
+                }
+            }
             Err(status) => status.code(),
         };
     }
@@ -207,6 +215,12 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
     ("project.v1.ProjectService/ListAuditEvents", [false, false, true, true]),
+    ("deploy.v1.DeployService/ListAuditEvents", [false, false, true, true]),
+    ("gateway.v1.GatewayService/ListAuditEvents", [false, false, true, true]),
+    (
+        "gateway.v1.GatewayService/StreamAuditEvents",
+        [false, false, true, true],
+    ),
     ("deploy.v1.DeployService/CreateWebhook", [false, false, true, true]),
     ("deploy.v1.DeployService/ListWebhooks", [false, false, true, true]),
     ("deploy.v1.DeployService/DeleteWebhook", [false, false, true, true]),

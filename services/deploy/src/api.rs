@@ -9,8 +9,9 @@ use capsule::{
     proto::{
         deploy::v1::{self as pb},
         project::v1::{
-            CheckProjectPermissionRequest, DeploymentPlan, GetDeploymentEnvironmentRequest, GetProjectRequest,
-            PrepareDeploymentRequest, project_service_client::ProjectServiceClient,
+            CheckOrganizationPermissionRequest, CheckProjectPermissionRequest, DeploymentPlan,
+            GetDeploymentEnvironmentRequest, GetProjectRequest, PrepareDeploymentRequest,
+            project_service_client::ProjectServiceClient,
         },
     },
     rpc::{self, FieldViolations},
@@ -225,21 +226,51 @@ impl DeployServiceApi {
         permission: Permission,
         id: Uuid,
     ) -> Result<Deployment, Status> {
-        let deployment = self
-            .inner
+        let deployment = self.find(id).await?;
+        if !caller.is_admin() {
+            self.check_deployment(caller, permission, &deployment).await?;
+        }
+        Ok(deployment)
+    }
+
+    /// As [`Self::visible`], admins asked about too, with the project's
+    /// organisation: what a change's audit event names.
+    pub(crate) async fn visible_in(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        id: Uuid,
+    ) -> Result<(Deployment, Option<Uuid>), Status> {
+        let deployment = self.find(id).await?;
+        let organization = self.check_deployment(caller, permission, &deployment).await?;
+        Ok((deployment, organization))
+    }
+
+    async fn find(&self, id: Uuid) -> Result<Deployment, Status> {
+        self.inner
             .db
             .run(move |conn| db::find(conn, id))
             .await?
-            .ok_or_else(|| Status::not_found(NOT_FOUND))?;
-        if !caller.is_admin() {
-            self.check_project(caller, permission, deployment.project_id)
-                .await
-                .map_err(|status| match status.code() {
-                    Code::NotFound => Status::not_found(NOT_FOUND),
-                    _ => status,
-                })?;
-        }
-        Ok(deployment)
+            .ok_or_else(|| Status::not_found(NOT_FOUND))
+    }
+
+    async fn check_deployment(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        deployment: &Deployment,
+    ) -> Result<Option<Uuid>, Status> {
+        self.check_project(caller, permission, deployment.project_id)
+            .await
+            .map_err(|status| match status.code() {
+                Code::NotFound => Status::not_found(NOT_FOUND),
+                _ => status,
+            })
+    }
+
+    /// Appends an audit event of this service's.
+    pub(crate) async fn audit(&self, event: capsule::audit::Event) {
+        capsule::audit::append(&self.inner.db, event).await;
     }
 
     /// A request to the project service on the caller's behalf.
@@ -397,7 +428,7 @@ impl DeployServiceApi {
         caller: &Caller,
         permission: Permission,
         project_id: Uuid,
-    ) -> Result<(), Status> {
+    ) -> Result<Option<Uuid>, Status> {
         if permission == Permission::ProjectRead {
             // GetProject declares project.read itself, and needs no
             // internal secret: reads work on a mesh without one.
@@ -408,7 +439,7 @@ impl DeployServiceApi {
                 },
             )?;
             return match self.inner.projects.clone().get_project(request).await {
-                Ok(_) => Ok(()),
+                Ok(project) => Ok(project.get_ref().organization_id.parse().ok()),
                 Err(status) => Err(Self::project_status(status)),
             };
         }
@@ -421,10 +452,35 @@ impl DeployServiceApi {
         )?;
         self.as_service(&mut request)?;
         match self.inner.projects.clone().check_project_permission(request).await {
-            Ok(answer) if answer.get_ref().granted => Ok(()),
+            Ok(answer) if answer.get_ref().granted => Ok(answer.get_ref().organization_id.parse().ok()),
             Ok(answer) => {
                 Err(permission.denied(OrgRole::from_proto(answer.get_ref().role()).unwrap_or(OrgRole::Viewer)))
             }
+            Err(status) => Err(Self::project_status(status)),
+        }
+    }
+
+    /// Whether the caller holds `permission` in the organisation, as the
+    /// project service says.
+    pub(crate) async fn check_organization(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        organization_id: Uuid,
+    ) -> Result<(), Status> {
+        let mut request = Self::as_caller(
+            caller,
+            CheckOrganizationPermissionRequest {
+                organization_id: organization_id.to_string(),
+                permission: permission.as_str().to_owned(),
+            },
+        )?;
+        self.as_service(&mut request)?;
+        match self.inner.projects.clone().check_organization_permission(request).await {
+            Ok(answer) => match OrgRole::from_proto(answer.get_ref().role()) {
+                Some(role) if role.grants(permission) => Ok(()),
+                role => Err(permission.denied(role.unwrap_or(OrgRole::Viewer))),
+            },
             Err(status) => Err(Self::project_status(status)),
         }
     }

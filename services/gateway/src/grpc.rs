@@ -9,6 +9,7 @@ use capsule::{
     auth::Caller,
     proto::{
         admin::v1::{GetDatabaseStatsRequest, database_admin_client::DatabaseAdminClient},
+        audit::v1::{ListAuditEventsRequest, ListAuditEventsResponse},
         auth::v1::{GetMeRequest, GetPublicProfileRequest, auth_service_client::AuthServiceClient},
         deploy::v1::{Deployment, ListDeploymentsRequest, deploy_service_client::DeployServiceClient},
         gateway::v1::{self as pb, gateway_service_server::GatewayService},
@@ -119,6 +120,33 @@ impl GatewayServiceApi {
 
 #[tonic::async_trait]
 impl GatewayService for GatewayServiceApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        crate::trail::list(&self.backends, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stream_audit_events(
+        &self,
+        request: Request<pb::StreamAuditEventsRequest>,
+    ) -> Result<Response<crate::trail::EventStream>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let filter = request.into_inner();
+        let request = ListAuditEventsRequest {
+            organization_id: filter.organization_id,
+            project_id: filter.project_id,
+            actor_id: filter.actor_id,
+            ..Default::default()
+        };
+        crate::trail::follow(self.backends.clone(), caller, request)
+            .await
+            .map(Response::new)
+    }
+
     async fn get_database_stats(
         &self,
         request: Request<pb::GetDatabaseStatsRequest>,

@@ -17,6 +17,7 @@ mod grpc;
 mod http_api;
 mod limit;
 mod openapi;
+mod trail;
 pub mod transcode;
 
 use std::sync::Arc;

@@ -189,10 +189,7 @@ impl ProjectServiceApi {
     /// been made. A failure to record is logged as an error with the
     /// event; the change stands.
     pub async fn audit(&self, event: Event) {
-        let recorded = event.clone();
-        if let Err(err) = self.db.run(move |conn| capsule::audit::record(conn, &recorded)).await {
-            tracing::error!(error = %err, action = event.action, target = %event.target, "the audit event could not be recorded");
-        }
+        capsule::audit::append(&self.db, event).await;
     }
 
     /// An event about `project`, by the caller of `ask`.

@@ -369,6 +369,11 @@ pub async fn check_project_permission(
     Ok(Response::new(pb::CheckProjectPermissionResponse {
         granted: granted.holds(permission),
         role: granted.role.map_or(0, |role| role.to_proto().into()),
+        organization_id: granted
+            .project
+            .organization_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
     }))
 }
 

@@ -15,25 +15,8 @@ pub async fn list_audit_events(
         api.visible(&ask, project_id).await?;
     } else if let Some(organization_id) = filter.organization_id {
         api.member(&ask, organization_id).await?;
-    } else if !ask.caller.is_admin() {
-        match filter.actor_id {
-            Some(actor) if actor != ask.caller.user_id => {
-                return Err(Status::permission_denied(
-                    "only your own events, or those of an organisation or project you administer",
-                ));
-            }
-            _ => filter.actor_id = Some(ask.caller.user_id),
-        }
     }
+    audit::restrict_to_caller(&mut filter, &ask.caller)?;
     let rows = api.db.run(move |conn| audit::list(conn, &filter, limit + 1)).await?;
-    let next_page_token = audit::next_page_token(&rows, limit);
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    Ok(Response::new(pb::ListAuditEventsResponse {
-        events: rows
-            .iter()
-            .take(limit)
-            .map(|row| audit::to_proto(row, "project"))
-            .collect(),
-        next_page_token,
-    }))
+    Ok(Response::new(audit::page(&rows, limit, "project")))
 }

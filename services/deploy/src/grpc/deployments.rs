@@ -1,6 +1,7 @@
 //! Deployments: creating, reading, listing, cancelling and rolling back.
 
 use capsule::{
+    audit::{Actor as AuditActor, Event},
     auth::{Caller, Permission},
     proto::deploy::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
@@ -19,6 +20,7 @@ pub(super) async fn create_deployment(
     request: Request<pb::CreateDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = AuditActor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
@@ -26,8 +28,16 @@ pub(super) async fn create_deployment(
     check_source_ref(&body.source_ref, &mut violations);
     violations.check()?;
     let plan = api.prepare(&caller, project_id).await?;
+    let organization = organization_of(&plan);
     let deployment = api.queue(plan, caller.user_id, environment, body.source_ref).await?;
     tracing::info!(deployment.id = %deployment.id, project.id = %project_id, user.id = %caller.user_id, "deployment queued");
+    api.audit(
+        deployment_event(&actor, "deployment.create", &deployment, organization)
+            .detail("environment", &deployment.environment)
+            .detail("source_ref", &deployment.source_ref)
+            .detail("commit_sha", &deployment.commit_sha),
+    )
+    .await;
     Ok(Response::new(deployment_proto(&deployment)))
 }
 
@@ -81,15 +91,18 @@ pub(super) async fn cancel_deployment(
     request: Request<pb::CancelDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
     let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
-    api.visible(&caller, permission, id).await?;
+    let (_, organization) = api.visible_in(&caller, permission, id).await?;
     let outcome = Outcome {
         message: "canceled by the user".to_owned(),
         ..Outcome::default()
     };
     let deployment = api.change(id, State::Canceled, Actor::User, outcome).await?;
     tracing::info!(deployment.id = %id, user.id = %caller.user_id, "deployment canceled");
+    api.audit(deployment_event(&actor, "deployment.cancel", &deployment, organization))
+        .await;
     Ok(Response::new(deployment_proto(&deployment)))
 }
 
@@ -98,6 +111,7 @@ pub(super) async fn rollback_deployment(
     request: Request<pb::RollbackDeploymentRequest>,
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
     let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
     let earlier = api.visible(&caller, permission, id).await?;
@@ -111,12 +125,14 @@ pub(super) async fn rollback_deployment(
     // commands are the earlier deployment's; the variables, as for every
     // deployment, are the project's when a runner claims it.
     let plan = api.prepare(&caller, earlier.project_id).await?;
+    let organization = organization_of(&plan);
     let new = NewDeployment {
         project_id: earlier.project_id,
         creator_id: caller.user_id,
         // The project's owner now: it may have moved to an organisation.
         owner_id: plan
             .project
+            .as_ref()
             .and_then(|project| project.owner_id.parse().ok())
             .or(earlier.owner_id),
         source_ref: earlier.source_ref.clone(),
@@ -129,5 +145,28 @@ pub(super) async fn rollback_deployment(
         host_label: earlier.host_label.clone(),
     };
     let deployment = api.inner.db.run(move |conn| db::create(conn, &new)).await?;
+    api.audit(
+        deployment_event(&actor, "deployment.rollback", &deployment, organization).detail("rollback_of", earlier.id),
+    )
+    .await;
     Ok(Response::new(deployment_proto(&deployment)))
+}
+
+/// The organisation of the project a plan is for.
+fn organization_of(plan: &capsule::proto::project::v1::DeploymentPlan) -> Option<uuid::Uuid> {
+    plan.project
+        .as_ref()
+        .and_then(|project| project.organization_id.parse().ok())
+}
+
+/// An audit event about a deployment.
+fn deployment_event(
+    actor: &AuditActor,
+    action: &'static str,
+    deployment: &db::Deployment,
+    organization: Option<uuid::Uuid>,
+) -> Event {
+    Event::new(actor, action, format!("deployments/{}", deployment.id))
+        .organization(organization)
+        .project(deployment.project_id)
 }

@@ -6,6 +6,7 @@ mod deployments;
 mod logs;
 mod routes;
 mod runners;
+mod trail;
 mod webhooks;
 
 use capsule::proto::deploy::v1::{self as pb, deploy_service_server::DeployService};
@@ -151,5 +152,12 @@ impl DeployService for DeployServiceApi {
         request: Request<pb::RedeliverWebhookDeliveryRequest>,
     ) -> Result<Response<pb::WebhookDelivery>, Status> {
         webhooks::redeliver_webhook_delivery(self, request).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<capsule::proto::audit::v1::ListAuditEventsRequest>,
+    ) -> Result<Response<capsule::proto::audit::v1::ListAuditEventsResponse>, Status> {
+        trail::list_audit_events(self, request).await
     }
 }

@@ -3,8 +3,9 @@
 //! the project service's to say (`webhooks.manage`: admins and owners).
 
 use capsule::{
-    auth::{Caller, OrgRole, Permission},
-    proto::{deploy::v1 as pb, project::v1::CheckOrganizationPermissionRequest},
+    audit::{Actor, Event as AuditEvent},
+    auth::{Caller, Permission},
+    proto::deploy::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
 };
 use tonic::{Code, Request, Response, Status};
@@ -25,6 +26,7 @@ pub(super) async fn create_webhook(
     request: Request<pb::CreateWebhookRequest>,
 ) -> Result<Response<pb::CreateWebhookResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
     let permission = Permission::required(&request)?;
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
@@ -45,7 +47,7 @@ pub(super) async fn create_webhook(
     }
     violations.check()?;
     let scope = scope.ok_or_else(|| Status::internal("internal error"))?;
-    check_scope(api, &caller, permission, scope).await?;
+    let organization = check_scope(api, &caller, permission, scope).await?;
     let url = api
         .inner
         .webhook_guard
@@ -72,6 +74,12 @@ pub(super) async fn create_webhook(
         )));
     };
     tracing::info!(webhook.id = %webhook.id, user.id = %caller.user_id, "webhook created");
+    api.audit(
+        webhook_event(&actor, "webhook.create", &webhook, organization)
+            .detail("url", &webhook.url)
+            .detail("events", webhook.events.join(",")),
+    )
+    .await;
     Ok(Response::new(pb::CreateWebhookResponse {
         webhook: Some(webhook_proto(&webhook)),
         secret,
@@ -101,11 +109,14 @@ pub(super) async fn delete_webhook(
     request: Request<pb::DeleteWebhookRequest>,
 ) -> Result<Response<pb::DeleteWebhookResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
     let permission = Permission::required(&request)?;
     let id = id_field("webhook_id", &request.get_ref().webhook_id)?;
-    managed(api, &caller, permission, id).await?;
+    let (webhook, organization) = managed(api, &caller, permission, id).await?;
     api.inner.db.run(move |conn| db::delete(conn, id)).await?;
     tracing::info!(webhook.id = %id, user.id = %caller.user_id, "webhook deleted");
+    api.audit(webhook_event(&actor, "webhook.delete", &webhook, organization).detail("url", &webhook.url))
+        .await;
     Ok(Response::new(pb::DeleteWebhookResponse {}))
 }
 
@@ -144,6 +155,7 @@ pub(super) async fn redeliver_webhook_delivery(
     request: Request<pb::RedeliverWebhookDeliveryRequest>,
 ) -> Result<Response<pb::WebhookDelivery>, Status> {
     let caller = Caller::of(&request)?.clone();
+    let actor = Actor::of(&request);
     let permission = Permission::required(&request)?;
     let id = id_field("delivery_id", &request.get_ref().delivery_id)?;
     let not_found = || Status::not_found("no such webhook delivery");
@@ -153,15 +165,7 @@ pub(super) async fn redeliver_webhook_delivery(
         .run(move |conn| db::find_delivery(conn, id))
         .await?
         .ok_or_else(not_found)?;
-    check_scope(api, &caller, permission, webhook.scope())
-        .await
-        .map_err(|status| {
-            if status.code() == Code::NotFound {
-                not_found()
-            } else {
-                status
-            }
-        })?;
+    let organization = check_hidden(api, &caller, permission, webhook.scope(), not_found).await?;
     let (delivery, attempts) = api
         .inner
         .db
@@ -169,6 +173,8 @@ pub(super) async fn redeliver_webhook_delivery(
         .await?
         .ok_or_else(not_found)?;
     tracing::info!(webhook.delivery = %id, user.id = %caller.user_id, "webhook delivery sent again");
+    api.audit(webhook_event(&actor, "webhook.redeliver", &webhook, organization).detail("delivery_id", id))
+        .await;
     Ok(Response::new(delivery_proto(&delivery, &attempts)))
 }
 
@@ -190,51 +196,63 @@ fn scope_of(parent: &str, violations: &mut FieldViolations) -> Option<Scope> {
 
 /// The webhook, if the caller may manage it (NOT_FOUND otherwise, as if
 /// it did not exist).
-async fn managed(api: &DeployServiceApi, caller: &Caller, permission: Permission, id: Uuid) -> Result<Webhook, Status> {
+async fn managed(
+    api: &DeployServiceApi,
+    caller: &Caller,
+    permission: Permission,
+    id: Uuid,
+) -> Result<(Webhook, Option<Uuid>), Status> {
     let webhook = api
         .inner
         .db
         .run(move |conn| db::find(conn, id))
         .await?
         .ok_or_else(|| Status::not_found(NO_WEBHOOK))?;
-    check_scope(api, caller, permission, webhook.scope())
-        .await
-        .map_err(|status| {
-            if status.code() == Code::NotFound {
-                Status::not_found(NO_WEBHOOK)
-            } else {
-                status
-            }
-        })?;
-    Ok(webhook)
+    let organization = check_hidden(api, caller, permission, webhook.scope(), || {
+        Status::not_found(NO_WEBHOOK)
+    })
+    .await?;
+    Ok((webhook, organization))
 }
 
-/// Whether the caller holds `permission` on the project or organisation,
-/// as the project service says.
-async fn check_scope(
+/// As [`check_scope`], with `not_found` for a caller who may not see the
+/// scope: what they asked about does not exist for them.
+async fn check_hidden(
     api: &DeployServiceApi,
     caller: &Caller,
     permission: Permission,
     scope: Scope,
-) -> Result<(), Status> {
-    let organization_id = match scope {
-        Scope::Project(project_id) => return api.check_project(caller, permission, project_id).await,
-        Scope::Organization(id) => id,
-    };
-    let mut request = DeployServiceApi::as_caller(
-        caller,
-        CheckOrganizationPermissionRequest {
-            organization_id: organization_id.to_string(),
-            permission: permission.as_str().to_owned(),
-        },
-    )?;
-    api.as_service(&mut request)?;
-    match api.inner.projects.clone().check_organization_permission(request).await {
-        Ok(answer) if OrgRole::from_proto(answer.get_ref().role()).is_some_and(|role| role.grants(permission)) => {
-            Ok(())
+    not_found: impl Fn() -> Status,
+) -> Result<Option<Uuid>, Status> {
+    check_scope(api, caller, permission, scope).await.map_err(|status| {
+        if status.code() == Code::NotFound {
+            not_found()
+        } else {
+            status
         }
-        Ok(answer) => Err(permission.denied(OrgRole::from_proto(answer.get_ref().role()).unwrap_or(OrgRole::Viewer))),
-        Err(status) => Err(DeployServiceApi::project_status(status)),
+    })
+}
+
+/// Whether the caller holds `permission` on the project or organisation,
+/// as the project service says; the organisation the scope is in.
+pub(super) async fn check_scope(
+    api: &DeployServiceApi,
+    caller: &Caller,
+    permission: Permission,
+    scope: Scope,
+) -> Result<Option<Uuid>, Status> {
+    match scope {
+        Scope::Project(project_id) => api.check_project(caller, permission, project_id).await,
+        Scope::Organization(id) => api.check_organization(caller, permission, id).await.map(|()| Some(id)),
+    }
+}
+
+/// An audit event about a webhook.
+fn webhook_event(actor: &Actor, action: &'static str, webhook: &Webhook, organization: Option<Uuid>) -> AuditEvent {
+    let event = AuditEvent::new(actor, action, format!("webhooks/{}", webhook.id)).organization(organization);
+    match webhook.project_id {
+        Some(project) => event.project(project),
+        None => event,
     }
 }
 
