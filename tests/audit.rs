@@ -240,8 +240,34 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
     let (_, own) = events(&mesh, &member, "").await;
     assert_eq!(
         actions(&own),
-        ["deployment.create", "project.variable.set", "organization.member.join"]
+        [
+            "deployment.create",
+            "project.variable.set",
+            "organization.member.join",
+            "user.register"
+        ]
     );
+    // Sign-ins are the auth service's: a failed one is recorded against the
+    // account it tried, so its owner sees it; never the password.
+    let mut auth = mesh.auth().await;
+    let login = |password: &str| capsule::proto::auth::v1::LoginRequest {
+        email: "audit-member@example.com".to_owned(),
+        password: password.to_owned(),
+    };
+    auth.login(login("not the password at all")).await.unwrap_err();
+    auth.login(login(common::PASSWORD)).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let own = loop {
+        let (_, own) = events(&mesh, &member, "pageSize=2").await;
+        if actions(&own) == ["user.sign_in", "user.sign_in.fail"] || std::time::Instant::now() > deadline {
+            break own;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(actions(&own), ["user.sign_in", "user.sign_in.fail"], "{own}");
+    assert_eq!(own["events"][1]["service"], "auth");
+    assert_eq!(own["events"][1]["details"]["reason"], "wrong password");
+    assert!(!own.to_string().contains("not the password"), "{own}");
     let (status, _) = events(&mesh, &member, &format!("actorId={owner_id}")).await;
     assert_eq!(status, reqwest::StatusCode::FORBIDDEN);
 
@@ -258,7 +284,7 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
         }
     }
     // ...and each database refuses it too.
-    for kind in [ServiceKind::Project, ServiceKind::Deploy] {
+    for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
         let mut conn = mesh.database(kind).connect();
         for statement in [
             "UPDATE audit_events SET actor_id = NULL",

@@ -216,6 +216,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
     ("project.v1.ProjectService/ListAuditEvents", [false, false, true, true]),
     ("deploy.v1.DeployService/ListAuditEvents", [false, false, true, true]),
+    ("auth.v1.AuthService/ListAuditEvents", [false, false, true, true]),
     ("gateway.v1.GatewayService/ListAuditEvents", [false, false, true, true]),
     (
         "gateway.v1.GatewayService/StreamAuditEvents",

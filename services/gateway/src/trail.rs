@@ -9,6 +9,7 @@ use capsule::{
     auth::Caller,
     proto::{
         audit::v1::{AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse},
+        auth::v1::auth_service_client::AuthServiceClient,
         deploy::v1::deploy_service_client::DeployServiceClient,
         project::v1::project_service_client::ProjectServiceClient,
     },
@@ -21,7 +22,7 @@ use tonic::{Code, Status};
 use crate::backends::Backends;
 
 /// The services that keep an audit trail, in page-token order.
-pub const SOURCES: [&str; 2] = ["project", "deploy"];
+pub const SOURCES: [&str; 3] = ["auth", "project", "deploy"];
 
 /// How often a follower asks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
@@ -70,6 +71,11 @@ async fn read(
     call.set_timeout(Duration::from_secs(5));
     call.metadata_mut().insert("authorization", authorization);
     let answer = match SOURCES[source] {
+        "auth" => {
+            AuthServiceClient::<TracedChannel>::new(backends.auth.clone())
+                .list_audit_events(call)
+                .await
+        }
         "project" => {
             ProjectServiceClient::<TracedChannel>::new(backends.project.clone())
                 .list_audit_events(call)

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use capsule::{
+    audit::{Actor, Event},
     client,
     proto::auth::v1 as pb,
     rpc::{self, FieldViolations},
@@ -21,6 +22,7 @@ pub(super) async fn register(
     request: Request<pb::RegisterRequest>,
 ) -> Result<Response<pb::RegisterResponse>, Status> {
     let (user_agent, address) = (AuthServiceApi::user_agent(&request), client::address_of(&request));
+    let mut actor = Actor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let email = validate::email(&body.email, "email", &mut violations);
@@ -54,6 +56,9 @@ pub(super) async fn register(
         Err(err) => return Err(err.into()),
     };
     tracing::info!(user.id = %user.id, "registered");
+    actor.user_id = Some(user.id);
+    api.audit(Event::new(&actor, "user.register", format!("users/{}", user.id)))
+        .await;
     api.send_token_email(&user, "verify_email", Duration::from_secs(24 * 3600))
         .await?;
     let tokens = api.start_session(&user, user_agent, address).await?;
@@ -68,6 +73,7 @@ pub(super) async fn login(
     request: Request<pb::LoginRequest>,
 ) -> Result<Response<pb::LoginResponse>, Status> {
     let (user_agent, address) = (AuthServiceApi::user_agent(&request), client::address_of(&request));
+    let mut actor = Actor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     if body.email.trim().is_empty() {
@@ -101,10 +107,21 @@ pub(super) async fn login(
         .hasher
         .verify(body.password, user.as_ref().map(|user| user.password_hash.clone()))
         .await?;
+    // Recorded against the account tried: its owner sees them among their
+    // own events (who tried is unknown; from where is kept).
+    actor.user_id = user.as_ref().map(|user| user.id);
     let Some(user) = user.filter(|_| matches) else {
+        if let Some(account) = actor.user_id {
+            // Written in the background: an answer no slower for a known
+            // email than for an unknown one tells nobody which is which.
+            let event = Event::new(&actor, "user.sign_in.fail", format!("users/{account}"));
+            api.audit_later(event.detail("reason", "wrong password"));
+        }
         return Err(Status::unauthenticated(WRONG_CREDENTIALS));
     };
     if !user.is_active {
+        let event = Event::new(&actor, "user.sign_in.fail", format!("users/{}", user.id));
+        api.audit_later(event.detail("reason", "deactivated"));
         return Err(Status::permission_denied(
             "this account is deactivated; contact an administrator",
         ));
@@ -112,6 +129,8 @@ pub(super) async fn login(
     api.attempt_succeeded(throttles).await?;
     let tokens = api.start_session(&user, user_agent, address).await?;
     tracing::info!(user.id = %user.id, "signed in");
+    api.audit(Event::new(&actor, "user.sign_in", format!("users/{}", user.id)))
+        .await;
     let user_id = user.id;
     let profile = api
         .inner
@@ -131,6 +150,7 @@ pub(super) async fn change_password(
 ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
     let (_, session, user) = api.live_caller(&request).await?;
     let address = client::address_of(&request);
+    let actor = Actor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     password::not_the_email(&body.new_password, &user.email, "new_password", &mut violations);
@@ -163,6 +183,10 @@ pub(super) async fn change_password(
         })
         .await?;
     tracing::info!(user.id = %user.id, revoked_sessions = revoked, "password changed");
+    api.audit(
+        Event::new(&actor, "user.password.change", format!("users/{}", user.id)).detail("revoked_sessions", revoked),
+    )
+    .await;
     Ok(Response::new(pb::ChangePasswordResponse {
         revoked_sessions: i32::try_from(revoked).unwrap_or(i32::MAX),
     }))

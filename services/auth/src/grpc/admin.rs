@@ -1,6 +1,7 @@
 //! Administration: listing users, roles, deactivation.
 
 use capsule::{
+    audit::{Actor, Event},
     proto::auth::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
 };
@@ -62,6 +63,7 @@ pub(super) async fn set_role(
     request: Request<pb::SetRoleRequest>,
 ) -> Result<Response<pb::User>, Status> {
     let (caller, _, _) = api.live_caller(&request).await?;
+    let actor = Actor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let user_id = rpc::parse_id("user_id", &body.user_id, &mut violations);
@@ -84,6 +86,8 @@ pub(super) async fn set_role(
     if changed == 0 {
         return Err(Status::not_found("no such user"));
     }
+    api.audit(Event::new(&actor, "user.role.set", format!("users/{user_id}")).detail("role", role))
+        .await;
     Ok(Response::new(api.load_user(user_id).await?))
 }
 
@@ -92,6 +96,7 @@ pub(super) async fn deactivate_user(
     request: Request<pb::DeactivateUserRequest>,
 ) -> Result<Response<pb::User>, Status> {
     let (caller, _, _) = api.live_caller(&request).await?;
+    let actor = Actor::of(&request);
     let mut violations = FieldViolations::new();
     let user_id = rpc::parse_id("user_id", &request.get_ref().user_id, &mut violations);
     violations.check()?;
@@ -115,6 +120,8 @@ pub(super) async fn deactivate_user(
         return Err(Status::not_found("no such user"));
     }
     tracing::info!(user.id = %user_id, by.user.id = %caller.user_id, "user deactivated");
+    api.audit(Event::new(&actor, "user.deactivate", format!("users/{user_id}")))
+        .await;
     Ok(Response::new(api.load_user(user_id).await?))
 }
 
@@ -123,6 +130,7 @@ pub(super) async fn reactivate_user(
     request: Request<pb::ReactivateUserRequest>,
 ) -> Result<Response<pb::User>, Status> {
     api.live_caller(&request).await?;
+    let actor = Actor::of(&request);
     let mut violations = FieldViolations::new();
     let user_id = rpc::parse_id("user_id", &request.get_ref().user_id, &mut violations);
     violations.check()?;
@@ -134,5 +142,7 @@ pub(super) async fn reactivate_user(
     if changed == 0 {
         return Err(Status::not_found("no such user"));
     }
+    api.audit(Event::new(&actor, "user.reactivate", format!("users/{user_id}")))
+        .await;
     Ok(Response::new(api.load_user(user_id).await?))
 }

@@ -40,6 +40,19 @@ pub(super) const SESSION_ENDED: &str = "your session has ended; sign in again";
 
 pub(super) use capsule::auth::token_hash;
 
+impl AuthServiceApi {
+    /// Appends an audit event of this service's, after its change.
+    pub(super) async fn audit(&self, event: capsule::audit::Event) {
+        capsule::audit::append(&self.inner.db, event).await;
+    }
+
+    /// Appends an audit event without making the caller wait for it.
+    pub(super) fn audit_later(&self, event: capsule::audit::Event) {
+        let db = self.inner.db.clone();
+        tokio::spawn(async move { capsule::audit::append(&db, event).await });
+    }
+}
+
 pub(super) fn internal(err: impl std::fmt::Display) -> Status {
     tracing::error!(error = %err, "auth internal error");
     Status::internal("internal error")

@@ -9,6 +9,7 @@ mod email;
 mod profile;
 mod sessions;
 mod tokens;
+mod trail;
 
 use capsule::proto::auth::v1::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
@@ -188,5 +189,12 @@ impl AuthService for AuthServiceApi {
 
     async fn reactivate_user(&self, request: Request<pb::ReactivateUserRequest>) -> Result<Response<pb::User>, Status> {
         admin::reactivate_user(self, request).await
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<capsule::proto::audit::v1::ListAuditEventsRequest>,
+    ) -> Result<Response<capsule::proto::audit::v1::ListAuditEventsResponse>, Status> {
+        trail::list_audit_events(self, request).await
     }
 }

@@ -3,6 +3,7 @@
 //! call they make.
 
 use capsule::{
+    audit::{Actor, Event},
     auth::{API_TOKEN_PREFIX, Caller, new_token},
     proto::auth::v1 as pb,
     rpc::{self, FieldViolations},
@@ -42,6 +43,7 @@ pub(super) async fn create_api_token(
     request: Request<pb::CreateApiTokenRequest>,
 ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
     let caller = account_holder(&request)?;
+    let actor = Actor::of(&request);
     let body = request.into_inner();
     let mut violations = FieldViolations::new();
     let name = rpc::name(&body.name, "name", 100, &mut violations);
@@ -76,6 +78,14 @@ pub(super) async fn create_api_token(
             ))
         })?;
     tracing::info!(user.id = %user_id, api_token.id = %created.id, scopes = ?created.scopes, "API token created");
+    let mut event = Event::new(&actor, "api_token.create", format!("apiTokens/{}", created.id))
+        .detail("name", &created.name)
+        .detail("scopes", created.scopes.join(","))
+        .detail("expires", created.expires_at.to_rfc3339());
+    if let Some(project_id) = created.project_id {
+        event = event.detail("project_id", project_id);
+    }
+    api.audit(event).await;
     Ok(Response::new(pb::CreateApiTokenResponse {
         api_token: Some(token_proto(&created)),
         token,
@@ -98,6 +108,7 @@ pub(super) async fn revoke_api_token(
     request: Request<pb::RevokeApiTokenRequest>,
 ) -> Result<Response<pb::ApiToken>, Status> {
     let user_id = account_holder(&request)?.user_id;
+    let actor = Actor::of(&request);
     let mut violations = FieldViolations::new();
     let id = rpc::parse_id("api_token_id", &request.get_ref().api_token_id, &mut violations);
     violations.check()?;
@@ -108,6 +119,8 @@ pub(super) async fn revoke_api_token(
         .await?
         .ok_or_else(|| Status::not_found("no such API token"))?;
     tracing::info!(user.id = %user_id, api_token.id = %id, "API token revoked");
+    api.audit(Event::new(&actor, "api_token.revoke", format!("apiTokens/{id}")).detail("name", &revoked.name))
+        .await;
     Ok(Response::new(token_proto(&revoked)))
 }
 
