@@ -71,8 +71,8 @@ impl Guard {
         Self { allowed }
     }
 
-    /// Why `ip` is refused ("a loopback address"), or `None` when a
-    /// webhook may go there.
+    /// Why `ip` is refused ("a loopback address (127.0.0.1)"), or `None`
+    /// when a webhook may go there.
     pub fn refusal(&self, ip: IpAddr) -> Option<String> {
         let real = match ip {
             IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
@@ -84,7 +84,7 @@ impl Guard {
         INTERNAL
             .iter()
             .find(|(net, _)| net.contains(&real))
-            .map(|(_, kind)| format!("{ip} is {kind} address"))
+            .map(|(_, kind)| format!("{kind} address ({ip})"))
     }
 
     /// Checks a URL a webhook is subscribed to: http(s), a host, no
