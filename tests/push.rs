@@ -86,7 +86,42 @@ async fn polling_deploys_each_new_commit_of_the_branch_once() {
     wait_for_commits(&mesh, &alice, &project_id, &[&first, &second]).await;
     // A few more polls: nothing new.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(commits(&mesh, &alice, &project_id).await, [first, second]);
+    assert_eq!(
+        commits(&mesh, &alice, &project_id).await,
+        [first.clone(), second.clone()]
+    );
+    // The trail says Capsule itself deployed them (no user acted).
+    let trail = mesh
+        .deploys()
+        .await
+        .list_audit_events(authed(
+            capsule::proto::audit::v1::ListAuditEventsRequest {
+                project_id: project_id.clone(),
+                ..Default::default()
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let automatic: Vec<(&str, &str, &str)> = trail
+        .events
+        .iter()
+        .map(|event| {
+            (
+                event.action.as_str(),
+                event.actor_id.as_str(),
+                event.details["commit_sha"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        automatic,
+        [
+            ("deployment.create", "", second.as_str()),
+            ("deployment.create", "", first.as_str())
+        ]
+    );
     mesh.stop().await;
 }
 

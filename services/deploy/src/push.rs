@@ -50,6 +50,20 @@ async fn deploy_commit(api: &DeployServiceApi, plan: DeploymentPlan, sha: &str) 
     }
     let deployment = api.queue(plan, owner, ENVIRONMENT.to_owned(), sha.to_owned()).await?;
     tracing::info!(deployment.id = %deployment.id, project.id = %project_id, commit = %sha, "push deployed");
+    // Capsule itself acted (no user): the actor is empty.
+    let event = capsule::audit::Event::new(
+        &capsule::audit::Actor::default(),
+        "deployment.create",
+        format!("deployments/{}", deployment.id),
+    );
+    api.audit(
+        event
+            .organization(project.organization_id.parse().ok())
+            .project(project_id)
+            .detail("trigger", "auto-deploy")
+            .detail("commit_sha", sha),
+    )
+    .await;
     Ok(Some(deployment))
 }
 
