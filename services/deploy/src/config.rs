@@ -69,9 +69,9 @@ impl WebhookConfig {
                 .filter(|net| !net.is_empty())
                 .map(|net| {
                     net.parse().map_err(|_| {
-                        invalid(
+                        ConfigError::invalid(
                             "DEPLOY_WEBHOOK_ALLOWED_NETWORKS",
-                            value.clone(),
+                            &value,
                             "expected networks such as 10.20.0.0/16, comma-separated",
                         )
                     })
@@ -131,14 +131,6 @@ pub struct SandboxConfig {
     pub ro_binds: Vec<PathBuf>,
 }
 
-fn invalid(variable: &str, value: String, reason: &str) -> ConfigError {
-    ConfigError {
-        variable: variable.to_owned(),
-        value: format!("{value:?}"),
-        reason: reason.to_owned(),
-    }
-}
-
 /// Absolute paths separated by ':'.
 fn paths(source: &dyn Source, variable: &str) -> Result<Vec<PathBuf>, ConfigError> {
     let Some(value) = source.get(variable) else {
@@ -152,9 +144,9 @@ fn paths(source: &dyn Source, variable: &str) -> Result<Vec<PathBuf>, ConfigErro
             if path.is_absolute() {
                 Ok(path)
             } else {
-                Err(invalid(
+                Err(ConfigError::invalid(
                     variable,
-                    value.clone(),
+                    &value,
                     "expected absolute paths separated by ':'",
                 ))
             }
@@ -169,9 +161,9 @@ impl SandboxConfig {
             Some("none") => SandboxMode::None,
             Some("auto") => SandboxMode::Auto,
             Some(other) => {
-                return Err(invalid(
+                return Err(ConfigError::invalid(
                     "DEPLOY_RUNNER_SANDBOX",
-                    other.to_owned(),
+                    other,
                     "expected bwrap, none or auto",
                 ));
             }

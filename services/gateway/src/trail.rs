@@ -110,9 +110,6 @@ pub async fn list(
     violations.check()?;
     let mut positions: Vec<Position> = request.page_token.split('.').map(Position::parse).collect();
     positions.resize(SOURCES.len(), Position::Newest);
-    if request.page_token.is_empty() {
-        positions = vec![Position::Newest; SOURCES.len()];
-    }
     let reads = (0..SOURCES.len()).map(|source| {
         let position = positions[source];
         let request = ListAuditEventsRequest {

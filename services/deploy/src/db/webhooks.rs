@@ -104,14 +104,21 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
+impl Scope {
+    /// The scope a row's columns name (exactly one is set).
+    fn of(project_id: Option<Uuid>, organization_id: Option<Uuid>) -> Option<Self> {
+        match (project_id, organization_id) {
+            (Some(project), _) => Some(Self::Project(project)),
+            (None, Some(organization)) => Some(Self::Organization(organization)),
+            (None, None) => None,
+        }
+    }
+}
+
 impl Webhook {
     pub fn scope(&self) -> Scope {
-        match (self.project_id, self.organization_id) {
-            (Some(project), _) => Scope::Project(project),
-            (None, Some(organization)) => Scope::Organization(organization),
-            // The table's CHECK rules this out.
-            (None, None) => Scope::Project(Uuid::nil()),
-        }
+        // The table's CHECK rules out a row with neither.
+        Scope::of(self.project_id, self.organization_id).unwrap_or(Scope::Project(Uuid::nil()))
     }
 }
 
@@ -162,10 +169,8 @@ fn in_scope(scope: Scope) -> InScope {
 /// (counted under a lock on the scope, so concurrent creations count in
 /// turn).
 pub fn create(conn: &mut PgConnection, new: &NewWebhook, limit: i64) -> QueryResult<Option<Webhook>> {
-    let scope = match (new.project_id, new.organization_id) {
-        (Some(project), _) => Scope::Project(project),
-        (None, Some(organization)) => Scope::Organization(organization),
-        (None, None) => return Ok(None),
+    let Some(scope) = Scope::of(new.project_id, new.organization_id) else {
+        return Ok(None);
     };
     conn.transaction(|conn| {
         diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
