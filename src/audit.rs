@@ -43,7 +43,16 @@ impl Actor {
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
         let caller = request.extensions().get::<Caller>();
         Self {
-            user_id: caller.map(|caller| caller.user_id).filter(|id| !id.is_nil()),
+            // An organisation's token is no user: the token is the actor.
+            user_id: caller
+                .filter(|caller| {
+                    caller
+                        .scope
+                        .as_ref()
+                        .is_none_or(|scope| scope.organization_id.is_none())
+                })
+                .map(|caller| caller.user_id)
+                .filter(|id| !id.is_nil()),
             token_id: caller
                 .and_then(|caller| caller.scope.as_ref())
                 .map(|scope| scope.token_id),

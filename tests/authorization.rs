@@ -214,6 +214,18 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/InviteMember", [false, false, true, true]),
     ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
+    (
+        "project.v1.ProjectService/CreateOrganizationApiToken",
+        [false, false, true, true],
+    ),
+    (
+        "project.v1.ProjectService/ListOrganizationApiTokens",
+        [false, false, true, true],
+    ),
+    (
+        "project.v1.ProjectService/RevokeOrganizationApiToken",
+        [false, false, true, true],
+    ),
     ("project.v1.ProjectService/ListAuditEvents", [false, false, true, true]),
     ("deploy.v1.DeployService/ListAuditEvents", [false, false, true, true]),
     ("auth.v1.AuthService/ListAuditEvents", [false, false, true, true]),

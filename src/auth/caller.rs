@@ -120,7 +120,9 @@ pub struct Claims {
 /// The verified caller of a request, in its extensions.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// The user; for a runner, the runner's id; nil for a service.
+    /// The user; for an organisation's API token, the organisation (which
+    /// owns its projects as a user owns theirs); for a runner, the
+    /// runner's id; nil for a service.
     pub user_id: Uuid,
     pub role: Role,
     pub session_id: Uuid,
@@ -132,12 +134,15 @@ pub struct Caller {
 }
 
 /// What an API token may do: the permissions it carries, on one project or
-/// on whatever its user may act on.
+/// on whatever its user (or organisation) may act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenScope {
     pub token_id: Uuid,
     pub permissions: Vec<Permission>,
     pub project_id: Option<Uuid>,
+    /// Set for an organisation's token: it acts as that organisation, on
+    /// its projects only.
+    pub organization_id: Option<Uuid>,
 }
 
 impl TokenScope {
@@ -147,9 +152,28 @@ impl TokenScope {
         permission.is_some_and(|permission| self.permissions.contains(&permission))
     }
 
+    /// PERMISSION_DENIED, naming what is missing, unless the scopes cover
+    /// `permission` (none: a call that acts on no project or organisation).
+    pub fn require(&self, permission: Option<Permission>) -> Result<(), Status> {
+        match permission {
+            _ if self.covers(permission) => Ok(()),
+            Some(permission) => Err(permission.denied_to_token(&self.permissions)),
+            None => Err(Status::permission_denied(
+                "an API token cannot call this method: only methods that act on a project or an organisation, within \
+                 its scopes",
+            )),
+        }
+    }
+
     /// Whether the token may act on `project_id`.
     pub fn reaches(&self, project_id: Uuid) -> bool {
         self.project_id.is_none_or(|only| only == project_id)
+    }
+
+    /// Whether the token may act on organisation `organization_id` as a
+    /// whole: an organisation's own token, not bound to one project.
+    pub fn reaches_organization(&self, organization_id: Uuid) -> bool {
+        self.project_id.is_none() && self.organization_id == Some(organization_id)
     }
 }
 

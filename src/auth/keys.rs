@@ -146,7 +146,13 @@ pub fn token_grant(grant: &ApiTokenGrant) -> Option<TokenGrant> {
     if !grant.live {
         return None;
     }
+    let organization_id = match grant.organization_id.as_str() {
+        "" => None,
+        id => Some(id.parse().ok()?),
+    };
     Some(TokenGrant {
+        // An organisation's token acts as the organisation: the auth
+        // service names it as the user too.
         user_id: grant.user_id.parse().ok()?,
         role: role_from_proto(grant.role())?,
         scope: TokenScope {
@@ -157,6 +163,7 @@ pub fn token_grant(grant: &ApiTokenGrant) -> Option<TokenGrant> {
                 .filter_map(|scope| Permission::parse(scope))
                 .collect(),
             project_id: grant.project_id.parse().ok(),
+            organization_id,
         },
     })
 }

@@ -107,6 +107,29 @@ impl Permission {
     }
 
     /// The permission `path` (`/package.Service/Method`) declares.
+    /// PERMISSION_DENIED for an API token whose `scopes` lack it.
+    pub fn denied_to_token(self, scopes: &[Self]) -> Status {
+        let names: Vec<&str> = scopes.iter().map(|scope| scope.as_str()).collect();
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            MISSING,
+            "capsule.dev",
+            [
+                ("permission".to_owned(), self.as_str().to_owned()),
+                ("scopes".to_owned(), names.join(",")),
+            ],
+        );
+        Status::with_error_details(
+            Code::PermissionDenied,
+            format!(
+                "this API token's scopes ({}) do not include {}, which this method needs",
+                names.join(", "),
+                self.as_str()
+            ),
+            details,
+        )
+    }
+
     pub fn of_method(path: &str) -> Option<Self> {
         permissions().get(path).copied()
     }

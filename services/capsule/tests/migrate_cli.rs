@@ -415,8 +415,8 @@ async fn revert_and_redo_back_up_first_with_a_password_that_needs_decoding() {
     );
     let dump = std::fs::read_to_string(backups.join(&names[1])).unwrap();
     assert!(
-        dump.contains("CREATE TABLE public.api_tokens") && !dump.contains("CREATE TABLE public.audit_events"),
-        "the redo's dump is the schema after the revert: V008's table, not V009's (the newest)"
+        dump.contains("api_tokens_one_owner") && !dump.contains("idx_api_tokens_organization"),
+        "the redo's dump is the schema after the revert: V010's constraint, not V011's index (the newest)"
     );
     assert_eq!(
         count(&dbs.auth, "SELECT count(*) AS count FROM capsule_schema_history"),

@@ -429,6 +429,9 @@ impl DeployServiceApi {
         permission: Permission,
         project_id: Uuid,
     ) -> Result<Option<Uuid>, Status> {
+        if let Some(scope) = &caller.scope {
+            scope.require(Some(permission))?;
+        }
         if permission == Permission::ProjectRead {
             // GetProject declares project.read itself, and needs no
             // internal secret: reads work on a mesh without one.
@@ -468,6 +471,9 @@ impl DeployServiceApi {
         permission: Permission,
         organization_id: Uuid,
     ) -> Result<(), Status> {
+        if let Some(scope) = &caller.scope {
+            scope.require(Some(permission))?;
+        }
         let mut request = Self::as_caller(
             caller,
             CheckOrganizationPermissionRequest {

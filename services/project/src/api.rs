@@ -59,6 +59,34 @@ impl Ask {
         }
     }
 
+    /// The organisation whose own API token is calling, if one is: it
+    /// acts there, where a person would act on their personal account.
+    pub fn token_organization(&self) -> Option<Uuid> {
+        self.caller.scope.as_ref().and_then(|scope| scope.organization_id)
+    }
+
+    /// A call that acts on the caller's personal account: not for an
+    /// organisation's token, which has none.
+    pub fn personal(&self) -> Result<(), Status> {
+        self.bound_to_one_project()?;
+        match self.token_organization() {
+            Some(organization_id) => Err(Status::permission_denied(format!(
+                "this is organization {organization_id}'s API token: it acts within that organization only"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses any API token: tokens do not manage tokens.
+    pub fn signed_in(&self) -> Result<(), Status> {
+        match self.caller.scope {
+            Some(_) => Err(Status::permission_denied(
+                "an API token cannot manage API tokens: sign in with your password",
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The same caller asking for another permission.
     pub fn with(&self, permission: Permission) -> Self {
         Self {
@@ -167,14 +195,19 @@ impl ProjectServiceApi {
     /// asked for: NOT_FOUND for a non-member (admins see every
     /// organisation, as an owner), PERMISSION_DENIED for a member without
     /// it.
+    ///
+    /// An organisation's own API token counts as an admin there (the most
+    /// any token can be: it never carries organization.members.write),
+    /// bounded by its scopes, which the layer checked; anywhere else, and
+    /// for a token bound to one project, the organisation does not exist.
     pub async fn member(&self, ask: &Ask, organization_id: Uuid) -> Result<OrgRole, Status> {
-        if ask
-            .caller
-            .scope
-            .as_ref()
-            .is_some_and(|scope| scope.project_id.is_some())
+        if let Some(scope) = &ask.caller.scope
+            && (scope.project_id.is_some() || scope.organization_id.is_some())
         {
-            return Err(Status::not_found("no such organization"));
+            return match scope.reaches_organization(organization_id) {
+                true => Ok(OrgRole::Admin),
+                false => Err(Status::not_found("no such organization")),
+            };
         }
         let role = match self.role_of(organization_id, ask.caller.user_id).await? {
             Some(role) => role,
@@ -210,7 +243,10 @@ impl ProjectServiceApi {
     /// The auth service, called with the internal secret.
     pub fn auth<T>(&self, message: T) -> Result<(AuthServiceClient<TracedChannel>, Request<T>), Status> {
         let (client, secret) = self.auth.clone().ok_or_else(|| {
-            Status::failed_precondition("invitations are not enabled: set CAPSULE_INTERNAL_SECRET on auth and project")
+            Status::failed_precondition(
+                "invitations and organization API tokens are not enabled: set CAPSULE_INTERNAL_SECRET on auth and \
+                 project",
+            )
         })?;
         let mut request = Request::new(message);
         request.set_timeout(std::time::Duration::from_secs(5));

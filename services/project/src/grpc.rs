@@ -3,7 +3,13 @@
 
 use capsule::{
     auth::Permission,
-    proto::project::v1::{self as pb, project_service_server::ProjectService},
+    proto::{
+        auth::v1::{
+            ApiToken, CreateApiTokenResponse, ListApiTokensResponse, ListOrganizationApiTokensRequest,
+            RevokeOrganizationApiTokenRequest,
+        },
+        project::v1::{self as pb, project_service_server::ProjectService},
+    },
     rpc::{self, FieldViolations, PageToken},
 };
 use chrono::{Duration, Utc};
@@ -61,11 +67,13 @@ impl ProjectService for ProjectServiceApi {
         let organization_id = (!wanted.organization_id.is_empty())
             .then(|| rpc::parse_id("project.organization_id", &wanted.organization_id, &mut violations));
         violations.check()?;
+        // An organisation's token creates in its organisation.
+        let organization_id = organization_id.or(ask.token_organization());
         match organization_id {
             Some(organization_id) => {
                 self.member(&ask, organization_id).await?;
             }
-            None => ask.bound_to_one_project()?,
+            None => ask.personal()?,
         }
         let owner_id = organization_id.unwrap_or(ask.caller.user_id);
         let description = wanted.description;
@@ -111,7 +119,7 @@ impl ProjectService for ProjectServiceApi {
         let organization_id = (!body.organization_id.is_empty())
             .then(|| rpc::parse_id("organization_id", &body.organization_id, &mut violations));
         violations.check()?;
-        let viewer = match organization_id {
+        let viewer = match organization_id.or(ask.token_organization()) {
             // An organisation's projects are those it owns.
             Some(organization_id) => {
                 self.member(&ask, organization_id).await?;
@@ -540,6 +548,27 @@ impl ProjectService for ProjectServiceApi {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         organizations::remove_member(self, request).await
+    }
+
+    async fn create_organization_api_token(
+        &self,
+        request: Request<pb::CreateOrganizationApiTokenRequest>,
+    ) -> Result<Response<CreateApiTokenResponse>, Status> {
+        crate::tokens::create(self, request).await
+    }
+
+    async fn list_organization_api_tokens(
+        &self,
+        request: Request<ListOrganizationApiTokensRequest>,
+    ) -> Result<Response<ListApiTokensResponse>, Status> {
+        crate::tokens::list(self, request).await
+    }
+
+    async fn revoke_organization_api_token(
+        &self,
+        request: Request<RevokeOrganizationApiTokenRequest>,
+    ) -> Result<Response<ApiToken>, Status> {
+        crate::tokens::revoke(self, request).await
     }
 
     async fn list_audit_events(

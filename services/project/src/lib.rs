@@ -6,6 +6,7 @@ mod convert;
 mod db;
 mod grpc;
 mod organizations;
+mod tokens;
 mod trail;
 mod validate;
 

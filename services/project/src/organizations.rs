@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// An event about organisation `id` (and `below` it: `/members/<id>`).
-fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
+pub(crate) fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
     Event::new(actor, action, format!("organizations/{id}{below}")).organization(Some(id))
 }
 
@@ -315,7 +315,10 @@ pub async fn transfer_project(
                 .await?;
             organization_id
         }
-        None => ask.caller.user_id,
+        None => {
+            ask.personal()?;
+            ask.caller.user_id
+        }
     };
     if project.owner_id == owner {
         return Ok(Response::new(project_proto(&project)));
@@ -355,6 +358,8 @@ pub async fn check_project_permission(
     let project_id = ProjectServiceApi::parse_id("project_id", &body.project_id)?;
     let permission = Permission::parse(&body.permission)
         .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
+    // An API token holds no more than its scopes.
+    let scoped = caller.scope.as_ref().is_none_or(|scope| scope.covers(Some(permission)));
     // Every member reads; the role says whether the permission is held.
     let granted = api
         .live(
@@ -367,7 +372,7 @@ pub async fn check_project_permission(
         )
         .await?;
     Ok(Response::new(pb::CheckProjectPermissionResponse {
-        granted: granted.holds(permission),
+        granted: scoped && granted.holds(permission),
         role: granted.role.map_or(0, |role| role.to_proto().into()),
         organization_id: granted
             .project
@@ -387,6 +392,9 @@ pub async fn check_organization_permission(
     let organization_id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
     let permission = Permission::parse(&body.permission)
         .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
+    if let Some(scope) = &caller.scope {
+        scope.require(Some(permission))?;
+    }
     let role = api
         .member(
             &Ask {

@@ -104,7 +104,7 @@ diesel::table! {
 diesel::table! {
     api_tokens (id) {
         id -> Uuid,
-        user_id -> Uuid,
+        user_id -> Nullable<Uuid>,
         name -> Varchar,
         token_hash -> Bytea,
         scopes -> Array<Text>,
@@ -113,6 +113,8 @@ diesel::table! {
         expires_at -> Timestamptz,
         last_used_at -> Nullable<Timestamptz>,
         revoked_at -> Nullable<Timestamptz>,
+        organization_id -> Nullable<Uuid>,
+        created_by -> Nullable<Uuid>,
     }
 }
 

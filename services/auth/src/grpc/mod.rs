@@ -154,6 +154,27 @@ impl AuthService for AuthServiceApi {
         tokens::revoke_api_token(self, request).await
     }
 
+    async fn issue_organization_api_token(
+        &self,
+        request: Request<pb::IssueOrganizationApiTokenRequest>,
+    ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
+        tokens::issue_organization_api_token(self, request).await
+    }
+
+    async fn list_organization_api_tokens(
+        &self,
+        request: Request<pb::ListOrganizationApiTokensRequest>,
+    ) -> Result<Response<pb::ListApiTokensResponse>, Status> {
+        tokens::list_organization_api_tokens(self, request).await
+    }
+
+    async fn revoke_organization_api_token(
+        &self,
+        request: Request<pb::RevokeOrganizationApiTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        tokens::revoke_organization_api_token(self, request).await
+    }
+
     async fn check_api_token(
         &self,
         request: Request<pb::CheckApiTokenRequest>,

@@ -1,0 +1,126 @@
+//! An organisation's API tokens, for its CI: who may manage them is
+//! decided here, where the organisations are; the tokens themselves are
+//! kept (hashed) and checked by the auth service, like personal ones.
+
+use capsule::{
+    audit::Event,
+    auth::Permission,
+    proto::{auth::v1 as auth_pb, project::v1 as pb},
+    rpc,
+};
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    api::{Ask, ProjectServiceApi},
+    organizations::org_event,
+};
+
+/// The auth service's answer, in this service's words: its refusals of
+/// what was asked stand; anything else means it could not be asked.
+fn from_auth(status: Status) -> Status {
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::NotFound => status,
+        _ => {
+            tracing::warn!(error = %status.message(), code = ?status.code(), "the auth service could not be asked about API tokens");
+            Status::unavailable("API tokens cannot be managed now; retry shortly")
+        }
+    }
+}
+
+/// The caller, signed in with a password, if they may manage the tokens
+/// of organisation `id`.
+async fn manager(api: &ProjectServiceApi, ask: &Ask, id: &str) -> Result<Uuid, Status> {
+    ask.signed_in()?;
+    let id = ProjectServiceApi::parse_id("organization_id", id)?;
+    api.member(ask, id).await?;
+    Ok(id)
+}
+
+pub async fn create(
+    api: &ProjectServiceApi,
+    request: Request<pb::CreateOrganizationApiTokenRequest>,
+) -> Result<Response<auth_pb::CreateApiTokenResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let organization_id = manager(api, &ask, &body.organization_id).await?;
+    let wanted = body.api_token.unwrap_or_default();
+    if let Some(index) = wanted
+        .scopes
+        .iter()
+        .position(|scope| scope == Permission::OrganizationMembersWrite.as_str())
+    {
+        return Err(rpc::invalid_field(
+            &format!("api_token.scopes[{index}]"),
+            "an organization's token cannot carry organization.members.write: members and tokens are managed by \
+             people",
+        ));
+    }
+    if !wanted.project_id.is_empty() {
+        let project_id = ProjectServiceApi::parse_id("api_token.project_id", &wanted.project_id)?;
+        let project = api.by_id.call(project_id).await?;
+        if project.is_none_or(|project| project.organization_id != Some(organization_id)) {
+            return Err(rpc::invalid_field(
+                "api_token.project_id",
+                "must be one of the organization's projects",
+            ));
+        }
+    }
+    let (mut auth, issue) = api.auth(auth_pb::IssueOrganizationApiTokenRequest {
+        organization_id: organization_id.to_string(),
+        creator_id: ask.caller.user_id.to_string(),
+        api_token: Some(wanted),
+    })?;
+    let created = auth
+        .issue_organization_api_token(issue)
+        .await
+        .map_err(from_auth)?
+        .into_inner();
+    let token = created.api_token.clone().unwrap_or_default();
+    tracing::info!(organization.id = %organization_id, api_token.id = %token.id, scopes = ?token.scopes, "organization API token created");
+    let mut event = token_event(&ask, "api_token.create", organization_id, &token)
+        .detail("scopes", token.scopes.join(","))
+        .detail(
+            "expires",
+            token.expire_time.map(|time| time.to_string()).unwrap_or_default(),
+        );
+    if !token.project_id.is_empty() {
+        event = event.detail("project_id", &token.project_id);
+    }
+    api.audit(event).await;
+    Ok(Response::new(created))
+}
+
+pub async fn list(
+    api: &ProjectServiceApi,
+    request: Request<auth_pb::ListOrganizationApiTokensRequest>,
+) -> Result<Response<auth_pb::ListApiTokensResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    manager(api, &ask, &body.organization_id).await?;
+    let (mut auth, list) = api.auth(body)?;
+    auth.list_organization_api_tokens(list).await.map_err(from_auth)
+}
+
+pub async fn revoke(
+    api: &ProjectServiceApi,
+    request: Request<auth_pb::RevokeOrganizationApiTokenRequest>,
+) -> Result<Response<auth_pb::ApiToken>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.into_inner();
+    let organization_id = manager(api, &ask, &body.organization_id).await?;
+    let (mut auth, revoke) = api.auth(body)?;
+    let revoked = auth
+        .revoke_organization_api_token(revoke)
+        .await
+        .map_err(from_auth)?
+        .into_inner();
+    tracing::info!(organization.id = %organization_id, api_token.id = %revoked.id, "organization API token revoked");
+    api.audit(token_event(&ask, "api_token.revoke", organization_id, &revoked))
+        .await;
+    Ok(Response::new(revoked))
+}
+
+fn token_event(ask: &Ask, action: &'static str, organization_id: Uuid, token: &auth_pb::ApiToken) -> Event {
+    org_event(&ask.actor, action, organization_id, format!("/apiTokens/{}", token.id)).detail("name", &token.name)
+}
