@@ -282,7 +282,11 @@ async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and
         Method::POST,
         &tokens_path,
         &team.admin,
-        serde_json::json!({"name": "CI", "scopes": ["project.deploy", "project.read"], "expireDays": 30}),
+        serde_json::json!({
+            "name": "CI",
+            "scopes": ["project.deploy", "project.read", "project.create", "project.transfer"],
+            "expireDays": 30
+        }),
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -303,30 +307,26 @@ async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and
     assert!(personal_tokens.api_tokens.is_empty(), "{personal_tokens:?}");
 
     // What no organisation token may be, each refusal naming its field.
-    let organization_token = |scopes: &[&str], project_id: &str, bearer: &str| {
+    let organization_token = |scopes: &[&str], project_id: &str, days: i32, bearer: &str| {
         authed(
             project_pb::CreateOrganizationApiTokenRequest {
                 organization_id: org.clone(),
-                api_token: Some(create("bad", scopes, project_id, 1)),
+                name: "bad".to_owned(),
+                scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+                project_id: project_id.to_owned(),
+                expire_days: days,
             },
             bearer,
         )
     };
     for (request, field) in [
         (
-            organization_token(&["project.read", "organization.members.write"], "", &team.admin),
-            "api_token.scopes[1]",
+            organization_token(&["project.read", "organization.members.write"], "", 1, &team.admin),
+            "scopes[1]",
         ),
         (
-            organization_token(&["project.deploy"], &personal, &team.admin),
-            "api_token.project_id",
-        ),
-        (
-            organization_token(&["project.deploy"], "", &team.admin).map(|mut body| {
-                body.api_token.as_mut().unwrap().expire_days = 0;
-                body
-            }),
-            "api_token.expire_days",
+            organization_token(&["project.deploy"], "", 0, &team.admin),
+            "expire_days",
         ),
     ] {
         let refused = projects.create_organization_api_token(request).await.unwrap_err();
@@ -336,6 +336,13 @@ async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and
             "{field}: {refused:?}"
         );
     }
+    // Bound to a project that is not the organisation's: none such.
+    let refused = projects
+        .create_organization_api_token(organization_token(&["project.deploy"], &personal, 1, &team.admin))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    assert!(refused.message().contains("project_id"), "{refused:?}");
     // A token does not make tokens; a stranger sees no organisation.
     let personal_token = mesh
         .auth()
@@ -349,13 +356,13 @@ async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and
         .into_inner()
         .token;
     let refused = projects
-        .create_organization_api_token(organization_token(&["project.deploy"], "", &personal_token))
+        .create_organization_api_token(organization_token(&["project.deploy"], "", 1, &personal_token))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     let (stranger, _) = mesh.user("stranger@example.com").await;
     let refused = projects
-        .create_organization_api_token(organization_token(&["project.deploy"], "", &stranger))
+        .create_organization_api_token(organization_token(&["project.deploy"], "", 1, &stranger))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
@@ -375,14 +382,43 @@ async fn an_organization_token_acts_as_the_organization_outlives_its_creator_and
         ))
         .await
         .unwrap();
-    // It lists the organisation's projects as its own.
+    // It creates projects in the organisation, lists the organisation's
+    // projects as its own, and has no personal account to move one into.
+    let made = projects
+        .create_project(authed(
+            project_pb::CreateProjectRequest {
+                project: Some(project_pb::Project {
+                    name: "Preview".to_owned(),
+                    ..Default::default()
+                }),
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (made.owner_id.as_str(), made.organization_id.as_str()),
+        (org.as_str(), org.as_str())
+    );
     let listed = projects
         .list_projects(authed(project_pb::ListProjectsRequest::default(), &token))
         .await
         .unwrap()
         .into_inner();
     let ids: Vec<&str> = listed.projects.iter().map(|project| project.id.as_str()).collect();
-    assert_eq!(ids, [team.project_id.as_str()]);
+    assert_eq!(ids, [made.id.as_str(), team.project_id.as_str()]);
+    let refused = projects
+        .transfer_project(authed(
+            project_pb::TransferProjectRequest {
+                project_id: made.id.clone(),
+                organization_id: String::new(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     // Its creator's personal project does not exist for it; settings are beyond its scopes.
     let (status, body) = rest(
         &mesh,

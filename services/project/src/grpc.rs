@@ -67,6 +67,7 @@ impl ProjectService for ProjectServiceApi {
         let organization_id = (!wanted.organization_id.is_empty())
             .then(|| rpc::parse_id("project.organization_id", &wanted.organization_id, &mut violations));
         violations.check()?;
+        ask.bound_to_one_project()?;
         // An organisation's token creates in its organisation.
         let organization_id = organization_id.or(ask.token_organization());
         match organization_id {

@@ -52,14 +52,7 @@ pub(super) async fn create_api_token(
 ) -> Result<Response<pb::CreateApiTokenResponse>, Status> {
     let caller = account_holder(&request)?;
     let actor = Actor::of(&request);
-    let (created, token) = issue(
-        api,
-        Owner::User(caller.user_id),
-        caller.user_id,
-        request.into_inner(),
-        "",
-    )
-    .await?;
+    let (created, token) = issue(api, Owner::User(caller.user_id), caller.user_id, request.into_inner()).await?;
     let mut event = Event::new(&actor, "api_token.create", format!("apiTokens/{}", created.id))
         .detail("name", &created.name)
         .detail("scopes", created.scopes.join(","))
@@ -86,26 +79,24 @@ pub(super) async fn issue_organization_api_token(
     let creator = rpc::parse_id("creator_id", &body.creator_id, &mut violations);
     violations.check()?;
     let wanted = body.api_token.unwrap_or_default();
-    let (created, token) = issue(api, Owner::Organization(organization_id), creator, wanted, "api_token.").await?;
+    let (created, token) = issue(api, Owner::Organization(organization_id), creator, wanted).await?;
     Ok(Response::new(pb::CreateApiTokenResponse {
         api_token: Some(token_proto(&created)),
         token,
     }))
 }
 
-/// Makes a token for `owner` as `wanted` describes it (its fields named
-/// under `prefix` in a violation).
+/// Makes a token for `owner` as `wanted` describes it.
 async fn issue(
     api: &AuthServiceApi,
     owner: Owner,
     created_by: Uuid,
     wanted: pb::CreateApiTokenRequest,
-    prefix: &str,
 ) -> Result<(ApiTokenRow, String), Status> {
     let mut violations = FieldViolations::new();
-    let name = rpc::name(&wanted.name, &format!("{prefix}name"), 100, &mut violations);
-    let project_id = (!wanted.project_id.is_empty())
-        .then(|| rpc::parse_id(&format!("{prefix}project_id"), &wanted.project_id, &mut violations));
+    let name = rpc::name(&wanted.name, "name", 100, &mut violations);
+    let project_id =
+        (!wanted.project_id.is_empty()).then(|| rpc::parse_id("project_id", &wanted.project_id, &mut violations));
     violations.check()?;
     let (token, hash) = new_token(API_TOKEN_PREFIX)?;
     let scopes = wanted.scopes;
