@@ -205,58 +205,19 @@ struct Team {
 }
 
 async fn team(mesh: &TestMesh) -> Team {
-    use capsule::proto::project::v1 as project_pb;
     let (owner, _) = mesh.user("team-owner@example.com").await;
     let (admin, admin_id) = mesh.user("team-admin@example.com").await;
-    let mut projects = mesh.projects().await;
-    let organization_id = projects
-        .create_organization(authed(
-            project_pb::CreateOrganizationRequest {
-                organization: Some(project_pb::Organization {
-                    name: "Acme".to_owned(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    projects
-        .invite_member(authed(
-            project_pb::InviteMemberRequest {
-                organization_id: organization_id.clone(),
-                email: "team-admin@example.com".to_owned(),
-                role: project_pb::OrganizationRole::Admin.into(),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap();
-    let invitation = common::mailed_invitation_token(mesh, "team-admin@example.com");
-    projects
-        .accept_invitation(authed(
-            project_pb::AcceptInvitationRequest { token: invitation },
-            &admin,
-        ))
-        .await
-        .unwrap();
-    let project_id = projects
-        .create_project(authed(
-            project_pb::CreateProjectRequest {
-                project: Some(project_pb::Project {
-                    name: "Shop".to_owned(),
-                    organization_id: organization_id.clone(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let organization_id = common::org::organization(mesh, &owner, "Acme").await;
+    common::org::join(
+        mesh,
+        &owner,
+        &organization_id,
+        "team-admin@example.com",
+        capsule::proto::project::v1::OrganizationRole::Admin,
+        &admin,
+    )
+    .await;
+    let project_id = common::org::project(mesh, &owner, &organization_id, "Shop").await;
     Team {
         owner,
         admin,

@@ -44,35 +44,8 @@ async fn a_teams_changes_are_each_one_record_that_nobody_can_alter() {
     let (member, member_id) = mesh.user("audit-member@example.com").await;
     let mut projects = mesh.projects().await;
 
-    let org = projects
-        .create_organization(authed(
-            pb::CreateOrganizationRequest {
-                organization: Some(pb::Organization {
-                    name: "Audited".to_owned(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    let project = projects
-        .create_project(authed(
-            pb::CreateProjectRequest {
-                project: Some(pb::Project {
-                    name: "Ledger".to_owned(),
-                    organization_id: org.clone(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let org = common::org::organization(&mesh, &owner, "Audited").await;
+    let project = common::org::project(&mesh, &owner, &org, "Ledger").await;
     let mut invite = authed(
         pb::InviteMemberRequest {
             organization_id: org.clone(),
@@ -306,21 +279,7 @@ async fn the_trail_is_followed_as_server_sent_events_from_every_service() {
     let mesh = common::start().await;
     let (owner, _) = mesh.user("follow-owner@example.com").await;
     let (stranger, _) = mesh.user("follow-stranger@example.com").await;
-    let mut projects = mesh.projects().await;
-    let org = projects
-        .create_organization(authed(
-            pb::CreateOrganizationRequest {
-                organization: Some(pb::Organization {
-                    name: "Followed".to_owned(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let org = common::org::organization(&mesh, &owner, "Followed").await;
     let follow = |token: &str| {
         reqwest::Client::new()
             .get(format!(
@@ -339,21 +298,7 @@ async fn the_trail_is_followed_as_server_sent_events_from_every_service() {
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     // Only what happens from now on: the organisation's creation is past.
-    let project = projects
-        .create_project(authed(
-            pb::CreateProjectRequest {
-                project: Some(pb::Project {
-                    name: "Watched".to_owned(),
-                    organization_id: org.clone(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let project = common::org::project(&mesh, &owner, &org, "Watched").await;
     mesh.deploys()
         .await
         .create_webhook(authed(

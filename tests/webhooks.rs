@@ -314,22 +314,8 @@ async fn a_receiver_gets_signed_deliveries_retried_until_it_answers_and_the_log_
 async fn organisation_webhooks_need_an_admin_and_bad_subscriptions_say_what_to_fix() {
     let mesh = mesh().await;
     let (owner, _) = mesh.user("org-hooks@example.com").await;
-    let mut projects = mesh.projects().await;
     let mut deploys = mesh.deploys().await;
-    let org = projects
-        .create_organization(authed(
-            project_pb::CreateOrganizationRequest {
-                organization: Some(project_pb::Organization {
-                    name: "Hooks Inc".to_owned(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
+    let org = common::org::organization(&mesh, &owner, "Hooks Inc").await;
     let (addr, receiver) = start_receiver().await;
     let url = format!("http://{addr}/hook");
 
@@ -346,32 +332,19 @@ async fn organisation_webhooks_need_an_admin_and_bad_subscriptions_say_what_to_f
     assert_eq!(created.webhook.unwrap().organization_id, org);
 
     // It hears about the organisation's projects.
-    let project = projects
-        .create_project(authed(
-            project_pb::CreateProjectRequest {
-                project: Some(project_pb::Project {
-                    name: "Failing".to_owned(),
-                    organization_id: org.clone(),
-                    ..Default::default()
-                }),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let project = common::org::project(&mesh, &owner, &org, "Failing").await;
     common::deploy::update_settings(
         &mesh,
         &owner,
         project_pb::ProjectSettings {
-            project_id: project.id.clone(),
+            project_id: project.clone(),
             build_command: "exit 3".to_owned(),
             ..Default::default()
         },
         &["build_command"],
     )
     .await;
-    let failing = common::deploy::deploy(&mesh, &owner, &project.id).await;
+    let failing = common::deploy::deploy(&mesh, &owner, &project).await;
     let received = wait_until(&receiver, "failed", |received| !received.is_empty()).await;
     assert_eq!(received[0].event, "deployment.failed");
     let body: serde_json::Value = serde_json::from_str(&received[0].body).unwrap();
@@ -380,22 +353,15 @@ async fn organisation_webhooks_need_an_admin_and_bad_subscriptions_say_what_to_f
 
     // A developer of the organisation may deploy but not manage webhooks.
     let (developer, _) = mesh.user("dev@example.com").await;
-    projects
-        .invite_member(authed(
-            project_pb::InviteMemberRequest {
-                organization_id: org.clone(),
-                email: "dev@example.com".to_owned(),
-                role: project_pb::OrganizationRole::Developer.into(),
-            },
-            &owner,
-        ))
-        .await
-        .unwrap();
-    let token = common::mailed_invitation_token(&mesh, "dev@example.com");
-    projects
-        .accept_invitation(authed(project_pb::AcceptInvitationRequest { token }, &developer))
-        .await
-        .unwrap();
+    common::org::join(
+        &mesh,
+        &owner,
+        &org,
+        "dev@example.com",
+        project_pb::OrganizationRole::Developer,
+        &developer,
+    )
+    .await;
     let denied = deploys
         .create_webhook(authed(org_hook.clone(), &developer))
         .await

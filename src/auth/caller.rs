@@ -193,6 +193,31 @@ impl Caller {
         format!("Bearer {}", self.token)
     }
 
+    /// A request to another service on this caller's behalf, with its own
+    /// deadline.
+    pub fn request<T>(&self, message: T, deadline: std::time::Duration) -> Result<tonic::Request<T>, Status> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(deadline);
+        request.metadata_mut().insert(
+            "authorization",
+            self.authorization()
+                .parse()
+                .map_err(|_| Status::unauthenticated("the access token is not a valid header value"))?,
+        );
+        Ok(request)
+    }
+
+    /// PERMISSION_DENIED for an API token: what only a person signed in
+    /// with a password may do (`what`, such as "manage API tokens").
+    pub fn in_person(&self, what: &str) -> Result<(), Status> {
+        match self.scope {
+            Some(_) => Err(Status::permission_denied(format!(
+                "an API token cannot {what}: sign in with your password"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// The caller of a request that passed [`AuthLayer`]; UNAUTHENTICATED
     /// when there is none (a public method, or no layer).
     pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {

@@ -6,6 +6,7 @@
 
 pub mod deploy;
 pub mod git;
+pub mod org;
 
 use std::{net::SocketAddr, time::Duration};
 

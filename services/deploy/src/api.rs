@@ -275,14 +275,7 @@ impl DeployServiceApi {
 
     /// A request to the project service on the caller's behalf.
     pub(crate) fn as_caller<T>(caller: &Caller, message: T) -> Result<Request<T>, Status> {
-        let mut request = Request::new(message);
-        request.set_timeout(PROJECT_CALL_TIMEOUT);
-        let token = caller
-            .authorization()
-            .parse()
-            .map_err(|_| Status::unauthenticated("bad token"))?;
-        request.metadata_mut().insert("authorization", token);
-        Ok(request)
+        caller.request(message, PROJECT_CALL_TIMEOUT)
     }
 
     /// The project service's answer, in this service's words.

@@ -36,16 +36,7 @@ pub struct GatewayServiceApi {
 
 /// A request to a backend on the caller's behalf, with its own deadline.
 fn on_behalf<T>(caller: &Caller, message: T) -> Result<Request<T>, Status> {
-    let mut request = Request::new(message);
-    request.set_timeout(PART_DEADLINE);
-    request.metadata_mut().insert(
-        "authorization",
-        caller
-            .authorization()
-            .parse()
-            .map_err(|_| Status::unauthenticated("the access token is not a valid header value"))?,
-    );
-    Ok(request)
+    caller.request(message, PART_DEADLINE)
 }
 
 /// A part that could not be had: the caller's own fault is an error, a

@@ -63,13 +63,7 @@ async fn read(
     source: usize,
     request: ListAuditEventsRequest,
 ) -> Result<ListAuditEventsResponse, Status> {
-    let authorization = caller
-        .authorization()
-        .parse()
-        .map_err(|_| Status::unauthenticated("the access token is not a valid header value"))?;
-    let mut call = tonic::Request::new(request);
-    call.set_timeout(Duration::from_secs(5));
-    call.metadata_mut().insert("authorization", authorization);
+    let call = caller.request(request, Duration::from_secs(5))?;
     let answer = match SOURCES[source] {
         "auth" => {
             AuthServiceClient::<TracedChannel>::new(backends.auth.clone())

@@ -77,16 +77,6 @@ impl Ask {
         }
     }
 
-    /// Refuses any API token: tokens do not manage tokens.
-    pub fn signed_in(&self) -> Result<(), Status> {
-        match self.caller.scope {
-            Some(_) => Err(Status::permission_denied(
-                "an API token cannot manage API tokens: sign in with your password",
-            )),
-            None => Ok(()),
-        }
-    }
-
     /// The same caller asking for another permission.
     pub fn with(&self, permission: Permission) -> Self {
         Self {

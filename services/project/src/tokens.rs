@@ -29,7 +29,7 @@ fn from_auth(status: Status) -> Status {
 /// The caller, signed in with a password, if they may manage the tokens
 /// of organisation `id`.
 async fn manager(api: &ProjectServiceApi, ask: &Ask, id: &str) -> Result<Uuid, Status> {
-    ask.signed_in()?;
+    ask.caller.in_person("manage API tokens")?;
     let id = ProjectServiceApi::parse_id("organization_id", id)?;
     api.member(ask, id).await?;
     Ok(id)

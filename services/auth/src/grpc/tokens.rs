@@ -40,9 +40,7 @@ fn token_proto(row: &ApiTokenRow) -> pb::ApiToken {
 /// already, as these methods declare no permission).
 fn account_holder<T>(request: &Request<T>) -> Result<Caller, Status> {
     let caller = Caller::of(request)?.clone();
-    if caller.scope.is_some() {
-        return Err(Status::permission_denied("an API token cannot manage API tokens"));
-    }
+    caller.in_person("manage API tokens")?;
     Ok(caller)
 }
 
