@@ -11,7 +11,6 @@ use uuid::Uuid;
 use super::{
     process::{Ended, Masker},
     report::Reporter,
-    sandbox,
     serve::{Forwarder, Reach},
 };
 
@@ -35,15 +34,6 @@ pub(super) struct LiveApp {
     pub pid: i32,
     pub running: JoinHandle<Ended>,
     pub kill: CancellationToken,
-}
-
-impl LiveApp {
-    pub fn reach_port(&self) -> u16 {
-        match self.reach {
-            Reach::Port(port) => port,
-            Reach::Socket(_) => sandbox::APP_PORT,
-        }
-    }
 }
 
 /// A step of running a deployment, as a span of its trace.

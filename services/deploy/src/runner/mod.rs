@@ -25,9 +25,10 @@ mod report;
 pub mod sandbox;
 pub mod serve;
 pub mod source;
+mod tools;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -327,7 +328,7 @@ impl LocalRunner {
             .system(format!("$ {}  (PORT={port})", snapshot.start_command))
             .await;
         let kill = shutdown.child_token();
-        let (pid, mut running) = match self.launch(&job, port, &kill) {
+        let (pid, mut running) = match self.launch(&job, &reach, &kill) {
             Ok(launched) => launched,
             Err(err) => {
                 fail(format!("cannot start: {err}")).await;
@@ -398,22 +399,21 @@ impl LocalRunner {
         if !self.sandbox.isolated() {
             return Ok((Reach::Port(port), port));
         }
-        let dir = serve::serve_dir(&job.workdir);
-        std::fs::create_dir_all(&dir)?;
-        self.sandbox.prepare_workdir(job.tenant, &dir)?;
-        Ok((Reach::Socket(dir.join(sandbox::APP_SOCKET)), port))
+        let dir = serve::socket_dir(&self.config.workdir);
+        sandbox::runner_dir(&dir, 0o700)?;
+        let socket = dir.join(format!("{}.sock", job.reporter.deployment_id));
+        Ok((Reach::Socket(socket), port))
     }
 
-    /// Starts the app and pumps its output (no output limit: it runs for
-    /// as long as it is live) until it exits or `kill`.
-    fn launch(&self, job: &Job, port: u16, kill: &CancellationToken) -> std::io::Result<(i32, JoinHandle<Ended>)> {
-        let serve_dir = self.sandbox.isolated().then(|| serve::serve_dir(&job.workdir));
-        let child = self.spawn(
-            job,
-            &job.snapshot.start_command,
-            None,
-            Some((serve_dir.as_deref(), port)),
-        )?;
+    /// Starts the app (and, sandboxed, its connector) and pumps its output
+    /// (no output limit: it runs for as long as it is live) until it exits
+    /// or `kill`.
+    fn launch(&self, job: &Job, reach: &Reach, kill: &CancellationToken) -> std::io::Result<(i32, JoinHandle<Ended>)> {
+        let port = match reach {
+            Reach::Port(port) => *port,
+            Reach::Socket(_) => sandbox::APP_PORT,
+        };
+        let child = self.spawn(job, &job.snapshot.start_command, None, Some(port))?;
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
         let limits = Limits {
             time: None,
@@ -421,9 +421,20 @@ impl LocalRunner {
             lines_per_sec: self.config.lines_per_sec,
         };
         let (sink, masker, kill) = (job.reporter.clone(), job.masker.clone(), kill.clone());
+        let connect = match reach {
+            Reach::Socket(socket) => Some((self.sandbox.clone(), socket.clone())),
+            Reach::Port(_) => None,
+        };
         Ok((
             pid,
-            tokio::spawn(async move { pump(&sink, child, kill, limits, &masker).await }),
+            tokio::spawn(async move {
+                // Lives as long as this launch of the app: killed on drop.
+                let _connector = match connect {
+                    Some((sandbox, socket)) => serve::connect(&sandbox, pid, &socket, port).await,
+                    None => None,
+                };
+                pump(&sink, child, kill, limits, &masker).await
+            }),
         ))
     }
 
@@ -473,7 +484,7 @@ impl LocalRunner {
                         () = drain.cancelled() => break,
                         () = shutdown.cancelled() => break,
                     }
-                    match self.launch(&app.job, app.reach_port(), &app.kill) {
+                    match self.launch(&app.job, &app.reach, &app.kill) {
                         Ok((pid, running)) => {
                             app.pid = pid;
                             app.running = running;
@@ -503,7 +514,9 @@ impl LocalRunner {
         app.kill.cancel();
         let _ = (&mut app.running).await;
         drop(app.forwarder);
-        let _ = std::fs::remove_dir_all(serve::serve_dir(&app.job.workdir));
+        if let Reach::Socket(socket) = &app.reach {
+            let _ = std::fs::remove_file(socket);
+        }
         let _ = std::fs::remove_dir_all(&app.job.workdir);
     }
 
@@ -541,28 +554,25 @@ impl LocalRunner {
             .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
-    /// A user's command, in the sandbox; an app's with its PORT (and the
-    /// directory of its forwarder's socket).
+    /// A user's command, in the sandbox; an app's with its PORT.
     fn spawn(
         &self,
         job: &Job,
         command: &str,
         cpu_time: Option<Duration>,
-        serve: Option<(Option<&std::path::Path>, u16)>,
+        port: Option<u16>,
     ) -> std::io::Result<tokio::process::Child> {
-        let environment: HashMap<String, String> = job.snapshot.environment.clone();
-        let extra: Vec<(&str, String)> = serve.iter().map(|(_, port)| ("PORT", port.to_string())).collect();
+        let extra: Vec<(&str, String)> = port.iter().map(|port| ("PORT", port.to_string())).collect();
         self.sandbox
             .command(&Spec {
                 command,
                 workdir: &job.workdir,
                 root_directory: &job.snapshot.root_directory,
-                environment: &environment,
+                environment: &job.snapshot.environment,
                 extra: &extra,
                 tenant: job.tenant,
                 cpu_time,
-                serve: serve.and_then(|(dir, _)| dir),
-            })
+            })?
             .spawn()
     }
 

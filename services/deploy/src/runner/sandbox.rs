@@ -25,20 +25,35 @@
 //!   namespace make killing bwrap kill everything inside, `setsid` and
 //!   double forks included.
 //!
-//! The environment is the deployment's variables plus PATH, HOME and LANG
-//! (and PORT for a start command): nothing of the service's.
+//! The host starts nothing a tenant can name or configure: prlimit and bwrap
+//! by the absolute paths [`Tools`] checked, with an empty environment. The
+//! tenant's variables (plus PATH, HOME and LANG, and PORT for a start
+//! command) reach only the process inside: bwrap's `--clearenv` and
+//! `--setenv`, read with every other option from an unlinked file passed as
+//! a file descriptor (`--args 3`), never from argv, which every host user
+//! can read in `/proc/*/cmdline`. The runner's directory of working
+//! directories can be passed through but not listed (0711), and each working
+//! directory is its project's sandbox user's alone.
+//!
+//! An app is reached by its own network, not by a path it can write: the
+//! [`Sandbox::connector`] joins the sandbox's network namespace (and
+//! nothing else of it) and listens on a socket in the runner's directory.
 
 use std::{
     collections::HashMap,
     ffi::OsString,
+    io::{Seek, Write},
+    os::{fd::OwnedFd, unix::ffi::OsStrExt},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
+use command_fds::{CommandFdExt, FdMapping};
 use tokio::process::Command;
 use uuid::Uuid;
 
+use super::tools::Tools;
 use crate::config::{SandboxConfig, SandboxMode};
 
 /// Where a deployment's working directory appears inside the sandbox.
@@ -86,22 +101,19 @@ pub struct Spec<'a> {
     pub tenant: Uuid,
     /// CPU seconds per process (builds), if limited.
     pub cpu_time: Option<Duration>,
-    /// For an app that serves: the host directory shown at `/run/capsule`,
-    /// where a forwarder listens on `app.sock` for the runner and passes
-    /// each connection to the app's `PORT` inside the sandbox's network.
-    pub serve: Option<&'a Path>,
 }
 
-/// Where the forwarder's socket appears inside the sandbox.
-const SERVE_DIR: &str = "/run/capsule";
-/// The socket the runner connects to, in the serve directory.
-pub const APP_SOCKET: &str = "app.sock";
 /// The port an app listens on inside its own network namespace.
 pub const APP_PORT: u16 = 8080;
+/// The descriptor a sandbox's launcher reads bwrap's options from.
+const ARGS_FD: i32 = 3;
+/// The descriptors a connector gets: the namespaces it joins.
+const NET_FD: i32 = 3;
+const USER_FD: i32 = 4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Isolation {
-    Bubblewrap,
+    Bubblewrap(Tools),
     /// The operator chose to run commands unisolated.
     None,
 }
@@ -130,27 +142,35 @@ impl Sandbox {
     /// none with a warning.
     pub async fn new(config: SandboxConfig, workdir: &Path) -> Result<Self, String> {
         let as_root = nix::unistd::geteuid().is_root();
-        let isolation = match config.mode {
-            SandboxMode::None => Isolation::None,
-            SandboxMode::Bubblewrap | SandboxMode::Auto => Isolation::Bubblewrap,
-        };
-        let sandbox = Self {
-            isolation,
+        let unisolated = Self {
+            isolation: Isolation::None,
             config,
             as_root,
         };
-        if sandbox.isolation == Isolation::None {
-            tracing::warn!("DEPLOY_RUNNER_SANDBOX=none: users' commands run unisolated, as this service's user");
-            return Ok(sandbox);
-        }
-        match sandbox.check(workdir).await {
-            Ok(()) => Ok(sandbox),
-            Err(why) if sandbox.config.mode == SandboxMode::Auto => {
+        runner_dir(workdir, 0o711)
+            .map_err(|err| unavailable(&format!("DEPLOY_RUNNER_WORKDIR={}: {err}", workdir.display())))?;
+        let tools = match unisolated.config.mode {
+            SandboxMode::None => {
+                tracing::warn!("DEPLOY_RUNNER_SANDBOX=none: users' commands run unisolated, as this service's user");
+                return Ok(unisolated);
+            }
+            SandboxMode::Bubblewrap | SandboxMode::Auto => Tools::find().map_err(|why: String| unavailable(&why)),
+        };
+        let checked = match tools {
+            Ok(tools) => {
+                let sandbox = Self {
+                    isolation: Isolation::Bubblewrap(tools),
+                    ..unisolated.clone()
+                };
+                sandbox.check(workdir).await.map(|()| sandbox)
+            }
+            Err(why) => Err(why),
+        };
+        match checked {
+            Ok(sandbox) => Ok(sandbox),
+            Err(why) if unisolated.config.mode == SandboxMode::Auto => {
                 tracing::warn!(error = %why, "no sandbox available: users' commands run unisolated");
-                Ok(Self {
-                    isolation: Isolation::None,
-                    ..sandbox
-                })
+                Ok(unisolated)
             }
             Err(why) => Err(why),
         }
@@ -158,7 +178,7 @@ impl Sandbox {
 
     /// Whether commands run isolated.
     pub fn isolated(&self) -> bool {
-        self.isolation == Isolation::Bubblewrap
+        matches!(self.isolation, Isolation::Bubblewrap(_))
     }
 
     /// The PORT an app gets: the same in every sandbox (each has its own
@@ -182,7 +202,6 @@ impl Sandbox {
 
     /// Runs `true` in a sandbox, to find out whether sandboxes work here.
     async fn check(&self, workdir: &Path) -> Result<(), String> {
-        std::fs::create_dir_all(workdir).map_err(|err| unavailable(&format!("{}: {err}", workdir.display())))?;
         let probe = tempfile::Builder::new()
             .prefix("sandbox-check-")
             .tempdir_in(workdir)
@@ -199,20 +218,17 @@ impl Sandbox {
             extra: &[],
             tenant,
             cpu_time: Some(Duration::from_secs(10)),
-            serve: None,
         };
-        let output = tokio::time::timeout(Duration::from_secs(10), self.command(&spec).output())
+        let command = self
+            .command(&spec)
+            .map_err(|err| unavailable(&format!("cannot prepare bwrap: {err}")))?
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(10), command)
             .await
             .map_err(|_| unavailable("bwrap did not finish within 10 s"))?
-            .map_err(|err| match err.kind() {
-                std::io::ErrorKind::NotFound => unavailable("the `prlimit` command (util-linux) is not installed"),
-                _ => unavailable(&format!("bwrap cannot start: {err}")),
-            })?;
+            .map_err(|err| unavailable(&format!("bwrap cannot start: {err}")))?;
         if output.status.success() {
             Ok(())
-        } else if output.status.code() == Some(127) || String::from_utf8_lossy(&output.stderr).contains("No such file")
-        {
-            Err(unavailable("the `bwrap` command is not installed"))
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr);
             Err(unavailable(&format!("bwrap failed: {}", stderr.trim())))
@@ -243,11 +259,13 @@ impl Sandbox {
     }
 
     /// The command that runs `spec` as this sandbox says.
-    pub fn command(&self, spec: &Spec<'_>) -> Command {
-        let mut command = match self.isolation {
-            Isolation::Bubblewrap => self.bubblewrap(spec),
+    pub fn command(&self, spec: &Spec<'_>) -> std::io::Result<Command> {
+        let mut command = match &self.isolation {
+            Isolation::Bubblewrap(tools) => self.bubblewrap(tools, spec)?,
             Isolation::None => {
-                let mut command = Command::new("sh");
+                // The operator's choice: the user's shell runs as the
+                // service's user anyway.
+                let mut command = Command::new("/bin/sh");
                 command
                     .arg("-c")
                     .arg(spec.command)
@@ -257,23 +275,23 @@ impl Sandbox {
                         "PATH",
                         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
                     )
-                    .env("HOME", spec.workdir);
+                    .env("HOME", spec.workdir)
+                    .env("LANG", "C.UTF-8")
+                    .envs(spec.environment)
+                    .envs(spec.extra.iter().map(|(name, value)| (*name, value)));
                 command
             }
         };
         command
-            .env("LANG", "C.UTF-8")
-            .envs(spec.environment)
-            .envs(spec.extra.iter().map(|(name, value)| (*name, value)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        command
+        Ok(command)
     }
 
-    fn bubblewrap(&self, spec: &Spec<'_>) -> Command {
+    fn bubblewrap(&self, tools: &Tools, spec: &Spec<'_>) -> std::io::Result<Command> {
         let id = self.sandbox_id(spec.tenant).to_string();
         let mut args: Vec<OsString> = [
             "--unshare-all",
@@ -315,9 +333,6 @@ impl Sandbox {
         }
         let tmp_size = self.config.tmp_bytes.to_string();
         let workdir = PathBuf::from(WORKSPACE).join(spec.root_directory);
-        if let Some(serve) = spec.serve {
-            arg(&[&"--bind", &serve, &SERVE_DIR]);
-        }
         arg(&[
             &"--proc",
             &"/proc",
@@ -334,38 +349,105 @@ impl Sandbox {
             &workdir,
             &"--remount-ro",
             &"/",
-            &"--",
-            &"/bin/sh",
-            &"-c",
+            // In the order given: nothing of bwrap's own environment, then
+            // the sandbox's.
+            &"--clearenv",
+            &"--setenv",
+            &"PATH",
+            &SANDBOX_PATH,
+            &"--setenv",
+            &"HOME",
+            &WORKSPACE,
+            &"--setenv",
+            &"LANG",
+            &"C.UTF-8",
         ]);
-        match spec.serve {
-            // socat (Debian package socat) joins the runner's socket to the
-            // app's port; the user's command is passed as "$1", never
-            // spliced into this script.
-            Some(_) => arg(&[
-                &format!(
-                    "socat -lf /dev/null UNIX-LISTEN:{SERVE_DIR}/{APP_SOCKET},fork,unlink-early \
-                     TCP:127.0.0.1:{APP_PORT} & exec /bin/sh -c \"$1\""
-                ),
-                &"capsule-app",
-                &spec.command,
-            ]),
-            None => arg(&[&spec.command]),
+        let variables = spec
+            .environment
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()));
+        for (name, value) in variables.chain(spec.extra.iter().map(|(name, value)| (*name, value.as_str()))) {
+            arg(&[&"--setenv", &name, &value]);
         }
-        // prlimit (util-linux) sets the limits, soft and hard, then runs bwrap.
-        let mut command = Command::new("prlimit");
+        let options = options_file(&args)?;
+        // prlimit (util-linux) sets the limits, soft and hard, then runs
+        // bwrap, which reads its options from the file.
+        let mut command = Command::new(&tools.prlimit);
         command
             .args(self.limits(spec.cpu_time))
             .arg("--")
-            .arg("bwrap")
-            .args(args)
-            .env_clear()
-            .env("PATH", SANDBOX_PATH)
-            .env("HOME", WORKSPACE);
+            .arg(&tools.bwrap)
+            .args(["--args", &ARGS_FD.to_string(), "--", "/bin/sh", "-c", spec.command])
+            .env_clear();
+        command
+            .fd_mappings(vec![FdMapping {
+                parent_fd: options,
+                child_fd: ARGS_FD,
+            }])
+            .map_err(std::io::Error::other)?;
         if let Some(host_id) = self.host_id(spec.tenant) {
             command.uid(host_id).gid(host_id);
         }
+        Ok(command)
+    }
+
+    /// The host's end of an app's traffic: socat, started by nsenter in the
+    /// network namespace of the sandbox whose bwrap is `bwrap` (and in no
+    /// other namespace of it: it sees the host's files, not the tenant's),
+    /// listening on `socket` — in the runner's own directory — and joining
+    /// each connection to the app's port there. `Ok(None)`: the sandbox
+    /// has not started yet (or has ended).
+    pub fn connector(&self, bwrap: i32, socket: &Path, port: u16) -> std::io::Result<Option<Command>> {
+        let Isolation::Bubblewrap(tools) = &self.isolation else {
+            return Err(std::io::Error::other("an unisolated app is reached on its port"));
+        };
+        let Some(init) = children_of(bwrap).into_iter().next() else {
+            return Ok(None);
+        };
+        let open = |kind: &str| std::fs::File::open(format!("/proc/{init}/ns/{kind}")).map(OwnedFd::from);
+        let (Ok(network), Ok(user)) = (open("net"), open("user")) else {
+            return Ok(None);
+        };
+        // Opened while `init` was still bwrap's child: the namespaces are
+        // the sandbox's, whatever the pid means later.
+        if !children_of(bwrap).contains(&init) {
+            return Ok(None);
+        }
+        let mut command = Command::new(&tools.nsenter);
+        command.arg(format!("--net=/proc/self/fd/{NET_FD}"));
+        let mut descriptors = vec![FdMapping {
+            parent_fd: network,
+            child_fd: NET_FD,
+        }];
+        if !self.as_root {
+            // Without root, joining the network takes its user namespace,
+            // which the runner's user owns.
+            command.args([
+                format!("--user=/proc/self/fd/{USER_FD}"),
+                "--preserve-credentials".to_owned(),
+            ]);
+            descriptors.push(FdMapping {
+                parent_fd: user,
+                child_fd: USER_FD,
+            });
+        }
+        let mut listen = OsString::from("UNIX-LISTEN:");
+        listen.push(socket);
+        listen.push(",fork,unlink-early,mode=600");
         command
+            .arg("--")
+            .arg(&tools.socat)
+            .args(["-lf", "/dev/null"])
+            .arg(listen)
+            .arg(format!("TCP:127.0.0.1:{port}"))
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .fd_mappings(descriptors)
+            .map_err(std::io::Error::other)?;
+        Ok(Some(command))
     }
 
     /// prlimit's arguments: address space, processes (per sandbox user,
@@ -387,6 +469,63 @@ impl Sandbox {
         }
         limits
     }
+}
+
+/// bwrap's options, NUL-separated, in an unlinked file for `--args`.
+fn options_file(args: &[OsString]) -> std::io::Result<OwnedFd> {
+    let mut file = tempfile::tempfile()?;
+    for arg in args {
+        file.write_all(arg.as_bytes())?;
+        file.write_all(b"\0")?;
+    }
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// Makes `dir` (created if missing) the runner's: owned by this process's
+/// user, with `mode` (0700: closed to everyone else; 0711: others may pass
+/// through to what they know the name of, never list it). Refused when
+/// someone else owns it, as another user could have made it first in a
+/// shared `/tmp`.
+pub fn runner_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    let metadata = std::fs::symlink_metadata(dir)?;
+    if !metadata.is_dir() || metadata.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of this service's user",
+            dir.display()
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
+/// The processes whose parent is `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // "pid (comm) state ppid ...": comm may hold spaces.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// Every process of the host.
+pub fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Hands a tree to the sandbox user `id`, without following links.

@@ -1,14 +1,17 @@
 //! Apps that serve: where the gateway reaches them, whether they answer,
 //! and stopping them gently.
 //!
-//! A sandboxed app listens on `PORT` inside a network of its own. A socat
-//! forwarder in its sandbox listens on a Unix socket in a host directory
-//! bound into it; the runner's [`Forwarder`] listens on a TCP port of the
-//! host (`DEPLOY_RUNNER_UPSTREAM_HOST`, loopback by default) and joins each
+//! A sandboxed app listens on `PORT` inside a network of its own. The
+//! sandbox's connector (socat, started in that network namespace and in no
+//! other of the sandbox's) listens on a Unix socket in the runner's own
+//! directory, which no sandbox sees, and joins each connection to the
+//! app's port; the runner's [`Forwarder`] listens on a TCP port of the host
+//! (`DEPLOY_RUNNER_UPSTREAM_HOST`, loopback by default) and joins each
 //! connection to that socket. That TCP address is the upstream the gateway
-//! routes to. Sandboxes have no route to the host's loopback, so no tenant
-//! reaches another's upstream. Unisolated, the app listens on a free port of
-//! the host, which is the upstream itself.
+//! routes to. Nothing on the way is a path the tenant can write or replace.
+//! Sandboxes have no route to the host's loopback, so no tenant reaches
+//! another's upstream. Unisolated, the app listens on a free port of the
+//! host, which is the upstream itself.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -17,6 +20,8 @@ use std::{
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
+
+use super::sandbox::{Sandbox, children_of, pids};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixStream},
@@ -29,7 +34,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How the runner reaches an app.
 #[derive(Debug, Clone)]
 pub enum Reach {
-    /// Through the sandbox's forwarder socket.
+    /// Through the sandbox's connector socket, in the runner's directory.
     Socket(PathBuf),
     /// Straight to a port of the host (unisolated).
     Port(u16),
@@ -77,6 +82,27 @@ impl Forwarder {
 impl Drop for Forwarder {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Starts the connector of the sandboxed app whose bwrap is `bwrap`, as
+/// soon as its sandbox exists (a few milliseconds after the start); `None`
+/// when it cannot, and the app then never answers its health check.
+pub async fn connect(sandbox: &Sandbox, bwrap: i32, socket: &Path, port: u16) -> Option<tokio::process::Child> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match sandbox
+            .connector(bwrap, socket, port)
+            .and_then(|command| command.map(|mut c| c.spawn()).transpose())
+        {
+            Ok(Some(connector)) => return Some(connector),
+            Ok(None) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
+            Ok(None) => return None,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the app's connector");
+                return None;
+            }
+        }
     }
 }
 
@@ -159,36 +185,8 @@ pub fn signal_sandbox(bwrap: i32, signal: Signal) {
     }
 }
 
-fn pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn children_of(parent: i32) -> Vec<i32> {
-    pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // "pid (comm) state ppid ...": comm may hold spaces.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|ppid| ppid.parse::<i32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
-}
-
-/// The directory an app's forwarder socket lives in, beside its working
-/// directory.
-pub fn serve_dir(workdir: &Path) -> PathBuf {
-    let mut name = workdir.as_os_str().to_owned();
-    name.push(".run");
-    PathBuf::from(name)
+/// The runner's own directory of connector sockets, beside the working
+/// directories: only the runner can enter it.
+pub fn socket_dir(workdir_root: &Path) -> PathBuf {
+    workdir_root.join(".sockets")
 }

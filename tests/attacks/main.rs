@@ -1,0 +1,50 @@
+//! Attacks on the platform as an ordinary account mounts them: through the
+//! public API, with nothing but its own projects, variables, code and URLs.
+//! Each test mounts one attack that once worked and checks that it no
+//! longer does, by what the attacker would have gained (a file written on
+//! the host, a connection to a listener of the host's, a log line read
+//! after the right to read it ended).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod app_socket;
+mod launcher;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    TestMesh,
+    deploy::{logs, text},
+};
+
+/// A mesh with the local runner, as `capsule dev` runs it.
+async fn runner_mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
+    let mut deploy = vec![("DEPLOY_START_TIMEOUT_SECS", "20"), ("DEPLOY_DRAIN_SECS", "1")];
+    deploy.extend_from_slice(extra);
+    common::start_with(common::Options {
+        local_runner: true,
+        deploy,
+        ..Default::default()
+    })
+    .await
+}
+
+/// Waits until the deployment's logs contain `marker`; returns them.
+async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let all = text(&logs(mesh, token, id).await);
+        if all.contains(marker) {
+            return all;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "no {marker:?} in:\n{all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A path on the host that only a process outside every sandbox could
+/// create: each sandbox has a `/tmp` of its own.
+fn host_marker(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("capsule-attack-{what}-{}", uuid::Uuid::new_v4()))
+}
