@@ -5,8 +5,8 @@
 //! database pool, migrations and health supervisor ([`db`]), the gRPC server
 //! bootstrap ([`server`]), logs, metrics and trace export ([`telemetry`]),
 //! the spans of a trace and their context across calls ([`trace`]) and signal
-//! handling ([`shutdown`]), and the audit trail each service keeps
-//! ([`audit`]).
+//! handling ([`shutdown`]), the audit trail each service keeps
+//! ([`audit`]) and the one guard of outbound addresses ([`guard`]).
 
 pub mod audit;
 pub mod auth;
@@ -14,6 +14,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod db;
+pub mod guard;
 pub mod migrate;
 pub mod proto;
 pub mod rpc;

@@ -5,10 +5,13 @@
 //! the host, a connection to a listener of the host's, a log line read
 //! after the right to read it ended).
 
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
 #[path = "../common/mod.rs"]
 mod common;
 
 mod app_socket;
+mod git_urls;
 mod launcher;
 
 use std::time::{Duration, Instant};

@@ -52,7 +52,7 @@ pub(crate) struct Inner {
     pub(crate) max_log_lines: i64,
     pub(crate) source: SourceConfig,
     /// Where webhooks may be subscribed to.
-    pub(crate) webhook_guard: crate::webhooks::guard::Guard,
+    pub(crate) webhook_guard: capsule::guard::Guard,
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
@@ -210,7 +210,7 @@ impl DeployServiceApi {
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 source: config.source.clone(),
-                webhook_guard: crate::webhooks::guard::Guard::new(config.webhooks.allowed_networks.clone()),
+                webhook_guard: capsule::guard::Guard::new(config.webhooks.allowed_networks.clone()),
             }),
         })
     }
@@ -329,7 +329,7 @@ impl DeployServiceApi {
                 "the project's repository_url setting: {err}; change it in the project's settings"
             ))
         };
-        let repository = Repository::parse(repository_url, &self.inner.source.local_repositories).map_err(unusable)?;
+        let repository = Repository::parse(repository_url, &self.inner.source).map_err(unusable)?;
         repository.resolve(source_ref).await.map_err(|err| match err {
             SourceError::MissingRef { .. } => Status::not_found(err.to_string()),
             other => unusable(other),

@@ -29,6 +29,7 @@
 //! | `DEPLOY_WEBHOOK_TIMEOUT_SECS` | `10`: a webhook receiver must answer within this |
 //! | `DEPLOY_WEBHOOK_MAX_ATTEMPTS` | `8`: attempts at one delivery before it is marked failed |
 //! | `DEPLOY_WEBHOOK_RETRY_SECS` | `30`: the wait before the second attempt; it doubles each time, up to an hour |
+//! | `DEPLOY_EGRESS_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs) git may fetch repositories from although private; unset, only public addresses |
 //! | `DEPLOY_WEBHOOK_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs, such as `10.20.0.0/16`) webhooks may be delivered to although private; unset, only public addresses |
 //! | `DEPLOY_SANDBOX_RO_BINDS` | unset: more host paths (colon-separated) shown read-only inside, e.g. a toolchain under `/opt` |
 
@@ -61,23 +62,7 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
-        let allowed_networks = match source.get("DEPLOY_WEBHOOK_ALLOWED_NETWORKS") {
-            None => Vec::new(),
-            Some(value) => value
-                .split(',')
-                .map(str::trim)
-                .filter(|net| !net.is_empty())
-                .map(|net| {
-                    net.parse().map_err(|_| {
-                        ConfigError::invalid(
-                            "DEPLOY_WEBHOOK_ALLOWED_NETWORKS",
-                            &value,
-                            "expected networks such as 10.20.0.0/16, comma-separated",
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let allowed_networks = networks(source, "DEPLOY_WEBHOOK_ALLOWED_NETWORKS")?;
         Ok(Self {
             timeout: Duration::from_secs(positive(source, "DEPLOY_WEBHOOK_TIMEOUT_SECS", 10)?),
             max_attempts: positive(source, "DEPLOY_WEBHOOK_MAX_ATTEMPTS", 8)?,
@@ -87,11 +72,35 @@ impl WebhookConfig {
     }
 }
 
+/// Networks (comma-separated CIDRs) the operator lets tenants' URLs reach
+/// although the guard refuses them.
+fn networks(source: &dyn Source, variable: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(value) = source.get(variable) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|net| !net.is_empty())
+        .map(|net| {
+            net.parse().map_err(|_| {
+                ConfigError::invalid(
+                    variable,
+                    &value,
+                    "expected networks such as 10.20.0.0/16, comma-separated",
+                )
+            })
+        })
+        .collect()
+}
+
 /// Where deployments' source may come from.
 #[derive(Debug, Clone, Default)]
 pub struct SourceConfig {
     pub local_repositories: Vec<PathBuf>,
     pub max_bytes: u64,
+    /// Private networks the operator lets git reach.
+    pub allowed_networks: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +204,7 @@ impl DeployConfig {
         let source_config = SourceConfig {
             local_repositories: paths(source, "DEPLOY_LOCAL_REPOSITORIES")?,
             max_bytes: number("DEPLOY_MAX_SOURCE_MB", 512)? * 1024 * 1024,
+            allowed_networks: networks(source, "DEPLOY_EGRESS_ALLOWED_NETWORKS")?,
         };
         let runner = if local {
             Some(RunnerConfig {

@@ -108,7 +108,7 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
         .as_ref()
         .and_then(|project| project.id.parse().ok())
         .ok_or_else(|| Status::internal("internal error"))?;
-    let repository = Repository::parse(&plan.repository_url, &api.source_config().local_repositories)
+    let repository = Repository::parse(&plan.repository_url, api.source_config())
         .map_err(|err| Status::failed_precondition(err.to_string()))?;
     let head = repository
         .head(&plan.branch)

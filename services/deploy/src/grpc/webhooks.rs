@@ -48,10 +48,7 @@ pub(super) async fn create_webhook(
     violations.check()?;
     let scope = scope.ok_or_else(|| Status::internal("internal error"))?;
     let organization = check_scope(api, &caller, permission, scope).await?;
-    let url = api
-        .inner
-        .webhook_guard
-        .check_url(&body.url)
+    let url = crate::webhooks::guard::check_url(&api.inner.webhook_guard, &body.url)
         .await
         .map_err(|why| rpc::invalid_field("url", &why))?;
     let new = NewWebhook {

@@ -546,7 +546,7 @@ impl LocalRunner {
                 snapshot.repository_url, snapshot.commit_sha
             ))
             .await;
-        let repository = source::Repository::parse(&snapshot.repository_url, &self.config.source.local_repositories)
+        let repository = source::Repository::parse(&snapshot.repository_url, &self.config.source)
             .map_err(|err| format!("cannot fetch the source: {err}"))?;
         repository
             .checkout(&snapshot.commit_sha, dir, self.config.source.max_bytes)

@@ -2,21 +2,35 @@
 //! to the exact commit when a deployment is created, and fetching that
 //! commit (shallow) into the working directory before the build.
 //!
-//! The `git` command does the work (it speaks every transport and every
-//! server's quirks; libgit2 and gix lag behind on shallow fetches and
-//! protocol v2): run with a clean environment — no system or global
-//! configuration, no terminal prompts, no hooks, only the transports that
-//! were allowed — under a time limit and a file-size limit, never with a
-//! user's code. It runs as the runner's user; the sandbox then hands the
-//! checkout to the project's sandbox user.
+//! The `git` command does the work (it speaks every server's quirks;
+//! libgit2 and gix lag behind on shallow fetches and protocol v2): run with
+//! a clean environment — no system or global configuration, no terminal
+//! prompts, no hooks, no redirects, only the one transport allowed — under
+//! a time limit and a file-size limit, never with a user's code. It runs as
+//! the runner's user; the sandbox then hands the checkout to the project's
+//! sandbox user.
+//!
+//! A tenant's URL is hostile: remote repositories are https:// only (git://
+//! is an unchecked transport, ssh:// would use this service's own keys),
+//! and git connects only to addresses the kernel's [`Guard`] allowed when
+//! the command started (`http.curloptResolve` pins them), so neither a URL
+//! nor a name re-pointed between the check and the connection reaches the
+//! control plane's network. A remote failure is told in words, never with
+//! the server's own answer, which would make git a port scanner with
+//! banners.
 
 use std::{
+    net::IpAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
 };
 
+use capsule::guard::Guard;
 use tokio::process::Command;
+use url::{Host, Url};
+
+use crate::config::SourceConfig;
 
 /// How long one git command may take.
 const GIT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -26,8 +40,8 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum Repository {
     /// A directory on this host, under an allowed root.
     Local(PathBuf),
-    /// An https://, ssh:// or git:// URL.
-    Remote(String),
+    /// An https:// URL, reached only at addresses the guard allows.
+    Remote { url: Url, guard: Guard },
 }
 
 /// The commit a deployment builds.
@@ -45,16 +59,33 @@ pub enum SourceError {
     Forbidden(String),
     #[error("no branch, tag or commit {reference:?} in the repository")]
     MissingRef { reference: String },
+    /// The reference the repository lacks, named by the caller.
+    #[error("the repository lacks the reference")]
+    Missing,
     #[error("cannot fetch from the repository: {0}")]
     Unreachable(String),
     #[error("the repository is larger than the limit of {0} MiB")]
     TooLarge(u64),
 }
 
+impl SourceError {
+    /// This error, naming `reference` when the repository lacks it.
+    fn naming(self, reference: &str) -> Self {
+        match self {
+            Self::Missing => Self::MissingRef {
+                reference: reference.to_owned(),
+            },
+            other => other,
+        }
+    }
+}
+
 impl Repository {
     /// The repository a project's `repository_url` names, if this service
-    /// allows it: local paths only under `local_roots`.
-    pub fn parse(url: &str, local_roots: &[PathBuf]) -> Result<Self, SourceError> {
+    /// allows it: https:// URLs, and local paths only under the allowed
+    /// roots.
+    pub fn parse(url: &str, config: &SourceConfig) -> Result<Self, SourceError> {
+        let local_roots = &config.local_repositories;
         let local = if let Some(path) = url.strip_prefix("file://") {
             Some(PathBuf::from(path))
         } else if url.starts_with('/') {
@@ -63,14 +94,7 @@ impl Repository {
             None
         };
         let Some(path) = local else {
-            let scheme = url.split("://").next().unwrap_or_default();
-            return if matches!(scheme, "https" | "ssh" | "git") {
-                Ok(Self::Remote(url.to_owned()))
-            } else {
-                Err(SourceError::Forbidden(format!(
-                    "{url:?} is not a repository URL: use https://, ssh:// or git://"
-                )))
-            };
+            return Self::remote(url, config);
         };
         if local_roots.is_empty() {
             return Err(SourceError::Forbidden(
@@ -97,10 +121,38 @@ impl Repository {
         }
     }
 
+    fn remote(raw: &str, config: &SourceConfig) -> Result<Self, SourceError> {
+        let url = Url::parse(raw)
+            .map_err(|_| SourceError::Forbidden(format!("{raw:?} is not a repository URL: use an https:// URL")))?;
+        match url.scheme() {
+            "https" => {}
+            "ssh" | "git" => {
+                return Err(SourceError::Forbidden(format!(
+                    "{}:// repositories are not fetched: use the repository's https:// URL",
+                    url.scheme()
+                )));
+            }
+            _ => {
+                return Err(SourceError::Forbidden(format!(
+                    "{raw:?} is not a repository URL: use an https:// URL"
+                )));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.host().is_none() {
+            return Err(SourceError::Forbidden(
+                "the URL must name a host and hold no user name or password".to_owned(),
+            ));
+        }
+        Ok(Self::Remote {
+            url,
+            guard: Guard::new(config.allowed_networks.clone()),
+        })
+    }
+
     fn location(&self) -> String {
         match self {
             Self::Local(path) => path.display().to_string(),
-            Self::Remote(url) => url.clone(),
+            Self::Remote { url, .. } => url.to_string(),
         }
     }
 
@@ -127,14 +179,7 @@ impl Repository {
             None,
         )
         .await;
-        match fetched {
-            Err(SourceError::Unreachable(message)) if missing_ref(&message) => {
-                return Err(SourceError::MissingRef {
-                    reference: reference.to_owned(),
-                });
-            }
-            other => other?,
-        };
+        fetched.map_err(|err| err.naming(reference))?;
         let shown = git(
             repo,
             &["log", "-1", "--format=%H%x00%an <%ae>%x00%s", "FETCH_HEAD"],
@@ -172,9 +217,8 @@ impl Repository {
                 let (sha, name) = line.split_once('\t')?;
                 (name == reference).then(|| sha.to_owned())
             })
-            .ok_or(SourceError::MissingRef {
-                reference: branch.to_owned(),
-            })
+            .ok_or(SourceError::Missing)
+            .map_err(|err| err.naming(branch))
     }
 
     /// Fetches commit `sha` (shallow) and checks it out in `dir`: at most
@@ -196,12 +240,7 @@ impl Repository {
             Some(max_bytes),
         )
         .await
-        .map_err(|err| match err {
-            SourceError::Unreachable(message) if missing_ref(&message) => SourceError::MissingRef {
-                reference: sha.to_owned(),
-            },
-            other => other,
-        })?;
+        .map_err(|err| err.naming(sha))?;
         git(
             dir,
             &["checkout", "--quiet", "--detach", "FETCH_HEAD"],
@@ -247,9 +286,9 @@ fn missing_ref(message: &str) -> bool {
 /// Runs one hardened git command in `dir`; its stdout, or its first error
 /// line. With `max_bytes`, files larger than that cannot be written.
 async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64>) -> Result<String, SourceError> {
-    let transports = match repo {
-        Repository::Local(_) => "file",
-        Repository::Remote(url) => url.split("://").next().unwrap_or("https"),
+    let (transport, pinned) = match repo {
+        Repository::Local(_) => ("file", None),
+        Repository::Remote { url, guard } => ("https", Some(pin(url, guard).await?)),
     };
     let mut command = match max_bytes {
         Some(bytes) => {
@@ -264,7 +303,9 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
             "-c",
             "protocol.allow=never",
             "-c",
-            &format!("protocol.{transports}.allow=always"),
+            &format!("protocol.{transport}.allow=always"),
+            "-c",
+            "http.followRedirects=false",
             "-c",
             "core.hooksPath=/dev/null",
             "-c",
@@ -276,6 +317,7 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
             "-c",
             "safe.directory=*",
         ])
+        .args(pinned.iter().flat_map(|resolve| ["-c", resolve.as_str()]))
         .args(args)
         .current_dir(dir)
         .env_clear()
@@ -286,10 +328,6 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_ASKPASS", "/bin/false")
-        .env(
-            "GIT_SSH_COMMAND",
-            "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new",
-        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,14 +345,76 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
     {
         return Err(SourceError::TooLarge(bytes / (1024 * 1024)));
     }
-    // git's own verdict, not the warnings before it.
-    let message = stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("fatal: ").or_else(|| line.strip_prefix("error: ")))
-        .or_else(|| stderr.lines().find(|line| !line.trim().is_empty()))
-        .unwrap_or("git failed")
-        .to_owned();
+    if missing_ref(&stderr) {
+        return Err(SourceError::Missing);
+    }
+    let message = match repo {
+        // git's own verdict, not the warnings before it: the operator's
+        // directory.
+        Repository::Local(_) => stderr
+            .lines()
+            .find_map(|line| line.strip_prefix("fatal: ").or_else(|| line.strip_prefix("error: ")))
+            .or_else(|| stderr.lines().find(|line| !line.trim().is_empty()))
+            .unwrap_or("git failed")
+            .to_owned(),
+        Repository::Remote { .. } => in_words(&stderr).to_owned(),
+    };
     Err(SourceError::Unreachable(message))
+}
+
+/// The `http.curloptResolve` setting that makes git connect to the
+/// addresses the guard allowed for `url`'s host now, and nowhere else.
+async fn pin(url: &Url, guard: &Guard) -> Result<String, SourceError> {
+    let host = url
+        .host()
+        .ok_or_else(|| SourceError::Forbidden("the URL names no host".to_owned()))?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses = guard.resolve(&host, port).await.map_err(|refused| {
+        SourceError::Forbidden(format!(
+            "{url} {refused}: repositories are fetched from public addresses only \
+             (an operator may allow a network with DEPLOY_EGRESS_ALLOWED_NETWORKS)"
+        ))
+    })?;
+    let bracketed = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let name = match host {
+        Host::Domain(name) => name.to_owned(),
+        Host::Ipv4(ip) => ip.to_string(),
+        Host::Ipv6(ip) => format!("[{ip}]"),
+    };
+    let list: Vec<String> = addresses.iter().map(bracketed).collect();
+    Ok(format!("http.curloptResolve={name}:{port}:{}", list.join(",")))
+}
+
+/// Why a remote fetch failed, in words that say nothing of what answered.
+fn in_words(stderr: &str) -> &'static str {
+    let said = stderr.to_ascii_lowercase();
+    let any = |needles: &[&str]| needles.iter().any(|needle| said.contains(needle));
+    if any(&["could not resolve host"]) {
+        "the host name does not resolve"
+    } else if any(&["redirect"]) {
+        "the server answered with a redirect: use the URL it redirects to"
+    } else if any(&["ssl", "certificate", "tls"]) {
+        "the server's TLS certificate is not trusted"
+    } else if any(&["timed out", "timeout"]) {
+        "the server did not answer in time"
+    } else if any(&[
+        "authentication",
+        "username",
+        "terminal prompts disabled",
+        " 401",
+        " 403",
+    ]) {
+        "the server asks for credentials: the repository is private or does not exist"
+    } else if any(&["not found", " 404"]) {
+        "there is no repository at this URL"
+    } else if any(&["failed to connect", "couldn't connect", "connection refused"]) {
+        "cannot connect to the server"
+    } else {
+        "the server did not answer as a git repository"
+    }
 }
 
 #[cfg(test)]
@@ -326,7 +426,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let repo = root.path().join("app.git");
         std::fs::create_dir(&repo).unwrap();
-        let roots = vec![root.path().to_path_buf()];
+        let roots = SourceConfig {
+            local_repositories: vec![root.path().to_path_buf()],
+            ..Default::default()
+        };
+        let none = SourceConfig::default();
         assert!(matches!(
             Repository::parse(repo.to_str().unwrap(), &roots),
             Ok(Repository::Local(_))
@@ -341,16 +445,74 @@ mod tests {
             Err(SourceError::Forbidden(_))
         ));
         assert!(matches!(
-            Repository::parse(repo.to_str().unwrap(), &[]),
+            Repository::parse(repo.to_str().unwrap(), &none),
             Err(SourceError::Forbidden(message)) if message.contains("DEPLOY_LOCAL_REPOSITORIES")
         ));
         assert!(matches!(
             Repository::parse("ext::sh -c id", &roots),
             Err(SourceError::Forbidden(_))
         ));
-        assert_eq!(
-            Repository::parse("https://example.com/a.git", &[]),
-            Ok(Repository::Remote("https://example.com/a.git".to_owned()))
+        assert!(matches!(
+            Repository::parse("https://example.com/a.git", &none),
+            Ok(Repository::Remote { url, .. }) if url.as_str() == "https://example.com/a.git"
+        ));
+        for refused in [
+            "ssh://git@example.com/a.git",
+            "git://example.com/a.git",
+            "http://example.com/a.git",
+            "https://user:pw@example.com/a.git",
+        ] {
+            assert!(
+                matches!(Repository::parse(refused, &none), Err(SourceError::Forbidden(_))),
+                "{refused}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn git_is_pinned_to_the_addresses_the_guard_allowed() {
+        let guard = Guard::default();
+        let url = Url::parse("https://127.0.0.1:8443/a.git").unwrap();
+        let refused = pin(&url, &guard).await.unwrap_err().to_string();
+        assert!(refused.contains("loopback"), "{refused}");
+        assert!(refused.contains("DEPLOY_EGRESS_ALLOWED_NETWORKS"), "{refused}");
+        let allowing = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        let localhost = Url::parse("https://localhost:8443/a.git").unwrap();
+        let pinned = pin(&localhost, &allowing).await.unwrap();
+        assert!(
+            pinned.starts_with("http.curloptResolve=localhost:8443:127.0.0.1"),
+            "{pinned}"
         );
+        let public = Url::parse("https://93.184.216.34/a.git").unwrap();
+        assert_eq!(
+            pin(&public, &guard).await.unwrap(),
+            "http.curloptResolve=93.184.216.34:443:93.184.216.34"
+        );
+    }
+
+    #[test]
+    fn a_remote_failure_is_told_without_the_servers_answer() {
+        for (stderr, says) in [
+            (
+                "fatal: protocol error: bad line length character: HTTP",
+                "did not answer as a git repository",
+            ),
+            (
+                "fatal: unable to access 'https://x/': Failed to connect to x port 5432",
+                "cannot connect",
+            ),
+            (
+                "fatal: unable to access 'https://x/': Could not resolve host: x",
+                "does not resolve",
+            ),
+            (
+                "fatal: could not read Username for 'https://x': terminal prompts disabled",
+                "credentials",
+            ),
+        ] {
+            let words = in_words(stderr);
+            assert!(words.contains(says), "{stderr}: {words}");
+            assert!(!words.contains("HTTP") && !words.contains("5432"), "{words}");
+        }
     }
 }

@@ -6,12 +6,12 @@
 
 use std::{sync::Arc, time::Instant};
 
-use capsule::db::Database;
+use capsule::{db::Database, guard::Guard};
 use chrono::Utc;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::guard::{Guard, GuardedResolver};
+use super::guard::{GuardedResolver, literal_refusal};
 use crate::{
     config::WebhookConfig,
     db::webhooks::{self, Due, Outcome},
@@ -143,7 +143,7 @@ impl Sender {
     /// POSTs the delivery; the receiver's status, or why there is none.
     async fn post(&self, due: &Due) -> Result<reqwest::StatusCode, String> {
         let url = reqwest::Url::parse(&due.url).map_err(|err| format!("the URL is not valid: {err}"))?;
-        if let Some(why) = self.guard.literal_refusal(&url) {
+        if let Some(why) = literal_refusal(&self.guard, &url) {
             return Err(format!("{why}: webhooks are delivered to public addresses only"));
         }
         let body = serde_json::to_vec(&due.payload).map_err(|err| err.to_string())?;
