@@ -485,7 +485,8 @@ mod tests {
         for (url, ok) in [
             ("", true),
             ("https://github.com/acme/app.git", true),
-            ("ssh://git@example.com:2222/acme/app.git", true),
+            ("ssh://git@example.com:2222/acme/app.git", false),
+            ("git://example.com/acme/app.git", false),
             ("file:///srv/git/app", true),
             ("/srv/git/app", true),
             ("https://user:secret@github.com/acme/app.git", false),

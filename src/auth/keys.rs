@@ -387,6 +387,35 @@ impl KeySet {
         Ok(self.access_token(token).await?)
     }
 
+    /// Whether `caller`'s credential still holds, as the auth service says
+    /// now: for a stream that outlives the call that opened it. An API
+    /// token must not be revoked, expired or its owner deactivated; an
+    /// access token must not have expired, and its session must be live
+    /// (not signed out, its user active). UNAUTHENTICATED saying which.
+    pub async fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        if matches!(caller.role, Role::Service | Role::Runner) {
+            return Ok(());
+        }
+        if caller.scope.is_some() {
+            return match self.source.api_token(super::token_hash(&caller.token)).await? {
+                Some(_) => Ok(()),
+                None => Err(Status::unauthenticated(
+                    "the API token is no longer valid (revoked, expired or its owner deactivated)",
+                )),
+            };
+        }
+        self.verify(&caller.token).await.map_err(|err| match err {
+            TokenError::Expired => {
+                Status::unauthenticated("your access token has expired; refresh it and follow again")
+            }
+            other => Status::from(other),
+        })?;
+        if !self.source.standing(caller.session_id).await?.live {
+            return Err(Status::unauthenticated("your session has ended; sign in again"));
+        }
+        Ok(())
+    }
+
     async fn access_token(&self, token: &str) -> Result<Caller, TokenError> {
         if let Some(caller) = self.remembered(token) {
             return Ok(caller);

@@ -13,6 +13,7 @@ mod common;
 mod app_socket;
 mod git_urls;
 mod launcher;
+mod streams;
 
 use std::time::{Duration, Instant};
 

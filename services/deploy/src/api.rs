@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) db: Database,
     pub(crate) hub: Hub,
     pub(crate) projects: ProjectServiceClient<capsule::trace::TracedChannel>,
+    /// The token layer's keys: follow streams recheck their callers.
+    pub(crate) keys: Arc<capsule::auth::KeySet>,
     pub(crate) internal_secret: Option<String>,
     pub(crate) lease: chrono::Duration,
     /// Output lines kept per deployment.
@@ -198,6 +200,7 @@ impl DeployServiceApi {
         db: Database,
         hub: Hub,
         projects: ProjectServiceClient<capsule::trace::TracedChannel>,
+        keys: Arc<capsule::auth::KeySet>,
         internal_secret: Option<String>,
         config: &DeployConfig,
     ) -> anyhow::Result<Self> {
@@ -206,6 +209,7 @@ impl DeployServiceApi {
                 db,
                 hub,
                 projects,
+                keys,
                 internal_secret,
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
@@ -231,6 +235,22 @@ impl DeployServiceApi {
             self.check_deployment(caller, permission, &deployment).await?;
         }
         Ok(deployment)
+    }
+
+    /// Whether `caller` may still read deployment `id`, for a stream that
+    /// outlives the call that opened it: the credential as the auth
+    /// service says now, then the permission as the project service does.
+    /// UNAUTHENTICATED or PERMISSION_DENIED when not (a caller who saw the
+    /// deployment learns nothing from PERMISSION_DENIED).
+    pub(crate) async fn still_visible(&self, caller: &Caller, permission: Permission, id: Uuid) -> Result<(), Status> {
+        self.inner.keys.recheck(caller).await?;
+        match self.visible(caller, permission, id).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => {
+                Err(Status::permission_denied("you may no longer read this deployment"))
+            }
+            Err(status) => Err(status),
+        }
     }
 
     /// As [`Self::visible`], admins asked about too, with the project's

@@ -62,14 +62,15 @@ pub async fn serve(
     let db = Database::new(db_config.clone())?;
     let hub = notify::Hub::start(db_config.connection_url(), shutdown.clone());
     let projects = ProjectServiceClient::new(capsule::tls::channel(&mesh.services.project)?);
+    let keys: Arc<KeySet> = mesh.key_set()?;
     let api = DeployServiceApi::new(
         db.clone(),
         hub.clone(),
         projects,
+        keys.clone(),
         mesh.secrets.internal_secret.clone(),
         &config,
     )?;
-    let keys: Arc<KeySet> = mesh.key_set()?;
     keys.accept_runners(Arc::new(api::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
     tokio::spawn(gauges::run(db.clone(), shutdown.clone()));

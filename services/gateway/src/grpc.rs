@@ -32,6 +32,8 @@ const PART_DEADLINE: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct GatewayServiceApi {
     backends: Backends,
+    /// The edge's keys: a follow stream rechecks its caller with them.
+    keys: std::sync::Arc<capsule::auth::KeySet>,
 }
 
 /// A request to a backend on the caller's behalf, with its own deadline.
@@ -67,8 +69,8 @@ async fn within<T>(part: &'static str, call: impl Future<Output = Result<Respons
 }
 
 impl GatewayServiceApi {
-    pub fn new(backends: Backends) -> Self {
-        Self { backends }
+    pub fn new(backends: Backends, keys: std::sync::Arc<capsule::auth::KeySet>) -> Self {
+        Self { backends, keys }
     }
 
     fn auth(&self) -> AuthServiceClient<capsule::trace::TracedChannel> {
@@ -133,7 +135,7 @@ impl GatewayService for GatewayServiceApi {
             actor_id: filter.actor_id,
             ..Default::default()
         };
-        crate::trail::follow(self.backends.clone(), caller, request)
+        crate::trail::follow(self.backends.clone(), self.keys.clone(), caller, request)
             .await
             .map(Response::new)
     }

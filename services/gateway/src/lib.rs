@@ -124,9 +124,9 @@ pub async fn serve(
     let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
-        .require_access(keys)
+        .require_access(keys.clone())
         .add_service(
-            GatewayServiceServer::new(GatewayServiceApi::new(backends.clone()))
+            GatewayServiceServer::new(GatewayServiceApi::new(backends.clone(), keys))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
         .with_router(front_door)

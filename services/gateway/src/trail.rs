@@ -2,11 +2,18 @@
 //! (`capsule::audit`) and checks who may read it; the gateway merges their
 //! pages newest first under one page token (each service's own token,
 //! dot-separated, in [`SOURCES`] order) and follows them for new events.
+//! A follower's caller is checked again every [`RECHECK_EVERY`] (the
+//! services check the permission at every look): a revoked token, an ended
+//! session or a removed member reads no more.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use capsule::{
-    auth::Caller,
+    auth::{Caller, KeySet},
     proto::{
         audit::v1::{AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse},
         auth::v1::auth_service_client::AuthServiceClient,
@@ -26,6 +33,8 @@ pub const SOURCES: [&str; 3] = ["auth", "project", "deploy"];
 
 /// How often a follower asks for new events.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+/// How often a follower's credential is checked with the auth service.
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
 /// Pages a follower reads from one service per look, at most.
 const FOLLOW_PAGES: usize = 10;
 
@@ -166,6 +175,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<AuditEvent, Status>> + S
 /// the trail is refused at once.
 pub async fn follow(
     backends: Backends,
+    keys: Arc<KeySet>,
     caller: Caller,
     request: ListAuditEventsRequest,
 ) -> Result<EventStream, Status> {
@@ -190,10 +200,18 @@ pub async fn follow(
     }
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
+        let mut checked = Instant::now();
         loop {
             tokio::select! {
                 () = sender.closed() => return,
                 () = tokio::time::sleep(FOLLOW_EVERY) => {}
+            }
+            if checked.elapsed() >= RECHECK_EVERY {
+                checked = Instant::now();
+                if let Err(status) = keys.recheck(&caller).await {
+                    let _ = sender.send(Err(status)).await;
+                    return;
+                }
             }
             let mut fresh = Vec::new();
             for (source, seen) in newest.iter_mut().enumerate() {

@@ -1,4 +1,9 @@
-//! A deployment's logs: pages of them, and following them live.
+//! A deployment's logs: pages of them, and following them live. A follow
+//! stream asks again every [`RECHECK_EVERY`] whether its caller may still
+//! read them, and ends when not: a revoked token, an ended session or a
+//! removed member reads no more.
+
+use std::time::Duration;
 
 use capsule::{
     auth::{Caller, Permission},
@@ -16,6 +21,10 @@ use crate::{
 };
 
 use crate::api::{DeployServiceApi, LogStream, STREAM_PAGE, line_proto};
+
+/// How often a follow stream rechecks its caller: its right ends at most
+/// this long (and a call) after it does.
+const RECHECK_EVERY: Duration = Duration::from_secs(2);
 
 pub(super) async fn get_logs(
     api: &DeployServiceApi,
@@ -70,6 +79,7 @@ pub(super) async fn stream_logs(
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let db = api.inner.db.clone();
     let (follow, mut last) = (body.follow, body.after_sequence);
+    let api = api.clone();
     tokio::spawn(async move {
         // Sends every line after `last`; false when the client is gone.
         let drain = |last: i64| {
@@ -107,9 +117,17 @@ pub(super) async fn stream_logs(
         if !follow || matches!(settled(db.clone()).await, Ok(true)) {
             return;
         }
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
         loop {
             let wake = tokio::select! {
                 () = tx.closed() => return,
+                _ = recheck.tick() => {
+                    if let Err(status) = api.still_visible(&caller, permission, id).await {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    continue;
+                }
                 () = hub.stopped() => {
                     let _ = tx
                         .send(Err(Status::unavailable("the service is stopping; resume with after_sequence")))
