@@ -392,13 +392,18 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
     let mesh = common::start().await;
     let (_, runner_a) = mesh.runner("runner-a").await;
     let (_, runner_b) = mesh.runner("runner-b").await;
+    let runner_b_again = runner_b.clone();
     let (silent_id, silent) = mesh.runner("silent").await;
     let (_, rescuer) = mesh.runner("rescuer").await;
     let (alice, _) = mesh.user("alice@example.com").await;
-    let project_id = project(&mesh, &alice, "true", &[]).await;
     let mut queued = Vec::new();
-    for _ in 0..12 {
-        queued.push(deploy(&mesh, &alice, &project_id).await.id);
+    let mut projects = Vec::new();
+    for _ in 0..6 {
+        let project_id = project(&mesh, &alice, "true", &[]).await;
+        for _ in 0..2 {
+            queued.push(deploy(&mesh, &alice, &project_id).await.id);
+        }
+        projects.push(project_id);
     }
     let claim_all = |token: String| {
         let client = mesh.deploys();
@@ -430,6 +435,22 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
     all.sort();
     queued.sort();
     assert_eq!(all, queued);
+
+    // DEPLOY_MAX_BUILDS_PER_PROJECT (2): a project's third waits while two
+    // of its deployments are being built.
+    let third = deploy(&mesh, &alice, &projects[0]).await;
+    let waits = claim_all(runner_b_again).await;
+    assert!(waits.is_empty(), "a third build of one project was claimed: {waits:?}");
+    mesh.deploys()
+        .await
+        .cancel_deployment(authed(
+            pb::CancelDeploymentRequest {
+                deployment_id: third.id,
+            },
+            &alice,
+        ))
+        .await
+        .unwrap();
 
     // A lease that runs out: another runner takes over and finishes.
     let project_id = project(&mesh, &alice, "true", &[]).await;

@@ -11,8 +11,10 @@
 mod common;
 
 mod app_socket;
+mod fairness;
 mod git_urls;
 mod launcher;
+mod sandbox_users;
 mod streams;
 
 use std::time::{Duration, Instant};

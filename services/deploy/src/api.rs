@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) lease: chrono::Duration,
     /// Output lines kept per deployment.
     pub(crate) max_log_lines: i64,
+    /// Deployments of one project built at once, at most.
+    pub(crate) max_builds_per_project: i64,
     pub(crate) source: SourceConfig,
     /// Where webhooks may be subscribed to.
     pub(crate) webhook_guard: capsule::guard::Guard,
@@ -213,6 +215,7 @@ impl DeployServiceApi {
                 internal_secret,
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
+                max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
                 source: config.source.clone(),
                 webhook_guard: capsule::guard::Guard::new(config.webhooks.allowed_networks.clone()),
             }),

@@ -3,6 +3,7 @@
 //! | variable | default |
 //! |---|---|
 //! | `DEPLOY_LOCAL_RUNNER` | `false`: run the built-in local runner in this process (`capsule serve deploy --runner local`; `capsule dev` turns it on); it registers itself as runner `local:<hostname>` with a fresh token on every start |
+//! | `DEPLOY_MAX_BUILDS_PER_PROJECT` | `2`: deployments of one project built at once; runners claim the others later. Claims go round-robin across owners: the next is the oldest queued deployment of the owner served least recently |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim lasts this long without a heartbeat |
 //! | `DEPLOY_MAX_LOG_LINES` | `100000`: output lines kept per deployment; later ones are dropped (state changes are always kept) |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
@@ -20,7 +21,7 @@
 //! | `DEPLOY_MAX_RESTARTS`, `DEPLOY_RESTART_WINDOW_SECS` | `3`, `60`: a live app that exits is restarted with backoff; one more exit within the window makes it CRASHED |
 //! | `DEPLOY_RUNNER_UPSTREAM_HOST` | `127.0.0.1`: the address the runner serves live apps on for the gateway (the gateway must reach it) |
 //! | `DEPLOY_RUNNER_SANDBOX` | `bwrap`: every command in a bubblewrap sandbox, and the runner refuses to start without one; `none`: unisolated (each deployment's log says so); `auto`: `bwrap` when it works, else `none` (what `capsule dev` uses) |
-//! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + (project mod count) |
+//! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + the project's sandbox slot (given by the deploy service at the project's first claim, never shared or reused); a project whose slot is not below the count is refused, saying to raise it |
 //! | `DEPLOY_SANDBOX_MEMORY_MB` | `2048`: address space of each process |
 //! | `DEPLOY_SANDBOX_PROCESSES` | `512`: processes of one project's sandbox user |
 //! | `DEPLOY_SANDBOX_OPEN_FILES` | `1024`: open files per process |
@@ -44,6 +45,7 @@ pub struct DeployConfig {
     pub lease: Duration,
     pub source: SourceConfig,
     pub max_log_lines: u64,
+    pub max_builds_per_project: u64,
     pub log_retention: Duration,
     pub runner: Option<RunnerConfig>,
     pub webhooks: WebhookConfig,
@@ -248,6 +250,7 @@ impl DeployConfig {
             source: source_config,
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
+            max_builds_per_project: number("DEPLOY_MAX_BUILDS_PER_PROJECT", 2)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
             runner,
             webhooks: WebhookConfig::from_source(source)?,

@@ -2,10 +2,13 @@
 //! holding it, giving it back.
 
 use chrono::{DateTime, Utc};
-use diesel::{dsl::now, prelude::*};
+use diesel::{
+    prelude::*,
+    sql_types::{BigInt, Uuid as SqlUuid},
+};
 use uuid::Uuid;
 
-use super::schema::deployments;
+use super::schema::{deployments, sandbox_slots};
 use crate::state::State;
 
 use super::{Deployment, logs::append};
@@ -18,23 +21,58 @@ const HELD: [&str; 3] = [
     State::Live.as_str(),
 ];
 
-/// Takes the oldest queued deployment, or one whose runner's lease ran
-/// out, for `runner` (FOR UPDATE SKIP LOCKED: concurrent runners never take
-/// the same one).
-pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> QueryResult<Option<Deployment>> {
+/// The next deployment to claim, fairly: among the queued ones (and those
+/// whose runner's lease ran out) of projects with fewer than
+/// `per_project` deployments being built, the oldest of the owner served
+/// least recently (never served first). One owner's long queue thus waits
+/// its turn behind each other owner's next deployment, not in front of it.
+/// FOR UPDATE SKIP LOCKED: concurrent runners never take the same one.
+const NEXT_CLAIM: &str = "\
+SELECT d.id FROM deployments d
+WHERE (d.state = 'queued' OR (d.state IN ('building', 'deploying') AND d.lease_expires_at < now()))
+    AND (SELECT count(*) FROM deployments b
+        WHERE b.project_id = d.project_id AND b.state IN ('building', 'deploying')
+            AND b.lease_expires_at >= now()) < $1
+ORDER BY (SELECT max(s.started_at) FROM deployments s
+        WHERE s.owner_id = d.owner_id AND s.started_at IS NOT NULL) ASC NULLS FIRST,
+    d.created_at ASC
+LIMIT 1
+FOR UPDATE OF d SKIP LOCKED";
+
+#[derive(QueryableByName)]
+struct Candidate {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// A claimed deployment and its project's sandbox slot.
+pub struct Claimed {
+    pub deployment: Deployment,
+    pub sandbox_slot: i32,
+}
+
+/// Takes the next deployment ([`NEXT_CLAIM`]) for `runner`, with its
+/// project's sandbox slot (taken now at the project's first claim).
+pub fn claim(
+    conn: &mut PgConnection,
+    runner: &str,
+    lease: chrono::Duration,
+    per_project: i64,
+) -> QueryResult<Option<Claimed>> {
     conn.transaction(|conn| {
-        let candidate = deployments::table
-            .filter(
-                deployments::state.eq(State::Queued.as_str()).or(deployments::state
-                    .eq_any([State::Building.as_str(), State::Deploying.as_str()])
-                    .and(deployments::lease_expires_at.lt(now))),
-            )
-            .order(deployments::created_at.asc())
-            .select(Deployment::as_select())
-            .for_update()
-            .skip_locked()
-            .first(conn)
+        let next: Option<Candidate> = diesel::sql_query(NEXT_CLAIM)
+            .bind::<BigInt, _>(per_project)
+            .get_result(conn)
             .optional()?;
+        let candidate = match next {
+            Some(next) => Some(
+                deployments::table
+                    .find(next.id)
+                    .select(Deployment::as_select())
+                    .first(conn)?,
+            ),
+            None => None,
+        };
         let Some(candidate) = candidate else {
             return Ok(None);
         };
@@ -63,8 +101,26 @@ pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> 
             .returning(Deployment::as_returning())
             .get_result(conn)?;
         append(conn, claimed.id, &lines, None)?;
-        Ok(Some(claimed))
+        let sandbox_slot = slot_of(conn, claimed.project_id)?;
+        Ok(Some(Claimed {
+            deployment: claimed,
+            sandbox_slot,
+        }))
     })
+}
+
+/// Project `project_id`'s sandbox slot, taken now if it has none (looked
+/// up first: an insert that conflicts still uses up a number).
+fn slot_of(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<i32> {
+    let slot = sandbox_slots::table.find(project_id).select(sandbox_slots::slot);
+    if let Some(taken) = slot.first(conn).optional()? {
+        return Ok(taken);
+    }
+    diesel::insert_into(sandbox_slots::table)
+        .values(sandbox_slots::project_id.eq(project_id))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    slot.first(conn)
 }
 
 /// Renews `runner`'s lease; `None` when it no longer holds the deployment.

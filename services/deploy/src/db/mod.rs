@@ -20,7 +20,7 @@ use crate::state::State;
 use schema::deployments;
 use webhooks::Event;
 
-pub use claims::{claim, heartbeat, holds, release};
+pub use claims::{Claimed, claim, heartbeat, holds, release};
 pub use logs::{LogRow, append, logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is

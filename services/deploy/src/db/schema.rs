@@ -31,6 +31,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    sandbox_slots (project_id) {
+        project_id -> Uuid,
+        slot -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     runners (id) {
         id -> Uuid,
         name -> Varchar,

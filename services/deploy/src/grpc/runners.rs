@@ -39,8 +39,17 @@ pub(super) async fn claim_deployment(
     };
     violations.check()?;
     let claimer = runner.clone();
-    let claimed = api.inner.db.run(move |conn| db::claim(conn, &claimer, lease)).await?;
-    let Some(deployment) = claimed else {
+    let per_project = api.inner.max_builds_per_project;
+    let claimed = api
+        .inner
+        .db
+        .run(move |conn| db::claim(conn, &claimer, lease, per_project))
+        .await?;
+    let Some(db::Claimed {
+        deployment,
+        sandbox_slot,
+    }) = claimed
+    else {
         return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
     };
     let id = deployment.id;
@@ -62,6 +71,7 @@ pub(super) async fn claim_deployment(
     };
     let snapshot = deployment.snapshot();
     Ok(Response::new(pb::ClaimDeploymentResponse {
+        sandbox_slot: u32::try_from(sandbox_slot).unwrap_or_default(),
         lease_expire_time: deployment.lease_expires_at.map(rpc::timestamp),
         snapshot: Some(pb::DeploymentSnapshot {
             build_command: snapshot.build_command,

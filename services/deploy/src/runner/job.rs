@@ -6,7 +6,6 @@ use std::{path::PathBuf, sync::Arc};
 use capsule::proto::deploy::v1 as pb;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::{
     process::{Ended, Masker},
@@ -21,7 +20,8 @@ pub(super) struct Job {
     pub snapshot: Arc<pb::DeploymentSnapshot>,
     /// The working directory on the host.
     pub workdir: PathBuf,
-    pub tenant: Uuid,
+    /// The project's sandbox slot.
+    pub tenant: u32,
     pub masker: Arc<Masker>,
 }
 

@@ -40,7 +40,6 @@ use nix::sys::signal::Signal;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::{
     config::RunnerConfig,
@@ -48,6 +47,7 @@ use crate::{
 };
 use job::{Job, LiveApp, failed_step, step_span};
 use process::{Ended, Limits, Masker, pump};
+pub use report::local_name;
 use report::{Bearer, Client, Reporter, heartbeat};
 use sandbox::{Sandbox, Spec};
 use serve::{Forwarder, Reach};
@@ -61,11 +61,6 @@ pub struct LocalRunner {
     hub: Hub,
     /// The supervisors of live apps.
     live: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// The name the local runner registers under.
-pub fn local_name() -> String {
-    format!("local:{}", hostname())
 }
 
 impl LocalRunner {
@@ -106,6 +101,7 @@ impl LocalRunner {
                 Ok(pb::ClaimDeploymentResponse {
                     deployment: Some(deployment),
                     snapshot: Some(snapshot),
+                    sandbox_slot,
                     ..
                 }) => {
                     let span = tracing::debug_span!(
@@ -114,7 +110,8 @@ impl LocalRunner {
                         otel.name = "run deployment",
                         deployment.id = %deployment.id,
                     );
-                    if let Some(app) = self.execute(deployment, snapshot, &shutdown).instrument(span).await {
+                    let run = self.execute(deployment, snapshot, sandbox_slot, &shutdown);
+                    if let Some(app) = run.instrument(span).await {
                         let supervisor = tokio::spawn(runner.clone().supervise(app, shutdown.clone()));
                         let mut live = self.live.lock().await;
                         live.retain(|task| !task.is_finished());
@@ -151,6 +148,7 @@ impl LocalRunner {
         &self,
         deployment: pb::Deployment,
         snapshot: pb::DeploymentSnapshot,
+        tenant: u32,
         shutdown: &CancellationToken,
     ) -> Option<LiveApp> {
         let reporter = Reporter {
@@ -161,8 +159,10 @@ impl LocalRunner {
         if let Some(warning) = self.sandbox.warning() {
             reporter.system(warning.to_owned()).await;
         }
-        let tenant: Uuid = deployment.project_id.parse().unwrap_or_default();
-        let _ = std::fs::create_dir_all(&self.config.workdir);
+        if let Err(why) = self.sandbox.usable(tenant) {
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return None;
+        }
         let workdir = match tempfile::Builder::new()
             .prefix(&format!("{}-", deployment.id))
             .tempdir_in(&self.config.workdir)
@@ -587,11 +587,3 @@ impl LocalRunner {
 
 /// How long an app has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "runner".to_owned())
-}

@@ -121,3 +121,16 @@ pub(super) async fn heartbeat(reporter: Reporter, stop: CancellationToken, every
         }
     }
 }
+
+/// The name the local runner registers under.
+pub fn local_name() -> String {
+    format!("local:{}", hostname())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "runner".to_owned())
+}

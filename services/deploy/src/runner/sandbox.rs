@@ -51,7 +51,6 @@ use std::{
 
 use command_fds::{CommandFdExt, FdMapping};
 use tokio::process::Command;
-use uuid::Uuid;
 
 use super::tools::Tools;
 use crate::config::{SandboxConfig, SandboxMode};
@@ -97,8 +96,9 @@ pub struct Spec<'a> {
     pub environment: &'a HashMap<String, String>,
     /// Extra variables set by Capsule (PORT).
     pub extra: &'a [(&'a str, String)],
-    /// The project: its commands share one sandbox user.
-    pub tenant: Uuid,
+    /// The project's sandbox slot: its commands share one sandbox user,
+    /// which no other project has.
+    pub tenant: u32,
     /// CPU seconds per process (builds), if limited.
     pub cpu_time: Option<Duration>,
 }
@@ -206,7 +206,8 @@ impl Sandbox {
             .prefix("sandbox-check-")
             .tempdir_in(workdir)
             .map_err(|err| unavailable(&format!("{}: {err}", workdir.display())))?;
-        let tenant = Uuid::nil();
+        // Slot 0 is no project's.
+        let tenant = 0;
         self.prepare_workdir(tenant, probe.path())
             .map_err(|err| unavailable(&err.to_string()))?;
         let environment = HashMap::new();
@@ -237,19 +238,37 @@ impl Sandbox {
 
     /// The host uid/gid a project's commands run as: its own when the
     /// runner is root, the runner's otherwise.
-    fn host_id(&self, tenant: Uuid) -> Option<u32> {
+    fn host_id(&self, tenant: u32) -> Option<u32> {
         self.as_root.then(|| self.sandbox_id(tenant))
     }
 
+    /// Whether a project of sandbox slot `tenant` can run here: the slot
+    /// must be one the deploy service gave (never 0) and its uid within
+    /// the range this runner may use; why not otherwise.
+    pub fn usable(&self, tenant: u32) -> Result<(), String> {
+        if tenant == 0 {
+            return Err(
+                "the deploy service gave this deployment no sandbox user; upgrade the deploy service".to_owned(),
+            );
+        }
+        if tenant >= self.config.uid_count {
+            return Err(format!(
+                "this runner has no sandbox user left for the project (slot {tenant}): \
+                 the operator must raise DEPLOY_SANDBOX_UID_COUNT above {}",
+                self.config.uid_count
+            ));
+        }
+        Ok(())
+    }
+
     /// The uid/gid inside the sandbox.
-    fn sandbox_id(&self, tenant: Uuid) -> u32 {
-        let slot = u32::try_from(tenant.as_u128() % u128::from(self.config.uid_count)).unwrap_or(0);
-        self.config.uid_base.saturating_add(slot)
+    fn sandbox_id(&self, tenant: u32) -> u32 {
+        self.config.uid_base.saturating_add(tenant)
     }
 
     /// Hands a working directory and everything in it to the project's
     /// sandbox user; the directory itself is open to nobody else.
-    pub fn prepare_workdir(&self, tenant: Uuid, dir: &Path) -> std::io::Result<()> {
+    pub fn prepare_workdir(&self, tenant: u32, dir: &Path) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         match self.host_id(tenant) {

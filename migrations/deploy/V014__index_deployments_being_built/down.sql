@@ -1,0 +1,1 @@
+DROP INDEX CONCURRENTLY IF EXISTS idx_deployments_project_building;
