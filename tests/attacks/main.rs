@@ -13,6 +13,7 @@ mod common;
 mod app_socket;
 mod fairness;
 mod git_urls;
+mod host_labels;
 mod launcher;
 mod sandbox_users;
 mod streams;
