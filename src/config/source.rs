@@ -33,13 +33,28 @@ pub trait Source {
     fn get(&self, name: &str) -> Option<String>;
 }
 
-/// The process environment.
+/// The process environment. A variable that is unset may be given as a
+/// file instead, Docker's and Kubernetes' way with secrets: `<NAME>_FILE`
+/// names a file whose contents (without the final newline) are the value.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcessEnv;
 
 impl Source for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|value| !value.is_empty())
+        if let Some(value) = std::env::var(name).ok().filter(|value| !value.is_empty()) {
+            return Some(value);
+        }
+        let path = std::env::var(format!("{name}_FILE"))
+            .ok()
+            .filter(|path| !path.is_empty())?;
+        match std::fs::read_to_string(&path) {
+            Ok(value) => Some(value.trim_end_matches(['\r', '\n']).to_owned()).filter(|value| !value.is_empty()),
+            Err(err) => {
+                // Said before logging is set up, and the value is then unset.
+                eprintln!("{name}_FILE={path}: cannot read the file ({err}); {name} is unset");
+                None
+            }
+        }
     }
 }
 

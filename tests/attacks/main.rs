@@ -12,6 +12,7 @@ mod common;
 
 mod app_socket;
 mod fairness;
+mod forwarded;
 mod git_urls;
 mod host_labels;
 mod launcher;

@@ -113,7 +113,11 @@ pub async fn serve(
     let keys = capsule::auth::KeySet::at_edge(&config.services.auth, edge.internal_secret.as_deref())?;
     let routes =
         transcode::Routes::from_descriptor_set(capsule::proto::FILE_DESCRIPTOR_SET).map_err(anyhow::Error::msg)?;
-    let apps = apps::Apps::new(edge.apps.clone());
+    let apps = apps::Apps::new(
+        edge.apps.clone(),
+        edge.trusted_proxies.clone(),
+        serve_config.tls.is_some(),
+    );
     tokio::spawn(apps::routes::follow(
         apps.clone(),
         backends.deploy.clone(),

@@ -78,14 +78,22 @@ impl Table {
 /// What serving apps needs: the domain, the table, the client.
 pub struct Apps {
     pub config: AppsConfig,
+    /// Load balancers (`GATEWAY_TRUSTED_PROXIES`) whose `X-Forwarded-For`
+    /// and `X-Forwarded-Proto` apps are told; anyone else's are dropped.
+    pub trusted_proxies: Vec<capsule::client::IpNet>,
+    /// The gateway's HTTP port serves TLS: apps are told the client used
+    /// https.
+    pub https: bool,
     pub table: Table,
     client: client::Client,
 }
 
 impl Apps {
-    pub fn new(config: AppsConfig) -> Arc<Self> {
+    pub fn new(config: AppsConfig, trusted_proxies: Vec<capsule::client::IpNet>, https: bool) -> Arc<Self> {
         Arc::new(Self {
             config,
+            trusted_proxies,
+            https,
             table: Table::default(),
             client: client::client(),
         })

@@ -1,6 +1,6 @@
 //! The reverse proxy to live apps, on hyper's client.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::{
     body::Body,
@@ -61,6 +61,75 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
     response
 }
 
+/// The `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers the app gets,
+/// all written here from what the gateway knows, none passed on from the
+/// client: the address chain from the client the trusted proxies
+/// (`GATEWAY_TRUSTED_PROXIES`) saw — the entries a client wrote itself
+/// are dropped —, the scheme the client used (the trusted proxy's word,
+/// else the gateway's own listener's), and the Host.
+fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: Option<HeaderValue>) {
+    let trusted = &apps.trusted_proxies;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    // The chain as the trusted proxies passed it, nearest last.
+    let mut chain: Vec<IpAddr> = Vec::new();
+    let mut scheme = if apps.https { "https" } else { "http" };
+    if is_trusted(&peer) {
+        chain = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|list| list.split(','))
+            .filter_map(|entry| entry.trim().parse().ok())
+            .collect();
+        if let Some(said) = headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) {
+            scheme = if said.eq_ignore_ascii_case("https") {
+                "https"
+            } else {
+                "http"
+            };
+        }
+    }
+    chain.push(peer);
+    // From the right: everything up to and with the first address no
+    // trusted proxy is; what lies left of it the client wrote itself.
+    let client_at = chain.iter().rposition(|ip| !is_trusted(ip)).unwrap_or(0);
+    let chain = &chain[client_at..];
+    let client = chain[0];
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    let listed: Vec<String> = chain.iter().map(ToString::to_string).collect();
+    let node = match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={node};proto={scheme}");
+    if let Some(host) = host.as_ref().and_then(|value| value.to_str().ok())
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+    {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    for (name, value) in [
+        ("x-forwarded-for", listed.join(", ")),
+        ("x-forwarded-proto", scheme.to_owned()),
+        ("x-real-ip", client.to_string()),
+        ("forwarded", forwarded),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
 /// Forwards `request` to the app live at `host`.
 pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: Request<Body>) -> Response<Body> {
     let Some(upstream) = apps.table.get(host) else {
@@ -75,23 +144,7 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers, upgrading);
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|value| value.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {}", client.ip()),
-        None => client.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
-    }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    if let Some(original) = original_host {
-        parts.headers.insert("x-forwarded-host", original);
-    }
+    forwarded_headers(&mut parts.headers, client.ip(), apps, original_host);
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     // A body-less request can go again, to the route in force then, when
     // the first upstream refused it (a switch at that very moment).
@@ -155,4 +208,38 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
         "The app is not answering",
         "The app is starting, restarting or has crashed. Try again in a moment.",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apps::AppsConfig;
+
+    #[test]
+    fn a_trusted_proxys_chain_is_kept_from_the_client_it_saw_and_nothing_left_of_it() {
+        let config = AppsConfig {
+            domain: "localhost".to_owned(),
+            timeout: std::time::Duration::from_secs(1),
+            internal_secret: None,
+        };
+        let apps = Apps::new(config, capsule::client::parse_networks("10.0.0.0/8").unwrap(), true);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 1.2.3.4"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None);
+        assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert_eq!(headers["x-real-ip"], "1.2.3.4");
+        assert_eq!(headers["x-forwarded-proto"], "http", "the trusted proxy's word");
+        assert_eq!(headers["forwarded"], "for=1.2.3.4;proto=http");
+
+        // Anyone else's headers are replaced; the gateway's TLS says https.
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        forwarded_headers(&mut headers, "2001:db8::7".parse().unwrap(), &apps, None);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["forwarded"], "for=\"[2001:db8::7]\";proto=https");
+    }
 }
