@@ -1,6 +1,11 @@
 //! What every gRPC handler needs: field violations, page sizes and tokens,
 //! ids, and one mapping of database trouble to statuses.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use tonic::{Code, Status};
@@ -216,6 +221,65 @@ pub use crate::db::DbError;
 /// The gateway's REST body limit is the same size.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// How many follow streams one user keeps open at once in this process:
+/// a stream takes a [`StreamSlot`] when it opens and gives it back when it
+/// ends, and one more than the limit is RESOURCE_EXHAUSTED naming the
+/// setting.
+#[derive(Debug)]
+pub struct StreamLimit {
+    max: u64,
+    variable: &'static str,
+    open: Mutex<HashMap<Uuid, u64>>,
+}
+
+/// One open stream of a user's; dropping it closes it.
+#[derive(Debug)]
+pub struct StreamSlot {
+    limit: Arc<StreamLimit>,
+    user: Uuid,
+}
+
+impl StreamLimit {
+    /// At most `max` streams per user; `variable` is the setting to name.
+    pub fn new(max: u64, variable: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            variable,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more of `user`'s streams, if the limit allows.
+    pub fn take(self: &Arc<Self>, user: Uuid) -> Result<StreamSlot, Status> {
+        let mut open = self.open.lock().map_err(|_| Status::internal("internal error"))?;
+        let count = open.entry(user).or_default();
+        if *count >= self.max {
+            return Err(Status::resource_exhausted(format!(
+                "you already follow {} streams, the limit ({}): close one first",
+                self.max, self.variable
+            )));
+        }
+        *count += 1;
+        Ok(StreamSlot {
+            limit: self.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.limit.open.lock()
+            && let Some(count) = open.get_mut(&self.user)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +372,19 @@ mod tests {
         let status = violations.check().unwrap_err();
         let details = status.get_details_bad_request().unwrap();
         assert_eq!(details.field_violations.len(), 3);
+    }
+
+    #[test]
+    fn a_users_streams_are_limited_and_a_closed_one_frees_its_slot() {
+        let limit = StreamLimit::new(2, "DEPLOY_MAX_STREAMS_PER_USER");
+        let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+        let first = limit.take(alice).unwrap();
+        let _second = limit.take(alice).unwrap();
+        let refused = limit.take(alice).unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.message().contains("DEPLOY_MAX_STREAMS_PER_USER"), "{refused:?}");
+        assert!(limit.take(bob).is_ok(), "another user's streams count apart");
+        drop(first);
+        assert!(limit.take(alice).is_ok());
     }
 }

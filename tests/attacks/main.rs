@@ -11,6 +11,7 @@
 mod common;
 
 mod app_socket;
+mod caps;
 mod fairness;
 mod forwarded;
 mod git_urls;

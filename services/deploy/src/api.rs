@@ -54,6 +54,11 @@ pub(crate) struct Inner {
     pub(crate) max_log_lines: i64,
     /// Deployments of one project built at once, at most.
     pub(crate) max_builds_per_project: i64,
+    /// Environments of one project with a deployment queued, building or
+    /// live, at most.
+    pub(crate) max_environments: i64,
+    /// Follow streams open per user in this process, at most.
+    pub(crate) streams: Arc<capsule::rpc::StreamLimit>,
     pub(crate) source: SourceConfig,
     /// Where webhooks may be subscribed to.
     pub(crate) webhook_guard: capsule::guard::Guard,
@@ -216,6 +221,8 @@ impl DeployServiceApi {
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
+                max_environments: i64::try_from(config.max_environments)?,
+                streams: capsule::rpc::StreamLimit::new(config.max_streams_per_user, "DEPLOY_MAX_STREAMS_PER_USER"),
                 source: config.source.clone(),
                 webhook_guard: capsule::guard::Guard::new(config.webhooks.allowed_networks.clone()),
             }),
@@ -393,7 +400,25 @@ impl DeployServiceApi {
             commit_author: commit.author,
             host_label: project.host_label,
         };
-        Ok(self.inner.db.run(move |conn| db::create(conn, &new)).await?)
+        self.create(new).await
+    }
+
+    /// Queues a new deployment, within the project's environments
+    /// (`DEPLOY_MAX_ENVIRONMENTS`): RESOURCE_EXHAUSTED naming the limit
+    /// when it would open one more.
+    pub(crate) async fn create(&self, new: NewDeployment) -> Result<Deployment, Status> {
+        let max = self.inner.max_environments;
+        let environment = new.environment.clone();
+        self.inner
+            .db
+            .run(move |conn| db::create(conn, &new, max))
+            .await?
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "the project already runs {max} environments, the limit (DEPLOY_MAX_ENVIRONMENTS): \
+                     deploy {environment:?} when one of the others has no deployment queued, building or live"
+                ))
+            })
     }
 
     pub(crate) fn db(&self) -> &Database {

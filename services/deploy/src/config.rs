@@ -4,11 +4,14 @@
 //! |---|---|
 //! | `DEPLOY_LOCAL_RUNNER` | `false`: run the built-in local runner in this process (`capsule serve deploy --runner local`; `capsule dev` turns it on); it registers itself as runner `local:<hostname>` with a fresh token on every start |
 //! | `DEPLOY_MAX_BUILDS_PER_PROJECT` | `2`: deployments of one project built at once; runners claim the others later. Claims go round-robin across owners: the next is the oldest queued deployment of the owner served least recently |
+//! | `DEPLOY_MAX_ENVIRONMENTS` | `10`: environments of one project with a deployment queued, building or live; a deployment that would open one more is RESOURCE_EXHAUSTED |
+//! | `DEPLOY_MAX_STREAMS_PER_USER` | `20`: follow streams (`StreamLogs`) one user (or API token's owner) keeps open at once on one deploy process; one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim lasts this long without a heartbeat |
-//! | `DEPLOY_MAX_LOG_LINES` | `100000`: output lines kept per deployment; later ones are dropped (state changes are always kept) |
+//! | `DEPLOY_MAX_LOG_LINES` | `100000`: build output lines kept per deployment, later ones dropped (state changes are always kept); a live app keeps its newest this many runtime lines |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
 //! | `DEPLOY_LOCAL_REPOSITORIES` | unset: directories (colon-separated) under which a project's repository may be a local path or file:// URL; unset, local repositories are refused |
 //! | `DEPLOY_POLL_INTERVAL_SECS` | `60`: how often auto-deploying projects' branches are polled (`git ls-remote`); `0` turns polling off (push events still deploy) |
+//! | `DEPLOY_POLL_CONCURRENCY`, `DEPLOY_POLL_TIMEOUT_SECS` | `8`, `20`: repositories polled at once, and how long one may take; a repository that fails is polled again after doubling intervals, up to an hour |
 //! | `DEPLOY_REAP_INTERVAL_SECS` | `60`: how often the live deployments of deleted projects are looked for and stopped |
 //! | `DEPLOY_MAX_SOURCE_MB` | `512`: the largest file a source checkout may write |
 //! | `DEPLOY_RUNNER_WORKDIR` | the system temp directory: where builds run, one fresh directory each |
@@ -29,6 +32,7 @@
 //! | `DEPLOY_SANDBOX_TMP_MB` | `256`: size of the sandbox's private `/tmp` |
 //! | `DEPLOY_WEBHOOK_TIMEOUT_SECS` | `10`: a webhook receiver must answer within this |
 //! | `DEPLOY_WEBHOOK_MAX_ATTEMPTS` | `8`: attempts at one delivery before it is marked failed |
+//! | `DEPLOY_WEBHOOK_PER_ENDPOINT` | `2`: deliveries to one endpoint in flight at once (of 32 per process), so slow receivers never hold every slot; an endpoint that times out has all its pending deliveries wait for its retry |
 //! | `DEPLOY_WEBHOOK_RETRY_SECS` | `30`: the wait before the second attempt; it doubles each time, up to an hour |
 //! | `DEPLOY_EGRESS_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs) git may fetch repositories from although private; unset, only public addresses |
 //! | `DEPLOY_WEBHOOK_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs, such as `10.20.0.0/16`) webhooks may be delivered to although private; unset, only public addresses |
@@ -41,11 +45,15 @@ use capsule::config::{ConfigError, ProcessEnv, Source, parse_bool, positive};
 #[derive(Debug, Clone)]
 pub struct DeployConfig {
     pub poll_interval: Option<Duration>,
+    pub poll_concurrency: usize,
+    pub poll_timeout: Duration,
     pub reap_interval: Duration,
     pub lease: Duration,
     pub source: SourceConfig,
     pub max_log_lines: u64,
     pub max_builds_per_project: u64,
+    pub max_environments: u64,
+    pub max_streams_per_user: u64,
     pub log_retention: Duration,
     pub runner: Option<RunnerConfig>,
     pub webhooks: WebhookConfig,
@@ -60,6 +68,8 @@ pub struct WebhookConfig {
     pub retry: Duration,
     /// Private networks the operator lets webhooks reach.
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Deliveries to one endpoint in flight at once, per process.
+    pub per_endpoint: u32,
 }
 
 impl WebhookConfig {
@@ -70,6 +80,7 @@ impl WebhookConfig {
             max_attempts: positive(source, "DEPLOY_WEBHOOK_MAX_ATTEMPTS", 8)?,
             retry: Duration::from_secs(positive(source, "DEPLOY_WEBHOOK_RETRY_SECS", 30)?),
             allowed_networks,
+            per_endpoint: positive(source, "DEPLOY_WEBHOOK_PER_ENDPOINT", 2)?,
         })
     }
 }
@@ -246,11 +257,15 @@ impl DeployConfig {
         )?;
         Ok(Self {
             poll_interval: (poll > 0).then(|| Duration::from_secs(poll)),
+            poll_concurrency: positive(source, "DEPLOY_POLL_CONCURRENCY", 8)?,
+            poll_timeout: Duration::from_secs(number("DEPLOY_POLL_TIMEOUT_SECS", 20)?),
             reap_interval: Duration::from_secs(number("DEPLOY_REAP_INTERVAL_SECS", 60)?),
             source: source_config,
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
             max_builds_per_project: number("DEPLOY_MAX_BUILDS_PER_PROJECT", 2)?,
+            max_environments: number("DEPLOY_MAX_ENVIRONMENTS", 10)?,
+            max_streams_per_user: number("DEPLOY_MAX_STREAMS_PER_USER", 20)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
             runner,
             webhooks: WebhookConfig::from_source(source)?,

@@ -81,7 +81,12 @@ pub async fn serve(
         shutdown.clone(),
     ));
     if let Some(every) = config.poll_interval {
-        tokio::spawn(push::poll(api.clone(), every, shutdown.clone()));
+        let poll = push::PollConfig {
+            every,
+            concurrency: config.poll_concurrency,
+            attempt: config.poll_timeout,
+        };
+        tokio::spawn(push::poll(api.clone(), poll, shutdown.clone()));
     }
     let auth = AuthServiceClient::new(capsule::tls::channel(&mesh.services.auth)?);
     tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));

@@ -4,13 +4,22 @@
 //! from GitHub, GitLab and Gitea (`ReceiveGitPush`), signed with the
 //! project's webhook secret.
 //!
+//! Polling works on `DEPLOY_POLL_CONCURRENCY` repositories at once, gives
+//! each `git ls-remote` `DEPLOY_POLL_TIMEOUT_SECS`, and backs off from a
+//! repository that fails (doubling intervals, up to an hour): a tenant
+//! whose server hangs or errs costs the others nothing.
+//!
 //! A push is deployed once: replicas polling together agree through a
 //! compare-and-set on the branch head (`db::push::saw_head`), a delivery id is
 //! taken once, and a commit already deployed (or on its way) to production
 //! is not deployed again — so a replayed event, even with a new delivery
 //! id, starts nothing.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use capsule::proto::{
     deploy::v1 as pb,
@@ -67,20 +76,37 @@ async fn deploy_commit(api: &DeployServiceApi, plan: DeploymentPlan, sha: &str) 
     Ok(Some(deployment))
 }
 
+/// How polling shares its time among tenants.
+#[derive(Debug, Clone, Copy)]
+pub struct PollConfig {
+    pub every: Duration,
+    pub concurrency: usize,
+    pub attempt: Duration,
+}
+
+/// The longest a failing repository waits before it is polled again.
+const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Repositories that failed: how often in a row, and when to try again.
+type Backoff = Arc<Mutex<HashMap<Uuid, (u32, Instant)>>>;
+
 /// Polls every auto-deploying project's branch until `shutdown`.
-pub async fn poll(api: DeployServiceApi, every: Duration, shutdown: CancellationToken) {
+pub async fn poll(api: DeployServiceApi, config: PollConfig, shutdown: CancellationToken) {
+    let backoff = Backoff::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(config.every) => {}
         }
-        if let Err(status) = poll_once(&api).await {
+        if let Err(status) = poll_once(&api, config, &backoff).await {
             tracing::debug!(error = %status.message(), "cannot poll branches now");
         }
     }
 }
 
-async fn poll_once(api: &DeployServiceApi) -> Result<(), Status> {
+async fn poll_once(api: &DeployServiceApi, config: PollConfig, backoff: &Backoff) -> Result<(), Status> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+    let mut running = tokio::task::JoinSet::new();
     let mut page_token = String::new();
     loop {
         let mut request = Request::new(ListAutoDeployProjectsRequest {
@@ -91,15 +117,48 @@ async fn poll_once(api: &DeployServiceApi) -> Result<(), Status> {
         api.as_service(&mut request)?;
         let page = api.projects().list_auto_deploy_projects(request).await?.into_inner();
         for plan in page.plans {
-            if let Err(status) = poll_project(api, plan).await {
-                tracing::debug!(error = %status.message(), "cannot poll a project's branch");
+            let Some(project_id) = plan
+                .project
+                .as_ref()
+                .and_then(|project| project.id.parse::<Uuid>().ok())
+            else {
+                continue;
+            };
+            let waiting = backoff
+                .lock()
+                .ok()
+                .and_then(|failed| failed.get(&project_id).map(|(_, next)| *next > Instant::now()));
+            if waiting == Some(true) {
+                continue;
             }
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (api, backoff) = (api.clone(), backoff.clone());
+            running.spawn(async move {
+                let outcome = tokio::time::timeout(config.attempt, poll_project(&api, plan)).await;
+                drop(slot);
+                let Ok(mut failed) = backoff.lock() else { return };
+                match outcome {
+                    Ok(Ok(())) => {
+                        failed.remove(&project_id);
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        let failures = failed.get(&project_id).map_or(0, |(count, _)| *count) + 1;
+                        let wait = config.every.saturating_mul(1 << failures.min(12)).min(MAX_BACKOFF);
+                        failed.insert(project_id, (failures, Instant::now() + wait));
+                        tracing::debug!(project.id = %project_id, failures, "cannot poll a project's branch; backing off");
+                    }
+                }
+            });
         }
         if page.next_page_token.is_empty() {
-            return Ok(());
+            break;
         }
         page_token = page.next_page_token;
     }
+    while running.join_next().await.is_some() {}
+    Ok(())
 }
 
 async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<(), Status> {

@@ -17,6 +17,7 @@ use crate::apps;
 /// | `GATEWAY_CORS_ORIGINS` | unset: no CORS; `*` or a comma-separated list of origins |
 /// | `GATEWAY_TRUSTED_PROXIES` | unset: the client is the connection's peer; a comma-separated list of CIDRs (`10.0.0.0/8,::1`) whose `X-Forwarded-For` is believed |
 /// | `CAPSULE_INTERNAL_SECRET` | proves to the services the client address the gateway forwards (see [`capsule::client`]); checks API tokens with the auth service |
+/// | `GATEWAY_MAX_STREAMS_PER_USER` | `20`: audit-event follow streams one user keeps open at once on one gateway; one more is RESOURCE_EXHAUSTED |
 /// | `GATEWAY_APPS_*` | serving users' apps: see [`apps::AppsConfig`] |
 #[derive(Debug, Clone)]
 pub struct EdgeConfig {
@@ -25,6 +26,7 @@ pub struct EdgeConfig {
     pub default_timeout: Duration,
     pub rate_limit_per_sec: u32,
     pub rate_limit_burst: u32,
+    pub max_streams_per_user: u64,
     pub cors_origins: Vec<String>,
     pub trusted_proxies: Vec<capsule::client::IpNet>,
     /// Sent with the client address to the services.
@@ -45,6 +47,7 @@ impl EdgeConfig {
             default_timeout: Duration::from_millis(positive(source, "GATEWAY_REQUEST_TIMEOUT_MS", 30_000)?),
             rate_limit_per_sec: positive(source, "GATEWAY_RATE_LIMIT_PER_SEC", 100)?,
             rate_limit_burst: positive(source, "GATEWAY_RATE_LIMIT_BURST", 200)?,
+            max_streams_per_user: positive(source, "GATEWAY_MAX_STREAMS_PER_USER", 20)?,
             cors_origins: source
                 .get("GATEWAY_CORS_ORIGINS")
                 .map(|origins| {

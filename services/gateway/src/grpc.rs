@@ -34,6 +34,8 @@ pub struct GatewayServiceApi {
     backends: Backends,
     /// The edge's keys: a follow stream rechecks its caller with them.
     keys: std::sync::Arc<capsule::auth::KeySet>,
+    /// Follow streams open per user.
+    streams: std::sync::Arc<capsule::rpc::StreamLimit>,
 }
 
 /// A request to a backend on the caller's behalf, with its own deadline.
@@ -69,8 +71,12 @@ async fn within<T>(part: &'static str, call: impl Future<Output = Result<Respons
 }
 
 impl GatewayServiceApi {
-    pub fn new(backends: Backends, keys: std::sync::Arc<capsule::auth::KeySet>) -> Self {
-        Self { backends, keys }
+    pub fn new(backends: Backends, keys: std::sync::Arc<capsule::auth::KeySet>, max_streams_per_user: u64) -> Self {
+        Self {
+            backends,
+            keys,
+            streams: capsule::rpc::StreamLimit::new(max_streams_per_user, "GATEWAY_MAX_STREAMS_PER_USER"),
+        }
     }
 
     fn auth(&self) -> AuthServiceClient<capsule::trace::TracedChannel> {
@@ -135,7 +141,8 @@ impl GatewayService for GatewayServiceApi {
             actor_id: filter.actor_id,
             ..Default::default()
         };
-        crate::trail::follow(self.backends.clone(), self.keys.clone(), caller, request)
+        let slot = self.streams.take(caller.user_id)?;
+        crate::trail::follow(self.backends.clone(), self.keys.clone(), caller, request, slot)
             .await
             .map(Response::new)
     }

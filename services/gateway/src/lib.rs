@@ -125,12 +125,13 @@ pub async fn serve(
     ));
     let front_door = front_door(&backends, &edge);
     let grpc_web_cors = crate::config::grpc_web_cors(&edge);
+    let max_streams = edge.max_streams_per_user;
     let bridge = Arc::new(http_api::Bridge::new(routes, backends.clone(), keys.clone(), edge));
 
     let mut server = GrpcServer::new(ServiceKind::Gateway)
         .require_access(keys.clone())
         .add_service(
-            GatewayServiceServer::new(GatewayServiceApi::new(backends.clone(), keys))
+            GatewayServiceServer::new(GatewayServiceApi::new(backends.clone(), keys, max_streams))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
         .with_router(front_door)

@@ -178,6 +178,7 @@ pub async fn follow(
     keys: Arc<KeySet>,
     caller: Caller,
     request: ListAuditEventsRequest,
+    slot: capsule::rpc::StreamSlot,
 ) -> Result<EventStream, Status> {
     let request = ListAuditEventsRequest {
         page_token: String::new(),
@@ -200,6 +201,8 @@ pub async fn follow(
     }
     let (sender, receiver) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
+        // Held while the stream runs: the slot is free again when it ends.
+        let _slot = slot;
         let mut checked = Instant::now();
         loop {
             tokio::select! {

@@ -26,10 +26,11 @@ pub struct LogRow {
 /// Appends lines, numbering them after the deployment's last one. The
 /// counter's row lock makes numbers gapless under concurrent appends.
 ///
-/// With a `cap` (a runner's build lines), lines are kept only while the
-/// deployment has fewer than `cap`; the first one dropped leaves a system
-/// line saying so. The service's own lines (state changes) pass no cap, and
-/// neither do a live app's (runtime), which the runner rate-limits.
+/// With a `cap` (a runner's lines), a build's lines are kept only while
+/// the deployment has fewer than `cap`; the first one dropped leaves a
+/// system line saying so. A live app's (runtime) lines, which the runner
+/// rate-limits, are all kept, but only the newest `cap` of them stay: a
+/// window, not a pile. The service's own lines (state changes) pass no cap.
 pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
     conn.transaction(|conn| {
         let (current, state): (i64, String) = deployments::table
@@ -38,6 +39,7 @@ pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: 
             .for_update()
             .first(conn)?;
         let runtime = state == State::Live.as_str();
+        let window = cap.filter(|_| runtime);
         let cap = cap.filter(|_| !runtime);
         let capped_note = cap
             .map(|cap| format!("log limit of {cap} lines reached: further output of this deployment is dropped"))
@@ -82,6 +84,20 @@ pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: 
         diesel::insert_into(deployment_logs::table)
             .values(&rows)
             .execute(conn)?;
+        // A live app keeps the newest `cap` lines of its runtime output:
+        // the older ones go, a step of them at a time.
+        if runtime && let Some(window) = window {
+            let step = (window / 10).clamp(1, 1000);
+            if last / step != current / step {
+                diesel::delete(
+                    deployment_logs::table
+                        .filter(deployment_logs::deployment_id.eq(id))
+                        .filter(deployment_logs::sequence.le(last - window))
+                        .filter(deployment_logs::runtime),
+                )
+                .execute(conn)?;
+            }
+        }
         Ok(last)
     })
 }

@@ -105,8 +105,29 @@ pub struct NewDeployment {
     pub host_label: String,
 }
 
-pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deployment> {
+/// Queues `new`, unless it would open an environment beyond
+/// `max_environments` of its project (environments with a deployment
+/// queued, being built or live), counted under a lock on the project so
+/// that concurrent creations count in turn: `None` then.
+pub fn create(conn: &mut PgConnection, new: &NewDeployment, max_environments: i64) -> QueryResult<Option<Deployment>> {
     conn.transaction(|conn| {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<diesel::sql_types::BigInt, _>(new.project_id.as_u64_pair().1.cast_signed())
+            .execute(conn)?;
+        let open: Vec<String> = deployments::table
+            .filter(deployments::project_id.eq(new.project_id))
+            .filter(deployments::state.eq_any([
+                State::Queued.as_str(),
+                State::Building.as_str(),
+                State::Deploying.as_str(),
+                State::Live.as_str(),
+            ]))
+            .select(deployments::environment)
+            .distinct()
+            .load(conn)?;
+        if !open.contains(&new.environment) && i64::try_from(open.len()).unwrap_or(i64::MAX) >= max_environments {
+            return Ok(None);
+        }
         let deployment: Deployment = diesel::insert_into(deployments::table)
             .values(new)
             .returning(Deployment::as_returning())
@@ -116,7 +137,7 @@ pub fn create(conn: &mut PgConnection, new: &NewDeployment) -> QueryResult<Deplo
         if deployment.rollback_of.is_some() {
             queue_event(conn, &deployment, Event::RolledBack)?;
         }
-        Ok(deployment)
+        Ok(Some(deployment))
     })
 }
 
@@ -408,7 +429,9 @@ mod tests {
                 commit_author: String::new(),
                 host_label: String::new(),
             },
+            1,
         )
+        .unwrap()
         .unwrap()
     }
 

@@ -321,6 +321,8 @@ pub fn redeliver(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<(Deliv
 #[derive(Debug, Clone)]
 pub struct Due {
     pub id: Uuid,
+    /// The subscription it goes to: its endpoint.
+    pub webhook_id: Uuid,
     /// This attempt's number, from 1.
     pub attempt: i32,
     pub event: String,
@@ -329,20 +331,50 @@ pub struct Due {
     pub secret: String,
 }
 
-/// Takes up to `limit` due deliveries for `lease` (another sender takes a
+/// The due deliveries a sender takes, fairly: at most `$2` of one
+/// endpoint's, none of the endpoints in `$3` (already at their share in
+/// flight), oldest first, `$1` in all. A few slow endpoints thus never
+/// hold every slot.
+const DUE: &str = "\
+SELECT id FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM (
+        SELECT id, next_attempt_at,
+            row_number() OVER (PARTITION BY webhook_id ORDER BY next_attempt_at) AS nth
+        FROM webhook_deliveries
+        WHERE state = 'pending' AND next_attempt_at <= now() AND NOT (webhook_id = ANY($3))
+    ) due
+    WHERE nth <= $2
+    ORDER BY next_attempt_at
+    LIMIT $1
+)
+FOR UPDATE SKIP LOCKED";
+
+#[derive(QueryableByName)]
+struct DueId {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
+/// Takes up to `limit` due deliveries ([`DUE`]: at most `per_endpoint` of
+/// one endpoint's, none of `busy`'s) for `lease` (another sender takes a
 /// delivery again only when its lease runs out: a sender that died
 /// mid-attempt loses nothing), counting the attempt.
-pub fn claim_due(conn: &mut PgConnection, limit: i64, lease: chrono::Duration) -> QueryResult<Vec<Due>> {
+pub fn claim_due(
+    conn: &mut PgConnection,
+    limit: i64,
+    per_endpoint: i64,
+    busy: &[Uuid],
+    lease: chrono::Duration,
+) -> QueryResult<Vec<Due>> {
     conn.transaction(|conn| {
-        let ids: Vec<Uuid> = webhook_deliveries::table
-            .filter(webhook_deliveries::state.eq("pending"))
-            .filter(webhook_deliveries::next_attempt_at.le(now))
-            .order(webhook_deliveries::next_attempt_at)
-            .limit(limit)
-            .select(webhook_deliveries::id)
-            .for_update()
-            .skip_locked()
-            .load(conn)?;
+        let ids: Vec<Uuid> = diesel::sql_query(DUE)
+            .bind::<BigInt, _>(limit)
+            .bind::<BigInt, _>(per_endpoint)
+            .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(busy)
+            .load::<DueId>(conn)?
+            .into_iter()
+            .map(|due| due.id)
+            .collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -370,6 +402,7 @@ pub fn claim_due(conn: &mut PgConnection, limit: i64, lease: chrono::Duration) -
                 let (_, url, secret) = hooks.iter().find(|hook| hook.0 == webhook_id)?;
                 Some(Due {
                     id,
+                    webhook_id,
                     attempt,
                     event,
                     payload,
@@ -390,6 +423,8 @@ pub struct Outcome {
     /// None: delivered or given up (`failed`); else retried then.
     pub retry_at: Option<DateTime<Utc>>,
     pub delivered: bool,
+    /// The endpoint did not answer in time.
+    pub timed_out: bool,
 }
 
 /// Logs an attempt and settles or reschedules its delivery.
@@ -416,6 +451,18 @@ pub fn record(conn: &mut PgConnection, due: &Due, outcome: &Outcome) -> QueryRes
                 webhook_deliveries::next_attempt_at.eq(next),
             ))
             .execute(conn)?;
+        // An endpoint that timed out is given a rest: its other pending
+        // deliveries wait as long as this one's retry.
+        if let (true, Some(at)) = (outcome.timed_out, outcome.retry_at) {
+            diesel::update(
+                webhook_deliveries::table
+                    .filter(webhook_deliveries::webhook_id.eq(due.webhook_id))
+                    .filter(webhook_deliveries::state.eq("pending"))
+                    .filter(webhook_deliveries::next_attempt_at.lt(at)),
+            )
+            .set(webhook_deliveries::next_attempt_at.eq(at))
+            .execute(conn)?;
+        }
         Ok(())
     })
 }

@@ -144,7 +144,7 @@ pub(super) async fn rollback_deployment(
         commit_author: earlier.commit_author.clone(),
         host_label: earlier.host_label.clone(),
     };
-    let deployment = api.inner.db.run(move |conn| db::create(conn, &new)).await?;
+    let deployment = api.create(new).await?;
     api.audit(
         deployment_event(&actor, "deployment.rollback", &deployment, organization).detail("rollback_of", earlier.id),
     )

@@ -73,6 +73,11 @@ pub(super) async fn stream_logs(
     }
     violations.check()?;
     api.visible(&caller, permission, id).await?;
+    // Held by the stream's task: the slot is free again when it ends.
+    let slot = body
+        .follow
+        .then(|| api.inner.streams.take(caller.user_id))
+        .transpose()?;
     // Subscribe before reading the backlog, so no line falls between.
     let mut events = api.inner.hub.subscribe();
     let hub = api.inner.hub.clone();
@@ -81,6 +86,7 @@ pub(super) async fn stream_logs(
     let (follow, mut last) = (body.follow, body.after_sequence);
     let api = api.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         // Sends every line after `last`; false when the client is gone.
         let drain = |last: i64| {
             let (db, tx) = (db.clone(), tx.clone());

@@ -2,9 +2,15 @@
 //! logs every attempt, and retries failures with doubling delays until
 //! the attempts run out. Replicas share the work (each delivery is taken
 //! under a lease with SKIP LOCKED); a state change wakes it, and it looks
-//! every second for retries.
+//! every second for retries. Tenants share the slots: one endpoint has at
+//! most `DEPLOY_WEBHOOK_PER_ENDPOINT` deliveries in flight, and one that
+//! times out has all its pending deliveries put back to its retry time.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use capsule::{db::Database, guard::Guard};
 use chrono::Utc;
@@ -20,6 +26,8 @@ use crate::{
 
 /// Deliveries in flight at once, per process.
 const IN_FLIGHT: usize = 32;
+/// How an attempt that timed out is told, and known.
+const NO_ANSWER: &str = "no answer within";
 /// The longest wait between two attempts.
 const MAX_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
 
@@ -51,6 +59,7 @@ pub async fn run(db: Database, hub: Hub, config: WebhookConfig, shutdown: Cancel
         client,
         guard,
         config,
+        in_flight: Mutex::default(),
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut notices = hub.subscribe();
@@ -60,15 +69,24 @@ pub async fn run(db: Database, hub: Hub, config: WebhookConfig, shutdown: Cancel
             let lease =
                 chrono::Duration::from_std(sender.config.timeout).unwrap_or_default() + chrono::Duration::seconds(30);
             let limit = i64::try_from(free).unwrap_or(1);
-            match sender.db.run(move |conn| webhooks::claim_due(conn, limit, lease)).await {
+            let per_endpoint = i64::from(sender.config.per_endpoint);
+            let busy = sender.busy();
+            let claimed = sender
+                .db
+                .run(move |conn| webhooks::claim_due(conn, limit, per_endpoint, &busy, lease))
+                .await;
+            match claimed {
                 Ok(due) => {
                     for delivery in due {
                         let Ok(slot) = slots.clone().acquire_owned().await else {
                             return;
                         };
                         let sender = sender.clone();
+                        sender.count(delivery.webhook_id, 1);
                         tokio::spawn(async move {
+                            let webhook = delivery.webhook_id;
                             sender.attempt(delivery).await;
+                            sender.count(webhook, -1);
                             drop(slot);
                         });
                     }
@@ -99,9 +117,35 @@ struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
     config: WebhookConfig,
+    /// Deliveries in flight, by endpoint (webhook).
+    in_flight: Mutex<HashMap<uuid::Uuid, u32>>,
 }
 
 impl Sender {
+    /// The endpoints with their share of deliveries in flight.
+    fn busy(&self) -> Vec<uuid::Uuid> {
+        self.in_flight.lock().map_or_else(
+            |_| Vec::new(),
+            |flying| {
+                flying
+                    .iter()
+                    .filter(|(_, count)| **count >= self.config.per_endpoint)
+                    .map(|(webhook, _)| *webhook)
+                    .collect()
+            },
+        )
+    }
+
+    fn count(&self, webhook: uuid::Uuid, change: i32) {
+        if let Ok(mut flying) = self.in_flight.lock() {
+            let count = flying.entry(webhook).or_default();
+            *count = count.saturating_add_signed(change);
+            if *count == 0 {
+                flying.remove(&webhook);
+            }
+        }
+    }
+
     async fn attempt(&self, due: Due) {
         let started = Instant::now();
         let result = self.post(&due).await;
@@ -127,6 +171,7 @@ impl Sender {
             "webhook delivery attempted"
         );
         let outcome = Outcome {
+            timed_out: error.starts_with(NO_ANSWER),
             status_code,
             error,
             duration_ms,
@@ -167,7 +212,7 @@ impl Sender {
 /// causes, at most 500 characters.
 fn describe(err: &reqwest::Error, timeout: std::time::Duration) -> String {
     if err.is_timeout() {
-        return format!("no answer within {} s", timeout.as_secs_f64());
+        return format!("{NO_ANSWER} {} s", timeout.as_secs_f64());
     }
     let mut text = String::from(if err.is_connect() { "cannot connect" } else { "failed" });
     let mut source: Option<&dyn std::error::Error> = std::error::Error::source(err);
