@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod crypto;
 pub mod db;
 pub mod guard;
 pub mod migrate;

@@ -305,6 +305,7 @@ impl KeySet {
     pub fn at_edge(auth_url: &str, internal_secret: Option<&str>) -> anyhow::Result<Arc<Self>> {
         let secrets = Secrets {
             internal_secret: internal_secret.map(str::to_owned),
+            ..Secrets::default()
         };
         Ok(Self::build(
             GrpcKeySource::lazy(auth_url, &secrets)?,

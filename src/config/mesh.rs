@@ -57,7 +57,7 @@ impl Mesh {
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
             services: ServiceUrls::from_source(source)?,
-            secrets: Secrets::from_source(source),
+            secrets: Secrets::from_source(source)?,
         })
     }
 }

@@ -18,6 +18,7 @@ mod git_urls;
 mod host_labels;
 mod launcher;
 mod sandbox_users;
+mod secrets_at_rest;
 mod streams;
 
 use std::time::{Duration, Instant};

@@ -51,6 +51,9 @@ pub struct Options {
     pub unbatched: bool,
 }
 
+/// The keys the test mesh seals tenants' secrets with.
+pub const TEST_KEYS: &str = "test1:Y2Fwc3VsZS10ZXN0LWVuY3J5cHRpb24ta2V5LTMyYiE=";
+
 /// The one origin the test gateway lets browsers call from.
 pub const BROWSER_ORIGIN: &str = "https://app.example.com";
 
@@ -82,6 +85,7 @@ pub async fn start_with(options: Options) -> TestMesh {
         },
         secrets: Secrets {
             internal_secret: Some("test-internal-secret".to_owned()),
+            encryption: std::sync::Arc::new(capsule::crypto::Keyring::parse(TEST_KEYS).unwrap()),
         },
     };
     let mut deploy_settings = options.deploy.clone();

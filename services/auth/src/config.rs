@@ -65,7 +65,7 @@ impl AuthConfig {
                 .unwrap_or_else(|| "http://localhost:8080".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
-            secrets: Secrets::from_source(source),
+            secrets: Secrets::from_source(source)?,
             hash_concurrency: positive(
                 source,
                 "AUTH_HASH_CONCURRENCY",

@@ -16,6 +16,7 @@ struct DevSource {
     host: String,
     port: u16,
     internal_secret: String,
+    encryption_keys: String,
 }
 
 impl Source for DevSource {
@@ -34,6 +35,8 @@ impl Source for DevSource {
             Some("auto".to_owned())
         } else if name == "CAPSULE_INTERNAL_SECRET" {
             Some(self.internal_secret.clone())
+        } else if name == capsule::crypto::KEYS_VARIABLE {
+            Some(self.encryption_keys.clone())
         } else if name.ends_with("_DB_HOST") {
             Some(self.host.clone())
         } else if name.ends_with("_DB_PORT") {
@@ -54,6 +57,7 @@ pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
         host: server.host.clone(),
         port: server.port,
         internal_secret: random_hex()?,
+        encryption_keys: dev_keys(&project_dir)?,
     };
 
     let mut db_configs = Vec::new();
@@ -181,6 +185,32 @@ pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
         eprintln!("capsule: stopped the private PostgreSQL cluster");
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// The development key that seals variables: kept in
+/// `.capsule/encryption.key` (0600) so that values stored by one run open
+/// in the next, made on the first.
+fn dev_keys(project_dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    let path = project_dir.join(".capsule").join("encryption.key");
+    if let Ok(keys) = std::fs::read_to_string(&path) {
+        return Ok(keys.trim().to_owned());
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
+    let keys = format!(
+        "dev:{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    );
+    std::fs::create_dir_all(project_dir.join(".capsule"))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(keys.as_bytes()))
+        .map_err(|err| anyhow::anyhow!("cannot keep the development key in {}: {err}", path.display()))?;
+    Ok(keys)
 }
 
 fn random_hex() -> anyhow::Result<String> {

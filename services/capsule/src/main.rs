@@ -70,6 +70,19 @@ enum Command {
         #[command(subcommand)]
         command: PostgresCommand,
     },
+    /// Tenants' secrets at rest.
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored variable under the first key of
+    /// CAPSULE_ENCRYPTION_KEYS (after a new key was put first, or for
+    /// values written before values were sealed); then the old keys can go.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -180,5 +193,14 @@ async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
             }
             PostgresCommand::Down => postgres::stop_private(&postgres::project_dir()?).await,
         },
+        Command::Secrets {
+            command: SecretsCommand::Reencrypt,
+        } => {
+            let secrets = capsule::config::Secrets::from_env()?;
+            let db = capsule::config::DbConfig::from_env(ServiceKind::Project)?;
+            let sealed = capsule_project::reencrypt(db, secrets.encryption).await?;
+            println!("sealed {sealed} variable value(s) under the current key");
+            Ok(())
+        }
     }
 }

@@ -14,7 +14,7 @@ use capsule::{
 use tonic::{Request, Status};
 use uuid::Uuid;
 
-use crate::db::{Project, ProjectToCreate, Viewer, organizations};
+use crate::db::{Project, ProjectToCreate, Variable, Viewer, organizations};
 
 pub const NOT_FOUND: &str = "no such project";
 
@@ -29,6 +29,8 @@ pub struct ProjectServiceApi {
     /// The auth service, which mails invitations; `None` without the
     /// internal secret (then nobody can be invited).
     auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
+    /// The keys variables' values are sealed with.
+    pub(crate) keys: Arc<capsule::crypto::Keyring>,
 }
 
 /// A call's caller, the permission its method declares, and who acted
@@ -114,13 +116,23 @@ pub fn viewer(caller: &Caller) -> Viewer {
 }
 
 impl ProjectServiceApi {
-    pub fn new(db: Database, auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>) -> Self {
+    pub fn new(
+        db: Database,
+        auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
+        keys: Arc<capsule::crypto::Keyring>,
+    ) -> Self {
         Self {
             by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
             creates: Batcher::new(db.clone(), "project_create", Project::create_each),
             db: Arc::new(db),
             auth,
+            keys,
         }
+    }
+
+    /// A project's variables with their values as given (see `vault`).
+    pub fn reveal(&self, project_id: Uuid, variables: Vec<Variable>) -> Result<Vec<Variable>, Status> {
+        crate::vault::reveal(&self.keys, project_id, variables)
     }
 
     /// The project if the caller may see it and holds the permission asked

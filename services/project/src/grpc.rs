@@ -244,7 +244,7 @@ impl ProjectService for ProjectServiceApi {
             .db
             .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
             .await?;
-        Ok(Response::new(settings_proto(&settings, &variables)))
+        Ok(Response::new(settings_proto(&settings, &self.reveal(id, variables)?)))
     }
 
     async fn update_project_settings(
@@ -295,7 +295,7 @@ impl ProjectService for ProjectServiceApi {
             Self::project_event(&ask, "project.settings.update", &granted.project).detail("fields", paths.join(",")),
         )
         .await;
-        Ok(Response::new(settings_proto(&settings, &variables)))
+        Ok(Response::new(settings_proto(&settings, &self.reveal(id, variables)?)))
     }
 
     async fn set_environment_variable(
@@ -311,12 +311,14 @@ impl ProjectService for ProjectServiceApi {
         violations.check()?;
         let granted = self.live(&ask, id).await?;
         let secrets = granted.holds(Permission::ProjectSecretsWrite);
-        let (name, value, secret) = (variable.name.clone(), variable.value, variable.secret);
-        let saved = self
+        let (name, secret) = (variable.name.clone(), variable.secret);
+        let (sealed, key_id) = crate::vault::seal(&self.keys, id, &name, &variable.value)?;
+        let mut saved = self
             .db
-            .run(move |conn| Variable::set(conn, id, &name, &value, secret, secrets))
+            .run(move |conn| Variable::set(conn, id, &name, (&sealed, &key_id), secret, secrets))
             .await?
             .map_err(|refusal| refused(refusal, &granted))?;
+        saved.value = variable.value;
         tracing::info!(project.id = %id, variable.name = %saved.name, variable.secret = saved.secret, "environment variable set");
         self.audit(
             Self::project_event(&ask, "project.variable.set", &granted.project)
@@ -466,7 +468,8 @@ impl ProjectService for ProjectServiceApi {
         }
         Ok(Response::new(pb::DeploymentEnvironment {
             // For the runner holding a deployment only: secret values included.
-            environment_variables: variables
+            environment_variables: self
+                .reveal(id, variables)?
                 .into_iter()
                 .map(|variable| pb::EnvironmentVariable {
                     name: variable.name,

@@ -9,6 +9,7 @@ mod organizations;
 mod tokens;
 mod trail;
 mod validate;
+mod vault;
 
 use capsule::{
     config::{DbConfig, Mesh, ServeConfig, ServiceKind},
@@ -51,12 +52,43 @@ pub async fn serve(
         )),
         None => None,
     };
+    // Values sealed by a key this process lacks could never be given to a
+    // deployment: the service stops, naming the setting, once it can read.
+    let keys = mesh.secrets.encryption.clone();
+    let (checked, stop) = (db.clone(), shutdown.clone());
+    let checking = keys.clone();
+    tokio::spawn(async move {
+        loop {
+            match vault::check(&checked, &checking).await {
+                Ok(()) => return,
+                Err(why) if why.starts_with("cannot read") => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+                Err(why) => {
+                    tracing::error!("{why}");
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
+    });
     GrpcServer::new(ServiceKind::Project)
         .require_access(mesh.key_set()?)
         .add_service(
-            ProjectServiceServer::new(ProjectServiceApi::new(db.clone(), auth))
+            ProjectServiceServer::new(ProjectServiceApi::new(db.clone(), auth, keys))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)
         .await
+}
+
+/// Seals every variable's value under the first key of
+/// `CAPSULE_ENCRYPTION_KEYS` (`capsule secrets reencrypt`): values written
+/// before values were sealed, and those of older keys. How many.
+pub async fn reencrypt(db_config: DbConfig, keys: std::sync::Arc<capsule::crypto::Keyring>) -> anyhow::Result<usize> {
+    let db = Database::new(db_config)?;
+    db.run(move |conn| Ok(vault::reencrypt(conn, &keys))).await?
 }

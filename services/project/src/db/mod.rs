@@ -212,9 +212,13 @@ pub struct SettingsChanges {
 #[diesel(table_name = environment_variables)]
 pub struct Variable {
     pub name: String,
+    /// Sealed (see `vault`) when `key_id` is set.
     pub value: String,
     pub secret: bool,
     pub updated_at: DateTime<Utc>,
+    /// The key that sealed `value`; `None` for a value written before
+    /// values were sealed.
+    pub key_id: Option<String>,
 }
 
 /// Who may see a project: its owner, or anyone for an admin.

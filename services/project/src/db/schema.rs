@@ -41,6 +41,7 @@ diesel::table! {
         secret -> Bool,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        key_id -> Nullable<Varchar>,
     }
 }
 

@@ -19,12 +19,13 @@ pub enum VariableRefusal {
 impl Variable {
     /// Creates or replaces one variable under the project's row lock (so
     /// concurrent writers count in turn); a secret, new or replaced, only
-    /// when `secrets` says the caller may write secrets.
+    /// when `secrets` says the caller may write secrets. `sealed` is the
+    /// value sealed, and the id of the key that sealed it.
     pub fn set(
         conn: &mut PgConnection,
         project_id: Uuid,
         name: &str,
-        value: &str,
+        sealed: (&str, &str),
         secret: bool,
         secrets: bool,
     ) -> QueryResult<Result<Variable, VariableRefusal>> {
@@ -45,7 +46,7 @@ impl Variable {
             if existing.is_none() && Variable::count(conn, project_id)? >= crate::validate::MAX_VARIABLES {
                 return Ok(Err(VariableRefusal::Full));
             }
-            Variable::upsert(conn, project_id, name, value, secret).map(Ok)
+            Variable::upsert(conn, project_id, name, sealed, secret).map(Ok)
         })
     }
 
@@ -95,7 +96,7 @@ impl Variable {
         conn: &mut PgConnection,
         project_id: Uuid,
         name: &str,
-        value: &str,
+        (value, key_id): (&str, &str),
         secret: bool,
     ) -> QueryResult<Variable> {
         diesel::insert_into(environment_variables::table)
@@ -104,12 +105,14 @@ impl Variable {
                 environment_variables::name.eq(name),
                 environment_variables::value.eq(value),
                 environment_variables::secret.eq(secret),
+                environment_variables::key_id.eq(key_id),
             ))
             .on_conflict((environment_variables::project_id, environment_variables::name))
             .do_update()
             .set((
                 environment_variables::value.eq(value),
                 environment_variables::secret.eq(secret),
+                environment_variables::key_id.eq(key_id),
             ))
             .returning(Variable::as_returning())
             .get_result(conn)

@@ -1,0 +1,1 @@
+ALTER TABLE environment_variables DROP COLUMN IF EXISTS key_id;

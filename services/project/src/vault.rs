@@ -1,0 +1,108 @@
+//! Variables' values sealed at rest with the kernel's [`capsule::crypto`]
+//! keys (`CAPSULE_ENCRYPTION_KEYS`), each bound to its project and name:
+//! a value copied to another row does not open. Sealed as they are written,
+//! opened only to be returned — a secret's value to the runner holding a
+//! deployment alone.
+
+use capsule::{
+    crypto::{CryptoError, KEYS_VARIABLE, Keyring},
+    db::Database,
+};
+use diesel::prelude::*;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::db::{Variable, schema::environment_variables};
+
+/// Where a value belongs: the associated data it is sealed with.
+fn place(project_id: Uuid, name: &str) -> Vec<u8> {
+    format!("environment_variables/{project_id}/{name}").into_bytes()
+}
+
+/// `value` sealed for variable `name` of `project_id`: the text to store
+/// and the id of the key that sealed it.
+pub fn seal(keys: &Keyring, project_id: Uuid, name: &str, value: &str) -> Result<(String, String), Status> {
+    match keys.seal(value, &place(project_id, name)) {
+        Ok(sealed) => Ok((sealed.text, sealed.key_id)),
+        Err(CryptoError::NoKey) => Err(Status::failed_precondition(format!(
+            "variables cannot be stored here: no encryption key is configured (the operator sets {KEYS_VARIABLE})"
+        ))),
+        Err(err) => {
+            tracing::error!(error = %err, project.id = %project_id, "cannot seal a variable");
+            Err(Status::internal("internal error"))
+        }
+    }
+}
+
+/// The variables with their values as they were given.
+pub fn reveal(keys: &Keyring, project_id: Uuid, variables: Vec<Variable>) -> Result<Vec<Variable>, Status> {
+    variables
+        .into_iter()
+        .map(|mut variable| {
+            if let Some(key_id) = variable.key_id.take() {
+                variable.value = keys
+                    .open(&key_id, &variable.value, &place(project_id, &variable.name))
+                    .map_err(|err| {
+                        tracing::error!(error = %err, project.id = %project_id, "a stored variable does not open");
+                        Status::internal("internal error")
+                    })?;
+            }
+            Ok(variable)
+        })
+        .collect()
+}
+
+/// Why this service may not serve with `keys`: stored values sealed by a
+/// key it lacks (they could never be given to a deployment), named.
+pub async fn check(db: &Database, keys: &Keyring) -> Result<(), String> {
+    let used: Vec<String> = db
+        .run(|conn| {
+            environment_variables::table
+                .filter(environment_variables::key_id.is_not_null())
+                .select(environment_variables::key_id.assume_not_null())
+                .distinct()
+                .load(conn)
+        })
+        .await
+        .map_err(|err| format!("cannot read which keys sealed the variables: {err}"))?;
+    match used.iter().find(|id| !keys.knows(id)) {
+        Some(missing) => Err(format!(
+            "{KEYS_VARIABLE} lacks the key {missing:?}, which sealed stored variables: give it (keys \
+             after the first still open old values)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Seals every value not sealed by the current key under it (plain ones
+/// written before sealing, and those of older keys): after this, the old
+/// keys can leave `CAPSULE_ENCRYPTION_KEYS`. How many were sealed anew.
+pub fn reencrypt(conn: &mut PgConnection, keys: &Keyring) -> anyhow::Result<usize> {
+    let current = keys
+        .current()
+        .ok_or_else(|| anyhow::anyhow!("set {KEYS_VARIABLE}: its first key seals the values"))?
+        .to_owned();
+    let stale: Vec<(Uuid, Variable)> = environment_variables::table
+        .filter(
+            environment_variables::key_id
+                .is_null()
+                .or(environment_variables::key_id.ne(&current)),
+        )
+        .select((environment_variables::project_id, Variable::as_select()))
+        .load(conn)?;
+    let mut sealed = 0;
+    for (project_id, variable) in stale {
+        let name = variable.name.clone();
+        let Some(opened) = reveal(keys, project_id, vec![variable])?.pop() else {
+            continue;
+        };
+        let (text, key_id) = seal(keys, project_id, &name, &opened.value)?;
+        sealed += diesel::update(environment_variables::table.find((project_id, &name)))
+            .set((
+                environment_variables::value.eq(text),
+                environment_variables::key_id.eq(key_id),
+            ))
+            .execute(conn)?;
+    }
+    Ok(sealed)
+}
