@@ -16,6 +16,7 @@ mod fairness;
 mod forwarded;
 mod git_urls;
 mod host_labels;
+mod invitations;
 mod launcher;
 mod sandbox_users;
 mod secrets_at_rest;

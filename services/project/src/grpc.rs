@@ -543,6 +543,20 @@ impl ProjectService for ProjectServiceApi {
         organizations::accept(self, request).await
     }
 
+    async fn list_invitations(
+        &self,
+        request: Request<pb::ListInvitationsRequest>,
+    ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+        organizations::list_invitations(self, request).await
+    }
+
+    async fn delete_invitation(
+        &self,
+        request: Request<pb::DeleteInvitationRequest>,
+    ) -> Result<Response<pb::DeleteInvitationResponse>, Status> {
+        organizations::delete_invitation(self, request).await
+    }
+
     async fn update_member(&self, request: Request<pb::UpdateMemberRequest>) -> Result<Response<pb::Member>, Status> {
         organizations::update_member(self, request).await
     }

@@ -5,7 +5,10 @@
 use capsule::{
     audit::{Actor, Event},
     auth::{Caller, OrgRole, Permission, new_token, token_hash},
-    proto::{auth::v1::SendInvitationEmailRequest, project::v1 as pb},
+    proto::{
+        auth::v1::{GetUserStatusRequest, SendInvitationEmailRequest},
+        project::v1 as pb,
+    },
     rpc::{self, FieldViolations},
 };
 use chrono::{Duration, Utc};
@@ -15,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     api::{Ask, ProjectServiceApi},
     convert::{invitation_proto, member_proto, organization_proto, project_proto},
-    db::organizations::{self, NewInvitation, Refusal},
+    db::organizations::{self, NewInvitation, NotAccepted, Refusal},
     validate,
 };
 
@@ -203,6 +206,46 @@ pub async fn invite(
     Ok(Response::new(invitation_proto(&invitation)))
 }
 
+pub async fn list_invitations(
+    api: &ProjectServiceApi,
+    request: Request<pb::ListInvitationsRequest>,
+) -> Result<Response<pb::ListInvitationsResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
+    api.member(&ask, id).await?;
+    let pending = api.db.run(move |conn| organizations::pending(conn, id)).await?;
+    Ok(Response::new(pb::ListInvitationsResponse {
+        invitations: pending.iter().map(invitation_proto).collect(),
+    }))
+}
+
+pub async fn delete_invitation(
+    api: &ProjectServiceApi,
+    request: Request<pb::DeleteInvitationRequest>,
+) -> Result<Response<pb::DeleteInvitationResponse>, Status> {
+    let ask = Ask::of(&request)?;
+    let body = request.get_ref();
+    let id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
+    let invitation = ProjectServiceApi::parse_id("invitation_id", &body.invitation_id)?;
+    api.member(&ask, id).await?;
+    if !api
+        .db
+        .run(move |conn| organizations::withdraw_pending(conn, id, invitation))
+        .await?
+    {
+        return Err(Status::not_found("no such pending invitation"));
+    }
+    tracing::info!(organization.id = %id, invitation.id = %invitation, "invitation withdrawn");
+    api.audit(org_event(
+        &ask.actor,
+        "organization.invitation.delete",
+        id,
+        format!("/invitations/{invitation}"),
+    ))
+    .await;
+    Ok(Response::new(pb::DeleteInvitationResponse {}))
+}
+
 pub async fn accept(
     api: &ProjectServiceApi,
     request: Request<pb::AcceptInvitationRequest>,
@@ -210,12 +253,33 @@ pub async fn accept(
     let user_id = Caller::of(&request)?.user_id;
     let actor = Actor::of(&request);
     let hash = token_hash(&request.into_inner().token);
+    // The invitee only: whoever else holds the token (a forwarded mail, a
+    // leaked link) is refused.
+    let (mut auth, status_request) = api.auth(GetUserStatusRequest {
+        user_id: user_id.to_string(),
+    })?;
+    let email = auth
+        .get_user_status(status_request)
+        .await
+        .map_err(|status| {
+            Status::unavailable(format!(
+                "cannot check your account now ({}); retry shortly",
+                status.message()
+            ))
+        })?
+        .into_inner()
+        .email;
     let member = api
         .db
-        .run(move |conn| organizations::accept(conn, &hash, user_id))
+        .run(move |conn| organizations::accept(conn, &hash, user_id, &email))
         .await?
-        .ok_or_else(|| {
-            Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
+        .map_err(|refusal| match refusal {
+            NotAccepted::Unknown => {
+                Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
+            }
+            NotAccepted::OtherEmail => Status::permission_denied(
+                "this invitation was sent to another email address: sign in with that address to accept it",
+            ),
         })?;
     tracing::info!(organization.id = %member.organization_id, user.id = %user_id, role = %member.role, "invitation accepted");
     api.audit(

@@ -202,6 +202,7 @@ pub(super) async fn get_user_status(
     let found = api.inner.db.run(move |conn| User::find(conn, user_id)).await?;
     Ok(Response::new(pb::UserStatus {
         exists: found.is_some(),
-        active: found.is_some_and(|(user, _)| user.is_active),
+        active: found.as_ref().is_some_and(|(user, _)| user.is_active),
+        email: found.map(|(user, _)| user.email.to_lowercase()).unwrap_or_default(),
     }))
 }

@@ -136,29 +136,80 @@ pub fn withdraw(conn: &mut PgConnection, id: Uuid) -> QueryResult<usize> {
     diesel::delete(organization_invitations::table.find(id)).execute(conn)
 }
 
-/// Spends a live invitation for `user_id`: a member with its role (or the
-/// membership the user already had). `None` when the token names no live
-/// invitation.
-pub fn accept(conn: &mut PgConnection, token_hash: &[u8], user_id: Uuid) -> QueryResult<Option<Member>> {
+/// An organisation's pending invitations (not accepted, not expired),
+/// newest first.
+pub fn pending(conn: &mut PgConnection, organization_id: Uuid) -> QueryResult<Vec<Invitation>> {
+    organization_invitations::table
+        .filter(organization_invitations::organization_id.eq(organization_id))
+        .filter(organization_invitations::accepted_at.is_null())
+        .filter(organization_invitations::expires_at.gt(now))
+        .select(Invitation::as_select())
+        .order((
+            organization_invitations::created_at.desc(),
+            organization_invitations::id.desc(),
+        ))
+        .limit(1000)
+        .load(conn)
+}
+
+/// Withdraws a pending invitation of `organization_id`; whether there was
+/// one.
+pub fn withdraw_pending(conn: &mut PgConnection, organization_id: Uuid, id: Uuid) -> QueryResult<bool> {
+    diesel::delete(
+        organization_invitations::table
+            .find(id)
+            .filter(organization_invitations::organization_id.eq(organization_id))
+            .filter(organization_invitations::accepted_at.is_null()),
+    )
+    .execute(conn)
+    .map(|deleted| deleted > 0)
+}
+
+/// Why an invitation was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotAccepted {
+    /// The token names no live invitation.
+    Unknown,
+    /// It was sent to another email than the caller's.
+    OtherEmail,
+}
+
+/// Spends a live invitation sent to `email` for `user_id`: a member with
+/// its role (or the membership the user already had).
+pub fn accept(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+    user_id: Uuid,
+    email: &str,
+) -> QueryResult<Result<Member, NotAccepted>> {
     conn.transaction(|conn| {
-        let invitation: Option<(Uuid, String)> = diesel::update(
-            organization_invitations::table
-                .filter(organization_invitations::token_hash.eq(token_hash))
-                .filter(organization_invitations::accepted_at.is_null())
-                .filter(organization_invitations::expires_at.gt(now)),
-        )
-        .set((
-            organization_invitations::accepted_at.eq(now),
-            organization_invitations::accepted_by.eq(user_id),
-        ))
-        .returning((
-            organization_invitations::organization_id,
-            organization_invitations::role,
-        ))
-        .get_result(conn)
-        .optional()?;
+        let live = organization_invitations::table
+            .filter(organization_invitations::token_hash.eq(token_hash))
+            .filter(organization_invitations::accepted_at.is_null())
+            .filter(organization_invitations::expires_at.gt(now));
+        let invited: Option<String> = live
+            .select(organization_invitations::email)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        match invited {
+            None => return Ok(Err(NotAccepted::Unknown)),
+            Some(invited) if !invited.eq_ignore_ascii_case(email) => return Ok(Err(NotAccepted::OtherEmail)),
+            Some(_) => {}
+        }
+        let invitation: Option<(Uuid, String)> = diesel::update(live)
+            .set((
+                organization_invitations::accepted_at.eq(now),
+                organization_invitations::accepted_by.eq(user_id),
+            ))
+            .returning((
+                organization_invitations::organization_id,
+                organization_invitations::role,
+            ))
+            .get_result(conn)
+            .optional()?;
         let Some((organization_id, role)) = invitation else {
-            return Ok(None);
+            return Ok(Err(NotAccepted::Unknown));
         };
         diesel::insert_into(organization_members::table)
             .values((
@@ -172,7 +223,7 @@ pub fn accept(conn: &mut PgConnection, token_hash: &[u8], user_id: Uuid) -> Quer
             .find((organization_id, user_id))
             .select(Member::as_select())
             .first(conn)
-            .map(Some)
+            .map(Ok)
     })
 }
 
