@@ -37,6 +37,22 @@ pub enum CryptoError {
     NoRandomness,
 }
 
+impl CryptoError {
+    /// The status a call that must store `what` answers: FAILED_PRECONDITION
+    /// naming the setting without a key, INTERNAL (logged) otherwise.
+    pub fn status(&self, what: &str) -> tonic::Status {
+        match self {
+            Self::NoKey => tonic::Status::failed_precondition(format!(
+                "{what} cannot be stored here: no encryption key is configured (the operator sets {KEYS_VARIABLE})"
+            )),
+            other => {
+                tracing::error!(error = %other, "cannot seal or open {what}");
+                tonic::Status::internal("internal error")
+            }
+        }
+    }
+}
+
 /// A sealed value: the key's id and the nonce and ciphertext, base64.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {

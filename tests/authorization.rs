@@ -212,6 +212,8 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("project.v1.ProjectService/UndeleteProject", [false, false, true, true]),
     ("project.v1.ProjectService/TransferProject", [false, false, true, true]),
     ("project.v1.ProjectService/InviteMember", [false, false, true, true]),
+    ("project.v1.ProjectService/ListInvitations", [false, false, true, true]),
+    ("project.v1.ProjectService/DeleteInvitation", [false, false, true, true]),
     ("project.v1.ProjectService/UpdateMember", [false, false, true, true]),
     ("project.v1.ProjectService/RemoveMember", [false, false, true, true]),
     (

@@ -13,6 +13,7 @@ pub mod batch;
 mod error;
 mod instrument;
 pub mod query;
+mod sealed;
 pub mod stats;
 mod supervise;
 
@@ -26,6 +27,7 @@ use secrecy::ExposeSecret;
 pub use batch::Batcher;
 pub use error::DbError;
 pub use instrument::install_query_instrumentation;
+pub use sealed::refuse_unknown_keys;
 pub use supervise::{Readiness, ReadyCheck, supervise};
 
 use crate::config::DbConfig;

@@ -1,14 +1,21 @@
-//! Tenants' secrets against whoever reads the database: variable values
-//! were stored as they were given, so a backup, a replica or a stray
-//! `SELECT` showed every tenant's keys.
+//! Tenants' secrets against whoever reads the databases: variable values
+//! and webhooks' signing secrets were stored as they were given, so a
+//! backup, a replica or a stray `SELECT` showed every tenant's keys and
+//! let anyone forge its webhooks.
 
 use std::time::Duration;
 
-use capsule::{config::ServiceKind, proto::deploy::v1::DeploymentState};
+use capsule::{
+    config::ServiceKind,
+    proto::deploy::v1::{self as pb, DeploymentState},
+};
 use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
 
 use super::{logs_until, runner_mesh};
-use crate::common::deploy::{deploy, project, wait_for};
+use crate::common::{
+    authed,
+    deploy::{deploy, project, wait_for},
+};
 
 #[derive(QueryableByName)]
 struct Stored {
@@ -48,5 +55,32 @@ async fn variable_values_rest_sealed_and_still_reach_the_deployment() {
         Duration::from_secs(30),
     )
     .await;
+
+    // A webhook's signing secret (on a project that never deploys: no
+    // delivery is attempted) rests sealed too.
+    let quiet = project(&mesh, &owner, "true", &[]).await;
+    let created = mesh
+        .deploys()
+        .await
+        .create_webhook(authed(
+            pb::CreateWebhookRequest {
+                parent: format!("projects/{quiet}"),
+                url: "https://93.184.216.34/hooks".to_owned(),
+                events: vec![pb::WebhookEvent::DeploymentLive as i32],
+            },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.secret.starts_with("whsec_"));
+    let stored: Vec<Stored> = diesel::sql_query("SELECT secret AS value FROM webhooks")
+        .load(&mut mesh.database(ServiceKind::Deploy).connect())
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].value.contains(&created.secret),
+        "the signing secret rests as made"
+    );
     mesh.stop().await;
 }

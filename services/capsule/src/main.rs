@@ -79,9 +79,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SecretsCommand {
-    /// Seal every stored variable under the first key of
+    /// Seal every stored variable and webhook secret under the first key of
     /// CAPSULE_ENCRYPTION_KEYS (after a new key was put first, or for
-    /// values written before values were sealed); then the old keys can go.
+    /// values stored before they were sealed); then the old keys can go.
     Reencrypt,
 }
 
@@ -197,9 +197,11 @@ async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
             command: SecretsCommand::Reencrypt,
         } => {
             let secrets = capsule::config::Secrets::from_env()?;
-            let db = capsule::config::DbConfig::from_env(ServiceKind::Project)?;
-            let sealed = capsule_project::reencrypt(db, secrets.encryption).await?;
-            println!("sealed {sealed} variable value(s) under the current key");
+            let project = capsule::config::DbConfig::from_env(ServiceKind::Project)?;
+            let variables = capsule_project::reencrypt(project, secrets.encryption.clone()).await?;
+            let deploy = capsule::config::DbConfig::from_env(ServiceKind::Deploy)?;
+            let webhooks = capsule_deploy::reencrypt(deploy, secrets.encryption).await?;
+            println!("sealed under the current key: {variables} variable value(s), {webhooks} webhook secret(s)");
             Ok(())
         }
     }

@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) projects: ProjectServiceClient<capsule::trace::TracedChannel>,
     /// The token layer's keys: follow streams recheck their callers.
     pub(crate) keys: Arc<capsule::auth::KeySet>,
+    /// The keys webhooks' secrets are sealed with.
+    pub(crate) encryption: Arc<capsule::crypto::Keyring>,
     pub(crate) internal_secret: Option<String>,
     pub(crate) lease: chrono::Duration,
     /// Output lines kept per deployment.
@@ -208,6 +210,7 @@ impl DeployServiceApi {
         hub: Hub,
         projects: ProjectServiceClient<capsule::trace::TracedChannel>,
         keys: Arc<capsule::auth::KeySet>,
+        encryption: Arc<capsule::crypto::Keyring>,
         internal_secret: Option<String>,
         config: &DeployConfig,
     ) -> anyhow::Result<Self> {
@@ -217,6 +220,7 @@ impl DeployServiceApi {
                 hub,
                 projects,
                 keys,
+                encryption,
                 internal_secret,
                 lease: chrono::Duration::from_std(config.lease)?,
                 max_log_lines: i64::try_from(config.max_log_lines)?,

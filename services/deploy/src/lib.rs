@@ -63,11 +63,18 @@ pub async fn serve(
     let hub = notify::Hub::start(db_config.connection_url(), shutdown.clone());
     let projects = ProjectServiceClient::new(capsule::tls::channel(&mesh.services.project)?);
     let keys: Arc<KeySet> = mesh.key_set()?;
+    capsule::db::refuse_unknown_keys(
+        db.clone(),
+        webhooks::key_ids,
+        mesh.secrets.encryption.clone(),
+        shutdown.clone(),
+    );
     let api = DeployServiceApi::new(
         db.clone(),
         hub.clone(),
         projects,
         keys.clone(),
+        mesh.secrets.encryption.clone(),
         mesh.secrets.internal_secret.clone(),
         &config,
     )?;
@@ -78,6 +85,7 @@ pub async fn serve(
         db.clone(),
         hub.clone(),
         config.webhooks.clone(),
+        mesh.secrets.encryption.clone(),
         shutdown.clone(),
     ));
     if let Some(every) = config.poll_interval {
@@ -177,4 +185,11 @@ async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: Canc
             () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
         }
     }
+}
+
+/// Seals every webhook's signing secret under the first key of
+/// `CAPSULE_ENCRYPTION_KEYS` (`capsule secrets reencrypt`). How many.
+pub async fn reencrypt(db_config: DbConfig, keys: Arc<capsule::crypto::Keyring>) -> anyhow::Result<usize> {
+    let db = Database::new(db_config)?;
+    db.run(move |conn| Ok(webhooks::reencrypt(conn, &keys))).await?
 }

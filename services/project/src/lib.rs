@@ -52,29 +52,8 @@ pub async fn serve(
         )),
         None => None,
     };
-    // Values sealed by a key this process lacks could never be given to a
-    // deployment: the service stops, naming the setting, once it can read.
     let keys = mesh.secrets.encryption.clone();
-    let (checked, stop) = (db.clone(), shutdown.clone());
-    let checking = keys.clone();
-    tokio::spawn(async move {
-        loop {
-            match vault::check(&checked, &checking).await {
-                Ok(()) => return,
-                Err(why) if why.starts_with("cannot read") => {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
-                Err(why) => {
-                    tracing::error!("{why}");
-                    stop.cancel();
-                    return;
-                }
-            }
-        }
-    });
+    capsule::db::refuse_unknown_keys(db.clone(), vault::key_ids, keys.clone(), shutdown.clone());
     GrpcServer::new(ServiceKind::Project)
         .require_access(mesh.key_set()?)
         .add_service(

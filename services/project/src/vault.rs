@@ -4,10 +4,7 @@
 //! opened only to be returned — a secret's value to the runner holding a
 //! deployment alone.
 
-use capsule::{
-    crypto::{CryptoError, KEYS_VARIABLE, Keyring},
-    db::Database,
-};
+use capsule::crypto::{KEYS_VARIABLE, Keyring};
 use diesel::prelude::*;
 use tonic::Status;
 use uuid::Uuid;
@@ -22,16 +19,9 @@ fn place(project_id: Uuid, name: &str) -> Vec<u8> {
 /// `value` sealed for variable `name` of `project_id`: the text to store
 /// and the id of the key that sealed it.
 pub fn seal(keys: &Keyring, project_id: Uuid, name: &str, value: &str) -> Result<(String, String), Status> {
-    match keys.seal(value, &place(project_id, name)) {
-        Ok(sealed) => Ok((sealed.text, sealed.key_id)),
-        Err(CryptoError::NoKey) => Err(Status::failed_precondition(format!(
-            "variables cannot be stored here: no encryption key is configured (the operator sets {KEYS_VARIABLE})"
-        ))),
-        Err(err) => {
-            tracing::error!(error = %err, project.id = %project_id, "cannot seal a variable");
-            Err(Status::internal("internal error"))
-        }
-    }
+    keys.seal(value, &place(project_id, name))
+        .map(|sealed| (sealed.text, sealed.key_id))
+        .map_err(|err| err.status("variables"))
 }
 
 /// The variables with their values as they were given.
@@ -52,26 +42,14 @@ pub fn reveal(keys: &Keyring, project_id: Uuid, variables: Vec<Variable>) -> Res
         .collect()
 }
 
-/// Why this service may not serve with `keys`: stored values sealed by a
-/// key it lacks (they could never be given to a deployment), named.
-pub async fn check(db: &Database, keys: &Keyring) -> Result<(), String> {
-    let used: Vec<String> = db
-        .run(|conn| {
-            environment_variables::table
-                .filter(environment_variables::key_id.is_not_null())
-                .select(environment_variables::key_id.assume_not_null())
-                .distinct()
-                .load(conn)
-        })
-        .await
-        .map_err(|err| format!("cannot read which keys sealed the variables: {err}"))?;
-    match used.iter().find(|id| !keys.knows(id)) {
-        Some(missing) => Err(format!(
-            "{KEYS_VARIABLE} lacks the key {missing:?}, which sealed stored variables: give it (keys \
-             after the first still open old values)"
-        )),
-        None => Ok(()),
-    }
+/// The ids of the keys that sealed stored values (for
+/// `capsule::db::refuse_unknown_keys`).
+pub fn key_ids(conn: &mut PgConnection) -> QueryResult<Vec<String>> {
+    environment_variables::table
+        .filter(environment_variables::key_id.is_not_null())
+        .select(environment_variables::key_id.assume_not_null())
+        .distinct()
+        .load(conn)
 }
 
 /// Seals every value not sealed by the current key under it (plain ones

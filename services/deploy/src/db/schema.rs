@@ -86,6 +86,7 @@ diesel::table! {
         events -> Array<Text>,
         created_by -> Uuid,
         created_at -> Timestamptz,
+        key_id -> Nullable<Varchar>,
     }
 }
 

@@ -128,7 +128,9 @@ pub struct NewWebhook {
     pub project_id: Option<Uuid>,
     pub organization_id: Option<Uuid>,
     pub url: String,
+    /// Sealed by the key `key_id` names (see `webhooks::sealed_place`).
     pub secret: String,
+    pub key_id: Option<String>,
     pub events: Vec<String>,
     pub created_by: Uuid,
 }
@@ -328,7 +330,11 @@ pub struct Due {
     pub event: String,
     pub payload: serde_json::Value,
     pub url: String,
+    /// The signing secret as stored: sealed when `key_id` is set, for the
+    /// webhook's scope (`scope_id`).
     pub secret: String,
+    pub key_id: Option<String>,
+    pub scope_id: Uuid,
 }
 
 /// The due deliveries a sender takes, fairly: at most `$2` of one
@@ -392,14 +398,23 @@ pub fn claim_due(
                     webhook_deliveries::webhook_id,
                 ))
                 .get_results(conn)?;
-        let hooks: Vec<(Uuid, String, String)> = webhooks::table
+        type Hook = (Uuid, String, String, Option<String>, Option<Uuid>, Option<Uuid>);
+        let hooks: Vec<Hook> = webhooks::table
             .filter(webhooks::id.eq_any(taken.iter().map(|row| row.4)))
-            .select((webhooks::id, webhooks::url, webhooks::secret))
+            .select((
+                webhooks::id,
+                webhooks::url,
+                webhooks::secret,
+                webhooks::key_id,
+                webhooks::project_id,
+                webhooks::organization_id,
+            ))
             .load(conn)?;
         Ok(taken
             .into_iter()
             .filter_map(|(id, attempt, event, payload, webhook_id)| {
-                let (_, url, secret) = hooks.iter().find(|hook| hook.0 == webhook_id)?;
+                let (_, url, secret, key_id, project_id, organization_id) =
+                    hooks.iter().find(|hook| hook.0 == webhook_id)?;
                 Some(Due {
                     id,
                     webhook_id,
@@ -408,6 +423,8 @@ pub fn claim_due(
                     payload,
                     url: url.clone(),
                     secret: secret.clone(),
+                    key_id: key_id.clone(),
+                    scope_id: project_id.or(*organization_id).unwrap_or_default(),
                 })
             })
             .collect())

@@ -51,15 +51,16 @@ pub(super) async fn create_webhook(
     let url = crate::webhooks::guard::check_url(&api.inner.webhook_guard, &body.url)
         .await
         .map_err(|why| rpc::invalid_field("url", &why))?;
+    let (secret, sealed, key_id) = crate::webhooks::new_secret(&api.inner.encryption, scope.id())?;
     let new = NewWebhook {
         project_id: matches!(scope, Scope::Project(_)).then_some(scope.id()),
         organization_id: matches!(scope, Scope::Organization(_)).then_some(scope.id()),
         url: url.to_string(),
-        secret: crate::webhooks::new_secret()?,
+        secret: sealed,
+        key_id: Some(key_id),
         events,
         created_by: caller.user_id,
     };
-    let secret = new.secret.clone();
     let Some(webhook) = api
         .inner
         .db

@@ -45,7 +45,13 @@ pub fn client(config: &WebhookConfig, guard: Arc<Guard>) -> reqwest::Result<reqw
 }
 
 /// Runs until `shutdown`.
-pub async fn run(db: Database, hub: Hub, config: WebhookConfig, shutdown: CancellationToken) {
+pub async fn run(
+    db: Database,
+    hub: Hub,
+    config: WebhookConfig,
+    keys: Arc<capsule::crypto::Keyring>,
+    shutdown: CancellationToken,
+) {
     let guard = Arc::new(Guard::new(config.allowed_networks.clone()));
     let client = match client(&config, guard.clone()) {
         Ok(client) => client,
@@ -59,6 +65,7 @@ pub async fn run(db: Database, hub: Hub, config: WebhookConfig, shutdown: Cancel
         client,
         guard,
         config,
+        keys,
         in_flight: Mutex::default(),
     });
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
@@ -117,6 +124,8 @@ struct Sender {
     client: reqwest::Client,
     guard: Arc<Guard>,
     config: WebhookConfig,
+    /// The keys the webhooks' secrets are sealed with.
+    keys: Arc<capsule::crypto::Keyring>,
     /// Deliveries in flight, by endpoint (webhook).
     in_flight: Mutex<HashMap<uuid::Uuid, u32>>,
 }
@@ -192,7 +201,15 @@ impl Sender {
             return Err(format!("{why}: webhooks are delivered to public addresses only"));
         }
         let body = serde_json::to_vec(&due.payload).map_err(|err| err.to_string())?;
-        let signature = super::signature(&due.secret, Utc::now().timestamp(), &body);
+        // Sealed at rest; a secret stored before sealing is used as it is.
+        let secret = match &due.key_id {
+            Some(key_id) => self
+                .keys
+                .open(key_id, &due.secret, &super::sealed_place(due.scope_id))
+                .map_err(|err| format!("the webhook's secret cannot be opened here: {err}"))?,
+            None => due.secret.clone(),
+        };
+        let signature = super::signature(&secret, Utc::now().timestamp(), &body);
         let response = self
             .client
             .post(url)
