@@ -117,7 +117,12 @@ impl Guard {
                 .collect(),
         };
         if let Some(why) = addresses.iter().find_map(|ip| self.refusal(*ip)) {
-            return Err(Refused::Internal(why));
+            // A name's address is not told: that would map the private
+            // side's names for whoever asks.
+            return Err(Refused::Internal(match host {
+                Host::Domain(_) => why.split(" (").next().unwrap_or(&why).to_owned(),
+                Host::Ipv4(_) | Host::Ipv6(_) => why,
+            }));
         }
         if addresses.is_empty() {
             return Err(Refused::NoAddress);

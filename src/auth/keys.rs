@@ -388,22 +388,33 @@ impl KeySet {
         Ok(self.access_token(token).await?)
     }
 
-    /// Whether `caller`'s credential still holds, as the auth service says
-    /// now: for a stream that outlives the call that opened it. An API
-    /// token must not be revoked, expired or its owner deactivated; an
-    /// access token must not have expired, and its session must be live
-    /// (not signed out, its user active). UNAUTHENTICATED saying which.
-    pub async fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+    /// `caller` as the auth service says it stands now, for a stream that
+    /// outlives the call that opened it: an API token must not be revoked,
+    /// expired or its owner deactivated, and comes back with the role and
+    /// scope it has now; an access token must not have expired, and its
+    /// session must be live (not signed out, its user active — a role
+    /// change ends sessions). UNAUTHENTICATED saying which.
+    pub async fn recheck(&self, caller: &Caller) -> Result<Caller, Status> {
         if matches!(caller.role, Role::Service | Role::Runner) {
-            return Ok(());
+            return Ok(caller.clone());
         }
         if caller.scope.is_some() {
-            return match self.source.api_token(super::token_hash(&caller.token)).await? {
-                Some(_) => Ok(()),
-                None => Err(Status::unauthenticated(
-                    "the API token is no longer valid (revoked, expired or its owner deactivated)",
-                )),
-            };
+            let grant = self
+                .source
+                .api_token(super::token_hash(&caller.token))
+                .await?
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "the API token is no longer valid (revoked, expired or its owner deactivated)",
+                    )
+                })?;
+            return Ok(Caller {
+                user_id: grant.user_id,
+                role: grant.role,
+                session_id: Uuid::nil(),
+                token: caller.token.clone(),
+                scope: Some(Arc::new(grant.scope)),
+            });
         }
         self.verify(&caller.token).await.map_err(|err| match err {
             TokenError::Expired => {
@@ -411,10 +422,11 @@ impl KeySet {
             }
             other => Status::from(other),
         })?;
-        if !self.source.standing(caller.session_id).await?.live {
-            return Err(Status::unauthenticated("your session has ended; sign in again"));
+        let standing = self.source.standing(caller.session_id).await?;
+        match standing.role {
+            Some(role) if standing.live => Ok(Caller { role, ..caller.clone() }),
+            _ => Err(Status::unauthenticated("your session has ended; sign in again")),
         }
-        Ok(())
     }
 
     async fn access_token(&self, token: &str) -> Result<Caller, TokenError> {

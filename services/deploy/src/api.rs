@@ -257,8 +257,8 @@ impl DeployServiceApi {
     /// UNAUTHENTICATED or PERMISSION_DENIED when not (a caller who saw the
     /// deployment learns nothing from PERMISSION_DENIED).
     pub(crate) async fn still_visible(&self, caller: &Caller, permission: Permission, id: Uuid) -> Result<(), Status> {
-        self.inner.keys.recheck(caller).await?;
-        match self.visible(caller, permission, id).await {
+        let now = self.inner.keys.recheck(caller).await?;
+        match self.visible(&now, permission, id).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => {
                 Err(Status::permission_denied("you may no longer read this deployment"))

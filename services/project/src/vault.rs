@@ -70,17 +70,22 @@ pub fn reencrypt(conn: &mut PgConnection, keys: &Keyring) -> anyhow::Result<usiz
         .load(conn)?;
     let mut sealed = 0;
     for (project_id, variable) in stale {
-        let name = variable.name.clone();
+        let (name, stored) = (variable.name.clone(), variable.value.clone());
         let Some(opened) = reveal(keys, project_id, vec![variable])?.pop() else {
             continue;
         };
         let (text, key_id) = seal(keys, project_id, &name, &opened.value)?;
-        sealed += diesel::update(environment_variables::table.find((project_id, &name)))
-            .set((
-                environment_variables::value.eq(text),
-                environment_variables::key_id.eq(key_id),
-            ))
-            .execute(conn)?;
+        // Only the value read: one set meanwhile is newer, and stays.
+        sealed += diesel::update(
+            environment_variables::table
+                .find((project_id, &name))
+                .filter(environment_variables::value.eq(&stored)),
+        )
+        .set((
+            environment_variables::value.eq(text),
+            environment_variables::key_id.eq(key_id),
+        ))
+        .execute(conn)?;
     }
     Ok(sealed)
 }

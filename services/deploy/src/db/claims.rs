@@ -24,7 +24,8 @@ const HELD: [&str; 3] = [
 /// The next deployment to claim, fairly: among the queued ones (and those
 /// whose runner's lease ran out) of projects with fewer than
 /// `per_project` deployments being built, the oldest of the owner served
-/// least recently (never served first). One owner's long queue thus waits
+/// least recently (never served first; a deployment from before owners were
+/// recorded by its age). One owner's long queue thus waits
 /// its turn behind each other owner's next deployment, not in front of it.
 /// FOR UPDATE SKIP LOCKED: concurrent runners never take the same one.
 const NEXT_CLAIM: &str = "\
@@ -33,8 +34,8 @@ WHERE (d.state = 'queued' OR (d.state IN ('building', 'deploying') AND d.lease_e
     AND (SELECT count(*) FROM deployments b
         WHERE b.project_id = d.project_id AND b.state IN ('building', 'deploying')
             AND b.lease_expires_at >= now()) < $1
-ORDER BY (SELECT max(s.started_at) FROM deployments s
-        WHERE s.owner_id = d.owner_id AND s.started_at IS NOT NULL) ASC NULLS FIRST,
+ORDER BY CASE WHEN d.owner_id IS NULL THEN d.created_at ELSE (SELECT max(s.started_at) FROM deployments s
+        WHERE s.owner_id = d.owner_id AND s.started_at IS NOT NULL) END ASC NULLS FIRST,
     d.created_at ASC
 LIMIT 1
 FOR UPDATE OF d SKIP LOCKED";

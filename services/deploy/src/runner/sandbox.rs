@@ -490,8 +490,16 @@ impl Sandbox {
     }
 }
 
-/// bwrap's options, NUL-separated, in an unlinked file for `--args`.
+/// bwrap's options, NUL-separated, in an unlinked file for `--args`. An
+/// option holding a NUL (a variable's value: the API refuses them, but
+/// this is where one would become options of its own) is refused.
 fn options_file(args: &[OsString]) -> std::io::Result<OwnedFd> {
+    if args.iter().any(|arg| arg.as_bytes().contains(&0)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a variable holds a NUL character",
+        ));
+    }
     let mut file = tempfile::tempfile()?;
     for arg in args {
         file.write_all(arg.as_bytes())?;

@@ -84,10 +84,11 @@ pub fn reencrypt(conn: &mut diesel::PgConnection, keys: &capsule::crypto::Keyrin
         let place = sealed_place(project_id.or(organization_id).unwrap_or_default());
         let plain = match key_id {
             Some(key_id) => keys.open(&key_id, &secret, &place)?,
-            None => secret,
+            None => secret.clone(),
         };
         let again = keys.seal(&plain, &place)?;
-        sealed += diesel::update(webhooks::table.find(id))
+        // Only the secret read: a webhook changed meanwhile stays as it is.
+        sealed += diesel::update(webhooks::table.find(id).filter(webhooks::secret.eq(&secret)))
             .set((webhooks::secret.eq(again.text), webhooks::key_id.eq(again.key_id)))
             .execute(conn)?;
     }

@@ -74,13 +74,17 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
     let mut chain: Vec<IpAddr> = Vec::new();
     let mut scheme = if apps.https { "https" } else { "http" };
     if is_trusted(&peer) {
-        chain = headers
+        // What is left of an entry that is no address was written by
+        // someone no proxy vouched for.
+        let entries: Vec<Option<IpAddr>> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|list| list.split(','))
-            .filter_map(|entry| entry.trim().parse().ok())
+            .map(|value| value.to_str().ok())
+            .flat_map(|list| list.unwrap_or("?").split(','))
+            .map(|entry| entry.trim().parse().ok())
             .collect();
+        let after_unknown = entries.iter().rposition(Option::is_none).map_or(0, |at| at + 1);
+        chain = entries[after_unknown..].iter().flatten().copied().collect();
         if let Some(said) = headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) {
             scheme = if said.eq_ignore_ascii_case("https") {
                 "https"
@@ -99,8 +103,12 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
+        "x-forwarded-port",
         "forwarded",
         "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
     ] {
         headers.remove(name);
     }
@@ -227,11 +235,22 @@ mod tests {
         headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 1.2.3.4"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         headers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
+        headers.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
         forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None);
         assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
+        assert!(!headers.contains_key("true-client-ip"));
         assert_eq!(headers["x-real-ip"], "1.2.3.4");
         assert_eq!(headers["x-forwarded-proto"], "http", "the trusted proxy's word");
         assert_eq!(headers["forwarded"], "for=1.2.3.4;proto=http");
+
+        // An entry that is no address ends what the proxies vouch for.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, unknown, 10.0.0.2"),
+        );
+        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None);
+        assert_eq!(headers["x-real-ip"], "10.0.0.2");
 
         // Anyone else's headers are replaced; the gateway's TLS says https.
         let mut headers = HeaderMap::new();
