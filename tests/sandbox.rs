@@ -100,7 +100,7 @@ async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
     build += &probe("write-etc", "echo x > /etc/capsule-probe 2>/dev/null");
     build += &probe("write-usr", "touch /usr/capsule-probe 2>/dev/null");
     build += &probe("checkout", &format!("[ -e '{checkout}/Cargo.toml' ]"));
-    build += &probe("other-workdirs", "ls /tmp/capsule-runner 2>/dev/null | grep -q .");
+    build += &probe("other-workdirs", "ls /tmp/capsule-runner-* 2>/dev/null | grep -q .");
     build += &probe("capabilities", "grep -q 'CapEff:.*[1-9a-f]' /proc/self/status");
     build += &probe("new-user-namespace", "unshare -U true 2>/dev/null");
     build += &probe("workspace-write", "! echo mine > /workspace/file");

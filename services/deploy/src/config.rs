@@ -14,7 +14,7 @@
 //! | `DEPLOY_POLL_CONCURRENCY`, `DEPLOY_POLL_TIMEOUT_SECS` | `8`, `20`: repositories polled at once, and how long one may take; a repository that fails is polled again after doubling intervals, up to an hour |
 //! | `DEPLOY_REAP_INTERVAL_SECS` | `60`: how often the live deployments of deleted projects are looked for and stopped |
 //! | `DEPLOY_MAX_SOURCE_MB` | `512`: the largest file a source checkout may write |
-//! | `DEPLOY_RUNNER_WORKDIR` | the system temp directory: where builds run, one fresh directory each |
+//! | `DEPLOY_RUNNER_WORKDIR` | `capsule-runner-<uid>` in the system temp directory: where builds run, one fresh directory each; it must belong to the runner's user, who alone may list it |
 //! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed (also its CPU-time limit) |
 //! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |
 //! | `DEPLOY_RUNNER_LINES_PER_SEC` | `1000`: output lines sent per second (bursts of 5×); the rest are dropped and counted |
@@ -222,9 +222,11 @@ impl DeployConfig {
         let runner = if local {
             Some(RunnerConfig {
                 source: source_config.clone(),
-                workdir: source
-                    .get("DEPLOY_RUNNER_WORKDIR")
-                    .map_or_else(|| std::env::temp_dir().join("capsule-runner"), PathBuf::from),
+                workdir: source.get("DEPLOY_RUNNER_WORKDIR").map_or_else(
+                    // One per user: the directory must be the runner's own.
+                    || std::env::temp_dir().join(format!("capsule-runner-{}", nix::unistd::geteuid())),
+                    PathBuf::from,
+                ),
                 timeout: Duration::from_secs(number("DEPLOY_RUNNER_TIMEOUT_SECS", 600)?),
                 max_output_bytes: number("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
                 lines_per_sec: positive(source, "DEPLOY_RUNNER_LINES_PER_SEC", 1000)?,
