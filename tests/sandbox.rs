@@ -21,7 +21,7 @@ use capsule::{
 };
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy, logs, project, rollback, set_variable, text, wait_for},
+    deploy::{app, deploy, logs, logs_until, project, rollback, set_variable, text, wait_for},
 };
 use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
 use tonic::Code;
@@ -33,19 +33,6 @@ async fn local_runner_mesh(deploy: Vec<(&'static str, &'static str)>) -> TestMes
         ..Default::default()
     })
     .await
-}
-
-/// Waits until the deployment's logs contain `marker`; returns them.
-async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let all = text(&logs(mesh, token, id).await);
-        if all.contains(marker) {
-            return all;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "no {marker:?} in:\n{all}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A shell test that prints `probe NAME: OPEN` when the attack worked and

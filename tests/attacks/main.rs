@@ -22,12 +22,7 @@ mod sandbox_users;
 mod secrets_at_rest;
 mod streams;
 
-use std::time::{Duration, Instant};
-
-use common::{
-    TestMesh,
-    deploy::{logs, text},
-};
+use common::{TestMesh, deploy::logs_until};
 
 /// A mesh with the local runner, as `capsule dev` runs it.
 async fn runner_mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
@@ -39,19 +34,6 @@ async fn runner_mesh(extra: &[(&'static str, &'static str)]) -> TestMesh {
         ..Default::default()
     })
     .await
-}
-
-/// Waits until the deployment's logs contain `marker`; returns them.
-async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let all = text(&logs(mesh, token, id).await);
-        if all.contains(marker) {
-            return all;
-        }
-        assert!(started.elapsed() < Duration::from_secs(40), "no {marker:?} in:\n{all}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A path on the host that only a process outside every sandbox could

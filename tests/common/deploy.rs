@@ -197,3 +197,17 @@ pub async fn rollback(mesh: &TestMesh, token: &str, id: &str) -> pb::Deployment 
         .unwrap()
         .into_inner()
 }
+
+/// Waits (up to 40 s) until the deployment's logs contain `marker`;
+/// returns them.
+pub async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let all = text(&logs(mesh, token, id).await);
+        if all.contains(marker) {
+            return all;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "no {marker:?} in:\n{all}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
