@@ -12,13 +12,8 @@ use std::{
     time::Duration,
 };
 
-use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
-
 use super::{host_marker, logs_until, runner_mesh};
-use crate::common::{
-    authed,
-    deploy::{app, deploy, wait_for},
-};
+use crate::common::deploy::{app, deploy_live, host_label};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_cannot_redirect_the_runner_to_a_host_socket() {
@@ -49,29 +44,9 @@ echo "swap-done-$((6 * 7))"
 wait"#
     );
     let project = app(&mesh, &mallory, "", &start, &[]).await;
-    let deployment = deploy(&mesh, &mallory, &project).await;
-    wait_for(
-        &mesh,
-        &mallory,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(40),
-    )
-    .await;
+    let deployment = deploy_live(&mesh, &mallory, &project).await;
     logs_until(&mesh, &mallory, &deployment.id, "swap-done-42").await;
-    let label = mesh
-        .projects()
-        .await
-        .get_project(authed(
-            project_pb::GetProjectRequest {
-                project_id: project.clone(),
-            },
-            &mallory,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .host_label;
+    let label = host_label(&mesh, &mallory, &project).await;
 
     let client = reqwest::Client::new();
     let mut served = 0;

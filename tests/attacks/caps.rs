@@ -10,7 +10,7 @@ use tonic::Code;
 use super::runner_mesh;
 use crate::common::{
     authed,
-    deploy::{app, create, deploy, project, wait_for},
+    deploy::{app, create, deploy_live, project, wait_for},
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,15 +51,7 @@ async fn environments_streams_and_runtime_logs_are_bounded_and_say_by_what() {
         &[],
     )
     .await;
-    let live = deploy(&mesh, &mallory, &chatty).await;
-    wait_for(
-        &mesh,
-        &mallory,
-        &live.id,
-        DeploymentState::Live,
-        Duration::from_secs(30),
-    )
-    .await;
+    let live = deploy_live(&mesh, &mallory, &chatty).await;
     let mut client = mesh.deploys().await;
     let started = Instant::now();
     let runtime = loop {

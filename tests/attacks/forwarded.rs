@@ -5,13 +5,8 @@
 
 use std::time::Duration;
 
-use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
-
 use super::runner_mesh;
-use crate::common::{
-    authed,
-    deploy::{app, deploy, wait_for},
-};
+use crate::common::deploy::{app, deploy_live, host_label};
 
 /// An app that answers every GET with the request's headers.
 const ECHO: &str = r#"cat > echo.py <<'PY'
@@ -31,23 +26,8 @@ async fn an_app_is_told_the_clients_real_address_not_what_the_client_wrote() {
     let mesh = runner_mesh(&[]).await;
     let (owner, _) = mesh.user("owner@example.com").await;
     let project = app(&mesh, &owner, ECHO, "exec python3 echo.py", &[]).await;
-    let deployment = deploy(&mesh, &owner, &project).await;
-    wait_for(
-        &mesh,
-        &owner,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(40),
-    )
-    .await;
-    let label = mesh
-        .projects()
-        .await
-        .get_project(authed(project_pb::GetProjectRequest { project_id: project }, &owner))
-        .await
-        .unwrap()
-        .into_inner()
-        .host_label;
+    deploy_live(&mesh, &owner, &project).await;
+    let label = host_label(&mesh, &owner, &project).await;
     let client = reqwest::Client::new();
     let mut seen = String::new();
     for _ in 0..100 {

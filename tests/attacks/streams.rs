@@ -4,17 +4,13 @@
 
 use std::time::Duration;
 
-use capsule::proto::{
-    auth::v1 as auth_pb,
-    deploy::v1::{self as pb, DeploymentState},
-    project::v1 as project_pb,
-};
+use capsule::proto::{auth::v1 as auth_pb, deploy::v1 as pb, project::v1 as project_pb};
 use tonic::{Code, Streaming};
 
 use super::runner_mesh;
 use crate::common::{
     PASSWORD, authed,
-    deploy::{deploy, update_settings, wait_for},
+    deploy::{deploy_live, update_settings},
     org,
 };
 
@@ -89,15 +85,7 @@ async fn follow_streams_end_when_the_token_session_or_membership_does() {
         ..Default::default()
     };
     update_settings(&mesh, &owner, settings, &["start_command"]).await;
-    let deployment = deploy(&mesh, &owner, &project).await;
-    wait_for(
-        &mesh,
-        &owner,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(40),
-    )
-    .await;
+    let deployment = deploy_live(&mesh, &owner, &project).await;
 
     // Three readers: an API token, a member, a second session of the owner.
     let mut auth = mesh.auth().await;

@@ -211,3 +211,32 @@ pub async fn logs_until(mesh: &TestMesh, token: &str, id: &str, marker: &str) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Deploys the project and waits (up to 40 s) until the deployment is live.
+pub async fn deploy_live(mesh: &TestMesh, token: &str, project_id: &str) -> pb::Deployment {
+    let deployment = deploy(mesh, token, project_id).await;
+    wait_for(
+        mesh,
+        token,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(40),
+    )
+    .await
+}
+
+/// The project's host label: its apps answer at `<label>.<apps domain>`.
+pub async fn host_label(mesh: &TestMesh, token: &str, project_id: &str) -> String {
+    mesh.projects()
+        .await
+        .get_project(authed(
+            project_pb::GetProjectRequest {
+                project_id: project_id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .host_label
+}
