@@ -232,6 +232,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
             pb::ClaimDeploymentRequest {
                 runner_id: String::new(),
                 lease: None,
+                wait: None,
             },
         ))
         .await
@@ -417,6 +418,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                         pb::ClaimDeploymentRequest {
                             runner_id: String::new(),
                             lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+                            wait: None,
                         },
                     ))
                     .await
@@ -462,6 +464,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
             pb::ClaimDeploymentRequest {
                 runner_id: String::new(),
                 lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                wait: None,
             },
         ))
         .await
@@ -474,6 +477,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
             pb::ClaimDeploymentRequest {
                 runner_id: String::new(),
                 lease: None,
+                wait: None,
             },
         ))
         .await
@@ -487,6 +491,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
             pb::ClaimDeploymentRequest {
                 runner_id: String::new(),
                 lease: None,
+                wait: None,
             },
         ))
         .await
@@ -628,6 +633,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
             pb::ClaimDeploymentRequest {
                 runner_id: "me".into(),
                 lease: None,
+                wait: None,
             },
             &alice,
         ))
@@ -686,11 +692,70 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
             pb::ClaimDeploymentRequest {
                 runner_id: String::new(),
                 lease: None,
+                wait: None,
             },
         ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(claimed.snapshot.unwrap().environment["TOKEN"], "t0ps3cret-value");
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_ends_with_its_wait() {
+    let mesh = common::start().await;
+    let (_, test_runner) = mesh.runner("test-runner").await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "true", &[]).await;
+    let claim = |wait: i64| {
+        runner_request(
+            &test_runner,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+                wait: Some(prost_types::Duration {
+                    seconds: wait,
+                    nanos: 0,
+                }),
+            },
+        )
+    };
+
+    let asked = Instant::now();
+    let empty = mesh
+        .deploys()
+        .await
+        .claim_deployment(claim(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.deployment.is_none());
+    assert!(
+        asked.elapsed() >= Duration::from_millis(900),
+        "an empty claim waits out its wait"
+    );
+
+    let (mut runner, request) = (mesh.deploys().await, claim(30));
+    let waiting = tokio::spawn(async move { runner.claim_deployment(request).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let claimed = waiting.await.unwrap().unwrap().into_inner();
+    assert_eq!(claimed.deployment.unwrap().id, deployment.id);
+
+    let refused = mesh
+        .deploys()
+        .await
+        .claim_deployment(runner_request(
+            &test_runner,
+            pb::ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+                wait: Some(prost_types::Duration { seconds: 61, nanos: 0 }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     mesh.stop().await;
 }

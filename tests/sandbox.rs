@@ -422,22 +422,22 @@ fn digest(value: &str) -> String {
         .collect()
 }
 
-/// The invariant of ARCHITECTURE.md: in the deploy service, only the
-/// sandbox builds a process command (and the source module, for git), so
-/// every user command goes through the sandbox.
+/// The invariant of ARCHITECTURE.md: in the deploy service and the runner,
+/// only the sandbox builds a process command (and the source module, for
+/// git), so every user command goes through the sandbox.
 #[test]
-fn only_the_sandbox_spawns_processes_in_the_deploy_service() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services/deploy/src");
+fn only_the_sandbox_spawns_processes_in_the_deploy_service_and_the_runner() {
+    let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services");
     let mut offenders = Vec::new();
-    let mut dirs = vec![root.clone()];
+    let mut dirs = vec![services.join("deploy/src"), services.join("runner/src")];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|ext| ext == "rs")
-                && !path.ends_with("runner/sandbox.rs")
-                && !path.ends_with("runner/source.rs")
+                && !path.ends_with("runner/src/sandbox.rs")
+                && !path.ends_with("runner/src/source.rs")
             {
                 let source = std::fs::read_to_string(&path).unwrap();
                 if source.contains("Command::new") || source.contains("process::Command") {

@@ -42,7 +42,7 @@ pub use mesh::{GatewayConfig, Mesh, ServiceUrls, app_url};
 pub use secrets::Secrets;
 pub use serve::ServeConfig;
 pub use service::ServiceKind;
-pub use source::{ConfigError, ProcessEnv, Source, parse_bool, parse_or, positive};
+pub use source::{ConfigError, ProcessEnv, Source, networks, parse_bool, parse_or, paths, positive};
 pub use tls::{CA_FILE, CERT_FILE, CLIENT_CA_FILE, KEY_FILE, ServerTls};
 
 #[cfg(test)]

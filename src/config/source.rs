@@ -104,3 +104,47 @@ pub fn parse_bool(source: &dyn Source, variable: &str, default: bool) -> Result<
         Some(v) => Err(ConfigError::invalid(variable, &v, "expected true or false")),
     }
 }
+
+/// Networks (comma-separated CIDRs such as `10.20.0.0/16`), none when unset.
+pub fn networks(source: &dyn Source, variable: &str) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let Some(value) = source.get(variable) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|net| !net.is_empty())
+        .map(|net| {
+            net.parse().map_err(|_| {
+                ConfigError::invalid(
+                    variable,
+                    &value,
+                    "expected networks such as 10.20.0.0/16, comma-separated",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Absolute paths separated by ':', none when unset.
+pub fn paths(source: &dyn Source, variable: &str) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+    let Some(value) = source.get(variable) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(':')
+        .filter(|path| !path.is_empty())
+        .map(|path| {
+            let path = std::path::PathBuf::from(path);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(ConfigError::invalid(
+                    variable,
+                    &value,
+                    "expected absolute paths separated by ':'",
+                ))
+            }
+        })
+        .collect()
+}

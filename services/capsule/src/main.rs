@@ -3,6 +3,8 @@
 //! - `capsule dev`: find or start PostgreSQL, create roles and databases,
 //!   migrate, and serve all four services in this process.
 //! - `capsule serve <auth|project|deploy|gateway>`: one service.
+//! - `capsule runner`: a runner in its own process, on any host, for the
+//!   deploy service at `DEPLOY_SERVICE_URL` with `CAPSULE_RUNNER_TOKEN`.
 //! - `capsule migrate <auth|project|deploy|all>`: apply pending migrations.
 //! - `capsule postgres up`: make sure a PostgreSQL server runs (the local
 //!   one, or a private cluster under `.capsule/`) and print its admin URL.
@@ -56,6 +58,10 @@ enum Command {
         #[arg(long, value_enum)]
         runner: Option<RunnerKind>,
     },
+    /// A runner in its own process: builds and serves apps for the deploy
+    /// service at DEPLOY_SERVICE_URL, with the token CreateRunner gave
+    /// (CAPSULE_RUNNER_TOKEN or CAPSULE_RUNNER_TOKEN_FILE).
+    Runner,
     /// Migrations: apply (default), info, validate, revert, redo, baseline.
     Migrate(migrate::MigrateArgs),
     /// What a service's database says about itself.
@@ -161,6 +167,7 @@ fn telemetry(command: &Command) -> anyhow::Result<capsule::telemetry::Telemetry>
     let (name, otlp) = match command {
         Command::Dev { otlp } => ("capsule".to_owned(), otlp.clone()),
         Command::Serve { service, .. } => (format!("capsule-{}", ServiceKind::from(*service).name()), None),
+        Command::Runner => ("capsule-runner".to_owned(), None),
         _ => return Ok(capsule::telemetry::init_logging()),
     };
     let source = move |variable: &str| match &otlp {
@@ -174,6 +181,11 @@ async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev { .. } => dev::run(traces).await,
         Command::Serve { service, runner } => serve::serve(service.into(), runner.is_some()).await,
+        Command::Runner => {
+            let connection = capsule_runner::config::Connection::from_env()?;
+            let config = capsule_runner::config::RunnerConfig::from_env()?;
+            capsule_runner::serve(connection, config, capsule::shutdown::on_signal()).await
+        }
         Command::Migrate(args) => migrate::run(args).await,
         Command::Db {
             command: DbCommand::Stats(args),

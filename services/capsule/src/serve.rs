@@ -55,10 +55,7 @@ async fn serve_one(
             let (db, mesh) = (DbConfig::from_env(kind)?, Mesh::from_env()?);
             let mut config = capsule_deploy::DeployConfig::from_env()?;
             if local_runner && config.runner.is_none() {
-                config = capsule_deploy::DeployConfig::from_source(&|name: &str| match name {
-                    "DEPLOY_LOCAL_RUNNER" => Some("true".to_owned()),
-                    other => std::env::var(other).ok(),
-                })?;
+                config.runner = Some(capsule_deploy::RunnerConfig::from_env()?);
             }
             capsule_deploy::serve(listener, db, mesh, config, serve_config.clone(), shutdown).await
         }

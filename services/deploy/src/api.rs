@@ -20,11 +20,12 @@ use futures::Stream;
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
+use capsule_runner::source::{Commit, Repository, SourceError};
+
 use crate::{
     config::{DeployConfig, SourceConfig},
     db::{self, Actor, Deployment, LogRow, NewDeployment, Outcome, Refusal, Snapshot, runners::Runner},
     notify::Hub,
-    runner::source::{Commit, Repository, SourceError},
     state::State,
 };
 

@@ -9,7 +9,6 @@ mod grpc;
 mod notify;
 mod push;
 mod reap;
-mod runner;
 mod state;
 mod webhooks;
 
@@ -53,7 +52,7 @@ pub async fn serve(
     // Fail fast: a runner that cannot sandbox must not start.
     let sandbox = match &config.runner {
         Some(runner) => Some(
-            runner::sandbox::Sandbox::new(runner.sandbox.clone(), &runner.workdir)
+            capsule_runner::sandbox::Sandbox::new(runner.sandbox.clone(), &runner.workdir)
                 .await
                 .map_err(|why| anyhow::anyhow!("the local runner {why}"))?,
         ),
@@ -103,14 +102,14 @@ pub async fn serve(
         (Some(runner_config), Some(sandbox)) => {
             let addr = listener.local_addr()?;
             let endpoint = format!("http://127.0.0.1:{}", addr.port());
-            let (db, config, hub, shutdown) = (db.clone(), runner_config.clone(), hub.clone(), shutdown.clone());
+            let (db, config, shutdown) = (db.clone(), runner_config.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
                 // Its own credential, registered once the database is ready;
                 // no shared token exists.
                 let Some(token) = register_local_runner(&db, &shutdown).await else {
                     return;
                 };
-                match runner::LocalRunner::new(&endpoint, &token, config, sandbox, hub) {
+                match capsule_runner::Runner::new(&endpoint, &token, config, sandbox) {
                     Ok(runner) => runner.run(shutdown).await,
                     Err(err) => tracing::error!(error = %err, "the local runner cannot start"),
                 }
@@ -133,7 +132,7 @@ pub async fn serve(
 /// Registers this process's local runner (a fresh token each start),
 /// retrying until the database is ready; `None` on shutdown.
 async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> Option<String> {
-    let name = runner::local_name();
+    let name = capsule_runner::local_name();
     let mut wait = std::time::Duration::from_millis(100);
     loop {
         let (token, hash) = api::new_runner_token().ok()?;

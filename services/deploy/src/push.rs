@@ -31,10 +31,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
+use capsule_runner::source::Repository;
+
 use crate::{
     api::DeployServiceApi,
     db::{self, Deployment},
-    runner::source::Repository,
 };
 
 /// Push-triggered deployments go to production.

@@ -5,6 +5,9 @@ use capsule::{
     proto::deploy::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
 };
+use std::time::Duration;
+
+use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -12,6 +15,7 @@ use crate::{
         self, Actor, Outcome, Refusal,
         runners::{NewRunner, Runner},
     },
+    notify::Event,
     state::State,
 };
 
@@ -37,14 +41,18 @@ pub(super) async fn claim_deployment(
             api.inner.lease
         }
     };
+    let wait = match body.wait {
+        None => Duration::ZERO,
+        Some(wait) if (0..=60).contains(&wait.seconds) && wait.nanos >= 0 => {
+            Duration::new(wait.seconds.unsigned_abs(), wait.nanos.unsigned_abs())
+        }
+        Some(_) => {
+            violations.add("wait", "must be between 0 and 60 s");
+            Duration::ZERO
+        }
+    };
     violations.check()?;
-    let claimer = runner.clone();
-    let per_project = api.inner.max_builds_per_project;
-    let claimed = api
-        .inner
-        .db
-        .run(move |conn| db::claim(conn, &claimer, lease, per_project))
-        .await?;
+    let claimed = claim_within(api, &runner, lease, wait).await?;
     let Some(db::Claimed {
         deployment,
         sandbox_slot,
@@ -93,6 +101,43 @@ pub(super) async fn claim_deployment(
         }),
         deployment: Some(deployment_proto(&deployment)),
     }))
+}
+
+/// Claims a deployment for `runner`, waiting up to `wait` for one to
+/// become claimable: woken by a deployment's change, and every 2 s for
+/// leases that ran out. `None` when the wait ends (or the service stops).
+async fn claim_within(
+    api: &DeployServiceApi,
+    runner: &str,
+    lease: chrono::Duration,
+    wait: Duration,
+) -> Result<Option<db::Claimed>, Status> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut events = api.inner.hub.subscribe();
+    loop {
+        let (claimer, per_project) = (runner.to_owned(), api.inner.max_builds_per_project);
+        let claimed = api
+            .inner
+            .db
+            .run(move |conn| db::claim(conn, &claimer, lease, per_project))
+            .await?;
+        if claimed.is_some() || tokio::time::Instant::now() >= deadline {
+            return Ok(claimed);
+        }
+        let retry = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_secs(2)));
+        tokio::pin!(retry);
+        loop {
+            tokio::select! {
+                () = api.inner.hub.stopped() => return Ok(None),
+                () = &mut retry => break,
+                event = events.recv() => match event {
+                    Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
+                    Ok(Event::Log(_)) => {}
+                    Err(RecvError::Closed) => return Ok(None),
+                },
+            }
+        }
+    }
 }
 
 pub(super) async fn heartbeat(

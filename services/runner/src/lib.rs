@@ -1,6 +1,8 @@
-//! The built-in local runner: claims deployments through the runner API
-//! (over gRPC, like any other runner, with a runner token of its own) and
-//! really runs them.
+//! Capsule's runner: claims deployments through the deploy service's
+//! runner API (gRPC, with a runner token of its own) and really runs them.
+//! It knows the deploy service only as that API: the same code runs in its
+//! own process on any host (`capsule runner`, [`serve`]) and inside the
+//! deploy service's process (`DEPLOY_LOCAL_RUNNER`, [`Runner::new`]).
 //!
 //! Each deployment gets a fresh working directory, owned by the project's
 //! sandbox user. The build command runs in the sandbox ([`sandbox`]: the
@@ -19,6 +21,7 @@
 //! is the runner's side of the runner API (its token, lines, states,
 //! heartbeats).
 
+pub mod config;
 mod job;
 pub mod process;
 mod report;
@@ -41,36 +44,45 @@ use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::{
-    config::RunnerConfig,
-    notify::{Event, Hub},
-};
+use config::{Connection, RunnerConfig};
 use job::{Job, LiveApp, failed_step, step_span};
 use process::{Ended, Limits, Masker, pump};
 pub use report::local_name;
 use report::{Bearer, Client, Reporter, heartbeat};
 use sandbox::{Sandbox, Spec};
+use secrecy::ExposeSecret;
 use serve::{Forwarder, Reach};
 
-pub struct LocalRunner {
+pub struct Runner {
     /// For logs: the runner's name.
     id: String,
     client: Client,
     config: RunnerConfig,
     sandbox: Sandbox,
-    hub: Hub,
     /// The supervisors of live apps.
     live: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl LocalRunner {
-    pub fn new(
-        endpoint: &str,
-        token: &str,
-        config: RunnerConfig,
-        sandbox: Sandbox,
-        hub: Hub,
-    ) -> anyhow::Result<Arc<Self>> {
+/// Runs a runner in its own process until `shutdown`: the sandbox checked
+/// first (a runner that cannot sandbox does not start), then claims from
+/// the deploy service at `connection.deploy_url`.
+pub async fn serve(connection: Connection, config: RunnerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let sandbox = Sandbox::new(config.sandbox.clone(), &config.workdir)
+        .await
+        .map_err(|why| anyhow::anyhow!("the runner {why}"))?;
+    let token = connection.token.expose_secret();
+    Runner::new(&connection.deploy_url, token, config, sandbox)?
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+/// How long the deploy service may hold a claim open while nothing is
+/// queued (a long poll: a new deployment is claimed the moment it is).
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+impl Runner {
+    pub fn new(endpoint: &str, token: &str, config: RunnerConfig, sandbox: Sandbox) -> anyhow::Result<Arc<Self>> {
         let channel = capsule::tls::channel(endpoint)?;
         let bearer = Bearer(format!("Bearer {token}").parse()?);
         Ok(Arc::new(Self {
@@ -78,7 +90,6 @@ impl LocalRunner {
             client: DeployServiceClient::with_interceptor(channel, bearer),
             config,
             sandbox,
-            hub,
             live: Mutex::new(Vec::new()),
         }))
     }
@@ -86,17 +97,22 @@ impl LocalRunner {
     /// Claims and runs deployments until `shutdown`; then kills what runs.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let runner = self.clone();
-        let mut events = self.hub.subscribe();
-        tracing::info!(runner.id = %self.id, "local runner started");
+        tracing::info!(runner.id = %self.id, "runner started");
         while !shutdown.is_cancelled() {
-            let claimed = self
-                .client
-                .clone()
-                .claim_deployment(ClaimDeploymentRequest {
-                    runner_id: String::new(),
-                    lease: None,
-                })
-                .await;
+            let asked = Instant::now();
+            let mut client = self.client.clone();
+            let claim = client.claim_deployment(ClaimDeploymentRequest {
+                runner_id: String::new(),
+                lease: None,
+                wait: Some(prost_types::Duration {
+                    seconds: CLAIM_WAIT.as_secs() as i64,
+                    nanos: 0,
+                }),
+            });
+            let claimed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                claimed = claim => claimed,
+            };
             match claimed.map(tonic::Response::into_inner) {
                 Ok(pb::ClaimDeploymentResponse {
                     deployment: Some(deployment),
@@ -122,17 +138,12 @@ impl LocalRunner {
                 Ok(_) => {}
                 Err(status) => tracing::debug!(error = %status.message(), "claim failed; retrying"),
             }
-            // Wake on a new deployment, or every 2 s for expired leases.
-            let deadline = tokio::time::sleep(Duration::from_secs(2));
-            tokio::pin!(deadline);
-            loop {
+            // The deploy service waits for work before it answers "nothing";
+            // one that answers at once (or fails) is asked again in 2 s.
+            if asked.elapsed() < Duration::from_secs(1) {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = &mut deadline => break,
-                    event = events.recv() => match event {
-                        Ok(Event::State(_) | Event::Resync) | Err(_) => break,
-                        Ok(Event::Log(_)) => {}
-                    },
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
             }
         }
