@@ -45,10 +45,7 @@ impl CryptoError {
             Self::NoKey => tonic::Status::failed_precondition(format!(
                 "{what} cannot be stored here: no encryption key is configured (the operator sets {KEYS_VARIABLE})"
             )),
-            other => {
-                tracing::error!(error = %other, "cannot seal or open {what}");
-                tonic::Status::internal("internal error")
-            }
+            other => crate::rpc::internal(format_args!("cannot seal or open {what}: {other}")),
         }
     }
 }

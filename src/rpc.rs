@@ -206,6 +206,25 @@ pub fn parse_id(field: &str, value: &str, violations: &mut FieldViolations) -> U
     }
 }
 
+/// One required id from a request, parsed once at the boundary: the id, or
+/// INVALID_ARGUMENT naming its field. Never a nil id in its place.
+pub fn require_id(field: &str, value: &str) -> Result<Uuid, Status> {
+    let mut violations = FieldViolations::new();
+    let id = parse_id(field, value, &mut violations);
+    violations.check()?;
+    Ok(id)
+}
+
+/// INTERNAL for a fault of the service's, not the caller's: the cause is
+/// logged where it happened (within the call's trace) and the caller is
+/// told only that it was ours.
+#[track_caller]
+pub fn internal(cause: impl std::fmt::Display) -> Status {
+    let at = std::panic::Location::caller();
+    tracing::error!(error = %cause, at = %at, "internal error");
+    Status::internal("internal error")
+}
+
 /// A protobuf Timestamp.
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -213,8 +232,6 @@ pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
         nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
     }
 }
-
-pub use crate::db::DbError;
 
 /// The largest request message a service decodes (tonic's default is 4
 /// MiB): larger ones are refused with OUT_OF_RANGE before any handler runs.
@@ -251,7 +268,10 @@ impl StreamLimit {
 
     /// A slot for one more of `user`'s streams, if the limit allows.
     pub fn take(self: &Arc<Self>, user: Uuid) -> Result<StreamSlot, Status> {
-        let mut open = self.open.lock().map_err(|_| Status::internal("internal error"))?;
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| internal("the stream limit's lock is poisoned"))?;
         let count = open.entry(user).or_default();
         if *count >= self.max {
             return Err(Status::resource_exhausted(format!(
@@ -311,53 +331,6 @@ mod tests {
         let status = violations.check().unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().starts_with("page_token:"));
-    }
-
-    #[test]
-    fn values_the_database_refuses_are_the_callers_mistake_and_the_rest_is_internal() {
-        use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error};
-
-        struct Info(&'static str);
-        impl DatabaseErrorInformation for Info {
-            fn message(&self) -> &str {
-                self.0
-            }
-            fn details(&self) -> Option<&str> {
-                None
-            }
-            fn hint(&self) -> Option<&str> {
-                None
-            }
-            fn table_name(&self) -> Option<&str> {
-                None
-            }
-            fn column_name(&self) -> Option<&str> {
-                None
-            }
-            fn constraint_name(&self) -> Option<&str> {
-                None
-            }
-            fn statement_position(&self) -> Option<i32> {
-                None
-            }
-        }
-        let code =
-            |kind, message| Status::from(DbError::Query(Error::DatabaseError(kind, Box::new(Info(message))))).code();
-        use DatabaseErrorKind::{CheckViolation, ForeignKeyViolation, Unknown};
-        assert_eq!(code(CheckViolation, "violates check constraint"), Code::InvalidArgument);
-        assert_eq!(
-            code(ForeignKeyViolation, "violates foreign key"),
-            Code::FailedPrecondition
-        );
-        assert_eq!(
-            code(Unknown, "value too long for type character varying(320)"),
-            Code::InvalidArgument
-        );
-        assert_eq!(
-            code(Unknown, "invalid byte sequence for encoding \"UTF8\": 0x00"),
-            Code::InvalidArgument
-        );
-        assert_eq!(code(Unknown, "could not serialize access"), Code::Internal);
     }
 
     #[test]

@@ -143,8 +143,10 @@ pub fn check_message(message: &impl ReflectMessage) -> Result<(), Status> {
             .map(|violation| (violation.field_path(), describe(violation)))
             .collect(),
         Err(other) => {
-            tracing::error!(error = %other, message = %message.descriptor().full_name(), "a validation rule cannot be evaluated");
-            return Err(Status::internal("internal error"));
+            return Err(crate::rpc::internal(format_args!(
+                "a validation rule of {} cannot be evaluated: {other}",
+                message.descriptor().full_name()
+            )));
         }
     };
     if capsule_rule_fields().contains_key(message.descriptor().full_name()) {

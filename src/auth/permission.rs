@@ -138,10 +138,11 @@ impl Permission {
     /// extensions by [`crate::auth::AuthLayer`]): what its handler checks
     /// the caller's membership against.
     pub fn required<T>(request: &tonic::Request<T>) -> Result<Self, Status> {
-        request.extensions().get::<Self>().copied().ok_or_else(|| {
-            tracing::error!("a method that checks a permission declares none in its proto");
-            Status::internal("internal error")
-        })
+        request
+            .extensions()
+            .get::<Self>()
+            .copied()
+            .ok_or_else(|| crate::rpc::internal("a method that checks a permission declares none in its proto"))
     }
 }
 

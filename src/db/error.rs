@@ -98,10 +98,7 @@ impl From<DbError> for Status {
             {
                 Status::deadline_exceeded("the database took too long; retry shortly")
             }
-            other => {
-                tracing::error!(error = %other, "database query failed");
-                Status::internal("internal error")
-            }
+            other => crate::rpc::internal(format_args!("database query failed: {other}")),
         }
     }
 }
@@ -145,5 +142,59 @@ impl super::Database {
             drop(deadpool::managed::Object::take(conn));
         }
         result.map_err(DbError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::{Code, Status};
+
+    use super::*;
+
+    #[test]
+    fn values_the_database_refuses_are_the_callers_mistake_and_the_rest_is_internal() {
+        use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error};
+
+        struct Info(&'static str);
+        impl DatabaseErrorInformation for Info {
+            fn message(&self) -> &str {
+                self.0
+            }
+            fn details(&self) -> Option<&str> {
+                None
+            }
+            fn hint(&self) -> Option<&str> {
+                None
+            }
+            fn table_name(&self) -> Option<&str> {
+                None
+            }
+            fn column_name(&self) -> Option<&str> {
+                None
+            }
+            fn constraint_name(&self) -> Option<&str> {
+                None
+            }
+            fn statement_position(&self) -> Option<i32> {
+                None
+            }
+        }
+        let code =
+            |kind, message| Status::from(DbError::Query(Error::DatabaseError(kind, Box::new(Info(message))))).code();
+        use DatabaseErrorKind::{CheckViolation, ForeignKeyViolation, Unknown};
+        assert_eq!(code(CheckViolation, "violates check constraint"), Code::InvalidArgument);
+        assert_eq!(
+            code(ForeignKeyViolation, "violates foreign key"),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(Unknown, "value too long for type character varying(320)"),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            code(Unknown, "invalid byte sequence for encoding \"UTF8\": 0x00"),
+            Code::InvalidArgument
+        );
+        assert_eq!(code(Unknown, "could not serialize access"), Code::Internal);
     }
 }

@@ -2,10 +2,13 @@
 //! verification, preferences and tokens.
 
 pub mod config;
+mod convert;
 mod db;
 mod grpc;
 mod keys;
 mod password;
+mod state;
+mod throttle;
 mod validate;
 
 use std::{sync::Arc, time::Duration};
@@ -23,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::AuthConfig;
-pub use grpc::AuthServiceApi;
+pub use state::AuthServiceApi;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/auth");
 

@@ -102,16 +102,17 @@ impl Hasher {
             .send(Box::new(move || {
                 let _ = done.send(work());
             }))
-            .map_err(|_| Status::internal("internal error"))?;
-        answer.await.map_err(|_| Status::internal("internal error"))
+            .map_err(|_| capsule::rpc::internal("the password hashing threads have stopped"))?;
+        answer
+            .await
+            .map_err(|_| capsule::rpc::internal("a password hashing job ended without an answer"))
     }
 
     /// The argon2id hash of a new password.
     pub async fn hash(&self, password: String) -> Result<String, Status> {
-        self.run(move || hash_now(&password)).await?.map_err(|err| {
-            tracing::error!(error = %err, "cannot hash a password");
-            Status::internal("internal error")
-        })
+        self.run(move || hash_now(&password))
+            .await?
+            .map_err(|err| capsule::rpc::internal(format_args!("cannot hash a password: {err}")))
     }
 
     /// Whether `password` matches `hash` (see [`verify_now`]).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use capsule::db::Database;
 use tokio_util::sync::CancellationToken;
 
-use crate::{db, state::State};
+use crate::{db, lifecycle::State};
 
 pub const EVERY: Duration = Duration::from_secs(15);
 

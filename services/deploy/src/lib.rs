@@ -1,15 +1,19 @@
 //! Capsule's deploy service: deployments with a lifecycle, runners that
 //! execute them, logs that stream.
 
-mod api;
 pub mod config;
+mod convert;
 mod db;
 mod gauges;
 mod grpc;
+mod lifecycle;
 mod notify;
+mod projects;
 mod push;
 mod reap;
+mod runners;
 mod state;
+mod validate;
 mod webhooks;
 
 use std::sync::Arc;
@@ -29,9 +33,9 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::DeployServiceApi;
 pub use config::{DeployConfig, RunnerConfig};
 pub use db::explain_reads;
+pub use state::DeployServiceApi;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/deploy");
 
@@ -77,7 +81,7 @@ pub async fn serve(
         mesh.secrets.internal_secret.clone(),
         &config,
     )?;
-    keys.accept_runners(Arc::new(api::RegisteredRunners(db.clone())));
+    keys.accept_runners(Arc::new(runners::RegisteredRunners(db.clone())));
     tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
     tokio::spawn(gauges::run(db.clone(), shutdown.clone()));
     tokio::spawn(webhooks::send::run(
@@ -135,7 +139,7 @@ async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> O
     let name = capsule_runner::local_name();
     let mut wait = std::time::Duration::from_millis(100);
     loop {
-        let (token, hash) = api::new_runner_token().ok()?;
+        let (token, hash) = runners::new_runner_token().ok()?;
         let name = name.clone();
         match db
             .run(move |conn| db::runners::Runner::register_local(conn, &name, &hash))

@@ -21,21 +21,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capsule::proto::{
-    deploy::v1 as pb,
-    project::v1::{DeploymentPlan, GetPushTargetRequest, ListAutoDeployProjectsRequest},
+use capsule::{
+    proto::project::v1::{DeploymentPlan, ListAutoDeployProjectsRequest},
+    rpc,
 };
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 use uuid::Uuid;
 
 use capsule_runner::source::Repository;
 
 use crate::{
-    api::DeployServiceApi,
     db::{self, Deployment},
+    state::DeployServiceApi,
 };
 
 /// Push-triggered deployments go to production.
@@ -43,13 +41,14 @@ const ENVIRONMENT: &str = "production";
 
 /// Deploys `sha` of the plan's branch unless that commit was deployed to
 /// production already; the deployment, if one was queued.
-async fn deploy_commit(api: &DeployServiceApi, plan: DeploymentPlan, sha: &str) -> Result<Option<Deployment>, Status> {
+pub(crate) async fn deploy_commit(
+    api: &DeployServiceApi,
+    plan: DeploymentPlan,
+    sha: &str,
+) -> Result<Option<Deployment>, Status> {
     let project = plan.project.clone().unwrap_or_default();
-    let project_id: Uuid = project.id.parse().map_err(|_| Status::internal("internal error"))?;
-    let owner: Uuid = project
-        .owner_id
-        .parse()
-        .map_err(|_| Status::internal("internal error"))?;
+    let project_id: Uuid = project.id.parse().map_err(rpc::internal)?;
+    let owner: Uuid = project.owner_id.parse().map_err(rpc::internal)?;
     let commit = sha.to_owned();
     if api
         .db()
@@ -167,7 +166,7 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
         .project
         .as_ref()
         .and_then(|project| project.id.parse().ok())
-        .ok_or_else(|| Status::internal("internal error"))?;
+        .ok_or_else(|| rpc::internal("the project service answered a plan without a project id"))?;
     let repository = Repository::parse(&plan.repository_url, api.source_config())
         .map_err(|err| Status::failed_precondition(err.to_string()))?;
     let head = repository
@@ -183,128 +182,4 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
         deploy_commit(api, plan, &head).await?;
     }
     Ok(())
-}
-
-/// The parts of a push event Capsule reads (GitHub, GitLab and Gitea send
-/// the same two).
-#[derive(serde::Deserialize)]
-struct PushEvent {
-    #[serde(rename = "ref")]
-    reference: String,
-    after: String,
-}
-
-fn header<'a>(metadata: &'a tonic::metadata::MetadataMap, name: &str) -> Option<&'a str> {
-    metadata.get(name).and_then(|value| value.to_str().ok())
-}
-
-/// Whether the event carries a valid signature for `secret`: GitHub's
-/// `X-Hub-Signature-256: sha256=<hex>`, Gitea's `X-Gitea-Signature: <hex>`
-/// (both HMAC-SHA256 of the body), or GitLab's `X-Gitlab-Token`.
-fn signed(metadata: &tonic::metadata::MetadataMap, body: &[u8], secret: &str) -> bool {
-    let hmac_ok = |hex_signature: &str| {
-        let Ok(signature) = hex::decode(hex_signature) else {
-            return false;
-        };
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-            return false;
-        };
-        mac.update(body);
-        mac.verify_slice(&signature).is_ok()
-    };
-    if let Some(signature) = header(metadata, "x-hub-signature-256") {
-        return signature.strip_prefix("sha256=").is_some_and(hmac_ok);
-    }
-    if let Some(signature) = header(metadata, "x-gitea-signature") {
-        return hmac_ok(signature);
-    }
-    if let Some(token) = header(metadata, "x-gitlab-token") {
-        // Compared as MACs of themselves: constant time.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(b"capsule-gitlab-token") else {
-            return false;
-        };
-        mac.update(secret.as_bytes());
-        let expected = mac.finalize().into_bytes();
-        let Ok(mut presented) = Hmac::<Sha256>::new_from_slice(b"capsule-gitlab-token") else {
-            return false;
-        };
-        presented.update(token.as_bytes());
-        return presented.verify_slice(&expected).is_ok();
-    }
-    false
-}
-
-/// `ReceiveGitPush`: checks the signature, then deploys the pushed commit
-/// of the project's branch.
-pub async fn receive(
-    api: &DeployServiceApi,
-    request: Request<pb::ReceiveGitPushRequest>,
-) -> Result<pb::ReceiveGitPushResponse, Status> {
-    let (metadata, _, body) = request.into_parts();
-    let project_id: Uuid = body
-        .project_id
-        .parse()
-        .map_err(|_| capsule::rpc::invalid_field("project_id", "must be a project id (a UUID)"))?;
-    let payload = body.payload.map(|payload| payload.data).unwrap_or_default();
-    // Unknown project, no secret, bad signature: one answer, nothing said.
-    let refused = || Status::unauthenticated("the push event's signature does not match the project's webhook secret");
-    let mut lookup = Request::new(GetPushTargetRequest {
-        project_id: project_id.to_string(),
-    });
-    lookup.set_timeout(Duration::from_secs(5));
-    api.as_service(&mut lookup)?;
-    let target = match api.projects().get_push_target(lookup).await {
-        Ok(target) => target.into_inner(),
-        Err(status) if status.code() == Code::NotFound => return Err(refused()),
-        Err(status) => {
-            return Err(Status::unavailable(format!(
-                "cannot check the event now ({}); retry",
-                status.message()
-            )));
-        }
-    };
-    if target.webhook_secret.is_empty() || !signed(&metadata, &payload, &target.webhook_secret) {
-        return Err(refused());
-    }
-    let event: PushEvent = serde_json::from_slice(&payload).map_err(|_| {
-        capsule::rpc::invalid_field("payload", "must be a push event (JSON with \"ref\" and \"after\")")
-    })?;
-    let note = |note: &str| {
-        Ok(pb::ReceiveGitPushResponse {
-            deployment_id: String::new(),
-            note: note.to_owned(),
-        })
-    };
-    let delivery = ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"]
-        .into_iter()
-        .find_map(|name| header(&metadata, name))
-        .map(|id| id.chars().take(128).collect::<String>());
-    if let Some(delivery) = delivery
-        && !api
-            .db()
-            .run(move |conn| db::push::take_delivery(conn, project_id, &delivery))
-            .await?
-    {
-        return note("this delivery was received before");
-    }
-    let Some(plan) = target.plan else {
-        return Err(Status::internal("internal error"));
-    };
-    if !target.auto_deploy {
-        return note("auto-deploy is off for this project");
-    }
-    if event.reference != format!("refs/heads/{}", plan.branch) {
-        return note("not a push to the project's branch");
-    }
-    let sha = event.after;
-    if sha.len() != 40 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-        return note("the push deleted the branch or names no commit");
-    }
-    match deploy_commit(api, plan, &sha).await? {
-        Some(deployment) => Ok(pb::ReceiveGitPushResponse {
-            deployment_id: deployment.id.to_string(),
-            note: String::new(),
-        }),
-        None => note("this commit was deployed before"),
-    }
 }

@@ -17,9 +17,9 @@ use tonic::{Code, Request};
 use uuid::Uuid;
 
 use crate::{
-    api::DeployServiceApi,
     db::{self, Actor, Outcome},
-    state::State,
+    lifecycle::State,
+    state::DeployServiceApi,
 };
 
 const PROJECT_DELETED: &str = "the project was deleted";

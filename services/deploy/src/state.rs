@@ -1,128 +1,291 @@
-//! The deployment state machine: every state change goes through
-//! [`State::can_move`].
-//!
-//! ```text
-//! QUEUED ──claim──▶ BUILDING ──▶ DEPLOYING ──▶ LIVE ──newer goes live──▶ SUPERSEDED
-//!   │                 │  ▲           │  ▲          │
-//!   │                 │  └─lease─────┼──┘          └──kept exiting──▶ CRASHED
-//!   │                 │   expired    │     (a runner that stops heartbeating
-//!   ▼                 ▼              ▼      gives the deployment back: QUEUED)
-//! CANCELED      FAILED / CANCELED  FAILED / CANCELED
-//! ```
+//! The deploy service's state and what its RPCs share: who may see a
+//! deployment (asked of the project service, [`crate::projects`]), and the
+//! writes every path takes — queueing, creating, changing state through
+//! the state machine ([`crate::lifecycle`]).
 
-use capsule::proto::deploy::v1::DeploymentState;
+use std::{pin::Pin, sync::Arc};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Queued,
-    Building,
-    Deploying,
-    Live,
-    Failed,
-    Canceled,
-    Superseded,
-    Crashed,
+use capsule::{
+    auth::{Caller, Permission},
+    db::Database,
+    proto::{
+        deploy::v1::{self as pb},
+        project::v1::{DeploymentPlan, project_service_client::ProjectServiceClient},
+    },
+    rpc::{self},
+};
+use futures::Stream;
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use capsule_runner::source::{Commit, Repository, SourceError};
+
+use crate::{
+    config::{DeployConfig, SourceConfig},
+    db::{self, Actor, Deployment, NewDeployment, Outcome, Refusal, Snapshot},
+    lifecycle::State,
+    notify::Hub,
+};
+
+/// At most this many lines per AppendLogs call, and bytes per line.
+pub(crate) const MAX_APPEND_LINES: usize = 1000;
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
+/// StreamLogs reads the backlog in pages of this many lines.
+pub(crate) const STREAM_PAGE: i64 = 500;
+
+/// The deploy service's gRPC API.
+#[derive(Clone)]
+pub struct DeployServiceApi {
+    pub(crate) inner: Arc<Inner>,
 }
 
-impl State {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Building => "building",
-            Self::Deploying => "deploying",
-            Self::Live => "live",
-            Self::Failed => "failed",
-            Self::Canceled => "canceled",
-            Self::Superseded => "superseded",
-            Self::Crashed => "crashed",
-        }
-    }
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    pub(crate) hub: Hub,
+    pub(crate) projects: ProjectServiceClient<capsule::trace::TracedChannel>,
+    /// The token layer's keys: follow streams recheck their callers.
+    pub(crate) keys: Arc<capsule::auth::KeySet>,
+    /// The keys webhooks' secrets are sealed with.
+    pub(crate) encryption: Arc<capsule::crypto::Keyring>,
+    pub(crate) internal_secret: Option<String>,
+    pub(crate) lease: chrono::Duration,
+    /// Output lines kept per deployment.
+    pub(crate) max_log_lines: i64,
+    /// Deployments of one project built at once, at most.
+    pub(crate) max_builds_per_project: i64,
+    /// Environments of one project with a deployment queued, building or
+    /// live, at most.
+    pub(crate) max_environments: i64,
+    /// Follow streams open per user in this process, at most.
+    pub(crate) streams: Arc<capsule::rpc::StreamLimit>,
+    pub(crate) source: SourceConfig,
+    /// Where webhooks may be subscribed to.
+    pub(crate) webhook_guard: capsule::guard::Guard,
+}
 
-    pub fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "queued" => Self::Queued,
-            "building" => Self::Building,
-            "deploying" => Self::Deploying,
-            "live" => Self::Live,
-            "failed" => Self::Failed,
-            "canceled" => Self::Canceled,
-            "superseded" => Self::Superseded,
-            "crashed" => Self::Crashed,
-            _ => return None,
+pub(crate) const NOT_FOUND: &str = "no such deployment";
+
+pub(crate) fn refusal(refusal: Refusal, to: State) -> Status {
+    match refusal {
+        Refusal::NotFound => Status::not_found(NOT_FOUND),
+        Refusal::Illegal { from } => {
+            Status::failed_precondition(format!("a {} deployment cannot become {}", from.as_str(), to.as_str()))
+        }
+        Refusal::NotYourClaim => Status::permission_denied(
+            "this runner does not hold the deployment (another runner claimed it, or the lease ran out); \
+             stop working on it",
+        ),
+    }
+}
+
+impl DeployServiceApi {
+    pub fn new(
+        db: Database,
+        hub: Hub,
+        projects: ProjectServiceClient<capsule::trace::TracedChannel>,
+        keys: Arc<capsule::auth::KeySet>,
+        encryption: Arc<capsule::crypto::Keyring>,
+        internal_secret: Option<String>,
+        config: &DeployConfig,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                hub,
+                projects,
+                keys,
+                encryption,
+                internal_secret,
+                lease: chrono::Duration::from_std(config.lease)?,
+                max_log_lines: i64::try_from(config.max_log_lines)?,
+                max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
+                max_environments: i64::try_from(config.max_environments)?,
+                streams: capsule::rpc::StreamLimit::new(config.max_streams_per_user, "DEPLOY_MAX_STREAMS_PER_USER"),
+                source: config.source.clone(),
+                webhook_guard: capsule::guard::Guard::new(config.webhooks.allowed_networks.clone()),
+            }),
         })
     }
 
-    pub fn proto(self) -> DeploymentState {
-        match self {
-            Self::Queued => DeploymentState::Queued,
-            Self::Building => DeploymentState::Building,
-            Self::Deploying => DeploymentState::Deploying,
-            Self::Live => DeploymentState::Live,
-            Self::Failed => DeploymentState::Failed,
-            Self::Canceled => DeploymentState::Canceled,
-            Self::Superseded => DeploymentState::Superseded,
-            Self::Crashed => DeploymentState::Crashed,
+    /// The deployment if the caller holds `permission` on its project, as
+    /// the project service says now (a removed member is out at once, a
+    /// transferred project's old owner too): NOT_FOUND when the caller may
+    /// not see the project, PERMISSION_DENIED for a member without the
+    /// permission. Admins see every deployment.
+    pub(crate) async fn visible(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        id: Uuid,
+    ) -> Result<Deployment, Status> {
+        let deployment = self.find(id).await?;
+        if !caller.is_admin() {
+            self.check_deployment(caller, permission, &deployment).await?;
+        }
+        Ok(deployment)
+    }
+
+    /// Whether `caller` may still read deployment `id`, for a stream that
+    /// outlives the call that opened it: the credential as the auth
+    /// service says now, then the permission as the project service does.
+    /// UNAUTHENTICATED or PERMISSION_DENIED when not (a caller who saw the
+    /// deployment learns nothing from PERMISSION_DENIED).
+    pub(crate) async fn still_visible(&self, caller: &Caller, permission: Permission, id: Uuid) -> Result<(), Status> {
+        let now = self.inner.keys.recheck(caller).await?;
+        match self.visible(&now, permission, id).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::NotFound => {
+                Err(Status::permission_denied("you may no longer read this deployment"))
+            }
+            Err(status) => Err(status),
         }
     }
 
-    pub fn from_proto(state: DeploymentState) -> Option<Self> {
-        Some(match state {
-            DeploymentState::Unspecified => return None,
-            DeploymentState::Queued => Self::Queued,
-            DeploymentState::Building => Self::Building,
-            DeploymentState::Deploying => Self::Deploying,
-            DeploymentState::Live => Self::Live,
-            DeploymentState::Failed => Self::Failed,
-            DeploymentState::Canceled => Self::Canceled,
-            DeploymentState::Superseded => Self::Superseded,
-            DeploymentState::Crashed => Self::Crashed,
+    /// As [`Self::visible`], admins asked about too, with the project's
+    /// organisation: what a change's audit event names.
+    pub(crate) async fn visible_in(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        id: Uuid,
+    ) -> Result<(Deployment, Option<Uuid>), Status> {
+        let deployment = self.find(id).await?;
+        let organization = self.check_deployment(caller, permission, &deployment).await?;
+        Ok((deployment, organization))
+    }
+
+    async fn find(&self, id: Uuid) -> Result<Deployment, Status> {
+        self.inner
+            .db
+            .run(move |conn| db::find(conn, id))
+            .await?
+            .ok_or_else(|| Status::not_found(NOT_FOUND))
+    }
+
+    async fn check_deployment(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        deployment: &Deployment,
+    ) -> Result<Option<Uuid>, Status> {
+        self.check_project(caller, permission, deployment.project_id)
+            .await
+            .map_err(|status| match status.code() {
+                Code::NotFound => Status::not_found(NOT_FOUND),
+                _ => status,
+            })
+    }
+
+    /// Appends an audit event of this service's.
+    pub(crate) async fn audit(&self, event: capsule::audit::Event) {
+        capsule::audit::append(&self.inner.db, event).await;
+    }
+
+    /// The exact commit `source_ref` names in the project's repository now
+    /// (none without a repository). A reference the repository lacks is
+    /// NOT_FOUND; a repository this service cannot use is the project's
+    /// state, FAILED_PRECONDITION saying which setting to change.
+    pub(crate) async fn resolve(&self, repository_url: &str, source_ref: &str) -> Result<Commit, Status> {
+        if repository_url.is_empty() {
+            return Ok(Commit {
+                sha: String::new(),
+                message: String::new(),
+                author: String::new(),
+            });
+        }
+        let unusable = |err: SourceError| {
+            Status::failed_precondition(format!(
+                "the project's repository_url setting: {err}; change it in the project's settings"
+            ))
+        };
+        let repository = Repository::parse(repository_url, &self.inner.source).map_err(unusable)?;
+        repository.resolve(source_ref).await.map_err(|err| match err {
+            SourceError::MissingRef { .. } => Status::not_found(err.to_string()),
+            other => unusable(other),
         })
     }
 
-    /// No runner works on it any more: its logs are complete.
-    pub fn is_settled(self) -> bool {
-        matches!(
-            self,
-            Self::Live | Self::Failed | Self::Canceled | Self::Superseded | Self::Crashed
-        )
+    /// Queues a deployment of `plan` at `source_ref` (the plan's branch when
+    /// empty), resolved to its exact commit now.
+    pub(crate) async fn queue(
+        &self,
+        plan: DeploymentPlan,
+        creator_id: Uuid,
+        environment: String,
+        source_ref: String,
+    ) -> Result<Deployment, Status> {
+        let project = plan.project.unwrap_or_default();
+        let project_id: Uuid = project.id.parse().map_err(rpc::internal)?;
+        let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
+        let commit = self.resolve(&plan.repository_url, &source_ref).await?;
+        let snapshot = Snapshot {
+            build_command: plan.build_command,
+            start_command: plan.start_command,
+            root_directory: plan.root_directory,
+            repository_url: plan.repository_url,
+            health_check_path: plan.health_check_path,
+            release_command: plan.release_command,
+        };
+        let new = NewDeployment {
+            project_id,
+            creator_id,
+            owner_id: project.owner_id.parse().ok(),
+            source_ref,
+            environment,
+            snapshot: serde_json::to_value(&snapshot).map_err(rpc::internal)?,
+            rollback_of: None,
+            commit_sha: commit.sha,
+            commit_message: commit.message,
+            commit_author: commit.author,
+            host_label: project.host_label,
+        };
+        self.create(new).await
     }
 
-    /// Nothing can happen to it any more.
-    pub fn is_final(self) -> bool {
-        matches!(self, Self::Failed | Self::Canceled | Self::Superseded | Self::Crashed)
+    /// Queues a new deployment, within the project's environments
+    /// (`DEPLOY_MAX_ENVIRONMENTS`): RESOURCE_EXHAUSTED naming the limit
+    /// when it would open one more.
+    pub(crate) async fn create(&self, new: NewDeployment) -> Result<Deployment, Status> {
+        let max = self.inner.max_environments;
+        let environment = new.environment.clone();
+        self.inner
+            .db
+            .run(move |conn| db::create(conn, &new, max))
+            .await?
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "the project already runs {max} environments, the limit (DEPLOY_MAX_ENVIRONMENTS): \
+                     deploy {environment:?} when one of the others has no deployment queued, building or live"
+                ))
+            })
     }
 
-    /// Whether a deployment may go from `self` to `to`.
-    pub fn can_move(self, to: State) -> bool {
-        use State::{Building, Canceled, Crashed, Deploying, Failed, Live, Queued, Superseded};
-        matches!(
-            (self, to),
-            (Queued, Building | Canceled)
-                | (Building, Deploying | Failed | Canceled | Queued)
-                | (Deploying, Live | Failed | Canceled | Queued)
-                | (Live, Superseded | Crashed)
-        )
+    pub(crate) fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub(crate) fn projects(&self) -> ProjectServiceClient<capsule::trace::TracedChannel> {
+        self.inner.projects.clone()
+    }
+
+    pub(crate) fn source_config(&self) -> &SourceConfig {
+        &self.inner.source
+    }
+
+    pub(crate) async fn change(
+        &self,
+        id: Uuid,
+        to: State,
+        actor: Actor,
+        outcome: Outcome,
+    ) -> Result<Deployment, Status> {
+        self.inner
+            .db
+            .run(move |conn| db::transition(conn, id, to, &actor, &outcome))
+            .await?
+            .map_err(|refused| refusal(refused, to))
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::State::{self, *};
-
-    const ALL: [State; 8] = [Queued, Building, Deploying, Live, Failed, Canceled, Superseded, Crashed];
-
-    #[test]
-    fn final_states_go_nowhere_and_the_happy_path_is_allowed() {
-        for from in ALL.into_iter().filter(|s| s.is_final()) {
-            assert!(ALL.iter().all(|to| !from.can_move(*to)), "{from:?}");
-        }
-        assert!(Queued.can_move(Building) && Building.can_move(Deploying) && Deploying.can_move(Live));
-        assert!(Live.can_move(Superseded));
-        assert!(!Queued.can_move(Live), "no skipping the build");
-        assert!(!Live.can_move(Canceled), "a live deployment is replaced, not canceled");
-        for state in ALL {
-            assert_eq!(State::parse(state.as_str()), Some(state));
-            assert_eq!(State::from_proto(state.proto()), Some(state));
-        }
-    }
-}
+pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+pub(crate) type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;

@@ -1,13 +1,10 @@
 //! Capsule's project service: projects and their settings, owned by users
 //! or organisations, and the organisations' members.
 
-mod api;
 mod convert;
 mod db;
 mod grpc;
-mod organizations;
-mod tokens;
-mod trail;
+mod state;
 mod validate;
 mod vault;
 
@@ -24,9 +21,9 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use api::ProjectServiceApi;
 pub use db::explain_reads;
 pub use grpc::RETENTION_DAYS;
+pub use state::ProjectServiceApi;
 
 static EMBEDDED: EmbeddedMigrations = embed_migrations!("../../migrations/project");
 

@@ -4,7 +4,10 @@
 //! opened only to be returned — a secret's value to the runner holding a
 //! deployment alone.
 
-use capsule::crypto::{KEYS_VARIABLE, Keyring};
+use capsule::{
+    crypto::{KEYS_VARIABLE, Keyring},
+    rpc,
+};
 use diesel::prelude::*;
 use tonic::Status;
 use uuid::Uuid;
@@ -33,8 +36,9 @@ pub fn reveal(keys: &Keyring, project_id: Uuid, variables: Vec<Variable>) -> Res
                 variable.value = keys
                     .open(&key_id, &variable.value, &place(project_id, &variable.name))
                     .map_err(|err| {
-                        tracing::error!(error = %err, project.id = %project_id, "a stored variable does not open");
-                        Status::internal("internal error")
+                        rpc::internal(format_args!(
+                            "a stored variable of project {project_id} does not open: {err}"
+                        ))
                     })?;
             }
             Ok(variable)

@@ -21,6 +21,7 @@
 //! is the runner's side of the runner API (its token, lines, states,
 //! heartbeats).
 
+mod app;
 pub mod config;
 mod job;
 pub mod process;
@@ -31,7 +32,6 @@ pub mod source;
 mod tools;
 
 use std::{
-    collections::VecDeque,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -39,7 +39,6 @@ use std::{
 use capsule::proto::deploy::v1::{
     self as pb, ClaimDeploymentRequest, DeploymentState, deploy_service_client::DeployServiceClient,
 };
-use nix::sys::signal::Signal;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -51,7 +50,6 @@ pub use report::local_name;
 use report::{Bearer, Client, Reporter, heartbeat};
 use sandbox::{Sandbox, Spec};
 use secrecy::ExposeSecret;
-use serve::{Forwarder, Reach};
 
 pub struct Runner {
     /// For logs: the runner's name.
@@ -301,248 +299,6 @@ impl Runner {
         false
     }
 
-    /// The start command, with PORT: LIVE (returned, to supervise) once it
-    /// answers there within `DEPLOY_START_TIMEOUT_SECS`, FAILED with the
-    /// reason otherwise. No start command: LIVE at once, nothing to serve.
-    async fn start(&self, job: Job, stop: &CancellationToken, shutdown: &CancellationToken) -> Option<LiveApp> {
-        let reporter = job.reporter.clone();
-        let snapshot = job.snapshot.clone();
-        if snapshot.start_command.trim().is_empty() {
-            reporter.state(DeploymentState::Live, String::new(), Some(0)).await;
-            return None;
-        }
-        let fail = |why: String| {
-            let reporter = reporter.clone();
-            async move {
-                failed_step(&why);
-                reporter.system(why.clone()).await;
-                reporter.state(DeploymentState::Failed, why, None).await;
-            }
-        };
-        let (reach, port) = match self.prepare_serving(&job) {
-            Ok(reached) => reached,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot prepare serving");
-                fail("the runner cannot prepare serving the app".to_owned()).await;
-                return None;
-            }
-        };
-        let forwarder = match Forwarder::start(self.config.upstream_host, reach.clone()).await {
-            Ok(forwarder) => forwarder,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for the app's traffic");
-                fail("the runner cannot listen for the app's traffic".to_owned()).await;
-                return None;
-            }
-        };
-        reporter
-            .system(format!("$ {}  (PORT={port})", snapshot.start_command))
-            .await;
-        let kill = shutdown.child_token();
-        let (pid, mut running) = match self.launch(&job, &reach, &kill) {
-            Ok(launched) => launched,
-            Err(err) => {
-                fail(format!("cannot start: {err}")).await;
-                return None;
-            }
-        };
-        let timeout = self.config.start_timeout;
-        let deadline = Instant::now() + timeout;
-        let path = snapshot.health_check_path.as_str();
-        let health = step_span("health check");
-        loop {
-            tokio::select! {
-                ended = &mut running => {
-                    let why = match ended.unwrap_or(Ended::Exited(128)) {
-                        Ended::Exited(code) => format!("the app exited with code {code} before it answered on port {port}"),
-                        Ended::Killed(why) => format!("the app was stopped: {why}"),
-                        Ended::Canceled => return None,
-                    };
-                    fail(why).await;
-                    return None;
-                }
-                () = stop.cancelled() => {
-                    kill.cancel();
-                    let _ = running.await;
-                    return None;
-                }
-                () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-            match serve::probe(&reach, path).instrument(health.clone()).await {
-                Ok(()) => break,
-                Err(why) if Instant::now() >= deadline => {
-                    health.in_scope(|| failed_step(&why));
-                    kill.cancel();
-                    let _ = running.await;
-                    let what = if path.is_empty() {
-                        "accept connections".to_owned()
-                    } else {
-                        format!("answer GET {path} with 2xx or 3xx")
-                    };
-                    fail(format!(
-                        "the app did not {what} on port {port} within {} s ({why}): make the start command listen on $PORT",
-                        timeout.as_secs()
-                    ))
-                    .await;
-                    return None;
-                }
-                Err(_) => {}
-            }
-        }
-        drop(health);
-        let upstream = forwarder.addr().to_string();
-        reporter
-            .report(DeploymentState::Live, String::new(), None, upstream)
-            .await;
-        Some(LiveApp {
-            job,
-            reach,
-            forwarder,
-            pid,
-            running,
-            kill,
-        })
-    }
-
-    /// Where the app will listen and how the runner reaches it.
-    fn prepare_serving(&self, job: &Job) -> std::io::Result<(Reach, u16)> {
-        let port = self.sandbox.app_port()?;
-        if !self.sandbox.isolated() {
-            return Ok((Reach::Port(port), port));
-        }
-        let dir = serve::socket_dir(&self.config.workdir);
-        sandbox::runner_dir(&dir, 0o700)?;
-        let socket = dir.join(format!("{}.sock", job.reporter.deployment_id));
-        Ok((Reach::Socket(socket), port))
-    }
-
-    /// Starts the app (and, sandboxed, its connector) and pumps its output
-    /// (no output limit: it runs for as long as it is live) until it exits
-    /// or `kill`.
-    fn launch(&self, job: &Job, reach: &Reach, kill: &CancellationToken) -> std::io::Result<(i32, JoinHandle<Ended>)> {
-        let port = match reach {
-            Reach::Port(port) => *port,
-            Reach::Socket(_) => sandbox::APP_PORT,
-        };
-        let child = self.spawn(job, &job.snapshot.start_command, None, Some(port))?;
-        let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
-        let limits = Limits {
-            time: None,
-            output_bytes: u64::MAX,
-            lines_per_sec: self.config.lines_per_sec,
-        };
-        let (sink, masker, kill) = (job.reporter.clone(), job.masker.clone(), kill.clone());
-        let connect = match reach {
-            Reach::Socket(socket) => Some((self.sandbox.clone(), socket.clone())),
-            Reach::Port(_) => None,
-        };
-        Ok((
-            pid,
-            tokio::spawn(async move {
-                // Lives as long as this launch of the app: killed on drop.
-                let _connector = match connect {
-                    Some((sandbox, socket)) => serve::connect(&sandbox, pid, &socket, port).await,
-                    None => None,
-                };
-                pump(&sink, child, kill, limits, &masker).await
-            }),
-        ))
-    }
-
-    /// Keeps a live app running: restarts it with backoff when it exits
-    /// (CRASHED after `DEPLOY_MAX_RESTARTS` within the window), and drains
-    /// it when it is superseded.
-    async fn supervise(self: Arc<Self>, mut app: LiveApp, shutdown: CancellationToken) {
-        let reporter = app.job.reporter.clone();
-        let drain = CancellationToken::new();
-        let beat = tokio::spawn(heartbeat(
-            reporter.clone(),
-            drain.clone(),
-            self.config.heartbeat.max(Duration::from_secs(1)),
-        ));
-        let mut exits: VecDeque<Instant> = VecDeque::new();
-        loop {
-            tokio::select! {
-                ended = &mut app.running => {
-                    if shutdown.is_cancelled() || drain.is_cancelled() {
-                        break;
-                    }
-                    let code = match ended.unwrap_or(Ended::Exited(128)) {
-                        Ended::Exited(code) => code,
-                        Ended::Killed(_) | Ended::Canceled => break,
-                    };
-                    let now = Instant::now();
-                    exits.push_back(now);
-                    while exits.front().is_some_and(|at| now.duration_since(*at) > self.config.restart_window) {
-                        exits.pop_front();
-                    }
-                    if exits.len() > self.config.max_restarts as usize {
-                        let why = format!(
-                            "the app exited {} times within {} s (last exit code {code}); it is not restarted again",
-                            exits.len(),
-                            self.config.restart_window.as_secs()
-                        );
-                        reporter.system(why.clone()).await;
-                        reporter.state(DeploymentState::Crashed, why, Some(code)).await;
-                        break;
-                    }
-                    let backoff = Duration::from_secs(1 << (exits.len() - 1).min(5));
-                    reporter
-                        .system(format!("the app exited with code {code}; restarting in {} s", backoff.as_secs()))
-                        .await;
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = drain.cancelled() => break,
-                        () = shutdown.cancelled() => break,
-                    }
-                    match self.launch(&app.job, &app.reach, &app.kill) {
-                        Ok((pid, running)) => {
-                            app.pid = pid;
-                            app.running = running;
-                            reporter.system("the app restarted".to_owned()).await;
-                        }
-                        Err(err) => {
-                            let why = format!("cannot restart the app: {err}");
-                            reporter.state(DeploymentState::Crashed, why, None).await;
-                            break;
-                        }
-                    }
-                }
-                () = drain.cancelled() => {
-                    // Superseded (or canceled): keep serving while the gateway
-                    // switches, then stop gently.
-                    tokio::select! {
-                        () = tokio::time::sleep(self.config.drain) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                    self.terminate(&mut app).await;
-                    break;
-                }
-                () = shutdown.cancelled() => break,
-            }
-        }
-        beat.abort();
-        app.kill.cancel();
-        let _ = (&mut app.running).await;
-        drop(app.forwarder);
-        if let Reach::Socket(socket) = &app.reach {
-            let _ = std::fs::remove_file(socket);
-        }
-        let _ = std::fs::remove_dir_all(&app.job.workdir);
-    }
-
-    /// SIGTERM to everything in the app's sandbox, then SIGKILL after the
-    /// grace period.
-    async fn terminate(&self, app: &mut LiveApp) {
-        if self.sandbox.isolated() {
-            serve::signal_sandbox(app.pid, Signal::SIGTERM);
-        } else if app.pid > 0 {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pid), Signal::SIGTERM);
-        }
-        let _ = tokio::time::timeout(STOP_GRACE, &mut app.running).await;
-        app.kill.cancel();
-    }
-
     /// Fetches the deployment's commit into `dir`; why not, in words the
     /// user can act on.
     async fn fetch_source(
@@ -595,6 +351,3 @@ impl Runner {
         }
     }
 }
-
-/// How long an app has between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);

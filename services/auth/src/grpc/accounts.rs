@@ -15,7 +15,10 @@ use crate::{
     password, validate,
 };
 
-use super::api::{AuthServiceApi, WRONG_CREDENTIALS, user_proto};
+use crate::{
+    convert::user_proto,
+    state::{AuthServiceApi, WRONG_CREDENTIALS},
+};
 
 pub(super) async fn register(
     api: &AuthServiceApi,

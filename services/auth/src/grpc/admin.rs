@@ -9,7 +9,10 @@ use tonic::{Request, Response, Status};
 
 use crate::db::{Session, User, UserFilter};
 
-use super::api::{AuthServiceApi, role_name, user_proto};
+use crate::{
+    convert::{role_name, user_proto},
+    state::AuthServiceApi,
+};
 
 pub(super) async fn list_users(
     api: &AuthServiceApi,

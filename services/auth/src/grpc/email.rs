@@ -2,15 +2,20 @@
 
 use std::time::Duration;
 
-use capsule::{client, proto::auth::v1 as pb, rpc::FieldViolations};
+use capsule::{
+    client,
+    proto::auth::v1 as pb,
+    rpc::{self, FieldViolations},
+};
+use chrono::Utc;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::{
     db::{self, Session, User},
+    state::{AuthServiceApi, token_hash},
     validate,
 };
-
-use super::api::{AuthServiceApi, token_hash};
 
 pub(super) async fn send_verification_email(
     api: &AuthServiceApi,
@@ -147,4 +152,52 @@ pub(super) async fn send_invitation_email(
     let (mail_id, subject) = queued.ok_or_else(|| Status::not_found("no such inviter"))?;
     api.mail_queued(mail_id, None, &link, &subject);
     Ok(Response::new(pb::SendInvitationEmailResponse {}))
+}
+
+impl AuthServiceApi {
+    /// Writes a single-use token and its email to the outbox, in one
+    /// transaction.
+    pub(crate) async fn send_token_email(
+        &self,
+        user: &User,
+        purpose: &'static str,
+        ttl: Duration,
+    ) -> Result<(), Status> {
+        let (token, hash) = capsule::auth::new_token("")?;
+        let (subject, path) = match purpose {
+            "verify_email" => ("Verify your email address", "verify-email"),
+            _ => ("Reset your password", "reset-password"),
+        };
+        let link = format!("{}/{path}?token={token}", self.inner.config.public_url);
+        let body = format!(
+            "Hello {},\n\nOpen this link within {} minutes:\n{link}\n",
+            user.name,
+            ttl.as_secs() / 60
+        );
+        let (user_id, recipient) = (user.id, user.email.clone());
+        let expires = Utc::now() + chrono::Duration::from_std(ttl).map_err(rpc::internal)?;
+        let mail_id = self
+            .inner
+            .db
+            .run(move |conn| {
+                diesel::Connection::transaction(conn, |conn| {
+                    db::insert_email_token(conn, &hash, user_id, purpose, expires)?;
+                    db::push_email(conn, &recipient, subject, &body)
+                })
+            })
+            .await?;
+        self.mail_queued(mail_id, Some(user_id), &link, subject);
+        Ok(())
+    }
+
+    /// Says that a mail was queued; in development (CAPSULE_DEV_MAILER=log)
+    /// with its link, which is a secret everywhere else.
+    pub(crate) fn mail_queued(&self, mail_id: Uuid, user_id: Option<Uuid>, link: &str, subject: &str) {
+        let user_id = user_id.map(tracing::field::display);
+        if self.inner.config.log_mail {
+            tracing::info!(mail.id = %mail_id, user.id = user_id, %link, "development mailer: {subject}");
+        } else {
+            tracing::debug!(mail.id = %mail_id, user.id = user_id, "queued mail: {subject}");
+        }
+    }
 }

@@ -1,10 +1,10 @@
-//! The `capsule.auth.v1.AuthService` implementation: one thin trait impl
-//! that hands each RPC to the module of its concern. `api` holds what they
-//! share (the service's state, conversions, sessions, throttling).
+//! The `capsule.auth.v1.AuthService` implementation: one line per RPC,
+//! handing it to the module of its resource. The service's state and what
+//! every handler shares are in [`crate::state`]; conversions in
+//! [`crate::convert`], sign-in throttling in [`crate::throttle`].
 
 mod accounts;
 mod admin;
-mod api;
 mod email;
 mod profile;
 mod sessions;
@@ -14,7 +14,7 @@ mod trail;
 use capsule::proto::auth::v1::{self as pb, auth_service_server::AuthService};
 use tonic::{Request, Response, Status};
 
-pub use api::AuthServiceApi;
+use crate::state::AuthServiceApi;
 
 #[tonic::async_trait]
 impl AuthService for AuthServiceApi {

@@ -11,7 +11,7 @@ use crate::{
     validate,
 };
 
-use super::api::{AuthServiceApi, preferences_proto};
+use crate::{convert::preferences_proto, state::AuthServiceApi};
 
 pub(super) async fn get_me(
     api: &AuthServiceApi,

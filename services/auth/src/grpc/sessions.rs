@@ -1,15 +1,18 @@
 //! Sessions and their tokens: refresh, sign-out, listing, the key set and a session's standing.
 
 use capsule::{
+    auth::{AUDIENCE, Claims, ISSUER},
     proto::auth::v1 as pb,
     rpc::{self, FieldViolations, PageToken},
 };
 use chrono::Utc;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
-use crate::db::{self, Session, Spent};
-
-use super::api::{AuthServiceApi, SESSION_ENDED, internal, token_hash};
+use crate::{
+    db::{self, Session, Spent, User},
+    state::{AuthServiceApi, SESSION_ENDED, token_hash},
+};
 
 pub(super) async fn refresh(
     api: &AuthServiceApi,
@@ -21,7 +24,7 @@ pub(super) async fn refresh(
     }
     let hash = token_hash(&presented);
     let (next, next_hash) = capsule::auth::new_token("")?;
-    let expires = Utc::now() + chrono::Duration::from_std(api.inner.config.refresh_token_ttl).map_err(internal)?;
+    let expires = Utc::now() + chrono::Duration::from_std(api.inner.config.refresh_token_ttl).map_err(rpc::internal)?;
     let outcome = api
         .inner
         .db
@@ -140,4 +143,59 @@ pub(super) async fn check_session(
             None => pb::Role::Unspecified as i32,
         },
     }))
+}
+
+impl AuthServiceApi {
+    pub(crate) fn access_token(
+        &self,
+        user_id: Uuid,
+        role: &str,
+        session_id: Uuid,
+    ) -> Result<(String, prost_types::Timestamp), Status> {
+        let now = Utc::now();
+        let ttl = chrono::Duration::from_std(self.inner.config.access_token_ttl).map_err(rpc::internal)?;
+        let claims = Claims {
+            sub: user_id.to_string(),
+            role: role.to_owned(),
+            sid: session_id.to_string(),
+            iat: now.timestamp(),
+            exp: (now + ttl).timestamp(),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+        };
+        let token = self.inner.keys.sign(&claims).map_err(rpc::internal)?;
+        Ok((token, rpc::timestamp(now + ttl)))
+    }
+
+    /// A new session with its first token pair.
+    pub(crate) async fn start_session(
+        &self,
+        user: &User,
+        user_agent: String,
+        address: String,
+    ) -> Result<pb::TokenPair, Status> {
+        let (refresh, hash) = capsule::auth::new_token("")?;
+        let expires =
+            Utc::now() + chrono::Duration::from_std(self.inner.config.refresh_token_ttl).map_err(rpc::internal)?;
+        let user_id = user.id;
+        let session = self
+            .inner
+            .db
+            .run(move |conn| {
+                diesel::Connection::transaction(conn, |conn| {
+                    let session = Session::create(conn, user_id, &user_agent, &address, expires)?;
+                    db::insert_refresh_token(conn, &hash, session.id, expires)?;
+                    Ok(session)
+                })
+            })
+            .await?;
+        let (access, access_expires) = self.access_token(user.id, &user.role, session.id)?;
+        Ok(pb::TokenPair {
+            access_token: access,
+            access_token_expire_time: Some(access_expires),
+            refresh_token: refresh,
+            refresh_token_expire_time: Some(rpc::timestamp(expires)),
+            token_type: "Bearer".to_owned(),
+        })
+    }
 }

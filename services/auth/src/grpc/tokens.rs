@@ -11,7 +11,7 @@ use capsule::{
 use chrono::Utc;
 use tonic::{Request, Response, Status};
 
-use super::api::AuthServiceApi;
+use crate::state::AuthServiceApi;
 use uuid::Uuid;
 
 use crate::db::api_tokens::{self, ApiTokenRow, NewApiToken, Owner};

@@ -5,7 +5,7 @@
 use capsule::{audit, auth::Caller, proto::audit::v1 as pb};
 use tonic::{Request, Response, Status};
 
-use super::api::AuthServiceApi;
+use crate::state::AuthServiceApi;
 
 pub(super) async fn list_audit_events(
     api: &AuthServiceApi,

@@ -9,7 +9,7 @@ use diesel::{
 use uuid::Uuid;
 
 use super::schema::{deployments, sandbox_slots};
-use crate::state::State;
+use crate::lifecycle::State;
 
 use super::{Deployment, logs::append};
 

@@ -10,7 +10,7 @@ use diesel::{
 use uuid::Uuid;
 
 use super::schema::{deployment_logs, deployments};
-use crate::state::State;
+use crate::lifecycle::State;
 
 #[derive(Queryable, Selectable, Debug, Clone)]
 #[diesel(table_name = deployment_logs)]

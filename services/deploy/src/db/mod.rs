@@ -16,7 +16,7 @@ use diesel::{
 };
 use uuid::Uuid;
 
-use crate::state::State;
+use crate::lifecycle::State;
 use schema::deployments;
 use webhooks::Event;
 

@@ -5,7 +5,7 @@ use diesel::{dsl::now, prelude::*};
 use uuid::Uuid;
 
 use super::schema::{self, deployments};
-use crate::state::State;
+use crate::lifecycle::State;
 
 /// Records `sha` as the head of a project's watched branch; true when it
 /// is new (first seen, or moved): only one replica gets true for a push.

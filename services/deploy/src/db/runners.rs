@@ -6,7 +6,7 @@ use diesel::{dsl::now, prelude::*};
 use uuid::Uuid;
 
 use super::schema::{deployments, runners};
-use crate::state::State;
+use crate::lifecycle::State;
 
 #[derive(Queryable, Selectable, Debug, Clone)]
 #[diesel(table_name = runners)]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use capsule::proto::deploy::v1 as pb;
 
 use super::schema::{webhook_attempts, webhook_deliveries, webhooks};
-use crate::state::State;
+use crate::lifecycle::State;
 
 /// Whose deployments a webhook hears about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,10 +10,14 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     db::{self, Actor, NewDeployment, Outcome},
-    state::State,
+    lifecycle::State,
 };
 
-use crate::api::{DeployServiceApi, check_environment, check_source_ref, deployment_proto, id_field};
+use crate::{
+    convert::deployment_proto,
+    state::DeployServiceApi,
+    validate::{check_environment, check_source_ref},
+};
 
 pub(super) async fn create_deployment(
     api: &DeployServiceApi,
@@ -47,7 +51,7 @@ pub(super) async fn get_deployment(
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?;
     let permission = Permission::required(&request)?;
-    let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+    let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
     Ok(Response::new(deployment_proto(
         &api.visible(caller, permission, id).await?,
     )))
@@ -93,7 +97,7 @@ pub(super) async fn cancel_deployment(
     let caller = Caller::of(&request)?.clone();
     let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
-    let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+    let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
     let (_, organization) = api.visible_in(&caller, permission, id).await?;
     let outcome = Outcome {
         message: "canceled by the user".to_owned(),
@@ -113,7 +117,7 @@ pub(super) async fn rollback_deployment(
     let caller = Caller::of(&request)?.clone();
     let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
-    let id = id_field("deployment_id", &request.get_ref().deployment_id)?;
+    let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
     let earlier = api.visible(&caller, permission, id).await?;
     if !matches!(earlier.state(), State::Live | State::Superseded) {
         return Err(Status::failed_precondition(format!(

@@ -16,11 +16,14 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     db::{self},
+    lifecycle::State,
     notify::Event,
-    state::State,
 };
 
-use crate::api::{DeployServiceApi, LogStream, STREAM_PAGE, line_proto};
+use crate::{
+    convert::line_proto,
+    state::{DeployServiceApi, LogStream, STREAM_PAGE},
+};
 
 /// How often a follow stream rechecks its caller: its right ends at most
 /// this long (and a call) after it does.

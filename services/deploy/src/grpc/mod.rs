@@ -1,9 +1,13 @@
-//! The `capsule.deploy.v1.DeployService` implementation: one thin trait
-//! impl that hands each RPC to the module of its concern; the service's
-//! state and what they share are in [`crate::api`].
+//! The `capsule.deploy.v1.DeployService` implementation: one line per
+//! RPC, handing it to the module of its resource. Each handler parses its
+//! request (ids once, with `rpc::require_id`), authorises it through
+//! [`crate::state`] (which asks the project service, [`crate::projects`]),
+//! calls the database (`crate::db`) and converts the rows
+//! (`crate::convert`).
 
 mod deployments;
 mod logs;
+mod push;
 mod routes;
 mod runners;
 mod trail;
@@ -12,7 +16,7 @@ mod webhooks;
 use capsule::proto::deploy::v1::{self as pb, deploy_service_server::DeployService};
 use tonic::{Request, Response, Status};
 
-use crate::api::{DeployServiceApi, LogStream, RouteStream};
+use crate::state::{DeployServiceApi, LogStream, RouteStream};
 
 #[tonic::async_trait]
 impl DeployService for DeployServiceApi {
@@ -95,7 +99,7 @@ impl DeployService for DeployServiceApi {
         &self,
         request: Request<pb::ReceiveGitPushRequest>,
     ) -> Result<Response<pb::ReceiveGitPushResponse>, Status> {
-        routes::receive_git_push(self, request).await
+        push::receive_git_push(self, request).await
     }
 
     async fn create_runner(

@@ -1,4 +1,4 @@
-//! Where live apps are served, for the gateway, and push events from git hosts.
+//! Where live apps are served, for the gateway (`WatchRoutes`).
 
 use capsule::proto::deploy::v1::{self as pb};
 use tokio::sync::broadcast::error::RecvError;
@@ -9,7 +9,7 @@ use crate::{
     notify::Event,
 };
 
-use crate::api::{DeployServiceApi, RouteStream};
+use crate::state::{DeployServiceApi, RouteStream};
 
 pub(super) async fn watch_routes(
     api: &DeployServiceApi,
@@ -60,11 +60,4 @@ pub(super) async fn watch_routes(
         }
     });
     Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
-}
-
-pub(super) async fn receive_git_push(
-    api: &DeployServiceApi,
-    request: Request<pb::ReceiveGitPushRequest>,
-) -> Result<Response<pb::ReceiveGitPushResponse>, Status> {
-    crate::push::receive(api, request).await.map(Response::new)
 }

@@ -15,13 +15,14 @@ use crate::{
         self, Actor, Outcome, Refusal,
         runners::{NewRunner, Runner},
     },
+    lifecycle::State,
     notify::Event,
-    state::State,
 };
 
-use crate::api::{
-    DeployServiceApi, MAX_APPEND_LINES, MAX_LINE_BYTES, deployment_proto, id_field, new_runner_token, refusal,
-    runner_of, runner_proto,
+use crate::{
+    convert::{deployment_proto, runner_proto},
+    runners::{new_runner_token, runner_of},
+    state::{DeployServiceApi, MAX_APPEND_LINES, MAX_LINE_BYTES, refusal},
 };
 
 pub(super) async fn claim_deployment(
@@ -146,7 +147,7 @@ pub(super) async fn heartbeat(
 ) -> Result<Response<pb::HeartbeatResponse>, Status> {
     let runner = runner_of(&request)?;
     let body = request.into_inner();
-    let id = id_field("deployment_id", &body.deployment_id)?;
+    let id = rpc::require_id("deployment_id", &body.deployment_id)?;
     let lease = api.inner.lease;
     let renewed = api
         .inner
@@ -329,7 +330,7 @@ pub(super) async fn delete_runner(
     request: Request<pb::DeleteRunnerRequest>,
 ) -> Result<Response<pb::DeleteRunnerResponse>, Status> {
     let caller = Caller::of(&request)?.clone();
-    let id = id_field("runner_id", &request.get_ref().runner_id)?;
+    let id = rpc::require_id("runner_id", &request.get_ref().runner_id)?;
     if !api.inner.db.run(move |conn| Runner::delete(conn, id)).await? {
         return Err(Status::not_found("no such runner"));
     }

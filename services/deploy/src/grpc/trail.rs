@@ -9,7 +9,7 @@ use capsule::{
 use tonic::{Request, Response, Status};
 
 use super::webhooks::check_scope;
-use crate::{api::DeployServiceApi, webhooks::Scope};
+use crate::{state::DeployServiceApi, webhooks::Scope};
 
 pub(super) async fn list_audit_events(
     api: &DeployServiceApi,

@@ -12,8 +12,8 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    api::{DeployServiceApi, id_field},
     db::webhooks::{self as db, Attempt, Delivery, NewWebhook, Webhook},
+    state::DeployServiceApi,
     webhooks::{Event, Scope},
 };
 
@@ -46,7 +46,7 @@ pub(super) async fn create_webhook(
         );
     }
     violations.check()?;
-    let scope = scope.ok_or_else(|| Status::internal("internal error"))?;
+    let scope = scope.ok_or_else(|| rpc::internal("a webhook parent passed its check without a scope"))?;
     let organization = check_scope(api, &caller, permission, scope).await?;
     let url = crate::webhooks::guard::check_url(&api.inner.webhook_guard, &body.url)
         .await
@@ -94,7 +94,7 @@ pub(super) async fn list_webhooks(
     let mut violations = FieldViolations::new();
     let scope = scope_of(&body.parent, &mut violations);
     violations.check()?;
-    let scope = scope.ok_or_else(|| Status::internal("internal error"))?;
+    let scope = scope.ok_or_else(|| rpc::internal("a webhook parent passed its check without a scope"))?;
     check_scope(api, &caller, permission, scope).await?;
     let webhooks = api.inner.db.run(move |conn| db::list(conn, scope)).await?;
     Ok(Response::new(pb::ListWebhooksResponse {
@@ -109,7 +109,7 @@ pub(super) async fn delete_webhook(
     let caller = Caller::of(&request)?.clone();
     let actor = Actor::of(&request);
     let permission = Permission::required(&request)?;
-    let id = id_field("webhook_id", &request.get_ref().webhook_id)?;
+    let id = rpc::require_id("webhook_id", &request.get_ref().webhook_id)?;
     let (webhook, organization) = managed(api, &caller, permission, id).await?;
     api.inner.db.run(move |conn| db::delete(conn, id)).await?;
     tracing::info!(webhook.id = %id, user.id = %caller.user_id, "webhook deleted");
@@ -155,7 +155,7 @@ pub(super) async fn redeliver_webhook_delivery(
     let caller = Caller::of(&request)?.clone();
     let actor = Actor::of(&request);
     let permission = Permission::required(&request)?;
-    let id = id_field("delivery_id", &request.get_ref().delivery_id)?;
+    let id = rpc::require_id("delivery_id", &request.get_ref().delivery_id)?;
     let not_found = || Status::not_found("no such webhook delivery");
     let (_, webhook) = api
         .inner

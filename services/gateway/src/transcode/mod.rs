@@ -5,6 +5,7 @@
 //! timestamps); errors are `google.rpc.Status` JSON with grpc-gateway's
 //! status table (FAILED_PRECONDITION is 409 Conflict).
 
+pub mod conventions;
 pub mod template;
 
 use std::collections::BTreeMap;

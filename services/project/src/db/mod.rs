@@ -164,7 +164,7 @@ impl ProjectToCreate {
     }
 
     /// Whether `project` is the row this request asked for.
-    fn made(&self, project: &Project) -> bool {
+    fn asked_for(&self, project: &Project) -> bool {
         project.owner_id == self.owner_id
             && project.name == self.name
             && project.description == self.description
@@ -298,7 +298,7 @@ impl Project {
             .map(|one| {
                 let mine = inserted
                     .iter_mut()
-                    .find(|row| row.as_ref().is_some_and(|project| one.made(project)))
+                    .find(|row| row.as_ref().is_some_and(|project| one.asked_for(project)))
                     .and_then(Option::take);
                 match mine {
                     Some(project) => Ok(project),

@@ -1,22 +1,22 @@
 //! Reading the project service's audit trail (`ListAuditEvents`).
 
-use capsule::{audit, proto::audit::v1 as pb};
+use capsule::audit;
 use tonic::{Request, Response, Status};
 
-use crate::api::{Ask, ProjectServiceApi};
+use crate::state::{Call, ProjectServiceApi};
 
 pub async fn list_audit_events(
     api: &ProjectServiceApi,
-    request: Request<pb::ListAuditEventsRequest>,
-) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-    let ask = Ask::of(&request)?;
+    request: Request<capsule::proto::audit::v1::ListAuditEventsRequest>,
+) -> Result<Response<capsule::proto::audit::v1::ListAuditEventsResponse>, Status> {
+    let call = Call::of(&request)?;
     let (mut filter, limit) = audit::filter_of(request.get_ref())?;
     if let Some(project_id) = filter.project_id {
-        api.visible(&ask, project_id).await?;
+        api.authorize_deleted_too(&call, project_id).await?;
     } else if let Some(organization_id) = filter.organization_id {
-        api.member(&ask, organization_id).await?;
+        api.member(&call, organization_id).await?;
     }
-    audit::restrict_to_caller(&mut filter, &ask.caller)?;
+    audit::restrict_to_caller(&mut filter, &call.caller)?;
     let rows = api.db.run(move |conn| audit::list(conn, &filter, limit + 1)).await?;
     Ok(Response::new(audit::page(&rows, limit, "project")))
 }

@@ -1,5 +1,5 @@
 //! The project service's state, and who may do what to a project: the one
-//! place that decides it, for every RPC.
+//! place that decides it, for every RPC (`authorize`, `member`).
 
 use std::sync::Arc;
 
@@ -8,7 +8,6 @@ use capsule::{
     auth::{Caller, OrgRole, Permission},
     db::{Batcher, Database},
     proto::auth::v1::auth_service_client::AuthServiceClient,
-    rpc::{self, FieldViolations},
     trace::TracedChannel,
 };
 use tonic::{Request, Status};
@@ -22,10 +21,12 @@ pub const NOT_FOUND: &str = "no such project";
 #[derive(Clone)]
 pub struct ProjectServiceApi {
     pub(crate) db: Arc<Database>,
-    /// Lookups by id, batched while the connections are busy.
-    pub(crate) by_id: Batcher<Uuid, Option<Project>>,
-    /// CreateProject's inserts, batched the same way.
-    pub(crate) creates: Batcher<ProjectToCreate, Project>,
+    /// Lookups by id, batched while the connections are busy
+    /// ([`Self::find_project`]).
+    finds: Batcher<Uuid, Option<Project>>,
+    /// CreateProject's inserts, batched the same way
+    /// ([`Self::create_project`]).
+    creates: Batcher<ProjectToCreate, Project>,
     /// The auth service, which mails invitations; `None` without the
     /// internal secret (then nobody can be invited).
     auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
@@ -33,15 +34,15 @@ pub struct ProjectServiceApi {
     pub(crate) keys: Arc<capsule::crypto::Keyring>,
 }
 
-/// A call's caller, the permission its method declares, and who acted
-/// from where, for the audit trail.
-pub struct Ask {
+/// One call as authorisation sees it: its caller, the permission its
+/// method declares, and who acted from where, for the audit trail.
+pub struct Call {
     pub caller: Caller,
     pub permission: Permission,
     pub actor: Actor,
 }
 
-impl Ask {
+impl Call {
     pub fn of<T>(request: &Request<T>) -> Result<Self, Status> {
         Ok(Self {
             caller: Caller::of(request)?.clone(),
@@ -122,12 +123,24 @@ impl ProjectServiceApi {
         keys: Arc<capsule::crypto::Keyring>,
     ) -> Self {
         Self {
-            by_id: Batcher::new(db.clone(), "project_by_id", Project::find_each),
+            finds: Batcher::new(db.clone(), "project_by_id", Project::find_each),
             creates: Batcher::new(db.clone(), "project_create", Project::create_each),
             db: Arc::new(db),
             auth,
             keys,
         }
+    }
+
+    /// The project with this id, deleted or not, whoever owns it: one
+    /// `Project::find_each` for every lookup queued meanwhile.
+    pub async fn find_project(&self, id: Uuid) -> Result<Option<Project>, capsule::db::DbError> {
+        self.finds.call(id).await
+    }
+
+    /// Inserts a project: one `Project::create_each` for every CreateProject
+    /// queued meanwhile.
+    pub async fn create_project(&self, project: ProjectToCreate) -> Result<Project, capsule::db::DbError> {
+        self.creates.call(project).await
     }
 
     /// A project's variables with their values as given (see `vault`).
@@ -140,13 +153,12 @@ impl ProjectServiceApi {
     /// it at all, so ids of other people's projects reveal nothing;
     /// PERMISSION_DENIED, naming the permission, for a member without it.
     /// Membership is read at every call: a removed member is out at once.
-    pub async fn visible(&self, ask: &Ask, project_id: Uuid) -> Result<Granted, Status> {
+    pub async fn authorize_deleted_too(&self, call: &Call, project_id: Uuid) -> Result<Granted, Status> {
         let project = self
-            .by_id
-            .call(project_id)
+            .find_project(project_id)
             .await?
             .ok_or_else(|| Status::not_found(NOT_FOUND))?;
-        let caller = &ask.caller;
+        let caller = &call.caller;
         if caller.scope.as_ref().is_some_and(|scope| !scope.reaches(project.id)) {
             return Err(Status::not_found(NOT_FOUND));
         }
@@ -164,15 +176,15 @@ impl ProjectServiceApi {
             project,
             role: Some(role),
         };
-        granted.require(ask.permission)?;
+        granted.require(call.permission)?;
         Ok(granted)
     }
 
-    /// Like [`Self::visible`], and not deleted: a deleted project is gone
+    /// Like [`Self::authorize_deleted_too`], and not deleted: a deleted project is gone
     /// for every call but listing with `show_deleted` and undeleting it.
     /// Its owner is told how to bring it back.
-    pub async fn live(&self, ask: &Ask, project_id: Uuid) -> Result<Granted, Status> {
-        let granted = self.visible(ask, project_id).await?;
+    pub async fn authorize(&self, call: &Call, project_id: Uuid) -> Result<Granted, Status> {
+        let granted = self.authorize_deleted_too(call, project_id).await?;
         if granted.project.deleted_at.is_some() {
             let until = granted
                 .project
@@ -202,8 +214,8 @@ impl ProjectServiceApi {
     /// any token can be: it never carries organization.members.write),
     /// bounded by its scopes, which the layer checked; anywhere else, and
     /// for a token bound to one project, the organisation does not exist.
-    pub async fn member(&self, ask: &Ask, organization_id: Uuid) -> Result<OrgRole, Status> {
-        if let Some(scope) = &ask.caller.scope
+    pub async fn member(&self, call: &Call, organization_id: Uuid) -> Result<OrgRole, Status> {
+        if let Some(scope) = &call.caller.scope
             && (scope.project_id.is_some() || scope.organization_id.is_some())
         {
             return match scope.reaches_organization(organization_id) {
@@ -211,12 +223,12 @@ impl ProjectServiceApi {
                 false => Err(Status::not_found("no such organization")),
             };
         }
-        let role = match self.role_of(organization_id, ask.caller.user_id).await? {
+        let role = match self.role_of(organization_id, call.caller.user_id).await? {
             Some(role) => role,
-            None if ask.caller.is_admin() => OrgRole::Owner,
+            None if call.caller.is_admin() => OrgRole::Owner,
             None => return Err(Status::not_found("no such organization")),
         };
-        role.require(ask.permission)?;
+        role.require(call.permission)?;
         Ok(role)
     }
 
@@ -225,21 +237,6 @@ impl ProjectServiceApi {
     /// event; the change stands.
     pub async fn audit(&self, event: Event) {
         capsule::audit::append(&self.db, event).await;
-    }
-
-    /// An event about `project`, by the caller of `ask`.
-    pub fn project_event(ask: &Ask, action: &'static str, project: &Project) -> Event {
-        Event::new(&ask.actor, action, format!("projects/{}", project.id))
-            .organization(project.organization_id)
-            .project(project.id)
-    }
-
-    /// One id from a request, or INVALID_ARGUMENT naming its field.
-    pub fn parse_id(field: &str, value: &str) -> Result<Uuid, Status> {
-        let mut violations = FieldViolations::new();
-        let id = rpc::parse_id(field, value, &mut violations);
-        violations.check()?;
-        Ok(id)
     }
 
     /// The auth service, called with the internal secret.
@@ -255,4 +252,16 @@ impl ProjectServiceApi {
         capsule::auth::as_service(&mut request, &secret)?;
         Ok((client, request))
     }
+}
+
+/// An event about `project`, by the caller of `call`.
+pub fn project_event(call: &Call, action: &'static str, project: &Project) -> Event {
+    Event::new(&call.actor, action, format!("projects/{}", project.id))
+        .organization(project.organization_id)
+        .project(project.id)
+}
+
+/// An event about organisation `id` (and `below` it: `/members/<id>`).
+pub fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
+    Event::new(actor, action, format!("organizations/{id}{below}")).organization(Some(id))
 }

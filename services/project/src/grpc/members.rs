@@ -1,9 +1,9 @@
-//! Organisations: creating them, their members and invitations, moving
-//! projects between owners, and the permission check the deploy service
-//! asks for.
+//! An organisation's members and invitations: inviting (the auth service
+//! mails the link), accepting, listing and withdrawing invitations,
+//! changing roles and removing members; an organisation keeps an owner.
 
 use capsule::{
-    audit::{Actor, Event},
+    audit::Actor,
     auth::{Caller, OrgRole, Permission, new_token, token_hash},
     proto::{
         auth::v1::{GetUserStatusRequest, SendInvitationEmailRequest},
@@ -16,16 +16,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    api::{Ask, ProjectServiceApi},
-    convert::{invitation_proto, member_proto, organization_proto, project_proto},
+    convert::{invitation_proto, member_proto},
     db::organizations::{self, NewInvitation, NotAccepted, Refusal},
-    validate,
+    state::{Call, ProjectServiceApi, org_event},
 };
-
-/// An event about organisation `id` (and `below` it: `/members/<id>`).
-pub(crate) fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
-    Event::new(actor, action, format!("organizations/{id}{below}")).organization(Some(id))
-}
 
 /// How long an invitation can be accepted.
 const INVITATION_DAYS: i64 = 7;
@@ -60,83 +54,29 @@ fn refusal(refusal: Refusal) -> Status {
     }
 }
 
-pub async fn create(
-    api: &ProjectServiceApi,
-    request: Request<pb::CreateOrganizationRequest>,
-) -> Result<Response<pb::Organization>, Status> {
-    let caller = Caller::of(&request)?.clone();
-    let actor = Actor::of(&request);
-    let wanted = request.into_inner().organization.unwrap_or_default();
-    let mut violations = FieldViolations::new();
-    let name = validate::name(&wanted.name, "organization.name", &mut violations);
-    violations.check()?;
-    let creator = caller.user_id;
-    let organization = api
-        .db
-        .run(move |conn| organizations::create(conn, &name, creator))
-        .await?;
-    tracing::info!(organization.id = %organization.id, user.id = %creator, "organization created");
-    api.audit(
-        org_event(&actor, "organization.create", organization.id, String::new()).detail("name", &organization.name),
-    )
-    .await;
-    Ok(Response::new(organization_proto(&organization, OrgRole::Owner)))
-}
-
-pub async fn get(
-    api: &ProjectServiceApi,
-    request: Request<pb::GetOrganizationRequest>,
-) -> Result<Response<pb::Organization>, Status> {
-    let ask = Ask::of(&request)?;
-    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
-    let role = api.member(&ask, id).await?;
-    let organization = api
-        .db
-        .run(move |conn| organizations::find(conn, id))
-        .await?
-        .ok_or_else(|| Status::not_found("no such organization"))?;
-    Ok(Response::new(organization_proto(&organization, role)))
-}
-
-pub async fn list(
-    api: &ProjectServiceApi,
-    request: Request<pb::ListOrganizationsRequest>,
-) -> Result<Response<pb::ListOrganizationsResponse>, Status> {
-    let user_id = Caller::of(&request)?.user_id;
-    let rows = api.db.run(move |conn| organizations::of_user(conn, user_id)).await?;
-    Ok(Response::new(pb::ListOrganizationsResponse {
-        organizations: rows
-            .iter()
-            .map(|(organization, role)| {
-                organization_proto(organization, OrgRole::parse(role).unwrap_or(OrgRole::Viewer))
-            })
-            .collect(),
-    }))
-}
-
 pub async fn list_members(
     api: &ProjectServiceApi,
     request: Request<pb::ListMembersRequest>,
 ) -> Result<Response<pb::ListMembersResponse>, Status> {
-    let ask = Ask::of(&request)?;
-    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
-    api.member(&ask, id).await?;
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("organization_id", &request.get_ref().organization_id)?;
+    api.member(&call, id).await?;
     let members = api.db.run(move |conn| organizations::members(conn, id)).await?;
     Ok(Response::new(pb::ListMembersResponse {
         members: members.iter().map(member_proto).collect(),
     }))
 }
 
-pub async fn invite(
+pub async fn invite_member(
     api: &ProjectServiceApi,
     request: Request<pb::InviteMemberRequest>,
 ) -> Result<Response<pb::Invitation>, Status> {
-    let ask = Ask::of(&request)?;
+    let call = Call::of(&request)?;
     let body = request.into_inner();
-    let id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
+    let id = rpc::require_id("organization_id", &body.organization_id)?;
     let role = OrgRole::from_proto(body.role())
         .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
-    let actor = api.member(&ask, id).await?;
+    let actor = api.member(&call, id).await?;
     if role == OrgRole::Owner {
         owners_only(actor)?;
     }
@@ -147,7 +87,7 @@ pub async fn invite(
         .ok_or_else(|| Status::not_found("no such organization"))?;
     let (token, hash) = new_token("")?;
     let expires = Utc::now() + Duration::days(INVITATION_DAYS);
-    let (email, invited_by) = (body.email.trim().to_lowercase(), ask.caller.user_id);
+    let (email, invited_by) = (body.email.trim().to_lowercase(), call.caller.user_id);
     let invitation = api
         .db
         .run({
@@ -194,7 +134,7 @@ pub async fn invite(
     tracing::info!(organization.id = %id, invitation.id = %invitation.id, role = role.as_str(), "member invited");
     api.audit(
         org_event(
-            &ask.actor,
+            &call.actor,
             "organization.invitation.create",
             id,
             format!("/invitations/{}", invitation.id),
@@ -210,9 +150,9 @@ pub async fn list_invitations(
     api: &ProjectServiceApi,
     request: Request<pb::ListInvitationsRequest>,
 ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
-    let ask = Ask::of(&request)?;
-    let id = ProjectServiceApi::parse_id("organization_id", &request.get_ref().organization_id)?;
-    api.member(&ask, id).await?;
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("organization_id", &request.get_ref().organization_id)?;
+    api.member(&call, id).await?;
     let pending = api.db.run(move |conn| organizations::pending(conn, id)).await?;
     Ok(Response::new(pb::ListInvitationsResponse {
         invitations: pending.iter().map(invitation_proto).collect(),
@@ -223,11 +163,11 @@ pub async fn delete_invitation(
     api: &ProjectServiceApi,
     request: Request<pb::DeleteInvitationRequest>,
 ) -> Result<Response<pb::DeleteInvitationResponse>, Status> {
-    let ask = Ask::of(&request)?;
+    let call = Call::of(&request)?;
     let body = request.get_ref();
-    let id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
-    let invitation = ProjectServiceApi::parse_id("invitation_id", &body.invitation_id)?;
-    api.member(&ask, id).await?;
+    let id = rpc::require_id("organization_id", &body.organization_id)?;
+    let invitation = rpc::require_id("invitation_id", &body.invitation_id)?;
+    api.member(&call, id).await?;
     if !api
         .db
         .run(move |conn| organizations::withdraw_pending(conn, id, invitation))
@@ -237,7 +177,7 @@ pub async fn delete_invitation(
     }
     tracing::info!(organization.id = %id, invitation.id = %invitation, "invitation withdrawn");
     api.audit(org_event(
-        &ask.actor,
+        &call.actor,
         "organization.invitation.delete",
         id,
         format!("/invitations/{invitation}"),
@@ -246,7 +186,7 @@ pub async fn delete_invitation(
     Ok(Response::new(pb::DeleteInvitationResponse {}))
 }
 
-pub async fn accept(
+pub async fn accept_invitation(
     api: &ProjectServiceApi,
     request: Request<pb::AcceptInvitationRequest>,
 ) -> Result<Response<pb::Member>, Status> {
@@ -275,7 +215,7 @@ pub async fn accept(
         .await?
         .map_err(|refusal| match refusal {
             NotAccepted::Unknown => {
-                Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
+                Status::not_found("this invitation is not valid, was already used or has expired; call for a new one")
             }
             NotAccepted::OtherEmail => Status::permission_denied(
                 "this invitation was sent to another email address: sign in with that address to accept it",
@@ -299,12 +239,12 @@ pub async fn update_member(
     api: &ProjectServiceApi,
     request: Request<pb::UpdateMemberRequest>,
 ) -> Result<Response<pb::Member>, Status> {
-    let ask = Ask::of(&request)?;
+    let call = Call::of(&request)?;
     let body = request.into_inner();
     let (id, user_id) = member_ids(&body.organization_id, &body.user_id)?;
     let role = OrgRole::from_proto(body.role())
         .ok_or_else(|| rpc::invalid_field("role", "must be viewer, developer, admin or owner"))?;
-    let actor = api.member(&ask, id).await?;
+    let actor = api.member(&call, id).await?;
     let current = api.role_of(id, user_id).await?;
     if role == OrgRole::Owner || current == Some(OrgRole::Owner) {
         owners_only(actor)?;
@@ -315,10 +255,10 @@ pub async fn update_member(
         .await?
         .map_err(refusal)?
         .ok_or_else(|| Status::not_found("no such member"))?;
-    tracing::info!(organization.id = %id, user.id = %user_id, role = role.as_str(), by = %ask.caller.user_id, "member role changed");
+    tracing::info!(organization.id = %id, user.id = %user_id, role = role.as_str(), by = %call.caller.user_id, "member role changed");
     api.audit(
         org_event(
-            &ask.actor,
+            &call.actor,
             "organization.member.update",
             id,
             format!("/members/{user_id}"),
@@ -334,14 +274,14 @@ pub async fn remove_member(
     api: &ProjectServiceApi,
     request: Request<pb::RemoveMemberRequest>,
 ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-    let ask = Ask::of(&request)?;
+    let call = Call::of(&request)?;
     let body = request.into_inner();
     let (id, user_id) = member_ids(&body.organization_id, &body.user_id)?;
-    if user_id == ask.caller.user_id {
+    if user_id == call.caller.user_id {
         // Leaving needs no permission, only a membership.
-        api.member(&ask.with(Permission::OrganizationRead), id).await?;
+        api.member(&call.with(Permission::OrganizationRead), id).await?;
     } else {
-        let actor = api.member(&ask, id).await?;
+        let actor = api.member(&call, id).await?;
         if api.role_of(id, user_id).await? == Some(OrgRole::Owner) {
             owners_only(actor)?;
         }
@@ -350,126 +290,13 @@ pub async fn remove_member(
         .run(move |conn| organizations::change(conn, id, user_id, None))
         .await?
         .map_err(refusal)?;
-    tracing::info!(organization.id = %id, user.id = %user_id, by = %ask.caller.user_id, "member removed");
+    tracing::info!(organization.id = %id, user.id = %user_id, by = %call.caller.user_id, "member removed");
     api.audit(org_event(
-        &ask.actor,
+        &call.actor,
         "organization.member.remove",
         id,
         format!("/members/{user_id}"),
     ))
     .await;
     Ok(Response::new(pb::RemoveMemberResponse {}))
-}
-
-pub async fn transfer_project(
-    api: &ProjectServiceApi,
-    request: Request<pb::TransferProjectRequest>,
-) -> Result<Response<pb::Project>, Status> {
-    let ask = Ask::of(&request)?;
-    let body = request.into_inner();
-    let mut violations = FieldViolations::new();
-    let project_id = rpc::parse_id("project_id", &body.project_id, &mut violations);
-    let organization_id = (!body.organization_id.is_empty())
-        .then(|| rpc::parse_id("organization_id", &body.organization_id, &mut violations));
-    violations.check()?;
-    let project = api.live(&ask, project_id).await?.project;
-    let owner = match organization_id {
-        Some(organization_id) => {
-            api.member(&ask.with(Permission::ProjectTransfer), organization_id)
-                .await?;
-            organization_id
-        }
-        None => {
-            ask.personal()?;
-            ask.caller.user_id
-        }
-    };
-    if project.owner_id == owner {
-        return Ok(Response::new(project_proto(&project)));
-    }
-    let (slug, previous_owner) = (project.slug.clone(), project.owner_id);
-    match api
-        .db
-        .run(move |conn| organizations::transfer(conn, project_id, owner, organization_id))
-        .await
-    {
-        Ok(moved) => {
-            tracing::info!(project.id = %project_id, owner.id = %owner, by = %ask.caller.user_id, "project transferred");
-            let event = ProjectServiceApi::project_event(&ask, "project.transfer", &moved)
-                .detail("from", previous_owner)
-                .detail("to", owner);
-            api.audit(event.clone()).await;
-            // The organisation it left sees the move too.
-            if project.organization_id.is_some() && project.organization_id != moved.organization_id {
-                api.audit(event.organization(project.organization_id)).await;
-            }
-            Ok(Response::new(project_proto(&moved)))
-        }
-        Err(err) if err.is_unique_violation(None) => Err(Status::already_exists(format!(
-            "the new owner already has a project with the slug {slug:?}; change this project's slug first"
-        ))),
-        Err(err) => Err(err.into()),
-    }
-}
-
-pub async fn check_project_permission(
-    api: &ProjectServiceApi,
-    request: Request<pb::CheckProjectPermissionRequest>,
-) -> Result<Response<pb::CheckProjectPermissionResponse>, Status> {
-    let caller = Caller::of(&request)?.clone();
-    let actor = Actor::of(&request);
-    let body = request.into_inner();
-    let project_id = ProjectServiceApi::parse_id("project_id", &body.project_id)?;
-    let permission = Permission::parse(&body.permission)
-        .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
-    // An API token holds no more than its scopes.
-    let scoped = caller.scope.as_ref().is_none_or(|scope| scope.covers(Some(permission)));
-    // Every member reads; the role says whether the permission is held.
-    let granted = api
-        .live(
-            &Ask {
-                caller,
-                permission: Permission::ProjectRead,
-                actor,
-            },
-            project_id,
-        )
-        .await?;
-    Ok(Response::new(pb::CheckProjectPermissionResponse {
-        granted: scoped && granted.holds(permission),
-        role: granted.role.map_or(0, |role| role.to_proto().into()),
-        organization_id: granted
-            .project
-            .organization_id
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
-    }))
-}
-
-pub async fn check_organization_permission(
-    api: &ProjectServiceApi,
-    request: Request<pb::CheckOrganizationPermissionRequest>,
-) -> Result<Response<pb::CheckOrganizationPermissionResponse>, Status> {
-    let caller = Caller::of(&request)?.clone();
-    let actor = Actor::of(&request);
-    let body = request.into_inner();
-    let organization_id = ProjectServiceApi::parse_id("organization_id", &body.organization_id)?;
-    let permission = Permission::parse(&body.permission)
-        .ok_or_else(|| rpc::invalid_field("permission", "is not a permission Capsule knows"))?;
-    if let Some(scope) = &caller.scope {
-        scope.require(Some(permission))?;
-    }
-    let role = api
-        .member(
-            &Ask {
-                caller,
-                permission,
-                actor,
-            },
-            organization_id,
-        )
-        .await?;
-    Ok(Response::new(pb::CheckOrganizationPermissionResponse {
-        role: role.to_proto().into(),
-    }))
 }

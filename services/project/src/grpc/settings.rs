@@ -1,0 +1,99 @@
+//! A project's settings: how it builds, starts and is deployed, and the
+//! secret its push events are signed with.
+
+use capsule::{
+    proto::project::v1 as pb,
+    rpc::{self, FieldViolations},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert::settings_proto,
+    db::{Settings, SettingsChanges, Variable},
+    state::{Call, ProjectServiceApi, project_event},
+};
+
+pub async fn get_project_settings(
+    api: &ProjectServiceApi,
+    request: Request<pb::GetProjectSettingsRequest>,
+) -> Result<Response<pb::ProjectSettings>, Status> {
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("project_id", &request.get_ref().project_id)?;
+    api.authorize(&call, id).await?;
+    let (settings, variables) = api
+        .db
+        .run(move |conn| Ok((Settings::get(conn, id)?, Variable::list(conn, id)?)))
+        .await?;
+    Ok(Response::new(settings_proto(&settings, &api.reveal(id, variables)?)))
+}
+
+pub async fn update_project_settings(
+    api: &ProjectServiceApi,
+    request: Request<pb::UpdateProjectSettingsRequest>,
+) -> Result<Response<pb::ProjectSettings>, Status> {
+    let call = Call::of(&request)?;
+    let body = request.into_inner();
+    let wanted = body.settings.unwrap_or_default();
+    let mut violations = FieldViolations::new();
+    let id = rpc::parse_id("settings.project_id", &wanted.project_id, &mut violations);
+    let paths = rpc::mask_paths(
+        body.update_mask.as_ref(),
+        &[
+            "build_command",
+            "start_command",
+            "release_command",
+            "root_directory",
+            "branch",
+            "auto_deploy",
+            "repository_url",
+            "health_check_path",
+        ],
+        &mut violations,
+    );
+    let mut changes = SettingsChanges::default();
+    for path in &paths {
+        match path.as_str() {
+            // The rules in the protos are the whole check of each.
+            "build_command" => changes.build_command = Some(wanted.build_command.clone()),
+            "start_command" => changes.start_command = Some(wanted.start_command.clone()),
+            "release_command" => changes.release_command = Some(wanted.release_command.clone()),
+            "root_directory" => changes.root_directory = Some(wanted.root_directory.clone()),
+            "branch" => changes.branch = Some(wanted.branch.clone()),
+            "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
+            "repository_url" => changes.repository_url = Some(wanted.repository_url.clone()),
+            "health_check_path" => changes.health_check_path = Some(wanted.health_check_path.clone()),
+            _ => {}
+        }
+    }
+    violations.check()?;
+    let granted = api.authorize(&call, id).await?;
+    let (settings, variables) = api
+        .db
+        .run(move |conn| Ok((Settings::update(conn, id, &changes)?, Variable::list(conn, id)?)))
+        .await?;
+    api.audit(project_event(&call, "project.settings.update", &granted.project).detail("fields", paths.join(",")))
+        .await;
+    Ok(Response::new(settings_proto(&settings, &api.reveal(id, variables)?)))
+}
+
+pub async fn rotate_webhook_secret(
+    api: &ProjectServiceApi,
+    request: Request<pb::RotateWebhookSecretRequest>,
+) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("project_id", &request.get_ref().project_id)?;
+    let granted = api.authorize(&call, id).await?;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
+    let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let stored = secret.clone();
+    api.db
+        .run(move |conn| Settings::set_webhook_secret(conn, id, &stored))
+        .await?;
+    tracing::info!(project.id = %id, user.id = %call.caller.user_id, "webhook secret rotated");
+    api.audit(project_event(&call, "project.webhook_secret.rotate", &granted.project))
+        .await;
+    Ok(Response::new(pb::RotateWebhookSecretResponse {
+        webhook_secret: secret,
+    }))
+}
