@@ -29,9 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let well_known = protoc_bin_vendored::include_path()?;
     tonic_prost_build::configure()
-        // RPCs not implemented yet answer UNIMPLEMENTED instead of failing
-        // the build of the service that owns them.
-        .generate_default_stubs(true)
+        // Every RPC is implemented: a new one fails the build of the
+        // service that owns it until it is.
+        .generate_default_stubs(false)
         // prost's codec plus one text check of every incoming message.
         .codec_path("crate::codec::CheckedCodec")
         .file_descriptor_set_path(out_dir.join("capsule_descriptor.bin"))

@@ -8,13 +8,14 @@ pub mod admin {
     }
 }
 
-/// `capsule.auth.v1`.
+/// `capsule.audit.v1`.
 pub mod audit {
     pub mod v1 {
         tonic::include_proto!("capsule.audit.v1");
     }
 }
 
+/// `capsule.auth.v1`.
 pub mod auth {
     pub mod v1 {
         tonic::include_proto!("capsule.auth.v1");

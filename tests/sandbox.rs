@@ -35,6 +35,48 @@ async fn local_runner_mesh(deploy: Vec<(&'static str, &'static str)>) -> TestMes
     .await
 }
 
+/// A runner in a role of its own (what `capsule runner` runs): the deploy
+/// service's URL and a registered runner's token are all it has, and it
+/// takes a deployment, builds it in the sandbox and reports it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
+    let mesh = common::start_with(common::Options::default()).await;
+    let (runner_id, token) = mesh.runner("build-eu-1").await;
+    let workdir = tempfile::tempdir().unwrap();
+    let settings = [
+        (
+            "DEPLOY_SERVICE_URL",
+            format!("http://{}", mesh.addr(ServiceKind::Deploy)),
+        ),
+        ("CAPSULE_RUNNER_TOKEN", token),
+        ("DEPLOY_RUNNER_WORKDIR", workdir.path().display().to_string()),
+    ];
+    let source = move |name: &str| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
+    let connection = capsule_runner::config::Connection::from_source(&source).unwrap();
+    let config = capsule_runner::config::RunnerConfig::from_source(&source).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn(capsule_runner::serve(connection, config, stop.clone()));
+
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let project_id = project(&mesh, &alice, "echo built by a runner of its own", &[]).await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    let live = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(live.runner_id, runner_id, "the runner that claimed it ran it");
+    assert!(
+        text(&logs(&mesh, &alice, &deployment.id).await).contains("built by a runner of its own"),
+        "its output reached the logs"
+    );
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
 /// A shell test that prints `probe NAME: OPEN` when the attack worked and
 /// `probe NAME: blocked` when it did not.
 fn probe(name: &str, attack: &str) -> String {

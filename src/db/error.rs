@@ -1,5 +1,4 @@
-//! The one mapping of database trouble to gRPC statuses, and running
-//! blocking diesel work on a pooled connection.
+//! The one mapping of database trouble to gRPC statuses.
 
 use tonic::Status;
 
@@ -23,10 +22,6 @@ impl DbError {
             }
             _ => false,
         }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, Self::Query(diesel::result::Error::NotFound))
     }
 }
 
@@ -100,48 +95,6 @@ impl From<DbError> for Status {
             }
             other => crate::rpc::internal(format_args!("database query failed: {other}")),
         }
-    }
-}
-
-impl super::Database {
-    /// Runs blocking diesel work on a pooled connection's thread.
-    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
-    where
-        F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
-        T: Send + 'static,
-    {
-        use tracing::Instrument;
-        let waited = std::time::Instant::now();
-        let wait = if crate::trace::sampled() {
-            tracing::debug_span!(
-                target: crate::trace::TRACE,
-                "db.pool.wait",
-                db.system.name = "postgresql",
-                db.namespace = self.config.service.name(),
-            )
-        } else {
-            tracing::Span::none()
-        };
-        let conn = self
-            .pool
-            .get()
-            .instrument(wait)
-            .await
-            .map_err(|err| DbError::Unavailable(err.to_string()))?;
-        metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
-            .record(waited.elapsed().as_secs_f64());
-        // In a sampled trace, the statements are spans of the caller's request.
-        let result = match crate::trace::carry() {
-            Some(carried) => conn.interact(move |conn| carried.run(|| work(conn))).await,
-            None => conn.interact(work).await,
-        };
-        let result = result.map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
-        // A connection whose server went away (restart, failover, a killed
-        // backend) is not handed out again.
-        if result.as_ref().is_err_and(connection_lost) {
-            drop(deadpool::managed::Object::take(conn));
-        }
-        result.map_err(DbError::from)
     }
 }
 

@@ -4,6 +4,7 @@
 //! Blocking diesel work runs on the pool's threads (`interact`) or on
 //! `spawn_blocking`, never on a tokio worker.
 //!
+//! [`Database::run`] is the one way a service reaches its database.
 //! `query` holds the SQL pieces services share (keyset pages, EXPLAIN);
 //! `error` maps database trouble to statuses once; `supervise` reports
 //! readiness through [`Readiness`], which the server implements; `stats`
@@ -26,6 +27,7 @@ use secrecy::ExposeSecret;
 
 pub use batch::Batcher;
 pub use error::DbError;
+
 pub use instrument::install_query_instrumentation;
 pub use sealed::refuse_unknown_keys;
 pub use supervise::{Readiness, ReadyCheck, supervise};
@@ -37,7 +39,7 @@ use crate::config::DbConfig;
 const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The pool of a service's connections.
-pub type Pool = deadpool::managed::Pool<Pooled>;
+pub type Pool = deadpool::managed::Pool<ConnectionManager>;
 
 /// deadpool-diesel's manager opens the connections; handing one out again
 /// is checked in place. Its own recycling runs `SELECT 1` on the
@@ -46,9 +48,9 @@ pub type Pool = deadpool::managed::Pool<Pooled>;
 /// returned with a broken transaction is dropped here; one whose socket
 /// died is dropped by [`Database::run`] when its query fails.
 #[derive(Debug)]
-pub struct Pooled(Manager);
+pub struct ConnectionManager(Manager);
 
-impl deadpool::managed::Manager for Pooled {
+impl deadpool::managed::Manager for ConnectionManager {
     type Type = <Manager as deadpool::managed::Manager>::Type;
     type Error = <Manager as deadpool::managed::Manager>::Error;
 
@@ -77,6 +79,46 @@ pub struct Database {
 }
 
 impl Database {
+    /// Runs blocking diesel work on a pooled connection's thread.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut diesel::PgConnection) -> diesel::QueryResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        use tracing::Instrument;
+        let waited = std::time::Instant::now();
+        let wait = if crate::trace::sampled() {
+            tracing::debug_span!(
+                target: crate::trace::TRACE,
+                "db.pool.wait",
+                db.system.name = "postgresql",
+                db.namespace = self.config.service.name(),
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let conn = self
+            .pool
+            .get()
+            .instrument(wait)
+            .await
+            .map_err(|err| DbError::Unavailable(err.to_string()))?;
+        metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
+            .record(waited.elapsed().as_secs_f64());
+        // In a sampled trace, the statements are spans of the caller's request.
+        let result = match crate::trace::carry() {
+            Some(carried) => conn.interact(move |conn| carried.run(|| work(conn))).await,
+            None => conn.interact(work).await,
+        };
+        let result = result.map_err(|err| DbError::Unavailable(format!("the connection thread failed: {err}")))?;
+        // A connection whose server went away (restart, failover, a killed
+        // backend) is not handed out again.
+        if result.as_ref().is_err_and(error::connection_lost) {
+            drop(deadpool::managed::Object::take(conn));
+        }
+        result.map_err(DbError::from)
+    }
+
     /// Builds the pool. Connections are opened on first use, so this
     /// succeeds whether or not the database is up.
     pub fn new(config: DbConfig) -> anyhow::Result<Self> {
@@ -84,8 +126,8 @@ impl Database {
         let statement_timeout_ms = config.statement_timeout.as_millis();
         // Every pooled connection gets the statement timeout, whatever the
         // URL says: a runaway query fails instead of holding a connection.
-        let set_timeout =
-            deadpool::managed::Hook::async_fn(move |conn: &mut <Pooled as deadpool::managed::Manager>::Type, _| {
+        let set_timeout = deadpool::managed::Hook::async_fn(
+            move |conn: &mut <ConnectionManager as deadpool::managed::Manager>::Type, _| {
                 Box::pin(async move {
                     conn.interact(move |conn| {
                         diesel::connection::SimpleConnection::batch_execute(
@@ -97,8 +139,9 @@ impl Database {
                     .map_err(|err| deadpool::managed::HookError::message(err.to_string()))?
                     .map_err(|err| deadpool::managed::HookError::message(err.to_string()))
                 })
-            });
-        let pool = Pool::builder(Pooled(manager))
+            },
+        );
+        let pool = Pool::builder(ConnectionManager(manager))
             .post_create(set_timeout)
             .max_size(config.pool_size)
             .wait_timeout(Some(POOL_WAIT_TIMEOUT))

@@ -9,10 +9,10 @@ use capsule::{
     auth::{Caller, Permission},
     db::Database,
     proto::{
-        deploy::v1::{self as pb},
+        deploy::v1 as pb,
         project::v1::{DeploymentPlan, project_service_client::ProjectServiceClient},
     },
-    rpc::{self},
+    rpc,
 };
 use futures::Stream;
 use tonic::{Code, Status};
@@ -112,7 +112,7 @@ impl DeployServiceApi {
     /// transferred project's old owner too): NOT_FOUND when the caller may
     /// not see the project, PERMISSION_DENIED for a member without the
     /// permission. Admins see every deployment.
-    pub(crate) async fn visible(
+    pub(crate) async fn authorize(
         &self,
         caller: &Caller,
         permission: Permission,
@@ -130,9 +130,14 @@ impl DeployServiceApi {
     /// service says now, then the permission as the project service does.
     /// UNAUTHENTICATED or PERMISSION_DENIED when not (a caller who saw the
     /// deployment learns nothing from PERMISSION_DENIED).
-    pub(crate) async fn still_visible(&self, caller: &Caller, permission: Permission, id: Uuid) -> Result<(), Status> {
+    pub(crate) async fn still_authorized(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        id: Uuid,
+    ) -> Result<(), Status> {
         let now = self.inner.keys.recheck(caller).await?;
-        match self.visible(&now, permission, id).await {
+        match self.authorize(&now, permission, id).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::NotFound => {
                 Err(Status::permission_denied("you may no longer read this deployment"))
@@ -141,9 +146,9 @@ impl DeployServiceApi {
         }
     }
 
-    /// As [`Self::visible`], admins asked about too, with the project's
+    /// As [`Self::authorize`], admins asked about too, with the project's
     /// organisation: what a change's audit event names.
-    pub(crate) async fn visible_in(
+    pub(crate) async fn authorize_with_organization(
         &self,
         caller: &Caller,
         permission: Permission,

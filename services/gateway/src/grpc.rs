@@ -119,6 +119,8 @@ impl GatewayServiceApi {
 
 #[tonic::async_trait]
 impl GatewayService for GatewayServiceApi {
+    type StreamAuditEventsStream = crate::trail::EventStream;
+
     async fn list_audit_events(
         &self,
         request: Request<ListAuditEventsRequest>,

@@ -178,7 +178,7 @@ fn queue_event(conn: &mut PgConnection, deployment: &Deployment, event: Event) -
 }
 
 /// The deployment by id. Who may see it is the project service's to say
-/// (`DeployServiceApi::visible`).
+/// (`DeployServiceApi::authorize`).
 pub fn find(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Deployment>> {
     by_id(id).first(conn).optional()
 }

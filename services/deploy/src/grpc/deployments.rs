@@ -53,7 +53,7 @@ pub(super) async fn get_deployment(
     let permission = Permission::required(&request)?;
     let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
     Ok(Response::new(deployment_proto(
-        &api.visible(caller, permission, id).await?,
+        &api.authorize(caller, permission, id).await?,
     )))
 }
 
@@ -98,7 +98,7 @@ pub(super) async fn cancel_deployment(
     let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
     let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
-    let (_, organization) = api.visible_in(&caller, permission, id).await?;
+    let (_, organization) = api.authorize_with_organization(&caller, permission, id).await?;
     let outcome = Outcome {
         message: "canceled by the user".to_owned(),
         ..Outcome::default()
@@ -118,7 +118,7 @@ pub(super) async fn rollback_deployment(
     let actor = AuditActor::of(&request);
     let permission = Permission::required(&request)?;
     let id = rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
-    let earlier = api.visible(&caller, permission, id).await?;
+    let earlier = api.authorize(&caller, permission, id).await?;
     if !matches!(earlier.state(), State::Live | State::Superseded) {
         return Err(Status::failed_precondition(format!(
             "only a deployment that went live can be rolled back to; this one is {}",

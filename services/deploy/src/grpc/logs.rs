@@ -14,11 +14,7 @@ use capsule::{
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    db::{self},
-    lifecycle::State,
-    notify::Event,
-};
+use crate::{db, lifecycle::State, notify::Event};
 
 use crate::{
     convert::line_proto,
@@ -43,7 +39,7 @@ pub(super) async fn get_logs(
         violations.add("after_sequence", "must be 0 or more");
     }
     violations.check()?;
-    api.visible(&caller, permission, id).await?;
+    api.authorize(&caller, permission, id).await?;
     let after = body.after_sequence;
     let rows = api
         .inner
@@ -75,7 +71,7 @@ pub(super) async fn stream_logs(
         violations.add("after_sequence", "must be 0 or more");
     }
     violations.check()?;
-    api.visible(&caller, permission, id).await?;
+    api.authorize(&caller, permission, id).await?;
     // Held by the stream's task: the slot is free again when it ends.
     let slot = body
         .follow
@@ -131,7 +127,7 @@ pub(super) async fn stream_logs(
             let wake = tokio::select! {
                 () = tx.closed() => return,
                 _ = recheck.tick() => {
-                    if let Err(status) = api.still_visible(&caller, permission, id).await {
+                    if let Err(status) = api.still_authorized(&caller, permission, id).await {
                         let _ = tx.send(Err(status)).await;
                         return;
                     }

@@ -20,6 +20,9 @@ use crate::state::{DeployServiceApi, LogStream, RouteStream};
 
 #[tonic::async_trait]
 impl DeployService for DeployServiceApi {
+    type StreamLogsStream = LogStream;
+    type WatchRoutesStream = RouteStream;
+
     async fn create_deployment(
         &self,
         request: Request<pb::CreateDeploymentRequest>,

@@ -1,13 +1,10 @@
 //! Where live apps are served, for the gateway (`WatchRoutes`).
 
-use capsule::proto::deploy::v1::{self as pb};
+use capsule::proto::deploy::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    db::{self},
-    notify::Event,
-};
+use crate::{db, notify::Event};
 
 use crate::state::{DeployServiceApi, RouteStream};
 

@@ -81,12 +81,7 @@ impl Template {
             .collect()
     }
 
-    /// The OpenAPI form: `/v1/projects/{project_id}`.
-    pub fn openapi_path(&self) -> String {
-        self.openapi_path_named(&self.fields())
-    }
-
-    /// The OpenAPI path with these names for the variables, in order (paths
+    /// The OpenAPI path (`/v1/projects/{project_id}`) with these names for the variables, in order (paths
     /// of the same shape must share parameter names in OpenAPI).
     pub fn openapi_path_named(&self, names: &[String]) -> String {
         let mut names = names.iter();
@@ -245,7 +240,7 @@ mod tests {
             pattern.matches("/v1/shelves/1/books/2/3"),
             Some(vec![("name".into(), "shelves/1/books/2/3".into())])
         );
-        assert_eq!(pattern.openapi_path(), "/v1/{name}");
+        assert_eq!(pattern.openapi_path_named(&pattern.fields()), "/v1/{name}");
         assert!(Template::parse("v1/x").is_err());
     }
 }

@@ -54,7 +54,7 @@ fn refusal(refusal: Refusal) -> Status {
     }
 }
 
-pub async fn list_members(
+pub(super) async fn list_members(
     api: &ProjectServiceApi,
     request: Request<pb::ListMembersRequest>,
 ) -> Result<Response<pb::ListMembersResponse>, Status> {
@@ -67,7 +67,7 @@ pub async fn list_members(
     }))
 }
 
-pub async fn invite_member(
+pub(super) async fn invite_member(
     api: &ProjectServiceApi,
     request: Request<pb::InviteMemberRequest>,
 ) -> Result<Response<pb::Invitation>, Status> {
@@ -146,7 +146,7 @@ pub async fn invite_member(
     Ok(Response::new(invitation_proto(&invitation)))
 }
 
-pub async fn list_invitations(
+pub(super) async fn list_invitations(
     api: &ProjectServiceApi,
     request: Request<pb::ListInvitationsRequest>,
 ) -> Result<Response<pb::ListInvitationsResponse>, Status> {
@@ -159,7 +159,7 @@ pub async fn list_invitations(
     }))
 }
 
-pub async fn delete_invitation(
+pub(super) async fn delete_invitation(
     api: &ProjectServiceApi,
     request: Request<pb::DeleteInvitationRequest>,
 ) -> Result<Response<pb::DeleteInvitationResponse>, Status> {
@@ -186,7 +186,7 @@ pub async fn delete_invitation(
     Ok(Response::new(pb::DeleteInvitationResponse {}))
 }
 
-pub async fn accept_invitation(
+pub(super) async fn accept_invitation(
     api: &ProjectServiceApi,
     request: Request<pb::AcceptInvitationRequest>,
 ) -> Result<Response<pb::Member>, Status> {
@@ -235,7 +235,7 @@ pub async fn accept_invitation(
     Ok(Response::new(member_proto(&member)))
 }
 
-pub async fn update_member(
+pub(super) async fn update_member(
     api: &ProjectServiceApi,
     request: Request<pb::UpdateMemberRequest>,
 ) -> Result<Response<pb::Member>, Status> {
@@ -270,7 +270,7 @@ pub async fn update_member(
     Ok(Response::new(member_proto(&member)))
 }
 
-pub async fn remove_member(
+pub(super) async fn remove_member(
     api: &ProjectServiceApi,
     request: Request<pb::RemoveMemberRequest>,
 ) -> Result<Response<pb::RemoveMemberResponse>, Status> {

@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert::organization_proto,
-    db::organizations::{self},
+    db::organizations,
     state::{Call, ProjectServiceApi, org_event},
     validate,
 };
 
-pub async fn create_organization(
+pub(super) async fn create_organization(
     api: &ProjectServiceApi,
     request: Request<pb::CreateOrganizationRequest>,
 ) -> Result<Response<pb::Organization>, Status> {
@@ -38,7 +38,7 @@ pub async fn create_organization(
     Ok(Response::new(organization_proto(&organization, OrgRole::Owner)))
 }
 
-pub async fn get_organization(
+pub(super) async fn get_organization(
     api: &ProjectServiceApi,
     request: Request<pb::GetOrganizationRequest>,
 ) -> Result<Response<pb::Organization>, Status> {
@@ -53,7 +53,7 @@ pub async fn get_organization(
     Ok(Response::new(organization_proto(&organization, role)))
 }
 
-pub async fn list_organizations(
+pub(super) async fn list_organizations(
     api: &ProjectServiceApi,
     request: Request<pb::ListOrganizationsRequest>,
 ) -> Result<Response<pb::ListOrganizationsResponse>, Status> {

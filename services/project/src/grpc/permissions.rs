@@ -5,13 +5,13 @@ use capsule::{
     audit::Actor,
     auth::{Caller, Permission},
     proto::project::v1 as pb,
-    rpc::{self},
+    rpc,
 };
 use tonic::{Request, Response, Status};
 
 use crate::state::{Call, ProjectServiceApi};
 
-pub async fn check_project_permission(
+pub(super) async fn check_project_permission(
     api: &ProjectServiceApi,
     request: Request<pb::CheckProjectPermissionRequest>,
 ) -> Result<Response<pb::CheckProjectPermissionResponse>, Status> {
@@ -45,7 +45,7 @@ pub async fn check_project_permission(
     }))
 }
 
-pub async fn check_organization_permission(
+pub(super) async fn check_organization_permission(
     api: &ProjectServiceApi,
     request: Request<pb::CheckOrganizationPermissionRequest>,
 ) -> Result<Response<pb::CheckOrganizationPermissionResponse>, Status> {

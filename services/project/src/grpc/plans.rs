@@ -17,7 +17,7 @@ use crate::{
     state::{Call, NOT_FOUND, ProjectServiceApi},
 };
 
-pub async fn prepare_deployment(
+pub(super) async fn prepare_deployment(
     api: &ProjectServiceApi,
     request: Request<pb::PrepareDeploymentRequest>,
 ) -> Result<Response<pb::DeploymentPlan>, Status> {
@@ -28,7 +28,7 @@ pub async fn prepare_deployment(
     Ok(Response::new(plan_proto(&project, settings)))
 }
 
-pub async fn list_auto_deploy_projects(
+pub(super) async fn list_auto_deploy_projects(
     api: &ProjectServiceApi,
     request: Request<pb::ListAutoDeployProjectsRequest>,
 ) -> Result<Response<pb::ListAutoDeployProjectsResponse>, Status> {
@@ -58,7 +58,7 @@ pub async fn list_auto_deploy_projects(
     }))
 }
 
-pub async fn get_push_target(
+pub(super) async fn get_push_target(
     api: &ProjectServiceApi,
     request: Request<pb::GetPushTargetRequest>,
 ) -> Result<Response<pb::PushTarget>, Status> {
@@ -88,7 +88,7 @@ pub async fn get_push_target(
     }))
 }
 
-pub async fn get_deployment_environment(
+pub(super) async fn get_deployment_environment(
     api: &ProjectServiceApi,
     request: Request<pb::GetDeploymentEnvironmentRequest>,
 ) -> Result<Response<pb::DeploymentEnvironment>, Status> {

@@ -12,10 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert::project_proto,
-    db::{
-        Project, ProjectChanges, ProjectToCreate, Viewer,
-        organizations::{self},
-    },
+    db::{Project, ProjectChanges, ProjectToCreate, Viewer, organizations},
     state::{Call, ProjectServiceApi, project_event, viewer},
     validate,
 };
@@ -29,7 +26,7 @@ fn slug_taken(slug: &str) -> Status {
     ))
 }
 
-pub async fn create_project(
+pub(super) async fn create_project(
     api: &ProjectServiceApi,
     request: Request<pb::CreateProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
@@ -80,7 +77,7 @@ pub async fn create_project(
     }
 }
 
-pub async fn get_project(
+pub(super) async fn get_project(
     api: &ProjectServiceApi,
     request: Request<pb::GetProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
@@ -89,7 +86,7 @@ pub async fn get_project(
     Ok(Response::new(project_proto(&api.authorize(&call, id).await?.project)))
 }
 
-pub async fn list_projects(
+pub(super) async fn list_projects(
     api: &ProjectServiceApi,
     request: Request<pb::ListProjectsRequest>,
 ) -> Result<Response<pb::ListProjectsResponse>, Status> {
@@ -126,7 +123,7 @@ pub async fn list_projects(
     }))
 }
 
-pub async fn update_project(
+pub(super) async fn update_project(
     api: &ProjectServiceApi,
     request: Request<pb::UpdateProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
@@ -168,7 +165,7 @@ pub async fn update_project(
     }
 }
 
-pub async fn delete_project(
+pub(super) async fn delete_project(
     api: &ProjectServiceApi,
     request: Request<pb::DeleteProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
@@ -185,7 +182,7 @@ pub async fn delete_project(
     Ok(Response::new(project_proto(&project)))
 }
 
-pub async fn undelete_project(
+pub(super) async fn undelete_project(
     api: &ProjectServiceApi,
     request: Request<pb::UndeleteProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {
@@ -214,7 +211,7 @@ pub async fn undelete_project(
     }
 }
 
-pub async fn transfer_project(
+pub(super) async fn transfer_project(
     api: &ProjectServiceApi,
     request: Request<pb::TransferProjectRequest>,
 ) -> Result<Response<pb::Project>, Status> {

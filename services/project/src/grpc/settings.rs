@@ -13,7 +13,7 @@ use crate::{
     state::{Call, ProjectServiceApi, project_event},
 };
 
-pub async fn get_project_settings(
+pub(super) async fn get_project_settings(
     api: &ProjectServiceApi,
     request: Request<pb::GetProjectSettingsRequest>,
 ) -> Result<Response<pb::ProjectSettings>, Status> {
@@ -27,7 +27,7 @@ pub async fn get_project_settings(
     Ok(Response::new(settings_proto(&settings, &api.reveal(id, variables)?)))
 }
 
-pub async fn update_project_settings(
+pub(super) async fn update_project_settings(
     api: &ProjectServiceApi,
     request: Request<pb::UpdateProjectSettingsRequest>,
 ) -> Result<Response<pb::ProjectSettings>, Status> {
@@ -76,7 +76,7 @@ pub async fn update_project_settings(
     Ok(Response::new(settings_proto(&settings, &api.reveal(id, variables)?)))
 }
 
-pub async fn rotate_webhook_secret(
+pub(super) async fn rotate_webhook_secret(
     api: &ProjectServiceApi,
     request: Request<pb::RotateWebhookSecretRequest>,
 ) -> Result<Response<pb::RotateWebhookSecretResponse>, Status> {

@@ -8,7 +8,7 @@ use capsule::{
         auth::v1::{self as auth_pb},
         project::v1 as pb,
     },
-    rpc::{self},
+    rpc,
 };
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
@@ -36,7 +36,7 @@ async fn manager(api: &ProjectServiceApi, call: &Call, id: &str) -> Result<Uuid,
     Ok(id)
 }
 
-pub async fn create_organization_api_token(
+pub(super) async fn create_organization_api_token(
     api: &ProjectServiceApi,
     request: Request<pb::CreateOrganizationApiTokenRequest>,
 ) -> Result<Response<auth_pb::CreateApiTokenResponse>, Status> {
@@ -82,7 +82,7 @@ pub async fn create_organization_api_token(
     Ok(Response::new(created))
 }
 
-pub async fn list_organization_api_tokens(
+pub(super) async fn list_organization_api_tokens(
     api: &ProjectServiceApi,
     request: Request<auth_pb::ListOrganizationApiTokensRequest>,
 ) -> Result<Response<auth_pb::ListApiTokensResponse>, Status> {
@@ -93,7 +93,7 @@ pub async fn list_organization_api_tokens(
     auth.list_organization_api_tokens(list).await.map_err(from_auth)
 }
 
-pub async fn revoke_organization_api_token(
+pub(super) async fn revoke_organization_api_token(
     api: &ProjectServiceApi,
     request: Request<auth_pb::RevokeOrganizationApiTokenRequest>,
 ) -> Result<Response<auth_pb::ApiToken>, Status> {

@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use crate::state::{Call, ProjectServiceApi};
 
-pub async fn list_audit_events(
+pub(super) async fn list_audit_events(
     api: &ProjectServiceApi,
     request: Request<capsule::proto::audit::v1::ListAuditEventsRequest>,
 ) -> Result<Response<capsule::proto::audit::v1::ListAuditEventsResponse>, Status> {

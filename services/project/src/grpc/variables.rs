@@ -29,7 +29,7 @@ fn refused(refusal: VariableRefusal, granted: &crate::state::Granted) -> Status 
     }
 }
 
-pub async fn set_environment_variable(
+pub(super) async fn set_environment_variable(
     api: &ProjectServiceApi,
     request: Request<pb::SetEnvironmentVariableRequest>,
 ) -> Result<Response<pb::EnvironmentVariable>, Status> {
@@ -60,7 +60,7 @@ pub async fn set_environment_variable(
     Ok(Response::new(variable_proto(&saved)))
 }
 
-pub async fn delete_environment_variable(
+pub(super) async fn delete_environment_variable(
     api: &ProjectServiceApi,
     request: Request<pb::DeleteEnvironmentVariableRequest>,
 ) -> Result<Response<pb::DeleteEnvironmentVariableResponse>, Status> {
