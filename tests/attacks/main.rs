@@ -12,6 +12,7 @@ mod common;
 
 mod app_socket;
 mod caps;
+mod egress;
 mod fairness;
 mod forwarded;
 mod git_urls;

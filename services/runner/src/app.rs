@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    Runner,
+    Runner, host,
     job::{Job, LiveApp, failed_step, step_span},
     process::{Ended, Limits, pump},
     report::heartbeat,
@@ -140,7 +140,7 @@ impl Runner {
             return Ok((Reach::Port(port), port));
         }
         let dir = serve::socket_dir(&self.config.workdir);
-        sandbox::runner_dir(&dir, 0o700)?;
+        host::runner_dir(&dir, 0o700)?;
         let socket = dir.join(format!("{}.sock", job.reporter.deployment_id));
         Ok((Reach::Socket(socket), port))
     }
@@ -250,6 +250,7 @@ impl Runner {
                 () = shutdown.cancelled() => break,
             }
         }
+        app.job.report_egress().await;
         beat.abort();
         app.kill.cancel();
         let _ = (&mut app.running).await;

@@ -23,6 +23,20 @@ pub(super) struct Job {
     /// The project's sandbox slot.
     pub tenant: u32,
     pub masker: Arc<Masker>,
+    /// The sandbox's way out, and its record ([`crate::egress`]).
+    pub egress: Option<Arc<crate::egress::Proxy>>,
+}
+
+impl Job {
+    /// The egress record since the last report, into the logs.
+    pub async fn report_egress(&self) {
+        let Some(proxy) = &self.egress else {
+            return;
+        };
+        for line in proxy.record().take_lines() {
+            self.reporter.system(line).await;
+        }
+    }
 }
 
 /// A live app: its process (pumped into the logs), the forwarder the

@@ -23,6 +23,8 @@
 
 mod app;
 pub mod config;
+pub mod egress;
+pub mod host;
 mod job;
 pub mod process;
 mod report;
@@ -220,12 +222,22 @@ impl Runner {
                 .filter_map(|name| snapshot.environment.get(name))
                 .map(String::as_str),
         );
+        let egress = match self.egress(&deployment.id, tenant) {
+            Ok(egress) => egress,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot open the egress proxy");
+                let message = "the runner cannot open the deployment's way out".to_owned();
+                reporter.state(DeploymentState::Failed, message, None).await;
+                return None;
+            }
+        };
         let job = Job {
             reporter: reporter.clone(),
             snapshot: Arc::new(snapshot),
             workdir: workdir.path().to_path_buf(),
             tenant,
             masker: Arc::new(masker),
+            egress,
         };
         let snapshot = job.snapshot.clone();
 
@@ -245,6 +257,7 @@ impl Runner {
                 .instrument(step_span("release command"))
                 .await;
         }
+        job.report_egress().await;
         if prepared {
             reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
@@ -321,6 +334,25 @@ impl Runner {
             .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
+    /// The deployment's egress proxy, when its commands run in a sandbox
+    /// (unisolated, they have the host's network).
+    fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
+        if !self.sandbox.isolated() {
+            return Ok(None);
+        }
+        // Passable (bwrap binds the socket as the sandbox user), never
+        // listable; each socket is its sandbox user's alone.
+        let dir = self.config.workdir.join(".egress");
+        host::runner_dir(&dir, 0o711)?;
+        let socket = dir.join(format!("{deployment_id}.sock"));
+        let guard = capsule::guard::Guard::new(self.config.source.allowed_networks.clone());
+        Ok(Some(Arc::new(egress::Proxy::start(
+            &socket,
+            self.sandbox.host_id(tenant),
+            guard,
+        )?)))
+    }
+
     /// A user's command, in the sandbox; an app's with its PORT.
     fn spawn(
         &self,
@@ -339,6 +371,7 @@ impl Runner {
                 extra: &extra,
                 tenant: job.tenant,
                 cpu_time,
+                egress: job.egress.as_ref().map(|proxy| proxy.socket()),
             })?
             .spawn()
     }

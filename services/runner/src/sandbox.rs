@@ -11,7 +11,9 @@
 //!   namespaces;
 //! - in new user, pid, mount, ipc, uts, cgroup and network namespaces: it
 //!   sees only its own processes and its own `/proc`, and its network is a
-//!   loopback of its own (no route to PostgreSQL or Capsule's ports);
+//!   loopback of its own (no route to PostgreSQL or Capsule's ports); its
+//!   one way out is the deployment's egress proxy ([`crate::egress`]),
+//!   whose socket is bound in and whose forwarder the launcher starts;
 //! - on a read-only root made of `/usr` (and the usual `/bin`, `/lib`
 //!   links), a few files of `/etc` (users, name resolution, certificates,
 //!   the dynamic linker), its own `/dev`, a private size-limited `/tmp`, and
@@ -52,7 +54,10 @@ use std::{
 use command_fds::{CommandFdExt, FdMapping};
 use tokio::process::Command;
 
-use super::tools::Tools;
+use super::{
+    host::{children_of, runner_dir},
+    tools::Tools,
+};
 use crate::config::{SandboxConfig, SandboxMode};
 
 /// Where a deployment's working directory appears inside the sandbox.
@@ -101,6 +106,10 @@ pub struct Spec<'a> {
     pub tenant: u32,
     /// CPU seconds per process (builds), if limited.
     pub cpu_time: Option<Duration>,
+    /// The deployment's egress proxy socket (a path in the runner's own
+    /// directory): the sandbox's one way out ([`crate::egress`]). `None`:
+    /// no network beyond its own loopback.
+    pub egress: Option<&'a Path>,
 }
 
 /// The port an app listens on inside its own network namespace.
@@ -219,6 +228,7 @@ impl Sandbox {
             extra: &[],
             tenant,
             cpu_time: Some(Duration::from_secs(10)),
+            egress: None,
         };
         let command = self
             .command(&spec)
@@ -237,8 +247,8 @@ impl Sandbox {
     }
 
     /// The host uid/gid a project's commands run as: its own when the
-    /// runner is root, the runner's otherwise.
-    fn host_id(&self, tenant: u32) -> Option<u32> {
+    /// runner is root, the runner's otherwise (`None`).
+    pub fn host_id(&self, tenant: u32) -> Option<u32> {
         self.as_root.then(|| self.sandbox_id(tenant))
     }
 
@@ -364,6 +374,11 @@ impl Sandbox {
             &"--bind",
             &spec.workdir,
             &WORKSPACE,
+        ]);
+        if let Some(socket) = spec.egress {
+            arg(&[&"--ro-bind", &socket, &crate::egress::SANDBOX_SOCKET]);
+        }
+        arg(&[
             &"--chdir",
             &workdir,
             &"--remount-ro",
@@ -385,7 +400,13 @@ impl Sandbox {
             .environment
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()));
-        for (name, value) in variables.chain(spec.extra.iter().map(|(name, value)| (*name, value.as_str()))) {
+        let egress = spec.egress.map(|_| crate::egress::environment()).unwrap_or_default();
+        let capsule = spec
+            .extra
+            .iter()
+            .chain(&egress)
+            .map(|(name, value)| (*name, value.as_str()));
+        for (name, value) in variables.chain(capsule) {
             arg(&[&"--setenv", &name, &value]);
         }
         let options = options_file(&args)?;
@@ -396,8 +417,15 @@ impl Sandbox {
             .args(self.limits(spec.cpu_time))
             .arg("--")
             .arg(&tools.bwrap)
-            .args(["--args", &ARGS_FD.to_string(), "--", "/bin/sh", "-c", spec.command])
-            .env_clear();
+            .args(["--args", &ARGS_FD.to_string(), "--", "/bin/sh", "-c"]);
+        match spec.egress {
+            // The launcher starts the way out, then runs the command.
+            Some(_) => command
+                .arg(crate::egress::launcher(&tools.socat))
+                .args(["capsule-egress", spec.command]),
+            None => command.arg(spec.command),
+        };
+        command.env_clear();
         command
             .fd_mappings(vec![FdMapping {
                 parent_fd: options,
@@ -507,52 +535,6 @@ fn options_file(args: &[OsString]) -> std::io::Result<OwnedFd> {
     }
     file.rewind()?;
     Ok(file.into())
-}
-
-/// Makes `dir` (created if missing) the runner's: owned by this process's
-/// user, with `mode` (0700: closed to everyone else; 0711: others may pass
-/// through to what they know the name of, never list it). Refused when
-/// someone else owns it, as another user could have made it first in a
-/// shared `/tmp`.
-pub fn runner_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir)?;
-    let metadata = std::fs::symlink_metadata(dir)?;
-    if !metadata.is_dir() || metadata.uid() != nix::unistd::geteuid().as_raw() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a directory of this service's user",
-            dir.display()
-        )));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-}
-
-/// The processes whose parent is `parent`.
-pub fn children_of(parent: i32) -> Vec<i32> {
-    pids()
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // "pid (comm) state ppid ...": comm may hold spaces.
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                    .and_then(|ppid| ppid.parse::<i32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
-}
-
-/// Every process of the host.
-pub fn pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Hands a tree to the sandbox user `id`, without following links.

@@ -21,7 +21,10 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use super::sandbox::{Sandbox, children_of, pids};
+use super::{
+    host::{children_of, pids},
+    sandbox::Sandbox,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixStream},

@@ -1,0 +1,61 @@
+//! Outbound network for sandboxes, behind the guard.
+//!
+//! A sandbox has a network namespace of its own with nothing in it but
+//! loopback: no route, no interface, so no packet of its — TCP, UDP, raw —
+//! can leave, whatever it tries. Its one way out is an HTTP proxy of the
+//! runner's ([`proxy`]), reached through a Unix socket bind-mounted into
+//! the sandbox and a forwarder (socat, inside the sandbox, on
+//! `127.0.0.1:3128`) that `HTTP_PROXY`/`HTTPS_PROXY` point every client at:
+//! npm, pip, cargo, go and git all honour them. The proxy resolves each
+//! destination through the kernel's guard and connects only to the
+//! addresses it allowed, and keeps the deployment's egress [`record`].
+//!
+//! Why a proxy and not a routed network (pasta, slirp4netns) with a
+//! filter: with nothing routed, reaching a refused address is impossible
+//! rather than filtered, the decision is taken on the very address the
+//! proxy connects to, and the record names hosts as the tenant asked for
+//! them. What it costs: a client that ignores the proxy variables (plain
+//! sockets, UDP, Node's built-in `fetch` unless `NODE_USE_ENV_PROXY=1`) has
+//! no network at all.
+
+pub mod proxy;
+pub mod record;
+
+use std::path::Path;
+
+pub use proxy::Proxy;
+
+/// Where the proxy's socket appears inside the sandbox.
+pub const SANDBOX_SOCKET: &str = "/run/capsule/egress.sock";
+/// The port of the sandbox's forwarder, on its own loopback.
+pub const SANDBOX_PORT: u16 = 3128;
+
+/// The variables that point clients at the proxy (both spellings: curl
+/// and git read the lowercase ones, most others either).
+pub fn environment() -> Vec<(&'static str, String)> {
+    let proxy = format!("http://127.0.0.1:{SANDBOX_PORT}");
+    let local = "localhost,127.0.0.1,::1".to_owned();
+    vec![
+        ("HTTP_PROXY", proxy.clone()),
+        ("HTTPS_PROXY", proxy.clone()),
+        ("http_proxy", proxy.clone()),
+        ("https_proxy", proxy),
+        ("NO_PROXY", local.clone()),
+        ("no_proxy", local),
+    ]
+}
+
+/// The sandbox's first process: starts the forwarder, waits (at most 3 s)
+/// until it listens — `127.0.0.1:3128` in LISTEN in the sandbox's own
+/// `/proc/net/tcp` — then becomes the user's command, given as `$1` and
+/// never spliced into this script.
+pub fn launcher(socat: &Path) -> String {
+    format!(
+        "{socat} -lf /dev/null TCP4-LISTEN:{SANDBOX_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SANDBOX_SOCKET} &\n\
+         i=0\n\
+         while [ \"$i\" -lt 300 ] && ! grep -q ' 0100007F:{port:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.01; i=$((i+1)); done\n\
+         exec /bin/sh -c \"$1\"\n",
+        socat = socat.display(),
+        port = SANDBOX_PORT,
+    )
+}
