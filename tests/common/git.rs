@@ -55,6 +55,20 @@ impl Repo {
         self.bare.display().to_string()
     }
 
+    /// Commits every file of `tree` (a directory of the tests' fixtures)
+    /// on `branch`, pushes it, and returns the commit.
+    pub fn commit_tree(&self, branch: &str, tree: &Path, message: &str) -> String {
+        git(&self.work, &["checkout", "--quiet", "-B", branch]);
+        for entry in std::fs::read_dir(tree).expect("the fixture") {
+            let entry = entry.expect("a fixture file");
+            std::fs::copy(entry.path(), self.work.join(entry.file_name())).expect("a copy");
+        }
+        git(&self.work, &["add", "--all"]);
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        git(&self.work, &["push", "--quiet", "--force", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
     /// Commits `index.html` with `content` on `branch`, pushes it, and
     /// returns the commit.
     pub fn commit(&self, branch: &str, content: &str, message: &str) -> String {

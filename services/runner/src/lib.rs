@@ -26,6 +26,7 @@ pub mod config;
 pub mod egress;
 pub mod host;
 mod job;
+pub mod plan;
 pub mod process;
 mod report;
 pub mod sandbox;
@@ -214,6 +215,24 @@ impl Runner {
             let message = "the runner cannot prepare the working directory".to_owned();
             reporter.state(DeploymentState::Failed, message, None).await;
             return None;
+        }
+        // Commands the project left empty, from its tree (read before any
+        // of its code runs).
+        let mut snapshot = snapshot;
+        if !snapshot.repository_url.is_empty()
+            && let Some(plan) = plan::detect(
+                &root,
+                &snapshot.build_command,
+                &snapshot.start_command,
+                &snapshot.release_command,
+            )
+        {
+            for line in plan.lines() {
+                reporter.system(line).await;
+            }
+            snapshot.build_command = plan.build;
+            snapshot.start_command = plan.start;
+            snapshot.release_command = plan.release;
         }
         let masker = Masker::new(
             snapshot

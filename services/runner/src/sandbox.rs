@@ -396,10 +396,14 @@ impl Sandbox {
             &"LANG",
             &"C.UTF-8",
         ]);
-        let variables = spec
-            .environment
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()));
+        // The host's trust first, so that the project's variables can
+        // override it; Capsule's own last, so that they cannot.
+        let trust = spec.egress.map(|_| crate::egress::trust()).unwrap_or_default();
+        let variables = trust.iter().map(|(name, value)| (*name, value.as_str())).chain(
+            spec.environment
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
         let egress = spec.egress.map(|_| crate::egress::environment()).unwrap_or_default();
         let capsule = spec
             .extra

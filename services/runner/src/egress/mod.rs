@@ -45,6 +45,28 @@ pub fn environment() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The certificate authorities the host trusts (its `/etc/ssl`, shown
+/// read-only in every sandbox), named for the clients that bring their own
+/// bundle — Node, pip and requests, curl, git — so that what the host can
+/// verify, a build can too. A project's own variables override these.
+pub fn trust() -> Vec<(&'static str, String)> {
+    const BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+    if !Path::new(BUNDLE).is_file() {
+        return Vec::new();
+    }
+    [
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+        "PIP_CERT",
+        "CURL_CA_BUNDLE",
+        "GIT_SSL_CAINFO",
+    ]
+    .into_iter()
+    .map(|name| (name, BUNDLE.to_owned()))
+    .collect()
+}
+
 /// The sandbox's first process: starts the forwarder, waits (at most 3 s)
 /// until it listens — `127.0.0.1:3128` in LISTEN in the sandbox's own
 /// `/proc/net/tcp` — then becomes the user's command, given as `$1` and

@@ -1,0 +1,111 @@
+//! Ordinary apps, as users push them: no build or start command set, the
+//! stack detected from the tree, dependencies fetched from the public
+//! registries through the sandbox's egress proxy, the app served at its
+//! URL. The registries are the only destinations allowed beyond the guard
+//! (at the addresses this host resolves them to), as an operator whose
+//! registries sit behind a private mirror would allow them.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
+use common::{
+    TestMesh, authed,
+    deploy::{app, deploy, logs, text, update_settings, wait_for},
+    git::{REPOSITORIES, Repo},
+};
+
+/// The registries' addresses as this host resolves them, as networks.
+async fn registries() -> &'static str {
+    let mut networks = Vec::new();
+    for host in ["registry.npmjs.org", "pypi.org", "files.pythonhosted.org"] {
+        for addr in tokio::net::lookup_host((host, 443)).await.unwrap() {
+            let bits = if addr.is_ipv4() { 32 } else { 128 };
+            networks.push(format!("{}/{bits}", addr.ip()));
+        }
+    }
+    networks.sort();
+    networks.dedup();
+    Box::leak(networks.join(",").into_boxed_str())
+}
+
+async fn mesh() -> TestMesh {
+    common::start_with(common::Options {
+        local_runner: true,
+        deploy: vec![
+            ("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES),
+            ("DEPLOY_EGRESS_ALLOWED_NETWORKS", registries().await),
+            ("DEPLOY_START_TIMEOUT_SECS", "60"),
+        ],
+        ..Default::default()
+    })
+    .await
+}
+
+/// Deploys the fixture app `name` with no commands set; once live, what
+/// its URL answers and the deployment's log.
+async fn deploy_fixture(mesh: &TestMesh, token: &str, name: &str) -> (String, String) {
+    let repo = Repo::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/apps")
+        .join(name);
+    repo.commit_tree("main", &fixture, name);
+    let id = app(mesh, token, "", "", &[]).await;
+    let settings = project_pb::ProjectSettings {
+        project_id: id.clone(),
+        repository_url: repo.url(),
+        ..Default::default()
+    };
+    update_settings(mesh, token, settings, &["repository_url"]).await;
+    let deployment = deploy(mesh, token, &id).await;
+    wait_for(
+        mesh,
+        token,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(300),
+    )
+    .await;
+    let log = text(&logs(mesh, token, &deployment.id).await);
+    let project = mesh
+        .projects()
+        .await
+        .get_project(authed(project_pb::GetProjectRequest { project_id: id }, token))
+        .await
+        .unwrap()
+        .into_inner();
+    let body = reqwest::Client::new()
+        .get(format!("http://{}/", mesh.http))
+        .header("host", format!("{}.localhost:{}", project.host_label, mesh.http.port()))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (body, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let (body, log) = deploy_fixture(&mesh, &ada, "express").await;
+    assert!(log.contains("build plan: node (package-lock.json: npm ci"), "{log}");
+    assert!(log.contains("egress: registry.npmjs.org:443 —"), "{log}");
+    assert_eq!(body, "hello from express 4.21.2", "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flask_app_with_requirements_is_built_into_a_virtualenv_and_served_by_gunicorn() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let (body, log) = deploy_fixture(&mesh, &ada, "flask").await;
+    assert!(log.contains("build plan: python (requirements.txt"), "{log}");
+    assert!(log.contains("gunicorn serves app:app"), "{log}");
+    assert_eq!(body, "hello from flask", "{log}");
+}
