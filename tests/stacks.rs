@@ -45,9 +45,8 @@ async fn mesh() -> TestMesh {
     .await
 }
 
-/// Deploys the fixture app `name` with no commands set; once live, what
-/// its URL answers and the deployment's log.
-async fn deploy_fixture(mesh: &TestMesh, token: &str, name: &str) -> (String, String) {
+/// A project with no commands set, deploying the fixture app `name`.
+async fn fixture_project(mesh: &TestMesh, token: &str, name: &str) -> (String, Repo) {
     let repo = Repo::new();
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/apps")
@@ -60,7 +59,13 @@ async fn deploy_fixture(mesh: &TestMesh, token: &str, name: &str) -> (String, St
         ..Default::default()
     };
     update_settings(mesh, token, settings, &["repository_url"]).await;
-    let deployment = deploy(mesh, token, &id).await;
+    (id, repo)
+}
+
+/// Deploys project `id`; once live, what its URL answers and the
+/// deployment's log.
+async fn deploy_live(mesh: &TestMesh, token: &str, id: &str) -> (String, String) {
+    let deployment = deploy(mesh, token, id).await;
     wait_for(
         mesh,
         token,
@@ -73,7 +78,12 @@ async fn deploy_fixture(mesh: &TestMesh, token: &str, name: &str) -> (String, St
     let project = mesh
         .projects()
         .await
-        .get_project(authed(project_pb::GetProjectRequest { project_id: id }, token))
+        .get_project(authed(
+            project_pb::GetProjectRequest {
+                project_id: id.to_owned(),
+            },
+            token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -94,9 +104,15 @@ async fn deploy_fixture(mesh: &TestMesh, token: &str, name: &str) -> (String, St
 async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served() {
     let mesh = mesh().await;
     let (ada, _) = mesh.user("ada@example.com").await;
-    let (body, log) = deploy_fixture(&mesh, &ada, "express").await;
+    let (id, _repo) = fixture_project(&mesh, &ada, "express").await;
+    let (body, log) = deploy_live(&mesh, &ada, &id).await;
     assert!(log.contains("build plan: node (package-lock.json: npm ci"), "{log}");
+    assert!(log.contains("build cache: empty"), "{log}");
     assert!(log.contains("egress: registry.npmjs.org:443 —"), "{log}");
+    assert_eq!(body, "hello from express 4.21.2", "{log}");
+    // The second build starts from what the first left.
+    let (body, log) = deploy_live(&mesh, &ada, &id).await;
+    assert!(log.contains("MB from earlier builds"), "{log}");
     assert_eq!(body, "hello from express 4.21.2", "{log}");
 }
 
@@ -104,8 +120,48 @@ async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served
 async fn a_flask_app_with_requirements_is_built_into_a_virtualenv_and_served_by_gunicorn() {
     let mesh = mesh().await;
     let (ada, _) = mesh.user("ada@example.com").await;
-    let (body, log) = deploy_fixture(&mesh, &ada, "flask").await;
+    let (id, _repo) = fixture_project(&mesh, &ada, "flask").await;
+    let (body, log) = deploy_live(&mesh, &ada, &id).await;
     assert!(log.contains("build plan: python (requirements.txt"), "{log}");
     assert!(log.contains("gunicorn serves app:app"), "{log}");
     assert_eq!(body, "hello from flask", "{log}");
+}
+
+/// A build cache is its project's own: another project's build, on the
+/// same runner, finds nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_projects_build_cache_is_never_anothers() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let (mallory, _) = mesh.user("mallory@example.com").await;
+    let cached = app(
+        &mesh,
+        &ada,
+        "echo ada-cache-secret > /cache/mark && echo cached",
+        "",
+        &[],
+    )
+    .await;
+    let first = deploy(&mesh, &ada, &cached).await;
+    wait_for(&mesh, &ada, &first.id, DeploymentState::Live, Duration::from_secs(60)).await;
+    let prying = app(
+        &mesh,
+        &mallory,
+        "ls -A /cache; cat /cache/mark 2>/dev/null || echo no-mark",
+        "",
+        &[],
+    )
+    .await;
+    let second = deploy(&mesh, &mallory, &prying).await;
+    wait_for(
+        &mesh,
+        &mallory,
+        &second.id,
+        DeploymentState::Live,
+        Duration::from_secs(60),
+    )
+    .await;
+    let log = text(&logs(&mesh, &mallory, &second.id).await);
+    assert!(log.contains("no-mark"), "{log}");
+    assert!(!log.lines().any(|line| line == "ada-cache-secret"), "{log}");
 }

@@ -25,6 +25,8 @@ pub(super) struct Job {
     pub masker: Arc<Masker>,
     /// The sandbox's way out, and its record ([`crate::egress`]).
     pub egress: Option<Arc<crate::egress::Proxy>>,
+    /// The project's build cache, for its build steps.
+    pub cache: Option<Arc<std::path::Path>>,
 }
 
 impl Job {

@@ -22,6 +22,7 @@
 //! heartbeats).
 
 mod app;
+pub mod cache;
 pub mod config;
 pub mod egress;
 pub mod host;
@@ -62,6 +63,7 @@ pub struct Runner {
     sandbox: Sandbox,
     /// The supervisors of live apps.
     live: Mutex<Vec<JoinHandle<()>>>,
+    caches: cache::Caches,
 }
 
 /// Runs a runner in its own process until `shutdown`: the sandbox checked
@@ -89,6 +91,7 @@ impl Runner {
         Ok(Arc::new(Self {
             id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
+            caches: cache::Caches::new(&config.workdir, config.build_cache_bytes),
             config,
             sandbox,
             live: Mutex::new(Vec::new()),
@@ -250,6 +253,7 @@ impl Runner {
                 return None;
             }
         };
+        let cache = self.open_cache(&reporter, &deployment, tenant).await;
         let job = Job {
             reporter: reporter.clone(),
             snapshot: Arc::new(snapshot),
@@ -257,6 +261,7 @@ impl Runner {
             tenant,
             masker: Arc::new(masker),
             egress,
+            cache: cache.as_ref().map(|cache| Arc::from(cache.dir.as_path())),
         };
         let snapshot = job.snapshot.clone();
 
@@ -277,6 +282,17 @@ impl Runner {
                 .await;
         }
         job.report_egress().await;
+        if let Some(cache) = &cache {
+            reporter.system(cache.after()).await;
+            let caches = self.caches.clone();
+            let dropped = tokio::task::spawn_blocking(move || caches.evict())
+                .await
+                .unwrap_or_default();
+            if !dropped.is_empty() {
+                let dropped = dropped.join(", ");
+                tracing::info!(runner.id = %self.id, %dropped, "build caches dropped, least recently used first");
+            }
+        }
         if prepared {
             reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
@@ -353,6 +369,33 @@ impl Runner {
             .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
+    /// The build cache of the deployment's project and environment, when
+    /// caches are on and its commands run in a sandbox; what it holds is
+    /// told in the logs.
+    async fn open_cache(&self, reporter: &Reporter, deployment: &pb::Deployment, tenant: u32) -> Option<cache::Cache> {
+        if !self.sandbox.isolated() {
+            return None;
+        }
+        let (caches, owner) = (self.caches.clone(), self.sandbox.host_id(tenant));
+        let (project, environment) = (deployment.project_id.clone(), deployment.environment.clone());
+        let opened = tokio::task::spawn_blocking(move || caches.open(&project, &environment, owner)).await;
+        match opened {
+            Ok(Ok(Some(cache))) => {
+                reporter.system(cache.before()).await;
+                Some(cache)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot open the build cache");
+                reporter
+                    .system("the build cache is not available: building without it".to_owned())
+                    .await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// The deployment's egress proxy, when its commands run in a sandbox
     /// (unisolated, they have the host's network).
     fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
@@ -391,6 +434,9 @@ impl Runner {
                 tenant: job.tenant,
                 cpu_time,
                 egress: job.egress.as_ref().map(|proxy| proxy.socket()),
+                // Builds only: the running app never writes the next
+                // build's inputs.
+                cache: port.is_none().then_some(job.cache.as_deref()).flatten(),
             })?
             .spawn()
     }

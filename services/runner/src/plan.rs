@@ -110,8 +110,15 @@ fn stack(tree: &Tree<'_>) -> Option<Plan> {
         })?;
         return Some(Plan {
             stack: "rust".to_owned(),
-            build: needs("cargo", "cargo build --release --locked || cargo build --release"),
-            start: format!("exec ./target/release/{name}"),
+            // The binary leaves the target directory (the build cache's)
+            // for the release.
+            build: needs(
+                "cargo",
+                &format!(
+                    "cargo build --release && mkdir -p .capsule && cp \"${{CARGO_TARGET_DIR:-target}}/release/{name}\" .capsule/app"
+                ),
+            ),
+            start: "exec ./.capsule/app".to_owned(),
             why: vec![format!(
                 "Cargo.toml: the Rust package {name}, built with the host's cargo"
             )],
@@ -381,7 +388,12 @@ mod tests {
     fn go_rust_static_and_the_procfile() {
         assert_eq!(plan(&[("go.mod", "module x")]).unwrap().start, "exec ./.capsule/app");
         let rust = plan(&[("Cargo.toml", "[package]\nname = \"hello-web\"\n")]).unwrap();
-        assert_eq!(rust.start, "exec ./target/release/hello-web");
+        assert_eq!(rust.start, "exec ./.capsule/app");
+        assert!(
+            rust.build.contains("/release/hello-web\" .capsule/app"),
+            "{}",
+            rust.build
+        );
         assert!(
             plan(&[("Cargo.toml", "[package]\nname = \"a;rm -rf\"\n")]).is_none(),
             "no name spliced"

@@ -110,6 +110,9 @@ pub struct Spec<'a> {
     /// directory): the sandbox's one way out ([`crate::egress`]). `None`:
     /// no network beyond its own loopback.
     pub egress: Option<&'a Path>,
+    /// The project's build cache (a directory of the runner's), shown at
+    /// `/cache` to builds only ([`crate::cache`]).
+    pub cache: Option<&'a Path>,
 }
 
 /// The port an app listens on inside its own network namespace.
@@ -229,6 +232,7 @@ impl Sandbox {
             tenant,
             cpu_time: Some(Duration::from_secs(10)),
             egress: None,
+            cache: None,
         };
         let command = self
             .command(&spec)
@@ -378,6 +382,9 @@ impl Sandbox {
         if let Some(socket) = spec.egress {
             arg(&[&"--ro-bind", &socket, &crate::egress::SANDBOX_SOCKET]);
         }
+        if let Some(cache) = spec.cache {
+            arg(&[&"--bind", &cache, &crate::cache::SANDBOX_CACHE]);
+        }
         arg(&[
             &"--chdir",
             &workdir,
@@ -398,7 +405,8 @@ impl Sandbox {
         ]);
         // The host's trust first, so that the project's variables can
         // override it; Capsule's own last, so that they cannot.
-        let trust = spec.egress.map(|_| crate::egress::trust()).unwrap_or_default();
+        let mut trust = spec.egress.map(|_| crate::egress::trust()).unwrap_or_default();
+        trust.extend(spec.cache.map(|_| crate::cache::environment()).unwrap_or_default());
         let variables = trust.iter().map(|(name, value)| (*name, value.as_str())).chain(
             spec.environment
                 .iter()
