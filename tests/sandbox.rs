@@ -77,6 +77,53 @@ async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
     runner.await.unwrap().unwrap();
 }
 
+/// A deployment's processes share one memory limit (its cgroup): a build
+/// that allocates past it is killed and says so, and so is a live app,
+/// which is then not restarted past its limit of restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory() {
+    let mesh = local_runner_mesh(vec![
+        ("DEPLOY_SANDBOX_TOTAL_MEMORY_MB", "96"),
+        ("DEPLOY_MAX_RESTARTS", "0"),
+        ("DEPLOY_START_TIMEOUT_SECS", "20"),
+    ])
+    .await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let hog = "python3 -c \"x = b'\\x01' * (300 << 20); print(len(x))\"";
+    let build = project(&mesh, &ada, hog, &[]).await;
+    let failed = deploy(&mesh, &ada, &build).await;
+    let failed = wait_for(
+        &mesh,
+        &ada,
+        &failed.id,
+        DeploymentState::Failed,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        failed.status_message, "build killed: out of memory at 96 MiB",
+        "{failed:?}"
+    );
+
+    // Serves, then grows past the limit a second later.
+    let grows = "exec python3 -c \"import http.server, os, threading, time\n\
+        server = http.server.HTTPServer(('0.0.0.0', int(os.environ['PORT'])), http.server.SimpleHTTPRequestHandler)\n\
+        threading.Thread(target=server.serve_forever, daemon=True).start()\n\
+        time.sleep(3)\n\
+        x = b'\\x01' * (300 << 20)\n\
+        time.sleep(60)\"";
+    let app_id = app(&mesh, &ada, "true", grows, &[]).await;
+    let live = deploy(&mesh, &ada, &app_id).await;
+    wait_for(&mesh, &ada, &live.id, DeploymentState::Live, Duration::from_secs(30)).await;
+    let crashed = wait_for(&mesh, &ada, &live.id, DeploymentState::Crashed, Duration::from_secs(60)).await;
+    assert!(
+        crashed
+            .status_message
+            .contains("it was killed: out of memory at 96 MiB"),
+        "{crashed:?}"
+    );
+}
+
 /// A shell test that prints `probe NAME: OPEN` when the attack worked and
 /// `probe NAME: blocked` when it did not.
 fn probe(name: &str, attack: &str) -> String {

@@ -190,6 +190,7 @@ impl Runner {
             self.config.heartbeat.max(Duration::from_secs(1)),
         ));
         let mut exits: VecDeque<Instant> = VecDeque::new();
+        let mut kills = app.job.oom_kills();
         loop {
             tokio::select! {
                 ended = &mut app.running => {
@@ -200,6 +201,12 @@ impl Runner {
                         Ended::Exited(code) => code,
                         Ended::Killed(_) | Ended::Canceled => break,
                     };
+                    // "exited with code 137" says less than why.
+                    let exited = match app.job.out_of_memory_since(kills) {
+                        Some(why) => format!("was killed: {why} (exit code {code})"),
+                        None => format!("exited with code {code}"),
+                    };
+                    kills = app.job.oom_kills();
                     let now = Instant::now();
                     exits.push_back(now);
                     while exits.front().is_some_and(|at| now.duration_since(*at) > self.config.restart_window) {
@@ -207,7 +214,7 @@ impl Runner {
                     }
                     if exits.len() > self.config.max_restarts as usize {
                         let why = format!(
-                            "the app exited {} times within {} s (last exit code {code}); it is not restarted again",
+                            "the app ended {} times within {} s (last: it {exited}); it is not restarted again",
                             exits.len(),
                             self.config.restart_window.as_secs()
                         );
@@ -217,7 +224,7 @@ impl Runner {
                     }
                     let backoff = Duration::from_secs(1 << (exits.len() - 1).min(5));
                     reporter
-                        .system(format!("the app exited with code {code}; restarting in {} s", backoff.as_secs()))
+                        .system(format!("the app {exited}; restarting in {} s", backoff.as_secs()))
                         .await;
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}

@@ -22,6 +22,8 @@
 //! | `DEPLOY_RUNNER_SANDBOX` | `bwrap`: every command in a bubblewrap sandbox, and the runner refuses to start without one; `none`: unisolated (each deployment's log says so); `auto`: `bwrap` when it works, else `none` (what `capsule dev` uses) |
 //! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + the project's sandbox slot (given by the deploy service at the project's first claim, never shared or reused); a project whose slot is not below the count is refused, saying to raise it |
 //! | `DEPLOY_SANDBOX_MEMORY_MB` | `2048`: address space of each process |
+//! | `DEPLOY_SANDBOX_TOTAL_MEMORY_MB` | `1024`: memory of a deployment's processes together, without swap (its cgroup); past it the kernel kills one, and the deployment says "out of memory at … MiB" |
+//! | `DEPLOY_SANDBOX_CPUS` | `1`: CPU time of a deployment's processes together, in CPUs (0.5: half of one) |
 //! | `DEPLOY_SANDBOX_PROCESSES` | `512`: processes of one project's sandbox user |
 //! | `DEPLOY_SANDBOX_OPEN_FILES` | `1024`: open files per process |
 //! | `DEPLOY_SANDBOX_FILE_SIZE_MB` | `1024`: largest file a command may write |
@@ -166,6 +168,9 @@ pub struct SandboxConfig {
     pub uid_base: u32,
     pub uid_count: u32,
     pub memory_bytes: u64,
+    /// The whole sandbox's memory and CPUs (its cgroup).
+    pub total_memory_bytes: u64,
+    pub cpus: f64,
     pub processes: u64,
     pub open_files: u64,
     pub file_size_bytes: u64,
@@ -193,6 +198,22 @@ impl SandboxConfig {
             uid_base: positive(source, "DEPLOY_SANDBOX_UID_BASE", 200_000)?,
             uid_count: positive(source, "DEPLOY_SANDBOX_UID_COUNT", 50_000)?,
             memory_bytes: mib("DEPLOY_SANDBOX_MEMORY_MB", 2048)?,
+            total_memory_bytes: mib("DEPLOY_SANDBOX_TOTAL_MEMORY_MB", 1024)?,
+            cpus: match parse_or::<f64>(
+                source,
+                "DEPLOY_SANDBOX_CPUS",
+                1.0,
+                "expected a number of CPUs such as 0.5 or 2",
+            )? {
+                cpus if cpus > 0.0 && cpus <= 1024.0 => cpus,
+                other => {
+                    return Err(ConfigError::invalid(
+                        "DEPLOY_SANDBOX_CPUS",
+                        &other.to_string(),
+                        "expected a number of CPUs above 0, such as 0.5 or 2",
+                    ));
+                }
+            },
             processes: positive(source, "DEPLOY_SANDBOX_PROCESSES", 512)?,
             open_files: positive(source, "DEPLOY_SANDBOX_OPEN_FILES", 1024)?,
             file_size_bytes: mib("DEPLOY_SANDBOX_FILE_SIZE_MB", 1024)?,

@@ -27,6 +27,22 @@ pub(super) struct Job {
     pub egress: Option<Arc<crate::egress::Proxy>>,
     /// The project's build cache, for its build steps.
     pub cache: Option<Arc<std::path::Path>>,
+    /// The cgroup that bounds its processes together.
+    pub cgroup: Option<Arc<crate::limits::Group>>,
+}
+
+impl Job {
+    /// How many of its processes the kernel killed for memory so far.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |group| group.oom_kills())
+    }
+
+    /// "out of memory at 512 MiB", when the kernel killed one of its
+    /// processes for memory since `before` kills.
+    pub fn out_of_memory_since(&self, before: u64) -> Option<String> {
+        let group = self.cgroup.as_ref()?;
+        (group.oom_kills() > before).then(|| group.out_of_memory())
+    }
 }
 
 impl Job {

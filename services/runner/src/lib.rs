@@ -27,6 +27,7 @@ pub mod config;
 pub mod egress;
 pub mod host;
 mod job;
+pub mod limits;
 pub mod plan;
 pub mod process;
 mod report;
@@ -64,6 +65,8 @@ pub struct Runner {
     /// The supervisors of live apps.
     live: Mutex<Vec<JoinHandle<()>>>,
     caches: cache::Caches,
+    /// The cgroups deployments are bounded by, or why there are none.
+    cgroups: Result<limits::Cgroups, String>,
 }
 
 /// Runs a runner in its own process until `shutdown`: the sandbox checked
@@ -92,6 +95,11 @@ impl Runner {
             id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
             caches: cache::Caches::new(&config.workdir, config.build_cache_bytes),
+            cgroups: match (sandbox.isolated(), nix::unistd::geteuid().is_root()) {
+                (true, true) => limits::Cgroups::detect(),
+                (true, false) => Err("the runner is not root".to_owned()),
+                (false, _) => Err("commands run unisolated".to_owned()),
+            },
             config,
             sandbox,
             live: Mutex::new(Vec::new()),
@@ -254,6 +262,7 @@ impl Runner {
             }
         };
         let cache = self.open_cache(&reporter, &deployment, tenant).await;
+        let cgroup = self.cgroup(&reporter, &deployment.id, tenant).await;
         let job = Job {
             reporter: reporter.clone(),
             snapshot: Arc::new(snapshot),
@@ -262,6 +271,7 @@ impl Runner {
             masker: Arc::new(masker),
             egress,
             cache: cache.as_ref().map(|cache| Arc::from(cache.dir.as_path())),
+            cgroup,
         };
         let snapshot = job.snapshot.clone();
 
@@ -319,6 +329,7 @@ impl Runner {
         }
         let reporter = &job.reporter;
         reporter.system(format!("$ {command}")).await;
+        let kills = job.oom_kills();
         let ended = match self.spawn(job, command, Some(self.config.timeout), None) {
             Ok(child) => {
                 let limits = self.limits(Some(self.config.timeout));
@@ -331,6 +342,14 @@ impl Runner {
         };
         match ended {
             Ended::Exited(0) => return true,
+            Ended::Exited(code) if let Some(why) = job.out_of_memory_since(kills) => {
+                reporter
+                    .system(format!("{what} killed: {why} (exit code {code})"))
+                    .await;
+                reporter
+                    .state(DeploymentState::Failed, format!("{what} killed: {why}"), Some(code))
+                    .await;
+            }
             Ended::Exited(code) => {
                 reporter.system(format!("{what} failed: exit code {code}")).await;
                 let why = format!("{what} exited with code {code}");
@@ -396,6 +415,38 @@ impl Runner {
         }
     }
 
+    /// The deployment's cgroup, when this runner can make one; otherwise
+    /// the log says that memory is bounded per process only.
+    async fn cgroup(&self, reporter: &Reporter, deployment_id: &str, tenant: u32) -> Option<Arc<limits::Group>> {
+        if !self.sandbox.isolated() {
+            return None;
+        }
+        let config = &self.config.sandbox;
+        let share = limits::Share {
+            memory_bytes: config.total_memory_bytes,
+            cpus: config.cpus,
+            processes: config.processes,
+        };
+        let made = match &self.cgroups {
+            Ok(cgroups) => cgroups
+                .group(deployment_id, share, self.sandbox.host_id(tenant))
+                .map_err(|err| err.to_string()),
+            Err(why) => Err(why.clone()),
+        };
+        match made {
+            Ok(group) => Some(Arc::new(group)),
+            Err(why) => {
+                tracing::warn!(error = %why, "no cgroup for the deployment");
+                reporter
+                    .system(format!(
+                        "no cgroup on this runner ({why}): memory is bounded per process only (DEPLOY_SANDBOX_MEMORY_MB)"
+                    ))
+                    .await;
+                None
+            }
+        }
+    }
+
     /// The deployment's egress proxy, when its commands run in a sandbox
     /// (unisolated, they have the host's network).
     fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
@@ -437,6 +488,7 @@ impl Runner {
                 // Builds only: the running app never writes the next
                 // build's inputs.
                 cache: port.is_none().then_some(job.cache.as_deref()).flatten(),
+                cgroup: job.cgroup.as_deref(),
             })?
             .spawn()
     }

@@ -113,6 +113,8 @@ pub struct Spec<'a> {
     /// The project's build cache (a directory of the runner's), shown at
     /// `/cache` to builds only ([`crate::cache`]).
     pub cache: Option<&'a Path>,
+    /// The deployment's cgroup, which bounds its processes together.
+    pub cgroup: Option<&'a crate::limits::Group>,
 }
 
 /// The port an app listens on inside its own network namespace.
@@ -233,6 +235,7 @@ impl Sandbox {
             cpu_time: Some(Duration::from_secs(10)),
             egress: None,
             cache: None,
+            cgroup: None,
         };
         let command = self
             .command(&spec)
@@ -424,7 +427,20 @@ impl Sandbox {
         let options = options_file(&args)?;
         // prlimit (util-linux) sets the limits, soft and hard, then runs
         // bwrap, which reads its options from the file.
-        let mut command = Command::new(&tools.prlimit);
+        // In its cgroup first, when it has one: a fixed shell joins it,
+        // then becomes prlimit.
+        let mut command = match spec.cgroup {
+            Some(group) => {
+                let mut command = Command::new(&tools.sh);
+                command
+                    .args(["-c", crate::limits::JOIN, "capsule-cgroup"])
+                    .args(group.procs())
+                    .arg("--")
+                    .arg(&tools.prlimit);
+                command
+            }
+            None => Command::new(&tools.prlimit),
+        };
         command
             .args(self.limits(spec.cpu_time))
             .arg("--")

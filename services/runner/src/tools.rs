@@ -24,6 +24,8 @@ pub struct Tools {
     pub nsenter: PathBuf,
     /// socat: the connector between the runner's socket and the app's port.
     pub socat: PathBuf,
+    /// sh: joins a sandbox to its cgroup before prlimit.
+    pub sh: PathBuf,
 }
 
 impl Tools {
@@ -34,6 +36,7 @@ impl Tools {
             bwrap: find("bwrap", "bubblewrap")?,
             nsenter: find("nsenter", "util-linux")?,
             socat: find("socat", "socat")?,
+            sh: find("sh", "dash")?,
         })
     }
 }
