@@ -455,7 +455,11 @@ async fn secrets_rest_only_in_the_project_database_a_redeploy_gets_the_current_v
     let build = "printf 'digest '; printf %s \"$TOKEN\" | sha256sum | cut -c1-16; \
                  printf 'b64 '; printf %s \"$TOKEN\" | base64; \
                  printf 'hex '; printf %s \"$TOKEN\" | od -An -tx1 | tr -d ' \\n'; echo";
-    let project_id = project(&mesh, &alice, build, &[("TOKEN", "first-secret-value-1", true)]).await;
+    // The app says which value it started with, too: a rollback starts the
+    // release it kept, with the variables as they are then.
+    let start = "printf 'start digest '; printf %s \"$TOKEN\" | sha256sum | cut -c1-16; \
+                 exec python3 -m http.server \"$PORT\"";
+    let project_id = app(&mesh, &alice, build, start, &[("TOKEN", "first-secret-value-1", true)]).await;
     let first = deploy(&mesh, &alice, &project_id).await;
     wait_for(&mesh, &alice, &first.id, DeploymentState::Live, Duration::from_secs(30)).await;
     let first_logs = text(&logs(&mesh, &alice, &first.id).await);
@@ -466,7 +470,7 @@ async fn secrets_rest_only_in_the_project_database_a_redeploy_gets_the_current_v
     assert!(first_logs.contains("b64 ********"), "{first_logs}");
     assert!(first_logs.contains("hex ********"), "{first_logs}");
 
-    // Rotated: a rollback to the first deployment runs with the new value.
+    // Rotated: a rollback to the first deployment starts with the new value.
     set_variable(&mesh, &alice, &project_id, "TOKEN", "second-secret-value-2", true).await;
     let rollback = rollback(&mesh, &alice, &first.id).await;
     wait_for(
@@ -479,7 +483,7 @@ async fn secrets_rest_only_in_the_project_database_a_redeploy_gets_the_current_v
     .await;
     let rollback_logs = text(&logs(&mesh, &alice, &rollback.id).await);
     assert!(
-        rollback_logs.contains(&format!("digest {}", digest("second-secret-value-2"))),
+        rollback_logs.contains(&format!("start digest {}", digest("second-secret-value-2"))),
         "{rollback_logs}"
     );
 

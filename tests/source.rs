@@ -54,7 +54,7 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
 
     let second = create(&mesh, &alice, &project_id, "main", "").await.unwrap();
     assert_eq!(second.commit_sha, second_sha);
-    wait_for(
+    let second = wait_for(
         &mesh,
         &alice,
         &second.id,
@@ -69,6 +69,8 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
     assert_eq!(by_commit.commit_sha, first_sha);
     let rollback = rollback(&mesh, &alice, &second.id).await;
     assert_eq!(rollback.commit_sha, second_sha);
+    // The very tree that build made: its release, started without a build.
+    assert_eq!(rollback.artifact_digest, second.artifact_digest);
     wait_for(
         &mesh,
         &alice,
@@ -77,7 +79,11 @@ async fn a_deployment_builds_the_exact_commit_it_recorded_and_a_rollback_the_sam
         Duration::from_secs(30),
     )
     .await;
-    assert!(text(&logs(&mesh, &alice, &rollback.id).await).contains("version two"));
+    let rollback_logs = text(&logs(&mesh, &alice, &rollback.id).await);
+    assert!(
+        rollback_logs.contains(&format!("starting release {} as it was built", second.artifact_digest)),
+        "{rollback_logs}"
+    );
     mesh.stop().await;
 }
 

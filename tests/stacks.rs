@@ -14,7 +14,7 @@ use std::{path::Path, time::Duration};
 use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy, logs, text, update_settings, wait_for},
+    deploy::{app, deploy, logs, rollback, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
 };
 
@@ -114,6 +114,33 @@ async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served
     let (body, log) = deploy_live(&mesh, &ada, &id).await;
     assert!(log.contains("MB from earlier builds"), "{log}");
     assert_eq!(body, "hello from express 4.21.2", "{log}");
+    // Each build kept its release: a rollback starts the first one as it
+    // was built, with no build phase.
+    let deployments = mesh
+        .deploys()
+        .await
+        .list_deployments(authed(
+            capsule::proto::deploy::v1::ListDeploymentsRequest {
+                project_id: id.clone(),
+                ..Default::default()
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    let first = deployments.last().unwrap();
+    assert!(first.artifact_digest.starts_with("sha256:"), "{first:?}");
+    let back = rollback(&mesh, &ada, &first.id).await;
+    assert_eq!(back.artifact_digest, first.artifact_digest);
+    wait_for(&mesh, &ada, &back.id, DeploymentState::Live, Duration::from_secs(60)).await;
+    let log = text(&logs(&mesh, &ada, &back.id).await);
+    assert!(
+        log.contains(&format!("starting release {} as it was built", first.artifact_digest)),
+        "{log}"
+    );
+    assert!(!log.contains("$ command -v npm"), "no build ran:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,7 @@ pub fn deployment_proto(deployment: &Deployment) -> pb::Deployment {
             (State::Live, Some(host)) => capsule::config::app_url(&host),
             _ => String::new(),
         },
+        artifact_digest: deployment.artifact_digest.clone().unwrap_or_default(),
     }
 }
 

@@ -239,6 +239,7 @@ impl DeployServiceApi {
             environment,
             snapshot: serde_json::to_value(&snapshot).map_err(rpc::internal)?,
             rollback_of: None,
+            artifact_digest: None,
             commit_sha: commit.sha,
             commit_message: commit.message,
             commit_author: commit.author,

@@ -120,9 +120,7 @@ impl Runner {
         }
         drop(health);
         let upstream = forwarder.addr().to_string();
-        reporter
-            .report(DeploymentState::Live, String::new(), None, upstream)
-            .await;
+        reporter.live(upstream).await;
         Some(LiveApp {
             job,
             reach,

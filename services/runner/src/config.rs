@@ -14,6 +14,7 @@
 //! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |
 //! | `DEPLOY_RUNNER_LINES_PER_SEC` | `1000`: output lines sent per second (bursts of 5×); the rest are dropped and counted |
 //! | `DEPLOY_BUILD_CACHE_MB` | `10240`: all build caches of this runner together (one per project and environment, kept between builds, the least recently used dropped first); `0`: none |
+//! | `DEPLOY_RELEASES_KEPT` | `5`: releases (built trees, packed) kept per project and environment, the newest; a rollback to one starts it without a build. `0`: none |
 //! | `DEPLOY_RUNNER_HEARTBEAT_MS` | `300`: how often the runner renews its lease (and notices a cancel) |
 //! | `DEPLOY_START_TIMEOUT_SECS` | `60`: a start command must answer on `PORT` (and its health check) within this, or the deployment fails |
 //! | `DEPLOY_DRAIN_SECS` | `10`: a superseded app keeps serving this long (while the gateway switches) before SIGTERM, then 5 s before SIGKILL |
@@ -71,6 +72,8 @@ pub struct RunnerConfig {
     pub sandbox: SandboxConfig,
     /// All build caches of this runner together, at most; 0: none.
     pub build_cache_bytes: u64,
+    /// Releases kept per project and environment; 0: none.
+    pub releases_kept: usize,
 }
 
 impl RunnerConfig {
@@ -114,6 +117,12 @@ impl RunnerConfig {
                 "expected a whole number of megabytes (0: no build caches)",
             )?
             .saturating_mul(1024 * 1024),
+            releases_kept: parse_or(
+                source,
+                "DEPLOY_RELEASES_KEPT",
+                5,
+                "expected a whole number of releases (0: none kept)",
+            )?,
         })
     }
 }

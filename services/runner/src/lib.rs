@@ -22,6 +22,7 @@
 //! heartbeats).
 
 mod app;
+pub mod artifact;
 pub mod cache;
 pub mod config;
 pub mod egress;
@@ -30,6 +31,7 @@ mod job;
 pub mod limits;
 pub mod plan;
 pub mod process;
+mod provision;
 mod report;
 pub mod sandbox;
 pub mod serve;
@@ -65,6 +67,8 @@ pub struct Runner {
     /// The supervisors of live apps.
     live: Mutex<Vec<JoinHandle<()>>>,
     caches: cache::Caches,
+    /// Releases kept for rollbacks.
+    releases: artifact::Releases,
     /// The cgroups deployments are bounded by, or why there are none.
     cgroups: Result<limits::Cgroups, String>,
 }
@@ -95,6 +99,7 @@ impl Runner {
             id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
             caches: cache::Caches::new(&config.workdir, config.build_cache_bytes),
+            releases: artifact::Releases::new(&config.workdir, config.releases_kept),
             cgroups: match (sandbox.isolated(), nix::unistd::geteuid().is_root()) {
                 (true, true) => limits::Cgroups::detect(),
                 (true, false) => Err("the runner is not root".to_owned()),
@@ -198,7 +203,12 @@ impl Runner {
                 return None;
             }
         };
-        if !snapshot.repository_url.is_empty()
+        // A kept release starts without a build; otherwise the source.
+        let released = self
+            .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
+            .await;
+        if !released
+            && !snapshot.repository_url.is_empty()
             && let Err(why) = self
                 .fetch_source(&reporter, &snapshot, workdir.path())
                 .instrument(step_span("clone"))
@@ -280,12 +290,14 @@ impl Runner {
         let heartbeat = tokio::spawn(heartbeat(reporter.clone(), stop.clone(), self.config.heartbeat));
 
         // The build, then the release phase: both before anything starts,
-        // so a failure leaves the live version serving.
-        let mut prepared = self
-            .step(&job, "build", &snapshot.build_command, &stop)
-            .instrument(step_span("build"))
-            .await;
-        if prepared {
+        // so a failure leaves the live version serving. A kept release was
+        // built and released already.
+        let mut prepared = released
+            || self
+                .step(&job, "build", &snapshot.build_command, &stop)
+                .instrument(step_span("build"))
+                .await;
+        if prepared && !released {
             prepared = self
                 .step(&job, "release command", &snapshot.release_command, &stop)
                 .instrument(step_span("release command"))
@@ -304,7 +316,11 @@ impl Runner {
             }
         }
         if prepared {
-            reporter.state(DeploymentState::Deploying, String::new(), Some(0)).await;
+            let digest = match released {
+                true => Some(snapshot.artifact_digest.clone()),
+                false => self.pack_release(&reporter, &deployment, workdir.path()).await,
+            };
+            reporter.deploying(digest).await;
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
             stop.cancel();
             let _ = heartbeat.await;
@@ -386,84 +402,6 @@ impl Runner {
             .checkout(&snapshot.commit_sha, dir, self.config.source.max_bytes)
             .await
             .map_err(|err| format!("cannot fetch the source: {err}"))
-    }
-
-    /// The build cache of the deployment's project and environment, when
-    /// caches are on and its commands run in a sandbox; what it holds is
-    /// told in the logs.
-    async fn open_cache(&self, reporter: &Reporter, deployment: &pb::Deployment, tenant: u32) -> Option<cache::Cache> {
-        if !self.sandbox.isolated() {
-            return None;
-        }
-        let (caches, owner) = (self.caches.clone(), self.sandbox.host_id(tenant));
-        let (project, environment) = (deployment.project_id.clone(), deployment.environment.clone());
-        let opened = tokio::task::spawn_blocking(move || caches.open(&project, &environment, owner)).await;
-        match opened {
-            Ok(Ok(Some(cache))) => {
-                reporter.system(cache.before()).await;
-                Some(cache)
-            }
-            Ok(Ok(None)) => None,
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, "cannot open the build cache");
-                reporter
-                    .system("the build cache is not available: building without it".to_owned())
-                    .await;
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// The deployment's cgroup, when this runner can make one; otherwise
-    /// the log says that memory is bounded per process only.
-    async fn cgroup(&self, reporter: &Reporter, deployment_id: &str, tenant: u32) -> Option<Arc<limits::Group>> {
-        if !self.sandbox.isolated() {
-            return None;
-        }
-        let config = &self.config.sandbox;
-        let share = limits::Share {
-            memory_bytes: config.total_memory_bytes,
-            cpus: config.cpus,
-            processes: config.processes,
-        };
-        let made = match &self.cgroups {
-            Ok(cgroups) => cgroups
-                .group(deployment_id, share, self.sandbox.host_id(tenant))
-                .map_err(|err| err.to_string()),
-            Err(why) => Err(why.clone()),
-        };
-        match made {
-            Ok(group) => Some(Arc::new(group)),
-            Err(why) => {
-                tracing::warn!(error = %why, "no cgroup for the deployment");
-                reporter
-                    .system(format!(
-                        "no cgroup on this runner ({why}): memory is bounded per process only (DEPLOY_SANDBOX_MEMORY_MB)"
-                    ))
-                    .await;
-                None
-            }
-        }
-    }
-
-    /// The deployment's egress proxy, when its commands run in a sandbox
-    /// (unisolated, they have the host's network).
-    fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
-        if !self.sandbox.isolated() {
-            return Ok(None);
-        }
-        // Passable (bwrap binds the socket as the sandbox user), never
-        // listable; each socket is its sandbox user's alone.
-        let dir = self.config.workdir.join(".egress");
-        host::runner_dir(&dir, 0o711)?;
-        let socket = dir.join(format!("{deployment_id}.sock"));
-        let guard = capsule::guard::Guard::new(self.config.source.allowed_networks.clone());
-        Ok(Some(Arc::new(egress::Proxy::start(
-            &socket,
-            self.sandbox.host_id(tenant),
-            guard,
-        )?)))
     }
 
     /// A user's command, in the sandbox; an app's with its PORT.

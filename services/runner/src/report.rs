@@ -67,28 +67,39 @@ impl Reporter {
     }
 
     pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
-        self.report(state, message, exit_code, String::new()).await;
+        self.send(ReportStatusRequest {
+            state: state as i32,
+            status_message: message,
+            exit_code,
+            ..ReportStatusRequest::default()
+        })
+        .await;
     }
 
-    pub(super) async fn report(
-        &self,
-        state: DeploymentState,
-        message: String,
-        exit_code: Option<i32>,
-        upstream: String,
-    ) {
-        let reported = self
-            .client
-            .clone()
-            .report_status(ReportStatusRequest {
-                deployment_id: self.deployment_id.clone(),
-                runner_id: String::new(),
-                state: state as i32,
-                status_message: message,
-                exit_code,
-                upstream,
-            })
-            .await;
+    /// LIVE, served at `upstream`.
+    pub(super) async fn live(&self, upstream: String) {
+        self.send(ReportStatusRequest {
+            state: DeploymentState::Live as i32,
+            upstream,
+            ..ReportStatusRequest::default()
+        })
+        .await;
+    }
+
+    /// DEPLOYING, with the release the build made, if kept.
+    pub(super) async fn deploying(&self, artifact_digest: Option<String>) {
+        self.send(ReportStatusRequest {
+            state: DeploymentState::Deploying as i32,
+            exit_code: Some(0),
+            artifact_digest: artifact_digest.unwrap_or_default(),
+            ..ReportStatusRequest::default()
+        })
+        .await;
+    }
+
+    async fn send(&self, mut report: ReportStatusRequest) {
+        report.deployment_id = self.deployment_id.clone();
+        let reported = self.client.clone().report_status(report).await;
         if let Err(status) = reported {
             tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "could not report the deployment's state");
         }

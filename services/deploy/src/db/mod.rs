@@ -64,6 +64,8 @@ pub struct Deployment {
     pub commit_author: String,
     pub host_label: String,
     pub upstream: String,
+    /// The release its build made (`sha256:<hex>`), as runners keep it.
+    pub artifact_digest: Option<String>,
 }
 
 impl Deployment {
@@ -103,6 +105,8 @@ pub struct NewDeployment {
     pub commit_message: String,
     pub commit_author: String,
     pub host_label: String,
+    /// A rollback's target's release, to start without a build.
+    pub artifact_digest: Option<String>,
 }
 
 /// Queues `new`, unless it would open an environment beyond
@@ -252,6 +256,8 @@ pub struct Outcome {
     pub exit_code: Option<i32>,
     /// With LIVE: where the runner serves the app.
     pub upstream: Option<String>,
+    /// With DEPLOYING: the release the build made.
+    pub artifact_digest: Option<String>,
 }
 
 /// The one way a deployment changes state: row lock, legality check,
@@ -325,6 +331,7 @@ pub fn transition(
                 deployments::finished_at.eq(if settled { Some(Utc::now()) } else { None }),
                 deployments::cancel_requested.eq(to == State::Canceled),
                 deployments::upstream.eq(outcome.upstream.clone().unwrap_or_default()),
+                deployments::artifact_digest.eq(outcome.artifact_digest.clone().or(current.artifact_digest.clone())),
             ))
             .returning(Deployment::as_returning())
             .get_result(conn)?;
@@ -424,6 +431,7 @@ mod tests {
                 environment: "production".to_owned(),
                 snapshot: serde_json::json!({}),
                 rollback_of: None,
+                artifact_digest: None,
                 commit_sha: String::new(),
                 commit_message: String::new(),
                 commit_author: String::new(),

@@ -27,6 +27,7 @@ diesel::table! {
         commit_author -> Varchar,
         host_label -> Varchar,
         upstream -> Varchar,
+        artifact_digest -> Nullable<Varchar>,
     }
 }
 

@@ -143,6 +143,8 @@ pub(super) async fn rollback_deployment(
         environment: earlier.environment.clone(),
         snapshot: earlier.snapshot.clone(),
         rollback_of: Some(earlier.id),
+        // Its release, if runners kept it: started without a build.
+        artifact_digest: earlier.artifact_digest.clone(),
         commit_sha: earlier.commit_sha.clone(),
         commit_message: earlier.commit_message.clone(),
         commit_author: earlier.commit_author.clone(),

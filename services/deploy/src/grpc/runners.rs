@@ -90,6 +90,7 @@ pub(super) async fn claim_deployment(
             commit_sha: deployment.commit_sha.clone(),
             health_check_path: snapshot.health_check_path,
             release_command: snapshot.release_command,
+            artifact_digest: deployment.artifact_digest.clone().unwrap_or_default(),
             secret_names: variables
                 .iter()
                 .filter(|variable| variable.secret)
@@ -185,6 +186,16 @@ pub(super) async fn report_status(
     if !body.upstream.is_empty() && body.upstream.parse::<std::net::SocketAddr>().is_err() {
         violations.add("upstream", "must be an address such as 127.0.0.1:40123");
     }
+    let digest = &body.artifact_digest;
+    let well_formed = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+    if !digest.is_empty() && (to != State::Deploying || !well_formed) {
+        violations.add(
+            "artifact_digest",
+            "only with DEPLOYMENT_STATE_DEPLOYING, as sha256: and 64 lowercase hex digits",
+        );
+    }
     if body.status_message.len() > 1024 {
         violations.add("status_message", "must be at most 1024 bytes");
     }
@@ -193,6 +204,7 @@ pub(super) async fn report_status(
         message: body.status_message,
         exit_code: body.exit_code,
         upstream: (to == State::Live && !body.upstream.is_empty()).then_some(body.upstream),
+        artifact_digest: (!body.artifact_digest.is_empty()).then_some(body.artifact_digest),
     };
     let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
     Ok(Response::new(deployment_proto(&deployment)))

@@ -1,0 +1,190 @@
+//! What a claimed deployment gets around its commands: the release it
+//! starts from (or keeps, once built), its build cache, its cgroup and its
+//! way out. Each is told in the deployment's log, and each one missing
+//! leaves the deployment running without it rather than failing it.
+
+use std::{sync::Arc, time::Instant};
+
+use capsule::proto::deploy::v1 as pb;
+
+use crate::{Runner, cache, egress, host, limits, report::Reporter};
+
+impl Runner {
+    /// Unpacks the release the deployment names into `dir`, when this
+    /// runner kept it: whether it did (the log says which, and why not).
+    pub(crate) async fn unpack_release(
+        &self,
+        reporter: &Reporter,
+        deployment: &pb::Deployment,
+        snapshot: &pb::DeploymentSnapshot,
+        dir: &std::path::Path,
+    ) -> bool {
+        let digest = snapshot.artifact_digest.clone();
+        if digest.is_empty() {
+            return false;
+        }
+        let releases = self.releases.clone();
+        let (project, environment, into) = (
+            deployment.project_id.clone(),
+            deployment.environment.clone(),
+            dir.to_path_buf(),
+        );
+        let unpacked =
+            tokio::task::spawn_blocking(move || releases.unpack(&project, &environment, &digest, &into)).await;
+        let digest = &snapshot.artifact_digest;
+        match unpacked {
+            Ok(Ok(true)) => {
+                reporter
+                    .system(format!(
+                        "starting release {digest} as it was built: no build, no release command"
+                    ))
+                    .await;
+                true
+            }
+            other => {
+                if let Ok(Err(err)) = other {
+                    tracing::error!(error = %err, "cannot unpack a release");
+                }
+                // Whatever a failed unpack left goes; the build starts afresh.
+                if let Ok(entries) = std::fs::read_dir(dir) {
+                    for entry in entries.flatten() {
+                        let _ = std::fs::remove_dir_all(entry.path()).or_else(|_| std::fs::remove_file(entry.path()));
+                    }
+                }
+                reporter
+                    .system(format!(
+                        "release {digest} is not kept on this runner: building commit {} again",
+                        snapshot.commit_sha
+                    ))
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// Packs the built tree as the deployment's release; its digest, or
+    /// `None` when releases are not kept (the log says why not).
+    pub(crate) async fn pack_release(
+        &self,
+        reporter: &Reporter,
+        deployment: &pb::Deployment,
+        dir: &std::path::Path,
+    ) -> Option<String> {
+        if !self.sandbox.isolated() {
+            return None;
+        }
+        let releases = self.releases.clone();
+        let (project, environment, tree) = (
+            deployment.project_id.clone(),
+            deployment.environment.clone(),
+            dir.to_path_buf(),
+        );
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || releases.pack(&project, &environment, &tree)).await {
+            Ok(Ok(Some(digest))) => {
+                let took = started.elapsed().as_millis();
+                reporter
+                    .system(format!("release {digest} kept (packed in {took} ms)"))
+                    .await;
+                Some(digest)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot pack the release");
+                reporter
+                    .system("the release could not be kept: a rollback to it will build again".to_owned())
+                    .await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The deployment's cgroup, when this runner can make one; otherwise
+    /// the log says that memory is bounded per process only.
+    pub(crate) async fn cgroup(
+        &self,
+        reporter: &Reporter,
+        deployment_id: &str,
+        tenant: u32,
+    ) -> Option<Arc<limits::Group>> {
+        if !self.sandbox.isolated() {
+            return None;
+        }
+        let config = &self.config.sandbox;
+        let share = limits::Share {
+            memory_bytes: config.total_memory_bytes,
+            cpus: config.cpus,
+            processes: config.processes,
+        };
+        let made = match &self.cgroups {
+            Ok(cgroups) => cgroups
+                .group(deployment_id, share, self.sandbox.host_id(tenant))
+                .map_err(|err| err.to_string()),
+            Err(why) => Err(why.clone()),
+        };
+        match made {
+            Ok(group) => Some(Arc::new(group)),
+            Err(why) => {
+                tracing::warn!(error = %why, "no cgroup for the deployment");
+                reporter
+                    .system(format!(
+                        "no cgroup on this runner ({why}): memory is bounded per process only (DEPLOY_SANDBOX_MEMORY_MB)"
+                    ))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// The deployment's egress proxy, when its commands run in a sandbox
+    /// (unisolated, they have the host's network).
+    pub(crate) fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
+        if !self.sandbox.isolated() {
+            return Ok(None);
+        }
+        // Passable (bwrap binds the socket as the sandbox user), never
+        // listable; each socket is its sandbox user's alone.
+        let dir = self.config.workdir.join(".egress");
+        host::runner_dir(&dir, 0o711)?;
+        let socket = dir.join(format!("{deployment_id}.sock"));
+        let guard = capsule::guard::Guard::new(self.config.source.allowed_networks.clone());
+        Ok(Some(Arc::new(egress::Proxy::start(
+            &socket,
+            self.sandbox.host_id(tenant),
+            guard,
+        )?)))
+    }
+
+    /// The build cache of the deployment's project and environment, when
+    /// caches are on and its commands run in a sandbox; what it holds is
+    /// told in the logs.
+    pub(crate) async fn open_cache(
+        &self,
+        reporter: &Reporter,
+        deployment: &pb::Deployment,
+        tenant: u32,
+    ) -> Option<cache::Cache> {
+        if !self.sandbox.isolated() {
+            return None;
+        }
+        let (caches, owner) = (self.caches.clone(), self.sandbox.host_id(tenant));
+        let (project, environment) = (deployment.project_id.clone(), deployment.environment.clone());
+        let opened = tokio::task::spawn_blocking(move || caches.open(&project, &environment, owner)).await;
+        match opened {
+            Ok(Ok(Some(cache))) => {
+                reporter.system(cache.before()).await;
+                Some(cache)
+            }
+            Ok(Ok(None)) => None,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot open the build cache");
+                reporter
+                    .system("the build cache is not available: building without it".to_owned())
+                    .await;
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
