@@ -158,3 +158,37 @@ async fn a_missing_branch_a_forbidden_path_and_a_bad_ref_are_refused_saying_what
     assert!(text(&logs(&mesh, &alice, &deployment.id).await).contains("root_directory"));
     mesh.stop().await;
 }
+
+/// A commit whose root directory is a symbolic link to the host's `/etc`
+/// once let the runner, as root, look there (and make directories
+/// through it); the deployment is refused, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_directory_through_a_symbolic_link_is_refused() {
+    let mesh = mesh().await;
+    let repo = Repo::new();
+    repo.commit("main", "<h1>site</h1>", "site");
+    repo.commit_link("main", "web", "/etc", "web is the host's /etc");
+    let (mallory, _) = mesh.user("mallory@example.com").await;
+    let project_id = project(&mesh, &mallory, "cat Procfile", &[]).await;
+    set_repository(&mesh, &mallory, &project_id, &repo.url()).await;
+    let settings = project_pb::ProjectSettings {
+        project_id: project_id.clone(),
+        root_directory: "web".to_owned(),
+        ..Default::default()
+    };
+    update_settings(&mesh, &mallory, settings, &["root_directory"]).await;
+    let deployment = create(&mesh, &mallory, &project_id, "", "").await.unwrap();
+    let failed = wait_for(
+        &mesh,
+        &mallory,
+        &deployment.id,
+        DeploymentState::Failed,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        failed.status_message.contains("goes through a symbolic link"),
+        "{failed:?}"
+    );
+    mesh.stop().await;
+}

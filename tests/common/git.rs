@@ -69,6 +69,16 @@ impl Repo {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 
+    /// Commits a symbolic link `name` → `target` on `branch`; the commit.
+    pub fn commit_link(&self, branch: &str, name: &str, target: &str, message: &str) -> String {
+        git(&self.work, &["checkout", "--quiet", "-B", branch]);
+        std::os::unix::fs::symlink(target, self.work.join(name)).expect("a link");
+        git(&self.work, &["add", name]);
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        git(&self.work, &["push", "--quiet", "--force", "origin", branch]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
     /// Commits `index.html` with `content` on `branch`, pushes it, and
     /// returns the commit.
     pub fn commit(&self, branch: &str, content: &str, message: &str) -> String {

@@ -99,7 +99,8 @@ impl Releases {
         }
         let decoder = zstd::Decoder::new(BufReader::new(File::open(&path)?))?;
         let mut archive = tar::Archive::new(decoder);
-        archive.set_preserve_permissions(true);
+        // Modes as packed, without setuid, setgid or sticky bits.
+        archive.set_preserve_permissions(false);
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(false);
         archive.unpack(into)?;

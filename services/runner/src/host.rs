@@ -49,3 +49,35 @@ pub fn pids() -> Vec<i32> {
         })
         .unwrap_or_default()
 }
+
+/// Whether no existing component of `relative`, below `base`, is a
+/// symbolic link (components that do not exist yet are none).
+pub fn no_links(base: &Path, relative: &str) -> bool {
+    let mut path = base.to_path_buf();
+    for component in Path::new(relative).components() {
+        path.push(component);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata) if metadata.file_type().is_symlink() => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_on_the_way_is_found_and_what_does_not_exist_is_none() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(base.path().join("web/public")).unwrap();
+        std::os::unix::fs::symlink("/etc", base.path().join("etc")).unwrap();
+        assert!(no_links(base.path(), "web/public"));
+        assert!(no_links(base.path(), "web/not-yet"));
+        assert!(no_links(base.path(), ""));
+        assert!(!no_links(base.path(), "etc"));
+        assert!(!no_links(base.path(), "etc/ssl"));
+    }
+}

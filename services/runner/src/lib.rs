@@ -220,6 +220,18 @@ impl Runner {
             return None;
         }
         let root = workdir.path().join(&snapshot.root_directory);
+        // The tree is the tenant's: a link on the way would lead the host
+        // elsewhere.
+        if !host::no_links(workdir.path(), &snapshot.root_directory) {
+            let why = format!(
+                "the root directory {:?} goes through a symbolic link in commit {}: set root_directory to a \
+                 directory of the repository",
+                snapshot.root_directory, snapshot.commit_sha
+            );
+            reporter.system(why.clone()).await;
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return None;
+        }
         if !snapshot.repository_url.is_empty() && !root.is_dir() {
             let why = format!(
                 "the root directory {:?} is not in commit {}: fix the project's root_directory",
@@ -304,8 +316,11 @@ impl Runner {
                 .await;
         }
         job.report_egress().await;
-        if let Some(cache) = &cache {
-            reporter.system(cache.after()).await;
+        if let Some(cache) = cache {
+            let after = tokio::task::spawn_blocking(move || cache.after())
+                .await
+                .unwrap_or_default();
+            reporter.system(after).await;
             let caches = self.caches.clone();
             let dropped = tokio::task::spawn_blocking(move || caches.evict())
                 .await

@@ -83,6 +83,8 @@ async fn serve(listener: UnixListener, guard: Arc<Guard>, record: Arc<Record>) {
     let mut tunnels = tokio::task::JoinSet::new();
     loop {
         let Ok((client, _)) = listener.accept().await else {
+            // Out of descriptors, say: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -119,7 +121,8 @@ async fn handle(mut client: UnixStream, guard: &Guard, record: &Record) -> std::
         Ok(ask) => ask,
         Err(why) => return answer(&mut client, 400, why).await,
     };
-    let addresses = match destination(guard, &ask.host, ask.port).await {
+    let looked_up = tokio::time::timeout(HEAD_TIMEOUT, destination(guard, &ask.host, ask.port)).await;
+    let addresses = match looked_up.unwrap_or_else(|_| Err("could not be resolved in time".to_owned())) {
         Ok(addresses) => addresses,
         Err(why) => {
             record.refused(&ask.host, ask.port, &why);
@@ -196,7 +199,12 @@ fn parse(head: &[u8]) -> Result<Ask, &'static str> {
     if url.scheme() != "http" {
         return Err("only http:// is forwarded as a request; https:// goes through CONNECT");
     }
-    let host = url.host_str().ok_or("the URL names no host")?.to_owned();
+    let host = url.host_str().ok_or("the URL names no host")?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if !plain_host(host) {
+        return Err("the URL names no host");
+    }
+    let host = host.to_ascii_lowercase();
     let port = url.port_or_known_default().unwrap_or(80);
     let mut path = url.path().to_owned();
     if let Some(query) = url.query() {
@@ -230,7 +238,16 @@ fn split_authority(authority: &str) -> Option<(String, u16)> {
     let (host, port) = authority.rsplit_once(':')?;
     let port = port.parse().ok()?;
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    (!host.is_empty()).then(|| (host.to_owned(), port))
+    plain_host(host).then(|| (host.to_ascii_lowercase(), port))
+}
+
+/// A DNS name (at most 253 characters of letters, digits, `-`, `.`) or an
+/// IP address: nothing else is resolved, recorded or logged.
+fn plain_host(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
 }
 
 /// The addresses the guard allows for `host`, or why not.
@@ -304,6 +321,11 @@ mod tests {
         assert!(parse(b"GET /relative HTTP/1.1\r\n\r\n").is_err());
         assert!(parse(b"CONNECT nowhere HTTP/1.1\r\n\r\n").is_err());
         assert!(parse(b"GET https://example.org/ HTTP/1.1\r\n\r\n").is_err());
+        let junk = format!("CONNECT {}:1 HTTP/1.1\r\n\r\n", "x".repeat(300));
+        assert!(parse(junk.as_bytes()).is_err(), "no name of 300 characters");
+        assert!(parse(b"CONNECT a%20b:1 HTTP/1.1\r\n\r\n").is_err());
+        let v6 = parse(b"GET http://[::1]:8080/ HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(v6.host, "::1");
     }
 
     #[tokio::test]

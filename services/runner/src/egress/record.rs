@@ -17,6 +17,13 @@ pub struct Destination {
     pub failed: u64,
 }
 
+/// Destinations one record names one by one; the rest are counted
+/// together, so that a tenant asking for endless names costs the runner
+/// nothing more.
+const MAX_DESTINATIONS: usize = 256;
+/// Where the rest are counted.
+const OTHERS: &str = "(other destinations)";
+
 #[derive(Debug, Default)]
 pub struct Record {
     destinations: Mutex<BTreeMap<(String, u16), Destination>>,
@@ -25,7 +32,11 @@ pub struct Record {
 impl Record {
     fn with(&self, host: &str, port: u16, change: impl FnOnce(&mut Destination)) {
         if let Ok(mut destinations) = self.destinations.lock() {
-            change(destinations.entry((host.to_owned(), port)).or_default());
+            let mut key = (host.to_owned(), port);
+            if destinations.len() >= MAX_DESTINATIONS && !destinations.contains_key(&key) {
+                key = (OTHERS.to_owned(), 0);
+            }
+            change(destinations.entry(key).or_default());
         }
     }
 
@@ -126,7 +137,9 @@ impl Opened<'_> {
 }
 
 fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') {
+    if host == OTHERS {
+        host.to_owned()
+    } else if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
@@ -166,5 +179,20 @@ mod tests {
             ]
         );
         assert!(record.take_lines().is_empty(), "each report says what is new");
+        // Endless names cost one line more, not one each.
+        for n in 0..10_000 {
+            record.refused(
+                &format!("host-{n}.example"),
+                443,
+                "names a host that cannot be resolved",
+            );
+        }
+        let lines = record.take_lines();
+        assert_eq!(lines.len(), MAX_DESTINATIONS + 1, "{:?}", lines.last());
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.starts_with("egress refused: (other destinations)"))
+        );
     }
 }
