@@ -37,9 +37,13 @@ static INTERNAL: LazyLock<Vec<(IpNet, &'static str)>> = LazyLock::new(|| {
         ("240.0.0.0/4", "a reserved"),
         ("::/128", "an unspecified"),
         ("::1/128", "a loopback"),
+        // IPv4-compatible (deprecated): where an old stack routes them.
+        ("::/96", "an IPv4-compatible"),
+        ("64:ff9b:1::/48", "a local-use NAT64"),
         ("2001:db8::/32", "a documentation"),
         ("fc00::/7", "a private (unique local)"),
         ("fe80::/10", "a link-local"),
+        ("fec0::/10", "a site-local"),
         ("ff00::/8", "a multicast"),
     ]
     .into_iter()
@@ -103,6 +107,12 @@ impl Guard {
             .map(|(_, kind)| format!("{kind} address ({ip})"))
     }
 
+    /// Whether the operator allowed `ip` by name (one of the networks
+    /// given), whatever range it is in.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.allowed.iter().any(|net| net.contains(&ip))
+    }
+
     /// Every address `host` names (resolved for `port`), when the guard
     /// allows all of them: a name with one refused address is refused
     /// whole, so that which one a client picks never matters.
@@ -158,6 +168,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::",
+            "::7f00:1",
+            "64:ff9b:1::a9fe:a9fe",
+            "fec0::1",
         ] {
             let ip: IpAddr = refused.parse().unwrap();
             assert!(guard.refusal(ip).is_some(), "{refused} must be refused");

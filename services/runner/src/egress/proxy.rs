@@ -260,10 +260,38 @@ async fn destination(guard: &Guard, host: &str, port: u16) -> Result<Vec<IpAddr>
     if port == 0 {
         return Err("names port 0".to_owned());
     }
-    guard.resolve(&parsed, port).await.map_err(|refused| match refused {
+    let addresses = guard.resolve(&parsed, port).await.map_err(|refused| match refused {
         Refused::Internal(why) => format!("points at {why}"),
         other => other.to_string(),
-    })
+    })?;
+    not_this_host(addresses, &own_addresses(), guard)
+}
+
+/// The addresses of this host's own interfaces: public or not, a service
+/// listening on every address answers there.
+fn own_addresses() -> Vec<IpAddr> {
+    nix::ifaddrs::getifaddrs()
+        .map(|interfaces| {
+            interfaces
+                .filter_map(|interface| {
+                    let address = interface.address?;
+                    address
+                        .as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `addresses`, unless one is this host's own (and the operator did not
+/// allow it by name): the control plane listens there.
+fn not_this_host(addresses: Vec<IpAddr>, own: &[IpAddr], guard: &Guard) -> Result<Vec<IpAddr>, String> {
+    match addresses.iter().find(|ip| own.contains(ip) && !guard.allows(**ip)) {
+        Some(ip) => Err(format!("points at this runner's own address ({ip})")),
+        None => Ok(addresses),
+    }
 }
 
 /// The first of `addresses` that accepts, within the time limit.
@@ -341,6 +369,14 @@ mod tests {
             assert!(why.starts_with("points at"), "{host}: {why}");
         }
         assert!(destination(&guard, "203.0.113.9", 0).await.is_err(), "port 0");
+        // The host's own public address is the control plane too.
+        let public: IpAddr = "198.51.100.7".parse().unwrap();
+        let own = [public];
+        let why = not_this_host(vec![public], &own, &guard).unwrap_err();
+        assert_eq!(why, "points at this runner's own address (198.51.100.7)");
+        let allowed = Guard::new(vec!["198.51.100.7/32".parse().unwrap()]);
+        assert_eq!(not_this_host(vec![public], &own, &allowed).unwrap(), vec![public]);
+        assert!(!own_addresses().is_empty(), "loopback at least");
         let allowing = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
         assert_eq!(
             destination(&allowing, "127.0.0.1", 5432).await.unwrap(),
