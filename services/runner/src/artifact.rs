@@ -27,14 +27,18 @@ const LEVEL: i32 = 3;
 pub struct Releases {
     root: PathBuf,
     kept: usize,
+    /// The largest tree kept, by its files' apparent sizes (a sparse file
+    /// counts at the size it would unpack to).
+    max_bytes: u64,
 }
 
 impl Releases {
     /// `kept` 0: none kept.
-    pub fn new(workdir: &Path, kept: usize) -> Self {
+    pub fn new(workdir: &Path, kept: usize, max_bytes: u64) -> Self {
         Self {
             root: workdir.join(".releases"),
             kept,
+            max_bytes,
         }
     }
 
@@ -52,6 +56,14 @@ impl Releases {
         let Some(dir) = self.dir(project_id, environment) else {
             return Ok(None);
         };
+        let bytes = apparent_size(tree);
+        if bytes > self.max_bytes {
+            return Err(std::io::Error::other(format!(
+                "the built tree is {} MB, over DEPLOY_RELEASE_MAX_MB ({} MB)",
+                bytes / 1_000_000,
+                self.max_bytes / (1024 * 1024)
+            )));
+        }
         crate::host::runner_dir(&self.root, 0o700)?;
         crate::host::runner_dir(&dir, 0o700)?;
         let partial = tempfile::NamedTempFile::new_in(&dir)?;
@@ -130,6 +142,25 @@ fn file_name(digest: &str) -> String {
     format!("{}.tar.zst", digest.trim_start_matches("sha256:"))
 }
 
+/// The apparent size of the files under `root`, links not followed.
+fn apparent_size(root: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if metadata.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
+            }
+        } else {
+            total = total.saturating_add(metadata.len());
+        }
+    }
+    total
+}
+
 /// Files, directories and links under `root`, links never followed.
 fn append_tree<W: Write>(archive: &mut tar::Builder<W>, root: &Path) -> std::io::Result<()> {
     let mut pending = vec![PathBuf::new()];
@@ -183,7 +214,7 @@ mod tests {
         std::fs::write(tree.path().join("node_modules/express/index.js"), "module.exports = 1").unwrap();
         std::fs::write(tree.path().join("start.sh"), "#!/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", tree.path().join("leak")).unwrap();
-        let releases = Releases::new(workdir.path(), 2);
+        let releases = Releases::new(workdir.path(), 2, 1 << 20);
         let digest = releases.pack(PROJECT, "production", tree.path()).unwrap().unwrap();
         assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
 
@@ -217,7 +248,7 @@ mod tests {
     #[test]
     fn only_the_newest_releases_are_kept() {
         let workdir = tempfile::tempdir().unwrap();
-        let releases = Releases::new(workdir.path(), 2);
+        let releases = Releases::new(workdir.path(), 2, 1 << 20);
         let mut digests = Vec::new();
         for n in 0..3 {
             let tree = tempfile::tempdir().unwrap();
@@ -236,5 +267,16 @@ mod tests {
                 .unpack(PROJECT, "production", &digests[2], into.path())
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn a_tree_over_the_limit_is_not_kept_and_sparse_files_count_whole() {
+        let workdir = tempfile::tempdir().unwrap();
+        let tree = tempfile::tempdir().unwrap();
+        let sparse = File::create(tree.path().join("sparse")).unwrap();
+        sparse.set_len(10 << 20).unwrap();
+        let releases = Releases::new(workdir.path(), 2, 1 << 20);
+        let refused = releases.pack(PROJECT, "production", tree.path()).unwrap_err();
+        assert!(refused.to_string().contains("over DEPLOY_RELEASE_MAX_MB"), "{refused}");
     }
 }

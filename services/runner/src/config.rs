@@ -15,6 +15,7 @@
 //! | `DEPLOY_RUNNER_LINES_PER_SEC` | `1000`: output lines sent per second (bursts of 5×); the rest are dropped and counted |
 //! | `DEPLOY_BUILD_CACHE_MB` | `10240`: all build caches of this runner together (one per project and environment, kept between builds, the least recently used dropped first); `0`: none |
 //! | `DEPLOY_RELEASES_KEPT` | `5`: releases (built trees, packed) kept per project and environment, the newest; a rollback to one starts it without a build. `0`: none |
+//! | `DEPLOY_RELEASE_MAX_MB` | `2048`: the largest built tree kept as a release (files at their apparent size); a larger one is not kept, and a rollback to it builds again |
 //! | `DEPLOY_RUNNER_HEARTBEAT_MS` | `300`: how often the runner renews its lease (and notices a cancel) |
 //! | `DEPLOY_START_TIMEOUT_SECS` | `60`: a start command must answer on `PORT` (and its health check) within this, or the deployment fails |
 //! | `DEPLOY_DRAIN_SECS` | `10`: a superseded app keeps serving this long (while the gateway switches) before SIGTERM, then 5 s before SIGKILL |
@@ -74,6 +75,8 @@ pub struct RunnerConfig {
     pub build_cache_bytes: u64,
     /// Releases kept per project and environment; 0: none.
     pub releases_kept: usize,
+    /// The largest built tree kept as a release.
+    pub release_max_bytes: u64,
 }
 
 impl RunnerConfig {
@@ -123,6 +126,7 @@ impl RunnerConfig {
                 5,
                 "expected a whole number of releases (0: none kept)",
             )?,
+            release_max_bytes: positive::<u64>(source, "DEPLOY_RELEASE_MAX_MB", 2048)?.saturating_mul(1024 * 1024),
         })
     }
 }

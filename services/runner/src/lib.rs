@@ -99,7 +99,7 @@ impl Runner {
             id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
             caches: cache::Caches::new(&config.workdir, config.build_cache_bytes),
-            releases: artifact::Releases::new(&config.workdir, config.releases_kept),
+            releases: artifact::Releases::new(&config.workdir, config.releases_kept, config.release_max_bytes),
             cgroups: match (sandbox.isolated(), nix::unistd::geteuid().is_root()) {
                 (true, true) => limits::Cgroups::detect(),
                 (true, false) => Err("the runner is not root".to_owned()),

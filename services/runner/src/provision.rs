@@ -90,9 +90,11 @@ impl Runner {
             }
             Ok(Ok(None)) => None,
             Ok(Err(err)) => {
-                tracing::error!(error = %err, "cannot pack the release");
+                tracing::warn!(error = %err, "the release is not kept");
                 reporter
-                    .system("the release could not be kept: a rollback to it will build again".to_owned())
+                    .system(format!(
+                        "the release is not kept ({err}): a rollback to it will build again"
+                    ))
                     .await;
                 None
             }

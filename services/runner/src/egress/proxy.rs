@@ -33,6 +33,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections one sandbox keeps open through the proxy at once.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections all sandboxes of this runner keep open at once: within
+/// what one process may hold open.
+static RUNNER_CONNECTIONS: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(4096)));
 
 /// A running proxy; dropping it closes the socket and every tunnel.
 pub struct Proxy {
@@ -87,13 +91,16 @@ async fn serve(listener: UnixListener, guard: Arc<Guard>, record: Arc<Record>) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let (Ok(slot), Ok(shared)) = (
+            slots.clone().try_acquire_owned(),
+            RUNNER_CONNECTIONS.clone().try_acquire_owned(),
+        ) else {
             drop(client);
             continue;
         };
         let (guard, record) = (guard.clone(), record.clone());
         tunnels.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, shared);
             if let Err(err) = handle(client, &guard, &record).await {
                 tracing::debug!(error = %err, "egress connection ended");
             }
