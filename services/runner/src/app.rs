@@ -189,8 +189,13 @@ impl Runner {
         ));
         let mut exits: VecDeque<Instant> = VecDeque::new();
         let mut kills = app.job.oom_kills();
+        // A live app's egress record reaches its log every few minutes,
+        // not only when it ends.
+        let mut egress_report = tokio::time::interval(EGRESS_REPORT_EVERY);
+        egress_report.tick().await;
         loop {
             tokio::select! {
+                _ = egress_report.tick() => app.job.report_egress().await,
                 ended = &mut app.running => {
                     if shutdown.is_cancelled() || drain.is_cancelled() {
                         break;
@@ -281,3 +286,6 @@ impl Runner {
 
 /// How long an app has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a live app's egress record is written to its log.
+const EGRESS_REPORT_EVERY: Duration = Duration::from_secs(300);

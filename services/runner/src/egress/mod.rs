@@ -8,7 +8,9 @@
 //! `127.0.0.1:3128`) that `HTTP_PROXY`/`HTTPS_PROXY` point every client at:
 //! npm, pip, cargo, go and git all honour them. The proxy resolves each
 //! destination through the kernel's guard and connects only to the
-//! addresses it allowed, and keeps the deployment's egress [`record`].
+//! addresses it allowed, and keeps the deployment's egress [`record`],
+//! written to the log when the build ends and, for a live app, every five
+//! minutes and when it stops.
 //!
 //! Why a proxy and not a routed network (pasta, slirp4netns) with a
 //! filter: with nothing routed, reaching a refused address is impossible
