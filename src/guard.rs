@@ -94,10 +94,7 @@ impl Guard {
     /// Why `ip` is refused ("a loopback address (127.0.0.1)"), or `None`
     /// when it may be reached.
     pub fn refusal(&self, ip: IpAddr) -> Option<String> {
-        let real = match ip {
-            IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
-            IpAddr::V4(_) => ip,
-        };
+        let real = Self::real(ip);
         if self.allowed.iter().any(|net| net.contains(&ip) || net.contains(&real)) {
             return None;
         }
@@ -107,10 +104,20 @@ impl Guard {
             .map(|(_, kind)| format!("{kind} address ({ip})"))
     }
 
+    /// Where `ip` really goes: the IPv4 address an IPv6 one carries
+    /// (IPv4-mapped, NAT64, 6to4), else itself.
+    pub fn real(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => embedded_v4(v6).map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        }
+    }
+
     /// Whether the operator allowed `ip` by name (one of the networks
-    /// given), whatever range it is in.
+    /// given, as written or where it really goes), whatever range it is in.
     pub fn allows(&self, ip: IpAddr) -> bool {
-        self.allowed.iter().any(|net| net.contains(&ip))
+        let real = Self::real(ip);
+        self.allowed.iter().any(|net| net.contains(&ip) || net.contains(&real))
     }
 
     /// Every address `host` names (resolved for `port`), when the guard

@@ -295,7 +295,8 @@ fn own_addresses() -> Vec<IpAddr> {
 /// `addresses`, unless one is this host's own (and the operator did not
 /// allow it by name): the control plane listens there.
 fn not_this_host(addresses: Vec<IpAddr>, own: &[IpAddr], guard: &Guard) -> Result<Vec<IpAddr>, String> {
-    match addresses.iter().find(|ip| own.contains(ip) && !guard.allows(**ip)) {
+    let own = |ip: IpAddr| own.iter().any(|mine| Guard::real(*mine) == Guard::real(ip));
+    match addresses.iter().find(|ip| own(**ip) && !guard.allows(**ip)) {
         Some(ip) => Err(format!("points at this runner's own address ({ip})")),
         None => Ok(addresses),
     }
@@ -381,9 +382,18 @@ mod tests {
         let own = [public];
         let why = not_this_host(vec![public], &own, &guard).unwrap_err();
         assert_eq!(why, "points at this runner's own address (198.51.100.7)");
+        // Nor through an IPv6 address that carries it.
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert!(
+            not_this_host(vec![mapped], &own, &guard).is_err(),
+            "{mapped} is this host"
+        );
         let allowed = Guard::new(vec!["198.51.100.7/32".parse().unwrap()]);
         assert_eq!(not_this_host(vec![public], &own, &allowed).unwrap(), vec![public]);
-        assert!(!own_addresses().is_empty(), "loopback at least");
+        assert!(
+            own_addresses().contains(&"127.0.0.1".parse().unwrap()),
+            "loopback is listed"
+        );
         let allowing = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
         assert_eq!(
             destination(&allowing, "127.0.0.1", 5432).await.unwrap(),
