@@ -740,8 +740,15 @@ async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_en
     let waiting = tokio::spawn(async move { runner.claim_deployment(request).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let deployment = deploy(&mesh, &alice, &project_id).await;
+    let queued = Instant::now();
     let claimed = waiting.await.unwrap().unwrap().into_inner();
     assert_eq!(claimed.deployment.unwrap().id, deployment.id);
+    // Woken by the queueing, not found by the service's retry every 2 s.
+    assert!(
+        queued.elapsed() < Duration::from_millis(1500),
+        "the waiting claim was not woken: {:?}",
+        queued.elapsed()
+    );
 
     let refused = mesh
         .deploys()

@@ -14,7 +14,7 @@ use std::{path::Path, time::Duration};
 use capsule::proto::{deploy::v1::DeploymentState, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy, logs, rollback, text, update_settings, wait_for},
+    deploy::{app, deploy, deploy_live, host_label, logs, rollback, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
 };
 
@@ -64,7 +64,7 @@ async fn fixture_project(mesh: &TestMesh, token: &str, name: &str) -> (String, R
 
 /// Deploys project `id`; once live, what its URL answers and the
 /// deployment's log.
-async fn deploy_live(mesh: &TestMesh, token: &str, id: &str) -> (String, String) {
+async fn deploy_and_fetch(mesh: &TestMesh, token: &str, id: &str) -> (String, String) {
     let deployment = deploy(mesh, token, id).await;
     wait_for(
         mesh,
@@ -75,21 +75,10 @@ async fn deploy_live(mesh: &TestMesh, token: &str, id: &str) -> (String, String)
     )
     .await;
     let log = text(&logs(mesh, token, &deployment.id).await);
-    let project = mesh
-        .projects()
-        .await
-        .get_project(authed(
-            project_pb::GetProjectRequest {
-                project_id: id.to_owned(),
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let label = host_label(mesh, token, id).await;
     let body = reqwest::Client::new()
         .get(format!("http://{}/", mesh.http))
-        .header("host", format!("{}.localhost:{}", project.host_label, mesh.http.port()))
+        .header("host", format!("{label}.localhost:{}", mesh.http.port()))
         .timeout(Duration::from_secs(10))
         .send()
         .await
@@ -105,13 +94,13 @@ async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served
     let mesh = mesh().await;
     let (ada, _) = mesh.user("ada@example.com").await;
     let (id, _repo) = fixture_project(&mesh, &ada, "express").await;
-    let (body, log) = deploy_live(&mesh, &ada, &id).await;
+    let (body, log) = deploy_and_fetch(&mesh, &ada, &id).await;
     assert!(log.contains("build plan: node (package-lock.json: npm ci"), "{log}");
     assert!(log.contains("build cache: empty"), "{log}");
     assert!(log.contains("egress: registry.npmjs.org:443 —"), "{log}");
     assert_eq!(body, "hello from express 4.21.2", "{log}");
     // The second build starts from what the first left.
-    let (body, log) = deploy_live(&mesh, &ada, &id).await;
+    let (body, log) = deploy_and_fetch(&mesh, &ada, &id).await;
     assert!(log.contains("MB from earlier builds"), "{log}");
     assert_eq!(body, "hello from express 4.21.2", "{log}");
     // Each build kept its release: a rollback starts the first one as it
@@ -148,7 +137,7 @@ async fn a_flask_app_with_requirements_is_built_into_a_virtualenv_and_served_by_
     let mesh = mesh().await;
     let (ada, _) = mesh.user("ada@example.com").await;
     let (id, _repo) = fixture_project(&mesh, &ada, "flask").await;
-    let (body, log) = deploy_live(&mesh, &ada, &id).await;
+    let (body, log) = deploy_and_fetch(&mesh, &ada, &id).await;
     assert!(log.contains("build plan: python (requirements.txt"), "{log}");
     assert!(log.contains("gunicorn serves app:app"), "{log}");
     assert_eq!(body, "hello from flask", "{log}");
@@ -169,8 +158,7 @@ async fn one_projects_build_cache_is_never_anothers() {
         &[],
     )
     .await;
-    let first = deploy(&mesh, &ada, &cached).await;
-    wait_for(&mesh, &ada, &first.id, DeploymentState::Live, Duration::from_secs(60)).await;
+    deploy_live(&mesh, &ada, &cached).await;
     let prying = app(
         &mesh,
         &mallory,
@@ -179,15 +167,7 @@ async fn one_projects_build_cache_is_never_anothers() {
         &[],
     )
     .await;
-    let second = deploy(&mesh, &mallory, &prying).await;
-    wait_for(
-        &mesh,
-        &mallory,
-        &second.id,
-        DeploymentState::Live,
-        Duration::from_secs(60),
-    )
-    .await;
+    let second = deploy_live(&mesh, &mallory, &prying).await;
     let log = text(&logs(&mesh, &mallory, &second.id).await);
     assert!(log.contains("no-mark"), "{log}");
     assert!(!log.lines().any(|line| line == "ada-cache-secret"), "{log}");

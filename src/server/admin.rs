@@ -28,7 +28,7 @@ impl pb::database_admin_server::DatabaseAdmin for DatabaseAdminApi {
         })?;
         let stats = tokio::task::spawn_blocking(move || collect(&mut conn))
             .await
-            .map_err(|err| tonic::Status::internal(format!("the stats task failed: {err}")))?
+            .map_err(|err| crate::rpc::internal(format_args!("the stats task failed: {err}")))?
             .map_err(crate::db::DbError::from)?;
         let mut answer = pb::DatabaseStats::from(stats);
         answer.service = self.db.config.service.name().to_owned();

@@ -11,13 +11,12 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
-use capsule::{config::ServiceKind, proto::deploy::v1::DeploymentState};
+use capsule::config::ServiceKind;
 
 use super::runner_mesh;
-use crate::common::deploy::{deploy, logs, project, text, wait_for};
+use crate::common::deploy::{deploy_live, logs, project, text};
 
 /// A build that asks for each of `targets` through the proxy (as a
 /// client honouring `HTTPS_PROXY` does), then straight over TCP and UDP,
@@ -110,15 +109,7 @@ async fn a_build_reaches_nothing_of_the_control_plane_and_its_refusals_are_recor
         &[udp_addr, format!("[::1]:{}", udp_addr.port()).parse().unwrap()],
     );
     let project_id = project(&mesh, &mallory, &build, &[]).await;
-    let deployment = deploy(&mesh, &mallory, &project_id).await;
-    wait_for(
-        &mesh,
-        &mallory,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(60),
-    )
-    .await;
+    let deployment = deploy_live(&mesh, &mallory, &project_id).await;
     let output = text(&logs(&mesh, &mallory, &deployment.id).await);
     assert!(output.contains("probes-done"), "{output}");
     for target in &targets {
@@ -177,15 +168,7 @@ async fn an_allowed_destination_is_reached_through_the_proxy_and_recorded() {
         "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://{addr}/simple/flask/').read().decode())\""
     );
     let project_id = project(&mesh, &alice, &build, &[]).await;
-    let deployment = deploy(&mesh, &alice, &project_id).await;
-    wait_for(
-        &mesh,
-        &alice,
-        &deployment.id,
-        DeploymentState::Live,
-        Duration::from_secs(60),
-    )
-    .await;
+    let deployment = deploy_live(&mesh, &alice, &project_id).await;
     let output = text(&logs(&mesh, &alice, &deployment.id).await);
     assert!(
         output.contains("mirror-says-hello for GET /simple/flask/ HTTP/1.1"),

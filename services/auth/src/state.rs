@@ -45,9 +45,7 @@ impl AuthServiceApi {
         let db = self.inner.db.clone();
         tokio::spawn(async move { capsule::audit::append(&db, event).await });
     }
-}
 
-impl AuthServiceApi {
     pub fn new(db: Database, keys: Arc<KeyRing>, config: AuthConfig) -> Self {
         Self {
             inner: Arc::new(Inner {

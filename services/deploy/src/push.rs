@@ -47,8 +47,12 @@ pub(crate) async fn deploy_commit(
     sha: &str,
 ) -> Result<Option<Deployment>, Status> {
     let project = plan.project.clone().unwrap_or_default();
-    let project_id: Uuid = project.id.parse().map_err(rpc::internal)?;
-    let owner: Uuid = project.owner_id.parse().map_err(rpc::internal)?;
+    let id = |value: &str, what: &str| {
+        value
+            .parse::<Uuid>()
+            .map_err(|err| rpc::internal(format_args!("the plan's {what}: {err}")))
+    };
+    let (project_id, owner) = (id(&project.id, "project id")?, id(&project.owner_id, "owner id")?);
     let commit = sha.to_owned();
     if api
         .db()

@@ -220,7 +220,10 @@ impl DeployServiceApi {
         source_ref: String,
     ) -> Result<Deployment, Status> {
         let project = plan.project.unwrap_or_default();
-        let project_id: Uuid = project.id.parse().map_err(rpc::internal)?;
+        let project_id: Uuid = project
+            .id
+            .parse()
+            .map_err(|err| rpc::internal(format_args!("the plan's project id: {err}")))?;
         let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
         let commit = self.resolve(&plan.repository_url, &source_ref).await?;
         let snapshot = Snapshot {
@@ -237,7 +240,8 @@ impl DeployServiceApi {
             owner_id: project.owner_id.parse().ok(),
             source_ref,
             environment,
-            snapshot: serde_json::to_value(&snapshot).map_err(rpc::internal)?,
+            snapshot: serde_json::to_value(&snapshot)
+                .map_err(|err| rpc::internal(format_args!("a snapshot as JSON: {err}")))?,
             rollback_of: None,
             artifact_digest: None,
             commit_sha: commit.sha,

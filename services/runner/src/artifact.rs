@@ -56,7 +56,7 @@ impl Releases {
         let Some(dir) = self.dir(project_id, environment) else {
             return Ok(None);
         };
-        let bytes = apparent_size(tree);
+        let bytes = crate::host::file_bytes(tree);
         if bytes > self.max_bytes {
             return Err(std::io::Error::other(format!(
                 "the built tree is {} MB, over DEPLOY_RELEASE_MAX_MB ({} MB)",
@@ -117,7 +117,10 @@ impl Releases {
         archive.set_overwrite(false);
         archive.unpack(into)?;
         // Its last use: the newest is kept longest.
-        let _ = File::options().append(true).open(&path);
+        let _ = File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
         Ok(true)
     }
 
@@ -140,25 +143,6 @@ impl Releases {
 
 fn file_name(digest: &str) -> String {
     format!("{}.tar.zst", digest.trim_start_matches("sha256:"))
-}
-
-/// The apparent size of the files under `root`, links not followed.
-fn apparent_size(root: &Path) -> u64 {
-    let mut total = 0u64;
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if metadata.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
-            }
-        } else {
-            total = total.saturating_add(metadata.len());
-        }
-    }
-    total
 }
 
 /// Files, directories and links under `root`, links never followed.

@@ -156,22 +156,9 @@ fn uuid_like(value: &str) -> Option<()> {
     (value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
 }
 
-/// Bytes under `dir`, links not followed.
+/// Bytes under `dir` as the disk holds them (directories included).
 fn size(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        total += metadata.blocks() * 512;
-        if metadata.is_dir()
-            && let Ok(entries) = std::fs::read_dir(&path)
-        {
-            pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
-        }
-    }
-    total
+    crate::host::tree_sum(dir, |metadata| metadata.blocks() * 512)
 }
 
 fn megabytes(bytes: u64) -> String {

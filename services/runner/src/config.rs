@@ -8,7 +8,7 @@
 //! | `CAPSULE_RUNNER_TOKEN` | required by `capsule runner`: the token `CreateRunner` returned (or `CAPSULE_RUNNER_TOKEN_FILE`) |
 //! | `DEPLOY_LOCAL_REPOSITORIES` | unset: directories (colon-separated) under which a project's repository may be a local path or file:// URL; unset, local repositories are refused |
 //! | `DEPLOY_MAX_SOURCE_MB` | `512`: the largest file a source checkout may write |
-//! | `DEPLOY_EGRESS_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs) git may fetch repositories from although private; unset, only public addresses |
+//! | `DEPLOY_EGRESS_ALLOWED_NETWORKS` | unset: networks (comma-separated CIDRs) git and builds' and apps' egress may reach although private or reserved, on any port (a package mirror, an internal git server); unset, only public addresses |
 //! | `DEPLOY_RUNNER_WORKDIR` | `capsule-runner-<uid>` in the system temp directory: where builds run, one fresh directory each; it must belong to the runner's user, who alone may list it |
 //! | `DEPLOY_RUNNER_TIMEOUT_SECS` | `600`: a build or start command running longer is killed (also its CPU-time limit) |
 //! | `DEPLOY_RUNNER_MAX_OUTPUT_BYTES` | `10485760`: a build printing more is killed (bytes counted as they arrive) |

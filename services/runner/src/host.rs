@@ -65,6 +65,31 @@ pub fn no_links(base: &Path, relative: &str) -> bool {
     true
 }
 
+/// The sum of `measure` over everything under `root`, `root` included,
+/// links never followed: what a tree takes, as the caller counts it.
+pub fn tree_sum(root: &Path, measure: impl Fn(&std::fs::Metadata) -> u64) -> u64 {
+    let mut total = 0u64;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        total = total.saturating_add(measure(&metadata));
+        if metadata.is_dir()
+            && let Ok(entries) = std::fs::read_dir(&path)
+        {
+            pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
+        }
+    }
+    total
+}
+
+/// The bytes of the files under `root` at their apparent size (a sparse
+/// file counts at the size it reads as).
+pub fn file_bytes(root: &Path) -> u64 {
+    tree_sum(root, |metadata| if metadata.is_dir() { 0 } else { metadata.len() })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,9 +43,7 @@ impl Job {
         let group = self.cgroup.as_ref()?;
         (group.oom_kills() > before).then(|| group.out_of_memory())
     }
-}
 
-impl Job {
     /// The egress record since the last report, into the logs.
     pub async fn report_egress(&self) {
         let Some(proxy) = &self.egress else {

@@ -283,7 +283,11 @@ impl Runner {
                 return None;
             }
         };
-        let cache = self.open_cache(&reporter, &deployment, tenant).await;
+        // A kept release builds nothing: no cache to open, walk or evict.
+        let cache = match released {
+            true => None,
+            false => self.open_cache(&reporter, &deployment, tenant).await,
+        };
         let cgroup = self.cgroup(&reporter, &deployment.id, tenant).await;
         let job = Job {
             reporter: reporter.clone(),

@@ -248,30 +248,11 @@ impl Repository {
             Some(max_bytes),
         )
         .await?;
-        if size_of(dir) > max_bytes {
+        if crate::host::file_bytes(dir) > max_bytes {
             return Err(SourceError::TooLarge(max_bytes / (1024 * 1024)));
         }
         Ok(())
     }
-}
-
-/// The bytes of the files under `dir` (links not followed).
-fn size_of(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if metadata.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.filter_map(Result::ok).map(|entry| entry.path()));
-            }
-        } else {
-            total += metadata.len();
-        }
-    }
-    total
 }
 
 fn missing_ref(message: &str) -> bool {

@@ -186,15 +186,9 @@ pub(super) async fn report_status(
     if !body.upstream.is_empty() && body.upstream.parse::<std::net::SocketAddr>().is_err() {
         violations.add("upstream", "must be an address such as 127.0.0.1:40123");
     }
-    let digest = &body.artifact_digest;
-    let well_formed = digest
-        .strip_prefix("sha256:")
-        .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
-    if !digest.is_empty() && (to != State::Deploying || !well_formed) {
-        violations.add(
-            "artifact_digest",
-            "only with DEPLOYMENT_STATE_DEPLOYING, as sha256: and 64 lowercase hex digits",
-        );
+    // Its form is the proto's rule.
+    if !body.artifact_digest.is_empty() && to != State::Deploying {
+        violations.add("artifact_digest", "only with DEPLOYMENT_STATE_DEPLOYING");
     }
     if body.status_message.len() > 1024 {
         violations.add("status_message", "must be at most 1024 bytes");

@@ -96,7 +96,8 @@ async fn unary_once(call: &Call<'_>, timeout: Duration) -> Result<DynamicMessage
     grpc.ready()
         .await
         .map_err(|err| Status::unavailable(format!("the backend is unavailable: {err}")))?;
-    let path = http::uri::PathAndQuery::try_from(route.grpc_path()).map_err(capsule::rpc::internal)?;
+    let path = http::uri::PathAndQuery::try_from(route.grpc_path())
+        .map_err(|err| capsule::rpc::internal(format_args!("the method path {}: {err}", route.grpc_path())))?;
     let mut request = tonic::Request::from_parts(
         call.metadata.clone(),
         tonic::Extensions::default(),

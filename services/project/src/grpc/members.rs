@@ -215,7 +215,7 @@ pub(super) async fn accept_invitation(
         .await?
         .map_err(|refusal| match refusal {
             NotAccepted::Unknown => {
-                Status::not_found("this invitation is not valid, was already used or has expired; call for a new one")
+                Status::not_found("this invitation is not valid, was already used or has expired; ask for a new one")
             }
             NotAccepted::OtherEmail => Status::permission_denied(
                 "this invitation was sent to another email address: sign in with that address to accept it",

@@ -1,11 +1,7 @@
 //! A project's environment variables: set and deleted one at a time,
 //! sealed at rest; secret ones only by those who may write secrets.
 
-use capsule::{
-    auth::Permission,
-    proto::project::v1 as pb,
-    rpc::{self, FieldViolations},
-};
+use capsule::{auth::Permission, proto::project::v1 as pb, rpc};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -36,10 +32,8 @@ pub(super) async fn set_environment_variable(
     let call = Call::of(&request)?;
     let body = request.into_inner();
     let variable = body.variable.unwrap_or_default();
-    let mut violations = FieldViolations::new();
     // The rules in the protos checked the name and the value's size.
-    let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
-    violations.check()?;
+    let id = rpc::require_id("project_id", &body.project_id)?;
     let granted = api.authorize(&call, id).await?;
     let secrets = granted.holds(Permission::ProjectSecretsWrite);
     let (name, secret) = (variable.name.clone(), variable.secret);
@@ -66,9 +60,7 @@ pub(super) async fn delete_environment_variable(
 ) -> Result<Response<pb::DeleteEnvironmentVariableResponse>, Status> {
     let call = Call::of(&request)?;
     let body = request.into_inner();
-    let mut violations = FieldViolations::new();
-    let id = rpc::parse_id("project_id", &body.project_id, &mut violations);
-    violations.check()?;
+    let id = rpc::require_id("project_id", &body.project_id)?;
     let granted = api.authorize(&call, id).await?;
     let secrets = granted.holds(Permission::ProjectSecretsWrite);
     let name = body.name;

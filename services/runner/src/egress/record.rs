@@ -65,14 +65,6 @@ impl Record {
         }
     }
 
-    /// Every destination so far, in order.
-    pub fn destinations(&self) -> Vec<((String, u16), Destination)> {
-        self.destinations
-            .lock()
-            .map(|destinations| destinations.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
-    }
-
     /// The record since the last call, as log lines (one per destination,
     /// refusals first); then it starts again. Connections still open
     /// count their bytes in the next report.
@@ -86,38 +78,36 @@ impl Record {
 }
 
 fn lines(destinations: &[((String, u16), Destination)]) -> Vec<String> {
-    {
-        let refused = destinations
-            .iter()
-            .filter(|(_, d)| d.refused > 0)
-            .map(|((host, port), d)| {
-                format!(
-                    "egress refused: {} — it {} ({} attempt{})",
-                    authority(host, *port),
-                    d.why.as_deref().unwrap_or("is not allowed"),
-                    d.refused,
-                    plural(d.refused)
-                )
-            });
-        let reached = destinations
-            .iter()
-            .filter(|(_, d)| d.connections > 0 || d.failed > 0)
-            .map(|((host, port), d)| {
-                let mut line = format!(
-                    "egress: {} — {} connection{}, {} in, {} out",
-                    authority(host, *port),
-                    d.connections,
-                    plural(d.connections),
-                    bytes(d.bytes_in),
-                    bytes(d.bytes_out)
-                );
-                if d.failed > 0 {
-                    line.push_str(&format!(", {} not accepted", d.failed));
-                }
-                line
-            });
-        refused.chain(reached).collect()
-    }
+    let refused = destinations
+        .iter()
+        .filter(|(_, d)| d.refused > 0)
+        .map(|((host, port), d)| {
+            format!(
+                "egress refused: {} — it {} ({} attempt{})",
+                authority(host, *port),
+                d.why.as_deref().unwrap_or("is not allowed"),
+                d.refused,
+                plural(d.refused)
+            )
+        });
+    let reached = destinations
+        .iter()
+        .filter(|(_, d)| d.connections > 0 || d.failed > 0)
+        .map(|((host, port), d)| {
+            let mut line = format!(
+                "egress: {} — {} connection{}, {} in, {} out",
+                authority(host, *port),
+                d.connections,
+                plural(d.connections),
+                bytes(d.bytes_in),
+                bytes(d.bytes_out)
+            );
+            if d.failed > 0 {
+                line.push_str(&format!(", {} not accepted", d.failed));
+            }
+            line
+        });
+    refused.chain(reached).collect()
 }
 
 /// An open connection of the record's.
