@@ -56,7 +56,7 @@ impl Caches {
     /// environment of lowercase letters, digits and hyphens).
     pub fn open(&self, project_id: &str, environment: &str, owner: Option<u32>) -> std::io::Result<Option<Cache>> {
         if self.max_bytes == 0
-            || uuid_like(project_id).is_none()
+            || crate::host::uuid_like(project_id).is_none()
             || environment.is_empty()
             || !environment
                 .chars()
@@ -150,10 +150,6 @@ impl Cache {
     pub fn after(&self) -> String {
         format!("build cache: {} kept for the next build", megabytes(size(&self.dir)))
     }
-}
-
-fn uuid_like(value: &str) -> Option<()> {
-    (value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
 }
 
 /// Bytes under `dir` as the disk holds them (directories included).

@@ -90,6 +90,12 @@ pub fn file_bytes(root: &Path) -> u64 {
     tree_sum(root, |metadata| if metadata.is_dir() { 0 } else { metadata.len() })
 }
 
+/// `Some` for a UUID in its usual text form (hex digits and hyphens, 36
+/// characters).
+pub fn uuid_like(value: &str) -> Option<()> {
+    (value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,6 +191,13 @@ impl Runner {
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
         }
+        // Its ids name the runner's paths (working directory, sockets,
+        // cgroup, cache, releases): UUIDs, or nothing is made.
+        if host::uuid_like(&deployment.id).is_none() || host::uuid_like(&deployment.project_id).is_none() {
+            let why = "the deploy service sent a deployment without a proper id".to_owned();
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return None;
+        }
         let workdir = match tempfile::Builder::new()
             .prefix(&format!("{}-", deployment.id))
             .tempdir_in(&self.config.workdir)
@@ -241,8 +248,13 @@ impl Runner {
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
         }
-        let prepared =
-            std::fs::create_dir_all(&root).and_then(|()| self.sandbox.prepare_workdir(tenant, workdir.path()));
+        // Off the runtime: an unpacked release is a whole tree to hand over.
+        let (sandbox, dir, made) = (self.sandbox.clone(), workdir.path().to_path_buf(), root.clone());
+        let prepared = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&made).and_then(|()| sandbox.prepare_workdir(tenant, &dir))
+        })
+        .await
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)));
         if let Err(err) = prepared {
             tracing::error!(error = %err, "cannot prepare the working directory");
             let message = "the runner cannot prepare the working directory".to_owned();
