@@ -19,6 +19,7 @@ mod git_urls;
 mod host_labels;
 mod invitations;
 mod launcher;
+mod private_repo;
 mod sandbox_users;
 mod secrets_at_rest;
 mod streams;

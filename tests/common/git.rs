@@ -90,3 +90,120 @@ impl Repo {
         git(&self.work, &["rev-parse", "HEAD"])
     }
 }
+
+/// What a test's git server saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub line: String,
+    pub authorized: bool,
+}
+
+/// A git server over plain HTTP on `ip` (git's own `http-backend`, run
+/// once per request), serving the bare repositories under `root` to
+/// requests that bring `authorization` (a whole `Authorization` header
+/// value) and refusing the rest with 401: a private repository.
+pub fn serve_http(
+    root: &Path,
+    ip: &str,
+    authorization: &'static str,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("a port for the git server");
+    let addr = listener.local_addr().expect("its address");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (root, log) = (root.to_path_buf(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().expect("the stream"));
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut headers = Vec::new();
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.trim_end().split_once(':') {
+                    headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+                }
+            }
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let authorized = header("authorization") == authorization;
+            log.lock().unwrap().push(Seen {
+                line: line.trim_end().to_owned(),
+                authorized,
+            });
+            let mut stream = stream;
+            if !authorized {
+                let _ = stream.write_all(
+                    b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\n\r\n",
+                );
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            // A proxy sends the absolute form.
+            let target = target
+                .strip_prefix("http://")
+                .and_then(|rest| rest.find('/').map(|slash| &rest[slash..]))
+                .unwrap_or(target);
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let mut body = vec![0; header("content-length").parse().unwrap_or(0)];
+            let _ = reader.read_exact(&mut body);
+            let mut backend = Command::new("git")
+                .arg("http-backend")
+                .env("GIT_PROJECT_ROOT", &root)
+                .env("GIT_HTTP_EXPORT_ALL", "1")
+                .env("PATH_INFO", path)
+                .env("QUERY_STRING", query)
+                .env("REQUEST_METHOD", method)
+                .env("CONTENT_TYPE", header("content-type"))
+                .env("CONTENT_LENGTH", body.len().to_string())
+                .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+                .env("GIT_PROTOCOL", header("git-protocol"))
+                .env("REMOTE_USER", "tester")
+                .env("REMOTE_ADDR", "127.0.0.1")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("git http-backend runs");
+            let mut input = backend.stdin.take().expect("its input");
+            let _ = input.write_all(&body);
+            drop(input);
+            let output = backend.wait_with_output().expect("its answer");
+            let split = output
+                .stdout
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|at| (at, 4))
+                .or_else(|| output.stdout.windows(2).position(|w| w == b"\n\n").map(|at| (at, 2)));
+            let Some((at, gap)) = split else {
+                let _ = stream.write_all(b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n");
+                continue;
+            };
+            let cgi = String::from_utf8_lossy(&output.stdout[..at]).to_string();
+            let status = cgi
+                .lines()
+                .find_map(|line| line.strip_prefix("Status: "))
+                .unwrap_or("200 OK")
+                .to_owned();
+            let rest: Vec<&str> = cgi.lines().filter(|line| !line.starts_with("Status: ")).collect();
+            let _ = write!(
+                stream,
+                "HTTP/1.0 {status}\r\n{}\r\nConnection: close\r\n\r\n",
+                rest.join("\r\n")
+            );
+            let _ = stream.write_all(&output.stdout[at + gap..]);
+        }
+    });
+    (addr, seen)
+}

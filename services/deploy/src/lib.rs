@@ -11,6 +11,7 @@ mod notify;
 mod projects;
 mod push;
 mod reap;
+mod refs;
 mod runners;
 mod state;
 mod validate;

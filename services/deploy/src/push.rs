@@ -1,11 +1,11 @@
 //! Push to deploy: a new commit on an auto-deploying project's branch
 //! starts a deployment of it, found by polling the branch
-//! (`git ls-remote` every `DEPLOY_POLL_INTERVAL_SECS`) and by push events
+//! (its refs, asked every `DEPLOY_POLL_INTERVAL_SECS`) and by push events
 //! from GitHub, GitLab and Gitea (`ReceiveGitPush`), signed with the
 //! project's webhook secret.
 //!
 //! Polling works on `DEPLOY_POLL_CONCURRENCY` repositories at once, gives
-//! each `git ls-remote` `DEPLOY_POLL_TIMEOUT_SECS`, and backs off from a
+//! each look `DEPLOY_POLL_TIMEOUT_SECS`, and backs off from a
 //! repository that fails (doubling intervals, up to an hour): a tenant
 //! whose server hangs or errs costs the others nothing.
 //!
@@ -36,6 +36,9 @@ use crate::{
     state::DeployServiceApi,
 };
 
+/// The longest one request for a repository's refs may take (an attempt
+/// as a whole is bounded by `DEPLOY_POLL_TIMEOUT_SECS`).
+const POLL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Push-triggered deployments go to production.
 const ENVIRONMENT: &str = "production";
 
@@ -173,10 +176,15 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
         .ok_or_else(|| rpc::internal("the project service answered a plan without a project id"))?;
     let repository = Repository::parse(&plan.repository_url, api.source_config())
         .map_err(|err| Status::failed_precondition(err.to_string()))?;
-    let head = repository
-        .head(&plan.branch)
-        .await
-        .map_err(|err| Status::unavailable(err.to_string()))?;
+    let head = match &repository {
+        Repository::Local(path) => Repository::head_local(path, &plan.branch).await,
+        Repository::Remote { url, guard } => {
+            let credentials = api.credentials(project_id).await?;
+            let reference = format!("refs/heads/{}", plan.branch);
+            crate::refs::resolve(url, guard, credentials.as_ref(), &reference, POLL_REQUEST_TIMEOUT).await
+        }
+    }
+    .map_err(|err| Status::unavailable(err.to_string()))?;
     let sha = head.clone();
     if api
         .db()

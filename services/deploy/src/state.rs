@@ -18,7 +18,7 @@ use futures::Stream;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use capsule_runner::source::{Commit, Repository, SourceError};
+use capsule_runner::source::{Commit, Credentials, Repository, SourceError};
 
 use crate::{
     config::{DeployConfig, SourceConfig},
@@ -64,6 +64,8 @@ pub(crate) struct Inner {
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
+/// How long CreateDeployment waits for a remote repository's refs.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(crate) fn refusal(refusal: Refusal, to: State) -> Status {
     match refusal {
@@ -190,7 +192,12 @@ impl DeployServiceApi {
     /// (none without a repository). A reference the repository lacks is
     /// NOT_FOUND; a repository this service cannot use is the project's
     /// state, FAILED_PRECONDITION saying which setting to change.
-    pub(crate) async fn resolve(&self, repository_url: &str, source_ref: &str) -> Result<Commit, Status> {
+    pub(crate) async fn resolve(
+        &self,
+        project_id: Uuid,
+        repository_url: &str,
+        source_ref: &str,
+    ) -> Result<Commit, Status> {
         if repository_url.is_empty() {
             return Ok(Commit {
                 sha: String::new(),
@@ -204,10 +211,35 @@ impl DeployServiceApi {
             ))
         };
         let repository = Repository::parse(repository_url, &self.inner.source).map_err(unusable)?;
-        repository.resolve(source_ref).await.map_err(|err| match err {
+        let resolved = match &repository {
+            Repository::Local(path) => Repository::resolve_local(path, source_ref).await,
+            // Only the refs: the runner fetches the commit, and reports its
+            // subject and author.
+            Repository::Remote { url, guard } => {
+                let credentials = self.credentials(project_id).await?;
+                crate::refs::resolve(url, guard, credentials.as_ref(), source_ref, RESOLVE_TIMEOUT)
+                    .await
+                    .map(|sha| Commit {
+                        sha,
+                        message: String::new(),
+                        author: String::new(),
+                    })
+            }
+        };
+        resolved.map_err(|err| match err {
             SourceError::MissingRef { .. } => Status::not_found(err.to_string()),
             other => unusable(other),
         })
+    }
+
+    /// A private repository's token, from the project's variables.
+    pub(crate) async fn credentials(&self, project_id: Uuid) -> Result<Option<Credentials>, Status> {
+        let variables = self.environment(project_id).await?.unwrap_or_default();
+        Ok(Credentials::from_variables(
+            variables
+                .iter()
+                .map(|variable| (variable.name.as_str(), variable.value.as_str())),
+        ))
     }
 
     /// Queues a deployment of `plan` at `source_ref` (the plan's branch when
@@ -225,7 +257,7 @@ impl DeployServiceApi {
             .parse()
             .map_err(|err| rpc::internal(format_args!("the plan's project id: {err}")))?;
         let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
-        let commit = self.resolve(&plan.repository_url, &source_ref).await?;
+        let commit = self.resolve(project_id, &plan.repository_url, &source_ref).await?;
         let snapshot = Snapshot {
             build_command: plan.build_command,
             start_command: plan.start_command,

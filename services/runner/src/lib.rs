@@ -26,6 +26,7 @@ pub mod artifact;
 pub mod cache;
 pub mod config;
 pub mod egress;
+mod fetch;
 pub mod host;
 mod job;
 pub mod limits;
@@ -210,21 +211,44 @@ impl Runner {
                 return None;
             }
         };
+        // The way out and the cgroup first: a remote source is fetched in
+        // the sandbox.
+        let egress = match self.egress(&deployment.id, tenant) {
+            Ok(egress) => egress,
+            Err(err) => {
+                tracing::error!(error = %err, "cannot open the egress proxy");
+                let message = "the runner cannot open the deployment's way out".to_owned();
+                reporter.state(DeploymentState::Failed, message, None).await;
+                return None;
+            }
+        };
+        let cgroup = self.cgroup(&reporter, &deployment.id, tenant).await;
         // A kept release starts without a build; otherwise the source.
         let released = self
             .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
             .await;
-        if !released
-            && !snapshot.repository_url.is_empty()
-            && let Err(why) = self
-                .fetch_source(&reporter, &snapshot, workdir.path())
+        let mut fetched = None;
+        if !released && !snapshot.repository_url.is_empty() {
+            let source = self
+                .fetch_source(
+                    &reporter,
+                    &snapshot,
+                    workdir.path(),
+                    tenant,
+                    egress.as_deref(),
+                    cgroup.as_deref(),
+                )
                 .instrument(step_span("clone"))
-                .await
-        {
-            failed_step(&why);
-            reporter.system(why.clone()).await;
-            reporter.state(DeploymentState::Failed, why, None).await;
-            return None;
+                .await;
+            match source {
+                Ok(commit) => fetched = commit,
+                Err(why) => {
+                    failed_step(&why);
+                    reporter.system(why.clone()).await;
+                    reporter.state(DeploymentState::Failed, why, None).await;
+                    return None;
+                }
+            }
         }
         let root = workdir.path().join(&snapshot.root_directory);
         // The tree is the tenant's: a link on the way would lead the host
@@ -286,21 +310,11 @@ impl Runner {
                 .filter_map(|name| snapshot.environment.get(name))
                 .map(String::as_str),
         );
-        let egress = match self.egress(&deployment.id, tenant) {
-            Ok(egress) => egress,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot open the egress proxy");
-                let message = "the runner cannot open the deployment's way out".to_owned();
-                reporter.state(DeploymentState::Failed, message, None).await;
-                return None;
-            }
-        };
         // A kept release builds nothing: no cache to open, walk or evict.
         let cache = match released {
             true => None,
             false => self.open_cache(&reporter, &deployment, tenant).await,
         };
-        let cgroup = self.cgroup(&reporter, &deployment.id, tenant).await;
         let job = Job {
             reporter: reporter.clone(),
             snapshot: Arc::new(snapshot),
@@ -351,7 +365,7 @@ impl Runner {
                 true => Some(snapshot.artifact_digest.clone()),
                 false => self.pack_release(&reporter, &deployment, workdir.path()).await,
             };
-            reporter.deploying(digest).await;
+            reporter.deploying(digest, fetched).await;
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
             stop.cancel();
             let _ = heartbeat.await;
@@ -411,28 +425,6 @@ impl Runner {
         }
         failed_step(what);
         false
-    }
-
-    /// Fetches the deployment's commit into `dir`; why not, in words the
-    /// user can act on.
-    async fn fetch_source(
-        &self,
-        reporter: &Reporter,
-        snapshot: &pb::DeploymentSnapshot,
-        dir: &std::path::Path,
-    ) -> Result<(), String> {
-        reporter
-            .system(format!(
-                "fetching {} at {}",
-                snapshot.repository_url, snapshot.commit_sha
-            ))
-            .await;
-        let repository = source::Repository::parse(&snapshot.repository_url, &self.config.source)
-            .map_err(|err| format!("cannot fetch the source: {err}"))?;
-        repository
-            .checkout(&snapshot.commit_sha, dir, self.config.source.max_bytes)
-            .await
-            .map_err(|err| format!("cannot fetch the source: {err}"))
     }
 
     /// A user's command, in the sandbox; an app's with its PORT.

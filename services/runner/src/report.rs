@@ -87,11 +87,16 @@ impl Reporter {
     }
 
     /// DEPLOYING, with the release the build made, if kept.
-    pub(super) async fn deploying(&self, artifact_digest: Option<String>) {
+    /// Built: the release kept, and the commit as fetched when the deploy
+    /// service could not read it.
+    pub(super) async fn deploying(&self, artifact_digest: Option<String>, commit: Option<crate::source::Commit>) {
+        let commit = commit.unwrap_or_default();
         self.send(ReportStatusRequest {
             state: DeploymentState::Deploying as i32,
             exit_code: Some(0),
             artifact_digest: artifact_digest.unwrap_or_default(),
+            commit_message: commit.message,
+            commit_author: commit.author,
             ..ReportStatusRequest::default()
         })
         .await;

@@ -1,26 +1,27 @@
 //! A deployment's source: which repositories may be used, resolving a ref
-//! to the exact commit when a deployment is created, and fetching that
-//! commit (shallow) into the working directory before the build.
+//! of a local repository, and the fixed script that fetches a commit in
+//! the project's sandbox before the build.
 //!
-//! The `git` command does the work (it speaks every server's quirks;
-//! libgit2 and gix lag behind on shallow fetches and protocol v2): run with
-//! a clean environment — no system or global configuration, no terminal
-//! prompts, no hooks, no redirects, only the one transport allowed — under
-//! a time limit and a file-size limit, never with a user's code. It runs as
-//! the runner's user; the sandbox then hands the checkout to the project's
-//! sandbox user.
+//! A tenant's URL is hostile, so no host process runs git against it:
+//! the deploy service asks a remote repository for its refs with its own
+//! HTTP client (`refs.rs` there), and the commit is fetched by git inside
+//! the project's sandbox, whose one way out is the egress proxy — the
+//! guard decides every address, and the operator's own keys and
+//! configuration are never in reach. Remote repositories are https://
+//! (plain http:// only towards networks the operator allows; git:// is an
+//! unchecked transport, ssh:// would need keys). A private repository's
+//! token is the project's secret variable `GIT_TOKEN` (with `GIT_USERNAME`,
+//! `x-access-token` when unset), handed to git in the sandbox by a
+//! credential helper, never on a command line. A remote failure is told
+//! in words, never with the server's own answer, which would make git a
+//! port scanner with banners.
 //!
-//! A tenant's URL is hostile: remote repositories are https:// only (git://
-//! is an unchecked transport, ssh:// would use this service's own keys),
-//! and git connects only to addresses the kernel's [`Guard`] allowed when
-//! the command started (`http.curloptResolve` pins them), so neither a URL
-//! nor a name re-pointed between the check and the connection reaches the
-//! control plane's network. A remote failure is told in words, never with
-//! the server's own answer, which would make git a port scanner with
-//! banners.
+//! Local repositories (directories the operator allows under
+//! `DEPLOY_LOCAL_REPOSITORIES`, which tenants cannot write) are read and
+//! checked out by a hardened git on the host, into a working directory no
+//! tenant process has touched yet.
 
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -28,12 +29,12 @@ use std::{
 
 use capsule::guard::Guard;
 use tokio::process::Command;
-use url::{Host, Url};
+use url::Url;
 
 use crate::config::SourceConfig;
 
-/// How long one git command may take.
-const GIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one git command may take (the fetch step too).
+pub const GIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Where a deployment's source comes from, once allowed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub enum Repository {
 }
 
 /// The commit a deployment builds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Commit {
     pub sha: String,
     pub message: String,
@@ -80,10 +81,49 @@ impl SourceError {
     }
 }
 
+/// The user name sent with `GIT_TOKEN` when `GIT_USERNAME` is not set:
+/// what GitHub expects of an app's token, and any name does for personal
+/// tokens on GitHub, GitLab and Gitea.
+const DEFAULT_GIT_USERNAME: &str = "x-access-token";
+
+/// A private repository's HTTPS credentials: the project's variables
+/// `GIT_TOKEN` and `GIT_USERNAME`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// The credentials among a project's variables, if it has a token.
+    pub fn from_variables<'a>(variables: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Self> {
+        let (mut username, mut token) = (None, None);
+        for (name, value) in variables {
+            match name {
+                "GIT_TOKEN" if !value.is_empty() => token = Some(value.to_owned()),
+                "GIT_USERNAME" if !value.is_empty() => username = Some(value.to_owned()),
+                _ => {}
+            }
+        }
+        Some(Self {
+            username: username.unwrap_or_else(|| DEFAULT_GIT_USERNAME.to_owned()),
+            token: token?,
+        })
+    }
+}
+
 impl Repository {
     /// The repository a project's `repository_url` names, if this service
-    /// allows it: https:// URLs, and local paths only under the allowed
-    /// roots.
+    /// allows it: https:// URLs (http:// too, decided where its addresses
+    /// are known), and local paths only under the allowed roots.
     pub fn parse(url: &str, config: &SourceConfig) -> Result<Self, SourceError> {
         let local_roots = &config.local_repositories;
         let local = if let Some(path) = url.strip_prefix("file://") {
@@ -125,7 +165,7 @@ impl Repository {
         let url = Url::parse(raw)
             .map_err(|_| SourceError::Forbidden(format!("{raw:?} is not a repository URL: use an https:// URL")))?;
         match url.scheme() {
-            "https" => {}
+            "https" | "http" => {}
             "ssh" | "git" => {
                 return Err(SourceError::Forbidden(format!(
                     "{}:// repositories are not fetched: use the repository's https:// URL",
@@ -140,7 +180,9 @@ impl Repository {
         }
         if !url.username().is_empty() || url.password().is_some() || url.host().is_none() {
             return Err(SourceError::Forbidden(
-                "the URL must name a host and hold no user name or password".to_owned(),
+                "the URL must name a host and hold no user name or password (a token goes in the secret \
+                 variable GIT_TOKEN)"
+                    .to_owned(),
             ));
         }
         Ok(Self::Remote {
@@ -149,109 +191,170 @@ impl Repository {
         })
     }
 
-    fn location(&self) -> String {
-        match self {
-            Self::Local(path) => path.display().to_string(),
-            Self::Remote { url, .. } => url.to_string(),
-        }
+    /// The commit `reference` (a branch, tag or commit) of a local
+    /// repository names now, with its message and author.
+    pub async fn resolve_local(path: &Path, reference: &str) -> Result<Commit, SourceError> {
+        let shown = git(
+            path,
+            &[
+                "log",
+                "-1",
+                "--format=%H%x00%an <%ae>%x00%s",
+                "--end-of-options",
+                &format!("{reference}^{{commit}}"),
+                "--",
+            ],
+        )
+        .await
+        .map_err(|err| match err {
+            SourceError::Unreachable(_) => SourceError::Missing,
+            other => other,
+        })
+        .map_err(|err| err.naming(reference))?;
+        Ok(Commit::parse(&shown))
     }
 
-    /// The exact commit `reference` (a branch, tag or commit) names now,
-    /// with its message and author: a shallow fetch of commits and trees
-    /// only, into a scratch repository.
-    pub async fn resolve(&self, reference: &str) -> Result<Commit, SourceError> {
-        let scratch = tempfile::tempdir().map_err(|err| SourceError::Unreachable(err.to_string()))?;
-        let repo = scratch.path();
-        git(repo, &["init", "--quiet", "--bare"], self, None).await?;
-        let fetched = git(
-            repo,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--depth=1",
-                "--filter=blob:none",
-                "--end-of-options",
-                &self.location(),
-                reference,
-            ],
-            self,
-            None,
+    /// The commit `branch` of a local repository points at now.
+    pub async fn head_local(path: &Path, branch: &str) -> Result<String, SourceError> {
+        let reference = format!("refs/heads/{branch}");
+        let listed = git(
+            path,
+            &["rev-parse", "--verify", "--quiet", "--end-of-options", &reference],
         )
-        .await;
-        fetched.map_err(|err| err.naming(reference))?;
-        let shown = git(
-            repo,
-            &["log", "-1", "--format=%H%x00%an <%ae>%x00%s", "FETCH_HEAD"],
-            self,
-            None,
-        )
-        .await?;
+        .await
+        .map_err(|_| SourceError::Missing.naming(branch))?;
+        Ok(listed.trim().to_owned())
+    }
+
+    /// Checks commit `sha` of a local repository out in `dir`: at most
+    /// `max_bytes` per file and in all.
+    pub async fn checkout_local(path: &Path, sha: &str, dir: &Path, max_bytes: u64) -> Result<(), SourceError> {
+        let source = path.display().to_string();
+        let fetch = [
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--depth=1",
+            "--end-of-options",
+            &source,
+            sha,
+        ];
+        let checkout = [
+            "-c",
+            "advice.detachedHead=false",
+            "checkout",
+            "--quiet",
+            "--detach",
+            "FETCH_HEAD",
+        ];
+        for args in [&["init", "--quiet"][..], &fetch, &checkout] {
+            git_in(dir, args, Some(max_bytes)).await.map_err(|err| match err {
+                SourceError::Unreachable(message) if missing_ref(&message) => SourceError::Missing.naming(sha),
+                other => other,
+            })?;
+        }
+        if crate::host::file_bytes(dir) > max_bytes {
+            return Err(SourceError::TooLarge(max_bytes / (1024 * 1024)));
+        }
+        Ok(())
+    }
+}
+
+/// The variables of the sandboxed step that fetches commit `sha` of a
+/// remote repository into the sandbox's working directory with the
+/// fixed script [`FETCH`]: git's hardened configuration, and the
+/// credentials if the project has a token.
+pub fn fetch_step(url: &Url, sha: &str, credentials: Option<&Credentials>) -> Vec<(String, String)> {
+    let transport = url.scheme();
+    let mut config: Vec<(String, &str)> = [
+        ("protocol.allow", "never"),
+        (&format!("protocol.{transport}.allow"), "always"),
+        ("http.followRedirects", "false"),
+        ("core.hooksPath", "/dev/null"),
+        ("core.symlinks", "true"),
+        ("submodule.recurse", "false"),
+        ("advice.detachedHead", "false"),
+        ("safe.directory", "*"),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect();
+    let mut variables = vec![
+        ("CAPSULE_SOURCE".to_owned(), url.to_string()),
+        ("CAPSULE_COMMIT".to_owned(), sha.to_owned()),
+        ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
+        ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
+        ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
+        ("GIT_ASKPASS".to_owned(), "/bin/false".to_owned()),
+    ];
+    if let Some(credentials) = credentials {
+        // Read from the environment by git's helper: never an argument.
+        config.push(("credential.helper".to_owned(), CREDENTIAL_HELPER));
+        variables.push(("GIT_USERNAME".to_owned(), credentials.username.clone()));
+        variables.push(("GIT_TOKEN".to_owned(), credentials.token.clone()));
+    }
+    variables.push(("GIT_CONFIG_COUNT".to_owned(), config.len().to_string()));
+    for (i, (key, value)) in config.into_iter().enumerate() {
+        variables.push((format!("GIT_CONFIG_KEY_{i}"), key));
+        variables.push((format!("GIT_CONFIG_VALUE_{i}"), value.to_owned()));
+    }
+    variables
+}
+
+/// What a finished fetch step means: the commit fetched, or why not in
+/// words the user can act on.
+pub fn fetched(sha: &str, outcome: &Fetched, max_bytes: u64) -> Result<Commit, SourceError> {
+    if outcome.success {
+        return Ok(Commit::parse(&outcome.stdout));
+    }
+    let stderr = &outcome.stderr;
+    if outcome.file_too_large || stderr.contains("File too large") {
+        return Err(SourceError::TooLarge(max_bytes / (1024 * 1024)));
+    }
+    if missing_ref(stderr) {
+        return Err(SourceError::Missing.naming(sha));
+    }
+    Err(SourceError::Unreachable(in_words(stderr).to_owned()))
+}
+
+/// How a fetch step ended, as the runner read it (each stream bounded).
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub success: bool,
+    /// Killed for writing past its file-size limit.
+    pub file_too_large: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The fetch, run by `/bin/sh -c` in the project's sandbox with the
+/// variables of [`fetch_step`]: nothing of the tenant's is
+/// spliced into it. Prints the commit as `sha NUL author NUL subject`.
+pub const FETCH: &str = "set -e\n\
+    git init --quiet\n\
+    git fetch --quiet --no-tags --depth=1 --end-of-options \"$CAPSULE_SOURCE\" \"$CAPSULE_COMMIT\"\n\
+    git checkout --quiet --detach FETCH_HEAD\n\
+    exec git log -1 --format=%H%x00%an%x20%x3C%ae%x3E%x00%s FETCH_HEAD\n";
+
+/// git's credential helper: answers `get` with the token from its
+/// environment.
+const CREDENTIAL_HELPER: &str =
+    "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$GIT_USERNAME\" \"$GIT_TOKEN\"; }; f";
+
+impl Commit {
+    /// `sha NUL author NUL subject`, as [`FETCH`] and `resolve_local` print.
+    fn parse(shown: &str) -> Self {
         let mut parts = shown.trim_end().splitn(3, '\0');
         let (sha, author, message) = (
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
             parts.next().unwrap_or_default(),
         );
-        Ok(Commit {
+        Commit {
             sha: sha.to_owned(),
             author: author.chars().take(512).collect(),
             message: message.chars().take(1024).collect(),
-        })
-    }
-
-    /// The commit `branch` points at now (`git ls-remote`, no fetch).
-    pub async fn head(&self, branch: &str) -> Result<String, SourceError> {
-        let scratch = tempfile::tempdir().map_err(|err| SourceError::Unreachable(err.to_string()))?;
-        let reference = format!("refs/heads/{branch}");
-        let listed = git(
-            scratch.path(),
-            &["ls-remote", "--end-of-options", &self.location(), &reference],
-            self,
-            None,
-        )
-        .await?;
-        listed
-            .lines()
-            .find_map(|line| {
-                let (sha, name) = line.split_once('\t')?;
-                (name == reference).then(|| sha.to_owned())
-            })
-            .ok_or(SourceError::Missing)
-            .map_err(|err| err.naming(branch))
-    }
-
-    /// Fetches commit `sha` (shallow) and checks it out in `dir`: at most
-    /// `max_bytes` per file and in all.
-    pub async fn checkout(&self, sha: &str, dir: &Path, max_bytes: u64) -> Result<(), SourceError> {
-        git(dir, &["init", "--quiet"], self, None).await?;
-        git(
-            dir,
-            &[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--depth=1",
-                "--end-of-options",
-                &self.location(),
-                sha,
-            ],
-            self,
-            Some(max_bytes),
-        )
-        .await
-        .map_err(|err| err.naming(sha))?;
-        git(
-            dir,
-            &["checkout", "--quiet", "--detach", "FETCH_HEAD"],
-            self,
-            Some(max_bytes),
-        )
-        .await?;
-        if crate::host::file_bytes(dir) > max_bytes {
-            return Err(SourceError::TooLarge(max_bytes / (1024 * 1024)));
         }
-        Ok(())
     }
 }
 
@@ -264,13 +367,14 @@ fn missing_ref(message: &str) -> bool {
         || message.contains("bad object")
 }
 
-/// Runs one hardened git command in `dir`; its stdout, or its first error
-/// line. With `max_bytes`, files larger than that cannot be written.
-async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64>) -> Result<String, SourceError> {
-    let (transport, pinned) = match repo {
-        Repository::Local(_) => ("file", None),
-        Repository::Remote { url, guard } => ("https", Some(pin(url, guard).await?)),
-    };
+/// Runs one hardened git command on a local repository of the
+/// operator's: its stdout, or git's own verdict.
+async fn git(dir: &Path, args: &[&str]) -> Result<String, SourceError> {
+    git_in(dir, args, None).await
+}
+
+/// [`git`], and with `max_bytes` no file larger than that can be written.
+async fn git_in(dir: &Path, args: &[&str], max_bytes: Option<u64>) -> Result<String, SourceError> {
     let mut command = match max_bytes {
         Some(bytes) => {
             let mut command = Command::new("prlimit");
@@ -284,9 +388,7 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
             "-c",
             "protocol.allow=never",
             "-c",
-            &format!("protocol.{transport}.allow=always"),
-            "-c",
-            "http.followRedirects=false",
+            "protocol.file.allow=always",
             "-c",
             "core.hooksPath=/dev/null",
             "-c",
@@ -294,11 +396,8 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
             "-c",
             "submodule.recurse=false",
             "-c",
-            "advice.detachedHead=false",
-            "-c",
             "safe.directory=*",
         ])
-        .args(pinned.iter().flat_map(|resolve| ["-c", resolve.as_str()]))
         .args(args)
         .current_dir(dir)
         .env_clear()
@@ -308,7 +407,6 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_ASKPASS", "/bin/false")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -326,54 +424,20 @@ async fn git(dir: &Path, args: &[&str], repo: &Repository, max_bytes: Option<u64
     {
         return Err(SourceError::TooLarge(bytes / (1024 * 1024)));
     }
-    if missing_ref(&stderr) {
-        return Err(SourceError::Missing);
-    }
-    let message = match repo {
-        // git's own verdict, not the warnings before it: the operator's
-        // directory.
-        Repository::Local(_) => stderr
-            .lines()
-            .find_map(|line| line.strip_prefix("fatal: ").or_else(|| line.strip_prefix("error: ")))
-            .or_else(|| stderr.lines().find(|line| !line.trim().is_empty()))
-            .unwrap_or("git failed")
-            .to_owned(),
-        Repository::Remote { .. } => in_words(&stderr).to_owned(),
-    };
-    Err(SourceError::Unreachable(message))
-}
-
-/// The `http.curloptResolve` setting that makes git connect to the
-/// addresses the guard allowed for `url`'s host now, and nowhere else.
-async fn pin(url: &Url, guard: &Guard) -> Result<String, SourceError> {
-    let host = url
-        .host()
-        .ok_or_else(|| SourceError::Forbidden("the URL names no host".to_owned()))?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addresses = guard.resolve(&host, port).await.map_err(|refused| {
-        SourceError::Forbidden(format!(
-            "{url} {refused}: repositories are fetched from public addresses only \
-             (an operator may allow a network with DEPLOY_EGRESS_ALLOWED_NETWORKS)"
-        ))
-    })?;
-    let bracketed = |ip: &IpAddr| match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
-    let name = match host {
-        Host::Domain(name) => name.to_owned(),
-        Host::Ipv4(ip) => ip.to_string(),
-        Host::Ipv6(ip) => format!("[{ip}]"),
-    };
-    let list: Vec<String> = addresses.iter().map(bracketed).collect();
-    Ok(format!("http.curloptResolve={name}:{port}:{}", list.join(",")))
+    // git's own verdict, not the warnings before it.
+    let verdict = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("fatal: ").or_else(|| line.strip_prefix("error: ")))
+        .or_else(|| stderr.lines().find(|line| !line.trim().is_empty()))
+        .unwrap_or("git failed");
+    Err(SourceError::Unreachable(verdict.to_owned()))
 }
 
 /// Why a remote fetch failed, in words that say nothing of what answered.
 fn in_words(stderr: &str) -> &'static str {
     let said = stderr.to_ascii_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|needle| said.contains(needle));
-    if any(&["could not resolve host"]) {
+    if any(&["could not resolve host", "could not resolve proxy"]) {
         "the host name does not resolve"
     } else if any(&["redirect"]) {
         "the server answered with a redirect: use the URL it redirects to"
@@ -381,6 +445,8 @@ fn in_words(stderr: &str) -> &'static str {
         "the server's TLS certificate is not trusted"
     } else if any(&["timed out", "timeout"]) {
         "the server did not answer in time"
+    } else if any(&["from proxy", "proxy connect"]) {
+        "cannot connect to the server (or the egress guard refused its address)"
     } else if any(&[
         "authentication",
         "username",
@@ -388,11 +454,12 @@ fn in_words(stderr: &str) -> &'static str {
         " 401",
         " 403",
     ]) {
-        "the server asks for credentials: the repository is private or does not exist"
+        "the server asks for credentials: the repository is private or does not exist (a token goes in the \
+         project's secret variable GIT_TOKEN)"
     } else if any(&["not found", " 404"]) {
         "there is no repository at this URL"
     } else if any(&["failed to connect", "couldn't connect", "connection refused"]) {
-        "cannot connect to the server"
+        "cannot connect to the server (or the egress guard refused its address)"
     } else {
         "the server did not answer as a git repository"
     }
@@ -440,7 +507,6 @@ mod tests {
         for refused in [
             "ssh://git@example.com/a.git",
             "git://example.com/a.git",
-            "http://example.com/a.git",
             "https://user:pw@example.com/a.git",
         ] {
             assert!(
@@ -450,24 +516,30 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn git_is_pinned_to_the_addresses_the_guard_allowed() {
-        let guard = Guard::default();
-        let url = Url::parse("https://127.0.0.1:8443/a.git").unwrap();
-        let refused = pin(&url, &guard).await.unwrap_err().to_string();
-        assert!(refused.contains("loopback"), "{refused}");
-        assert!(refused.contains("DEPLOY_EGRESS_ALLOWED_NETWORKS"), "{refused}");
-        let allowing = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
-        let localhost = Url::parse("https://localhost:8443/a.git").unwrap();
-        let pinned = pin(&localhost, &allowing).await.unwrap();
+    #[test]
+    fn a_token_reaches_git_through_its_environment_only() {
+        let remote = Url::parse("https://example.com/a.git").unwrap();
+        let variables = [("GIT_TOKEN", "s3cret"), ("PATH", "/x")];
+        let credentials = Credentials::from_variables(variables).unwrap();
+        assert_eq!(credentials.username, "x-access-token");
+        assert!(!format!("{credentials:?}").contains("s3cret"));
+        let step = fetch_step(&remote, &"a".repeat(40), Some(&credentials));
+        let get = |name: &str| step.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("GIT_TOKEN"), Some("s3cret"));
+        assert_eq!(get("CAPSULE_SOURCE"), Some("https://example.com/a.git"));
+        assert!(!FETCH.contains("s3cret") && !CREDENTIAL_HELPER.contains("s3cret"));
+        let keys: Vec<&str> = step
+            .iter()
+            .filter(|(name, _)| name.starts_with("GIT_CONFIG_KEY_"))
+            .map(|(_, key)| key.as_str())
+            .collect();
+        assert!(keys.contains(&"protocol.https.allow") && keys.contains(&"credential.helper"));
+        // Without a token, no helper.
+        assert!(Credentials::from_variables([("GIT_USERNAME", "me")]).is_none());
+        let step = fetch_step(&remote, "HEAD", None);
         assert!(
-            pinned.starts_with("http.curloptResolve=localhost:8443:127.0.0.1"),
-            "{pinned}"
-        );
-        let public = Url::parse("https://93.184.216.34/a.git").unwrap();
-        assert_eq!(
-            pin(&public, &guard).await.unwrap(),
-            "http.curloptResolve=93.184.216.34:443:93.184.216.34"
+            step.iter()
+                .all(|(name, value)| name != "GIT_TOKEN" && value != CREDENTIAL_HELPER)
         );
     }
 

@@ -258,6 +258,9 @@ pub struct Outcome {
     pub upstream: Option<String>,
     /// With DEPLOYING: the release the build made.
     pub artifact_digest: Option<String>,
+    /// With DEPLOYING: the commit's subject and author as the runner read
+    /// them, kept where the deployment has none.
+    pub commit: Option<(String, String)>,
 }
 
 /// The one way a deployment changes state: row lock, legality check,
@@ -332,6 +335,14 @@ pub fn transition(
                 deployments::cancel_requested.eq(to == State::Canceled),
                 deployments::upstream.eq(outcome.upstream.clone().unwrap_or_default()),
                 deployments::artifact_digest.eq(outcome.artifact_digest.clone().or(current.artifact_digest.clone())),
+                deployments::commit_message.eq(match (&outcome.commit, current.commit_message.is_empty()) {
+                    (Some((message, _)), true) => message,
+                    _ => &current.commit_message,
+                }),
+                deployments::commit_author.eq(match (&outcome.commit, current.commit_author.is_empty()) {
+                    (Some((_, author)), true) => author,
+                    _ => &current.commit_author,
+                }),
             ))
             .returning(Deployment::as_returning())
             .get_result(conn)?;

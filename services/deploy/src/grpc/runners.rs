@@ -193,12 +193,18 @@ pub(super) async fn report_status(
     if body.status_message.len() > 1024 {
         violations.add("status_message", "must be at most 1024 bytes");
     }
+    // Their sizes are the proto's rule.
+    if (!body.commit_message.is_empty() || !body.commit_author.is_empty()) && to != State::Deploying {
+        violations.add("commit_message", "only with DEPLOYMENT_STATE_DEPLOYING");
+    }
     violations.check()?;
     let outcome = Outcome {
         message: body.status_message,
         exit_code: body.exit_code,
         upstream: (to == State::Live && !body.upstream.is_empty()).then_some(body.upstream),
         artifact_digest: (!body.artifact_digest.is_empty()).then_some(body.artifact_digest),
+        commit: (!body.commit_message.is_empty() || !body.commit_author.is_empty())
+            .then_some((body.commit_message, body.commit_author)),
     };
     let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
     Ok(Response::new(deployment_proto(&deployment)))

@@ -1,0 +1,133 @@
+//! A deployment's source into its working directory: a local repository
+//! of the operator's by git on the host, a remote one by git in the
+//! project's sandbox, through its egress proxy, with the project's token
+//! if it has one ([`crate::source`]).
+
+use std::{collections::HashMap, path::Path};
+
+use capsule::proto::deploy::v1 as pb;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::{
+    Runner, egress, host, limits,
+    report::Reporter,
+    sandbox::Spec,
+    source::{self, Commit, Credentials, Fetched, Repository},
+};
+
+/// What the runner reads of a fetch's output, per stream.
+const MAX_OUTPUT: u64 = 64 * 1024;
+
+impl Runner {
+    /// Fetches the deployment's commit into `dir`: the commit as fetched
+    /// from a remote repository (its subject and author are news to the
+    /// deploy service), or why not, in words the user can act on.
+    pub(crate) async fn fetch_source(
+        &self,
+        reporter: &Reporter,
+        snapshot: &pb::DeploymentSnapshot,
+        dir: &Path,
+        tenant: u32,
+        way_out: Option<&egress::Proxy>,
+        cgroup: Option<&limits::Group>,
+    ) -> Result<Option<Commit>, String> {
+        let (url, sha) = (&snapshot.repository_url, &snapshot.commit_sha);
+        reporter.system(format!("fetching {url} at {sha}")).await;
+        let cannot = |err: source::SourceError| format!("cannot fetch the source: {err}");
+        let max_bytes = self.config.source.max_bytes;
+        let remote = match Repository::parse(url, &self.config.source).map_err(cannot)? {
+            Repository::Local(path) => {
+                return Repository::checkout_local(&path, sha, dir, max_bytes)
+                    .await
+                    .map(|()| None)
+                    .map_err(cannot);
+            }
+            Repository::Remote { url, .. } => url,
+        };
+        let credentials = Credentials::from_variables(
+            snapshot
+                .environment
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        );
+        // The sandbox user fetches into its own directory.
+        let (sandbox, owned) = (self.sandbox.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || sandbox.prepare_workdir(tenant, &owned))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot prepare the working directory");
+                "the runner cannot prepare the working directory".to_owned()
+            })?;
+        let variables = source::fetch_step(&remote, sha, credentials.as_ref());
+        let extra: Vec<(&str, String)> = variables
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.clone()))
+            .collect();
+        let nothing = HashMap::new();
+        let spawned = self
+            .sandbox
+            .command(&Spec {
+                command: source::FETCH,
+                workdir: dir,
+                root_directory: "",
+                environment: &nothing,
+                extra: &extra,
+                tenant,
+                cpu_time: None,
+                egress: way_out.map(egress::Proxy::socket),
+                cache: None,
+                cgroup,
+            })
+            .and_then(|mut command| command.spawn());
+        let mut child = spawned.map_err(|err| {
+            tracing::error!(error = %err, "cannot start the fetch");
+            "the runner cannot start git in the sandbox".to_owned()
+        })?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let ran = async {
+            let (stdout, stderr, status) = tokio::join!(bounded(stdout), bounded(stderr), child.wait());
+            (stdout, stderr, status)
+        };
+        let Ok((stdout, stderr, status)) = tokio::time::timeout(source::GIT_TIMEOUT, ran).await else {
+            return Err(cannot(source::SourceError::Unreachable(format!(
+                "git took longer than {} s",
+                source::GIT_TIMEOUT.as_secs()
+            ))));
+        };
+        let status = status.map_err(|err| cannot(source::SourceError::Unreachable(err.to_string())))?;
+        let outcome = Fetched {
+            success: status.success(),
+            file_too_large: std::os::unix::process::ExitStatusExt::signal(&status)
+                == Some(nix::sys::signal::Signal::SIGXFSZ as i32),
+            stdout,
+            stderr,
+        };
+        let commit = source::fetched(sha, &outcome, max_bytes).map_err(cannot)?;
+        let tree = dir.to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || host::file_bytes(&tree))
+            .await
+            .unwrap_or(u64::MAX);
+        if bytes > max_bytes {
+            return Err(cannot(source::SourceError::TooLarge(max_bytes / (1024 * 1024))));
+        }
+        reporter
+            .system(format!(
+                "fetched {}: {} ({})",
+                commit.sha, commit.message, commit.author
+            ))
+            .await;
+        Ok(Some(commit))
+    }
+}
+
+/// At most [`MAX_OUTPUT`] of a stream (the rest is drained unread).
+async fn bounded(stream: Option<impl AsyncRead + Unpin>) -> String {
+    let Some(mut stream) = stream else {
+        return String::new();
+    };
+    let mut kept = Vec::new();
+    let _ = (&mut stream).take(MAX_OUTPUT).read_to_end(&mut kept).await;
+    let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
+    String::from_utf8_lossy(&kept).into_owned()
+}
