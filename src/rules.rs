@@ -487,7 +487,9 @@ mod tests {
         for (url, ok) in [
             ("", true),
             ("https://github.com/acme/app.git", true),
-            ("ssh://git@example.com:2222/acme/app.git", false),
+            ("ssh://git@example.com:2222/acme/app.git", true),
+            ("ssh://example.com/acme/app.git", false),
+            ("http://gitea.lan/acme/app.git", true),
             ("git://example.com/acme/app.git", false),
             ("file:///srv/git/app", true),
             ("/srv/git/app", true),

@@ -12,6 +12,7 @@ mod common;
 
 mod app_socket;
 mod caps;
+mod deploy_keys;
 mod egress;
 mod fairness;
 mod forwarded;

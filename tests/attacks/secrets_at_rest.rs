@@ -82,5 +82,24 @@ async fn variable_values_rest_sealed_and_still_reach_the_deployment() {
         !stored[0].value.contains(&created.secret),
         "the signing secret rests as made"
     );
+
+    // So does the secret push events are signed with.
+    let push = mesh
+        .projects()
+        .await
+        .rotate_webhook_secret(authed(
+            capsule::proto::project::v1::RotateWebhookSecretRequest { project_id: quiet },
+            &owner,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .webhook_secret;
+    let stored: Vec<Stored> =
+        diesel::sql_query("SELECT webhook_secret AS value FROM project_settings WHERE webhook_secret <> ''")
+            .load(&mut mesh.database(ServiceKind::Project).connect())
+            .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].value.contains(&push), "the push-event secret rests as made");
     mesh.stop().await;
 }

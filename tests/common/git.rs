@@ -207,3 +207,63 @@ pub fn serve_http(
     });
     (addr, seen)
 }
+
+/// OpenSSH's server on `ip` for one test, as a git host: it admits the
+/// keys in `authorized` (one OpenSSH public-key line each) for the
+/// current user, whose login runs `git-upload-pack` on the path asked for.
+/// Stopped when dropped.
+pub struct SshServer {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl SshServer {
+    pub fn start(ip: &str, authorized: &str) -> Self {
+        let dir = tempfile::tempdir().expect("the server's directory");
+        let host_key = dir.path().join("host_key");
+        let keygen = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(keygen.success(), "a host key");
+        let keys = dir.path().join("authorized_keys");
+        std::fs::write(&keys, format!("{authorized}\n")).expect("authorized_keys");
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress {ip}\nHostKey {}\nAuthorizedKeysFile {}\nPidFile none\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 PermitRootLogin prohibit-password\nLogLevel ERROR\n",
+                host_key.display(),
+                keys.display()
+            ),
+        )
+        .expect("sshd_config");
+        std::fs::create_dir_all("/run/sshd").expect("sshd's privilege separation directory");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .spawn()
+            .expect("sshd runs (openssh-server: scripts/prerequisites installs it)");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect((ip, port)).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "sshd listens");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { port, child, _dir: dir }
+    }
+}
+
+impl Drop for SshServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -72,19 +72,20 @@ impl DeployServiceApi {
         capsule::auth::as_service(request, secret)
     }
 
-    /// The project's variables as they are now, for the runner that claimed
-    /// one of its deployments: `Ok(None)` when the project is gone.
+    /// The project's variables and deploy key as they are now, for the
+    /// runner that claimed one of its deployments: `Ok(None)` when the
+    /// project is gone.
     pub(crate) async fn environment(
         &self,
         project_id: Uuid,
-    ) -> Result<Option<Vec<capsule::proto::project::v1::EnvironmentVariable>>, Status> {
+    ) -> Result<Option<capsule::proto::project::v1::DeploymentEnvironment>, Status> {
         let mut request = Request::new(GetDeploymentEnvironmentRequest {
             project_id: project_id.to_string(),
         });
         request.set_timeout(PROJECT_CALL_TIMEOUT);
         self.as_service(&mut request)?;
         match self.inner.projects.clone().get_deployment_environment(request).await {
-            Ok(environment) => Ok(Some(environment.into_inner().environment_variables)),
+            Ok(environment) => Ok(Some(environment.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(Self::project_status(status)),
         }

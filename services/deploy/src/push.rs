@@ -177,9 +177,11 @@ async fn poll_project(api: &DeployServiceApi, plan: DeploymentPlan) -> Result<()
     let repository = Repository::parse(&plan.repository_url, api.source_config())
         .map_err(|err| Status::failed_precondition(err.to_string()))?;
     let head = match &repository {
+        // Only the sandbox reads an ssh:// repository: push events deploy it.
+        Repository::Remote { url, .. } if url.scheme() == "ssh" => return Ok(()),
         Repository::Local(path) => Repository::head_local(path, &plan.branch).await,
         Repository::Remote { url, guard } => {
-            let credentials = api.credentials(project_id).await?;
+            let credentials = api.token(project_id).await?;
             let reference = format!("refs/heads/{}", plan.branch);
             crate::refs::resolve(url, guard, credentials.as_ref(), &reference, POLL_REQUEST_TIMEOUT).await
         }

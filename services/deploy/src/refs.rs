@@ -15,7 +15,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use capsule::guard::{Guard, Refused};
-use capsule_runner::source::{Credentials, SourceError};
+use capsule_runner::{remote::Token, source::SourceError};
 use url::{Host, Url};
 
 /// The largest ref advertisement read.
@@ -27,7 +27,7 @@ const MAX_ADVERTISEMENT: usize = 8 * 1024 * 1024;
 pub async fn resolve(
     url: &Url,
     guard: &Guard,
-    credentials: Option<&Credentials>,
+    credentials: Option<&Token>,
     reference: &str,
     timeout: Duration,
 ) -> Result<String, SourceError> {
@@ -41,7 +41,8 @@ pub async fn resolve(
     })
 }
 
-fn is_commit_id(reference: &str) -> bool {
+/// Whether `reference` is a full commit id (SHA-1 or SHA-256).
+pub fn is_commit_id(reference: &str) -> bool {
     matches!(reference.len(), 40 | 64) && reference.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -62,7 +63,7 @@ fn pick(refs: &[(String, String)], reference: &str) -> Option<String> {
 async fn advertised_refs(
     client: &reqwest::Client,
     url: &Url,
-    credentials: Option<&Credentials>,
+    credentials: Option<&Token>,
 ) -> Result<Vec<(String, String)>, SourceError> {
     let mut endpoint = url.clone();
     let path = format!("{}/info/refs", endpoint.path().trim_end_matches('/'));
@@ -116,14 +117,21 @@ async fn advertised_refs(
     parse(&body).ok_or_else(|| SourceError::Unreachable("the server did not answer as a git repository".to_owned()))
 }
 
-/// A client that reaches `url`'s host only at the addresses the guard
-/// allows now; plain http only where the operator allowed every one.
-async fn pinned_client(url: &Url, guard: &Guard, timeout: Duration) -> Result<reqwest::Client, SourceError> {
+/// Whether the guard allows `url`'s host now (an ssh:// repository, which
+/// only the sandbox connects to).
+pub async fn check_address(url: &Url, guard: &Guard) -> Result<(), SourceError> {
+    allowed_addresses(url, guard).await.map(|_| ())
+}
+
+/// The addresses of `url`'s host the guard allows now, or why none.
+async fn allowed_addresses(url: &Url, guard: &Guard) -> Result<Vec<std::net::IpAddr>, SourceError> {
     let host = url
         .host()
         .ok_or_else(|| SourceError::Forbidden("the URL names no host".to_owned()))?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addresses = guard.resolve(&host, port).await.map_err(|refused| {
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if url.scheme() == "ssh" { 22 } else { 443 });
+    guard.resolve(&host, port).await.map_err(|refused| {
         SourceError::Forbidden(match refused {
             Refused::Internal(_) => format!(
                 "{url} {refused}: repositories are fetched from public addresses only (an operator may allow a \
@@ -131,7 +139,17 @@ async fn pinned_client(url: &Url, guard: &Guard, timeout: Duration) -> Result<re
             ),
             other => format!("{url}: {other}"),
         })
-    })?;
+    })
+}
+
+/// A client that reaches `url`'s host only at the addresses the guard
+/// allows now; plain http only where the operator allowed every one.
+async fn pinned_client(url: &Url, guard: &Guard, timeout: Duration) -> Result<reqwest::Client, SourceError> {
+    let addresses = allowed_addresses(url, guard).await?;
+    let host = url
+        .host()
+        .ok_or_else(|| SourceError::Forbidden("the URL names no host".to_owned()))?;
+    let port = url.port_or_known_default().unwrap_or(443);
     if url.scheme() == "http" && !addresses.iter().all(|ip| guard.allows(*ip)) {
         return Err(SourceError::Forbidden(
             "http:// repositories are fetched only from networks the operator allows: use the repository's \

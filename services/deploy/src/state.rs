@@ -18,7 +18,10 @@ use futures::Stream;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use capsule_runner::source::{Commit, Credentials, Repository, SourceError};
+use capsule_runner::{
+    remote::Token,
+    source::{Commit, Repository, SourceError},
+};
 
 use crate::{
     config::{DeployConfig, SourceConfig},
@@ -215,8 +218,20 @@ impl DeployServiceApi {
             Repository::Local(path) => Repository::resolve_local(path, source_ref).await,
             // Only the refs: the runner fetches the commit, and reports its
             // subject and author.
+            // Its refs are the sandbox's to read: a commit id as given, a
+            // branch or tag resolved when the runner fetches it.
+            Repository::Remote { url, guard } if url.scheme() == "ssh" => {
+                crate::refs::check_address(url, guard).await.map(|()| Commit {
+                    sha: if crate::refs::is_commit_id(source_ref) {
+                        source_ref.to_ascii_lowercase()
+                    } else {
+                        String::new()
+                    },
+                    ..Commit::default()
+                })
+            }
             Repository::Remote { url, guard } => {
-                let credentials = self.credentials(project_id).await?;
+                let credentials = self.token(project_id).await?;
                 crate::refs::resolve(url, guard, credentials.as_ref(), source_ref, RESOLVE_TIMEOUT)
                     .await
                     .map(|sha| Commit {
@@ -233,10 +248,11 @@ impl DeployServiceApi {
     }
 
     /// A private repository's token, from the project's variables.
-    pub(crate) async fn credentials(&self, project_id: Uuid) -> Result<Option<Credentials>, Status> {
-        let variables = self.environment(project_id).await?.unwrap_or_default();
-        Ok(Credentials::from_variables(
-            variables
+    pub(crate) async fn token(&self, project_id: Uuid) -> Result<Option<Token>, Status> {
+        let environment = self.environment(project_id).await?.unwrap_or_default();
+        Ok(Token::from_variables(
+            environment
+                .environment_variables
                 .iter()
                 .map(|variable| (variable.name.as_str(), variable.value.as_str())),
         ))

@@ -9,47 +9,65 @@ use capsule::proto::deploy::v1 as pb;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{
-    Runner, egress, host, limits,
+    Runner, egress, host,
+    job::Around,
+    remote::{self, Credentials, Fetched, Token},
     report::Reporter,
     sandbox::Spec,
-    source::{self, Commit, Credentials, Fetched, Repository},
+    source::{self, Commit, Repository},
 };
 
 /// What the runner reads of a fetch's output, per stream.
 const MAX_OUTPUT: u64 = 64 * 1024;
 
 impl Runner {
-    /// Fetches the deployment's commit into `dir`: the commit as fetched
+    /// Fetches `reference` (the deployment's commit, or the branch or tag
+    /// it names when only the sandbox can read the repository's refs) into
+    /// `dir`: the commit as fetched
     /// from a remote repository (its subject and author are news to the
     /// deploy service), or why not, in words the user can act on.
     pub(crate) async fn fetch_source(
         &self,
         reporter: &Reporter,
         snapshot: &pb::DeploymentSnapshot,
+        reference: &str,
         dir: &Path,
-        tenant: u32,
-        way_out: Option<&egress::Proxy>,
-        cgroup: Option<&limits::Group>,
+        around: Around<'_>,
     ) -> Result<Option<Commit>, String> {
-        let (url, sha) = (&snapshot.repository_url, &snapshot.commit_sha);
-        reporter.system(format!("fetching {url} at {sha}")).await;
+        let Around {
+            tenant,
+            way_out,
+            cgroup,
+        } = around;
+        let url = &snapshot.repository_url;
+        reporter.system(format!("fetching {url} at {reference}")).await;
         let cannot = |err: source::SourceError| format!("cannot fetch the source: {err}");
         let max_bytes = self.config.source.max_bytes;
         let remote = match Repository::parse(url, &self.config.source).map_err(cannot)? {
             Repository::Local(path) => {
-                return Repository::checkout_local(&path, sha, dir, max_bytes)
+                return Repository::checkout_local(&path, reference, dir, max_bytes)
                     .await
                     .map(|()| None)
                     .map_err(cannot);
             }
             Repository::Remote { url, .. } => url,
         };
-        let credentials = Credentials::from_variables(
-            snapshot
-                .environment
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        );
+        let credentials = Credentials {
+            token: Token::from_variables(
+                snapshot
+                    .environment
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_str())),
+            ),
+            deploy_key: (!snapshot.deploy_key.is_empty()).then(|| snapshot.deploy_key.clone()),
+        };
+        if remote.scheme() == "ssh" && credentials.deploy_key.is_none() {
+            return Err(
+                "cannot fetch the source: an ssh:// repository is fetched with the project's deploy key, and it has \
+                 none: make one (RotateDeployKey) and add its public half to the repository"
+                    .to_owned(),
+            );
+        }
         // The sandbox user fetches into its own directory.
         let (sandbox, owned) = (self.sandbox.clone(), dir.to_path_buf());
         tokio::task::spawn_blocking(move || sandbox.prepare_workdir(tenant, &owned))
@@ -59,7 +77,7 @@ impl Runner {
                 tracing::error!(error = %err, "cannot prepare the working directory");
                 "the runner cannot prepare the working directory".to_owned()
             })?;
-        let variables = source::fetch_step(&remote, sha, credentials.as_ref());
+        let variables = remote::fetch_step(&remote, reference, &credentials, way_out.is_some());
         let extra: Vec<(&str, String)> = variables
             .iter()
             .map(|(name, value)| (name.as_str(), value.clone()))
@@ -68,7 +86,7 @@ impl Runner {
         let spawned = self
             .sandbox
             .command(&Spec {
-                command: source::FETCH,
+                command: remote::FETCH,
                 workdir: dir,
                 root_directory: "",
                 environment: &nothing,
@@ -103,7 +121,7 @@ impl Runner {
             stdout,
             stderr,
         };
-        let commit = source::fetched(sha, &outcome, max_bytes).map_err(cannot)?;
+        let commit = remote::fetched(reference, &outcome, max_bytes).map_err(cannot)?;
         let tree = dir.to_path_buf();
         let bytes = tokio::task::spawn_blocking(move || host::file_bytes(&tree))
             .await

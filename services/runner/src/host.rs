@@ -96,6 +96,29 @@ pub fn uuid_like(value: &str) -> Option<()> {
     (value.len() == 36 && value.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
 }
 
+/// Hands a tree to the sandbox user `id`, without following links.
+pub fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
+    let uid = Some(nix::unistd::Uid::from_raw(id));
+    let gid = Some(nix::unistd::Gid::from_raw(id));
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            uid,
+            gid,
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
+        let metadata = std::fs::symlink_metadata(&path)?;
+        if metadata.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

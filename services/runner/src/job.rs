@@ -55,6 +55,14 @@ impl Job {
     }
 }
 
+/// What a sandboxed fetch runs in: the project's sandbox slot, the
+/// deployment's way out and its cgroup.
+pub(crate) struct Around<'a> {
+    pub tenant: u32,
+    pub way_out: Option<&'a crate::egress::Proxy>,
+    pub cgroup: Option<&'a crate::limits::Group>,
+}
+
 /// A live app: its process (pumped into the logs), the forwarder the
 /// gateway reaches it through, and what kills it.
 pub(super) struct LiveApp {

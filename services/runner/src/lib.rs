@@ -33,6 +33,7 @@ pub mod limits;
 pub mod plan;
 pub mod process;
 mod provision;
+pub mod remote;
 mod report;
 pub mod sandbox;
 pub mod serve;
@@ -233,10 +234,16 @@ impl Runner {
                 .fetch_source(
                     &reporter,
                     &snapshot,
+                    match snapshot.commit_sha.as_str() {
+                        "" => &deployment.source_ref,
+                        sha => sha,
+                    },
                     workdir.path(),
-                    tenant,
-                    egress.as_deref(),
-                    cgroup.as_deref(),
+                    job::Around {
+                        tenant,
+                        way_out: egress.as_deref(),
+                        cgroup: cgroup.as_deref(),
+                    },
                 )
                 .instrument(step_span("clone"))
                 .await;

@@ -95,6 +95,7 @@ impl Reporter {
             state: DeploymentState::Deploying as i32,
             exit_code: Some(0),
             artifact_digest: artifact_digest.unwrap_or_default(),
+            commit_sha: commit.sha,
             commit_message: commit.message,
             commit_author: commit.author,
             ..ReportStatusRequest::default()

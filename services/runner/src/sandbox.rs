@@ -80,7 +80,6 @@ const ETC_FILES: &[&str] = &[
     "localtime",
     "mime.types",
     "nsswitch.conf",
-    "passwd",
     "protocols",
     "resolv.conf",
     "services",
@@ -121,6 +120,8 @@ pub struct Spec<'a> {
 pub const APP_PORT: u16 = 8080;
 /// The descriptor a sandbox's launcher reads bwrap's options from.
 const ARGS_FD: i32 = 3;
+/// The descriptor bwrap reads the sandbox's `/etc/passwd` from.
+const PASSWD_FD: i32 = 4;
 /// The descriptors a connector gets: the namespaces it joins.
 const NET_FD: i32 = 3;
 const USER_FD: i32 = 4;
@@ -289,7 +290,7 @@ impl Sandbox {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         match self.host_id(tenant) {
-            Some(id) if self.isolated() => give_to(dir, id),
+            Some(id) if self.isolated() => crate::host::give_to(dir, id),
             _ => Ok(()),
         }
     }
@@ -364,6 +365,7 @@ impl Sandbox {
             let path = Path::new("/etc").join(file);
             arg(&[&"--ro-bind-try", &path, &path]);
         }
+        arg(&[&"--ro-bind-data", &PASSWD_FD.to_string(), &"/etc/passwd"]);
         for path in &self.config.ro_binds {
             arg(&[&"--ro-bind-try", path, path]);
         }
@@ -455,10 +457,16 @@ impl Sandbox {
         };
         command.env_clear();
         command
-            .fd_mappings(vec![FdMapping {
-                parent_fd: options,
-                child_fd: ARGS_FD,
-            }])
+            .fd_mappings(vec![
+                FdMapping {
+                    parent_fd: options,
+                    child_fd: ARGS_FD,
+                },
+                FdMapping {
+                    parent_fd: passwd_file(&id)?,
+                    child_fd: PASSWD_FD,
+                },
+            ])
             .map_err(std::io::Error::other)?;
         if let Some(host_id) = self.host_id(spec.tenant) {
             command.uid(host_id).gid(host_id);
@@ -546,6 +554,21 @@ impl Sandbox {
     }
 }
 
+/// The host's `/etc/passwd` with a line for the sandbox's user `id`, in an
+/// unlinked file: programs that look themselves up (ssh refuses to run
+/// without) find a name and `/workspace` as home.
+fn passwd_file(id: &str) -> std::io::Result<OwnedFd> {
+    let mut file = tempfile::tempfile()?;
+    let mut host = std::fs::read("/etc/passwd").unwrap_or_default();
+    if !host.is_empty() && !host.ends_with(b"\n") {
+        host.push(b'\n');
+    }
+    file.write_all(&host)?;
+    writeln!(file, "capsule:x:{id}:{id}:Capsule:{WORKSPACE}:/bin/sh")?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
 /// bwrap's options, NUL-separated, in an unlinked file for `--args`. An
 /// option holding a NUL (a variable's value: the API refuses them, but
 /// this is where one would become options of its own) is refused.
@@ -563,27 +586,4 @@ fn options_file(args: &[OsString]) -> std::io::Result<OwnedFd> {
     }
     file.rewind()?;
     Ok(file.into())
-}
-
-/// Hands a tree to the sandbox user `id`, without following links.
-fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
-    let uid = Some(nix::unistd::Uid::from_raw(id));
-    let gid = Some(nix::unistd::Gid::from_raw(id));
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            uid,
-            gid,
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        let metadata = std::fs::symlink_metadata(&path)?;
-        if metadata.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                pending.push(entry?.path());
-            }
-        }
-    }
-    Ok(())
 }

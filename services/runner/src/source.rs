@@ -71,52 +71,13 @@ pub enum SourceError {
 
 impl SourceError {
     /// This error, naming `reference` when the repository lacks it.
-    fn naming(self, reference: &str) -> Self {
+    pub(crate) fn naming(self, reference: &str) -> Self {
         match self {
             Self::Missing => Self::MissingRef {
                 reference: reference.to_owned(),
             },
             other => other,
         }
-    }
-}
-
-/// The user name sent with `GIT_TOKEN` when `GIT_USERNAME` is not set:
-/// what GitHub expects of an app's token, and any name does for personal
-/// tokens on GitHub, GitLab and Gitea.
-const DEFAULT_GIT_USERNAME: &str = "x-access-token";
-
-/// A private repository's HTTPS credentials: the project's variables
-/// `GIT_TOKEN` and `GIT_USERNAME`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub username: String,
-    pub token: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Credentials {
-    /// The credentials among a project's variables, if it has a token.
-    pub fn from_variables<'a>(variables: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Self> {
-        let (mut username, mut token) = (None, None);
-        for (name, value) in variables {
-            match name {
-                "GIT_TOKEN" if !value.is_empty() => token = Some(value.to_owned()),
-                "GIT_USERNAME" if !value.is_empty() => username = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        Some(Self {
-            username: username.unwrap_or_else(|| DEFAULT_GIT_USERNAME.to_owned()),
-            token: token?,
-        })
     }
 }
 
@@ -165,12 +126,28 @@ impl Repository {
         let url = Url::parse(raw)
             .map_err(|_| SourceError::Forbidden(format!("{raw:?} is not a repository URL: use an https:// URL")))?;
         match url.scheme() {
-            "https" | "http" => {}
-            "ssh" | "git" => {
-                return Err(SourceError::Forbidden(format!(
-                    "{}:// repositories are not fetched: use the repository's https:// URL",
-                    url.scheme()
-                )));
+            "https" | "http" => {
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(SourceError::Forbidden(
+                        "the URL must hold no user name or password (a token goes in the secret variable GIT_TOKEN)"
+                            .to_owned(),
+                    ));
+                }
+            }
+            // The user is the server's (git@…); the key is the project's.
+            "ssh" => {
+                if url.username().is_empty() || url.password().is_some() {
+                    return Err(SourceError::Forbidden(
+                        "an ssh:// URL names the server's user and no password, such as \
+                         ssh://git@github.com/acme/app.git"
+                            .to_owned(),
+                    ));
+                }
+            }
+            "git" => {
+                return Err(SourceError::Forbidden(
+                    "git:// repositories are not fetched: use the repository's https:// or ssh:// URL".to_owned(),
+                ));
             }
             _ => {
                 return Err(SourceError::Forbidden(format!(
@@ -178,12 +155,8 @@ impl Repository {
                 )));
             }
         }
-        if !url.username().is_empty() || url.password().is_some() || url.host().is_none() {
-            return Err(SourceError::Forbidden(
-                "the URL must name a host and hold no user name or password (a token goes in the secret \
-                 variable GIT_TOKEN)"
-                    .to_owned(),
-            ));
+        if url.host().is_none() {
+            return Err(SourceError::Forbidden("the URL must name a host".to_owned()));
         }
         Ok(Self::Remote {
             url,
@@ -260,90 +233,10 @@ impl Repository {
     }
 }
 
-/// The variables of the sandboxed step that fetches commit `sha` of a
-/// remote repository into the sandbox's working directory with the
-/// fixed script [`FETCH`]: git's hardened configuration, and the
-/// credentials if the project has a token.
-pub fn fetch_step(url: &Url, sha: &str, credentials: Option<&Credentials>) -> Vec<(String, String)> {
-    let transport = url.scheme();
-    let mut config: Vec<(String, &str)> = [
-        ("protocol.allow", "never"),
-        (&format!("protocol.{transport}.allow"), "always"),
-        ("http.followRedirects", "false"),
-        ("core.hooksPath", "/dev/null"),
-        ("core.symlinks", "true"),
-        ("submodule.recurse", "false"),
-        ("advice.detachedHead", "false"),
-        ("safe.directory", "*"),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), value))
-    .collect();
-    let mut variables = vec![
-        ("CAPSULE_SOURCE".to_owned(), url.to_string()),
-        ("CAPSULE_COMMIT".to_owned(), sha.to_owned()),
-        ("GIT_TERMINAL_PROMPT".to_owned(), "0".to_owned()),
-        ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".to_owned()),
-        ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".to_owned()),
-        ("GIT_ASKPASS".to_owned(), "/bin/false".to_owned()),
-    ];
-    if let Some(credentials) = credentials {
-        // Read from the environment by git's helper: never an argument.
-        config.push(("credential.helper".to_owned(), CREDENTIAL_HELPER));
-        variables.push(("GIT_USERNAME".to_owned(), credentials.username.clone()));
-        variables.push(("GIT_TOKEN".to_owned(), credentials.token.clone()));
-    }
-    variables.push(("GIT_CONFIG_COUNT".to_owned(), config.len().to_string()));
-    for (i, (key, value)) in config.into_iter().enumerate() {
-        variables.push((format!("GIT_CONFIG_KEY_{i}"), key));
-        variables.push((format!("GIT_CONFIG_VALUE_{i}"), value.to_owned()));
-    }
-    variables
-}
-
-/// What a finished fetch step means: the commit fetched, or why not in
-/// words the user can act on.
-pub fn fetched(sha: &str, outcome: &Fetched, max_bytes: u64) -> Result<Commit, SourceError> {
-    if outcome.success {
-        return Ok(Commit::parse(&outcome.stdout));
-    }
-    let stderr = &outcome.stderr;
-    if outcome.file_too_large || stderr.contains("File too large") {
-        return Err(SourceError::TooLarge(max_bytes / (1024 * 1024)));
-    }
-    if missing_ref(stderr) {
-        return Err(SourceError::Missing.naming(sha));
-    }
-    Err(SourceError::Unreachable(in_words(stderr).to_owned()))
-}
-
-/// How a fetch step ended, as the runner read it (each stream bounded).
-#[derive(Debug, Default)]
-pub struct Fetched {
-    pub success: bool,
-    /// Killed for writing past its file-size limit.
-    pub file_too_large: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// The fetch, run by `/bin/sh -c` in the project's sandbox with the
-/// variables of [`fetch_step`]: nothing of the tenant's is
-/// spliced into it. Prints the commit as `sha NUL author NUL subject`.
-pub const FETCH: &str = "set -e\n\
-    git init --quiet\n\
-    git fetch --quiet --no-tags --depth=1 --end-of-options \"$CAPSULE_SOURCE\" \"$CAPSULE_COMMIT\"\n\
-    git checkout --quiet --detach FETCH_HEAD\n\
-    exec git log -1 --format=%H%x00%an%x20%x3C%ae%x3E%x00%s FETCH_HEAD\n";
-
-/// git's credential helper: answers `get` with the token from its
-/// environment.
-const CREDENTIAL_HELPER: &str =
-    "!f() { test \"$1\" = get && printf 'username=%s\\npassword=%s\\n' \"$GIT_USERNAME\" \"$GIT_TOKEN\"; }; f";
-
 impl Commit {
-    /// `sha NUL author NUL subject`, as [`FETCH`] and `resolve_local` print.
-    fn parse(shown: &str) -> Self {
+    /// `sha NUL author NUL subject`, as the fetch script and
+    /// `resolve_local` print.
+    pub(crate) fn parse(shown: &str) -> Self {
         let mut parts = shown.trim_end().splitn(3, '\0');
         let (sha, author, message) = (
             parts.next().unwrap_or_default(),
@@ -358,7 +251,7 @@ impl Commit {
     }
 }
 
-fn missing_ref(message: &str) -> bool {
+pub(crate) fn missing_ref(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     message.contains("couldn't find remote ref")
         || message.contains("not our ref")
@@ -433,38 +326,6 @@ async fn git_in(dir: &Path, args: &[&str], max_bytes: Option<u64>) -> Result<Str
     Err(SourceError::Unreachable(verdict.to_owned()))
 }
 
-/// Why a remote fetch failed, in words that say nothing of what answered.
-fn in_words(stderr: &str) -> &'static str {
-    let said = stderr.to_ascii_lowercase();
-    let any = |needles: &[&str]| needles.iter().any(|needle| said.contains(needle));
-    if any(&["could not resolve host", "could not resolve proxy"]) {
-        "the host name does not resolve"
-    } else if any(&["redirect"]) {
-        "the server answered with a redirect: use the URL it redirects to"
-    } else if any(&["ssl", "certificate", "tls"]) {
-        "the server's TLS certificate is not trusted"
-    } else if any(&["timed out", "timeout"]) {
-        "the server did not answer in time"
-    } else if any(&["from proxy", "proxy connect"]) {
-        "cannot connect to the server (or the egress guard refused its address)"
-    } else if any(&[
-        "authentication",
-        "username",
-        "terminal prompts disabled",
-        " 401",
-        " 403",
-    ]) {
-        "the server asks for credentials: the repository is private or does not exist (a token goes in the \
-         project's secret variable GIT_TOKEN)"
-    } else if any(&["not found", " 404"]) {
-        "there is no repository at this URL"
-    } else if any(&["failed to connect", "couldn't connect", "connection refused"]) {
-        "cannot connect to the server (or the egress guard refused its address)"
-    } else {
-        "the server did not answer as a git repository"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,8 +365,10 @@ mod tests {
             Repository::parse("https://example.com/a.git", &none),
             Ok(Repository::Remote { url, .. }) if url.as_str() == "https://example.com/a.git"
         ));
+        assert!(Repository::parse("ssh://git@example.com/a.git", &none).is_ok());
         for refused in [
-            "ssh://git@example.com/a.git",
+            "ssh://example.com/a.git",
+            "ssh://git:pw@example.com/a.git",
             "git://example.com/a.git",
             "https://user:pw@example.com/a.git",
         ] {
@@ -513,59 +376,6 @@ mod tests {
                 matches!(Repository::parse(refused, &none), Err(SourceError::Forbidden(_))),
                 "{refused}"
             );
-        }
-    }
-
-    #[test]
-    fn a_token_reaches_git_through_its_environment_only() {
-        let remote = Url::parse("https://example.com/a.git").unwrap();
-        let variables = [("GIT_TOKEN", "s3cret"), ("PATH", "/x")];
-        let credentials = Credentials::from_variables(variables).unwrap();
-        assert_eq!(credentials.username, "x-access-token");
-        assert!(!format!("{credentials:?}").contains("s3cret"));
-        let step = fetch_step(&remote, &"a".repeat(40), Some(&credentials));
-        let get = |name: &str| step.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-        assert_eq!(get("GIT_TOKEN"), Some("s3cret"));
-        assert_eq!(get("CAPSULE_SOURCE"), Some("https://example.com/a.git"));
-        assert!(!FETCH.contains("s3cret") && !CREDENTIAL_HELPER.contains("s3cret"));
-        let keys: Vec<&str> = step
-            .iter()
-            .filter(|(name, _)| name.starts_with("GIT_CONFIG_KEY_"))
-            .map(|(_, key)| key.as_str())
-            .collect();
-        assert!(keys.contains(&"protocol.https.allow") && keys.contains(&"credential.helper"));
-        // Without a token, no helper.
-        assert!(Credentials::from_variables([("GIT_USERNAME", "me")]).is_none());
-        let step = fetch_step(&remote, "HEAD", None);
-        assert!(
-            step.iter()
-                .all(|(name, value)| name != "GIT_TOKEN" && value != CREDENTIAL_HELPER)
-        );
-    }
-
-    #[test]
-    fn a_remote_failure_is_told_without_the_servers_answer() {
-        for (stderr, says) in [
-            (
-                "fatal: protocol error: bad line length character: HTTP",
-                "did not answer as a git repository",
-            ),
-            (
-                "fatal: unable to access 'https://x/': Failed to connect to x port 5432",
-                "cannot connect",
-            ),
-            (
-                "fatal: unable to access 'https://x/': Could not resolve host: x",
-                "does not resolve",
-            ),
-            (
-                "fatal: could not read Username for 'https://x': terminal prompts disabled",
-                "credentials",
-            ),
-        ] {
-            let words = in_words(stderr);
-            assert!(words.contains(says), "{stderr}: {words}");
-            assert!(!words.contains("HTTP") && !words.contains("5432"), "{words}");
         }
     }
 }

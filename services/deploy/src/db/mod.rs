@@ -258,9 +258,25 @@ pub struct Outcome {
     pub upstream: Option<String>,
     /// With DEPLOYING: the release the build made.
     pub artifact_digest: Option<String>,
-    /// With DEPLOYING: the commit's subject and author as the runner read
-    /// them, kept where the deployment has none.
-    pub commit: Option<(String, String)>,
+    /// With DEPLOYING: the commit as the runner fetched it, each part kept
+    /// where the deployment has none.
+    pub commit: Option<Fetched>,
+}
+
+/// A commit as a runner fetched it.
+#[derive(Debug, Default, Clone)]
+pub struct Fetched {
+    pub sha: String,
+    pub message: String,
+    pub author: String,
+}
+
+/// `current`, or `reported` when there is no `current`.
+fn kept<'a>(current: &'a String, reported: Option<&'a String>) -> &'a String {
+    match reported {
+        Some(reported) if current.is_empty() => reported,
+        _ => current,
+    }
 }
 
 /// The one way a deployment changes state: row lock, legality check,
@@ -335,14 +351,12 @@ pub fn transition(
                 deployments::cancel_requested.eq(to == State::Canceled),
                 deployments::upstream.eq(outcome.upstream.clone().unwrap_or_default()),
                 deployments::artifact_digest.eq(outcome.artifact_digest.clone().or(current.artifact_digest.clone())),
-                deployments::commit_message.eq(match (&outcome.commit, current.commit_message.is_empty()) {
-                    (Some((message, _)), true) => message,
-                    _ => &current.commit_message,
-                }),
-                deployments::commit_author.eq(match (&outcome.commit, current.commit_author.is_empty()) {
-                    (Some((_, author)), true) => author,
-                    _ => &current.commit_author,
-                }),
+                deployments::commit_sha.eq(kept(&current.commit_sha, outcome.commit.as_ref().map(|c| &c.sha))),
+                deployments::commit_message.eq(kept(
+                    &current.commit_message,
+                    outcome.commit.as_ref().map(|c| &c.message),
+                )),
+                deployments::commit_author.eq(kept(&current.commit_author, outcome.commit.as_ref().map(|c| &c.author))),
             ))
             .returning(Deployment::as_returning())
             .get_result(conn)?;

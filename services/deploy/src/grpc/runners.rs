@@ -62,8 +62,8 @@ pub(super) async fn claim_deployment(
         return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
     };
     let id = deployment.id;
-    let variables = match api.environment(deployment.project_id).await {
-        Ok(Some(variables)) => variables,
+    let (variables, deploy_key) = match api.environment(deployment.project_id).await {
+        Ok(Some(environment)) => (environment.environment_variables, environment.deploy_key),
         Ok(None) => {
             let outcome = Outcome {
                 message: "the project no longer exists".to_owned(),
@@ -91,6 +91,7 @@ pub(super) async fn claim_deployment(
             health_check_path: snapshot.health_check_path,
             release_command: snapshot.release_command,
             artifact_digest: deployment.artifact_digest.clone().unwrap_or_default(),
+            deploy_key,
             secret_names: variables
                 .iter()
                 .filter(|variable| variable.secret)
@@ -194,7 +195,8 @@ pub(super) async fn report_status(
         violations.add("status_message", "must be at most 1024 bytes");
     }
     // Their sizes are the proto's rule.
-    if (!body.commit_message.is_empty() || !body.commit_author.is_empty()) && to != State::Deploying {
+    let commit_given = !body.commit_message.is_empty() || !body.commit_author.is_empty() || !body.commit_sha.is_empty();
+    if commit_given && to != State::Deploying {
         violations.add("commit_message", "only with DEPLOYMENT_STATE_DEPLOYING");
     }
     violations.check()?;
@@ -203,8 +205,11 @@ pub(super) async fn report_status(
         exit_code: body.exit_code,
         upstream: (to == State::Live && !body.upstream.is_empty()).then_some(body.upstream),
         artifact_digest: (!body.artifact_digest.is_empty()).then_some(body.artifact_digest),
-        commit: (!body.commit_message.is_empty() || !body.commit_author.is_empty())
-            .then_some((body.commit_message, body.commit_author)),
+        commit: commit_given.then_some(db::Fetched {
+            sha: body.commit_sha,
+            message: body.commit_message,
+            author: body.commit_author,
+        }),
     };
     let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
     Ok(Response::new(deployment_proto(&deployment)))

@@ -1,9 +1,11 @@
 //! Rows and queries of the project database.
 
+mod keys;
 pub mod organizations;
 pub mod schema;
 mod variables;
 
+pub use keys::DeployKey;
 pub use variables::VariableRefusal;
 
 use chrono::{DateTime, Utc};
@@ -402,18 +404,57 @@ impl Settings {
         query.load(conn)
     }
 
-    /// The secret push events must be signed with; empty for none.
-    pub fn webhook_secret(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<String> {
+    /// The secret push events must be signed with (empty for none), as
+    /// stored: sealed with the key named, or as it was made.
+    pub fn webhook_secret(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<(String, Option<String>)> {
         project_settings::table
             .find(project_id)
-            .select(project_settings::webhook_secret)
+            .select((
+                project_settings::webhook_secret,
+                project_settings::webhook_secret_key_id,
+            ))
             .first(conn)
     }
 
-    pub fn set_webhook_secret(conn: &mut PgConnection, project_id: Uuid, secret: &str) -> QueryResult<usize> {
-        diesel::update(project_settings::table.find(project_id))
-            .set(project_settings::webhook_secret.eq(secret))
+    /// Stores the sealed secret (`sealed`: text, key id), if the stored
+    /// one is still `was` (any, when `None`).
+    pub fn set_webhook_secret(
+        conn: &mut PgConnection,
+        project_id: Uuid,
+        sealed: (&str, &str),
+        was: Option<&str>,
+    ) -> QueryResult<usize> {
+        let mut update = diesel::update(project_settings::table.find(project_id)).into_boxed();
+        if let Some(was) = was {
+            update = update.filter(project_settings::webhook_secret.eq(was.to_owned()));
+        }
+        update
+            .set((
+                project_settings::webhook_secret.eq(sealed.0),
+                project_settings::webhook_secret_key_id.eq(sealed.1),
+            ))
             .execute(conn)
+    }
+
+    /// Every stored webhook secret not sealed by `current`: (project,
+    /// text, key id).
+    pub fn stale_webhook_secrets(
+        conn: &mut PgConnection,
+        current: &str,
+    ) -> QueryResult<Vec<(Uuid, String, Option<String>)>> {
+        project_settings::table
+            .filter(project_settings::webhook_secret.ne(""))
+            .filter(
+                project_settings::webhook_secret_key_id
+                    .is_null()
+                    .or(project_settings::webhook_secret_key_id.ne(current)),
+            )
+            .select((
+                project_settings::project_id,
+                project_settings::webhook_secret,
+                project_settings::webhook_secret_key_id,
+            ))
+            .load(conn)
     }
 
     pub fn get(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<Settings> {

@@ -30,6 +30,18 @@ diesel::table! {
         health_check_path -> Varchar,
         webhook_secret -> Varchar,
         release_command -> Varchar,
+        webhook_secret_key_id -> Nullable<Varchar>,
+    }
+}
+
+diesel::table! {
+    deploy_keys (project_id) {
+        project_id -> Uuid,
+        public_key -> Text,
+        fingerprint -> Varchar,
+        private_key -> Text,
+        key_id -> Varchar,
+        created_at -> Timestamptz,
     }
 }
 
@@ -84,9 +96,11 @@ diesel::joinable!(organization_members -> organizations (organization_id));
 diesel::joinable!(organization_invitations -> organizations (organization_id));
 diesel::joinable!(project_settings -> projects (project_id));
 diesel::joinable!(environment_variables -> projects (project_id));
+diesel::joinable!(deploy_keys -> projects (project_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     projects,
+    deploy_keys,
     project_settings,
     environment_variables,
     organizations,

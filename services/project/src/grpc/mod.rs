@@ -115,6 +115,20 @@ impl ProjectService for ProjectServiceApi {
         plans::get_push_target(self, request).await
     }
 
+    async fn get_deploy_key(
+        &self,
+        request: Request<pb::GetDeployKeyRequest>,
+    ) -> Result<Response<pb::DeployKey>, Status> {
+        settings::get_deploy_key(self, request).await
+    }
+
+    async fn rotate_deploy_key(
+        &self,
+        request: Request<pb::RotateDeployKeyRequest>,
+    ) -> Result<Response<pb::DeployKey>, Status> {
+        settings::rotate_deploy_key(self, request).await
+    }
+
     async fn rotate_webhook_secret(
         &self,
         request: Request<pb::RotateWebhookSecretRequest>,

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     convert::plan_proto,
-    db::{Project, Settings, Variable, Viewer},
+    db::{DeployKey, Project, Settings, Variable, Viewer},
     state::{Call, NOT_FOUND, ProjectServiceApi},
 };
 
@@ -81,10 +81,14 @@ pub(super) async fn get_push_target(
         return Err(Status::not_found(NOT_FOUND));
     };
     let auto_deploy = settings.auto_deploy;
+    let secret = match secret {
+        Some((text, key_id)) => crate::vault::open_webhook_secret(&api.keys, id, text, key_id.as_deref())?,
+        None => String::new(),
+    };
     Ok(Response::new(pb::PushTarget {
         plan: Some(plan_proto(&project, settings)),
         auto_deploy,
-        webhook_secret: secret.unwrap_or_default(),
+        webhook_secret: secret,
     }))
 }
 
@@ -98,14 +102,25 @@ pub(super) async fn get_deployment_environment(
         user_id: Uuid::nil(),
         admin: true,
     };
-    let (project, variables) = api
+    let (project, variables, deploy_key) = api
         .db
-        .run(move |conn| Ok((Project::find(conn, id, service)?, Variable::list(conn, id)?)))
+        .run(move |conn| {
+            Ok((
+                Project::find(conn, id, service)?,
+                Variable::list(conn, id)?,
+                DeployKey::find(conn, id)?,
+            ))
+        })
         .await?;
     if project.is_none_or(|project| project.deleted_at.is_some()) {
         return Err(Status::not_found(NOT_FOUND));
     }
+    let deploy_key = match deploy_key {
+        Some(key) => crate::vault::open_deploy_key(&api.keys, &key)?,
+        None => String::new(),
+    };
     Ok(Response::new(pb::DeploymentEnvironment {
+        deploy_key,
         // For the runner holding a deployment only: secret values included.
         environment_variables: api
             .reveal(id, variables)?

@@ -1,5 +1,6 @@
-//! A project's settings: how it builds, starts and is deployed, and the
-//! secret its push events are signed with.
+//! A project's settings: how it builds, starts and is deployed, the secret
+//! its push events are signed with, and the deploy key its ssh://
+//! repository is fetched with.
 
 use capsule::{
     proto::project::v1 as pb,
@@ -9,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     convert::settings_proto,
-    db::{Settings, SettingsChanges, Variable},
+    db::{DeployKey, Settings, SettingsChanges, Variable},
     state::{Call, ProjectServiceApi, project_event},
 };
 
@@ -86,9 +87,9 @@ pub(super) async fn rotate_webhook_secret(
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|_| Status::unavailable("no randomness available; retry"))?;
     let secret: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-    let stored = secret.clone();
+    let (text, key_id) = crate::vault::seal_webhook_secret(&api.keys, id, &secret)?;
     api.db
-        .run(move |conn| Settings::set_webhook_secret(conn, id, &stored))
+        .run(move |conn| Settings::set_webhook_secret(conn, id, (&text, &key_id), None))
         .await?;
     tracing::info!(project.id = %id, user.id = %call.caller.user_id, "webhook secret rotated");
     api.audit(project_event(&call, "project.webhook_secret.rotate", &granted.project))
@@ -96,4 +97,72 @@ pub(super) async fn rotate_webhook_secret(
     Ok(Response::new(pb::RotateWebhookSecretResponse {
         webhook_secret: secret,
     }))
+}
+
+pub(super) async fn get_deploy_key(
+    api: &ProjectServiceApi,
+    request: Request<pb::GetDeployKeyRequest>,
+) -> Result<Response<pb::DeployKey>, Status> {
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("project_id", &request.get_ref().project_id)?;
+    api.authorize(&call, id).await?;
+    let key = api.db.run(move |conn| DeployKey::find(conn, id)).await?;
+    let key = key.ok_or_else(|| {
+        Status::not_found("the project has no deploy key: make one with RotateDeployKey (POST …/deployKey:rotate)")
+    })?;
+    Ok(Response::new(deploy_key_proto(&key)))
+}
+
+pub(super) async fn rotate_deploy_key(
+    api: &ProjectServiceApi,
+    request: Request<pb::RotateDeployKeyRequest>,
+) -> Result<Response<pb::DeployKey>, Status> {
+    let call = Call::of(&request)?;
+    let id = rpc::require_id("project_id", &request.get_ref().project_id)?;
+    let granted = api.authorize(&call, id).await?;
+    let (public_key, fingerprint, private_key) = new_deploy_key(id)?;
+    let (sealed, key_id) = crate::vault::seal_deploy_key(&api.keys, id, &private_key)?;
+    let key = DeployKey {
+        project_id: id,
+        public_key,
+        fingerprint,
+        private_key: sealed,
+        key_id,
+        created_at: chrono::Utc::now(),
+    };
+    let key = api.db.run(move |conn| DeployKey::replace(conn, &key)).await?;
+    tracing::info!(project.id = %id, user.id = %call.caller.user_id, "deploy key rotated");
+    api.audit(
+        project_event(&call, "project.deploy_key.rotate", &granted.project).detail("fingerprint", &key.fingerprint),
+    )
+    .await;
+    Ok(Response::new(deploy_key_proto(&key)))
+}
+
+/// A new ed25519 key for project `id`: its public line, fingerprint and
+/// private half, all in OpenSSH's formats.
+fn new_deploy_key(id: uuid::Uuid) -> Result<(String, String, String), Status> {
+    use ssh_key::{HashAlg, LineEnding, PrivateKey, private::Ed25519Keypair};
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|_| Status::unavailable("no randomness available; retry"))?;
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(format!("capsule-{id}"));
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|err| rpc::internal(format_args!("a deploy key's public half: {err}")))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|err| rpc::internal(format_args!("a deploy key's private half: {err}")))?;
+    let fingerprint = key.public_key().fingerprint(HashAlg::Sha256).to_string();
+    Ok((public, fingerprint, private.to_string()))
+}
+
+fn deploy_key_proto(key: &DeployKey) -> pb::DeployKey {
+    pb::DeployKey {
+        project_id: key.project_id.to_string(),
+        public_key: key.public_key.clone(),
+        fingerprint: key.fingerprint.clone(),
+        create_time: Some(rpc::timestamp(key.created_at)),
+    }
 }
