@@ -2,7 +2,8 @@
 //! have used the operator's own keys for every tenant, so it was refused.
 //! Now Capsule makes each project an ed25519 key, shows only its public
 //! half, keeps the private half sealed, and hands it only to git in that
-//! project's sandbox, which reaches the server through its egress proxy.
+//! project's sandbox, which reaches the server through its egress proxy
+//! and pins the server's host key it saw first.
 
 use std::time::Duration;
 
@@ -120,6 +121,25 @@ async fn an_ssh_repository_is_fetched_in_the_sandbox_with_the_projects_deploy_ke
     assert!(!output.contains("PRIVATE KEY"), "the key never shows:\n{output}");
     assert_eq!(live.commit_sha, sha, "the runner reported the commit it fetched");
     assert_eq!(live.commit_message, "an ssh commit");
+
+    // Someone else answers at the server's address with another host key
+    // (a man in the middle): refused, as the key seen first is pinned.
+    let port = server.port;
+    drop(server);
+    let impostor = SshServer::start_on("127.0.0.4", port, &key.public_key);
+    let spoofed = create(&mesh, &alice, &project_id, "", "").await.unwrap();
+    let failed = wait_for(
+        &mesh,
+        &alice,
+        &spoofed.id,
+        DeploymentState::Failed,
+        Duration::from_secs(40),
+    )
+    .await;
+    assert!(failed.status_message.contains("host key"), "{}", failed.status_message);
+    drop(impostor);
+    let server = SshServer::start_on("127.0.0.4", port, &key.public_key);
+    let _ = server.port;
 
     // A new key: the git host does not know it, and the fetch is refused.
     projects

@@ -220,6 +220,15 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn start(ip: &str, authorized: &str) -> Self {
+        let port = std::net::TcpListener::bind((ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start_on(ip, port, authorized)
+    }
+
+    /// [`SshServer::start`] on `port`, with a host key of its own.
+    pub fn start_on(ip: &str, port: u16, authorized: &str) -> Self {
         let dir = tempfile::tempdir().expect("the server's directory");
         let host_key = dir.path().join("host_key");
         let keygen = Command::new("ssh-keygen")
@@ -230,10 +239,6 @@ impl SshServer {
         assert!(keygen.success(), "a host key");
         let keys = dir.path().join("authorized_keys");
         std::fs::write(&keys, format!("{authorized}\n")).expect("authorized_keys");
-        let port = std::net::TcpListener::bind((ip, 0))
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
         let config = dir.path().join("sshd_config");
         std::fs::write(
             &config,

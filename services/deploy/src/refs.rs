@@ -15,11 +15,21 @@
 use std::{net::SocketAddr, time::Duration};
 
 use capsule::guard::{Guard, Refused};
-use capsule_runner::{remote::Token, source::SourceError};
+use capsule_runner::{
+    egress::proxy::{not_this_host, own_addresses},
+    remote::Token,
+    source::SourceError,
+};
 use url::{Host, Url};
 
 /// The largest ref advertisement read.
 const MAX_ADVERTISEMENT: usize = 8 * 1024 * 1024;
+/// Ref advertisements read at once, by all callers together: what they
+/// may hold in memory is bounded, whoever asks how often.
+static READING: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(16));
+/// How long a server may keep the body waiting between two chunks.
+const STALL: Duration = Duration::from_secs(10);
 
 /// The commit `reference` names in the repository at `url` now: a full
 /// commit id as it is, else the branch, then the tag (an annotated tag's
@@ -69,6 +79,10 @@ async fn advertised_refs(
     let path = format!("{}/info/refs", endpoint.path().trim_end_matches('/'));
     endpoint.set_path(&path);
     endpoint.set_query(Some("service=git-upload-pack"));
+    let _reading = READING
+        .acquire()
+        .await
+        .map_err(|_| SourceError::Unreachable("the service is stopping".to_owned()))?;
     let mut request = client.get(endpoint).header("user-agent", "git/2-capsule");
     if let Some(credentials) = credentials {
         request = request.basic_auth(&credentials.username, Some(&credentials.token));
@@ -105,7 +119,14 @@ async fn advertised_refs(
         ));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|err| unreachable(&err))? {
+    loop {
+        let chunk = tokio::time::timeout(STALL, response.chunk())
+            .await
+            .map_err(|_| SourceError::Unreachable("the server did not answer in time".to_owned()))?
+            .map_err(|err| unreachable(&err))?;
+        let Some(chunk) = chunk else {
+            break;
+        };
         if body.len() + chunk.len() > MAX_ADVERTISEMENT {
             return Err(SourceError::Unreachable(format!(
                 "the repository advertises more than {} MiB of branches and tags",
@@ -131,7 +152,7 @@ async fn allowed_addresses(url: &Url, guard: &Guard) -> Result<Vec<std::net::IpA
     let port = url
         .port_or_known_default()
         .unwrap_or(if url.scheme() == "ssh" { 22 } else { 443 });
-    guard.resolve(&host, port).await.map_err(|refused| {
+    let addresses = guard.resolve(&host, port).await.map_err(|refused| {
         SourceError::Forbidden(match refused {
             Refused::Internal(_) => format!(
                 "{url} {refused}: repositories are fetched from public addresses only (an operator may allow a \
@@ -139,6 +160,13 @@ async fn allowed_addresses(url: &Url, guard: &Guard) -> Result<Vec<std::net::IpA
             ),
             other => format!("{url}: {other}"),
         })
+    })?;
+    // Public or not, this host's own addresses are the control plane's.
+    not_this_host(addresses, &own_addresses(), guard).map_err(|why| {
+        SourceError::Forbidden(format!(
+            "{url} {why}: repositories are fetched from other hosts only (an operator may allow a network with \
+             DEPLOY_EGRESS_ALLOWED_NETWORKS)"
+        ))
     })
 }
 

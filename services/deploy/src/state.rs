@@ -250,12 +250,13 @@ impl DeployServiceApi {
     /// A private repository's token, from the project's variables.
     pub(crate) async fn token(&self, project_id: Uuid) -> Result<Option<Token>, Status> {
         let environment = self.environment(project_id).await?.unwrap_or_default();
-        Ok(Token::from_variables(
+        Token::from_variables(
             environment
                 .environment_variables
                 .iter()
-                .map(|variable| (variable.name.as_str(), variable.value.as_str())),
-        ))
+                .map(|variable| (variable.name.as_str(), variable.value.as_str(), variable.secret)),
+        )
+        .map_err(Status::failed_precondition)
     }
 
     /// Queues a deployment of `plan` at `source_ref` (the plan's branch when

@@ -193,10 +193,14 @@ impl Runner {
         // not only when it ends.
         let mut egress_report = tokio::time::interval(EGRESS_REPORT_EVERY);
         egress_report.tick().await;
+        // Whether `app.running` has ended and been read: a finished task
+        // is never polled again.
+        let mut reaped = false;
         loop {
             tokio::select! {
                 _ = egress_report.tick() => app.job.report_egress().await,
                 ended = &mut app.running => {
+                    reaped = true;
                     if shutdown.is_cancelled() || drain.is_cancelled() {
                         break;
                     }
@@ -238,6 +242,7 @@ impl Runner {
                         Ok((pid, running)) => {
                             app.pid = pid;
                             app.running = running;
+                            reaped = false;
                             reporter.system("the app restarted".to_owned()).await;
                         }
                         Err(err) => {
@@ -254,7 +259,7 @@ impl Runner {
                         () = tokio::time::sleep(self.config.drain) => {}
                         () = shutdown.cancelled() => {}
                     }
-                    self.terminate(&mut app).await;
+                    reaped = self.terminate(&mut app).await;
                     break;
                 }
                 () = shutdown.cancelled() => break,
@@ -263,7 +268,9 @@ impl Runner {
         app.job.report_egress().await;
         beat.abort();
         app.kill.cancel();
-        let _ = (&mut app.running).await;
+        if !reaped {
+            let _ = (&mut app.running).await;
+        }
         drop(app.forwarder);
         if let Reach::Socket(socket) = &app.reach {
             let _ = std::fs::remove_file(socket);
@@ -272,15 +279,16 @@ impl Runner {
     }
 
     /// SIGTERM to everything in the app's sandbox, then SIGKILL after the
-    /// grace period.
-    async fn terminate(&self, app: &mut LiveApp) {
+    /// grace period: whether the app ended within it (and was reaped).
+    async fn terminate(&self, app: &mut LiveApp) -> bool {
         if self.sandbox.isolated() {
             serve::signal_sandbox(app.pid, Signal::SIGTERM);
         } else if app.pid > 0 {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pid), Signal::SIGTERM);
         }
-        let _ = tokio::time::timeout(STOP_GRACE, &mut app.running).await;
+        let ended = tokio::time::timeout(STOP_GRACE, &mut app.running).await.is_ok();
         app.kill.cancel();
+        ended
     }
 }
 

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, path::Path};
 
 use capsule::proto::deploy::v1 as pb;
+use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{
@@ -36,6 +37,7 @@ impl Runner {
     ) -> Result<Option<Commit>, String> {
         let Around {
             tenant,
+            project_id,
             way_out,
             cgroup,
         } = around;
@@ -50,16 +52,43 @@ impl Runner {
                     .map(|()| None)
                     .map_err(cannot);
             }
-            Repository::Remote { url, .. } => url,
+            Repository::Remote { url, guard } => {
+                // Plain http only to the operator's networks, decided here
+                // too: the name may point elsewhere by now.
+                if url.scheme() == "http" {
+                    let host = url.host().ok_or_else(|| cannot(source::SourceError::Missing))?;
+                    let port = url.port_or_known_default().unwrap_or(80);
+                    let addresses = guard.resolve(&host, port).await.unwrap_or_default();
+                    if addresses.is_empty() || !addresses.iter().all(|ip| guard.allows(*ip)) {
+                        return Err(cannot(source::SourceError::Forbidden(
+                            "http:// repositories are fetched only from networks the operator allows: use the \
+                             repository's https:// URL"
+                                .to_owned(),
+                        )));
+                    }
+                }
+                url
+            }
         };
+        let secret = |name: &str| snapshot.secret_names.iter().any(|secret| secret == name);
+        let token = Token::from_variables(
+            snapshot
+                .environment
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str(), secret(name))),
+        )
+        .map_err(|why| format!("cannot fetch the source: {why}"))?;
+        // Pinned per project and deploy key: a new key forgets them.
+        let key_digest = sha2::Sha256::digest(snapshot.deploy_key.as_bytes());
+        let hosts_file = self
+            .config
+            .workdir
+            .join(".known-hosts")
+            .join(format!("{project_id}-{:x}", key_digest));
         let credentials = Credentials {
-            token: Token::from_variables(
-                snapshot
-                    .environment
-                    .iter()
-                    .map(|(name, value)| (name.as_str(), value.as_str())),
-            ),
+            token,
             deploy_key: (!snapshot.deploy_key.is_empty()).then(|| snapshot.deploy_key.clone()),
+            known_hosts: std::fs::read_to_string(&hosts_file).unwrap_or_default(),
         };
         if remote.scheme() == "ssh" && credentials.deploy_key.is_none() {
             return Err(
@@ -120,6 +149,24 @@ impl Runner {
                 == Some(nix::sys::signal::Signal::SIGXFSZ as i32),
             stdout,
             stderr,
+        };
+        let (own, known) = outcome
+            .stdout
+            .split_once(remote::KNOWN_HOSTS_MARK)
+            .map_or((outcome.stdout.as_str(), ""), |(own, known)| (own, known));
+        if remote.scheme() == "ssh" && outcome.success {
+            let remembered = remote::remembered_hosts(known);
+            if remembered != credentials.known_hosts {
+                let kept = host::runner_dir(hosts_file.parent().unwrap_or(dir), 0o700)
+                    .and_then(|()| std::fs::write(&hosts_file, remembered));
+                if let Err(err) = kept {
+                    tracing::warn!(error = %err, "cannot remember a repository's host key");
+                }
+            }
+        }
+        let outcome = Fetched {
+            stdout: own.to_owned(),
+            ..outcome
         };
         let commit = remote::fetched(reference, &outcome, max_bytes).map_err(cannot)?;
         let tree = dir.to_path_buf();

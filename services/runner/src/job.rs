@@ -59,6 +59,8 @@ impl Job {
 /// deployment's way out and its cgroup.
 pub(crate) struct Around<'a> {
     pub tenant: u32,
+    /// Checked to be a UUID: it names the project's remembered host keys.
+    pub project_id: &'a str,
     pub way_out: Option<&'a crate::egress::Proxy>,
     pub cgroup: Option<&'a crate::limits::Group>,
 }

@@ -241,6 +241,7 @@ impl Runner {
                     workdir.path(),
                     job::Around {
                         tenant,
+                        project_id: &deployment.project_id,
                         way_out: egress.as_deref(),
                         cgroup: cgroup.as_deref(),
                     },

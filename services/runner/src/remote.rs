@@ -20,6 +20,8 @@ pub struct Credentials {
     pub token: Option<Token>,
     /// The private half of the project's deploy key, OpenSSH's format.
     pub deploy_key: Option<String>,
+    /// ssh host keys the project's earlier fetches saw.
+    pub known_hosts: String,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -38,20 +40,37 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Token {
-    /// The token among a project's variables, if it has one.
-    pub fn from_variables<'a>(variables: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<Self> {
+    /// The token among a project's variables (name, value, secret), if it
+    /// has one: `GIT_TOKEN` must be a secret (so that only those who may
+    /// read secrets see it, and logs mask it), and neither it nor
+    /// `GIT_USERNAME` may hold a control character (a line break would
+    /// add lines to what git's credential helper answers).
+    pub fn from_variables<'a>(
+        variables: impl IntoIterator<Item = (&'a str, &'a str, bool)>,
+    ) -> Result<Option<Self>, String> {
         let (mut username, mut token) = (None, None);
-        for (name, value) in variables {
-            match name {
-                "GIT_TOKEN" if !value.is_empty() => token = Some(value.to_owned()),
-                "GIT_USERNAME" if !value.is_empty() => username = Some(value.to_owned()),
-                _ => {}
+        for (name, value, secret) in variables {
+            let slot = match name {
+                "GIT_TOKEN" if !secret => {
+                    return Err("the variable GIT_TOKEN must be a secret: set it again with secret on".to_owned());
+                }
+                "GIT_TOKEN" => &mut token,
+                "GIT_USERNAME" => &mut username,
+                _ => continue,
+            };
+            if value.chars().any(char::is_control) {
+                return Err(format!(
+                    "the variable {name} holds a line break or another control character"
+                ));
+            }
+            if !value.is_empty() {
+                *slot = Some(value.to_owned());
             }
         }
-        Some(Self {
+        Ok(token.map(|token| Self {
             username: username.unwrap_or_else(|| DEFAULT_GIT_USERNAME.to_owned()),
-            token: token?,
-        })
+            token,
+        }))
     }
 }
 
@@ -96,6 +115,7 @@ pub fn fetch_step(url: &Url, sha: &str, credentials: &Credentials, proxied: bool
             "CAPSULE_DEPLOY_KEY".to_owned(),
             credentials.deploy_key.clone().unwrap_or_default(),
         ));
+        variables.push(("CAPSULE_KNOWN_HOSTS".to_owned(), known_hosts(&credentials.known_hosts)));
         let mut ssh = SSH_COMMAND.to_owned();
         if proxied {
             ssh.push_str(&format!(
@@ -142,19 +162,68 @@ pub struct Fetched {
 /// The fetch, run by `/bin/sh -c` in the project's sandbox with the
 /// variables of [`fetch_step`]: nothing of the tenant's is
 /// spliced into it. Prints the commit as `sha NUL author NUL subject`.
+/// Then, after [`KNOWN_HOSTS_MARK`], the ssh host keys known now.
 pub const FETCH: &str = "set -e\n\
     export CAPSULE_KEY_FILE=\"$(mktemp)\"\n\
     trap 'rm -f \"$CAPSULE_KEY_FILE\" \"$CAPSULE_KEY_FILE.hosts\"' EXIT\n\
     printf '%s\\n' \"$CAPSULE_DEPLOY_KEY\" > \"$CAPSULE_KEY_FILE\"\n\
+    printf '%s\\n' \"$CAPSULE_KNOWN_HOSTS\" > \"$CAPSULE_KEY_FILE.hosts\"\n\
     unset CAPSULE_DEPLOY_KEY\n\
     git init --quiet\n\
     git fetch --quiet --no-tags --depth=1 --end-of-options \"$CAPSULE_SOURCE\" \"$CAPSULE_COMMIT\"\n\
     git checkout --quiet --detach FETCH_HEAD\n\
-    git log -1 --format=%H%x00%an%x20%x3C%ae%x3E%x00%s FETCH_HEAD\n";
+    git log -1 --format=%H%x00%an%x20%x3C%ae%x3E%x00%s FETCH_HEAD\n\
+    printf '\\n%s\\n' '--capsule-known-hosts--'\n\
+    cat \"$CAPSULE_KEY_FILE.hosts\"\n";
+
+/// Where the fetch's own output ends and the known host keys begin.
+pub const KNOWN_HOSTS_MARK: &str = "\n--capsule-known-hosts--\n";
+
+/// Host keys known before any first sight: the big hosts' published
+/// ones. A host not here is trusted on first sight, and its key is
+/// remembered for the project from then on ([`remembered_hosts`]).
+const PUBLISHED_HOST_KEYS: &str =
+    "github.com ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+
+/// The host keys a fetch starts with: the published ones, then what the
+/// project's earlier fetches saw.
+pub fn known_hosts(remembered: &str) -> String {
+    format!("{PUBLISHED_HOST_KEYS}\n{remembered}")
+}
+
+/// Of the host keys a fetch ended with, what to remember for the
+/// project: well-formed lines (`host keytype key`), none for a host whose
+/// key is published, at most 64.
+pub fn remembered_hosts(known: &str) -> String {
+    let published: Vec<&str> = PUBLISHED_HOST_KEYS
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    known
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() == 3
+                && !published.contains(&fields[0])
+                && fields[1]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'@' || b == b'.')
+                && fields[2]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+                && fields[0]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"[]:.-,".contains(&b))
+        })
+        .take(64)
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
 
 /// How git reaches an ssh:// server: with the project's deploy key only,
-/// no configuration or agent of anyone's, never asking, trusting the
-/// server's key on first sight (there is no earlier sight to compare with).
+/// no configuration or agent of anyone's, never asking; a host's key must
+/// match the one published or remembered, and only a host never seen is
+/// trusted on first sight.
 const SSH_COMMAND: &str = "ssh -F /dev/null -i \"$CAPSULE_KEY_FILE\" -o IdentitiesOnly=yes -o IdentityAgent=none \
      -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=\"$CAPSULE_KEY_FILE.hosts\"";
 
@@ -167,7 +236,10 @@ const CREDENTIAL_HELPER: &str =
 fn in_words(stderr: &str) -> &'static str {
     let said = stderr.to_ascii_lowercase();
     let any = |needles: &[&str]| needles.iter().any(|needle| said.contains(needle));
-    if any(&["could not resolve host", "could not resolve proxy"]) {
+    if any(&["host key verification failed", "remote host identification has changed"]) {
+        "the server's SSH host key is not the one seen before: if the server's key really changed, make the \
+         project a new deploy key (RotateDeployKey) to forget it"
+    } else if any(&["could not resolve host", "could not resolve proxy"]) {
         "the host name does not resolve"
     } else if any(&["redirect"]) {
         "the server answered with a redirect: use the URL it redirects to"
@@ -202,11 +274,17 @@ mod tests {
     #[test]
     fn a_token_reaches_git_through_its_environment_only() {
         let remote = Url::parse("https://example.com/a.git").unwrap();
-        let variables = [("GIT_TOKEN", "s3cret"), ("PATH", "/x")];
+        let variables = [("GIT_TOKEN", "s3cret", true), ("PATH", "/x", false)];
         let credentials = Credentials {
-            token: Token::from_variables(variables),
+            token: Token::from_variables(variables).unwrap(),
             deploy_key: Some("-----BEGIN OPENSSH PRIVATE KEY-----".to_owned()),
+            known_hosts: String::new(),
         };
+        // A token others may read, or one that would add lines to the
+        // helper's answer, is refused.
+        assert!(Token::from_variables([("GIT_TOKEN", "s3cret", false)]).is_err());
+        assert!(Token::from_variables([("GIT_TOKEN", "a\nurl=https://evil/", true)]).is_err());
+        assert!(Token::from_variables([("GIT_TOKEN", "t", true), ("GIT_USERNAME", "me\r\nx", false)]).is_err());
         assert_eq!(credentials.token.as_ref().unwrap().username, "x-access-token");
         assert!(!format!("{credentials:?}").contains("s3cret") && !format!("{credentials:?}").contains("BEGIN"));
         let step = fetch_step(&remote, &"a".repeat(40), &credentials, true);
@@ -225,7 +303,11 @@ mod tests {
             "no key over https"
         );
         // Without a token, no helper.
-        assert!(Token::from_variables([("GIT_USERNAME", "me")]).is_none());
+        assert!(
+            Token::from_variables([("GIT_USERNAME", "me", false)])
+                .unwrap()
+                .is_none()
+        );
         let step = fetch_step(&remote, "HEAD", &Credentials::default(), true);
         assert!(
             step.iter()
@@ -241,12 +323,25 @@ mod tests {
             get("CAPSULE_DEPLOY_KEY").as_deref(),
             Some("-----BEGIN OPENSSH PRIVATE KEY-----")
         );
+        assert!(
+            get("CAPSULE_KNOWN_HOSTS")
+                .unwrap()
+                .starts_with("github.com ssh-ed25519 ")
+        );
         let command = get("GIT_SSH_COMMAND").unwrap();
         assert!(
             command.contains("ProxyCommand=socat - PROXY:127.0.0.1:%h:%p,proxyport=3128"),
             "{command}"
         );
         assert!(!command.contains("BEGIN"), "{command}");
+    }
+
+    #[test]
+    fn host_keys_are_remembered_but_never_for_a_published_host() {
+        let ended = "github.com ssh-ed25519 AAAAforged\n[127.0.0.4]:2222 ssh-ed25519 AAAAC3Nz+/=\n\
+                     not a key line at all\n$(id) ssh-ed25519 AAAA\n";
+        assert_eq!(remembered_hosts(ended), "[127.0.0.4]:2222 ssh-ed25519 AAAAC3Nz+/=\n");
+        assert!(known_hosts("x ssh-ed25519 AAAA\n").starts_with(PUBLISHED_HOST_KEYS));
     }
 
     #[test]

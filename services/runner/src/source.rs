@@ -155,8 +155,18 @@ impl Repository {
                 )));
             }
         }
-        if url.host().is_none() {
-            return Err(SourceError::Forbidden("the URL must name a host".to_owned()));
+        // A host name or address, nothing else: it reaches ssh's
+        // ProxyCommand and the proxy's request.
+        let plain = url.host_str().is_some_and(|host| {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+        });
+        if !plain {
+            return Err(SourceError::Forbidden(
+                "the URL must name a host by letters, digits, dots and hyphens, or by its address".to_owned(),
+            ));
         }
         Ok(Self::Remote {
             url,

@@ -105,10 +105,14 @@ pub(super) async fn get_deployment_environment(
     let (project, variables, deploy_key) = api
         .db
         .run(move |conn| {
+            // The key only where it is used: an ssh:// repository.
+            let ssh = Settings::get(conn, id)
+                .optional()?
+                .is_some_and(|settings| settings.repository_url.starts_with("ssh://"));
             Ok((
                 Project::find(conn, id, service)?,
                 Variable::list(conn, id)?,
-                DeployKey::find(conn, id)?,
+                if ssh { DeployKey::find(conn, id)? } else { None },
             ))
         })
         .await?;

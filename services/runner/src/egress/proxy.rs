@@ -276,7 +276,7 @@ async fn destination(guard: &Guard, host: &str, port: u16) -> Result<Vec<IpAddr>
 
 /// The addresses of this host's own interfaces: public or not, a service
 /// listening on every address answers there.
-fn own_addresses() -> Vec<IpAddr> {
+pub fn own_addresses() -> Vec<IpAddr> {
     nix::ifaddrs::getifaddrs()
         .map(|interfaces| {
             interfaces
@@ -294,7 +294,7 @@ fn own_addresses() -> Vec<IpAddr> {
 
 /// `addresses`, unless one is this host's own (and the operator did not
 /// allow it by name): the control plane listens there.
-fn not_this_host(addresses: Vec<IpAddr>, own: &[IpAddr], guard: &Guard) -> Result<Vec<IpAddr>, String> {
+pub fn not_this_host(addresses: Vec<IpAddr>, own: &[IpAddr], guard: &Guard) -> Result<Vec<IpAddr>, String> {
     let own = |ip: IpAddr| own.iter().any(|mine| Guard::real(*mine) == Guard::real(ip));
     match addresses.iter().find(|ip| own(**ip) && !guard.allows(**ip)) {
         Some(ip) => Err(format!("points at this runner's own address ({ip})")),
