@@ -103,3 +103,60 @@ async fn variable_values_rest_sealed_and_still_reach_the_deployment() {
     assert!(!stored[0].value.contains(&push), "the push-event secret rests as made");
     mesh.stop().await;
 }
+
+#[derive(QueryableByName)]
+struct KeyId {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    key_id: Option<String>,
+}
+
+/// `capsule secrets reencrypt` after a new key is put first: every kind
+/// of sealed secret of the project service — variables, the push-event
+/// secret, the deploy key — is sealed under it, and a second run has
+/// nothing left to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_seals_every_kind_of_secret_under_the_new_key() {
+    use capsule::proto::project::v1 as project_pb;
+
+    let mesh = runner_mesh(&[]).await;
+    let (owner, _) = mesh.user("owner@example.com").await;
+    let project_id = project(&mesh, &owner, "true", &[("API_KEY", "sk-live-4242", true)]).await;
+    let mut projects = mesh.projects().await;
+    projects
+        .rotate_webhook_secret(authed(
+            project_pb::RotateWebhookSecretRequest {
+                project_id: project_id.clone(),
+            },
+            &owner,
+        ))
+        .await
+        .unwrap();
+    projects
+        .rotate_deploy_key(authed(project_pb::RotateDeployKeyRequest { project_id }, &owner))
+        .await
+        .unwrap();
+    let key_ids = || -> Vec<Option<String>> {
+        let rows: Vec<KeyId> = diesel::sql_query(
+            "SELECT key_id FROM environment_variables \
+             UNION ALL SELECT webhook_secret_key_id FROM project_settings WHERE webhook_secret <> '' \
+             UNION ALL SELECT key_id FROM deploy_keys",
+        )
+        .load(&mut mesh.database(ServiceKind::Project).connect())
+        .unwrap();
+        rows.into_iter().map(|row| row.key_id).collect()
+    };
+    assert_eq!(key_ids(), vec![Some("test1".to_owned()); 3]);
+
+    let keys = capsule::crypto::Keyring::parse(&format!(
+        "test2:Y2Fwc3VsZS1zZWNvbmQtZW5jcnlwdGlvbi1rZXktMzI=,{}",
+        crate::common::TEST_KEYS
+    ))
+    .unwrap();
+    let keys = std::sync::Arc::new(keys);
+    let config = mesh.database(ServiceKind::Project).db_config();
+    let sealed = capsule_project::reencrypt(config.clone(), keys.clone()).await.unwrap();
+    assert_eq!(sealed, 3, "a variable, the push-event secret and the deploy key");
+    assert_eq!(key_ids(), vec![Some("test2".to_owned()); 3]);
+    assert_eq!(capsule_project::reencrypt(config, keys).await.unwrap(), 0);
+    mesh.stop().await;
+}
