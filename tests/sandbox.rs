@@ -21,7 +21,7 @@ use capsule::{
 };
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy, logs, logs_until, project, rollback, set_variable, text, wait_for},
+    deploy::{app, deploy, logs, logs_until, project, rollback, set_variable, text, update_settings, wait_for},
 };
 use diesel::{QueryableByName, RunQueryDsl, sql_types::Text};
 use tonic::Code;
@@ -77,13 +77,14 @@ async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
     runner.await.unwrap().unwrap();
 }
 
-/// A deployment's processes share one memory limit (its cgroup): a build
-/// that allocates past it is killed and says so, and so is a live app,
-/// which is then not restarted past its limit of restarts.
+/// A deployment's processes share one memory limit (its cgroup): the
+/// project's own share, within the platform's maximum, or the runner's
+/// default. A build that allocates past it is killed and says so, and so
+/// is a live app, which is then not restarted past its limit of restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory() {
     let mesh = local_runner_mesh(vec![
-        ("DEPLOY_SANDBOX_TOTAL_MEMORY_MB", "96"),
+        ("DEPLOY_SANDBOX_TOTAL_MEMORY_MB", "128"),
         ("DEPLOY_MAX_RESTARTS", "0"),
         ("DEPLOY_START_TIMEOUT_SECS", "20"),
     ])
@@ -91,6 +92,43 @@ async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory(
     let (ada, _) = mesh.user("ada@example.com").await;
     let hog = "python3 -c \"x = b'\\x01' * (300 << 20); print(len(x))\"";
     let build = project(&mesh, &ada, hog, &[]).await;
+    let resources = |memory_mb| capsule::proto::project::v1::ProjectSettings {
+        project_id: build.clone(),
+        resources: Some(capsule::proto::project::v1::Resources {
+            memory_mb,
+            cpu_millis: 500,
+            processes: 64,
+        }),
+        ..Default::default()
+    };
+    // Past the platform's maximum (PROJECT_MAX_MEMORY_MB, 4096): refused,
+    // and nothing changes.
+    let refused = mesh
+        .projects()
+        .await
+        .update_project_settings(authed(
+            capsule::proto::project::v1::UpdateProjectSettingsRequest {
+                settings: Some(resources(8192)),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["resources".into()],
+                }),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(common::violated_fields(&refused), ["settings.resources.memory_mb"]);
+    let why = tonic_types::StatusExt::get_details_bad_request(&refused)
+        .unwrap()
+        .field_violations[0]
+        .description
+        .clone();
+    assert!(
+        why.contains("at most 4096 MiB") && why.contains("PROJECT_MAX_MEMORY_MB"),
+        "{why}"
+    );
+    update_settings(&mesh, &ada, resources(96), &["resources"]).await;
     let failed = deploy(&mesh, &ada, &build).await;
     let failed = wait_for(
         &mesh,
@@ -103,6 +141,11 @@ async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory(
     assert_eq!(
         failed.status_message, "build killed: out of memory at 96 MiB",
         "{failed:?}"
+    );
+    let output = text(&logs(&mesh, &ada, &failed.id).await);
+    assert!(
+        output.contains("sandbox share: 96 MiB of memory, 0.5 CPU, 64 processes (the project's resources"),
+        "{output}"
     );
 
     // Serves, then grows past the limit a second later.
@@ -119,7 +162,7 @@ async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory(
     assert!(
         crashed
             .status_message
-            .contains("it was killed: out of memory at 96 MiB"),
+            .contains("it was killed: out of memory at 128 MiB"),
         "{crashed:?}"
     );
 }

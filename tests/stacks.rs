@@ -144,21 +144,46 @@ async fn a_flask_app_with_requirements_is_built_into_a_virtualenv_and_served_by_
 }
 
 /// A build cache is its project's own: another project's build, on the
-/// same runner, finds nothing of it.
+/// same runner, finds nothing of it, and only the project's members clear
+/// it (ClearBuildCache), after which its next build starts empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_projects_build_cache_is_never_anothers() {
+async fn one_projects_build_cache_is_never_anothers_and_clearing_it_empties_it() {
     let mesh = mesh().await;
     let (ada, _) = mesh.user("ada@example.com").await;
     let (mallory, _) = mesh.user("mallory@example.com").await;
     let cached = app(
         &mesh,
         &ada,
-        "echo ada-cache-secret > /cache/mark && echo cached",
+        "cat /cache/mark 2>/dev/null || echo no-mark; echo ada-cache-secret > /cache/mark",
         "",
         &[],
     )
     .await;
-    deploy_live(&mesh, &ada, &cached).await;
+    let build_sees = |marker: &'static str| {
+        let (mesh, ada, cached) = (&mesh, &ada, &cached);
+        async move {
+            let deployment = deploy_live(mesh, ada, cached).await;
+            let log = text(&logs(mesh, ada, &deployment.id).await);
+            assert!(log.lines().any(|line| line == marker), "{marker}:\n{log}");
+        }
+    };
+    build_sees("no-mark").await;
+    build_sees("ada-cache-secret").await;
+    let clear = |token: &str| {
+        let request = authed(
+            capsule::proto::deploy::v1::ClearBuildCacheRequest {
+                project_id: cached.clone(),
+            },
+            token,
+        );
+        let mesh = &mesh;
+        async move { mesh.deploys().await.clear_build_cache(request).await }
+    };
+    let refused = clear(&mallory).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
+    build_sees("ada-cache-secret").await;
+    assert_eq!(clear(&ada).await.unwrap().into_inner().generation, 1);
+    build_sees("no-mark").await;
     let prying = app(
         &mesh,
         &mallory,

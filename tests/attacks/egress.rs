@@ -11,12 +11,19 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
-use capsule::config::ServiceKind;
+use capsule::{
+    config::ServiceKind,
+    proto::deploy::v1::{self as pb, DeploymentState},
+};
 
 use super::runner_mesh;
-use crate::common::deploy::{deploy_live, logs, project, text};
+use crate::common::{
+    authed,
+    deploy::{app, deploy_live, logs, logs_until, project, text, update_settings, wait_for},
+};
 
 /// A build that asks for each of `targets` through the proxy (as a
 /// client honouring `HTTPS_PROXY` does), then straight over TCP and UDP,
@@ -146,22 +153,7 @@ async fn a_build_reaches_nothing_of_the_control_plane_and_its_refusals_are_recor
 /// reached over plain http:// through the proxy, and recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_destination_is_reached_through_the_proxy_and_recorded() {
-    let server = TcpListener::bind("127.0.0.2:0").unwrap();
-    let addr = server.local_addr().unwrap();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in server.incoming().flatten() {
-            let mut request = [0u8; 4096];
-            let read = stream.read(&mut request).unwrap_or(0);
-            let head = String::from_utf8_lossy(&request[..read]).to_string();
-            let body = format!("mirror-says-hello for {}", head.lines().next().unwrap_or(""));
-            let _ = write!(
-                stream,
-                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let addr = mirror();
     let mesh = runner_mesh(&[("DEPLOY_EGRESS_ALLOWED_NETWORKS", "127.0.0.2/32")]).await;
     let (alice, _) = mesh.user("alice@example.com").await;
     let build = format!(
@@ -178,4 +170,152 @@ async fn an_allowed_destination_is_reached_through_the_proxy_and_recorded() {
         output.contains(&format!("egress: {addr} — 1 connection,")),
         "the egress record names the destination:\n{output}"
     );
+}
+
+/// A project switches egress off for its builds, or for its app: the one
+/// switched off reaches nothing, not even a destination the operator
+/// allows, and is told which setting to change; refusals and connections
+/// are in the deployment's egress record through the API, by phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_switched_off_for_builds_or_the_app_reaches_nothing_and_the_api_records_it() {
+    let addr = mirror();
+    let mesh = runner_mesh(&[("DEPLOY_EGRESS_ALLOWED_NETWORKS", "127.0.0.2/32")]).await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let fetch = |label: &str| {
+        format!(
+            "python3 -c \"import urllib.request as u\ntry: print('{label} got', u.urlopen('http://{addr}/x').read().decode())\nexcept Exception as e: print('{label} failed', e)\""
+        )
+    };
+    let start = format!("{}; exec python3 -m http.server \"$PORT\"", fetch("app"));
+    let project_id = app(&mesh, &alice, &fetch("build"), &start, &[]).await;
+    let settings = |build_egress, app_egress| capsule::proto::project::v1::ProjectSettings {
+        project_id: project_id.clone(),
+        build_egress,
+        app_egress,
+        ..Default::default()
+    };
+    // On for a new project, both.
+    let defaults = mesh
+        .projects()
+        .await
+        .get_project_settings(authed(
+            capsule::proto::project::v1::GetProjectSettingsRequest {
+                project_id: project_id.clone(),
+            },
+            &alice,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(defaults.build_egress && defaults.app_egress, "{defaults:?}");
+    // Builds without egress, the app with it.
+    update_settings(&mesh, &alice, settings(false, true), &["build_egress", "app_egress"]).await;
+    let first = deploy_live(&mesh, &alice, &project_id).await;
+    let output = logs_until(&mesh, &alice, &first.id, "app got").await;
+    assert!(output.contains("build failed HTTP Error 403"), "{output}");
+    assert!(
+        output.contains("egress is off for the project's builds (build_egress in its settings)"),
+        "the refusal names the setting:\n{output}"
+    );
+    assert!(output.contains("app got mirror-says-hello"), "{output}");
+    // Then the other way round; the first app stops and reports.
+    update_settings(&mesh, &alice, settings(true, false), &["build_egress", "app_egress"]).await;
+    let second = deploy_live(&mesh, &alice, &project_id).await;
+    let output = logs_until(&mesh, &alice, &second.id, "app failed").await;
+    assert!(output.contains("build got mirror-says-hello"), "{output}");
+    assert!(output.contains("app failed HTTP Error 403"), "{output}");
+    wait_for(
+        &mesh,
+        &alice,
+        &first.id,
+        DeploymentState::Superseded,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let phases = |record: &pb::EgressRecord| {
+        record
+            .destinations
+            .iter()
+            .map(|d| (d.phase(), d.host.clone(), d.port, d.connections, d.refusals))
+            .collect::<Vec<_>>()
+    };
+    let (host, port) = (addr.ip().to_string(), u32::from(addr.port()));
+    // A stopped app's record comes with its last report, after the drain.
+    let started = std::time::Instant::now();
+    let first_record = loop {
+        let record = egress_record(&mesh, &alice, &first.id).await;
+        if record.destinations.len() > 1 || started.elapsed() > Duration::from_secs(20) {
+            break record;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        phases(&first_record),
+        [
+            (pb::EgressPhase::Build, host.clone(), port, 0, 1),
+            (pb::EgressPhase::App, host.clone(), port, 1, 0),
+        ],
+        "{first_record:?}"
+    );
+    assert!(first_record.destinations[0].refusal_reason.contains("build_egress"));
+    assert!(first_record.destinations[1].bytes_received > 0);
+    // The second app still runs: its record so far comes with its next
+    // report; the build's is there.
+    let second_record = egress_record(&mesh, &alice, &second.id).await;
+    assert_eq!(
+        phases(&second_record)[0],
+        (pb::EgressPhase::Build, host, port, 1, 0),
+        "{second_record:?}"
+    );
+    // Nobody else reads it.
+    let (mallory, _) = mesh.user("mallory@example.com").await;
+    let denied = mesh
+        .deploys()
+        .await
+        .get_egress_record(authed(
+            pb::GetEgressRecordRequest {
+                deployment_id: first.id.clone(),
+            },
+            &mallory,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound, "{denied:?}");
+}
+
+async fn egress_record(mesh: &crate::common::TestMesh, token: &str, id: &str) -> pb::EgressRecord {
+    mesh.deploys()
+        .await
+        .get_egress_record(authed(
+            pb::GetEgressRecordRequest {
+                deployment_id: id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A "package mirror" on 127.0.0.2 that answers every request with its
+/// request line.
+fn mirror() -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.2:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in server.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let read = stream.read(&mut request).unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..read]).to_string();
+            let body = format!("mirror-says-hello for {}", head.lines().next().unwrap_or(""));
+            let _ = write!(
+                stream,
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
 }

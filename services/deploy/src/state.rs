@@ -275,6 +275,7 @@ impl DeployServiceApi {
             .map_err(|err| rpc::internal(format_args!("the plan's project id: {err}")))?;
         let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
         let commit = self.resolve(project_id, &plan.repository_url, &source_ref).await?;
+        let resources = plan.resources.unwrap_or_default();
         let snapshot = Snapshot {
             build_command: plan.build_command,
             start_command: plan.start_command,
@@ -282,6 +283,11 @@ impl DeployServiceApi {
             repository_url: plan.repository_url,
             health_check_path: plan.health_check_path,
             release_command: plan.release_command,
+            build_egress: plan.build_egress,
+            app_egress: plan.app_egress,
+            memory_mb: resources.memory_mb,
+            cpu_millis: resources.cpu_millis,
+            processes: resources.processes,
         };
         let new = NewDeployment {
             project_id,

@@ -6,6 +6,8 @@ use capsule::{
     rpc,
 };
 
+use crate::state::Maxima;
+
 use crate::db::{
     Project, Settings, Variable,
     organizations::{Invitation, Member, Organization},
@@ -55,12 +57,28 @@ pub fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::Projec
         release_command: settings.release_command.clone(),
         environment_variables: variables.iter().map(variable_proto).collect(),
         update_time: Some(rpc::timestamp(settings.updated_at)),
+        build_egress: settings.build_egress,
+        app_egress: settings.app_egress,
+        resources: Some(resources_proto(settings)),
     }
 }
 
-/// What a deployment of the project runs (no variables).
-pub fn plan_proto(project: &Project, settings: Settings) -> pb::DeploymentPlan {
+fn resources_proto(settings: &Settings) -> pb::Resources {
+    let count = |value: i32| u32::try_from(value).unwrap_or_default();
+    pb::Resources {
+        memory_mb: count(settings.memory_mb),
+        cpu_millis: count(settings.cpu_millis),
+        processes: count(settings.processes),
+    }
+}
+
+/// What a deployment of the project runs (no variables), its resources
+/// within `maxima`.
+pub fn plan_proto(project: &Project, settings: Settings, maxima: &Maxima) -> pb::DeploymentPlan {
     pb::DeploymentPlan {
+        resources: Some(maxima.bound(resources_proto(&settings))),
+        build_egress: settings.build_egress,
+        app_egress: settings.app_egress,
         project: Some(project_proto(project)),
         build_command: settings.build_command,
         start_command: settings.start_command,

@@ -49,12 +49,13 @@ pub async fn serve(
         )),
         None => None,
     };
+    let maxima = state::Maxima::from_source(&capsule::config::ProcessEnv)?;
     let keys = mesh.secrets.encryption.clone();
     capsule::db::refuse_unknown_keys(db.clone(), vault::key_ids, keys.clone(), shutdown.clone());
     GrpcServer::new(ServiceKind::Project)
         .require_access(mesh.key_set()?)
         .add_service(
-            ProjectServiceServer::new(ProjectServiceApi::new(db.clone(), auth, keys))
+            ProjectServiceServer::new(ProjectServiceApi::new(db.clone(), auth, keys, maxima))
                 .max_decoding_message_size(capsule::server::MAX_MESSAGE_BYTES),
         )
         .serve_with_database(db, &MIGRATIONS, listener, &serve_config, shutdown)

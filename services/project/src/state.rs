@@ -32,6 +32,8 @@ pub struct ProjectServiceApi {
     auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
     /// The keys variables' values are sealed with.
     pub(crate) keys: Arc<capsule::crypto::Keyring>,
+    /// The most a project's deployments may be given.
+    pub(crate) maxima: Maxima,
 }
 
 /// One call as authorisation sees it: its caller, the permission its
@@ -121,8 +123,10 @@ impl ProjectServiceApi {
         db: Database,
         auth: Option<(AuthServiceClient<TracedChannel>, Arc<str>)>,
         keys: Arc<capsule::crypto::Keyring>,
+        maxima: Maxima,
     ) -> Self {
         Self {
+            maxima,
             finds: Batcher::new(db.clone(), "project_by_id", Project::find_each),
             creates: Batcher::new(db.clone(), "project_create", Project::create_each),
             db: Arc::new(db),
@@ -264,4 +268,109 @@ pub fn project_event(call: &Call, action: &'static str, project: &Project) -> Ev
 /// An event about organisation `id` (and `below` it: `/members/<id>`).
 pub fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -> Event {
     Event::new(actor, action, format!("organizations/{id}{below}")).organization(Some(id))
+}
+
+/// The most a project may ask for its deployments' share of a runner
+/// (`ProjectSettings.resources`), set by the operator:
+///
+/// | variable | default |
+/// |---|---|
+/// | `PROJECT_MAX_MEMORY_MB` | `4096`: memory of a deployment's processes together |
+/// | `PROJECT_MAX_CPUS` | `2`: CPU time, in CPUs (0.5: half of one) |
+/// | `PROJECT_MAX_PROCESSES` | `4096`: processes and threads at once |
+///
+/// A setting above a maximum is refused when written, and a maximum
+/// lowered later bounds the settings already stored when deployments are
+/// prepared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maxima {
+    pub memory_mb: u32,
+    pub cpu_millis: u32,
+    pub processes: u32,
+}
+
+impl Default for Maxima {
+    fn default() -> Self {
+        Self {
+            memory_mb: 4096,
+            cpu_millis: 2000,
+            processes: 4096,
+        }
+    }
+}
+
+impl Maxima {
+    pub fn from_source(source: &dyn capsule::config::Source) -> Result<Self, capsule::config::ConfigError> {
+        use capsule::config::{ConfigError, parse_or, positive};
+        let default = Self::default();
+        let cpus = parse_or::<f64>(
+            source,
+            "PROJECT_MAX_CPUS",
+            2.0,
+            "expected a number of CPUs such as 2 or 0.5",
+        )?;
+        if !(0.1..=64.0).contains(&cpus) {
+            return Err(ConfigError::invalid(
+                "PROJECT_MAX_CPUS",
+                &cpus.to_string(),
+                "expected 0.1 to 64 CPUs",
+            ));
+        }
+        Ok(Self {
+            memory_mb: positive(source, "PROJECT_MAX_MEMORY_MB", default.memory_mb)?,
+            cpu_millis: (cpus * 1000.0).round() as u32,
+            processes: positive(source, "PROJECT_MAX_PROCESSES", default.processes)?,
+        })
+    }
+
+    /// `resources` within these maxima.
+    pub fn bound(&self, resources: capsule::proto::project::v1::Resources) -> capsule::proto::project::v1::Resources {
+        capsule::proto::project::v1::Resources {
+            memory_mb: resources.memory_mb.min(self.memory_mb),
+            cpu_millis: resources.cpu_millis.min(self.cpu_millis),
+            processes: resources.processes.min(self.processes),
+        }
+    }
+
+    /// Each field of `resources` above its maximum, as a violation naming
+    /// the maximum and the variable that sets it.
+    pub fn check(
+        &self,
+        resources: &capsule::proto::project::v1::Resources,
+        violations: &mut capsule::rpc::FieldViolations,
+    ) {
+        let over = [
+            (
+                "memory_mb",
+                resources.memory_mb,
+                self.memory_mb,
+                format!("{} MiB", self.memory_mb),
+                "PROJECT_MAX_MEMORY_MB",
+            ),
+            (
+                "cpu_millis",
+                resources.cpu_millis,
+                self.cpu_millis,
+                format!("{} thousandths of a CPU", self.cpu_millis),
+                "PROJECT_MAX_CPUS",
+            ),
+            (
+                "processes",
+                resources.processes,
+                self.processes,
+                self.processes.to_string(),
+                "PROJECT_MAX_PROCESSES",
+            ),
+        ];
+        for (field, asked, most, said, variable) in over {
+            if asked > most {
+                violations.add(
+                    format!("settings.resources.{field}"),
+                    format!(
+                        "must be at most {said}, this platform's maximum ({variable}); 0 takes the runner's default"
+                    ),
+                );
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capsule::proto::deploy::v1::DeploymentState;
+use capsule::proto::deploy::v1::{DeploymentState, EgressPhase};
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -198,7 +198,7 @@ impl Runner {
         let mut reaped = false;
         loop {
             tokio::select! {
-                _ = egress_report.tick() => app.job.report_egress().await,
+                _ = egress_report.tick() => app.job.report_egress(EgressPhase::App).await,
                 ended = &mut app.running => {
                     reaped = true;
                     if shutdown.is_cancelled() || drain.is_cancelled() {
@@ -265,7 +265,7 @@ impl Runner {
                 () = shutdown.cancelled() => break,
             }
         }
-        app.job.report_egress().await;
+        app.job.report_egress(EgressPhase::App).await;
         beat.abort();
         app.kill.cancel();
         if !reaped {

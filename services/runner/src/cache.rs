@@ -50,11 +50,19 @@ impl Caches {
         }
     }
 
-    /// The cache of `project_id`'s `environment`, made if missing and
-    /// handed to the sandbox user `owner`; `None` when caches are off or
-    /// the names are not what the deploy service gives (a UUID, an
-    /// environment of lowercase letters, digits and hyphens).
-    pub fn open(&self, project_id: &str, environment: &str, owner: Option<u32>) -> std::io::Result<Option<Cache>> {
+    /// The cache of `project_id`'s `environment` in its `generation`,
+    /// made if missing and handed to the sandbox user `owner`, those of
+    /// its older generations (cleared through the API) dropped; `None`
+    /// when caches are off or the names are not what the deploy service
+    /// gives (a UUID, an environment of lowercase letters, digits and
+    /// hyphens).
+    pub fn open(
+        &self,
+        project_id: &str,
+        environment: &str,
+        generation: u64,
+        owner: Option<u32>,
+    ) -> std::io::Result<Option<Cache>> {
         if self.max_bytes == 0
             || crate::host::uuid_like(project_id).is_none()
             || environment.is_empty()
@@ -65,7 +73,17 @@ impl Caches {
             return Ok(None);
         }
         crate::host::runner_dir(&self.root, 0o711)?;
-        let dir = self.root.join(format!("{project_id}-{environment}"));
+        // No environment holds a '.': the generation follows one.
+        let name = format!("{project_id}-{environment}");
+        let current = format!("{name}.{generation}");
+        for entry in std::fs::read_dir(&self.root)?.flatten() {
+            let other = entry.file_name().to_string_lossy().into_owned();
+            let older = other == name || other.strip_prefix(&name).is_some_and(|rest| rest.starts_with('.'));
+            if older && other != current {
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        let dir = self.root.join(current);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
                 if let Some(owner) = owner {
@@ -171,23 +189,30 @@ mod tests {
     fn caches_are_per_project_and_environment_and_the_oldest_go_first() {
         let workdir = tempfile::tempdir().unwrap();
         let caches = Caches::new(workdir.path(), 150_000);
-        assert!(caches.open("../../etc", "production", None).unwrap().is_none());
-        assert!(caches.open(PROJECT, "Prod/../x", None).unwrap().is_none());
-        let old = caches.open(PROJECT, "staging", None).unwrap().unwrap();
+        assert!(caches.open("../../etc", "production", 0, None).unwrap().is_none());
+        assert!(caches.open(PROJECT, "Prod/../x", 0, None).unwrap().is_none());
+        let old = caches.open(PROJECT, "staging", 0, None).unwrap().unwrap();
         assert!(old.before().contains("empty"));
         std::fs::write(old.dir.join("blob"), vec![1u8; 100_000]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let new = caches.open(PROJECT, "production", None).unwrap().unwrap();
+        let new = caches.open(PROJECT, "production", 0, None).unwrap().unwrap();
         std::fs::write(new.dir.join("blob"), vec![2u8; 100_000]).unwrap();
         let dropped = caches.evict();
         assert_eq!(dropped.len(), 1, "{dropped:?}");
         assert!(dropped[0].starts_with(&format!("{PROJECT}-staging")), "{dropped:?}");
         assert!(!old.dir.exists() && new.dir.exists());
-        let again = caches.open(PROJECT, "production", None).unwrap().unwrap();
+        let again = caches.open(PROJECT, "production", 0, None).unwrap().unwrap();
         assert!(again.before().contains("from earlier builds"), "{}", again.before());
+        // Cleared: the next generation starts empty, and the older one goes
+        // (not another environment's, whose name starts the same).
+        let other = caches.open(PROJECT, "production-eu", 0, None).unwrap().unwrap();
+        std::fs::write(other.dir.join("blob"), b"kept").unwrap();
+        let cleared = caches.open(PROJECT, "production", 1, None).unwrap().unwrap();
+        assert!(cleared.before().contains("empty"), "{}", cleared.before());
+        assert!(!again.dir.exists() && other.dir.join("blob").exists());
         assert!(
             Caches::new(workdir.path(), 0)
-                .open(PROJECT, "production", None)
+                .open(PROJECT, "production", 0, None)
                 .unwrap()
                 .is_none()
         );

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, sync::Arc};
 
-use capsule::proto::deploy::v1 as pb;
+use capsule::proto::deploy::v1::{self as pb, EgressPhase};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -44,14 +44,20 @@ impl Job {
         (group.oom_kills() > before).then(|| group.out_of_memory())
     }
 
-    /// The egress record since the last report, into the logs.
-    pub async fn report_egress(&self) {
+    /// The egress record since the last report, into the logs and the
+    /// deployment's record, as `phase`'s.
+    pub async fn report_egress(&self, phase: EgressPhase) {
         let Some(proxy) = &self.egress else {
             return;
         };
-        for line in proxy.record().take_lines() {
+        let destinations = proxy.record().take();
+        if destinations.is_empty() {
+            return;
+        }
+        for line in crate::egress::record::lines(&destinations) {
             self.reporter.system(line).await;
         }
+        self.reporter.egress(phase, destinations).await;
     }
 }
 

@@ -46,7 +46,7 @@ use std::{
 };
 
 use capsule::proto::deploy::v1::{
-    self as pb, ClaimDeploymentRequest, DeploymentState, deploy_service_client::DeployServiceClient,
+    self as pb, ClaimDeploymentRequest, DeploymentState, EgressPhase, deploy_service_client::DeployServiceClient,
 };
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -214,7 +214,7 @@ impl Runner {
         };
         // The way out and the cgroup first: a remote source is fetched in
         // the sandbox.
-        let egress = match self.egress(&deployment.id, tenant) {
+        let egress = match self.egress(&deployment.id, tenant, &snapshot) {
             Ok(egress) => egress,
             Err(err) => {
                 tracing::error!(error = %err, "cannot open the egress proxy");
@@ -223,7 +223,7 @@ impl Runner {
                 return None;
             }
         };
-        let cgroup = self.cgroup(&reporter, &deployment.id, tenant).await;
+        let cgroup = self.cgroup(&reporter, &deployment.id, tenant, &snapshot).await;
         // A kept release starts without a build; otherwise the source.
         let released = self
             .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
@@ -321,7 +321,10 @@ impl Runner {
         // A kept release builds nothing: no cache to open, walk or evict.
         let cache = match released {
             true => None,
-            false => self.open_cache(&reporter, &deployment, tenant).await,
+            false => {
+                self.open_cache(&reporter, &deployment, tenant, snapshot.cache_generation)
+                    .await
+            }
         };
         let job = Job {
             reporter: reporter.clone(),
@@ -335,6 +338,9 @@ impl Runner {
         };
         let snapshot = job.snapshot.clone();
 
+        if let Some(proxy) = &job.egress {
+            proxy.set_policy(egress::build_policy(&snapshot));
+        }
         // Heartbeats keep the claim; a cancel (or a lost claim) stops the work.
         let stop = shutdown.child_token();
         let heartbeat = tokio::spawn(heartbeat(reporter.clone(), stop.clone(), self.config.heartbeat));
@@ -353,7 +359,10 @@ impl Runner {
                 .instrument(step_span("release command"))
                 .await;
         }
-        job.report_egress().await;
+        job.report_egress(EgressPhase::Build).await;
+        if let Some(proxy) = &job.egress {
+            proxy.set_policy(egress::app_policy(&snapshot));
+        }
         if let Some(cache) = cache {
             let after = tokio::task::spawn_blocking(move || cache.after())
                 .await

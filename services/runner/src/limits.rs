@@ -117,6 +117,11 @@ pub struct Group {
 }
 
 impl Group {
+    /// What the group's processes share.
+    pub fn share(&self) -> Share {
+        self.share
+    }
+
     /// The files a process writes its pid to, to join.
     pub fn procs(&self) -> Vec<OsString> {
         self.dirs

@@ -104,20 +104,32 @@ impl Runner {
 
     /// The deployment's cgroup, when this runner can make one; otherwise
     /// the log says that memory is bounded per process only.
+    /// Its share is the project's, where it set one, else this runner's
+    /// default.
     pub(crate) async fn cgroup(
         &self,
         reporter: &Reporter,
         deployment_id: &str,
         tenant: u32,
+        snapshot: &pb::DeploymentSnapshot,
     ) -> Option<Arc<limits::Group>> {
         if !self.sandbox.isolated() {
             return None;
         }
         let config = &self.config.sandbox;
         let share = limits::Share {
-            memory_bytes: config.total_memory_bytes,
-            cpus: config.cpus,
-            processes: config.processes,
+            memory_bytes: match snapshot.memory_mb {
+                0 => config.total_memory_bytes,
+                mb => u64::from(mb) * 1024 * 1024,
+            },
+            cpus: match snapshot.cpu_millis {
+                0 => config.cpus,
+                millis => f64::from(millis) / 1000.0,
+            },
+            processes: match snapshot.processes {
+                0 => config.processes,
+                count => u64::from(count),
+            },
         };
         let made = match &self.cgroups {
             Ok(cgroups) => cgroups
@@ -126,7 +138,21 @@ impl Runner {
             Err(why) => Err(why.clone()),
         };
         match made {
-            Ok(group) => Some(Arc::new(group)),
+            Ok(group) => {
+                let whose = match (snapshot.memory_mb, snapshot.cpu_millis, snapshot.processes) {
+                    (0, 0, 0) => "this runner's defaults",
+                    _ => "the project's resources, this runner's defaults for the rest",
+                };
+                reporter
+                    .system(format!(
+                        "sandbox share: {} MiB of memory, {} CPU, {} processes ({whose})",
+                        share.memory_bytes / (1024 * 1024),
+                        share.cpus,
+                        share.processes
+                    ))
+                    .await;
+                Some(Arc::new(group))
+            }
             Err(why) => {
                 tracing::warn!(error = %why, "no cgroup for the deployment");
                 reporter
@@ -140,8 +166,14 @@ impl Runner {
     }
 
     /// The deployment's egress proxy, when its commands run in a sandbox
-    /// (unisolated, they have the host's network).
-    pub(crate) fn egress(&self, deployment_id: &str, tenant: u32) -> std::io::Result<Option<Arc<egress::Proxy>>> {
+    /// (unisolated, they have the host's network), letting through what
+    /// the fetch may reach.
+    pub(crate) fn egress(
+        &self,
+        deployment_id: &str,
+        tenant: u32,
+        snapshot: &pb::DeploymentSnapshot,
+    ) -> std::io::Result<Option<Arc<egress::Proxy>>> {
         if !self.sandbox.isolated() {
             return Ok(None);
         }
@@ -155,6 +187,7 @@ impl Runner {
             &socket,
             self.sandbox.host_id(tenant),
             guard,
+            egress::fetch_policy(snapshot),
         )?)))
     }
 
@@ -166,13 +199,14 @@ impl Runner {
         reporter: &Reporter,
         deployment: &pb::Deployment,
         tenant: u32,
+        generation: u64,
     ) -> Option<cache::Cache> {
         if !self.sandbox.isolated() {
             return None;
         }
         let (caches, owner) = (self.caches.clone(), self.sandbox.host_id(tenant));
         let (project, environment) = (deployment.project_id.clone(), deployment.environment.clone());
-        let opened = tokio::task::spawn_blocking(move || caches.open(&project, &environment, owner)).await;
+        let opened = tokio::task::spawn_blocking(move || caches.open(&project, &environment, generation, owner)).await;
         match opened {
             Ok(Ok(Some(cache))) => {
                 reporter.system(cache.before()).await;

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use capsule::proto::deploy::v1::{
-    self as pb, DeploymentState, HeartbeatRequest, LogEntry, LogStream, ReportStatusRequest,
-    deploy_service_client::DeployServiceClient,
+    self as pb, DeploymentState, EgressDestination, EgressPhase, HeartbeatRequest, LogEntry, LogStream,
+    ReportStatusRequest, deploy_service_client::DeployServiceClient,
 };
 use capsule::trace::TracedChannel as Channel;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, service::interceptor::InterceptedService};
 
-use super::process::LineSink;
+use super::{egress::record::Destination, process::LineSink};
 
 pub(super) type Client = DeployServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -64,6 +64,36 @@ impl LineSink for Reporter {
 impl Reporter {
     pub(super) async fn system(&self, line: String) {
         self.lines(vec![(LogStream::System, line)]).await;
+    }
+
+    /// Adds to the deployment's egress record what `phase` asked for.
+    pub(super) async fn egress(&self, phase: EgressPhase, record: Vec<((String, u16), Destination)>) {
+        let destinations = record
+            .into_iter()
+            .map(|((host, port), destination)| EgressDestination {
+                host,
+                port: u32::from(port),
+                phase: phase.into(),
+                connections: destination.connections,
+                bytes_sent: destination.bytes_out,
+                bytes_received: destination.bytes_in,
+                refusals: destination.refused,
+                refusal_reason: destination.why.unwrap_or_default(),
+                failures: destination.failed,
+                update_time: None,
+            })
+            .collect();
+        let sent = self
+            .client
+            .clone()
+            .report_egress(pb::ReportEgressRequest {
+                deployment_id: self.deployment_id.clone(),
+                destinations,
+            })
+            .await;
+        if let Err(status) = sent {
+            tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "egress record not reported");
+        }
     }
 
     pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {

@@ -444,7 +444,7 @@ impl Sandbox {
             None => Command::new(&tools.prlimit),
         };
         command
-            .args(self.limits(spec.cpu_time))
+            .args(self.limits(spec.cpu_time, spec.cgroup))
             .arg("--")
             .arg(&tools.bwrap)
             .args(["--args", &ARGS_FD.to_string(), "--", "/bin/sh", "-c"]);
@@ -536,16 +536,21 @@ impl Sandbox {
     /// prlimit's arguments: address space, processes (per sandbox user,
     /// so only when each project has its own), open files, file size, no
     /// core dumps, CPU seconds for builds.
-    fn limits(&self, cpu_time: Option<Duration>) -> Vec<String> {
+    /// A cgroup's share, when larger, raises the address space and the
+    /// process count to match it (the group bounds them together).
+    fn limits(&self, cpu_time: Option<Duration>, group: Option<&crate::limits::Group>) -> Vec<String> {
         let config = &self.config;
+        let share = group.map(crate::limits::Group::share);
+        let memory = share.map_or(0, |share| share.memory_bytes).max(config.memory_bytes);
+        let processes = share.map_or(0, |share| share.processes).max(config.processes);
         let mut limits = vec![
-            format!("--as={}", config.memory_bytes),
+            format!("--as={memory}"),
             format!("--nofile={}", config.open_files),
             format!("--fsize={}", config.file_size_bytes),
             "--core=0".to_owned(),
         ];
         if self.as_root {
-            limits.push(format!("--nproc={}", config.processes));
+            limits.push(format!("--nproc={processes}"));
         }
         if let Some(cpu) = cpu_time {
             limits.push(format!("--cpu={}", cpu.as_secs().max(1)));

@@ -2,6 +2,7 @@
 //! [`transition`], which applies [`State::can_move`] under a row lock.
 
 mod claims;
+pub mod egress;
 mod logs;
 pub mod push;
 pub mod runners;
@@ -37,6 +38,23 @@ pub struct Snapshot {
     pub health_check_path: String,
     #[serde(default)]
     pub release_command: String,
+    /// Egress for the build and for the app: deployments from before the
+    /// settings existed had both.
+    #[serde(default = "on")]
+    pub build_egress: bool,
+    #[serde(default = "on")]
+    pub app_egress: bool,
+    /// The sandbox's share; 0: the runner's default.
+    #[serde(default)]
+    pub memory_mb: u32,
+    #[serde(default)]
+    pub cpu_millis: u32,
+    #[serde(default)]
+    pub processes: u32,
+}
+
+fn on() -> bool {
+    true
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]

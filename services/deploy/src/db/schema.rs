@@ -32,6 +32,30 @@ diesel::table! {
 }
 
 diesel::table! {
+    deployment_egress (deployment_id, phase, host, port) {
+        deployment_id -> Uuid,
+        phase -> Varchar,
+        host -> Varchar,
+        port -> Int4,
+        connections -> Int8,
+        bytes_sent -> Int8,
+        bytes_received -> Int8,
+        refusals -> Int8,
+        refusal_reason -> Varchar,
+        failures -> Int8,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    build_caches (project_id) {
+        project_id -> Uuid,
+        generation -> Int8,
+        cleared_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sandbox_slots (project_id) {
         project_id -> Uuid,
         slot -> Int4,
@@ -117,12 +141,14 @@ diesel::table! {
 }
 
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
+diesel::joinable!(deployment_egress -> deployments (deployment_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     deployments,
     deployment_logs,
+    deployment_egress,
     source_watches,
     push_deliveries,
     webhooks,

@@ -6,6 +6,7 @@
 //! (`crate::convert`).
 
 mod deployments;
+mod egress;
 mod logs;
 mod push;
 mod routes;
@@ -92,6 +93,27 @@ impl DeployService for DeployServiceApi {
         request: Request<pb::AppendLogsRequest>,
     ) -> Result<Response<pb::AppendLogsResponse>, Status> {
         runners::append_logs(self, request).await
+    }
+
+    async fn report_egress(
+        &self,
+        request: Request<pb::ReportEgressRequest>,
+    ) -> Result<Response<pb::ReportEgressResponse>, Status> {
+        egress::report_egress(self, request).await
+    }
+
+    async fn get_egress_record(
+        &self,
+        request: Request<pb::GetEgressRecordRequest>,
+    ) -> Result<Response<pb::EgressRecord>, Status> {
+        egress::get_egress_record(self, request).await
+    }
+
+    async fn clear_build_cache(
+        &self,
+        request: Request<pb::ClearBuildCacheRequest>,
+    ) -> Result<Response<pb::ClearBuildCacheResponse>, Status> {
+        egress::clear_build_cache(self, request).await
     }
 
     async fn watch_routes(&self, _request: Request<pb::WatchRoutesRequest>) -> Result<Response<RouteStream>, Status> {

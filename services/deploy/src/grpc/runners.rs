@@ -79,6 +79,12 @@ pub(super) async fn claim_deployment(
         }
     };
     let snapshot = deployment.snapshot();
+    let project_id = deployment.project_id;
+    let cache_generation = api
+        .inner
+        .db
+        .run(move |conn| db::egress::cache_generation(conn, project_id))
+        .await?;
     Ok(Response::new(pb::ClaimDeploymentResponse {
         sandbox_slot: u32::try_from(sandbox_slot).unwrap_or_default(),
         lease_expire_time: deployment.lease_expires_at.map(rpc::timestamp),
@@ -92,6 +98,12 @@ pub(super) async fn claim_deployment(
             release_command: snapshot.release_command,
             artifact_digest: deployment.artifact_digest.clone().unwrap_or_default(),
             deploy_key,
+            build_egress: snapshot.build_egress,
+            app_egress: snapshot.app_egress,
+            memory_mb: snapshot.memory_mb,
+            cpu_millis: snapshot.cpu_millis,
+            processes: snapshot.processes,
+            cache_generation: u64::try_from(cache_generation).unwrap_or_default(),
             secret_names: variables
                 .iter()
                 .filter(|variable| variable.secret)

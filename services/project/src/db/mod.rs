@@ -195,6 +195,11 @@ pub struct Settings {
     pub repository_url: String,
     pub health_check_path: String,
     pub release_command: String,
+    pub build_egress: bool,
+    pub app_egress: bool,
+    pub memory_mb: i32,
+    pub cpu_millis: i32,
+    pub processes: i32,
 }
 
 #[derive(AsChangeset, Default)]
@@ -208,6 +213,46 @@ pub struct SettingsChanges {
     pub repository_url: Option<String>,
     pub health_check_path: Option<String>,
     pub release_command: Option<String>,
+    pub build_egress: Option<bool>,
+    pub app_egress: Option<bool>,
+    pub memory_mb: Option<i32>,
+    pub cpu_millis: Option<i32>,
+    pub processes: Option<i32>,
+}
+
+impl SettingsChanges {
+    fn is_empty(&self) -> bool {
+        let Self {
+            build_command,
+            start_command,
+            root_directory,
+            branch,
+            auto_deploy,
+            repository_url,
+            health_check_path,
+            release_command,
+            build_egress,
+            app_egress,
+            memory_mb,
+            cpu_millis,
+            processes,
+        } = self;
+        [
+            build_command,
+            start_command,
+            root_directory,
+            branch,
+            repository_url,
+            health_check_path,
+            release_command,
+        ]
+        .iter()
+        .all(|change| change.is_none())
+            && [auto_deploy, build_egress, app_egress]
+                .iter()
+                .all(|change| change.is_none())
+            && [memory_mb, cpu_millis, processes].iter().all(|change| change.is_none())
+    }
 }
 
 #[derive(Queryable, Selectable, Debug, Clone)]
@@ -465,15 +510,7 @@ impl Settings {
     }
 
     pub fn update(conn: &mut PgConnection, project_id: Uuid, changes: &SettingsChanges) -> QueryResult<Settings> {
-        if changes.build_command.is_none()
-            && changes.start_command.is_none()
-            && changes.root_directory.is_none()
-            && changes.branch.is_none()
-            && changes.auto_deploy.is_none()
-            && changes.repository_url.is_none()
-            && changes.health_check_path.is_none()
-            && changes.release_command.is_none()
-        {
+        if changes.is_empty() {
             return Self::get(conn, project_id);
         }
         diesel::update(project_settings::table.find(project_id))

@@ -31,6 +31,11 @@ diesel::table! {
         webhook_secret -> Varchar,
         release_command -> Varchar,
         webhook_secret_key_id -> Nullable<Varchar>,
+        build_egress -> Bool,
+        app_egress -> Bool,
+        memory_mb -> Int4,
+        cpu_millis -> Int4,
+        processes -> Int4,
     }
 }
 

@@ -25,7 +25,7 @@ pub(super) async fn prepare_deployment(
     let id = rpc::require_id("project_id", &request.get_ref().project_id)?;
     let project = api.authorize(&call, id).await?.project;
     let settings = api.db.run(move |conn| Settings::get(conn, id)).await?;
-    Ok(Response::new(plan_proto(&project, settings)))
+    Ok(Response::new(plan_proto(&project, settings, &api.maxima)))
 }
 
 pub(super) async fn list_auto_deploy_projects(
@@ -52,7 +52,7 @@ pub(super) async fn list_auto_deploy_projects(
     Ok(Response::new(pb::ListAutoDeployProjectsResponse {
         plans: rows
             .into_iter()
-            .map(|(project, settings)| plan_proto(&project, settings))
+            .map(|(project, settings)| plan_proto(&project, settings, &api.maxima))
             .collect(),
         next_page_token,
     }))
@@ -86,7 +86,7 @@ pub(super) async fn get_push_target(
         None => String::new(),
     };
     Ok(Response::new(pb::PushTarget {
-        plan: Some(plan_proto(&project, settings)),
+        plan: Some(plan_proto(&project, settings, &api.maxima)),
         auto_deploy,
         webhook_secret: secret,
     }))

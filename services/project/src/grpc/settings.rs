@@ -48,9 +48,17 @@ pub(super) async fn update_project_settings(
             "auto_deploy",
             "repository_url",
             "health_check_path",
+            "build_egress",
+            "app_egress",
+            "resources",
+            "resources.memory_mb",
+            "resources.cpu_millis",
+            "resources.processes",
         ],
         &mut violations,
     );
+    let resources = wanted.resources.unwrap_or_default();
+    let count = |value: u32| Some(i32::try_from(value).unwrap_or(i32::MAX));
     let mut changes = SettingsChanges::default();
     for path in &paths {
         match path.as_str() {
@@ -63,8 +71,21 @@ pub(super) async fn update_project_settings(
             "auto_deploy" => changes.auto_deploy = Some(wanted.auto_deploy),
             "repository_url" => changes.repository_url = Some(wanted.repository_url.clone()),
             "health_check_path" => changes.health_check_path = Some(wanted.health_check_path.clone()),
+            "build_egress" => changes.build_egress = Some(wanted.build_egress),
+            "app_egress" => changes.app_egress = Some(wanted.app_egress),
+            "resources" => {
+                changes.memory_mb = count(resources.memory_mb);
+                changes.cpu_millis = count(resources.cpu_millis);
+                changes.processes = count(resources.processes);
+            }
+            "resources.memory_mb" => changes.memory_mb = count(resources.memory_mb),
+            "resources.cpu_millis" => changes.cpu_millis = count(resources.cpu_millis),
+            "resources.processes" => changes.processes = count(resources.processes),
             _ => {}
         }
+    }
+    if paths.iter().any(|path| path.starts_with("resources")) {
+        api.maxima.check(&resources, &mut violations);
     }
     violations.check()?;
     let granted = api.authorize(&call, id).await?;

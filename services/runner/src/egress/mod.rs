@@ -22,10 +22,13 @@
 
 pub mod proxy;
 pub mod record;
+mod tunnel;
 
 use std::path::Path;
 
-pub use proxy::Proxy;
+use capsule::proto::deploy::v1::DeploymentSnapshot;
+
+pub use proxy::{Policy, Proxy};
 
 /// Where the proxy's socket appears inside the sandbox.
 pub const SANDBOX_SOCKET: &str = "/run/capsule/egress.sock";
@@ -83,3 +86,47 @@ pub fn launcher(socat: &Path) -> String {
         port = SANDBOX_PORT,
     )
 }
+
+/// What the fetch of the project's repository may reach: with egress on
+/// for builds, what the build may; with it off, the repository's host and
+/// port alone.
+pub fn fetch_policy(snapshot: &DeploymentSnapshot) -> Policy {
+    if snapshot.build_egress {
+        return Policy::Open;
+    }
+    let repository = url::Url::parse(&snapshot.repository_url).ok();
+    let only = repository.as_ref().and_then(|url| {
+        let port = url
+            .port_or_known_default()
+            .or_else(|| (url.scheme() == "ssh").then_some(22))?;
+        Some((url.host_str()?.to_ascii_lowercase(), port))
+    });
+    match only {
+        Some((host, port)) => Policy::Only {
+            host,
+            port,
+            why: format!("is not the project's repository, and {}", BUILD_EGRESS_OFF),
+        },
+        None => build_policy(snapshot),
+    }
+}
+
+/// What the build and the release command may reach.
+pub fn build_policy(snapshot: &DeploymentSnapshot) -> Policy {
+    match snapshot.build_egress {
+        true => Policy::Open,
+        false => Policy::Closed(format!("is not allowed: {BUILD_EGRESS_OFF}")),
+    }
+}
+
+/// What the running app may reach.
+pub fn app_policy(snapshot: &DeploymentSnapshot) -> Policy {
+    match snapshot.app_egress {
+        true => Policy::Open,
+        false => Policy::Closed(
+            "is not allowed: egress is off for the project's app (app_egress in its settings)".to_owned(),
+        ),
+    }
+}
+
+const BUILD_EGRESS_OFF: &str = "egress is off for the project's builds (build_egress in its settings)";

@@ -10,7 +10,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -38,17 +38,44 @@ const MAX_CONNECTIONS: usize = 256;
 static RUNNER_CONNECTIONS: std::sync::LazyLock<Arc<Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(Semaphore::new(4096)));
 
+/// What a proxy lets through beyond the guard; a deployment's changes
+/// between its phases (the fetch, the build, the app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// Whatever the guard allows.
+    Open,
+    /// Only `host:port` (a project's repository, fetched while its build
+    /// has no egress); the rest is refused, saying `why`.
+    Only { host: String, port: u16, why: String },
+    /// Nothing, saying `why`.
+    Closed(String),
+}
+
+impl Policy {
+    /// Why `host:port` is refused, if it is.
+    fn refuses(&self, host: &str, port: u16) -> Option<&str> {
+        match self {
+            Self::Open => None,
+            Self::Only {
+                host: only, port: at, ..
+            } if only.eq_ignore_ascii_case(host) && *at == port => None,
+            Self::Only { why, .. } | Self::Closed(why) => Some(why),
+        }
+    }
+}
+
 /// A running proxy; dropping it closes the socket and every tunnel.
 pub struct Proxy {
     socket: PathBuf,
     record: Arc<Record>,
+    policy: Arc<RwLock<Policy>>,
     task: JoinHandle<()>,
 }
 
 impl Proxy {
     /// Listens on `socket` (a path in the runner's own directory), which
     /// the sandbox user `owner` may connect to.
-    pub fn start(socket: &Path, owner: Option<u32>, guard: Guard) -> std::io::Result<Self> {
+    pub fn start(socket: &Path, owner: Option<u32>, guard: Guard, policy: Policy) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         // Connecting takes write permission: the sandbox user's alone.
@@ -57,12 +84,25 @@ impl Proxy {
             std::os::unix::fs::chown(socket, Some(owner), Some(owner))?;
         }
         let record = Arc::new(Record::default());
-        let task = tokio::spawn(serve(listener, Arc::new(guard), record.clone()));
+        let policy = Arc::new(RwLock::new(policy));
+        let rules = Rules {
+            guard,
+            policy: policy.clone(),
+        };
+        let task = tokio::spawn(serve(listener, Arc::new(rules), record.clone()));
         Ok(Self {
             socket: socket.to_path_buf(),
             record,
+            policy,
             task,
         })
+    }
+
+    /// From now on, `policy` (connections already open stay).
+    pub fn set_policy(&self, policy: Policy) {
+        if let Ok(mut now) = self.policy.write() {
+            *now = policy;
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -82,7 +122,13 @@ impl Drop for Proxy {
     }
 }
 
-async fn serve(listener: UnixListener, guard: Arc<Guard>, record: Arc<Record>) {
+/// What decides where a sandbox may go.
+struct Rules {
+    guard: Guard,
+    policy: Arc<RwLock<Policy>>,
+}
+
+async fn serve(listener: UnixListener, rules: Arc<Rules>, record: Arc<Record>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut tunnels = tokio::task::JoinSet::new();
     loop {
@@ -98,10 +144,10 @@ async fn serve(listener: UnixListener, guard: Arc<Guard>, record: Arc<Record>) {
             drop(client);
             continue;
         };
-        let (guard, record) = (guard.clone(), record.clone());
+        let (rules, record) = (rules.clone(), record.clone());
         tunnels.spawn(async move {
             let _slots = (slot, shared);
-            if let Err(err) = handle(client, &guard, &record).await {
+            if let Err(err) = handle(client, &rules, &record).await {
                 tracing::debug!(error = %err, "egress connection ended");
             }
         });
@@ -117,7 +163,7 @@ struct Ask {
     forward: Option<Vec<u8>>,
 }
 
-async fn handle(mut client: UnixStream, guard: &Guard, record: &Record) -> std::io::Result<()> {
+async fn handle(mut client: UnixStream, rules: &Rules, record: &Record) -> std::io::Result<()> {
     let (head, rest) = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut client)).await {
         Ok(Ok(Some(read))) => read,
         Ok(Ok(None)) => return answer(&mut client, 431, "the request head is too large").await,
@@ -128,7 +174,17 @@ async fn handle(mut client: UnixStream, guard: &Guard, record: &Record) -> std::
         Ok(ask) => ask,
         Err(why) => return answer(&mut client, 400, why).await,
     };
-    let looked_up = tokio::time::timeout(HEAD_TIMEOUT, destination(guard, &ask.host, ask.port)).await;
+    let refused = rules
+        .policy
+        .read()
+        .map(|policy| policy.refuses(&ask.host, ask.port).map(str::to_owned))
+        .unwrap_or_else(|_| Some("is not allowed".to_owned()));
+    if let Some(why) = refused {
+        record.refused(&ask.host, ask.port, &why);
+        let message = format!("capsule egress: {}:{} is refused: it {why}", ask.host, ask.port);
+        return answer(&mut client, 403, &message).await;
+    }
+    let looked_up = tokio::time::timeout(HEAD_TIMEOUT, destination(&rules.guard, &ask.host, ask.port)).await;
     let addresses = match looked_up.unwrap_or_else(|_| Err("could not be resolved in time".to_owned())) {
         Ok(addresses) => addresses,
         Err(why) => {
@@ -155,10 +211,8 @@ async fn handle(mut client: UnixStream, guard: &Guard, record: &Record) -> std::
     }
     upstream.write_all(&rest).await?;
     let opened = record.opened(&ask.host, ask.port, sent as u64);
-    let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    if let Ok((out, back)) = copied {
-        opened.closed(out, back);
-    }
+    let (out, back) = super::tunnel::relay(client, upstream, super::tunnel::IDLE).await;
+    opened.closed(out, back);
     Ok(())
 }
 

@@ -65,19 +65,24 @@ impl Record {
         }
     }
 
-    /// The record since the last call, as log lines (one per destination,
-    /// refusals first); then it starts again. Connections still open
-    /// count their bytes in the next report.
-    pub fn take_lines(&self) -> Vec<String> {
-        let destinations: Vec<_> = match self.destinations.lock() {
+    /// The record since the last call, by host and port; then it starts
+    /// again. Connections still open count their bytes in the next one.
+    pub fn take(&self) -> Vec<((String, u16), Destination)> {
+        match self.destinations.lock() {
             Ok(mut destinations) => std::mem::take(&mut *destinations).into_iter().collect(),
             Err(_) => Vec::new(),
-        };
-        lines(&destinations)
+        }
+    }
+
+    /// [`Self::take`] as log lines.
+    #[cfg(test)]
+    fn take_lines(&self) -> Vec<String> {
+        lines(&self.take())
     }
 }
 
-fn lines(destinations: &[((String, u16), Destination)]) -> Vec<String> {
+/// A record as log lines: one per destination, refusals first.
+pub fn lines(destinations: &[((String, u16), Destination)]) -> Vec<String> {
     let refused = destinations
         .iter()
         .filter(|(_, d)| d.refused > 0)
