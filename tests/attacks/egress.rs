@@ -22,7 +22,7 @@ use capsule::{
 use super::runner_mesh;
 use crate::common::{
     authed,
-    deploy::{app, deploy_live, logs, logs_until, project, text, update_settings, wait_for},
+    deploy::{app, deploy, deploy_live, logs, logs_until, project, text, update_settings, wait_for},
 };
 
 /// A build that asks for each of `targets` through the proxy (as a
@@ -115,10 +115,32 @@ async fn a_build_reaches_nothing_of_the_control_plane_and_its_refusals_are_recor
         &[listener, "127.0.0.1:5432".parse().unwrap()],
         &[udp_addr, format!("[::1]:{}", udp_addr.port()).parse().unwrap()],
     );
-    let project_id = project(&mesh, &mallory, &build, &[]).await;
-    let deployment = deploy_live(&mesh, &mallory, &project_id).await;
+    // It fails after probing: a failed build's record is kept too.
+    let project_id = project(&mesh, &mallory, &format!("{build}exit 3\n"), &[]).await;
+    let deployment = deploy(&mesh, &mallory, &project_id).await;
+    wait_for(
+        &mesh,
+        &mallory,
+        &deployment.id,
+        DeploymentState::Failed,
+        Duration::from_secs(40),
+    )
+    .await;
     let output = text(&logs(&mesh, &mallory, &deployment.id).await);
     assert!(output.contains("probes-done"), "{output}");
+    let record = egress_record(&mesh, &mallory, &deployment.id).await;
+    for target in &targets {
+        let (host, port) = target.rsplit_once(':').unwrap();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        assert!(
+            record.destinations.iter().any(|d| d.phase() == pb::EgressPhase::Build
+                && d.host == host
+                && d.port.to_string() == port
+                && d.refusals == 1
+                && d.connections == 0),
+            "{target} in {record:?}"
+        );
+    }
     for target in &targets {
         assert!(
             output.contains(&format!("proxy {target} -> HTTP/1.1 403 Forbidden")),

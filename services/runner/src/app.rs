@@ -226,6 +226,7 @@ impl Runner {
                             self.config.restart_window.as_secs()
                         );
                         reporter.system(why.clone()).await;
+                        app.job.report_egress(EgressPhase::App).await;
                         reporter.state(DeploymentState::Crashed, why, Some(code)).await;
                         break;
                     }
@@ -247,6 +248,7 @@ impl Runner {
                         }
                         Err(err) => {
                             let why = format!("cannot restart the app: {err}");
+                            app.job.report_egress(EgressPhase::App).await;
                             reporter.state(DeploymentState::Crashed, why, None).await;
                             break;
                         }

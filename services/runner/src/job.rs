@@ -47,17 +47,7 @@ impl Job {
     /// The egress record since the last report, into the logs and the
     /// deployment's record, as `phase`'s.
     pub async fn report_egress(&self, phase: EgressPhase) {
-        let Some(proxy) = &self.egress else {
-            return;
-        };
-        let destinations = proxy.record().take();
-        if destinations.is_empty() {
-            return;
-        }
-        for line in crate::egress::record::lines(&destinations) {
-            self.reporter.system(line).await;
-        }
-        self.reporter.egress(phase, destinations).await;
+        report_egress(&self.reporter, self.egress.as_deref(), phase).await;
     }
 }
 
@@ -98,4 +88,21 @@ pub(super) fn failed_step(why: &str) {
     let span = tracing::Span::current();
     span.record("otel.status_code", "error");
     span.record("error.message", why);
+}
+
+/// What went out through `proxy` since its last report, into the logs and
+/// the deployment's record, as `phase`'s. Before a final state: the deploy
+/// service takes reports only from the runner holding the deployment.
+pub(crate) async fn report_egress(reporter: &Reporter, proxy: Option<&crate::egress::Proxy>, phase: EgressPhase) {
+    let Some(proxy) = proxy else {
+        return;
+    };
+    let destinations = proxy.record().take();
+    if destinations.is_empty() {
+        return;
+    }
+    for line in crate::egress::record::lines(&destinations) {
+        reporter.system(line).await;
+    }
+    reporter.egress(phase, destinations).await;
 }

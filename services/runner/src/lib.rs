@@ -252,6 +252,7 @@ impl Runner {
                 Ok(commit) => fetched = commit,
                 Err(why) => {
                     failed_step(&why);
+                    job::report_egress(&reporter, egress.as_deref(), EgressPhase::Build).await;
                     reporter.system(why.clone()).await;
                     reporter.state(DeploymentState::Failed, why, None).await;
                     return None;
@@ -418,6 +419,9 @@ impl Runner {
                 Ended::Exited(127)
             }
         };
+        if !matches!(ended, Ended::Exited(0)) {
+            job.report_egress(EgressPhase::Build).await;
+        }
         match ended {
             Ended::Exited(0) => return true,
             Ended::Exited(code) if let Some(why) = job.out_of_memory_since(kills) => {

@@ -22,7 +22,9 @@ fn kind_schema(kind: &Kind, wanted: &mut BTreeSet<String>, pool: &mut Vec<Messag
     match kind {
         Kind::Double | Kind::Float => json!({ "type": "number" }),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({ "type": "integer", "format": "int32" }),
-        Kind::Uint32 | Kind::Fixed32 => json!({ "type": "integer", "format": "int64", "minimum": 0 }),
+        Kind::Uint32 | Kind::Fixed32 => {
+            json!({ "type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX })
+        }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
             let magnitude = rules::decimal_at_most(i64::MAX.unsigned_abs());
             json!({ "type": "string", "format": "int64", "pattern": format!("^(?:-?(?:{magnitude})|-9223372036854775808)$") })

@@ -5,7 +5,7 @@ use capsule::rules::{
     CapsuleRule,
     types::{
         EnumRules, FieldRules, Ignore, StringRules, field_rules::Type, int32_rules, int64_rules,
-        string_rules::WellKnown,
+        string_rules::WellKnown, u_int32_rules,
     },
 };
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
@@ -81,6 +81,26 @@ fn scalar(field: &FieldDescriptor, rules: &FieldRules, schema: &mut Value) {
             if let Some(int32_rules::LessThan::Lt(max)) = int.less_than {
                 schema["maximum"] = json!(i64::from(max) - 1);
             }
+        }
+        Some(Type::Uint32(int)) => {
+            let mut strict = schema.clone();
+            if let Some(u_int32_rules::GreaterThan::Gte(min)) = int.greater_than {
+                strict["minimum"] = json!(min);
+            }
+            if let Some(u_int32_rules::GreaterThan::Gt(min)) = int.greater_than {
+                strict["minimum"] = json!(u64::from(min) + 1);
+            }
+            if let Some(u_int32_rules::LessThan::Lte(max)) = int.less_than {
+                strict["maximum"] = json!(max);
+            }
+            if let Some(u_int32_rules::LessThan::Lt(max)) = int.less_than {
+                strict["maximum"] = json!(u64::from(max).saturating_sub(1));
+            }
+            // 0, or everything the rules ask.
+            *schema = match empty_allowed {
+                true => json!({ "anyOf": [{ "type": "integer", "enum": [0] }, strict] }),
+                false => strict,
+            };
         }
         Some(Type::Int64(int)) => {
             // int64 travels as a string of digits; "not negative" is said
