@@ -13,6 +13,7 @@ mod common;
 mod app_socket;
 mod caps;
 mod deploy_keys;
+mod disk;
 mod egress;
 mod fairness;
 mod forwarded;

@@ -277,7 +277,6 @@ impl Runner {
         if let Reach::Socket(socket) = &app.reach {
             let _ = std::fs::remove_file(socket);
         }
-        let _ = std::fs::remove_dir_all(&app.job.workdir);
     }
 
     /// SIGTERM to everything in the app's sandbox, then SIGKILL after the

@@ -14,6 +14,8 @@ use std::{
     time::SystemTime,
 };
 
+use crate::disk::{Disks, Volume};
+
 /// Where a build sees its cache.
 pub const SANDBOX_CACHE: &str = "/cache";
 
@@ -39,14 +41,17 @@ pub fn environment() -> Vec<(&'static str, String)> {
 pub struct Caches {
     root: PathBuf,
     max_bytes: u64,
+    /// Each cache's filesystem, when the runner bounds disks.
+    disks: Option<Disks>,
 }
 
 impl Caches {
     /// `max_bytes` 0: no caches.
-    pub fn new(workdir: &Path, max_bytes: u64) -> Self {
+    pub fn new(workdir: &Path, max_bytes: u64, disks: Option<&Disks>) -> Self {
         Self {
             root: workdir.join(".cache"),
             max_bytes,
+            disks: disks.map(|disks| disks.at_most(max_bytes)),
         }
     }
 
@@ -55,7 +60,7 @@ impl Caches {
     /// its older generations (cleared through the API) dropped; `None`
     /// when caches are off or the names are not what the deploy service
     /// gives (a UUID, an environment of lowercase letters, digits and
-    /// hyphens).
+    /// hyphens). `WouldBlock` while another build uses it.
     pub fn open(
         &self,
         project_id: &str,
@@ -76,11 +81,15 @@ impl Caches {
         // No environment holds a '.': the generation follows one.
         let name = format!("{project_id}-{environment}");
         let current = format!("{name}.{generation}");
+        let image = self.root.join(format!("{current}.img"));
         for entry in std::fs::read_dir(&self.root)?.flatten() {
             let other = entry.file_name().to_string_lossy().into_owned();
             let older = other == name || other.strip_prefix(&name).is_some_and(|rest| rest.starts_with('.'));
-            if older && other != current {
-                std::fs::remove_dir_all(entry.path())?;
+            if older && other != current && entry.path() != image {
+                match entry.file_type()?.is_dir() {
+                    true => std::fs::remove_dir_all(entry.path())?,
+                    false => std::fs::remove_file(entry.path())?,
+                }
             }
         }
         let dir = self.root.join(current);
@@ -109,11 +118,19 @@ impl Caches {
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .map_err(std::io::Error::other)?;
+        let volume = match &self.disks {
+            Some(disks) => Some(disks.mount(&image, &dir, owner)?),
+            None => None,
+        };
         let bytes = match std::fs::read_dir(&dir)?.next() {
             None => 0,
             Some(_) => size(&dir),
         };
-        Ok(Some(Cache { dir, bytes }))
+        Ok(Some(Cache {
+            dir,
+            bytes,
+            _volume: volume,
+        }))
     }
 
     /// Drops the least recently used caches until all fit; which, and
@@ -122,22 +139,37 @@ impl Caches {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Vec::new();
         };
-        let mut caches: Vec<(SystemTime, u64, PathBuf)> = entries
+        let mut caches: Vec<_> = entries
             .filter_map(Result::ok)
             .filter_map(|entry| {
                 let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
-                let used = metadata.modified().ok()?;
-                metadata.is_dir().then(|| (used, size(&entry.path()), entry.path()))
+                let used: SystemTime = metadata.modified().ok()?;
+                if !metadata.is_dir() {
+                    return None;
+                }
+                // Its filesystem, locked: one a build holds stays.
+                let mut image = entry.path().into_os_string();
+                image.push(".img");
+                let image = PathBuf::from(image);
+                let (bytes, lock) = match std::fs::symlink_metadata(&image) {
+                    Ok(file) => (file.blocks() * 512, Some(Disks::lock(&image))),
+                    Err(_) => (size(&entry.path()), None),
+                };
+                Some((used, bytes, entry.path(), image, lock))
             })
             .collect();
-        caches.sort();
-        let mut total: u64 = caches.iter().map(|(_, bytes, _)| bytes).sum();
+        caches.sort_by_key(|(used, ..)| *used);
+        let mut total: u64 = caches.iter().map(|(_, bytes, ..)| bytes).sum();
         let mut dropped = Vec::new();
-        for (_, bytes, path) in caches {
+        for (_, bytes, path, image, lock) in caches {
             if total <= self.max_bytes {
                 break;
             }
+            if matches!(lock, Some(None)) {
+                continue;
+            }
             if std::fs::remove_dir_all(&path).is_ok() {
+                let _ = std::fs::remove_file(image);
                 total -= bytes;
                 let name = path.file_name().map(|name| name.to_string_lossy().into_owned());
                 dropped.push(format!("{} ({})", name.unwrap_or_default(), megabytes(bytes)));
@@ -153,6 +185,8 @@ pub struct Cache {
     pub dir: PathBuf,
     /// Its size when opened; 0 when it holds nothing.
     pub bytes: u64,
+    /// Its filesystem, mounted until the build is over.
+    _volume: Option<Volume>,
 }
 
 impl Cache {
@@ -188,7 +222,7 @@ mod tests {
     #[test]
     fn caches_are_per_project_and_environment_and_the_oldest_go_first() {
         let workdir = tempfile::tempdir().unwrap();
-        let caches = Caches::new(workdir.path(), 150_000);
+        let caches = Caches::new(workdir.path(), 150_000, None);
         assert!(caches.open("../../etc", "production", 0, None).unwrap().is_none());
         assert!(caches.open(PROJECT, "Prod/../x", 0, None).unwrap().is_none());
         let old = caches.open(PROJECT, "staging", 0, None).unwrap().unwrap();
@@ -211,7 +245,7 @@ mod tests {
         assert!(cleared.before().contains("empty"), "{}", cleared.before());
         assert!(!again.dir.exists() && other.dir.join("blob").exists());
         assert!(
-            Caches::new(workdir.path(), 0)
+            Caches::new(workdir.path(), 0, None)
                 .open(PROJECT, "production", 0, None)
                 .unwrap()
                 .is_none()

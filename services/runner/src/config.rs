@@ -30,6 +30,7 @@
 //! | `DEPLOY_SANDBOX_OPEN_FILES` | `1024`: open files per process |
 //! | `DEPLOY_SANDBOX_FILE_SIZE_MB` | `1024`: largest file a command may write |
 //! | `DEPLOY_SANDBOX_TMP_MB` | `256`: size of the sandbox's private `/tmp` |
+//! | `DEPLOY_SANDBOX_DISK_MB` | `4096`: size of each deployment's working directory and each build cache, filesystems of their own where the runner can loop-mount |
 //! | `DEPLOY_SANDBOX_RO_BINDS` | unset: more host paths (colon-separated) shown read-only inside, e.g. a toolchain under `/opt` |
 
 use std::{path::PathBuf, time::Duration};
@@ -188,6 +189,8 @@ pub struct SandboxConfig {
     pub open_files: u64,
     pub file_size_bytes: u64,
     pub tmp_bytes: u64,
+    /// Each working directory's and build cache's filesystem.
+    pub disk_bytes: u64,
     pub ro_binds: Vec<PathBuf>,
 }
 
@@ -231,6 +234,7 @@ impl SandboxConfig {
             open_files: positive(source, "DEPLOY_SANDBOX_OPEN_FILES", 1024)?,
             file_size_bytes: mib("DEPLOY_SANDBOX_FILE_SIZE_MB", 1024)?,
             tmp_bytes: mib("DEPLOY_SANDBOX_TMP_MB", 256)?,
+            disk_bytes: mib("DEPLOY_SANDBOX_DISK_MB", 4096)?,
             ro_binds: paths(source, "DEPLOY_SANDBOX_RO_BINDS")?,
         })
     }

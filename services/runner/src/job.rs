@@ -1,7 +1,7 @@
 //! One claimed deployment being run: what the runner holds of it, the app
 //! once it is live, and the spans of its steps in the deployment's trace.
 
-use std::{path::PathBuf, sync::Arc};
+use std::sync::Arc;
 
 use capsule::proto::deploy::v1::{self as pb, EgressPhase};
 use tokio::task::JoinHandle;
@@ -18,8 +18,9 @@ use super::{
 pub(super) struct Job {
     pub reporter: Reporter,
     pub snapshot: Arc<pb::DeploymentSnapshot>,
-    /// The working directory on the host.
-    pub workdir: PathBuf,
+    /// The working directory on the host, removed when the last holder
+    /// lets go.
+    pub workdir: Arc<crate::disk::Workspace>,
     /// The project's sandbox slot.
     pub tenant: u32,
     pub masker: Arc<Masker>,
@@ -42,6 +43,21 @@ impl Job {
     pub fn out_of_memory_since(&self, before: u64) -> Option<String> {
         let group = self.cgroup.as_ref()?;
         (group.oom_kills() > before).then(|| group.out_of_memory())
+    }
+
+    /// Why a failed step may have failed: "the working directory is full
+    /// (4096 MiB, …)", or the build cache, when they are filesystems of
+    /// their own.
+    pub fn disk_full(&self) -> Option<String> {
+        let bytes = self.workdir.bounded()?;
+        if crate::disk::full(self.workdir.path()).is_some() {
+            let mib = bytes >> 20;
+            return Some(format!(
+                "the working directory is full ({mib} MiB, DEPLOY_SANDBOX_DISK_MB)"
+            ));
+        }
+        crate::disk::full(self.cache.as_deref()?)?;
+        Some("the build cache is full (DEPLOY_SANDBOX_DISK_MB, within DEPLOY_BUILD_CACHE_MB)".to_owned())
     }
 
     /// The egress record since the last report, into the logs and the

@@ -25,6 +25,7 @@ mod app;
 pub mod artifact;
 pub mod cache;
 pub mod config;
+pub mod disk;
 pub mod egress;
 mod fetch;
 pub mod host;
@@ -73,6 +74,9 @@ pub struct Runner {
     releases: artifact::Releases,
     /// The cgroups deployments are bounded by, or why there are none.
     cgroups: Result<limits::Cgroups, String>,
+    /// The filesystems working directories and caches are bounded by, or
+    /// why there are none.
+    disks: Result<disk::Disks, String>,
 }
 
 /// Runs a runner in its own process until `shutdown`: the sandbox checked
@@ -97,16 +101,24 @@ impl Runner {
     pub fn new(endpoint: &str, token: &str, config: RunnerConfig, sandbox: Sandbox) -> anyhow::Result<Arc<Self>> {
         let channel = capsule::tls::channel(endpoint)?;
         let bearer = Bearer(format!("Bearer {token}").parse()?);
+        let disks = match sandbox.isolated() {
+            true => disk::Disks::detect(config.sandbox.disk_bytes),
+            false => Err("commands run unisolated".to_owned()),
+        };
+        if let Ok(disks) = &disks {
+            disks.sweep(&config.workdir);
+        }
         Ok(Arc::new(Self {
             id: local_name(),
             client: DeployServiceClient::with_interceptor(channel, bearer),
-            caches: cache::Caches::new(&config.workdir, config.build_cache_bytes),
+            caches: cache::Caches::new(&config.workdir, config.build_cache_bytes, disks.as_ref().ok()),
             releases: artifact::Releases::new(&config.workdir, config.releases_kept, config.release_max_bytes),
             cgroups: match (sandbox.isolated(), nix::unistd::geteuid().is_root()) {
                 (true, true) => limits::Cgroups::detect(),
                 (true, false) => Err("the runner is not root".to_owned()),
                 (false, _) => Err("commands run unisolated".to_owned()),
             },
+            disks,
             config,
             sandbox,
             live: Mutex::new(Vec::new()),
@@ -200,11 +212,11 @@ impl Runner {
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
         }
-        let workdir = match tempfile::Builder::new()
-            .prefix(&format!("{}-", deployment.id))
-            .tempdir_in(&self.config.workdir)
-        {
-            Ok(dir) => dir,
+        let (config, id, disks) = (self.config.clone(), deployment.id.clone(), self.disks.clone().ok());
+        let created =
+            tokio::task::spawn_blocking(move || disk::Workspace::create(&config.workdir, &id, disks.as_ref())).await;
+        let workdir = match created.unwrap_or_else(|err| Err(std::io::Error::other(err))) {
+            Ok(dir) => Arc::new(dir),
             Err(err) => {
                 tracing::error!(error = %err, "cannot create a working directory");
                 let message = "the runner cannot create a working directory".to_owned();
@@ -224,6 +236,11 @@ impl Runner {
             }
         };
         let cgroup = self.cgroup(&reporter, &deployment.id, tenant, &snapshot).await;
+        if let Err(why) = &self.disks {
+            reporter
+                .system(format!("disk use is not bounded on this runner ({why})"))
+                .await;
+        }
         // A kept release starts without a build; otherwise the source.
         let released = self
             .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
@@ -330,7 +347,7 @@ impl Runner {
         let job = Job {
             reporter: reporter.clone(),
             snapshot: Arc::new(snapshot),
-            workdir: workdir.path().to_path_buf(),
+            workdir: workdir.clone(),
             tenant,
             masker: Arc::new(masker),
             egress,
@@ -384,13 +401,11 @@ impl Runner {
                 false => self.pack_release(&reporter, &deployment, workdir.path()).await,
             };
             reporter.deploying(digest, fetched).await;
+            // The app's supervisor holds the directory until the app ends.
+            drop(workdir);
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;
             stop.cancel();
             let _ = heartbeat.await;
-            if app.is_some() {
-                // The supervisor removes the directory when the app ends.
-                let _ = workdir.keep();
-            }
             return app;
         }
         stop.cancel();
@@ -432,6 +447,13 @@ impl Runner {
                     .state(DeploymentState::Failed, format!("{what} killed: {why}"), Some(code))
                     .await;
             }
+            Ended::Exited(code) if let Some(full) = job.disk_full() => {
+                reporter
+                    .system(format!("{what} failed: exit code {code}: {full}"))
+                    .await;
+                let why = format!("{what} exited with code {code}: {full}");
+                reporter.state(DeploymentState::Failed, why, Some(code)).await;
+            }
             Ended::Exited(code) => {
                 reporter.system(format!("{what} failed: exit code {code}")).await;
                 let why = format!("{what} exited with code {code}");
@@ -460,7 +482,7 @@ impl Runner {
         self.sandbox
             .command(&Spec {
                 command,
-                workdir: &job.workdir,
+                workdir: job.workdir.path(),
                 root_directory: &job.snapshot.root_directory,
                 environment: &job.snapshot.environment,
                 extra: &extra,

@@ -213,6 +213,15 @@ impl Runner {
                 Some(cache)
             }
             Ok(Ok(None)) => None,
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                reporter
+                    .system(
+                        "the build cache is in use by another build of this environment: building without it"
+                            .to_owned(),
+                    )
+                    .await;
+                None
+            }
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "cannot open the build cache");
                 reporter

@@ -41,7 +41,7 @@ impl Tools {
     }
 }
 
-fn find(name: &str, package: &str) -> Result<PathBuf, String> {
+pub(crate) fn find(name: &str, package: &str) -> Result<PathBuf, String> {
     let mut refused = None;
     for dir in SYSTEM_BIN {
         let Ok(path) = Path::new(dir).join(name).canonicalize() else {
