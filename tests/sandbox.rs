@@ -35,27 +35,41 @@ async fn local_runner_mesh(deploy: Vec<(&'static str, &'static str)>) -> TestMes
     .await
 }
 
-/// A runner in a role of its own (what `capsule runner` runs): the deploy
-/// service's URL and a registered runner's token are all it has, and it
-/// takes a deployment, builds it in the sandbox and reports it live.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
-    let mesh = common::start_with(common::Options::default()).await;
-    let (runner_id, token) = mesh.runner("build-eu-1").await;
-    let workdir = tempfile::tempdir().unwrap();
+/// A runner in a role of its own (what `capsule runner` runs) with the
+/// deploy service's URL, a registered runner's token and `workdir`.
+fn own_runner(
+    mesh: &TestMesh,
+    token: &str,
+    workdir: &std::path::Path,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    tokio_util::sync::CancellationToken,
+) {
     let settings = [
         (
             "DEPLOY_SERVICE_URL",
             format!("http://{}", mesh.addr(ServiceKind::Deploy)),
         ),
-        ("CAPSULE_RUNNER_TOKEN", token),
-        ("DEPLOY_RUNNER_WORKDIR", workdir.path().display().to_string()),
+        ("CAPSULE_RUNNER_TOKEN", token.to_owned()),
+        ("DEPLOY_RUNNER_WORKDIR", workdir.display().to_string()),
     ];
     let source = move |name: &str| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone());
     let connection = capsule_runner::config::Connection::from_source(&source).unwrap();
     let config = capsule_runner::config::RunnerConfig::from_source(&source).unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let runner = tokio::spawn(capsule_runner::serve(connection, config, stop.clone()));
+    (runner, stop)
+}
+
+/// A runner in a role of its own: the deploy service's URL and a
+/// registered runner's token are all it has, and it takes a deployment,
+/// builds it in the sandbox and reports it live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
+    let mesh = common::start_with(common::Options::default()).await;
+    let (runner_id, token) = mesh.runner("build-eu-1").await;
+    let workdir = tempfile::tempdir().unwrap();
+    let (runner, stop) = own_runner(&mesh, &token, workdir.path());
 
     let (alice, _) = mesh.user("alice@example.com").await;
     let project_id = project(&mesh, &alice, "echo built by a runner of its own", &[]).await;
@@ -73,6 +87,58 @@ async fn a_runner_of_its_own_takes_deployments_with_its_registered_token() {
         text(&logs(&mesh, &alice, &deployment.id).await).contains("built by a runner of its own"),
         "its output reached the logs"
     );
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+}
+
+/// A runner that stops after the build (an upgrade, a restart) leaves the
+/// deployment to its lease; the runner that claims it next starts the
+/// release that build kept, without building again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_restarted_after_the_build_starts_the_kept_release_without_building() {
+    let mesh = common::start_with(common::Options {
+        deploy: vec![("DEPLOY_LEASE_SECS", "2")],
+        ..Default::default()
+    })
+    .await;
+    let (_, token) = mesh.runner("build-eu-1").await;
+    let workdir = tempfile::tempdir().unwrap();
+    let (runner, stop) = own_runner(&mesh, &token, workdir.path());
+    let (alice, _) = mesh.user("alice@example.com").await;
+    // Slow to answer: the runner stops while the app starts.
+    let project_id = app(
+        &mesh,
+        &alice,
+        "echo compiled once > artefact && echo building now",
+        "sleep 3; exec python3 -m http.server \"$PORT\"",
+        &[],
+    )
+    .await;
+    let deployment = deploy(&mesh, &alice, &project_id).await;
+    logs_until(&mesh, &alice, &deployment.id, "building → deploying").await;
+    stop.cancel();
+    runner.await.unwrap().unwrap();
+
+    let (runner, stop) = own_runner(&mesh, &token, workdir.path());
+    let live = wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(60),
+    )
+    .await;
+    let output = text(&logs(&mesh, &alice, &deployment.id).await);
+    assert!(output.contains("stopped renewing its lease"), "{output}");
+    assert!(
+        output.contains(&format!(
+            "starting release {} as it was built: no build, no release command",
+            live.artifact_digest
+        )),
+        "{output}"
+    );
+    let built = output.lines().filter(|line| *line == "building now").count();
+    assert_eq!(built, 1, "built once:\n{output}");
     stop.cancel();
     runner.await.unwrap().unwrap();
 }
