@@ -233,6 +233,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
                 runner_id: String::new(),
                 lease: None,
                 wait: None,
+                fresh: false,
             },
         ))
         .await
@@ -419,6 +420,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                             runner_id: String::new(),
                             lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
                             wait: None,
+                            fresh: false,
                         },
                     ))
                     .await
@@ -465,6 +467,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 runner_id: String::new(),
                 lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
                 wait: None,
+                fresh: false,
             },
         ))
         .await
@@ -478,6 +481,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 runner_id: String::new(),
                 lease: None,
                 wait: None,
+                fresh: false,
             },
         ))
         .await
@@ -492,6 +496,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 runner_id: String::new(),
                 lease: None,
                 wait: None,
+                fresh: false,
             },
         ))
         .await
@@ -517,6 +522,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
             pb::HeartbeatRequest {
                 deployment_id: deployment.id.clone(),
                 runner_id: String::new(),
+                release: false,
             },
         ))
         .await
@@ -634,6 +640,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
                 runner_id: "me".into(),
                 lease: None,
                 wait: None,
+                fresh: false,
             },
             &alice,
         ))
@@ -693,6 +700,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
                 runner_id: String::new(),
                 lease: None,
                 wait: None,
+                fresh: false,
             },
         ))
         .await
@@ -718,6 +726,7 @@ async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_en
                     seconds: wait,
                     nanos: 0,
                 }),
+                fresh: false,
             },
         )
     };
@@ -759,6 +768,7 @@ async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_en
                 runner_id: String::new(),
                 lease: None,
                 wait: Some(prost_types::Duration { seconds: 61, nanos: 0 }),
+                fresh: false,
             },
         ))
         .await

@@ -485,3 +485,60 @@ async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
     }
     mesh.stop().await;
 }
+
+/// The deploy service and its local runner stop and start again (an
+/// upgrade, `capsule dev` started again): the live app serves again from
+/// its kept release within 30 s, and no deployment is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_app_serves_again_after_its_runner_restarts_without_a_new_deployment() {
+    let mut mesh = mesh(&[]).await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(&mesh, &ada, "echo kept > index.html", SITE, &[]).await;
+    let live = common::deploy::deploy_live(&mesh, &ada, &id).await;
+    let host = common::deploy::host_label(&mesh, &ada, &id).await;
+    let client = reqwest::Client::new();
+    until_served(&client, &mesh, &host).await;
+    assert_eq!(
+        fetch(&client, &mesh, &host, "/").await.unwrap(),
+        (200, "kept\n".to_owned())
+    );
+
+    mesh.restart_deploy().await;
+    let restarted = Instant::now();
+    loop {
+        if let Ok((200, body)) = fetch(&client, &mesh, &host, "/").await {
+            assert_eq!(body, "kept\n");
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "not served again within 30 s:\n{}",
+            text(&logs(&mesh, &ada, &live.id).await)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deployments = mesh
+        .deploys()
+        .await
+        .list_deployments(authed(
+            capsule::proto::deploy::v1::ListDeploymentsRequest {
+                project_id: id.clone(),
+                ..Default::default()
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    assert_eq!(deployments.len(), 1, "no deployment created");
+    assert_eq!(deployments[0].state(), DeploymentState::Live);
+    let output = text(&logs(&mesh, &ada, &live.id).await);
+    assert!(
+        output.contains(&format!(
+            "starting release {} as it was built: no build",
+            live.artifact_digest
+        )) && output.contains("replica serving on runner"),
+        "{output}"
+    );
+}

@@ -37,6 +37,9 @@ pub struct TestMesh {
     pub stops: Vec<(ServiceKind, CancellationToken)>,
     pub tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     pub databases: Vec<TestDatabase>,
+    /// The deploy service's settings, to start it again.
+    deploy_config: capsule_deploy::DeployConfig,
+    batching: bool,
 }
 
 /// Options of a test mesh.
@@ -172,6 +175,8 @@ pub async fn start_with(options: Options) -> TestMesh {
         stops,
         tasks,
         databases,
+        deploy_config,
+        batching: !options.unbatched,
     };
     for (kind, addr) in &test_mesh.addrs {
         testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
@@ -257,6 +262,44 @@ impl TestMesh {
         if let Some((_, stop)) = self.stops.iter().find(|(k, _)| *k == kind) {
             stop.cancel();
         }
+    }
+
+    /// Stops the deploy service (and its local runner, with the apps it
+    /// runs) as its process would stop, and starts it again on the same
+    /// address and database.
+    pub async fn restart_deploy(&mut self) {
+        let index = self.stops.iter().position(|(k, _)| *k == ServiceKind::Deploy).unwrap();
+        self.stops[index].1.cancel();
+        let task = self.tasks.remove(index);
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("the deploy service stops within 20 s")
+            .unwrap()
+            .unwrap();
+        let addr = self.addr(ServiceKind::Deploy);
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let mut config = self.database(ServiceKind::Deploy).db_config();
+        config.batching = self.batching;
+        let token = self.shutdown.child_token();
+        self.stops[index].1 = token.clone();
+        self.tasks.insert(
+            index,
+            tokio::spawn(capsule_deploy::serve(
+                listener,
+                config,
+                self.mesh.clone(),
+                self.deploy_config.clone(),
+                testing::serve_config(addr),
+                token,
+            )),
+        );
+        testing::wait_for_health(
+            addr,
+            ServiceKind::Deploy.grpc_service_name(),
+            SERVING,
+            Duration::from_secs(20),
+        )
+        .await;
     }
 
     pub async fn stop(self) {

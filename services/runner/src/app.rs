@@ -269,6 +269,10 @@ impl Runner {
         }
         app.job.report_egress(EgressPhase::App).await;
         beat.abort();
+        // Stopping with the runner, not replaced: another copy may start.
+        if shutdown.is_cancelled() && !drain.is_cancelled() {
+            reporter.release().await;
+        }
         app.kill.cancel();
         if !reaped {
             let _ = (&mut app.running).await;

@@ -129,6 +129,8 @@ impl Runner {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let runner = self.clone();
         tracing::info!(runner.id = %self.id, "runner started");
+        // Until the deploy service heard it: this runner runs nothing yet.
+        let mut fresh = true;
         while !shutdown.is_cancelled() {
             let asked = Instant::now();
             let mut client = self.client.clone();
@@ -139,16 +141,21 @@ impl Runner {
                     seconds: CLAIM_WAIT.as_secs() as i64,
                     nanos: 0,
                 }),
+                fresh,
             });
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
                 claimed = claim => claimed,
             };
+            if claimed.is_ok() {
+                fresh = false;
+            }
             match claimed.map(tonic::Response::into_inner) {
                 Ok(pb::ClaimDeploymentResponse {
                     deployment: Some(deployment),
                     snapshot: Some(snapshot),
                     sandbox_slot,
+                    replica,
                     ..
                 }) => {
                     let span = tracing::debug_span!(
@@ -157,7 +164,7 @@ impl Runner {
                         otel.name = "run deployment",
                         deployment.id = %deployment.id,
                     );
-                    let run = self.execute(deployment, snapshot, sandbox_slot, &shutdown);
+                    let run = self.execute(deployment, snapshot, sandbox_slot, replica, &shutdown);
                     if let Some(app) = run.instrument(span).await {
                         let supervisor = tokio::spawn(runner.clone().supervise(app, shutdown.clone()));
                         let mut live = self.live.lock().await;
@@ -185,17 +192,20 @@ impl Runner {
     }
 
     /// Runs a claimed deployment: the source, the build, the start; the app
-    /// when it went live serving.
+    /// when it went live serving. A `replica` (a copy of a live one) starts
+    /// from its kept release only.
     async fn execute(
         &self,
         deployment: pb::Deployment,
         snapshot: pb::DeploymentSnapshot,
         tenant: u32,
+        replica: bool,
         shutdown: &CancellationToken,
     ) -> Option<LiveApp> {
         let reporter = Reporter {
             client: self.client.clone(),
             deployment_id: deployment.id.clone(),
+            replica,
         };
         tracing::info!(deployment.id = %deployment.id, runner.name = %self.id, "running deployment");
         if let Some(warning) = self.sandbox.warning() {
@@ -245,6 +255,11 @@ impl Runner {
         let released = self
             .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
             .await;
+        if replica && !released {
+            let why = format!("release {:?} is not kept on this runner", snapshot.artifact_digest);
+            reporter.state(DeploymentState::Failed, why, None).await;
+            return None;
+        }
         let mut fetched = None;
         if !released && !snapshot.repository_url.is_empty() {
             let source = self
@@ -400,7 +415,9 @@ impl Runner {
                 true => Some(snapshot.artifact_digest.clone()),
                 false => self.pack_release(&reporter, &deployment, workdir.path()).await,
             };
-            reporter.deploying(digest, fetched).await;
+            if !replica {
+                reporter.deploying(digest, fetched).await;
+            }
             // The app's supervisor holds the directory until the app ends.
             drop(workdir);
             let app = self.start(job, &stop, shutdown).instrument(step_span("start")).await;

@@ -51,12 +51,14 @@ impl Runner {
                         let _ = std::fs::remove_dir_all(entry.path()).or_else(|_| std::fs::remove_file(entry.path()));
                     }
                 }
-                reporter
-                    .system(format!(
-                        "release {digest} is not kept on this runner: building commit {} again",
-                        snapshot.commit_sha
-                    ))
-                    .await;
+                if !reporter.replica {
+                    reporter
+                        .system(format!(
+                            "release {digest} is not kept on this runner: building commit {} again",
+                            snapshot.commit_sha
+                        ))
+                        .await;
+                }
                 false
             }
         }

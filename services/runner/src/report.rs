@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use capsule::proto::deploy::v1::{
     self as pb, DeploymentState, EgressDestination, EgressPhase, HeartbeatRequest, LogEntry, LogStream,
-    ReportStatusRequest, deploy_service_client::DeployServiceClient,
+    ReportReplicaRequest, ReportStatusRequest, deploy_service_client::DeployServiceClient,
 };
 use capsule::trace::TracedChannel as Channel;
 use tokio_util::sync::CancellationToken;
@@ -31,6 +31,9 @@ impl tonic::service::Interceptor for Bearer {
 pub(super) struct Reporter {
     pub(super) client: Client,
     pub(super) deployment_id: String,
+    /// A copy of a live deployment: its start and its end are this copy's
+    /// (ReportReplica), never the deployment's state.
+    pub(super) replica: bool,
 }
 
 #[tonic::async_trait]
@@ -97,6 +100,13 @@ impl Reporter {
     }
 
     pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
+        if self.replica {
+            let failure = match message.is_empty() {
+                true => state.as_str_name().to_owned(),
+                false => message,
+            };
+            return self.replica(String::new(), failure).await;
+        }
         self.send(ReportStatusRequest {
             state: state as i32,
             status_message: message,
@@ -106,8 +116,11 @@ impl Reporter {
         .await;
     }
 
-    /// LIVE, served at `upstream`.
+    /// LIVE, served at `upstream` (a copy: serving there).
     pub(super) async fn live(&self, upstream: String) {
+        if self.replica {
+            return self.replica(upstream, String::new()).await;
+        }
         self.send(ReportStatusRequest {
             state: DeploymentState::Live as i32,
             upstream,
@@ -133,6 +146,47 @@ impl Reporter {
         .await;
     }
 
+    async fn replica(&self, upstream: String, failure: String) {
+        let mut failure = failure;
+        if failure.len() > 1024 {
+            let mut cut = 1024;
+            while !failure.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            failure.truncate(cut);
+        }
+        let reported = self
+            .client
+            .clone()
+            .report_replica(ReportReplicaRequest {
+                deployment_id: self.deployment_id.clone(),
+                runner_id: String::new(),
+                upstream,
+                failure,
+            })
+            .await;
+        if let Err(status) = reported {
+            tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "could not report the replica");
+        }
+    }
+
+    /// This runner no longer runs its copy of the live deployment (it is
+    /// stopping): another may start one at once.
+    pub(super) async fn release(&self) {
+        let released = self
+            .client
+            .clone()
+            .heartbeat(HeartbeatRequest {
+                deployment_id: self.deployment_id.clone(),
+                runner_id: String::new(),
+                release: true,
+            })
+            .await;
+        if let Err(status) = released {
+            tracing::debug!(deployment.id = %self.deployment_id, error = %status.message(), "replica not given up; its lease will run out");
+        }
+    }
+
     async fn send(&self, mut report: ReportStatusRequest) {
         report.deployment_id = self.deployment_id.clone();
         let reported = self.client.clone().report_status(report).await;
@@ -154,6 +208,7 @@ pub(super) async fn heartbeat(reporter: Reporter, stop: CancellationToken, every
             .heartbeat(HeartbeatRequest {
                 deployment_id: reporter.deployment_id.clone(),
                 runner_id: String::new(),
+                release: false,
             })
             .await;
         match beat {

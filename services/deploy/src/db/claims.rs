@@ -50,10 +50,13 @@ struct Candidate {
 pub struct Claimed {
     pub deployment: Deployment,
     pub sandbox_slot: i32,
+    /// A copy of a live deployment to start, not a build.
+    pub replica: bool,
 }
 
 /// Takes the next deployment ([`NEXT_CLAIM`]) for `runner`, with its
-/// project's sandbox slot (taken now at the project's first claim).
+/// project's sandbox slot (taken now at the project's first claim); with
+/// none to build, a copy of a live one short of replicas.
 pub fn claim(
     conn: &mut PgConnection,
     runner: &str,
@@ -75,7 +78,16 @@ pub fn claim(
             None => None,
         };
         let Some(candidate) = candidate else {
-            return Ok(None);
+            // Nothing to build: a copy of a live one to start, perhaps.
+            let Some(deployment) = super::replicas::claim(conn, runner, lease)? else {
+                return Ok(None);
+            };
+            let sandbox_slot = slot_of(conn, deployment.project_id)?;
+            return Ok(Some(Claimed {
+                deployment,
+                sandbox_slot,
+                replica: true,
+            }));
         };
         let mut lines = Vec::new();
         if let Some(previous) = candidate
@@ -106,6 +118,7 @@ pub fn claim(
         Ok(Some(Claimed {
             deployment: claimed,
             sandbox_slot,
+            replica: false,
         }))
     })
 }
@@ -143,7 +156,9 @@ pub fn heartbeat(
     .returning(deployments::state)
     .get_result(conn)
     .optional()?;
-    if renewed.is_some() {
+    // A live one's copy on this runner, which routes follow.
+    let copy = super::replicas::renew(conn, id, runner, lease)?;
+    if renewed.is_some() || copy.is_some() {
         return Ok(Some((expires, false)));
     }
     // Canceled, or a live one that was replaced or crashed: the runner
@@ -161,12 +176,19 @@ pub fn heartbeat(
     Ok(canceled.then_some((Utc::now(), true)))
 }
 
-/// Whether `runner` holds `id` now (building it, or running it live).
+/// Whether `runner` holds `id` now (building it, running it live, or
+/// running a copy of it live).
 pub fn holds(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Option<Deployment>> {
     deployments::table
         .find(id)
-        .filter(deployments::runner_id.eq(runner))
-        .filter(deployments::state.eq_any(HELD))
+        .filter(
+            deployments::runner_id
+                .eq(runner)
+                .and(deployments::state.eq_any(HELD))
+                .or(deployments::state
+                    .eq(State::Live.as_str())
+                    .and(super::replicas::runs_a_copy(id, runner))),
+        )
         .select(Deployment::as_select())
         .first(conn)
         .optional()

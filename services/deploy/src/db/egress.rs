@@ -35,14 +35,18 @@ pub struct EgressRow {
 }
 
 /// Adds `counts` (rows of deployment `id`) to its record, when `runner`
-/// holds it or held it to its end: whether it did. A report after the
+/// holds it, held it to its end or runs a copy of it: whether it did. A report after the
 /// deployment went back to the queue is not taken.
 pub fn add_egress(conn: &mut PgConnection, id: Uuid, runner: &str, counts: Vec<EgressRow>) -> QueryResult<bool> {
     conn.transaction(|conn| {
         // Locked, so that two reports count the destinations one by one.
         let held = deployments::table
             .find(id)
-            .filter(deployments::runner_id.eq(runner))
+            .filter(
+                deployments::runner_id
+                    .eq(runner)
+                    .or(super::replicas::runs_a_copy(id, runner)),
+            )
             .filter(deployments::state.ne(State::Queued.as_str()))
             .select(deployments::id)
             .for_update()

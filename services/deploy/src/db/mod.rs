@@ -5,6 +5,7 @@ mod claims;
 pub mod egress;
 mod logs;
 pub mod push;
+pub mod replicas;
 pub mod runners;
 pub mod schema;
 pub mod webhooks;
@@ -81,7 +82,6 @@ pub struct Deployment {
     pub commit_message: String,
     pub commit_author: String,
     pub host_label: String,
-    pub upstream: String,
     /// The release its build made (`sha256:<hex>`), as runners keep it.
     pub artifact_digest: Option<String>,
 }
@@ -338,6 +338,7 @@ pub fn transition(
                 .for_update()
                 .load(conn)?;
             for old in previous {
+                runs_nowhere(conn, old)?;
                 diesel::update(deployments::table.find(old))
                     .set((
                         deployments::state.eq(State::Superseded.as_str()),
@@ -381,6 +382,30 @@ pub fn transition(
         if let Some(event) = Event::of_state(to) {
             queue_event(conn, &updated, event)?;
         }
+        if from == State::Live && to != State::Live {
+            runs_nowhere(conn, id)?;
+        }
+        // Its builder's copy is the first replica, routed in the same
+        // instant the previous one stops being (no gap in the table).
+        if to == State::Live
+            && let (Some(upstream), Some(runner)) = (&outcome.upstream, &current.runner_id)
+        {
+            use schema::replicas as r;
+            let lease = current
+                .lease_expires_at
+                .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(30));
+            diesel::insert_into(r::table)
+                .values((
+                    r::deployment_id.eq(id),
+                    r::runner_id.eq(runner),
+                    r::upstream.eq(upstream),
+                    r::lease_expires_at.eq(lease),
+                ))
+                .on_conflict((r::deployment_id, r::runner_id))
+                .do_update()
+                .set((r::upstream.eq(upstream), r::lease_expires_at.eq(lease)))
+                .execute(conn)?;
+        }
         if to.is_final() {
             diesel::update(deployments::table.find(id))
                 .set((
@@ -393,6 +418,11 @@ pub fn transition(
     })
 }
 
+/// A deployment that is no longer live runs nowhere: its replicas go.
+fn runs_nowhere(conn: &mut PgConnection, id: Uuid) -> QueryResult<usize> {
+    diesel::delete(schema::replicas::table.filter(schema::replicas::deployment_id.eq(id))).execute(conn)
+}
+
 pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>> {
     Ok(deployments::table
         .find(id)
@@ -400,23 +430,6 @@ pub fn state_of(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<State>>
         .first::<String>(conn)
         .optional()?
         .and_then(|state| State::parse(&state)))
-}
-
-/// Live deployments that a runner serves: (host, upstream, id).
-pub fn routes(conn: &mut PgConnection) -> QueryResult<Vec<(String, String, Uuid)>> {
-    let live: Vec<Deployment> = deployments::table
-        .filter(deployments::state.eq(State::Live.as_str()))
-        .filter(deployments::upstream.ne(""))
-        .filter(deployments::host_label.ne(""))
-        .select(Deployment::as_select())
-        .load(conn)?;
-    Ok(live
-        .into_iter()
-        .filter_map(|deployment| {
-            let host = deployment.host()?;
-            Some((host, deployment.upstream, deployment.id))
-        })
-        .collect())
 }
 
 /// The projects that have a live deployment.

@@ -140,7 +140,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    replicas (deployment_id, runner_id) {
+        deployment_id -> Uuid,
+        runner_id -> Varchar,
+        upstream -> Varchar,
+        lease_expires_at -> Timestamptz,
+        started_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
+diesel::joinable!(replicas -> deployments (deployment_id));
 diesel::joinable!(deployment_egress -> deployments (deployment_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
@@ -149,6 +160,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     deployments,
     deployment_logs,
     deployment_egress,
+    replicas,
     source_watches,
     push_deliveries,
     webhooks,

@@ -88,6 +88,13 @@ impl DeployService for DeployServiceApi {
         runners::report_status(self, request).await
     }
 
+    async fn report_replica(
+        &self,
+        request: Request<pb::ReportReplicaRequest>,
+    ) -> Result<Response<pb::ReportReplicaResponse>, Status> {
+        runners::report_replica(self, request).await
+    }
+
     async fn append_logs(
         &self,
         request: Request<pb::AppendLogsRequest>,

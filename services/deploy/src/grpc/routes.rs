@@ -8,6 +8,9 @@ use crate::{db, notify::Event};
 
 use crate::state::{DeployServiceApi, RouteStream};
 
+/// How often the table is read again without a change.
+const LEASE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn watch_routes(
     api: &DeployServiceApi,
     _request: Request<pb::WatchRoutesRequest>,
@@ -20,13 +23,14 @@ pub(super) async fn watch_routes(
     tokio::spawn(async move {
         let mut last = None;
         loop {
-            let table = match db.run(db::routes).await {
+            let table = match db.run(db::replicas::routes).await {
                 Ok(routes) => pb::RouteTable {
                     routes: routes
                         .into_iter()
-                        .map(|(host, upstream, id)| pb::Route {
+                        .map(|(host, upstreams, id)| pb::Route {
                             host,
-                            upstream,
+                            upstream: upstreams.first().cloned().unwrap_or_default(),
+                            upstreams,
                             deployment_id: id.to_string(),
                         })
                         .collect(),
@@ -42,11 +46,16 @@ pub(super) async fn watch_routes(
                 }
                 last = Some(table);
             }
-            // The next state change (or a lost one) recomputes the table.
+            // The next state change (or a lost one) recomputes the table,
+            // and so does every second: a replica's lease runs out with
+            // no change to tell.
+            let expiry = tokio::time::sleep(LEASE_CHECK);
+            tokio::pin!(expiry);
             loop {
                 tokio::select! {
                     () = tx.closed() => return,
                     () = hub.stopped() => return,
+                    () = &mut expiry => break,
                     event = events.recv() => match event {
                         Ok(Event::Log(_)) => continue,
                         Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,

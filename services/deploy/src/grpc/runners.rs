@@ -53,16 +53,34 @@ pub(super) async fn claim_deployment(
         }
     };
     violations.check()?;
+    if body.fresh {
+        let restarted = runner.clone();
+        api.inner
+            .db
+            .run(move |conn| db::replicas::forget_runner(conn, &restarted))
+            .await?;
+    }
     let claimed = claim_within(api, &runner, lease, wait).await?;
     let Some(db::Claimed {
         deployment,
         sandbox_slot,
+        replica,
     }) = claimed
     else {
         return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
     };
     let id = deployment.id;
-    let (variables, deploy_key) = match api.environment(deployment.project_id).await {
+    let environment = api.environment(deployment.project_id).await;
+    if replica && !matches!(environment, Ok(Some(_))) {
+        // The live deployment stands; this copy waits for a later claim.
+        let why = "not started: the project's variables could not be read";
+        api.inner
+            .db
+            .run(move |conn| db::replicas::give_up(conn, id, &runner, why))
+            .await?;
+        return environment.map(|_| Response::new(pb::ClaimDeploymentResponse::default()));
+    }
+    let (variables, deploy_key) = match environment {
         Ok(Some(environment)) => (environment.environment_variables, environment.deploy_key),
         Ok(None) => {
             let outcome = Outcome {
@@ -115,6 +133,7 @@ pub(super) async fn claim_deployment(
                 .collect(),
         }),
         deployment: Some(deployment_proto(&deployment)),
+        replica,
     }))
 }
 
@@ -163,6 +182,17 @@ pub(super) async fn heartbeat(
     let body = request.into_inner();
     let id = rpc::require_id("deployment_id", &body.deployment_id)?;
     let lease = api.inner.lease;
+    if body.release {
+        let why = "given up (the runner stopped)";
+        api.inner
+            .db
+            .run(move |conn| db::replicas::give_up(conn, id, &runner, why))
+            .await?;
+        return Ok(Response::new(pb::HeartbeatResponse {
+            lease_expire_time: Some(rpc::timestamp(chrono::Utc::now())),
+            cancel_requested: true,
+        }));
+    }
     let renewed = api
         .inner
         .db
@@ -225,6 +255,54 @@ pub(super) async fn report_status(
     };
     let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
     Ok(Response::new(deployment_proto(&deployment)))
+}
+
+pub(super) async fn report_replica(
+    api: &DeployServiceApi,
+    request: Request<pb::ReportReplicaRequest>,
+) -> Result<Response<pb::ReportReplicaResponse>, Status> {
+    let runner = runner_of(&request)?;
+    let body = request.into_inner();
+    let mut violations = FieldViolations::new();
+    let id = rpc::parse_id("deployment_id", &body.deployment_id, &mut violations);
+    if !body.upstream.is_empty() && body.upstream.parse::<std::net::SocketAddr>().is_err() {
+        violations.add("upstream", "must be an address such as 127.0.0.1:40123");
+    }
+    if body.upstream.is_empty() == body.failure.is_empty() {
+        violations.add(
+            "upstream",
+            "give either upstream (it serves) or failure (it did not start)",
+        );
+    }
+    if body.failure.len() > 1024 {
+        violations.add("failure", "must be at most 1024 bytes");
+    }
+    violations.check()?;
+    let lease = api.inner.lease;
+    let held = api
+        .inner
+        .db
+        .run(move |conn| {
+            if db::holds(conn, id, &runner)?.is_none() {
+                return Ok(false);
+            }
+            match body.failure.as_str() {
+                "" => {
+                    db::replicas::serving(conn, id, &runner, &body.upstream, lease)?;
+                    let line = format!("replica serving on runner {runner}");
+                    db::append(conn, id, &[("system", line)], None)?;
+                }
+                why => {
+                    db::replicas::give_up(conn, id, &runner, &format!("did not start: {why}"))?;
+                }
+            }
+            Ok(true)
+        })
+        .await?;
+    if !held {
+        return Err(refusal(Refusal::NotYourClaim, State::Live));
+    }
+    Ok(Response::new(pb::ReportReplicaResponse {}))
 }
 
 pub(super) async fn append_logs(

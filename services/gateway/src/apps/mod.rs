@@ -59,18 +59,84 @@ impl AppsConfig {
     }
 }
 
-/// Hosts to upstreams, swapped whole.
+/// Hosts to their apps' copies, swapped whole.
 #[derive(Default)]
-pub struct Table(std::sync::RwLock<Arc<HashMap<String, SocketAddr>>>);
+pub struct Table(std::sync::RwLock<Arc<HashMap<String, Arc<Upstreams>>>>);
 
 impl Table {
-    pub fn get(&self, host: &str) -> Option<SocketAddr> {
-        self.0.read().ok()?.get(host).copied()
+    pub fn get(&self, host: &str) -> Option<Arc<Upstreams>> {
+        self.0.read().ok()?.get(host).cloned()
     }
 
-    pub fn replace(&self, routes: HashMap<String, SocketAddr>) {
-        if let Ok(mut table) = self.0.write() {
-            *table = Arc::new(routes);
+    /// The new table; a host whose copies did not change keeps what was
+    /// learnt of them (which refused connections).
+    pub fn replace(&self, routes: HashMap<String, Vec<SocketAddr>>) {
+        let Ok(mut table) = self.0.write() else { return };
+        let routes = routes
+            .into_iter()
+            .map(|(host, addrs)| {
+                let kept = table.get(&host).filter(|old| old.addrs == addrs).cloned();
+                let upstreams = kept.unwrap_or_else(|| Arc::new(Upstreams::new(addrs)));
+                (host, upstreams)
+            })
+            .collect();
+        *table = Arc::new(routes);
+    }
+}
+
+/// How long a copy that refused a connection is passed over.
+const REFUSED_FOR: Duration = Duration::from_secs(5);
+
+/// The copies of one app: taken in turn (round robin — the copies are
+/// alike, started from one release with one share of the host, so turns
+/// spread the load evenly without counting connections), passing over
+/// one that refused a connection lately.
+#[derive(Debug)]
+pub struct Upstreams {
+    addrs: Vec<SocketAddr>,
+    next: std::sync::atomic::AtomicUsize,
+    /// Until when each copy is passed over.
+    refused: std::sync::Mutex<Vec<Option<std::time::Instant>>>,
+}
+
+impl Upstreams {
+    pub fn new(addrs: Vec<SocketAddr>) -> Self {
+        let refused = std::sync::Mutex::new(vec![None; addrs.len()]);
+        Self {
+            addrs,
+            next: std::sync::atomic::AtomicUsize::new(0),
+            refused,
+        }
+    }
+
+    /// How many copies there are.
+    pub fn count(&self) -> usize {
+        self.addrs.len()
+    }
+
+    /// The next copy to send to, other than those `tried`: one that has
+    /// not refused lately when there is one.
+    pub fn pick(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        let candidates = (0..self.addrs.len())
+            .map(|offset| (start + offset) % self.addrs.len())
+            .filter(|index| !tried.contains(&self.addrs[*index]));
+        let mut fallback = None;
+        for index in candidates {
+            match refused.get(index).copied().flatten() {
+                Some(until) if until > now => fallback = fallback.or(Some(self.addrs[index])),
+                _ => return Some(self.addrs[index]),
+            }
+        }
+        fallback
+    }
+
+    /// `addr` refused a connection: passed over for a while.
+    pub fn refused(&self, addr: SocketAddr) {
+        if let (Some(index), Ok(mut refused)) = (self.addrs.iter().position(|a| *a == addr), self.refused.lock()) {
+            refused[index] = Some(std::time::Instant::now() + REFUSED_FOR);
         }
     }
 }

@@ -140,7 +140,11 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
 
 /// Forwards `request` to the app live at `host`.
 pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: Request<Body>) -> Response<Body> {
-    let Some(upstream) = apps.table.get(host) else {
+    let Some(upstream) = apps
+        .table
+        .get(host)
+        .and_then(|copies| Some((copies.pick(&[])?, copies)))
+    else {
         return page(
             StatusCode::BAD_GATEWAY,
             "No app is live here",
@@ -154,12 +158,15 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
     strip_hop_by_hop(&mut parts.headers, upgrading);
     forwarded_headers(&mut parts.headers, client.ip(), apps, original_host);
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
-    // A body-less request can go again, to the route in force then, when
-    // the first upstream refused it (a switch at that very moment).
+    // A body-less request that never reached the app (the connection was
+    // refused: a copy gone, or a switch at that very moment) goes again,
+    // to another copy in the route in force then.
     let retriable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let mut target = upstream;
+    let (mut target, mut copies) = upstream;
+    let mut tried = Vec::new();
     let mut body = Some(body);
-    for attempt in 0..2 {
+    let attempts = copies.count().clamp(2, 4);
+    for attempt in 0..attempts {
         let mut outgoing = Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
         let Ok(uri) = format!("http://{target}{path}").parse() else {
             return page(
@@ -180,12 +187,17 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
                 );
             }
             Ok(Err(err)) => {
-                if attempt == 0
+                if err.is_connect() {
+                    copies.refused(target);
+                    tried.push(target);
+                }
+                if attempt + 1 < attempts
                     && retriable
                     && err.is_connect()
                     && let Some(now) = apps.table.get(host)
+                    && let Some(next) = now.pick(&tried).or_else(|| now.pick(&[]))
                 {
-                    target = now;
+                    (target, copies) = (next, now);
                     continue;
                 }
                 tracing::debug!(error = %err, app.host = %host, "the app did not answer");

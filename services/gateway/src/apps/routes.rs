@@ -44,10 +44,18 @@ async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &Cancellat
         let Some(table) = table else {
             return Ok(());
         };
-        let routes: HashMap<String, SocketAddr> = table
+        let routes: HashMap<String, Vec<SocketAddr>> = table
             .routes
             .into_iter()
-            .filter_map(|route| Some((route.host, route.upstream.parse().ok()?)))
+            .map(|route| {
+                let listed = match route.upstreams.is_empty() {
+                    true => vec![route.upstream],
+                    false => route.upstreams,
+                };
+                let addrs = listed.iter().filter_map(|upstream| upstream.parse().ok()).collect();
+                (route.host, addrs)
+            })
+            .filter(|(_, addrs): &(String, Vec<SocketAddr>)| !addrs.is_empty())
             .collect();
         tracing::debug!(routes = routes.len(), "route table updated");
         apps.table.replace(routes);

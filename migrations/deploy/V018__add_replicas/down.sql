@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS replicas;
+DROP FUNCTION IF EXISTS notify_replica_change();
