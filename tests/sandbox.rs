@@ -164,6 +164,7 @@ async fn past_its_memory_a_build_or_an_app_is_killed_and_reported_out_of_memory(
             memory_mb,
             cpu_millis: 500,
             processes: 64,
+            replicas: 0,
         }),
         ..Default::default()
     };

@@ -8,7 +8,8 @@
 //! | `DEPLOY_MAX_BUILDS_PER_PROJECT` | `2`: deployments of one project built at once; runners claim the others later. Claims go round-robin across owners: the next is the oldest queued deployment of the owner served least recently |
 //! | `DEPLOY_MAX_ENVIRONMENTS` | `10`: environments of one project with a deployment queued, building or live; a deployment that would open one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_MAX_STREAMS_PER_USER` | `20`: follow streams (`StreamLogs`) one user (or API token's owner) keeps open at once on one deploy process; one more is RESOURCE_EXHAUSTED |
-//! | `DEPLOY_LEASE_SECS` | `30`: a claim lasts this long without a heartbeat |
+//! | `DEPLOY_LEASE_SECS` | `30`: a claim, or a runner's copy of a live app, lasts this long without a heartbeat |
+//! | `DEPLOY_RELEASES_DIR` | `capsule-releases-<uid>` in the system temp directory: where the releases runners upload are kept (by digest), so that any runner can start a copy or a rollback without a build |
 //! | `DEPLOY_MAX_LOG_LINES` | `100000`: build output lines kept per deployment, later ones dropped (state changes are always kept); a live app keeps its newest this many runtime lines |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
 //! | `DEPLOY_POLL_INTERVAL_SECS` | `60`: how often auto-deploying projects' branches are polled (`git ls-remote`); `0` turns polling off (push events still deploy) |
@@ -38,6 +39,8 @@ pub struct DeployConfig {
     pub max_environments: u64,
     pub max_streams_per_user: u64,
     pub log_retention: Duration,
+    /// Where uploaded releases are kept.
+    pub releases_dir: std::path::PathBuf,
     pub runner: Option<RunnerConfig>,
     pub webhooks: WebhookConfig,
 }
@@ -100,6 +103,10 @@ impl DeployConfig {
             max_environments: number("DEPLOY_MAX_ENVIRONMENTS", 10)?,
             max_streams_per_user: number("DEPLOY_MAX_STREAMS_PER_USER", 20)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
+            releases_dir: source.get("DEPLOY_RELEASES_DIR").map_or_else(
+                || std::env::temp_dir().join(format!("capsule-releases-{}", nix::unistd::geteuid())),
+                std::path::PathBuf::from,
+            ),
             runner,
             webhooks: WebhookConfig::from_source(source)?,
         })

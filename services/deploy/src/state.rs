@@ -52,6 +52,8 @@ pub(crate) struct Inner {
     pub(crate) encryption: Arc<capsule::crypto::Keyring>,
     pub(crate) internal_secret: Option<String>,
     pub(crate) lease: chrono::Duration,
+    /// Where uploaded releases are kept.
+    pub(crate) releases_dir: std::path::PathBuf,
     /// Output lines kept per deployment.
     pub(crate) max_log_lines: i64,
     /// Deployments of one project built at once, at most.
@@ -102,6 +104,7 @@ impl DeployServiceApi {
                 encryption,
                 internal_secret,
                 lease: chrono::Duration::from_std(config.lease)?,
+                releases_dir: config.releases_dir.clone(),
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
                 max_environments: i64::try_from(config.max_environments)?,
@@ -288,6 +291,7 @@ impl DeployServiceApi {
             memory_mb: resources.memory_mb,
             cpu_millis: resources.cpu_millis,
             processes: resources.processes,
+            replicas: resources.replicas,
         };
         let new = NewDeployment {
             project_id,
@@ -354,3 +358,4 @@ impl DeployServiceApi {
 
 pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 pub(crate) type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
+pub(crate) type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadReleaseResponse, Status>> + Send>>;

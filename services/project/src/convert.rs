@@ -69,6 +69,7 @@ fn resources_proto(settings: &Settings) -> pb::Resources {
         memory_mb: count(settings.memory_mb),
         cpu_millis: count(settings.cpu_millis),
         processes: count(settings.processes),
+        replicas: count(settings.replicas),
     }
 }
 

@@ -278,6 +278,7 @@ pub fn org_event(actor: &Actor, action: &'static str, id: Uuid, below: String) -
 /// | `PROJECT_MAX_MEMORY_MB` | `4096`: memory of a deployment's processes together |
 /// | `PROJECT_MAX_CPUS` | `2`: CPU time, in CPUs (0.5: half of one) |
 /// | `PROJECT_MAX_PROCESSES` | `4096`: processes and threads at once |
+/// | `PROJECT_MAX_REPLICAS` | `4`: copies of a live app |
 ///
 /// A setting above a maximum is refused when written, and a maximum
 /// lowered later bounds the settings already stored when deployments are
@@ -287,6 +288,7 @@ pub struct Maxima {
     pub memory_mb: u32,
     pub cpu_millis: u32,
     pub processes: u32,
+    pub replicas: u32,
 }
 
 impl Default for Maxima {
@@ -295,6 +297,7 @@ impl Default for Maxima {
             memory_mb: 4096,
             cpu_millis: 2000,
             processes: 4096,
+            replicas: 4,
         }
     }
 }
@@ -320,6 +323,7 @@ impl Maxima {
             memory_mb: positive(source, "PROJECT_MAX_MEMORY_MB", default.memory_mb)?,
             cpu_millis: (cpus * 1000.0).round() as u32,
             processes: positive(source, "PROJECT_MAX_PROCESSES", default.processes)?,
+            replicas: positive(source, "PROJECT_MAX_REPLICAS", default.replicas)?,
         })
     }
 
@@ -329,6 +333,7 @@ impl Maxima {
             memory_mb: resources.memory_mb.min(self.memory_mb),
             cpu_millis: resources.cpu_millis.min(self.cpu_millis),
             processes: resources.processes.min(self.processes),
+            replicas: resources.replicas.min(self.replicas),
         }
     }
 
@@ -361,14 +366,19 @@ impl Maxima {
                 self.processes.to_string(),
                 "PROJECT_MAX_PROCESSES",
             ),
+            (
+                "replicas",
+                resources.replicas,
+                self.replicas,
+                self.replicas.to_string(),
+                "PROJECT_MAX_REPLICAS",
+            ),
         ];
         for (field, asked, most, said, variable) in over {
             if asked > most {
                 violations.add(
                     format!("settings.resources.{field}"),
-                    format!(
-                        "must be at most {said}, this platform's maximum ({variable}); 0 takes the runner's default"
-                    ),
+                    format!("must be at most {said}, this platform's maximum ({variable}); 0 takes the default"),
                 );
             }
         }

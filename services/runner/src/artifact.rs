@@ -86,6 +86,47 @@ impl Releases {
         Ok(Some(digest))
     }
 
+    /// The archive of release `digest` of the project's environment, when
+    /// this runner keeps it.
+    pub fn archive(&self, project_id: &str, environment: &str, digest: &str) -> Option<PathBuf> {
+        let path = self.dir(project_id, environment)?.join(file_name(digest));
+        path.is_file().then_some(path)
+    }
+
+    /// A file to receive release `digest` of the project's environment
+    /// into; [`Self::keep`] files it (unpacking checks its digest).
+    pub fn incoming(&self, project_id: &str, environment: &str) -> std::io::Result<Option<tempfile::NamedTempFile>> {
+        let Some(dir) = self.dir(project_id, environment) else {
+            return Ok(None);
+        };
+        crate::host::runner_dir(&self.root, 0o700)?;
+        crate::host::runner_dir(&dir, 0o700)?;
+        tempfile::NamedTempFile::new_in(&dir).map(Some)
+    }
+
+    /// Files a received release as `digest`'s; the oldest beyond the number
+    /// kept are dropped.
+    pub fn keep(
+        &self,
+        project_id: &str,
+        environment: &str,
+        digest: &str,
+        file: tempfile::NamedTempFile,
+    ) -> std::io::Result<()> {
+        let Some(dir) = self.dir(project_id, environment) else {
+            return Ok(());
+        };
+        if !digest
+            .strip_prefix("sha256:")
+            .is_some_and(|hex| hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(std::io::Error::other("not a release digest"));
+        }
+        file.persist(dir.join(file_name(digest))).map_err(|err| err.error)?;
+        self.prune(&dir);
+        Ok(())
+    }
+
     /// Unpacks release `digest` of the project's environment into `into`
     /// (an empty directory); `Ok(false)` when this runner does not have it.
     pub fn unpack(&self, project_id: &str, environment: &str, digest: &str, into: &Path) -> std::io::Result<bool> {

@@ -23,6 +23,14 @@ impl Runner {
         if digest.is_empty() {
             return false;
         }
+        // Not kept here: from the deploy service, where its builder left it.
+        let kept = self
+            .releases
+            .archive(&deployment.project_id, &deployment.environment, &digest)
+            .is_some();
+        if !kept {
+            self.fetch_release(reporter, deployment, &digest).await;
+        }
         let releases = self.releases.clone();
         let (project, environment, into) = (
             deployment.project_id.clone(),
@@ -64,6 +72,31 @@ impl Runner {
         }
     }
 
+    /// Receives release `digest` from the deploy service into this
+    /// runner's releases; the log says so (or why not).
+    async fn fetch_release(&self, reporter: &Reporter, deployment: &pb::Deployment, digest: &str) {
+        let incoming = self.releases.incoming(&deployment.project_id, &deployment.environment);
+        let Ok(Some(mut file)) = incoming else { return };
+        let started = Instant::now();
+        match reporter.download_release(file.as_file_mut()).await {
+            Ok(sent) if sent == digest => {
+                let kept = self
+                    .releases
+                    .keep(&deployment.project_id, &deployment.environment, digest, file);
+                if let Err(err) = kept {
+                    tracing::warn!(error = %err, "cannot keep a fetched release");
+                    return;
+                }
+                let took = started.elapsed().as_millis();
+                reporter
+                    .system(format!("release {digest} fetched from the deploy service in {took} ms"))
+                    .await;
+            }
+            Ok(_) => tracing::warn!("the deploy service sent another release"),
+            Err(why) => tracing::info!(%why, "the release could not be fetched"),
+        }
+    }
+
     /// Packs the built tree as the deployment's release; its digest, or
     /// `None` when releases are not kept (the log says why not).
     pub(crate) async fn pack_release(
@@ -85,8 +118,19 @@ impl Runner {
         match tokio::task::spawn_blocking(move || releases.pack(&project, &environment, &tree)).await {
             Ok(Ok(Some(digest))) => {
                 let took = started.elapsed().as_millis();
+                let shared = match self
+                    .releases
+                    .archive(&deployment.project_id, &deployment.environment, &digest)
+                {
+                    Some(path) => reporter.upload_release(path, digest.clone()).await,
+                    None => Err("it was dropped at once".to_owned()),
+                };
+                let whom = match shared {
+                    Ok(()) => "on this runner and the deploy service".to_owned(),
+                    Err(why) => format!("on this runner only: the deploy service did not take it ({why})"),
+                };
                 reporter
-                    .system(format!("release {digest} kept (packed in {took} ms)"))
+                    .system(format!("release {digest} kept {whom} (packed in {took} ms)"))
                     .await;
                 Some(digest)
             }

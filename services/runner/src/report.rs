@@ -170,6 +170,56 @@ impl Reporter {
         }
     }
 
+    /// Sends the archive at `path` to the deploy service as the
+    /// deployment's release `digest`, so that any runner can start it.
+    pub(super) async fn upload_release(&self, path: std::path::PathBuf, digest: String) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(&path).await.map_err(|err| err.to_string())?;
+        let first = Some((self.deployment_id.clone(), digest));
+        let chunks = futures::stream::unfold((file, first), |(mut file, first)| async move {
+            let mut data = vec![0u8; RELEASE_CHUNK];
+            let read = file.read(&mut data).await.ok().filter(|read| *read > 0)?;
+            data.truncate(read);
+            let (deployment_id, artifact_digest) = first.unwrap_or_default();
+            let chunk = pb::UploadReleaseRequest {
+                deployment_id,
+                artifact_digest,
+                data,
+            };
+            Some((chunk, (file, None)))
+        });
+        self.client
+            .clone()
+            .upload_release(chunks)
+            .await
+            .map(|_| ())
+            .map_err(|status| status.message().to_owned())
+    }
+
+    /// Receives the deployment's release from the deploy service into
+    /// `into`: its digest as sent.
+    pub(super) async fn download_release(&self, into: &mut std::fs::File) -> Result<String, String> {
+        use std::io::Write;
+        let mut chunks = self
+            .client
+            .clone()
+            .download_release(pb::DownloadReleaseRequest {
+                deployment_id: self.deployment_id.clone(),
+            })
+            .await
+            .map_err(|status| status.message().to_owned())?
+            .into_inner();
+        let mut digest = String::new();
+        while let Some(chunk) = chunks.message().await.map_err(|status| status.message().to_owned())? {
+            if digest.is_empty() {
+                digest = chunk.artifact_digest;
+            }
+            into.write_all(&chunk.data).map_err(|err| err.to_string())?;
+        }
+        into.flush().map_err(|err| err.to_string())?;
+        Ok(digest)
+    }
+
     /// This runner no longer runs its copy of the live deployment (it is
     /// stopping): another may start one at once.
     pub(super) async fn release(&self) {
@@ -195,6 +245,9 @@ impl Reporter {
         }
     }
 }
+
+/// The size of each piece of a release sent.
+const RELEASE_CHUNK: usize = 256 << 10;
 
 pub(super) async fn heartbeat(reporter: Reporter, stop: CancellationToken, every: Duration) {
     loop {

@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub cpu_millis: u32,
     #[serde(default)]
     pub processes: u32,
+    /// Copies of the live app; 0: one.
+    #[serde(default)]
+    pub replicas: u32,
 }
 
 fn on() -> bool {

@@ -9,6 +9,7 @@ mod deployments;
 mod egress;
 mod logs;
 mod push;
+mod releases;
 mod routes;
 mod runners;
 mod trail;
@@ -23,6 +24,7 @@ use crate::state::{DeployServiceApi, LogStream, RouteStream};
 impl DeployService for DeployServiceApi {
     type StreamLogsStream = LogStream;
     type WatchRoutesStream = RouteStream;
+    type DownloadReleaseStream = crate::state::ReleaseStream;
 
     async fn create_deployment(
         &self,
@@ -86,6 +88,20 @@ impl DeployService for DeployServiceApi {
         request: Request<pb::ReportStatusRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         runners::report_status(self, request).await
+    }
+
+    async fn upload_release(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadReleaseRequest>>,
+    ) -> Result<Response<pb::UploadReleaseResponse>, Status> {
+        releases::upload_release(self, request).await
+    }
+
+    async fn download_release(
+        &self,
+        request: Request<pb::DownloadReleaseRequest>,
+    ) -> Result<Response<Self::DownloadReleaseStream>, Status> {
+        releases::download_release(self, request).await
     }
 
     async fn report_replica(

@@ -187,13 +187,14 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
                 );
             }
             Ok(Err(err)) => {
-                if err.is_connect() {
+                let gone = err.is_connect() || closed_before_answering(&err);
+                if gone {
                     copies.refused(target);
                     tried.push(target);
                 }
                 if attempt + 1 < attempts
                     && retriable
-                    && err.is_connect()
+                    && gone
                     && let Some(now) = apps.table.get(host)
                     && let Some(next) = now.pick(&tried).or_else(|| now.pick(&[]))
                 {
@@ -228,6 +229,15 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
         "The app is not answering",
         "The app is starting, restarting or has crashed. Try again in a moment.",
     )
+}
+
+/// Whether a kept-alive connection was found closed before any answer
+/// came (its copy gone): what an idempotent request may be sent again
+/// for, as a refused connection is.
+fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|err| err.is_incomplete_message() || err.is_canceled())
 }
 
 #[cfg(test)]

@@ -200,6 +200,7 @@ pub struct Settings {
     pub memory_mb: i32,
     pub cpu_millis: i32,
     pub processes: i32,
+    pub replicas: i32,
 }
 
 #[derive(AsChangeset, Default)]
@@ -218,6 +219,7 @@ pub struct SettingsChanges {
     pub memory_mb: Option<i32>,
     pub cpu_millis: Option<i32>,
     pub processes: Option<i32>,
+    pub replicas: Option<i32>,
 }
 
 impl SettingsChanges {
@@ -236,6 +238,7 @@ impl SettingsChanges {
             memory_mb,
             cpu_millis,
             processes,
+            replicas,
         } = self;
         [
             build_command,
@@ -251,7 +254,9 @@ impl SettingsChanges {
             && [auto_deploy, build_egress, app_egress]
                 .iter()
                 .all(|change| change.is_none())
-            && [memory_mb, cpu_millis, processes].iter().all(|change| change.is_none())
+            && [memory_mb, cpu_millis, processes, replicas]
+                .iter()
+                .all(|change| change.is_none())
     }
 }
 

@@ -36,6 +36,7 @@ diesel::table! {
         memory_mb -> Int4,
         cpu_millis -> Int4,
         processes -> Int4,
+        replicas -> Int4,
     }
 }
 

@@ -54,6 +54,7 @@ pub(super) async fn update_project_settings(
             "resources.memory_mb",
             "resources.cpu_millis",
             "resources.processes",
+            "resources.replicas",
         ],
         &mut violations,
     );
@@ -77,10 +78,12 @@ pub(super) async fn update_project_settings(
                 changes.memory_mb = count(resources.memory_mb);
                 changes.cpu_millis = count(resources.cpu_millis);
                 changes.processes = count(resources.processes);
+                changes.replicas = count(resources.replicas);
             }
             "resources.memory_mb" => changes.memory_mb = count(resources.memory_mb),
             "resources.cpu_millis" => changes.cpu_millis = count(resources.cpu_millis),
             "resources.processes" => changes.processes = count(resources.processes),
+            "resources.replicas" => changes.replicas = count(resources.replicas),
             _ => {}
         }
     }
