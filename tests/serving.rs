@@ -542,3 +542,81 @@ async fn a_live_app_serves_again_after_its_runner_restarts_without_a_new_deploym
         "{output}"
     );
 }
+
+/// Release 2 goes live, then keeps exiting: its runner gives up on it
+/// (CRASHED), and release 1 serves again from its kept artifact, with no
+/// build — a rollback the platform made, in both logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_crashes_soon_after_going_live_is_rolled_back_without_a_build() {
+    let mesh = mesh(&[("DEPLOY_MAX_RESTARTS", "1"), ("DEPLOY_RESTART_WINDOW_SECS", "60")]).await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(&mesh, &ada, "echo one > index.html", SITE, &[]).await;
+    let first = common::deploy::deploy_live(&mesh, &ada, &id).await;
+    let host = common::deploy::host_label(&mesh, &ada, &id).await;
+    let client = reqwest::Client::new();
+    until_served(&client, &mesh, &host).await;
+    assert_eq!(
+        fetch(&client, &mesh, &host, "/").await.unwrap(),
+        (200, "one\n".to_owned())
+    );
+
+    // Serves for two seconds, then exits; again after its restart.
+    let settings = project_pb::ProjectSettings {
+        project_id: id.clone(),
+        build_command: "echo two > index.html".to_owned(),
+        start_command: "exec timeout 2 python3 -m http.server \"$PORT\"".to_owned(),
+        ..Default::default()
+    };
+    update_settings(&mesh, &ada, settings, &["build_command", "start_command"]).await;
+    let second = common::deploy::deploy_live(&mesh, &ada, &id).await;
+    wait_for(
+        &mesh,
+        &ada,
+        &second.id,
+        DeploymentState::Crashed,
+        Duration::from_secs(30),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        if let Ok((200, body)) = fetch(&client, &mesh, &host, "/").await
+            && body == "one\n"
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "release 1 is not served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deployments = mesh
+        .deploys()
+        .await
+        .list_deployments(authed(
+            capsule::proto::deploy::v1::ListDeploymentsRequest {
+                project_id: id.clone(),
+                ..Default::default()
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    let rollback = deployments
+        .iter()
+        .find(|deployment| deployment.rollback_of == first.id)
+        .expect("a rollback to release 1");
+    assert_eq!(rollback.state(), DeploymentState::Live);
+    assert_eq!(rollback.artifact_digest, first.artifact_digest);
+    let output = text(&logs(&mesh, &ada, &rollback.id).await);
+    assert!(
+        output.contains(&format!("automatic rollback to {}: {} crashed", first.id, second.id))
+            && output.contains("as it was built: no build, no release command")
+            && !output.contains("$ echo"),
+        "{output}"
+    );
+    let crashed = text(&logs(&mesh, &ada, &second.id).await);
+    assert!(crashed.contains("rolled back automatically"), "{crashed}");
+}

@@ -10,6 +10,7 @@
 //! | `DEPLOY_MAX_STREAMS_PER_USER` | `20`: follow streams (`StreamLogs`) one user (or API token's owner) keeps open at once on one deploy process; one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim, or a runner's copy of a live app, lasts this long without a heartbeat |
 //! | `DEPLOY_RELEASES_DIR` | `capsule-releases-<uid>` in the system temp directory: where the releases runners upload are kept (by digest), so that any runner can start a copy or a rollback without a build |
+//! | `DEPLOY_AUTO_ROLLBACK_SECS` | `600`: a deployment that crashes (past `DEPLOY_MAX_RESTARTS`) within this long of going live is replaced by the release it superseded, from its kept artifact, without a build; `0` turns automatic rollback off |
 //! | `DEPLOY_MAX_LOG_LINES` | `100000`: build output lines kept per deployment, later ones dropped (state changes are always kept); a live app keeps its newest this many runtime lines |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
 //! | `DEPLOY_POLL_INTERVAL_SECS` | `60`: how often auto-deploying projects' branches are polled (`git ls-remote`); `0` turns polling off (push events still deploy) |
@@ -23,7 +24,7 @@
 
 use std::time::Duration;
 
-use capsule::config::{ConfigError, ProcessEnv, Source, networks, parse_bool, positive};
+use capsule::config::{ConfigError, ProcessEnv, Source, networks, parse_bool, parse_or, positive};
 pub use capsule_runner::config::{RunnerConfig, SourceConfig};
 
 #[derive(Debug, Clone)]
@@ -37,6 +38,8 @@ pub struct DeployConfig {
     pub max_log_lines: u64,
     pub max_builds_per_project: u64,
     pub max_environments: u64,
+    /// How soon after going live a crash rolls back; zero: never.
+    pub auto_rollback: Duration,
     pub max_streams_per_user: u64,
     pub log_retention: Duration,
     /// Where uploaded releases are kept.
@@ -101,6 +104,12 @@ impl DeployConfig {
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
             max_builds_per_project: number("DEPLOY_MAX_BUILDS_PER_PROJECT", 2)?,
             max_environments: number("DEPLOY_MAX_ENVIRONMENTS", 10)?,
+            auto_rollback: Duration::from_secs(parse_or(
+                source,
+                "DEPLOY_AUTO_ROLLBACK_SECS",
+                600,
+                "expected a whole number of seconds (0: no automatic rollback)",
+            )?),
             max_streams_per_user: number("DEPLOY_MAX_STREAMS_PER_USER", 20)?,
             log_retention: Duration::from_secs(number("DEPLOY_LOG_RETENTION_DAYS", 30)? * 24 * 3600),
             releases_dir: source.get("DEPLOY_RELEASES_DIR").map_or_else(

@@ -1,6 +1,7 @@
 //! Capsule's deploy service: deployments with a lifecycle, runners that
 //! execute them, logs that stream.
 
+mod autorollback;
 pub mod config;
 mod convert;
 mod db;

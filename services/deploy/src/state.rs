@@ -61,6 +61,8 @@ pub(crate) struct Inner {
     /// Environments of one project with a deployment queued, building or
     /// live, at most.
     pub(crate) max_environments: i64,
+    /// How soon after going live a crash rolls back; zero: never.
+    pub(crate) auto_rollback: chrono::Duration,
     /// Follow streams open per user in this process, at most.
     pub(crate) streams: Arc<capsule::rpc::StreamLimit>,
     pub(crate) source: SourceConfig,
@@ -108,6 +110,7 @@ impl DeployServiceApi {
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
                 max_environments: i64::try_from(config.max_environments)?,
+                auto_rollback: chrono::Duration::from_std(config.auto_rollback)?,
                 streams: capsule::rpc::StreamLimit::new(config.max_streams_per_user, "DEPLOY_MAX_STREAMS_PER_USER"),
                 source: config.source.clone(),
                 webhook_guard: capsule::guard::Guard::new(config.webhooks.allowed_networks.clone()),

@@ -254,6 +254,9 @@ pub(super) async fn report_status(
         }),
     };
     let deployment = api.change(id, to, Actor::Runner(runner), outcome).await?;
+    if to == State::Crashed {
+        api.roll_back_crashed(&deployment).await;
+    }
     Ok(Response::new(deployment_proto(&deployment)))
 }
 
