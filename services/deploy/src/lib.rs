@@ -84,7 +84,12 @@ pub async fn serve(
         &config,
     )?;
     keys.accept_runners(Arc::new(runners::RegisteredRunners(db.clone())));
-    tokio::spawn(prune_logs(db.clone(), config.log_retention, shutdown.clone()));
+    tokio::spawn(prune_logs(
+        db.clone(),
+        config.log_retention,
+        config.releases_dir.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(gauges::run(db.clone(), shutdown.clone()));
     tokio::spawn(webhooks::send::run(
         db.clone(),
@@ -163,7 +168,12 @@ async fn register_local_runner(db: &Database, shutdown: &CancellationToken) -> O
 
 /// Deletes old deployments' logs and settled webhook deliveries, now and
 /// then hourly, in batches.
-async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: CancellationToken) {
+async fn prune_logs(
+    db: Database,
+    retention: std::time::Duration,
+    releases: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
     let Ok(retention) = chrono::Duration::from_std(retention) else {
         return;
     };
@@ -185,9 +195,33 @@ async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: Canc
             Ok(pruned) => tracing::info!(deliveries = pruned, "old webhook deliveries deleted"),
             Err(err) => tracing::debug!(error = %err, "cannot prune webhook deliveries now"),
         }
+        match db.run(move |conn| db::replicas::releases_in_use(conn, cutoff)).await {
+            Ok(kept) => prune_releases(&releases, &kept),
+            Err(err) => tracing::debug!(error = %err, "cannot prune releases now"),
+        }
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
+}
+
+/// Deletes the uploaded releases no deployment needs any more (none live
+/// and none created within the log retention names them), once an hour
+/// old: one being uploaded is not yet named by its deployment.
+fn prune_releases(dir: &std::path::Path, kept: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let digest = name.strip_suffix(".tar.zst").map(|hex| format!("sha256:{hex}"));
+        let old = entry
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+        if old && digest.is_none_or(|digest| !kept.contains(&digest)) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }
@@ -197,4 +231,39 @@ async fn prune_logs(db: Database, retention: std::time::Duration, shutdown: Canc
 pub async fn reencrypt(db_config: DbConfig, keys: Arc<capsule::crypto::Keyring>) -> anyhow::Result<usize> {
     let db = Database::new(db_config)?;
     db.run(move |conn| Ok(webhooks::reencrypt(conn, &keys))).await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn releases_no_deployment_needs_go_once_an_hour_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = |c: char| c.to_string().repeat(64);
+        let (needed, stale, fresh) = (hex('a'), hex('b'), hex('c'));
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        for name in [&needed, &stale, &fresh] {
+            let path = dir.path().join(format!("{name}.tar.zst"));
+            std::fs::write(&path, b"archive").unwrap();
+            if *name != fresh {
+                std::fs::File::options()
+                    .append(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_modified(two_hours_ago)
+                    .unwrap();
+            }
+        }
+        let kept = [format!("sha256:{needed}")].into_iter().collect();
+        prune_releases(dir.path(), &kept);
+        let left: std::collections::HashSet<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let expected = [format!("{needed}.tar.zst"), format!("{fresh}.tar.zst")]
+            .into_iter()
+            .collect();
+        assert_eq!(left, expected, "the one in use and the one being uploaded stay");
+    }
 }

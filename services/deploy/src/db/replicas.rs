@@ -132,6 +132,31 @@ pub fn renew(
     Ok((renewed > 0).then_some(expires))
 }
 
+/// How long a copy that did not start keeps its place, so that it is not
+/// tried again at once (and its log does not fill with the same failure).
+const RETRY_AFTER_SECS: i64 = 30;
+
+/// `runner`'s copy of `id` did not start (`why`): it keeps its place
+/// without an upstream (never routed) for [`RETRY_AFTER_SECS`], then any
+/// runner may try again.
+pub fn failed(conn: &mut PgConnection, id: Uuid, runner: &str, why: &str) -> QueryResult<()> {
+    conn.transaction(|conn| {
+        diesel::update(
+            replicas::table
+                .filter(replicas::deployment_id.eq(id))
+                .filter(replicas::runner_id.eq(runner)),
+        )
+        .set((
+            replicas::upstream.eq(""),
+            replicas::lease_expires_at.eq(Utc::now() + chrono::Duration::seconds(RETRY_AFTER_SECS)),
+        ))
+        .execute(conn)?;
+        let line = format!("replica on runner {runner} did not start ({why}); tried again in {RETRY_AFTER_SECS} s");
+        append(conn, id, &[("system", line)], None)?;
+        Ok(())
+    })
+}
+
 /// `runner` no longer runs a copy of `id` (it stopped, or the copy did not
 /// start): another runner may start one at once. `why` goes to the log.
 pub fn give_up(conn: &mut PgConnection, id: Uuid, runner: &str, why: &str) -> QueryResult<usize> {
@@ -190,6 +215,25 @@ pub fn runs_a_copy(id: Uuid, runner: &str) -> diesel::dsl::exists<CopyOf> {
             .filter(replicas::deployment_id.eq(id))
             .filter(replicas::runner_id.eq(runner.to_owned())),
     )
+}
+
+/// The releases a deployment may still start from: those of live ones and
+/// of any created since `since` (a rollback may name them).
+pub fn releases_in_use(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> QueryResult<std::collections::HashSet<String>> {
+    let digests: Vec<Option<String>> = deployments::table
+        .filter(deployments::artifact_digest.is_not_null())
+        .filter(
+            deployments::state
+                .eq(State::Live.as_str())
+                .or(deployments::created_at.ge(since)),
+        )
+        .select(deployments::artifact_digest)
+        .distinct()
+        .load(conn)?;
+    Ok(digests.into_iter().flatten().collect())
 }
 
 /// Live deployments and where they are served: (host, upstreams, id),

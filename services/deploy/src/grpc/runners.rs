@@ -296,7 +296,7 @@ pub(super) async fn report_replica(
                     db::append(conn, id, &[("system", line)], None)?;
                 }
                 why => {
-                    db::replicas::give_up(conn, id, &runner, &format!("did not start: {why}"))?;
+                    db::replicas::failed(conn, id, &runner, why)?;
                 }
             }
             Ok(true)
