@@ -195,6 +195,9 @@ async fn prune_logs(
             Ok(pruned) => tracing::info!(deliveries = pruned, "old webhook deliveries deleted"),
             Err(err) => tracing::debug!(error = %err, "cannot prune webhook deliveries now"),
         }
+        if let Err(err) = db.run(db::replicas::prune_expired).await {
+            tracing::debug!(error = %err, "cannot prune replicas now");
+        }
         match db.run(move |conn| db::replicas::releases_in_use(conn, cutoff)).await {
             Ok(kept) => prune_releases(&releases, &kept),
             Err(err) => tracing::debug!(error = %err, "cannot prune releases now"),

@@ -133,8 +133,26 @@ impl Disks {
     }
 
     /// Working directories that a runner which died left behind in
-    /// `workdir` (their images unlocked): unmounted and removed.
+    /// `workdir` (their images unlocked): unmounted and removed; and its
+    /// build caches left mounted, unmounted (they are kept).
     pub fn sweep(&self, workdir: &Path) {
+        let caches = std::fs::read_dir(workdir.join(".cache"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for entry in caches {
+            let image = entry.path();
+            if image.extension().is_none_or(|ext| ext != "img") {
+                continue;
+            }
+            let Some(_lock) = Self::lock(&image) else {
+                continue;
+            };
+            let at = image.with_extension("");
+            if mounted(&at) {
+                self.unmount(&at);
+            }
+        }
         let Ok(entries) = std::fs::read_dir(images(workdir)) else {
             return;
         };

@@ -156,9 +156,16 @@ pub fn heartbeat(
     .returning(deployments::state)
     .get_result(conn)
     .optional()?;
-    // A live one's copy on this runner, which routes follow.
-    let copy = super::replicas::renew(conn, id, runner, lease)?;
-    if renewed.is_some() || copy.is_some() {
+    // A live one's copy on this runner, which routes follow: renewed
+    // while its lease holds; once it ran out (others may have replaced
+    // it), the runner stops it.
+    if super::replicas::renew(conn, id, runner, lease)?.is_some() {
+        return Ok(Some((expires, false)));
+    }
+    if super::replicas::drop_expired(conn, id, runner)? > 0 {
+        return Ok(Some((Utc::now(), true)));
+    }
+    if renewed.is_some() {
         return Ok(Some((expires, false)));
     }
     // Canceled, or a live one that was replaced or crashed: the runner

@@ -28,7 +28,7 @@ WHERE d.state = 'live' AND d.artifact_digest IS NOT NULL AND d.upstream <> ''
         WHERE r.deployment_id = d.id AND r.lease_expires_at >= now())
         < GREATEST(COALESCE((d.snapshot->>'replicas')::int, 1), 1)
     AND NOT EXISTS (SELECT 1 FROM replicas r
-        WHERE r.deployment_id = d.id AND r.runner_id = $1 AND r.lease_expires_at >= now())
+        WHERE r.deployment_id = d.id AND r.runner_id = $1)
 ORDER BY d.updated_at ASC
 LIMIT 1
 FOR UPDATE OF d SKIP LOCKED";
@@ -43,6 +43,15 @@ struct Candidate {
 /// `runner`, starting (no upstream yet) under `lease`.
 pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> QueryResult<Option<Deployment>> {
     conn.transaction(|conn| {
+        // Its attempts that never served and whose time is up: no copy of
+        // its runs for them (a starting one renews its lease).
+        diesel::delete(
+            replicas::table
+                .filter(replicas::runner_id.eq(runner))
+                .filter(replicas::upstream.eq(""))
+                .filter(replicas::lease_expires_at.lt(Utc::now())),
+        )
+        .execute(conn)?;
         let next: Option<Candidate> = diesel::sql_query(NEXT_REPLICA)
             .bind::<Text, _>(runner)
             .get_result(conn)
@@ -56,13 +65,7 @@ pub fn claim(conn: &mut PgConnection, runner: &str, lease: chrono::Duration) -> 
                 replicas::upstream.eq(""),
                 replicas::lease_expires_at.eq(expires),
             ))
-            .on_conflict((replicas::deployment_id, replicas::runner_id))
-            .do_update()
-            .set((
-                replicas::upstream.eq(""),
-                replicas::lease_expires_at.eq(expires),
-                replicas::started_at.eq(Utc::now()),
-            ))
+            .on_conflict_do_nothing()
             .execute(conn)?;
         append(
             conn,
@@ -123,13 +126,36 @@ pub fn renew(
     let expires = Utc::now() + lease;
     let renewed = diesel::sql_query(
         "UPDATE replicas SET lease_expires_at = $3 WHERE deployment_id = $1 AND runner_id = $2 \
-         AND EXISTS (SELECT 1 FROM deployments d WHERE d.id = $1 AND d.state = 'live')",
+         AND lease_expires_at >= now() AND EXISTS (SELECT 1 FROM deployments d WHERE d.id = $1 AND d.state = 'live')",
     )
     .bind::<SqlUuid, _>(id)
     .bind::<Text, _>(runner)
     .bind::<Timestamptz, _>(expires)
     .execute(conn)?;
     Ok((renewed > 0).then_some(expires))
+}
+
+/// `runner`'s copy of `id` whose lease ran out, removed (its runner is told
+/// to stop it): how many.
+pub fn drop_expired(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<usize> {
+    let gone = diesel::delete(
+        replicas::table
+            .filter(replicas::deployment_id.eq(id))
+            .filter(replicas::runner_id.eq(runner))
+            .filter(replicas::lease_expires_at.lt(Utc::now())),
+    )
+    .execute(conn)?;
+    if gone > 0 {
+        let line = format!("replica on runner {runner}: its lease ran out; stopped (another may have replaced it)");
+        append(conn, id, &[("system", line)], None)?;
+    }
+    Ok(gone)
+}
+
+/// Copies whose lease ran out an hour ago or more: their runners are gone.
+pub fn prune_expired(conn: &mut PgConnection) -> QueryResult<usize> {
+    diesel::delete(replicas::table.filter(replicas::lease_expires_at.lt(Utc::now() - chrono::Duration::hours(1))))
+        .execute(conn)
 }
 
 /// How long a copy that did not start keeps its place, so that it is not
@@ -204,8 +230,11 @@ pub fn forget_runner(conn: &mut PgConnection, runner: &str) -> QueryResult<()> {
 
 /// The rows of one runner's copy of one deployment.
 type CopyOf = diesel::dsl::Filter<
-    diesel::dsl::Filter<replicas::table, diesel::dsl::Eq<replicas::deployment_id, Uuid>>,
-    diesel::dsl::Eq<replicas::runner_id, String>,
+    diesel::dsl::Filter<
+        diesel::dsl::Filter<replicas::table, diesel::dsl::Eq<replicas::deployment_id, Uuid>>,
+        diesel::dsl::Eq<replicas::runner_id, String>,
+    >,
+    diesel::dsl::GtEq<replicas::lease_expires_at, diesel::dsl::now>,
 >;
 
 /// Whether `runner` has a copy of `id` (an SQL condition).
@@ -213,7 +242,8 @@ pub fn runs_a_copy(id: Uuid, runner: &str) -> diesel::dsl::exists<CopyOf> {
     diesel::dsl::exists(
         replicas::table
             .filter(replicas::deployment_id.eq(id))
-            .filter(replicas::runner_id.eq(runner.to_owned())),
+            .filter(replicas::runner_id.eq(runner.to_owned()))
+            .filter(replicas::lease_expires_at.ge(diesel::dsl::now)),
     )
 }
 

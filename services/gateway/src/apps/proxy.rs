@@ -161,7 +161,12 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
     // A body-less request that never reached the app (the connection was
     // refused: a copy gone, or a switch at that very moment) goes again,
     // to another copy in the route in force then.
-    let retriable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|length| length.as_bytes() == b"0");
+    let retriable = bodiless && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let (mut target, mut copies) = upstream;
     let mut tried = Vec::new();
     let mut body = Some(body);
