@@ -198,7 +198,7 @@ async fn prune_logs(
         if let Err(err) = db.run(db::replicas::prune_expired).await {
             tracing::debug!(error = %err, "cannot prune replicas now");
         }
-        match db.run(move |conn| db::replicas::releases_in_use(conn, cutoff)).await {
+        match db.run(db::replicas::releases_in_use).await {
             Ok(kept) => prune_releases(&releases, &kept),
             Err(err) => tracing::debug!(error = %err, "cannot prune releases now"),
         }
@@ -209,8 +209,8 @@ async fn prune_logs(
     }
 }
 
-/// Deletes the uploaded releases no deployment needs any more (none live
-/// and none created within the log retention names them), once an hour
+/// Deletes the uploaded releases no deployment needs any more (not live,
+/// nor among the newest of its project and environment), once an hour
 /// old: one being uploaded is not yet named by its deployment.
 fn prune_releases(dir: &std::path::Path, kept: &std::collections::HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };

@@ -247,23 +247,26 @@ pub fn runs_a_copy(id: Uuid, runner: &str) -> diesel::dsl::exists<CopyOf> {
     )
 }
 
-/// The releases a deployment may still start from: those of live ones and
-/// of any created since `since` (a rollback may name them).
-pub fn releases_in_use(
-    conn: &mut PgConnection,
-    since: DateTime<Utc>,
-) -> QueryResult<std::collections::HashSet<String>> {
-    let digests: Vec<Option<String>> = deployments::table
-        .filter(deployments::artifact_digest.is_not_null())
-        .filter(
-            deployments::state
-                .eq(State::Live.as_str())
-                .or(deployments::created_at.ge(since)),
-        )
-        .select(deployments::artifact_digest)
-        .distinct()
-        .load(conn)?;
-    Ok(digests.into_iter().flatten().collect())
+/// Releases kept per project and environment besides the live one.
+const RELEASES_KEPT: i64 = 5;
+
+/// The releases a deployment may still start from: the live ones, and the
+/// newest [`RELEASES_KEPT`] of each project and environment (a rollback
+/// may name them).
+pub fn releases_in_use(conn: &mut PgConnection) -> QueryResult<std::collections::HashSet<String>> {
+    #[derive(QueryableByName)]
+    struct Kept {
+        #[diesel(sql_type = Text)]
+        artifact_digest: String,
+    }
+    let kept: Vec<Kept> = diesel::sql_query(
+        "SELECT DISTINCT artifact_digest FROM (SELECT artifact_digest, state, row_number() OVER \
+         (PARTITION BY project_id, environment ORDER BY created_at DESC) AS newest FROM deployments \
+         WHERE artifact_digest IS NOT NULL) d WHERE state = 'live' OR newest <= $1",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(RELEASES_KEPT)
+    .load(conn)?;
+    Ok(kept.into_iter().map(|kept| kept.artifact_digest).collect())
 }
 
 /// Live deployments and where they are served: (host, upstreams, id),
