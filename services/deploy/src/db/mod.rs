@@ -393,21 +393,10 @@ pub fn transition(
         if to == State::Live
             && let (Some(upstream), Some(runner)) = (&outcome.upstream, &current.runner_id)
         {
-            use schema::replicas as r;
             let lease = current
                 .lease_expires_at
                 .unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(30));
-            diesel::insert_into(r::table)
-                .values((
-                    r::deployment_id.eq(id),
-                    r::runner_id.eq(runner),
-                    r::upstream.eq(upstream),
-                    r::lease_expires_at.eq(lease),
-                ))
-                .on_conflict((r::deployment_id, r::runner_id))
-                .do_update()
-                .set((r::upstream.eq(upstream), r::lease_expires_at.eq(lease)))
-                .execute(conn)?;
+            serve_copy(conn, id, runner, upstream, lease)?;
         }
         if to.is_final() {
             diesel::update(deployments::table.find(id))
@@ -419,6 +408,28 @@ pub fn transition(
         }
         Ok(Ok(updated))
     })
+}
+
+/// `runner`'s copy of `id` serves at `upstream` until `lease`.
+fn serve_copy(
+    conn: &mut PgConnection,
+    id: Uuid,
+    runner: &str,
+    upstream: &str,
+    lease: DateTime<Utc>,
+) -> QueryResult<usize> {
+    use schema::replicas as r;
+    diesel::insert_into(r::table)
+        .values((
+            r::deployment_id.eq(id),
+            r::runner_id.eq(runner),
+            r::upstream.eq(upstream),
+            r::lease_expires_at.eq(lease),
+        ))
+        .on_conflict((r::deployment_id, r::runner_id))
+        .do_update()
+        .set((r::upstream.eq(upstream), r::lease_expires_at.eq(lease)))
+        .execute(conn)
 }
 
 /// A deployment that is no longer live runs nowhere: its replicas go.

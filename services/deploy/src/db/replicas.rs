@@ -99,20 +99,7 @@ pub fn serving(
     if !live {
         return Ok(false);
     }
-    diesel::insert_into(replicas::table)
-        .values((
-            replicas::deployment_id.eq(id),
-            replicas::runner_id.eq(runner),
-            replicas::upstream.eq(upstream),
-            replicas::lease_expires_at.eq(Utc::now() + lease),
-        ))
-        .on_conflict((replicas::deployment_id, replicas::runner_id))
-        .do_update()
-        .set((
-            replicas::upstream.eq(upstream),
-            replicas::lease_expires_at.eq(Utc::now() + lease),
-        ))
-        .execute(conn)?;
+    super::serve_copy(conn, id, runner, upstream, Utc::now() + lease)?;
     Ok(true)
 }
 

@@ -119,7 +119,7 @@ impl Upstreams {
     pub fn pick(&self, tried: &[SocketAddr]) -> Option<SocketAddr> {
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::Instant::now();
-        let refused = self.refused.lock().map(|r| r.clone()).unwrap_or_default();
+        let refused = self.refused.lock().ok()?;
         let candidates = (0..self.addrs.len())
             .map(|offset| (start + offset) % self.addrs.len())
             .filter(|index| !tried.contains(&self.addrs[*index]));
