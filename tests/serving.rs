@@ -486,11 +486,12 @@ async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
     mesh.stop().await;
 }
 
-/// The deploy service and its local runner stop and start again (an
-/// upgrade, `capsule dev` started again): the live app serves again from
-/// its kept release within 30 s, and no deployment is created.
+/// The whole mesh — auth, project, the gateway, the deploy service and its
+/// one (local) runner — stops and starts again, as `capsule dev` stopped
+/// and started again would: the live app serves again from its kept
+/// release within 30 s, and no deployment is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_live_app_serves_again_after_its_runner_restarts_without_a_new_deployment() {
+async fn a_live_app_serves_again_after_the_mesh_restarts_without_a_new_deployment() {
     let mut mesh = mesh(&[]).await;
     let (ada, _) = mesh.user("ada@example.com").await;
     let id = app(&mesh, &ada, "echo kept > index.html", SITE, &[]).await;
@@ -503,7 +504,7 @@ async fn a_live_app_serves_again_after_its_runner_restarts_without_a_new_deploym
         (200, "kept\n".to_owned())
     );
 
-    mesh.restart_deploy().await;
+    mesh.restart().await;
     let restarted = Instant::now();
     loop {
         if let Ok((200, body)) = fetch(&client, &mesh, &host, "/").await {

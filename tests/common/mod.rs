@@ -40,6 +40,8 @@ pub struct TestMesh {
     /// The deploy service's settings, to start it again.
     deploy_config: capsule_deploy::DeployConfig,
     batching: bool,
+    /// Listeners bound at the start, until their service takes them.
+    bound: Vec<tokio::net::TcpListener>,
 }
 
 /// Options of a test mesh.
@@ -103,25 +105,77 @@ pub async fn start_with(options: Options) -> TestMesh {
             .map(|(_, v)| (*v).to_owned())
     })
     .unwrap();
-    let mut addrs = Vec::new();
-    let mut tasks = Vec::new();
-    let mut databases = Vec::new();
-    let mut stops = Vec::new();
+    let mut test_mesh = TestMesh {
+        addrs: Vec::new(),
+        http: SocketAddr::from(([127, 0, 0, 1], 0)),
+        mesh,
+        shutdown,
+        stops: Vec::new(),
+        tasks: Vec::new(),
+        databases: Vec::new(),
+        deploy_config,
+        batching: !options.unbatched,
+        bound: Vec::new(),
+    };
     for (kind, listener) in listeners {
         let migrations = match kind {
             ServiceKind::Auth => &capsule_auth::MIGRATIONS,
             ServiceKind::Project => &capsule_project::MIGRATIONS,
             _ => &capsule_deploy::MIGRATIONS,
         };
-        let db = TestDatabase::migrated(kind, migrations).await;
-        let addr = listener.local_addr().unwrap();
-        let mut config = db.db_config();
-        config.batching = !options.unbatched;
-        let (config, serve, mesh, deploy_config) =
-            (config, testing::serve_config(addr), mesh.clone(), deploy_config.clone());
-        let token = shutdown.child_token();
-        stops.push((kind, token.clone()));
-        tasks.push(tokio::spawn(async move {
+        test_mesh.databases.push(TestDatabase::migrated(kind, migrations).await);
+        test_mesh.addrs.push((kind, listener.local_addr().unwrap()));
+        test_mesh.bound.push(listener);
+    }
+    let (grpc, http) = (testing::free_listener().await, testing::free_listener().await);
+    test_mesh.addrs.push((ServiceKind::Gateway, grpc.local_addr().unwrap()));
+    test_mesh.http = http.local_addr().unwrap();
+    test_mesh.bound.extend([grpc, http]);
+    test_mesh.start_all().await;
+    test_mesh
+}
+
+impl TestMesh {
+    /// Starts every service on its address (the listeners of a stopped
+    /// mesh are bound again) and waits until each serves.
+    async fn start_all(&mut self) {
+        for (kind, addr) in self.addrs.clone() {
+            let token = self.shutdown.child_token();
+            let task = match kind {
+                ServiceKind::Gateway => self.spawn_gateway(addr, token.clone()).await,
+                kind => self.spawn_service(kind, addr, token.clone()).await,
+            };
+            self.stops.push((kind, token));
+            self.tasks.push(task);
+        }
+        for (kind, addr) in &self.addrs {
+            testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
+        }
+    }
+
+    /// The listener on `addr`: the one bound at the start, or a new one.
+    async fn listen(&mut self, addr: SocketAddr) -> tokio::net::TcpListener {
+        match self.bound.iter().position(|l| l.local_addr().unwrap() == addr) {
+            Some(index) => self.bound.swap_remove(index),
+            None => tokio::net::TcpListener::bind(addr).await.unwrap(),
+        }
+    }
+
+    async fn spawn_service(
+        &mut self,
+        kind: ServiceKind,
+        addr: SocketAddr,
+        token: CancellationToken,
+    ) -> JoinHandle<anyhow::Result<()>> {
+        let listener = self.listen(addr).await;
+        let mut config = self.database(kind).db_config();
+        config.batching = self.batching;
+        let (serve, mesh, deploy_config) = (
+            testing::serve_config(addr),
+            self.mesh.clone(),
+            self.deploy_config.clone(),
+        );
+        tokio::spawn(async move {
             match kind {
                 ServiceKind::Auth => {
                     capsule_auth::serve_with(
@@ -139,52 +193,38 @@ pub async fn start_with(options: Options) -> TestMesh {
                 ServiceKind::Project => capsule_project::serve(listener, config, mesh, serve, token).await,
                 _ => capsule_deploy::serve(listener, config, mesh, deploy_config, serve, token).await,
             }
-        }));
-        addrs.push((kind, addr));
-        databases.push(db);
+        })
     }
-    let grpc = testing::free_listener().await;
-    let http = testing::free_listener().await;
-    let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
-    let config = GatewayConfig {
-        http_addr,
-        services: mesh.services.clone(),
-    };
-    let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
-        "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
-        "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
-        "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
-        "GATEWAY_CORS_ORIGINS" => Some(BROWSER_ORIGIN.to_owned()),
-        _ => None,
-    })
-    .unwrap();
-    tasks.push(tokio::spawn(capsule_gateway::serve(
-        grpc,
-        http,
-        config,
-        edge,
-        testing::serve_config(grpc_addr),
-        shutdown.clone(),
-    )));
-    addrs.push((ServiceKind::Gateway, grpc_addr));
-    let test_mesh = TestMesh {
-        addrs,
-        http: http_addr,
-        mesh,
-        shutdown,
-        stops,
-        tasks,
-        databases,
-        deploy_config,
-        batching: !options.unbatched,
-    };
-    for (kind, addr) in &test_mesh.addrs {
-        testing::wait_for_health(*addr, kind.grpc_service_name(), SERVING, Duration::from_secs(20)).await;
-    }
-    test_mesh
-}
 
-impl TestMesh {
+    async fn spawn_gateway(
+        &mut self,
+        grpc_addr: SocketAddr,
+        token: CancellationToken,
+    ) -> JoinHandle<anyhow::Result<()>> {
+        let grpc = self.listen(grpc_addr).await;
+        let http = self.listen(self.http).await;
+        let config = GatewayConfig {
+            http_addr: self.http,
+            services: self.mesh.services.clone(),
+        };
+        let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
+            "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
+            "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
+            "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
+            "GATEWAY_CORS_ORIGINS" => Some(BROWSER_ORIGIN.to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        tokio::spawn(capsule_gateway::serve(
+            grpc,
+            http,
+            config,
+            edge,
+            testing::serve_config(grpc_addr),
+            token,
+        ))
+    }
+
     pub fn addr(&self, kind: ServiceKind) -> SocketAddr {
         self.addrs.iter().find(|(k, _)| *k == kind).unwrap().1
     }
@@ -264,42 +304,21 @@ impl TestMesh {
         }
     }
 
-    /// Stops the deploy service (and its local runner, with the apps it
-    /// runs) as its process would stop, and starts it again on the same
-    /// address and database.
-    pub async fn restart_deploy(&mut self) {
-        let index = self.stops.iter().position(|(k, _)| *k == ServiceKind::Deploy).unwrap();
-        self.stops[index].1.cancel();
-        let task = self.tasks.remove(index);
-        tokio::time::timeout(Duration::from_secs(20), task)
-            .await
-            .expect("the deploy service stops within 20 s")
-            .unwrap()
-            .unwrap();
-        let addr = self.addr(ServiceKind::Deploy);
-        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let mut config = self.database(ServiceKind::Deploy).db_config();
-        config.batching = self.batching;
-        let token = self.shutdown.child_token();
-        self.stops[index].1 = token.clone();
-        self.tasks.insert(
-            index,
-            tokio::spawn(capsule_deploy::serve(
-                listener,
-                config,
-                self.mesh.clone(),
-                self.deploy_config.clone(),
-                testing::serve_config(addr),
-                token,
-            )),
-        );
-        testing::wait_for_health(
-            addr,
-            ServiceKind::Deploy.grpc_service_name(),
-            SERVING,
-            Duration::from_secs(20),
-        )
-        .await;
+    /// Stops the whole mesh as its processes would stop (the deploy
+    /// service's local runner with the apps it runs) and starts it again
+    /// on the same addresses and databases.
+    pub async fn restart(&mut self) {
+        for (_, stop) in self.stops.drain(..) {
+            stop.cancel();
+        }
+        for task in self.tasks.drain(..) {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("a service stops within 20 s")
+                .unwrap()
+                .unwrap();
+        }
+        self.start_all().await;
     }
 
     pub async fn stop(self) {
