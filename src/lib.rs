@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod proto;
 pub mod rpc;
 pub mod rules;
+pub mod schedule;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

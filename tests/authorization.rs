@@ -187,6 +187,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("deploy.v1.DeployService/ListDeployments", [true, true, true, true]),
     ("deploy.v1.DeployService/GetLogs", [true, true, true, true]),
     ("deploy.v1.DeployService/GetEgressRecord", [true, true, true, true]),
+    ("deploy.v1.DeployService/ListRuns", [true, true, true, true]),
     ("deploy.v1.DeployService/StreamLogs", [true, true, true, true]),
     ("project.v1.ProjectService/CreateProject", [false, true, true, true]),
     ("project.v1.ProjectService/UpdateProject", [false, true, true, true]),
@@ -207,6 +208,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("deploy.v1.DeployService/CancelDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/RollbackDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/ClearBuildCache", [false, true, true, true]),
+    ("deploy.v1.DeployService/RunCommand", [false, true, true, true]),
     (
         "project.v1.ProjectService/RotateWebhookSecret",
         [false, false, true, true],

@@ -273,6 +273,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
                     entries: vec![pb::LogEntry {
                         stream: pb::LogStream::Stdout as i32,
                         text: format!("line {i}"),
+                        process: String::new(),
                     }],
                 },
             ))
@@ -322,6 +323,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
                 entries: vec![pb::LogEntry {
                     stream: pb::LogStream::Stderr as i32,
                     text: "GET / 200".into(),
+                    process: String::new(),
                 }],
                 ..Default::default()
             },

@@ -483,6 +483,7 @@ async fn runners_answer_only_for_their_own_claims_and_a_deleted_runner_is_refuse
                 entries: vec![pb::LogEntry {
                     stream: pb::LogStream::Stdout as i32,
                     text: "forged".into(),
+                    process: String::new(),
                 }],
                 ..Default::default()
             },

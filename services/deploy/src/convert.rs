@@ -54,6 +54,7 @@ pub(crate) fn line_proto(row: LogRow) -> pb::LogLine {
         } else {
             pb::LogPhase::Build
         } as i32,
+        process: row.process,
     }
 }
 
@@ -64,5 +65,35 @@ pub(crate) fn runner_proto(runner: &Runner) -> pb::Runner {
         creator_id: runner.created_by.map(|id| id.to_string()).unwrap_or_default(),
         create_time: Some(rpc::timestamp(runner.created_at)),
         last_seen_time: runner.last_seen_at.map(rpc::timestamp),
+    }
+}
+
+pub(crate) fn run_proto(run: &crate::db::runs::Run) -> pb::Run {
+    use crate::db::runs;
+    pb::Run {
+        id: run.id.to_string(),
+        project_id: run.project_id.to_string(),
+        deployment_id: run.deployment_id.to_string(),
+        environment: run.environment.clone(),
+        kind: match run.kind.as_str() {
+            "cron" => pb::RunKind::Cron,
+            _ => pb::RunKind::Command,
+        } as i32,
+        name: run.name.clone(),
+        command: run.command.clone(),
+        state: match run.state.as_str() {
+            runs::QUEUED => pb::RunState::Queued,
+            runs::RUNNING => pb::RunState::Running,
+            runs::SUCCEEDED => pb::RunState::Succeeded,
+            _ => pb::RunState::Failed,
+        } as i32,
+        exit_code: run.exit_code,
+        status_message: run.status_message.clone(),
+        time_limit_seconds: u32::try_from(run.time_limit_secs).unwrap_or_default(),
+        creator_id: run.creator_id.map(|id| id.to_string()).unwrap_or_default(),
+        scheduled_time: run.scheduled_for.map(rpc::timestamp),
+        create_time: Some(rpc::timestamp(run.created_at)),
+        start_time: run.started_at.map(rpc::timestamp),
+        end_time: run.finished_at.map(rpc::timestamp),
     }
 }

@@ -4,6 +4,7 @@
 mod autorollback;
 pub mod config;
 mod convert;
+mod cron;
 mod db;
 mod gauges;
 mod grpc;
@@ -108,6 +109,7 @@ pub async fn serve(
     }
     let auth = AuthServiceClient::new(capsule::tls::channel(&mesh.services.auth)?);
     tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));
+    tokio::spawn(cron::run(api.clone(), shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {

@@ -295,6 +295,7 @@ impl DeployServiceApi {
             cpu_millis: resources.cpu_millis,
             processes: resources.processes,
             replicas: resources.replicas,
+            process_types: plan.process_types.iter().map(Into::into).collect(),
         };
         let new = NewDeployment {
             project_id,

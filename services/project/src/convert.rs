@@ -60,7 +60,12 @@ pub fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::Projec
         build_egress: settings.build_egress,
         app_egress: settings.app_egress,
         resources: Some(resources_proto(settings)),
+        process_types: process_types_proto(settings),
     }
+}
+
+fn process_types_proto(settings: &Settings) -> Vec<pb::ProcessType> {
+    settings.process_types().into_iter().map(Into::into).collect()
 }
 
 fn resources_proto(settings: &Settings) -> pb::Resources {
@@ -78,6 +83,7 @@ fn resources_proto(settings: &Settings) -> pb::Resources {
 pub fn plan_proto(project: &Project, settings: Settings, maxima: &Maxima) -> pb::DeploymentPlan {
     pb::DeploymentPlan {
         resources: Some(maxima.bound(resources_proto(&settings))),
+        process_types: process_types_proto(&settings),
         build_egress: settings.build_egress,
         app_egress: settings.app_egress,
         project: Some(project_proto(project)),

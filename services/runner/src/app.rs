@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::{
     Runner, host,
     job::{Job, LiveApp, failed_step, step_span},
-    process::{Ended, Limits, pump},
+    process::{Ended, Limits, STOP_GRACE, pump},
     report::heartbeat,
     sandbox,
     serve::{self, Forwarder, Reach},
@@ -37,6 +37,17 @@ impl Runner {
         let reporter = job.reporter.clone();
         let snapshot = job.snapshot.clone();
         if snapshot.start_command.trim().is_empty() {
+            let root = job.workdir.path().join(&snapshot.root_directory);
+            let workers = crate::plan::workers(&root, &snapshot.process_types);
+            if !workers.is_empty() {
+                let names: Vec<&str> = workers.iter().map(|(name, _)| name.as_str()).collect();
+                reporter
+                    .system(format!(
+                        "workers run beside a web process: without a start command, {} do not run",
+                        names.join(", ")
+                    ))
+                    .await;
+            }
             reporter.state(DeploymentState::Live, String::new(), Some(0)).await;
             return None;
         }
@@ -181,6 +192,9 @@ impl Runner {
     /// it when it is superseded.
     pub(crate) async fn supervise(self: Arc<Self>, mut app: LiveApp, shutdown: CancellationToken) {
         let reporter = app.job.reporter.clone();
+        let root = app.job.workdir.path().join(&app.job.snapshot.root_directory);
+        let workers = crate::plan::workers(&root, &app.job.snapshot.process_types);
+        let mut workers = Some(self.start_workers(&app.job, workers, &app.kill));
         let drain = CancellationToken::new();
         let beat = tokio::spawn(heartbeat(
             reporter.clone(),
@@ -261,11 +275,20 @@ impl Runner {
                         () = tokio::time::sleep(self.config.drain) => {}
                         () = shutdown.cancelled() => {}
                     }
-                    reaped = self.terminate(&mut app).await;
+                    let stopped = workers.take().map(crate::workers::Workers::stop);
+                    let (ended, _) = tokio::join!(self.terminate(&mut app), async {
+                        if let Some(stopped) = stopped {
+                            stopped.await;
+                        }
+                    });
+                    reaped = ended;
                     break;
                 }
                 () = shutdown.cancelled() => break,
             }
+        }
+        if let Some(workers) = workers.take() {
+            workers.stop().await;
         }
         app.job.report_egress(EgressPhase::App).await;
         beat.abort();
@@ -286,19 +309,24 @@ impl Runner {
     /// SIGTERM to everything in the app's sandbox, then SIGKILL after the
     /// grace period: whether the app ended within it (and was reaped).
     async fn terminate(&self, app: &mut LiveApp) -> bool {
-        if self.sandbox.isolated() {
-            serve::signal_sandbox(app.pid, Signal::SIGTERM);
-        } else if app.pid > 0 {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(app.pid), Signal::SIGTERM);
-        }
+        self.signal(app.pid, Signal::SIGTERM);
         let ended = tokio::time::timeout(STOP_GRACE, &mut app.running).await.is_ok();
         app.kill.cancel();
         ended
     }
 }
 
-/// How long an app has between SIGTERM and SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+impl Runner {
+    /// `signal` to everything a command started with `pid` runs: its
+    /// sandbox, or its process group.
+    pub(crate) fn signal(&self, pid: i32, signal: Signal) {
+        if self.sandbox.isolated() {
+            serve::signal_sandbox(pid, signal);
+        } else if pid > 0 {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+}
 
 /// How often a live app's egress record is written to its log.
 const EGRESS_REPORT_EVERY: Duration = Duration::from_secs(300);

@@ -31,6 +31,7 @@ mod fetch;
 pub mod host;
 mod job;
 pub mod limits;
+mod oneoff;
 pub mod plan;
 pub mod process;
 mod provision;
@@ -40,6 +41,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod source;
 mod tools;
+mod workers;
 
 use std::{
     sync::Arc,
@@ -156,6 +158,7 @@ impl Runner {
                     snapshot: Some(snapshot),
                     sandbox_slot,
                     replica,
+                    run,
                     ..
                 }) => {
                     let span = tracing::debug_span!(
@@ -164,7 +167,22 @@ impl Runner {
                         otel.name = "run deployment",
                         deployment.id = %deployment.id,
                     );
-                    let run = self.execute(deployment, snapshot, sandbox_slot, replica, &shutdown);
+                    if let Some(run) = run {
+                        // A run holds nothing: the next claim need not wait for it.
+                        let runner = runner.clone();
+                        let shutdown = shutdown.clone();
+                        let work = async move {
+                            let run = Some(run);
+                            runner
+                                .execute(deployment, snapshot, sandbox_slot, false, run, &shutdown)
+                                .await
+                        };
+                        let mut live = self.live.lock().await;
+                        live.retain(|task| !task.is_finished());
+                        live.push(tokio::spawn(async move { drop(work.instrument(span).await) }));
+                        continue;
+                    }
+                    let run = self.execute(deployment, snapshot, sandbox_slot, replica, None, &shutdown);
                     if let Some(app) = run.instrument(span).await {
                         let supervisor = tokio::spawn(runner.clone().supervise(app, shutdown.clone()));
                         let mut live = self.live.lock().await;
@@ -193,19 +211,23 @@ impl Runner {
 
     /// Runs a claimed deployment: the source, the build, the start; the app
     /// when it went live serving. A `replica` (a copy of a live one) starts
-    /// from its kept release only.
+    /// from its kept release only; so does a `run`, which runs its command
+    /// once instead of the app.
     async fn execute(
         &self,
         deployment: pb::Deployment,
         snapshot: pb::DeploymentSnapshot,
         tenant: u32,
         replica: bool,
+        run: Option<pb::Run>,
         shutdown: &CancellationToken,
     ) -> Option<LiveApp> {
         let reporter = Reporter {
             client: self.client.clone(),
             deployment_id: deployment.id.clone(),
             replica,
+            process: run.as_ref().map(|run| format!("run.{}", run.id)).unwrap_or_default(),
+            run: run.as_ref().map(|run| run.id.clone()),
         };
         tracing::info!(deployment.id = %deployment.id, runner.name = %self.id, "running deployment");
         if let Some(warning) = self.sandbox.warning() {
@@ -217,12 +239,19 @@ impl Runner {
         }
         // Its ids name the runner's paths (working directory, sockets,
         // cgroup, cache, releases): UUIDs, or nothing is made.
-        if host::uuid_like(&deployment.id).is_none() || host::uuid_like(&deployment.project_id).is_none() {
+        let key = run
+            .as_ref()
+            .map_or(deployment.id.as_str(), |run| run.id.as_str())
+            .to_owned();
+        if host::uuid_like(&key).is_none()
+            || host::uuid_like(&deployment.id).is_none()
+            || host::uuid_like(&deployment.project_id).is_none()
+        {
             let why = "the deploy service sent a deployment without a proper id".to_owned();
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
         }
-        let (config, id, disks) = (self.config.clone(), deployment.id.clone(), self.disks.clone().ok());
+        let (config, id, disks) = (self.config.clone(), key.clone(), self.disks.clone().ok());
         let created =
             tokio::task::spawn_blocking(move || disk::Workspace::create(&config.workdir, &id, disks.as_ref())).await;
         let workdir = match created.unwrap_or_else(|err| Err(std::io::Error::other(err))) {
@@ -236,7 +265,7 @@ impl Runner {
         };
         // The way out and the cgroup first: a remote source is fetched in
         // the sandbox.
-        let egress = match self.egress(&deployment.id, tenant, &snapshot) {
+        let egress = match self.egress(&key, tenant, &snapshot) {
             Ok(egress) => egress,
             Err(err) => {
                 tracing::error!(error = %err, "cannot open the egress proxy");
@@ -245,7 +274,7 @@ impl Runner {
                 return None;
             }
         };
-        let cgroup = self.cgroup(&reporter, &deployment.id, tenant, &snapshot).await;
+        let cgroup = self.cgroup(&reporter, &key, tenant, &snapshot).await;
         if let Err(why) = &self.disks {
             reporter
                 .system(format!("disk use is not bounded on this runner ({why})"))
@@ -255,7 +284,7 @@ impl Runner {
         let released = self
             .unpack_release(&reporter, &deployment, &snapshot, workdir.path())
             .await;
-        if replica && !released {
+        if (replica || run.is_some()) && !released {
             let why = format!("release {:?} is not kept on this runner", snapshot.artifact_digest);
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
@@ -370,6 +399,13 @@ impl Runner {
             cgroup,
         };
         let snapshot = job.snapshot.clone();
+        if let Some(run) = run {
+            if let Some(proxy) = &job.egress {
+                proxy.set_policy(egress::app_policy(&snapshot));
+            }
+            self.one_off(&job, &run, shutdown).await;
+            return None;
+        }
 
         if let Some(proxy) = &job.egress {
             proxy.set_policy(egress::build_policy(&snapshot));

@@ -252,6 +252,25 @@ fn needs(tool: &str, command: &str) -> String {
     )
 }
 
+/// The workers of the tree at `root`: the project's process types without
+/// a schedule, then the Procfile's entries other than web and release
+/// whose names the project's settings do not use; each as (name, command).
+pub fn workers(root: &Path, settings: &[capsule::proto::project::v1::ProcessType]) -> Vec<(String, String)> {
+    let tree = Tree { root };
+    let procfile = tree.read("Procfile").map(|text| procfile(&text)).unwrap_or_default();
+    let set = settings
+        .iter()
+        .filter(|process| process.schedule.is_empty())
+        .map(|process| (process.name.clone(), process.command.clone()));
+    let named = |name: &str| settings.iter().any(|process| process.name == name);
+    set.chain(
+        procfile
+            .into_iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "web" | "release") && !named(name)),
+    )
+    .collect()
+}
+
 /// `web: command` lines.
 fn procfile(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -407,6 +426,33 @@ mod tests {
         assert_eq!(procfile.start, "node web.js");
         assert_eq!(procfile.release, "node migrate.js");
         assert!(plan(&[("README.md", "")]).is_none());
+    }
+
+    #[test]
+    fn workers_come_from_the_settings_then_the_procfile() {
+        use capsule::proto::project::v1::ProcessType;
+        let dir = tree(&[(
+            "Procfile",
+            "web: node web.js\nrelease: node migrate.js\nworker: node jobs.js\nmail: node mail.js\n",
+        )]);
+        let set = |name: &str, command: &str, schedule: &str| ProcessType {
+            name: name.to_owned(),
+            command: command.to_owned(),
+            schedule: schedule.to_owned(),
+            time_zone: String::new(),
+        };
+        let settings = [
+            set("mail", "node mailer.js", ""),
+            set("report", "node report.js", "0 3 * * *"),
+        ];
+        assert_eq!(
+            workers(dir.path(), &settings),
+            [
+                ("mail".to_owned(), "node mailer.js".to_owned()),
+                ("worker".to_owned(), "node jobs.js".to_owned())
+            ]
+        );
+        assert!(workers(tree(&[]).path(), &[]).is_empty());
     }
 
     #[test]

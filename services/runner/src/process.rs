@@ -41,6 +41,9 @@ pub trait LineSink: Send + Sync {
     async fn lines(&self, lines: Vec<(LogStream, String)>);
 }
 
+/// How long an app or a worker has between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// How a command ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {

@@ -34,6 +34,12 @@ pub(super) struct Reporter {
     /// A copy of a live deployment: its start and its end are this copy's
     /// (ReportReplica), never the deployment's state.
     pub(super) replica: bool,
+    /// The process its lines come from: a worker's name, "run.<id>";
+    /// empty for the deployment itself.
+    pub(super) process: String,
+    /// A run from the deployment's release: its end is the run's
+    /// (ReportRun), never the deployment's state.
+    pub(super) run: Option<String>,
 }
 
 #[tonic::async_trait]
@@ -47,6 +53,7 @@ impl LineSink for Reporter {
             .map(|(stream, text)| LogEntry {
                 stream: stream as i32,
                 text,
+                process: self.process.clone(),
             })
             .collect();
         let sent = self
@@ -65,6 +72,14 @@ impl LineSink for Reporter {
 }
 
 impl Reporter {
+    /// The same deployment's reporter for the lines of `process`.
+    pub(super) fn of_process(&self, process: &str) -> Self {
+        Self {
+            process: process.to_owned(),
+            ..self.clone()
+        }
+    }
+
     pub(super) async fn system(&self, line: String) {
         self.lines(vec![(LogStream::System, line)]).await;
     }
@@ -100,6 +115,13 @@ impl Reporter {
     }
 
     pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
+        if self.run.is_some() {
+            let failure = match message.is_empty() {
+                true => state.as_str_name().to_owned(),
+                false => message,
+            };
+            return self.run_ended(None, failure).await;
+        }
         if self.replica {
             let failure = match message.is_empty() {
                 true => state.as_str_name().to_owned(),
@@ -114,6 +136,25 @@ impl Reporter {
             ..ReportStatusRequest::default()
         })
         .await;
+    }
+
+    /// How the run ended: its exit code, or why it did not start or end.
+    pub(super) async fn run_ended(&self, exit_code: Option<i32>, failure: String) {
+        let Some(run_id) = self.run.clone() else {
+            return;
+        };
+        let sent = self
+            .client
+            .clone()
+            .report_run(pb::ReportRunRequest {
+                run_id,
+                exit_code,
+                failure,
+            })
+            .await;
+        if let Err(status) = sent {
+            tracing::warn!(deployment.id = %self.deployment_id, error = %status.message(), "a run's end not reported");
+        }
     }
 
     /// LIVE, served at `upstream` (a copy: serving there).

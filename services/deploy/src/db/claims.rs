@@ -52,6 +52,8 @@ pub struct Claimed {
     pub sandbox_slot: i32,
     /// A copy of a live deployment to start, not a build.
     pub replica: bool,
+    /// A run to make from the deployment's release, not a build.
+    pub run: Option<super::runs::Run>,
 }
 
 /// Takes the next deployment ([`NEXT_CLAIM`]) for `runner`, with its
@@ -78,7 +80,17 @@ pub fn claim(
             None => None,
         };
         let Some(candidate) = candidate else {
-            // Nothing to build: a copy of a live one to start, perhaps.
+            // Nothing to build: a run to make, perhaps.
+            if let Some((run, deployment)) = super::runs::claim(conn, runner)? {
+                let sandbox_slot = slot_of(conn, deployment.project_id)?;
+                return Ok(Some(Claimed {
+                    deployment,
+                    sandbox_slot,
+                    replica: false,
+                    run: Some(run),
+                }));
+            }
+            // Or a copy of a live one to start.
             let Some(deployment) = super::replicas::claim(conn, runner, lease)? else {
                 return Ok(None);
             };
@@ -87,6 +99,7 @@ pub fn claim(
                 deployment,
                 sandbox_slot,
                 replica: true,
+                run: None,
             }));
         };
         let mut lines = Vec::new();
@@ -119,6 +132,7 @@ pub fn claim(
             deployment: claimed,
             sandbox_slot,
             replica: false,
+            run: None,
         }))
     })
 }

@@ -21,6 +21,7 @@ pub struct LogRow {
     pub line: String,
     pub created_at: DateTime<Utc>,
     pub runtime: bool,
+    pub process: String,
 }
 
 /// Appends lines, numbering them after the deployment's last one. The
@@ -32,6 +33,18 @@ pub struct LogRow {
 /// rate-limits, are all kept, but only the newest `cap` of them stay: a
 /// window, not a pile. The service's own lines (state changes) pass no cap.
 pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: Option<i64>) -> QueryResult<i64> {
+    append_as(conn, id, "", lines, cap)
+}
+
+/// [`append`], the lines of `process` (a worker's name, "run.<id>"; empty
+/// for the deployment itself).
+pub fn append_as(
+    conn: &mut PgConnection,
+    id: Uuid,
+    process: &str,
+    lines: &[(&str, String)],
+    cap: Option<i64>,
+) -> QueryResult<i64> {
     conn.transaction(|conn| {
         let (current, state): (i64, String) = deployments::table
             .find(id)
@@ -78,6 +91,7 @@ pub fn append(conn: &mut PgConnection, id: Uuid, lines: &[(&str, String)], cap: 
                     deployment_logs::stream.eq(*stream),
                     deployment_logs::line.eq(*line),
                     deployment_logs::runtime.eq(runtime),
+                    deployment_logs::process.eq(process),
                 )
             })
             .collect();

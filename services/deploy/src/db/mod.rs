@@ -7,6 +7,7 @@ mod logs;
 pub mod push;
 pub mod replicas;
 pub mod runners;
+pub mod runs;
 pub mod schema;
 pub mod webhooks;
 
@@ -23,7 +24,7 @@ use schema::deployments;
 use webhooks::Event;
 
 pub use claims::{Claimed, claim, heartbeat, holds, release};
-pub use logs::{LogRow, append, logs_after, prune_logs};
+pub use logs::{LogRow, append, append_as, logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is
 /// created. No variables: a runner gets them, as they are then, when it
@@ -55,6 +56,9 @@ pub struct Snapshot {
     /// Copies of the live app; 0: one.
     #[serde(default)]
     pub replicas: u32,
+    /// Workers and cron entries.
+    #[serde(default)]
+    pub process_types: Vec<capsule::schedule::ProcessType>,
 }
 
 fn on() -> bool {

@@ -82,6 +82,7 @@ diesel::table! {
         line -> Text,
         created_at -> Timestamptz,
         runtime -> Bool,
+        process -> Varchar,
     }
 }
 
@@ -150,7 +151,39 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    runs (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        deployment_id -> Uuid,
+        environment -> Varchar,
+        kind -> Varchar,
+        name -> Varchar,
+        command -> Text,
+        state -> Varchar,
+        exit_code -> Nullable<Int4>,
+        status_message -> Varchar,
+        time_limit_secs -> Int4,
+        creator_id -> Nullable<Uuid>,
+        runner_id -> Nullable<Varchar>,
+        scheduled_for -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    cron_slots (project_id, environment, name) {
+        project_id -> Uuid,
+        environment -> Varchar,
+        name -> Varchar,
+        last_due -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
+diesel::joinable!(runs -> deployments (deployment_id));
 diesel::joinable!(replicas -> deployments (deployment_id));
 diesel::joinable!(deployment_egress -> deployments (deployment_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
@@ -161,6 +194,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     deployment_logs,
     deployment_egress,
     replicas,
+    runs,
+    cron_slots,
     source_watches,
     push_deliveries,
     webhooks,

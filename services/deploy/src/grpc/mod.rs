@@ -12,6 +12,7 @@ mod push;
 mod releases;
 mod routes;
 mod runners;
+mod runs;
 mod trail;
 mod webhooks;
 
@@ -25,6 +26,22 @@ impl DeployService for DeployServiceApi {
     type StreamLogsStream = LogStream;
     type WatchRoutesStream = RouteStream;
     type DownloadReleaseStream = crate::state::ReleaseStream;
+    type RunCommandStream = runs::RunStream;
+
+    async fn run_command(&self, request: Request<pb::RunCommandRequest>) -> Result<Response<runs::RunStream>, Status> {
+        runs::run_command(self, request).await
+    }
+
+    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        runs::list_runs(self, request).await
+    }
+
+    async fn report_run(
+        &self,
+        request: Request<pb::ReportRunRequest>,
+    ) -> Result<Response<pb::ReportRunResponse>, Status> {
+        runs::report_run(self, request).await
+    }
 
     async fn create_deployment(
         &self,

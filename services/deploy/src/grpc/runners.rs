@@ -65,12 +65,24 @@ pub(super) async fn claim_deployment(
         deployment,
         sandbox_slot,
         replica,
+        run,
     }) = claimed
     else {
         return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
     };
     let id = deployment.id;
     let environment = api.environment(deployment.project_id).await;
+    if let Some(run) = &run
+        && !matches!(environment, Ok(Some(_)))
+    {
+        let (run_id, claimer) = (run.id, runner.clone());
+        let why = "not started: the project's variables could not be read";
+        api.inner
+            .db
+            .run(move |conn| db::runs::finish(conn, run_id, &claimer, None, why))
+            .await?;
+        return environment.map(|_| Response::new(pb::ClaimDeploymentResponse::default()));
+    }
     if replica && !matches!(environment, Ok(Some(_))) {
         // The live deployment stands; this copy waits for a later claim.
         let why = "not started: the project's variables could not be read";
@@ -121,6 +133,7 @@ pub(super) async fn claim_deployment(
             memory_mb: snapshot.memory_mb,
             cpu_millis: snapshot.cpu_millis,
             processes: snapshot.processes,
+            process_types: snapshot.process_types.into_iter().map(Into::into).collect(),
             cache_generation: u64::try_from(cache_generation).unwrap_or_default(),
             secret_names: variables
                 .iter()
@@ -134,6 +147,7 @@ pub(super) async fn claim_deployment(
         }),
         deployment: Some(deployment_proto(&deployment)),
         replica,
+        run: run.as_ref().map(crate::convert::run_proto),
     }))
 }
 
@@ -326,6 +340,12 @@ pub(super) async fn append_logs(
         if entry.text.contains('\0') {
             violations.add(format!("entries[{index}].text"), "must not contain NUL characters");
         }
+        if entry.process != body.entries[0].process {
+            violations.add(
+                format!("entries[{index}].process"),
+                "must be the same for every line of a call",
+            );
+        }
         if !matches!(
             pb::LogStream::try_from(entry.stream),
             Ok(pb::LogStream::Stdout | pb::LogStream::Stderr | pb::LogStream::System)
@@ -337,13 +357,23 @@ pub(super) async fn append_logs(
         }
     }
     violations.check()?;
+    let process = body
+        .entries
+        .first()
+        .map(|entry| entry.process.clone())
+        .unwrap_or_default();
     let entries = body.entries;
     let cap = api.inner.max_log_lines;
     let last = api
         .inner
         .db
         .run(move |conn| {
-            if db::holds(conn, id, &runner)?.is_none() {
+            let allowed = match process.strip_prefix("run.").map(str::parse::<uuid::Uuid>) {
+                Some(Ok(run)) => db::runs::held(conn, run, id, &runner)?,
+                Some(Err(_)) => false,
+                None => db::holds(conn, id, &runner)?.is_some(),
+            };
+            if !allowed {
                 return Ok(None);
             }
             // The runner masks secret values: it alone holds them.
@@ -358,7 +388,7 @@ pub(super) async fn append_logs(
                     (stream, entry.text)
                 })
                 .collect();
-            db::append(conn, id, &lines, Some(cap)).map(Some)
+            db::append_as(conn, id, &process, &lines, Some(cap)).map(Some)
         })
         .await?
         .ok_or_else(|| refusal(Refusal::NotYourClaim, State::Building))?;

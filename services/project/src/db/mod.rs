@@ -201,6 +201,8 @@ pub struct Settings {
     pub cpu_millis: i32,
     pub processes: i32,
     pub replicas: i32,
+    /// [`capsule::schedule::ProcessType`]s, as stored.
+    pub process_types: serde_json::Value,
 }
 
 #[derive(AsChangeset, Default)]
@@ -220,6 +222,7 @@ pub struct SettingsChanges {
     pub cpu_millis: Option<i32>,
     pub processes: Option<i32>,
     pub replicas: Option<i32>,
+    pub process_types: Option<serde_json::Value>,
 }
 
 impl SettingsChanges {
@@ -239,6 +242,7 @@ impl SettingsChanges {
             cpu_millis,
             processes,
             replicas,
+            process_types,
         } = self;
         [
             build_command,
@@ -257,6 +261,15 @@ impl SettingsChanges {
             && [memory_mb, cpu_millis, processes, replicas]
                 .iter()
                 .all(|change| change.is_none())
+            && process_types.is_none()
+    }
+}
+
+impl Settings {
+    /// Its workers and cron entries (none when the column holds something
+    /// else: every write is checked).
+    pub fn process_types(&self) -> Vec<capsule::schedule::ProcessType> {
+        serde_json::from_value(self.process_types.clone()).unwrap_or_default()
     }
 }
 

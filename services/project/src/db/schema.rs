@@ -37,6 +37,7 @@ diesel::table! {
         cpu_millis -> Int4,
         processes -> Int4,
         replicas -> Int4,
+        process_types -> Jsonb,
     }
 }
 

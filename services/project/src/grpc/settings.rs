@@ -5,6 +5,7 @@
 use capsule::{
     proto::project::v1 as pb,
     rpc::{self, FieldViolations},
+    schedule::ProcessType,
 };
 use tonic::{Request, Response, Status};
 
@@ -55,6 +56,7 @@ pub(super) async fn update_project_settings(
             "resources.cpu_millis",
             "resources.processes",
             "resources.replicas",
+            "process_types",
         ],
         &mut violations,
     );
@@ -84,6 +86,10 @@ pub(super) async fn update_project_settings(
             "resources.cpu_millis" => changes.cpu_millis = count(resources.cpu_millis),
             "resources.processes" => changes.processes = count(resources.processes),
             "resources.replicas" => changes.replicas = count(resources.replicas),
+            "process_types" => {
+                let checked = process_types(&wanted.process_types, &mut violations);
+                changes.process_types = Some(serde_json::to_value(checked).map_err(rpc::internal)?);
+            }
             _ => {}
         }
     }
@@ -99,6 +105,44 @@ pub(super) async fn update_project_settings(
     api.audit(project_event(&call, "project.settings.update", &granted.project).detail("fields", paths.join(",")))
         .await;
     Ok(Response::new(settings_proto(&settings, &api.reveal(id, variables)?)))
+}
+
+/// A project's workers and cron entries, checked for what the protos'
+/// rules cannot say: unique names, not the Procfile's web or release, a
+/// schedule that parses in its time zone.
+fn process_types(wanted: &[pb::ProcessType], violations: &mut FieldViolations) -> Vec<ProcessType> {
+    let mut checked: Vec<ProcessType> = Vec::new();
+    for (index, process) in wanted.iter().enumerate() {
+        let field = |name: &str| format!("settings.process_types[{index}].{name}");
+        if matches!(process.name.as_str(), "web" | "release") {
+            violations.add(
+                field("name"),
+                "must not be web or release: web is the start command, release the release command",
+            );
+        } else if checked.iter().any(|earlier| earlier.name == process.name) {
+            violations.add(
+                field("name"),
+                format!("{:?} is named twice: names must be unique", process.name),
+            );
+        }
+        if process.schedule.is_empty() {
+            if !process.time_zone.is_empty() {
+                violations.add(
+                    field("time_zone"),
+                    "must be empty for a worker (a process without a schedule)",
+                );
+            }
+        } else if let Err(why) = capsule::schedule::Schedule::parse(&process.schedule, &process.time_zone) {
+            let which = if why.starts_with("time zone") {
+                "time_zone"
+            } else {
+                "schedule"
+            };
+            violations.add(field(which), why);
+        }
+        checked.push(ProcessType::from(process));
+    }
+    checked
 }
 
 pub(super) async fn rotate_webhook_secret(

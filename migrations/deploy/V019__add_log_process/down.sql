@@ -1,0 +1,1 @@
+ALTER TABLE deployment_logs DROP COLUMN IF EXISTS process;

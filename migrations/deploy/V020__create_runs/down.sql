@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS cron_slots;
+DROP TABLE IF EXISTS runs;
+DROP FUNCTION IF EXISTS notify_run_change();

@@ -1,0 +1,1 @@
+ALTER TABLE project_settings DROP COLUMN IF EXISTS process_types;

@@ -1,0 +1,399 @@
+//! Process types beside the web process, end to end: workers restarted
+//! when they exit, with their own lines; the settings that declare them.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use capsule::proto::{deploy::v1 as pb, project::v1 as project_pb};
+use common::{
+    TestMesh, authed,
+    deploy::{app, deploy_live, logs, update_settings},
+};
+
+const SITE: &str = "exec python3 -m http.server \"$PORT\"";
+
+async fn mesh() -> TestMesh {
+    common::start_with(common::Options {
+        local_runner: true,
+        deploy: vec![("DEPLOY_DRAIN_SECS", "1"), ("DEPLOY_START_TIMEOUT_SECS", "20")],
+        ..Default::default()
+    })
+    .await
+}
+
+fn process(name: &str, command: &str, schedule: &str, time_zone: &str) -> project_pb::ProcessType {
+    project_pb::ProcessType {
+        name: name.to_owned(),
+        command: command.to_owned(),
+        schedule: schedule.to_owned(),
+        time_zone: time_zone.to_owned(),
+    }
+}
+
+async fn set_process_types(mesh: &TestMesh, token: &str, id: &str, processes: Vec<project_pb::ProcessType>) {
+    let settings = project_pb::ProjectSettings {
+        project_id: id.to_owned(),
+        process_types: processes,
+        ..Default::default()
+    };
+    update_settings(mesh, token, settings, &["process_types"]).await;
+}
+
+/// Waits (up to 30 s) until `enough` holds of the deployment's lines.
+async fn lines_until(
+    mesh: &TestMesh,
+    token: &str,
+    id: &str,
+    enough: impl Fn(&[pb::LogLine]) -> bool,
+) -> Vec<pb::LogLine> {
+    let started = Instant::now();
+    loop {
+        let lines = logs(mesh, token, id).await;
+        if enough(&lines) {
+            return lines;
+        }
+        let all: Vec<String> = lines.iter().map(|l| format!("[{}] {}", l.process, l.text)).collect();
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "not yet:\n{}",
+            all.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn of<'a>(lines: &'a [pb::LogLine], process: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|line| line.process == process)
+        .map(|line| line.text.as_str())
+        .collect()
+}
+
+/// A worker from the settings and one from the Procfile run beside the
+/// web process; one that exits is started again, and each one's lines are
+/// marked with its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_run_beside_the_app_and_are_restarted_when_they_exit() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let build = "printf 'beat: echo beat from the procfile; exec sleep 600\\n' > Procfile";
+    let id = app(&mesh, &ada, build, SITE, &[]).await;
+    set_process_types(&mesh, &ada, &id, vec![process("ticker", "echo tick; exit 3", "", "")]).await;
+    let live = deploy_live(&mesh, &ada, &id).await;
+
+    let lines = lines_until(&mesh, &ada, &live.id, |lines| {
+        of(lines, "ticker").iter().filter(|text| **text == "tick").count() >= 2
+            && of(lines, "beat").contains(&"beat from the procfile")
+    })
+    .await;
+    let ticker = of(&lines, "ticker");
+    assert!(
+        ticker.contains(&"worker ticker exited with code 3; restarting in 1 s"),
+        "{ticker:?}"
+    );
+    assert!(
+        !of(&lines, "").iter().any(|text| text.contains("tick")),
+        "a worker's lines are its own"
+    );
+    let deployment = mesh
+        .deploys()
+        .await
+        .get_deployment(authed(
+            pb::GetDeploymentRequest {
+                deployment_id: live.id.clone(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        deployment.state(),
+        pb::DeploymentState::Live,
+        "a worker never takes the app down"
+    );
+    mesh.stop().await;
+}
+
+/// Bad process types are refused with a field violation naming each, and
+/// nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_types_are_checked_and_a_mistake_stores_nothing() {
+    let mesh = common::start().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(&mesh, &ada, "", SITE, &[]).await;
+    let good = vec![
+        process("worker", "node jobs.js", "", ""),
+        process("nightly", "node report.js", "0 3 * * *", "Europe/Paris"),
+    ];
+    set_process_types(&mesh, &ada, &id, good.clone()).await;
+    let mut projects = mesh.projects().await;
+    let mut refuse = async |processes: Vec<project_pb::ProcessType>| {
+        let refused = projects
+            .update_project_settings(authed(
+                project_pb::UpdateProjectSettingsRequest {
+                    settings: Some(project_pb::ProjectSettings {
+                        project_id: id.clone(),
+                        process_types: processes,
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["process_types".into()],
+                    }),
+                },
+                &ada,
+            ))
+            .await
+            .unwrap_err();
+        common::violated_fields(&refused)
+    };
+    // The rules in the proto, before the handler.
+    assert_eq!(
+        refuse(vec![process("Bad_Name", "f", "", ""), process("empty", "", "", "")]).await,
+        ["settings.process_types[0].name", "settings.process_types[1].command"]
+    );
+    // What no rule can say.
+    assert_eq!(
+        refuse(vec![
+            process("web", "node web.js", "", ""),
+            process("worker", "a", "", ""),
+            process("worker", "b", "", ""),
+            process("late", "c", "0 25 * * *", ""),
+            process("lost", "d", "0 3 * * *", "Mars/Olympus"),
+            process("zoned", "e", "", "UTC"),
+        ])
+        .await,
+        [
+            "settings.process_types[0].name",
+            "settings.process_types[2].name",
+            "settings.process_types[3].schedule",
+            "settings.process_types[4].time_zone",
+            "settings.process_types[5].time_zone",
+        ]
+    );
+    let mut projects = mesh.projects().await;
+    let settings = projects
+        .get_project_settings(authed(
+            project_pb::GetProjectSettingsRequest { project_id: id.clone() },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(settings.process_types, good, "nothing stored");
+    mesh.stop().await;
+}
+
+async fn run_command(
+    mesh: &TestMesh,
+    token: &str,
+    project_id: &str,
+    command: &str,
+    time_limit_seconds: u32,
+) -> Result<(Vec<pb::Run>, Vec<pb::LogLine>), tonic::Status> {
+    use tokio_stream::StreamExt;
+    let mut stream = mesh
+        .deploys()
+        .await
+        .run_command(authed(
+            pb::RunCommandRequest {
+                project_id: project_id.to_owned(),
+                environment: String::new(),
+                command: command.to_owned(),
+                time_limit_seconds,
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let (mut runs, mut lines) = (Vec::new(), Vec::new());
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("the run ends within 60 s")
+    {
+        match event?.event {
+            Some(pb::run_command_response::Event::Run(run)) => runs.push(run),
+            Some(pb::run_command_response::Event::Line(line)) => lines.push(line),
+            None => {}
+        }
+    }
+    Ok((runs, lines))
+}
+
+/// A one-off command runs from the live release with the project's
+/// variables, in a sandbox of its own: its output and its exit code are
+/// streamed, its lines are marked as its own, the audit trail records it;
+/// one past its time limit is stopped; without a live release it is
+/// refused saying what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_off_command_streams_its_output_and_exit_code() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(
+        &mesh,
+        &ada,
+        "echo built > marker",
+        SITE,
+        &[("GREETING", "hello", false)],
+    )
+    .await;
+
+    let refused = run_command(&mesh, &ada, &id, "true", 0).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(refused.message().contains("deploy it first"), "{refused:?}");
+
+    let live = deploy_live(&mesh, &ada, &id).await;
+    let (runs, lines) = run_command(&mesh, &ada, &id, "cat marker; echo \"$GREETING from a run\"; exit 7", 0)
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 2, "queued, then ended: {runs:?}");
+    assert_eq!(runs[0].state(), pb::RunState::Queued);
+    let ended = &runs[1];
+    assert_eq!(ended.state(), pb::RunState::Failed, "{ended:?}");
+    assert_eq!(ended.exit_code, Some(7));
+    assert_eq!(ended.deployment_id, live.id);
+    let texts: Vec<&str> = lines.iter().map(|line| line.text.as_str()).collect();
+    assert!(
+        texts.contains(&"built") && texts.contains(&"hello from a run"),
+        "{texts:?}"
+    );
+    let process = format!("run.{}", ended.id);
+    assert!(lines.iter().all(|line| line.process == process), "{lines:?}");
+
+    let (runs, _) = run_command(&mesh, &ada, &id, "true", 0).await.unwrap();
+    assert_eq!(runs.last().unwrap().state(), pb::RunState::Succeeded);
+    assert_eq!(runs.last().unwrap().exit_code, Some(0));
+
+    let (runs, _) = run_command(&mesh, &ada, &id, "sleep 30", 1).await.unwrap();
+    let stopped = runs.last().unwrap();
+    assert_eq!(stopped.state(), pb::RunState::Failed);
+    assert!(stopped.status_message.contains("time limit of 1 s"), "{stopped:?}");
+
+    // Another user may not run anything in it.
+    let (mallory, _) = mesh.user("mallory@example.com").await;
+    let denied = run_command(&mesh, &mallory, &id, "id", 0).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::NotFound, "{denied:?}");
+
+    let listed = mesh
+        .deploys()
+        .await
+        .list_runs(authed(
+            pb::ListRunsRequest {
+                project_id: id.clone(),
+                page_size: 0,
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[2].exit_code, Some(7), "newest first");
+    let trail = mesh
+        .deploys()
+        .await
+        .list_audit_events(authed(
+            capsule::proto::audit::v1::ListAuditEventsRequest {
+                project_id: id.clone(),
+                ..Default::default()
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let runs: Vec<&str> = trail
+        .iter()
+        .filter(|event| event.action == "run.create")
+        .map(|event| event.details["command"].as_str())
+        .collect();
+    assert_eq!(
+        runs,
+        ["sleep 30", "true", "cat marker; echo \"$GREETING from a run\"; exit 7"]
+    );
+    mesh.stop().await;
+}
+
+/// A cron entry every 2 s runs twice from the live release, each run with
+/// its own exit status; an entry whose run outlasts its period is never
+/// run twice at once, and the due times it misses are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_entries_run_on_schedule_and_never_overlap() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(&mesh, &ada, "", SITE, &[]).await;
+    set_process_types(
+        &mesh,
+        &ada,
+        &id,
+        vec![
+            process("tick", "echo tick; exit 0", "*/2 * * * * *", "Europe/Paris"),
+            process("slow", "sleep 5", "* * * * * *", ""),
+        ],
+    )
+    .await;
+    let live = deploy_live(&mesh, &ada, &id).await;
+    let started = Instant::now();
+    let runs = loop {
+        let runs = mesh
+            .deploys()
+            .await
+            .list_runs(authed(
+                pb::ListRunsRequest {
+                    project_id: id.clone(),
+                    page_size: 100,
+                },
+                &ada,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .runs;
+        let ended = |name: &str| {
+            runs.iter()
+                .filter(|run| run.name == name && run.state() == pb::RunState::Succeeded)
+                .count()
+        };
+        if ended("tick") >= 2 && ended("slow") >= 2 {
+            break runs;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "not yet: {runs:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for run in &runs {
+        assert_eq!(run.kind(), pb::RunKind::Cron);
+        assert_eq!(run.deployment_id, live.id);
+        assert!(run.scheduled_time.is_some());
+    }
+    let tick = runs
+        .iter()
+        .find(|run| run.name == "tick" && run.state() == pb::RunState::Succeeded)
+        .unwrap();
+    assert_eq!(tick.exit_code, Some(0));
+    // The slow entry's runs never overlap.
+    let mut slow: Vec<(i64, i64)> = runs
+        .iter()
+        .filter(|run| run.name == "slow" && run.state() == pb::RunState::Succeeded)
+        .map(|run| (run.start_time.unwrap().seconds, run.end_time.unwrap().seconds))
+        .collect();
+    slow.sort_unstable();
+    for pair in slow.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "overlapping runs: {slow:?}");
+    }
+    let lines = logs(&mesh, &ada, &live.id).await;
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.text.contains("cron slow: the run due at") && line.text.contains("is skipped")),
+        "skips are said"
+    );
+    assert!(
+        of(&lines, &format!("run.{}", tick.id)).contains(&"tick"),
+        "a run's lines are its own"
+    );
+    mesh.stop().await;
+}
