@@ -3,7 +3,8 @@ a case ended the session (signing out, revoking the session): the fuzzing
 runs signed in throughout instead of meeting only 401 after such a case.
 
 It calls from 127.0.0.2: the fuzzer's own failed sign-ins from 127.0.0.1
-rightly lock that address out of signing in."""
+rightly lock that address out of signing in. Generated project settings
+are also brought within what no schema can say of process types (below)."""
 
 import http.client
 import json
@@ -48,3 +49,30 @@ class SignedIn:
     def set(self, case, data, context):
         case.headers = case.headers or {}
         case.headers["Authorization"] = f"Bearer {data}"
+
+
+# What JSON Schema cannot say of a project's process types — each name
+# once, not web or release, a schedule that croner reads, a time zone only
+# with a schedule — is checked by the project service (tests/processes.rs
+# drives those refusals); generated settings are brought within it, so
+# the fuzzing judges the rest of the request.
+@schemathesis.hook
+def map_body(context, body):
+    if not isinstance(body, dict) or not isinstance(body.get("processTypes"), list):
+        return body
+    kept, names = [], set()
+    for process in body["processTypes"]:
+        if not isinstance(process, dict):
+            continue
+        name = process.get("name")
+        if name in names or name in ("web", "release"):
+            continue
+        names.add(name)
+        if process.get("schedule"):
+            process["schedule"] = "0 3 * * *"
+            process["timeZone"] = "Europe/Paris" if process.get("timeZone") else ""
+        else:
+            process["timeZone"] = ""
+        kept.append(process)
+    body["processTypes"] = kept
+    return body

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use capsule::proto::{deploy::v1 as pb, project::v1 as project_pb};
 use common::{
     TestMesh, authed,
-    deploy::{app, deploy_live, logs, update_settings},
+    deploy::{app, deploy_live, fetch, host_label, logs, until_served, update_settings},
 };
 
 const SITE: &str = "exec python3 -m http.server \"$PORT\"";
@@ -22,19 +22,21 @@ async fn mesh() -> TestMesh {
     .await
 }
 
-fn process(name: &str, command: &str, schedule: &str, time_zone: &str) -> project_pb::ProcessType {
-    project_pb::ProcessType {
-        name: name.to_owned(),
+type Processes = std::collections::HashMap<String, project_pb::ProcessType>;
+
+fn process(name: &str, command: &str, schedule: &str, time_zone: &str) -> (String, project_pb::ProcessType) {
+    let process = project_pb::ProcessType {
         command: command.to_owned(),
         schedule: schedule.to_owned(),
         time_zone: time_zone.to_owned(),
-    }
+    };
+    (name.to_owned(), process)
 }
 
-async fn set_process_types(mesh: &TestMesh, token: &str, id: &str, processes: Vec<project_pb::ProcessType>) {
+async fn set_process_types(mesh: &TestMesh, token: &str, id: &str, processes: Vec<(String, project_pb::ProcessType)>) {
     let settings = project_pb::ProjectSettings {
         project_id: id.to_owned(),
-        process_types: processes,
+        process_types: processes.into_iter().collect(),
         ..Default::default()
     };
     update_settings(mesh, token, settings, &["process_types"]).await;
@@ -127,16 +129,17 @@ async fn process_types_are_checked_and_a_mistake_stores_nothing() {
     let good = vec![
         process("worker", "node jobs.js", "", ""),
         process("nightly", "node report.js", "0 3 * * *", "Europe/Paris"),
+        process("night-shift", "node shift.js", "0 22-2 * * FRI-MON", ""),
     ];
     set_process_types(&mesh, &ada, &id, good.clone()).await;
     let mut projects = mesh.projects().await;
-    let mut refuse = async |processes: Vec<project_pb::ProcessType>| {
+    let mut refuse = async |processes: Vec<(String, project_pb::ProcessType)>| {
         let refused = projects
             .update_project_settings(authed(
                 project_pb::UpdateProjectSettingsRequest {
                     settings: Some(project_pb::ProjectSettings {
                         project_id: id.clone(),
-                        process_types: processes,
+                        process_types: processes.into_iter().collect(),
                         ..Default::default()
                     }),
                     update_mask: Some(prost_types::FieldMask {
@@ -150,27 +153,35 @@ async fn process_types_are_checked_and_a_mistake_stores_nothing() {
         common::violated_fields(&refused)
     };
     // The rules in the proto, before the handler.
+    let mut refused = refuse(vec![
+        process("web", "node web.js", "", ""),
+        process("release", "node migrate.js", "", ""),
+        process("Bad_Name", "f", "", ""),
+        process("empty", "", "", ""),
+        process("late", "c", "0 25 * * *", ""),
+    ])
+    .await;
+    refused.sort();
     assert_eq!(
-        refuse(vec![process("Bad_Name", "f", "", ""), process("empty", "", "", "")]).await,
-        ["settings.process_types[0].name", "settings.process_types[1].command"]
+        refused,
+        [
+            "settings.process_types[\"Bad_Name\"]",
+            "settings.process_types[\"empty\"].command",
+            "settings.process_types[\"late\"].schedule",
+            "settings.process_types[\"release\"]",
+            "settings.process_types[\"web\"]",
+        ]
     );
     // What no rule can say.
     assert_eq!(
         refuse(vec![
-            process("web", "node web.js", "", ""),
-            process("worker", "a", "", ""),
-            process("worker", "b", "", ""),
-            process("late", "c", "0 25 * * *", ""),
             process("lost", "d", "0 3 * * *", "Mars/Olympus"),
-            process("zoned", "e", "", "UTC"),
+            process("zoned", "e", "", "Mars/Olympus"),
         ])
         .await,
         [
-            "settings.process_types[0].name",
-            "settings.process_types[2].name",
-            "settings.process_types[3].schedule",
-            "settings.process_types[4].time_zone",
-            "settings.process_types[5].time_zone",
+            "settings.process_types[\"lost\"].time_zone",
+            "settings.process_types[\"zoned\"].time_zone",
         ]
     );
     let mut projects = mesh.projects().await;
@@ -182,7 +193,11 @@ async fn process_types_are_checked_and_a_mistake_stores_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(settings.process_types, good, "nothing stored");
+    assert_eq!(
+        settings.process_types,
+        good.into_iter().collect::<Processes>(),
+        "nothing stored"
+    );
     mesh.stop().await;
 }
 
@@ -395,5 +410,90 @@ async fn cron_entries_run_on_schedule_and_never_overlap() {
         of(&lines, &format!("run.{}", tick.id)).contains(&"tick"),
         "a run's lines are its own"
     );
+    mesh.stop().await;
+}
+
+/// Scale to zero: an app with no request for its idle timeout is stopped
+/// (its workers keep running); the next requests are held while it starts
+/// again from the same release, and every one of them is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_app_is_stopped_and_the_next_request_starts_it_again() {
+    let mesh = mesh().await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let id = app(&mesh, &ada, "echo awake > index.html", SITE, &[]).await;
+    let settings = project_pb::ProjectSettings {
+        project_id: id.clone(),
+        idle_timeout_seconds: 2,
+        process_types: [process("keeper", "echo keeping; exec sleep 600", "", "")].into(),
+        ..Default::default()
+    };
+    update_settings(&mesh, &ada, settings, &["idle_timeout_seconds", "process_types"]).await;
+    let live = deploy_live(&mesh, &ada, &id).await;
+    let host = host_label(&mesh, &ada, &id).await;
+    let client = reqwest::Client::new();
+    until_served(&client, &mesh, &host).await;
+    assert_eq!(
+        fetch(&client, &mesh, &host, "/").await.unwrap(),
+        (200, "awake\n".to_owned())
+    );
+
+    let stopped = "no request for 2 s: the app is stopped until the next one";
+    lines_until(&mesh, &ada, &live.id, |lines| {
+        lines.iter().any(|line| line.text == stopped)
+    })
+    .await;
+    // Stopped for good: nothing restarts it by itself.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let lines = logs(&mesh, &ada, &live.id).await;
+    assert!(
+        !lines.iter().any(|line| line.text.starts_with("a request came")),
+        "started again without a request"
+    );
+    assert!(
+        !lines.iter().any(|line| line.text.starts_with("the app exited")),
+        "a stop is no crash"
+    );
+
+    // Five requests at once: each held, then answered by the fresh process.
+    let answers = futures::future::join_all((0..5).map(|_| fetch(&client, &mesh, &host, "/"))).await;
+    for answer in answers {
+        assert_eq!(answer.unwrap(), (200, "awake\n".to_owned()));
+    }
+    let lines = lines_until(&mesh, &ada, &live.id, |lines| {
+        lines.iter().any(|line| {
+            line.text
+                .starts_with("a request came: the app started again and answered in")
+        })
+    })
+    .await;
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.text.starts_with("a request came"))
+            .count(),
+        1,
+        "one start for the held requests"
+    );
+    assert_eq!(
+        of(&lines, "keeper").iter().filter(|text| **text == "keeping").count(),
+        1,
+        "the worker kept running"
+    );
+    let deployments = mesh
+        .deploys()
+        .await
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                project_id: id.clone(),
+                ..Default::default()
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments;
+    assert_eq!(deployments.len(), 1, "no deployment made");
+    assert_eq!(deployments[0].state(), pb::DeploymentState::Live);
     mesh.stop().await;
 }

@@ -20,7 +20,7 @@ use std::{
 use capsule::{config::ServiceKind, proto::project::v1 as project_pb};
 use common::{
     TestMesh,
-    deploy::{app, deploy_live, host_label, logs, text, update_settings},
+    deploy::{app, deploy_live, fetch, host_label, logs, text, update_settings},
 };
 
 /// The runner process of the failover test (started by it, as
@@ -65,19 +65,6 @@ async fn runner(mesh: &TestMesh, name: &str) -> (String, Child, tempfile::TempDi
         .spawn()
         .unwrap();
     (id, child, workdir)
-}
-
-/// GET / of the app at `host` through the gateway.
-async fn fetch(client: &reqwest::Client, mesh: &TestMesh, host: &str) -> Result<(u16, String), String> {
-    let response = client
-        .get(format!("http://{}/", mesh.http))
-        .header("host", format!("{host}.localhost:{}", mesh.http.port()))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(|err| err.to_string())?;
-    let status = response.status().as_u16();
-    Ok((status, response.text().await.map_err(|err| err.to_string())?))
 }
 
 /// Waits (up to `within`) until the deployment's log holds `count` lines
@@ -141,7 +128,7 @@ async fn two_replicas_on_two_runners_survive_one_runner_killed() {
     let host = host_label(&mesh, &ada, &id).await;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while fetch(&client, &mesh, &host).await != Ok((200, "served\n".to_owned())) {
+    while fetch(&client, &mesh, &host, "/").await != Ok((200, "served\n".to_owned())) {
         assert!(Instant::now() < deadline, "not served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -240,3 +240,31 @@ pub async fn host_label(mesh: &TestMesh, token: &str, project_id: &str) -> Strin
         .into_inner()
         .host_label
 }
+
+/// GET `path` of the app at `host` through the gateway: status and body.
+pub async fn fetch(client: &reqwest::Client, mesh: &TestMesh, host: &str, path: &str) -> Result<(u16, String), String> {
+    let response = client
+        .get(format!("http://{}{path}", mesh.http))
+        .header("host", format!("{host}.localhost:{}", mesh.http.port()))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(|err| err.to_string())?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.map_err(|err| err.to_string())?))
+}
+
+/// Waits until the gateway routes `host` to a live app: the route reaches
+/// it over the deploy service's watch stream just after the deployment is
+/// live, not in the same instant.
+pub async fn until_served(client: &reqwest::Client, mesh: &TestMesh, host: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match fetch(client, mesh, host, "/").await {
+            Ok((502, body)) if body.contains("No app is live here") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => return,
+        }
+    }
+}

@@ -3,8 +3,13 @@
 //! entry at once, missed times skipped), and runs that can no longer end
 //! by themselves fail ([`db::runs::reap`]).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use capsule::schedule::{ProcessType, Schedule};
 use tokio_util::sync::CancellationToken;
 
 use crate::{db, state::DeployServiceApi};
@@ -15,19 +20,45 @@ const CRON_TIME_LIMIT_SECS: i32 = 3600;
 /// Runs are reaped every this many ticks.
 const REAP_EVERY: u32 = 10;
 
+/// Schedules read so far, by (pattern, time zone); `None` for one that is
+/// no schedule or never comes. Finding that one never comes searches
+/// centuries, so it is done once per pattern, not every second.
+type Schedules = Arc<Mutex<HashMap<(String, String), Option<Schedule>>>>;
+
+/// The most schedules kept read; past it the memory starts again.
+const MAX_SCHEDULES: usize = 10_000;
+
+fn schedule_of(schedules: &Schedules, entry: &ProcessType) -> Option<Schedule> {
+    let mut schedules = schedules.lock().ok()?;
+    if schedules.len() > MAX_SCHEDULES {
+        schedules.clear();
+    }
+    schedules
+        .entry((entry.schedule.clone(), entry.time_zone.clone()))
+        .or_insert_with(|| {
+            Schedule::parse(&entry.schedule, &entry.time_zone)
+                .ok()
+                .filter(|schedule| schedule.next_after(chrono::Utc::now()).is_some())
+        })
+        .clone()
+}
+
 pub async fn run(api: DeployServiceApi, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut ticks = 0u32;
+    let schedules = Schedules::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let now = chrono::Utc::now();
+        let known = schedules.clone();
+        let read = move |entry: &ProcessType| schedule_of(&known, entry);
         match api
             .db()
-            .run(move |conn| db::runs::schedule_cron(conn, now, CRON_TIME_LIMIT_SECS))
+            .run(move |conn| db::runs::schedule_cron(conn, now, CRON_TIME_LIMIT_SECS, &read))
             .await
         {
             Ok(queued) => {

@@ -295,7 +295,8 @@ impl DeployServiceApi {
             cpu_millis: resources.cpu_millis,
             processes: resources.processes,
             replicas: resources.replicas,
-            process_types: plan.process_types.iter().map(Into::into).collect(),
+            process_types: capsule::schedule::from_map(&plan.process_types),
+            idle_timeout_secs: plan.idle_timeout_seconds,
         };
         let new = NewDeployment {
             project_id,

@@ -61,11 +61,16 @@ pub fn settings_proto(settings: &Settings, variables: &[Variable]) -> pb::Projec
         app_egress: settings.app_egress,
         resources: Some(resources_proto(settings)),
         process_types: process_types_proto(settings),
+        idle_timeout_seconds: u32::try_from(settings.idle_timeout_secs).unwrap_or_default(),
     }
 }
 
-fn process_types_proto(settings: &Settings) -> Vec<pb::ProcessType> {
-    settings.process_types().into_iter().map(Into::into).collect()
+fn process_types_proto(settings: &Settings) -> std::collections::HashMap<String, pb::ProcessType> {
+    settings
+        .process_types()
+        .into_iter()
+        .map(capsule::schedule::ProcessType::into_entry)
+        .collect()
 }
 
 fn resources_proto(settings: &Settings) -> pb::Resources {
@@ -84,6 +89,7 @@ pub fn plan_proto(project: &Project, settings: Settings, maxima: &Maxima) -> pb:
     pb::DeploymentPlan {
         resources: Some(maxima.bound(resources_proto(&settings))),
         process_types: process_types_proto(&settings),
+        idle_timeout_seconds: u32::try_from(settings.idle_timeout_secs).unwrap_or_default(),
         build_egress: settings.build_egress,
         app_egress: settings.app_egress,
         project: Some(project_proto(project)),

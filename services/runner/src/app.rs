@@ -67,7 +67,8 @@ impl Runner {
                 return None;
             }
         };
-        let forwarder = match Forwarder::start(self.config.upstream_host, reach.clone()).await {
+        let hold = self.config.start_timeout + Duration::from_secs(1);
+        let forwarder = match Forwarder::start(self.config.upstream_host, reach.clone(), hold).await {
             Ok(forwarder) => forwarder,
             Err(err) => {
                 tracing::error!(error = %err, "cannot listen for the app's traffic");
@@ -194,7 +195,14 @@ impl Runner {
         let reporter = app.job.reporter.clone();
         let root = app.job.workdir.path().join(&app.job.snapshot.root_directory);
         let workers = crate::plan::workers(&root, &app.job.snapshot.process_types);
-        let mut workers = Some(self.start_workers(&app.job, workers, &app.kill));
+        // Workers outlive the web process's stops for idleness.
+        let workers_kill = shutdown.child_token();
+        let mut workers = Some(self.start_workers(&app.job, workers, &workers_kill));
+        let idle = Duration::from_secs(u64::from(app.job.snapshot.idle_timeout_seconds));
+        let mut idle_check = tokio::time::interval(IDLE_CHECK_EVERY);
+        // Stopped for idleness: the forwarder holds connections, and the
+        // first one starts it again.
+        let mut asleep = false;
         let drain = CancellationToken::new();
         let beat = tokio::spawn(heartbeat(
             reporter.clone(),
@@ -213,7 +221,69 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = egress_report.tick() => app.job.report_egress(EgressPhase::App).await,
-                ended = &mut app.running => {
+                _ = idle_check.tick(), if !idle.is_zero() && !asleep && !reaped => {
+                    let gate = app.forwarder.gate();
+                    if gate.idle_for() < idle {
+                        continue;
+                    }
+                    gate.close();
+                    // A connection that came meanwhile keeps it running.
+                    if gate.idle_for() < idle {
+                        gate.open();
+                        continue;
+                    }
+                    reporter
+                        .system(format!(
+                            "no request for {} s: the app is stopped until the next one",
+                            idle.as_secs()
+                        ))
+                        .await;
+                    if !self.terminate(&mut app).await {
+                        let _ = (&mut app.running).await;
+                    }
+                    (reaped, asleep) = (true, true);
+                }
+                () = app.forwarder.gate().woken(), if asleep => {
+                    let woken = Instant::now();
+                    app.kill = shutdown.child_token();
+                    match self.launch(&app.job, &app.reach, &app.kill) {
+                        Ok((pid, running)) => {
+                            app.pid = pid;
+                            app.running = running;
+                            reaped = false;
+                        }
+                        Err(err) => {
+                            reporter.system(format!("cannot start the app again: {err}")).await;
+                            continue;
+                        }
+                    }
+                    match self.answers(&mut app).await {
+                        Ok(()) => {
+                            app.forwarder.gate().open();
+                            asleep = false;
+                            reporter
+                                .system(format!(
+                                    "a request came: the app started again and answered in {} ms",
+                                    woken.elapsed().as_millis()
+                                ))
+                                .await;
+                        }
+                        Err((why, exited)) => {
+                            reporter
+                                .system(format!(
+                                    "a request came but the app did not start again ({why}); it stays stopped until \
+                                     the next one"
+                                ))
+                                .await;
+                            app.kill.cancel();
+                            if !exited {
+                                let _ = (&mut app.running).await;
+                            }
+                            reaped = true;
+                        }
+                    }
+                }
+                ended = &mut app.running, if !reaped => {
                     reaped = true;
                     if shutdown.is_cancelled() || drain.is_cancelled() {
                         break;
@@ -276,7 +346,14 @@ impl Runner {
                         () = shutdown.cancelled() => {}
                     }
                     let stopped = workers.take().map(crate::workers::Workers::stop);
-                    let (ended, _) = tokio::join!(self.terminate(&mut app), async {
+                    let stopped_already = reaped;
+                    let web = async {
+                        match stopped_already {
+                            true => true,
+                            false => self.terminate(&mut app).await,
+                        }
+                    };
+                    let (ended, _) = tokio::join!(web, async {
                         if let Some(stopped) = stopped {
                             stopped.await;
                         }
@@ -290,6 +367,7 @@ impl Runner {
         if let Some(workers) = workers.take() {
             workers.stop().await;
         }
+        workers_kill.cancel();
         app.job.report_egress(EgressPhase::App).await;
         beat.abort();
         // Stopping with the runner, not replaced: another copy may start.
@@ -317,6 +395,31 @@ impl Runner {
 }
 
 impl Runner {
+    /// Waits until an app started again answers its health check, within
+    /// the start timeout: why not otherwise, and whether it exited.
+    async fn answers(&self, app: &mut LiveApp) -> Result<(), (String, bool)> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        let path = app.job.snapshot.health_check_path.clone();
+        loop {
+            tokio::select! {
+                ended = &mut app.running => {
+                    return Err((format!("it ended: {:?}", ended.unwrap_or(Ended::Exited(128))), true));
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            match serve::probe(&app.reach, &path).await {
+                Ok(()) => return Ok(()),
+                Err(why) if Instant::now() >= deadline => {
+                    return Err((
+                        format!("no answer within {} s: {why}", self.config.start_timeout.as_secs()),
+                        false,
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
     /// `signal` to everything a command started with `pid` runs: its
     /// sandbox, or its process group.
     pub(crate) fn signal(&self, pid: i32, signal: Signal) {
@@ -327,6 +430,9 @@ impl Runner {
         }
     }
 }
+
+/// How often a live app's idleness is looked at (scale to zero).
+const IDLE_CHECK_EVERY: Duration = Duration::from_millis(500);
 
 /// How often a live app's egress record is written to its log.
 const EGRESS_REPORT_EVERY: Duration = Duration::from_secs(300);

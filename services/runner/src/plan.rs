@@ -255,20 +255,24 @@ fn needs(tool: &str, command: &str) -> String {
 /// The workers of the tree at `root`: the project's process types without
 /// a schedule, then the Procfile's entries other than web and release
 /// whose names the project's settings do not use; each as (name, command).
-pub fn workers(root: &Path, settings: &[capsule::proto::project::v1::ProcessType]) -> Vec<(String, String)> {
+pub fn workers(
+    root: &Path,
+    settings: &std::collections::HashMap<String, capsule::proto::project::v1::ProcessType>,
+) -> Vec<(String, String)> {
     let tree = Tree { root };
     let procfile = tree.read("Procfile").map(|text| procfile(&text)).unwrap_or_default();
-    let set = settings
+    let mut set: Vec<(String, String)> = settings
         .iter()
-        .filter(|process| process.schedule.is_empty())
-        .map(|process| (process.name.clone(), process.command.clone()));
-    let named = |name: &str| settings.iter().any(|process| process.name == name);
-    set.chain(
+        .filter(|(_, process)| process.schedule.is_empty())
+        .map(|(name, process)| (name.clone(), process.command.clone()))
+        .collect();
+    set.sort();
+    set.extend(
         procfile
             .into_iter()
-            .filter(|(name, _)| !matches!(name.as_str(), "web" | "release") && !named(name)),
-    )
-    .collect()
+            .filter(|(name, _)| !matches!(name.as_str(), "web" | "release") && !settings.contains_key(name)),
+    );
+    set
 }
 
 /// `web: command` lines.
@@ -435,16 +439,19 @@ mod tests {
             "Procfile",
             "web: node web.js\nrelease: node migrate.js\nworker: node jobs.js\nmail: node mail.js\n",
         )]);
-        let set = |name: &str, command: &str, schedule: &str| ProcessType {
-            name: name.to_owned(),
-            command: command.to_owned(),
-            schedule: schedule.to_owned(),
-            time_zone: String::new(),
+        let set = |name: &str, command: &str, schedule: &str| {
+            let process = ProcessType {
+                command: command.to_owned(),
+                schedule: schedule.to_owned(),
+                time_zone: String::new(),
+            };
+            (name.to_owned(), process)
         };
         let settings = [
             set("mail", "node mailer.js", ""),
             set("report", "node report.js", "0 3 * * *"),
-        ];
+        ]
+        .into();
         assert_eq!(
             workers(dir.path(), &settings),
             [
@@ -452,7 +459,7 @@ mod tests {
                 ("worker".to_owned(), "node jobs.js".to_owned())
             ]
         );
-        assert!(workers(tree(&[]).path(), &[]).is_empty());
+        assert!(workers(tree(&[]).path(), &Default::default()).is_empty());
     }
 
     #[test]

@@ -16,7 +16,11 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -28,6 +32,7 @@ use super::{
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream, UnixStream},
+    sync::{Notify, watch},
     task::JoinHandle,
 };
 
@@ -47,38 +52,133 @@ pub enum Reach {
 pub struct Forwarder {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    gate: Arc<Gate>,
 }
 
+/// What a forwarder knows of its traffic, and the gate that holds new
+/// connections while the app is stopped for idleness (scale to zero).
+pub struct Gate {
+    /// When the last connection opened or closed.
+    last: std::sync::Mutex<Instant>,
+    /// Connections open now.
+    open: AtomicUsize,
+    /// Whether the app runs; while not, connections wait for it.
+    awake: watch::Sender<bool>,
+    /// A connection came while the app was stopped.
+    wake: Notify,
+    /// How long a held connection waits before it is answered 504.
+    hold: Duration,
+}
+
+impl Gate {
+    fn touch(&self) {
+        if let Ok(mut last) = self.last.lock() {
+            *last = Instant::now();
+        }
+    }
+
+    /// How long no connection has been open (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.last.lock().map(|last| last.elapsed()).unwrap_or_default()
+    }
+
+    /// Holds new connections from now on (the app is being stopped).
+    pub fn close(&self) {
+        self.awake.send_replace(false);
+    }
+
+    /// Lets held and new connections through (the app answers again).
+    pub fn open(&self) {
+        self.awake.send_replace(true);
+    }
+
+    /// Resolves when a connection waits for the stopped app.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Waits until the app runs: false when it did not within the hold.
+    async fn through(&self) -> bool {
+        let mut awake = self.awake.subscribe();
+        if *awake.borrow_and_update() {
+            return true;
+        }
+        self.wake.notify_one();
+        matches!(
+            tokio::time::timeout(self.hold, awake.wait_for(|awake| *awake)).await,
+            Ok(Ok(_))
+        )
+    }
+}
+
+/// What a request held longer than the app took to start is answered.
+const NOT_STARTED: &str = "The app did not start in time after being idle.\n";
+
 impl Forwarder {
-    /// Listens on `host`, on a free port, for `reach`.
-    pub async fn start(host: IpAddr, reach: Reach) -> std::io::Result<Self> {
+    /// Listens on `host`, on a free port, for `reach`; a connection that
+    /// comes while the app is stopped waits up to `hold` for it.
+    pub async fn start(host: IpAddr, reach: Reach, hold: Duration) -> std::io::Result<Self> {
         let listener = TcpListener::bind((host, 0)).await?;
         let addr = listener.local_addr()?;
+        let gate = Arc::new(Gate {
+            last: std::sync::Mutex::new(Instant::now()),
+            open: AtomicUsize::new(0),
+            awake: watch::Sender::new(true),
+            wake: Notify::new(),
+            hold,
+        });
+        let through = gate.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
-                let reach = reach.clone();
+                let (reach, gate) = (reach.clone(), through.clone());
+                gate.open.fetch_add(1, Ordering::AcqRel);
+                gate.touch();
                 tokio::spawn(async move {
                     let _ = client.set_nodelay(true);
-                    match reach {
-                        Reach::Socket(path) => {
-                            if let Ok(mut app) = UnixStream::connect(&path).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
-                            }
-                        }
-                        Reach::Port(port) => {
-                            if let Ok(mut app) = TcpStream::connect(("127.0.0.1", port)).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
-                            }
-                        }
+                    if gate.through().await {
+                        join(&mut client, &reach).await;
+                    } else {
+                        let answer = format!(
+                            "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+                             connection: close\r\n\r\n{NOT_STARTED}",
+                            NOT_STARTED.len()
+                        );
+                        let _ = client.write_all(answer.as_bytes()).await;
+                        let _ = client.shutdown().await;
                     }
+                    gate.open.fetch_sub(1, Ordering::AcqRel);
+                    gate.touch();
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self { addr, task, gate })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+}
+
+/// Joins a client's connection to the app until either side closes.
+async fn join(client: &mut TcpStream, reach: &Reach) {
+    match reach {
+        Reach::Socket(path) => {
+            if let Ok(mut app) = UnixStream::connect(path).await {
+                let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+            }
+        }
+        Reach::Port(port) => {
+            if let Ok(mut app) = TcpStream::connect(("127.0.0.1", *port)).await {
+                let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+            }
+        }
     }
 }
 

@@ -59,6 +59,9 @@ pub struct Snapshot {
     /// Workers and cron entries.
     #[serde(default)]
     pub process_types: Vec<capsule::schedule::ProcessType>,
+    /// Scale to zero after this long without a request; 0: never.
+    #[serde(default)]
+    pub idle_timeout_secs: u32,
 }
 
 fn on() -> bool {

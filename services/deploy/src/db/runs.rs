@@ -252,9 +252,15 @@ pub fn reap(conn: &mut PgConnection) -> QueryResult<usize> {
 /// entry seen for the first time starts at its next due time; a due time
 /// that comes while the entry's previous run has not ended is skipped
 /// (said in the deployment's logs), and of several due times missed
-/// (the service was down) only the latest runs. One deploy service at a
+/// (the service was down) only the latest runs. `schedule_of` reads an
+/// entry's schedule (`None`: it never comes). One deploy service at a
 /// time does this (an advisory lock). Returns the runs queued.
-pub fn schedule_cron(conn: &mut PgConnection, now: DateTime<Utc>, time_limit_secs: i32) -> QueryResult<Vec<Run>> {
+pub fn schedule_cron(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    time_limit_secs: i32,
+    schedule_of: &dyn Fn(&capsule::schedule::ProcessType) -> Option<capsule::schedule::Schedule>,
+) -> QueryResult<Vec<Run>> {
     conn.transaction(|conn| {
         let locked: bool =
             diesel::select(diesel::dsl::sql::<Bool>("pg_try_advisory_xact_lock(7243001)")).get_result(conn)?;
@@ -274,7 +280,7 @@ pub fn schedule_cron(conn: &mut PgConnection, now: DateTime<Utc>, time_limit_sec
                 if entry.schedule.is_empty() {
                     continue;
                 }
-                let Ok(schedule) = capsule::schedule::Schedule::parse(&entry.schedule, &entry.time_zone) else {
+                let Some(schedule) = schedule_of(&entry) else {
                     continue;
                 };
                 let Some(due) = schedule.latest_at_or_before(now) else {

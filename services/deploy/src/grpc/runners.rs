@@ -133,7 +133,12 @@ pub(super) async fn claim_deployment(
             memory_mb: snapshot.memory_mb,
             cpu_millis: snapshot.cpu_millis,
             processes: snapshot.processes,
-            process_types: snapshot.process_types.into_iter().map(Into::into).collect(),
+            process_types: snapshot
+                .process_types
+                .into_iter()
+                .map(capsule::schedule::ProcessType::into_entry)
+                .collect(),
+            idle_timeout_seconds: snapshot.idle_timeout_secs,
             cache_generation: u64::try_from(cache_generation).unwrap_or_default(),
             secret_names: variables
                 .iter()

@@ -68,8 +68,10 @@ fn field_schema(field: &FieldDescriptor, wanted: &mut BTreeSet<String>, pool: &m
         let Kind::Message(entry) = field.kind() else {
             return json!({});
         };
-        let value = entry.map_entry_value_field();
-        return json!({ "type": "object", "additionalProperties": kind_schema(&value.kind(), wanted, pool) });
+        let value = kind_schema(&entry.map_entry_value_field().kind(), wanted, pool);
+        let mut schema = json!({ "type": "object", "additionalProperties": value });
+        rules::constrain(field, &mut schema);
+        return schema;
     }
     let item = kind_schema(&field.kind(), wanted, pool);
     let mut schema = if field.is_list() {

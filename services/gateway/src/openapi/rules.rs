@@ -44,6 +44,21 @@ pub fn constrain(field: &FieldDescriptor, schema: &mut Value) {
                 scalar(field, items, &mut schema["items"]);
             }
         }
+        Some(Type::Map(map)) if field.is_map() => {
+            set(schema, "minProperties", map.min_pairs.map(Value::from));
+            set(schema, "maxProperties", map.max_pairs.map(Value::from));
+            // Open API 3.0 (JSON Schema draft 4) has no propertyNames: keys
+            // with a pattern are said as the one pattern properties may have.
+            let keys = map.keys.as_deref().and_then(|keys| keys.r#type.as_ref());
+            if let Some(Type::String(StringRules {
+                pattern: Some(pattern), ..
+            })) = keys
+            {
+                let value = schema["additionalProperties"].take();
+                schema["patternProperties"] = json!({ pattern.as_str(): value });
+                schema["additionalProperties"] = json!(false);
+            }
+        }
         Some(Type::FieldMask(mask)) if !mask.r#in.is_empty() => {
             // The proto3 JSON form of a mask: camelCase paths joined by commas.
             let one = mask

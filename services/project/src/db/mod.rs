@@ -203,6 +203,7 @@ pub struct Settings {
     pub replicas: i32,
     /// [`capsule::schedule::ProcessType`]s, as stored.
     pub process_types: serde_json::Value,
+    pub idle_timeout_secs: i32,
 }
 
 #[derive(AsChangeset, Default)]
@@ -223,6 +224,7 @@ pub struct SettingsChanges {
     pub processes: Option<i32>,
     pub replicas: Option<i32>,
     pub process_types: Option<serde_json::Value>,
+    pub idle_timeout_secs: Option<i32>,
 }
 
 impl SettingsChanges {
@@ -243,6 +245,7 @@ impl SettingsChanges {
             processes,
             replicas,
             process_types,
+            idle_timeout_secs,
         } = self;
         [
             build_command,
@@ -258,7 +261,7 @@ impl SettingsChanges {
             && [auto_deploy, build_egress, app_egress]
                 .iter()
                 .all(|change| change.is_none())
-            && [memory_mb, cpu_millis, processes, replicas]
+            && [memory_mb, cpu_millis, processes, replicas, idle_timeout_secs]
                 .iter()
                 .all(|change| change.is_none())
             && process_types.is_none()

@@ -38,6 +38,7 @@ diesel::table! {
         processes -> Int4,
         replicas -> Int4,
         process_types -> Jsonb,
+        idle_timeout_secs -> Int4,
     }
 }
 

@@ -57,6 +57,7 @@ pub(super) async fn update_project_settings(
             "resources.processes",
             "resources.replicas",
             "process_types",
+            "idle_timeout_seconds",
         ],
         &mut violations,
     );
@@ -86,6 +87,7 @@ pub(super) async fn update_project_settings(
             "resources.cpu_millis" => changes.cpu_millis = count(resources.cpu_millis),
             "resources.processes" => changes.processes = count(resources.processes),
             "resources.replicas" => changes.replicas = count(resources.replicas),
+            "idle_timeout_seconds" => changes.idle_timeout_secs = count(wanted.idle_timeout_seconds),
             "process_types" => {
                 let checked = process_types(&wanted.process_types, &mut violations);
                 changes.process_types = Some(serde_json::to_value(checked).map_err(rpc::internal)?);
@@ -108,39 +110,23 @@ pub(super) async fn update_project_settings(
 }
 
 /// A project's workers and cron entries, checked for what the protos'
-/// rules cannot say: unique names, not the Procfile's web or release, a
-/// schedule that parses in its time zone.
-fn process_types(wanted: &[pb::ProcessType], violations: &mut FieldViolations) -> Vec<ProcessType> {
-    let mut checked: Vec<ProcessType> = Vec::new();
-    for (index, process) in wanted.iter().enumerate() {
-        let field = |name: &str| format!("settings.process_types[{index}].{name}");
-        if matches!(process.name.as_str(), "web" | "release") {
-            violations.add(
-                field("name"),
-                "must not be web or release: web is the start command, release the release command",
-            );
-        } else if checked.iter().any(|earlier| earlier.name == process.name) {
-            violations.add(
-                field("name"),
-                format!("{:?} is named twice: names must be unique", process.name),
-            );
+/// rules cannot say: a schedule croner reads, a time zone IANA knows.
+fn process_types(
+    wanted: &std::collections::HashMap<String, pb::ProcessType>,
+    violations: &mut FieldViolations,
+) -> Vec<ProcessType> {
+    let checked = capsule::schedule::from_map(wanted);
+    for process in &checked {
+        let field = |name: &str| format!("settings.process_types[{:?}].{name}", process.name);
+        // A worker's time zone is unused, but a name that is none is a
+        // mistake either way.
+        if let Err(why) = capsule::schedule::zone_of(&process.time_zone) {
+            violations.add(field("time_zone"), why);
+        } else if !process.schedule.is_empty()
+            && let Err(why) = capsule::schedule::Schedule::parse(&process.schedule, &process.time_zone)
+        {
+            violations.add(field("schedule"), why);
         }
-        if process.schedule.is_empty() {
-            if !process.time_zone.is_empty() {
-                violations.add(
-                    field("time_zone"),
-                    "must be empty for a worker (a process without a schedule)",
-                );
-            }
-        } else if let Err(why) = capsule::schedule::Schedule::parse(&process.schedule, &process.time_zone) {
-            let which = if why.starts_with("time zone") {
-                "time_zone"
-            } else {
-                "schedule"
-            };
-            violations.add(field(which), why);
-        }
-        checked.push(ProcessType::from(process));
     }
     checked
 }
