@@ -123,6 +123,17 @@ async fn a_project_scoped_deploy_token_deploys_that_project_and_nothing_else() {
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("project.settings.write"), "{body}");
+    // Deploying is not running a command that sees the project's secrets.
+    let (status, body) = rest(
+        &mesh,
+        Method::POST,
+        &format!("/v1/projects/{target}/runs"),
+        &token,
+        serde_json::json!({"command": "env | base64"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("project.run"), "{body}");
     let (status, _) = rest(
         &mesh,
         Method::GET,

@@ -234,6 +234,7 @@ async fn stream_logs_follows_live_resumes_without_gaps_and_ends_at_the_final_sta
                 lease: None,
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await
@@ -423,6 +424,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                             lease: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
                             wait: None,
                             fresh: false,
+                            no_runs: false,
                         },
                     ))
                     .await
@@ -470,6 +472,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 lease: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await
@@ -484,6 +487,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 lease: None,
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await
@@ -499,6 +503,7 @@ async fn runners_never_share_a_claim_and_a_silent_runner_loses_it() {
                 lease: None,
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await
@@ -643,6 +648,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
                 lease: None,
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
             &alice,
         ))
@@ -703,6 +709,7 @@ async fn other_users_and_strangers_get_nothing_and_bad_input_is_named() {
                 lease: None,
                 wait: None,
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await
@@ -729,6 +736,7 @@ async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_en
                     nanos: 0,
                 }),
                 fresh: false,
+                no_runs: false,
             },
         )
     };
@@ -771,6 +779,7 @@ async fn a_waiting_claim_takes_a_deployment_queued_meanwhile_and_an_empty_one_en
                 lease: None,
                 wait: Some(prost_types::Duration { seconds: 61, nanos: 0 }),
                 fresh: false,
+                no_runs: false,
             },
         ))
         .await

@@ -277,9 +277,24 @@ async fn a_one_off_command_streams_its_output_and_exit_code() {
     let process = format!("run.{}", ended.id);
     assert!(lines.iter().all(|line| line.process == process), "{lines:?}");
 
-    let (runs, _) = run_command(&mesh, &ada, &id, "true", 0).await.unwrap();
-    assert_eq!(runs.last().unwrap().state(), pb::RunState::Succeeded);
-    assert_eq!(runs.last().unwrap().exit_code, Some(0));
+    // Through the REST bridge, as Server-Sent Events.
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/v1/projects/{id}/runs", mesh.http))
+        .bearer_auth(&ada)
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"command": "echo over sse"}"#)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let events = response.text().await.unwrap();
+    assert!(events.contains("data: ") && events.contains("over sse"), "{events}");
+    assert!(
+        events.contains("RUN_STATE_SUCCEEDED") && events.contains("\"exitCode\":0"),
+        "{events}"
+    );
 
     let (runs, _) = run_command(&mesh, &ada, &id, "sleep 30", 1).await.unwrap();
     let stopped = runs.last().unwrap();
@@ -307,6 +322,7 @@ async fn a_one_off_command_streams_its_output_and_exit_code() {
         .runs;
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[2].exit_code, Some(7), "newest first");
+    assert_eq!(listed[1].command, "echo over sse");
     let trail = mesh
         .deploys()
         .await
@@ -328,8 +344,27 @@ async fn a_one_off_command_streams_its_output_and_exit_code() {
         .collect();
     assert_eq!(
         runs,
-        ["sleep 30", "true", "cat marker; echo \"$GREETING from a run\"; exit 7"]
+        [
+            "sleep 30",
+            "echo over sse",
+            "cat marker; echo \"$GREETING from a run\"; exit 7"
+        ]
     );
+
+    // A tenant that piles up runs: three at most queued or running.
+    let mut deploys = mesh.deploys().await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let request = pb::RunCommandRequest {
+            project_id: id.clone(),
+            command: "sleep 3".to_owned(),
+            ..Default::default()
+        };
+        held.push(deploys.run_command(authed(request, &ada)).await.unwrap().into_inner());
+    }
+    let piled = run_command(&mesh, &ada, &id, "sleep 3", 0).await.unwrap_err();
+    assert_eq!(piled.code(), tonic::Code::ResourceExhausted, "{piled:?}");
+    assert!(piled.message().contains("DEPLOY_MAX_RUNS_PER_PROJECT"), "{piled:?}");
     mesh.stop().await;
 }
 
@@ -405,6 +440,15 @@ async fn cron_entries_run_on_schedule_and_never_overlap() {
             .iter()
             .any(|line| line.text.contains("cron slow: the run due at") && line.text.contains("is skipped")),
         "skips are said"
+    );
+    let skips = lines
+        .iter()
+        .filter(|line| line.text.contains("cron slow: the run due at"))
+        .count();
+    let slow_runs = runs.iter().filter(|run| run.name == "slow").count();
+    assert!(
+        skips <= slow_runs + 1,
+        "once per run that outlasts its period: {skips} for {slow_runs}"
     );
     assert!(
         of(&lines, &format!("run.{}", tick.id)).contains(&"tick"),

@@ -3,10 +3,19 @@
 # REST port on <base>80, its gRPC port on <base>50 and the services on
 # <base>51..53, over databases usecapsule_<name>_{auth,project,deploy}; it
 # returns once the gateway is ready (or fails, showing the log) and stops
-# the mesh when the script exits. MESH_URL is the REST address.
+# the mesh when the script exits. MESH_URL is the REST address. With a
+# third argument `fresh`, those databases are dropped first: a scratch
+# mesh starts from nothing, whatever an earlier run left.
 start_mesh() {
-    local base=$1 name=$2
+    local base=$1 name=$2 fresh=${3:-}
     cargo build --quiet --locked -p capsule-cli
+    if [ "$fresh" = fresh ]; then
+        local admin
+        admin=$("${CARGO_TARGET_DIR:-target}/debug/capsule" postgres up)
+        for kind in auth project deploy; do
+            psql "$admin" -qc "DROP DATABASE IF EXISTS \"usecapsule_${name}_${kind}\" WITH (FORCE)"
+        done
+    fi
     export GATEWAY_HTTP_ADDR=127.0.0.1:${base}80 GATEWAY_GRPC_ADDR=127.0.0.1:${base}50
     export AUTH_GRPC_ADDR=127.0.0.1:${base}51 PROJECT_GRPC_ADDR=127.0.0.1:${base}52 DEPLOY_GRPC_ADDR=127.0.0.1:${base}53
     export AUTH_SERVICE_URL=http://127.0.0.1:${base}51 PROJECT_SERVICE_URL=http://127.0.0.1:${base}52

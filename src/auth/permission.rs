@@ -21,6 +21,9 @@ pub enum Permission {
     ProjectVariablesWrite,
     ProjectSecretsWrite,
     ProjectDeploy,
+    /// Running a command with the project's variables (RunCommand): more
+    /// than deploying its own repository, so a scope of its own.
+    ProjectRun,
     ProjectDelete,
     ProjectTransfer,
     OrganizationRead,
@@ -30,13 +33,14 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::ProjectRead,
         Self::ProjectCreate,
         Self::ProjectSettingsWrite,
         Self::ProjectVariablesWrite,
         Self::ProjectSecretsWrite,
         Self::ProjectDeploy,
+        Self::ProjectRun,
         Self::ProjectDelete,
         Self::ProjectTransfer,
         Self::OrganizationRead,
@@ -53,6 +57,7 @@ impl Permission {
             Self::ProjectVariablesWrite => "project.variables.write",
             Self::ProjectSecretsWrite => "project.secrets.write",
             Self::ProjectDeploy => "project.deploy",
+            Self::ProjectRun => "project.run",
             Self::ProjectDelete => "project.delete",
             Self::ProjectTransfer => "project.transfer",
             Self::OrganizationRead => "organization.read",
@@ -70,9 +75,11 @@ impl Permission {
     fn least_role(self) -> OrgRole {
         match self {
             Self::ProjectRead | Self::OrganizationRead => OrgRole::Viewer,
-            Self::ProjectCreate | Self::ProjectSettingsWrite | Self::ProjectVariablesWrite | Self::ProjectDeploy => {
-                OrgRole::Developer
-            }
+            Self::ProjectCreate
+            | Self::ProjectSettingsWrite
+            | Self::ProjectVariablesWrite
+            | Self::ProjectDeploy
+            | Self::ProjectRun => OrgRole::Developer,
             Self::ProjectSecretsWrite
             | Self::ProjectDelete
             | Self::ProjectTransfer

@@ -5,8 +5,9 @@
 -- "run.<id>". A cron entry has at most one run queued or running (a
 -- unique index: runs never overlap, even with several deploy services
 -- scheduling), and cron_slots keeps the last time each entry was due, so
--- missed times are skipped rather than made up. A NOTIFY on every change
--- wakes runners' claims and the streams that follow a run.
+-- missed times are skipped rather than made up. A NOTIFY on its own
+-- channel at every change wakes runners' claims and the streams that
+-- follow a run (and not the gateways' route watches).
 -- Rollback: down.sql drops both tables; the previous release has no runs.
 
 CREATE TABLE runs (
@@ -47,7 +48,7 @@ CREATE TABLE cron_slots (
 
 CREATE FUNCTION notify_run_change() RETURNS trigger AS $$
 BEGIN
-    PERFORM pg_notify('deployment_states', NEW.id::text || ':run');
+    PERFORM pg_notify('runs', NEW.id::text || ':' || NEW.state);
     RETURN NULL;
 END;
 $$ LANGUAGE plpgsql;

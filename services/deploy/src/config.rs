@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `DEPLOY_LOCAL_RUNNER` | `false`: run the built-in local runner in this process (`capsule serve deploy --runner local`; `capsule dev` turns it on); it registers itself as runner `local:<hostname>` with a fresh token on every start |
 //! | `DEPLOY_MAX_BUILDS_PER_PROJECT` | `2`: deployments of one project built at once; runners claim the others later. Claims go round-robin across owners: the next is the oldest queued deployment of the owner served least recently |
+//! | `DEPLOY_MAX_RUNS_PER_PROJECT` | `3`: runs (one-off commands, cron entries' runs) of one project queued or running at once; one more one-off is RESOURCE_EXHAUSTED, a cron entry's due time is skipped and logged |
 //! | `DEPLOY_MAX_ENVIRONMENTS` | `10`: environments of one project with a deployment queued, building or live; a deployment that would open one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_MAX_STREAMS_PER_USER` | `20`: follow streams (`StreamLogs`) one user (or API token's owner) keeps open at once on one deploy process; one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim, or a runner's copy of a live app, lasts this long without a heartbeat |
@@ -37,6 +38,7 @@ pub struct DeployConfig {
     pub source: SourceConfig,
     pub max_log_lines: u64,
     pub max_builds_per_project: u64,
+    pub max_runs_per_project: u64,
     pub max_environments: u64,
     /// How soon after going live a crash rolls back; zero: never.
     pub auto_rollback: Duration,
@@ -103,6 +105,7 @@ impl DeployConfig {
             lease: Duration::from_secs(number("DEPLOY_LEASE_SECS", 30)?),
             max_log_lines: number("DEPLOY_MAX_LOG_LINES", 100_000)?,
             max_builds_per_project: number("DEPLOY_MAX_BUILDS_PER_PROJECT", 2)?,
+            max_runs_per_project: number("DEPLOY_MAX_RUNS_PER_PROJECT", 3)?,
             max_environments: number("DEPLOY_MAX_ENVIRONMENTS", 10)?,
             auto_rollback: Duration::from_secs(parse_or(
                 source,

@@ -56,9 +56,10 @@ pub async fn run(api: DeployServiceApi, shutdown: CancellationToken) {
         let now = chrono::Utc::now();
         let known = schedules.clone();
         let read = move |entry: &ProcessType| schedule_of(&known, entry);
+        let most = api.inner.max_runs_per_project;
         match api
             .db()
-            .run(move |conn| db::runs::schedule_cron(conn, now, CRON_TIME_LIMIT_SECS, &read))
+            .run(move |conn| db::runs::schedule_cron(conn, now, CRON_TIME_LIMIT_SECS, most, &read))
             .await
         {
             Ok(queued) => {

@@ -17,6 +17,8 @@ pub enum Event {
     Log(Uuid),
     /// This deployment changed state (or was created).
     State(Uuid),
+    /// This run was queued or changed state.
+    Run(Uuid),
     /// The listener (re)connected: notifications may have been missed, so
     /// everyone should look again.
     Resync,
@@ -88,7 +90,7 @@ async fn listen(url: &SecretString, events: &broadcast::Sender<Event>) -> anyhow
         Ok(())
     });
     client
-        .batch_execute("LISTEN deployment_logs; LISTEN deployment_states")
+        .batch_execute("LISTEN deployment_logs; LISTEN deployment_states; LISTEN runs")
         .await?;
     let _ = events.send(Event::Resync);
     while let Some(message) = messages.recv().await {
@@ -99,6 +101,7 @@ async fn listen(url: &SecretString, events: &broadcast::Sender<Event>) -> anyhow
             let Ok(id) = id.parse::<Uuid>() else { continue };
             let event = match notification.channel() {
                 "deployment_logs" => Event::Log(id),
+                "runs" => Event::Run(id),
                 _ => Event::State(id),
             };
             let _ = events.send(event);

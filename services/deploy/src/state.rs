@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub(crate) max_log_lines: i64,
     /// Deployments of one project built at once, at most.
     pub(crate) max_builds_per_project: i64,
+    /// Runs of one project queued or running at once, at most.
+    pub(crate) max_runs_per_project: i64,
     /// Environments of one project with a deployment queued, building or
     /// live, at most.
     pub(crate) max_environments: i64,
@@ -109,6 +111,7 @@ impl DeployServiceApi {
                 releases_dir: config.releases_dir.clone(),
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
+                max_runs_per_project: i64::try_from(config.max_runs_per_project)?,
                 max_environments: i64::try_from(config.max_environments)?,
                 auto_rollback: chrono::Duration::from_std(config.auto_rollback)?,
                 streams: capsule::rpc::StreamLimit::new(config.max_streams_per_user, "DEPLOY_MAX_STREAMS_PER_USER"),

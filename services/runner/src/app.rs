@@ -244,6 +244,11 @@ impl Runner {
                     (reaped, asleep) = (true, true);
                 }
                 () = app.forwarder.gate().woken(), if asleep => {
+                    // A wake left from a connection that came while the
+                    // app was being stopped, and has gone: stay stopped.
+                    if !app.forwarder.gate().busy() {
+                        continue;
+                    }
                     let woken = Instant::now();
                     app.kill = shutdown.child_token();
                     match self.launch(&app.job, &app.reach, &app.kill) {

@@ -18,6 +18,7 @@
 //! | `DEPLOY_RELEASE_MAX_MB` | `2048`: the largest built tree kept as a release (files at their apparent size); a larger one is not kept, and a rollback to it builds again |
 //! | `DEPLOY_RUNNER_HEARTBEAT_MS` | `300`: how often the runner renews its lease (and notices a cancel) |
 //! | `DEPLOY_START_TIMEOUT_SECS` | `60`: a start command must answer on `PORT` (and its health check) within this, or the deployment fails |
+//! | `DEPLOY_RUNNER_MAX_RUNS` | `2`: runs (one-off commands, cron entries' runs) this runner makes at once; it claims no other run meanwhile |
 //! | `DEPLOY_DRAIN_SECS` | `10`: a superseded app keeps serving this long (while the gateway switches) before SIGTERM, then 5 s before SIGKILL |
 //! | `DEPLOY_MAX_RESTARTS`, `DEPLOY_RESTART_WINDOW_SECS` | `3`, `60`: a live app that exits is restarted with backoff; one more exit within the window makes it CRASHED |
 //! | `DEPLOY_RUNNER_UPSTREAM_HOST` | `127.0.0.1`: the address the runner serves live apps on for the gateway (the gateway must reach it) |
@@ -70,6 +71,8 @@ pub struct RunnerConfig {
     pub drain: Duration,
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// Runs made at once, at most.
+    pub max_runs: usize,
     pub upstream_host: std::net::IpAddr,
     pub sandbox: SandboxConfig,
     /// All build caches of this runner together, at most; 0: none.
@@ -107,6 +110,7 @@ impl RunnerConfig {
             )?),
             max_restarts: parse_or(source, "DEPLOY_MAX_RESTARTS", 3, "expected a whole number")?,
             restart_window: Duration::from_secs(number("DEPLOY_RESTART_WINDOW_SECS", 60)?),
+            max_runs: parse_or(source, "DEPLOY_RUNNER_MAX_RUNS", 2, "expected a whole number")?,
             upstream_host: parse_or(
                 source,
                 "DEPLOY_RUNNER_UPSTREAM_HOST",

@@ -69,8 +69,10 @@ pub struct Runner {
     client: Client,
     config: RunnerConfig,
     sandbox: Sandbox,
-    /// The supervisors of live apps.
+    /// The supervisors of live apps, and the runs being made.
     live: Mutex<Vec<JoinHandle<()>>>,
+    /// Runs being made now.
+    runs: Arc<std::sync::atomic::AtomicUsize>,
     caches: cache::Caches,
     /// Releases kept for rollbacks.
     releases: artifact::Releases,
@@ -124,6 +126,7 @@ impl Runner {
             config,
             sandbox,
             live: Mutex::new(Vec::new()),
+            runs: Arc::default(),
         }))
     }
 
@@ -144,6 +147,7 @@ impl Runner {
                     nanos: 0,
                 }),
                 fresh,
+                no_runs: self.runs.load(std::sync::atomic::Ordering::Acquire) >= self.config.max_runs,
             });
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -171,7 +175,9 @@ impl Runner {
                         // A run holds nothing: the next claim need not wait for it.
                         let runner = runner.clone();
                         let shutdown = shutdown.clone();
+                        let making = RunSlot::take(&self.runs);
                         let work = async move {
+                            let _making = making;
                             let run = Some(run);
                             runner
                                 .execute(deployment, snapshot, sandbox_slot, false, run, &shutdown)
@@ -556,5 +562,21 @@ impl Runner {
             output_bytes: self.config.max_output_bytes,
             lines_per_sec: self.config.lines_per_sec,
         }
+    }
+}
+
+/// One of the runner's run slots, taken while a run is made.
+struct RunSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RunSlot {
+    fn take(runs: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        runs.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(runs.clone())
+    }
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

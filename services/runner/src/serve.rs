@@ -85,6 +85,11 @@ impl Gate {
         self.last.lock().map(|last| last.elapsed()).unwrap_or_default()
     }
 
+    /// Whether a connection is open (or held) now.
+    pub fn busy(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+
     /// Holds new connections from now on (the app is being stopped).
     pub fn close(&self) {
         self.awake.send_replace(false);

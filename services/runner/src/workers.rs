@@ -105,9 +105,11 @@ impl Runner {
                 ended = &mut running => ended.unwrap_or(Ended::Exited(128)),
                 () = stop.cancelled() => {
                     self.signal(pid, Signal::SIGTERM);
-                    let _ = tokio::time::timeout(STOP_GRACE, &mut running).await;
-                    own.cancel();
-                    let _ = running.await;
+                    // A finished task is never polled again.
+                    if tokio::time::timeout(STOP_GRACE, &mut running).await.is_err() {
+                        own.cancel();
+                        let _ = running.await;
+                    }
                     return;
                 }
             };

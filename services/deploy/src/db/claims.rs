@@ -64,6 +64,7 @@ pub fn claim(
     runner: &str,
     lease: chrono::Duration,
     per_project: i64,
+    runs: bool,
 ) -> QueryResult<Option<Claimed>> {
     conn.transaction(|conn| {
         let next: Option<Candidate> = diesel::sql_query(NEXT_CLAIM)
@@ -81,7 +82,7 @@ pub fn claim(
         };
         let Some(candidate) = candidate else {
             // Nothing to build: a run to make, perhaps.
-            if let Some((run, deployment)) = super::runs::claim(conn, runner)? {
+            if let Some((run, deployment)) = runs.then(|| super::runs::claim(conn, runner)).transpose()?.flatten() {
                 let sandbox_slot = slot_of(conn, deployment.project_id)?;
                 return Ok(Some(Claimed {
                     deployment,

@@ -120,6 +120,36 @@ pub fn logs_after(conn: &mut PgConnection, id: Uuid, after: i64, limit: i64) -> 
     page(id, after, limit).load(conn)
 }
 
+/// The lines of `process` after `after`, in order; `after` from the
+/// sequence before its first line when `None`.
+pub fn process_logs_after(
+    conn: &mut PgConnection,
+    id: Uuid,
+    process: &str,
+    after: Option<i64>,
+    limit: i64,
+) -> QueryResult<Vec<LogRow>> {
+    let of_process = deployment_logs::table
+        .filter(deployment_logs::deployment_id.eq(id))
+        .filter(deployment_logs::process.eq(process));
+    let after = match after {
+        Some(after) => after,
+        None => match of_process
+            .select(diesel::dsl::min(deployment_logs::sequence))
+            .first::<Option<i64>>(conn)?
+        {
+            Some(first) => first - 1,
+            None => return Ok(Vec::new()),
+        },
+    };
+    of_process
+        .filter(deployment_logs::sequence.gt(after))
+        .order(deployment_logs::sequence.asc())
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(conn)
+}
+
 /// The statement behind [`logs_after`]: a range of the primary key.
 pub(super) fn page<'a>(
     id: Uuid,

@@ -24,7 +24,7 @@ use schema::deployments;
 use webhooks::Event;
 
 pub use claims::{Claimed, claim, heartbeat, holds, release};
-pub use logs::{LogRow, append, append_as, logs_after, prune_logs};
+pub use logs::{LogRow, append, append_as, logs_after, process_logs_after, prune_logs};
 
 /// What a deployment runs, copied from the project's settings when it is
 /// created. No variables: a runner gets them, as they are then, when it

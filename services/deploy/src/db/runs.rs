@@ -18,12 +18,28 @@ pub const RUNNING: &str = "running";
 pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
 
+/// The deployment `id`, when `runner` makes a run of its release now.
+pub fn release_of_run(conn: &mut PgConnection, id: Uuid, runner: &str) -> QueryResult<Option<Deployment>> {
+    let running = diesel::dsl::exists(
+        runs::table
+            .filter(runs::deployment_id.eq(id))
+            .filter(runs::runner_id.eq(runner))
+            .filter(runs::state.eq(RUNNING)),
+    );
+    deployments::table
+        .find(id)
+        .filter(running)
+        .select(Deployment::as_select())
+        .first(conn)
+        .optional()
+}
+
 /// A queued run that no runner took within this long fails.
 const CLAIM_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// A running run whose runner said nothing this long after its time
-/// limit fails.
-const REPORT_WITHIN: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// limit fails (its release may take a while to fetch and unpack first).
+const REPORT_WITHIN: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 #[derive(Queryable, Selectable, Debug, Clone)]
 #[diesel(table_name = runs)]
@@ -88,9 +104,22 @@ pub fn live_release(conn: &mut PgConnection, project_id: Uuid, environment: &str
         .optional()
 }
 
-/// Queues a run, saying so in its deployment's logs.
-pub fn create(conn: &mut PgConnection, new: &NewRun) -> QueryResult<Run> {
+/// Queues a run, saying so in its deployment's logs; `None` when its
+/// project has `max_active` runs queued or running already.
+pub fn create(conn: &mut PgConnection, new: &NewRun, max_active: i64) -> QueryResult<Option<Run>> {
     conn.transaction(|conn| {
+        // One project's runs are counted one at a time.
+        diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7243002))")
+            .bind::<diesel::sql_types::Uuid, _>(new.project_id)
+            .execute(conn)?;
+        let active: i64 = runs::table
+            .filter(runs::project_id.eq(new.project_id))
+            .filter(runs::state.eq_any([QUEUED, RUNNING]))
+            .count()
+            .get_result(conn)?;
+        if active >= max_active {
+            return Ok(None);
+        }
         let run: Run = diesel::insert_into(runs::table)
             .values(new)
             .returning(Run::as_returning())
@@ -100,7 +129,7 @@ pub fn create(conn: &mut PgConnection, new: &NewRun) -> QueryResult<Run> {
             _ => format!("run {} queued: $ {}", run.id, new.command),
         };
         append_as(conn, run.deployment_id, &run.process(), &[("system", line)], None)?;
-        Ok(run)
+        Ok(Some(run))
     })
 }
 
@@ -117,21 +146,27 @@ pub fn list(conn: &mut PgConnection, project_id: Uuid, limit: i64) -> QueryResul
         .load(conn)
 }
 
-/// Takes the oldest queued run whose deployment is live, for `runner`.
+/// The next run to claim, fairly: among queued runs of live deployments,
+/// the oldest of the project with the fewest runs running.
+const NEXT_RUN: &str = "\
+SELECT r.id FROM runs r
+JOIN deployments d ON d.id = r.deployment_id AND d.state = 'live'
+WHERE r.state = 'queued'
+ORDER BY (SELECT count(*) FROM runs o WHERE o.project_id = r.project_id AND o.state = 'running') ASC,
+    r.created_at ASC
+LIMIT 1
+FOR UPDATE OF r SKIP LOCKED";
+
+#[derive(QueryableByName)]
+struct Next {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+}
+
+/// Takes the next queued run ([`NEXT_RUN`]) for `runner`.
 pub fn claim(conn: &mut PgConnection, runner: &str) -> QueryResult<Option<(Run, Deployment)>> {
-    let live = deployments::table
-        .filter(deployments::state.eq(State::Live.as_str()))
-        .select(deployments::id);
-    let next: Option<Uuid> = runs::table
-        .filter(runs::state.eq(QUEUED))
-        .filter(runs::deployment_id.eq_any(live))
-        .order(runs::created_at.asc())
-        .select(runs::id)
-        .for_update()
-        .skip_locked()
-        .first(conn)
-        .optional()?;
-    let Some(id) = next else {
+    let next: Option<Next> = diesel::sql_query(NEXT_RUN).get_result(conn).optional()?;
+    let Some(Next { id }) = next else {
         return Ok(None);
     };
     let run: Run = diesel::update(runs::table.find(id))
@@ -259,6 +294,7 @@ pub fn schedule_cron(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     time_limit_secs: i32,
+    max_active: i64,
     schedule_of: &dyn Fn(&capsule::schedule::ProcessType) -> Option<capsule::schedule::Schedule>,
 ) -> QueryResult<Vec<Run>> {
     conn.transaction(|conn| {
@@ -269,6 +305,8 @@ pub fn schedule_cron(
         }
         let live: Vec<Deployment> = deployments::table
             .filter(deployments::state.eq(State::Live.as_str()))
+            .filter(deployments::artifact_digest.is_not_null())
+            .order(deployments::created_at.desc())
             .filter(diesel::dsl::sql::<Bool>(
                 "jsonb_array_length(COALESCE(snapshot->'process_types', '[]'::jsonb)) > 0",
             ))
@@ -296,6 +334,10 @@ pub fn schedule_cron(
                     .select(cron_slots::last_due)
                     .first(conn)
                     .optional()?;
+                // First seen: from its next due time on.
+                if last.is_some_and(|last| due <= last) {
+                    continue;
+                }
                 diesel::insert_into(cron_slots::table)
                     .values((
                         cron_slots::project_id.eq(key.0),
@@ -307,29 +349,32 @@ pub fn schedule_cron(
                     .do_update()
                     .set(cron_slots::last_due.eq(due))
                     .execute(conn)?;
-                // First seen: from its next due time on.
-                if last.is_none_or(|last| due <= last) {
+                if last.is_none() {
                     continue;
                 }
-                let running: Option<Uuid> = runs::table
+                let running: Option<(Uuid, Option<DateTime<Utc>>)> = runs::table
                     .filter(runs::project_id.eq(key.0))
                     .filter(runs::environment.eq(key.1))
                     .filter(runs::name.eq(key.2))
                     .filter(runs::kind.eq("cron"))
                     .filter(runs::state.eq_any([QUEUED, RUNNING]))
-                    .select(runs::id)
+                    .select((runs::id, runs::scheduled_for))
                     .first(conn)
                     .optional()?;
-                if let Some(running) = running {
-                    let line = format!(
-                        "cron {}: the run due at {} is skipped: run {running} has not ended",
-                        entry.name,
-                        due.to_rfc3339()
-                    );
-                    append(conn, deployment.id, &[("system", line)], None)?;
+                if let Some((running, since)) = running {
+                    // Said once per run that outlasts its period, not at
+                    // every due time it covers.
+                    if since == last {
+                        let line = format!(
+                            "cron {}: the run due at {} is skipped, and the next ones until run {running} ends",
+                            entry.name,
+                            due.to_rfc3339()
+                        );
+                        append(conn, deployment.id, &[("system", line)], None)?;
+                    }
                     continue;
                 }
-                queued.push(create(
+                let run = create(
                     conn,
                     &NewRun {
                         id: Uuid::new_v4(),
@@ -343,7 +388,20 @@ pub fn schedule_cron(
                         creator_id: None,
                         scheduled_for: Some(due),
                     },
-                )?);
+                    max_active,
+                )?;
+                match run {
+                    Some(run) => queued.push(run),
+                    None => {
+                        let line = format!(
+                            "cron {}: the run due at {} is skipped: the project has {max_active} runs queued or \
+                             running (DEPLOY_MAX_RUNS_PER_PROJECT)",
+                            entry.name,
+                            due.to_rfc3339()
+                        );
+                        append(conn, deployment.id, &[("system", line)], None)?;
+                    }
+                }
             }
         }
         Ok(queued)

@@ -57,7 +57,7 @@ pub(super) async fn watch_routes(
                     () = hub.stopped() => return,
                     () = &mut expiry => break,
                     event = events.recv() => match event {
-                        Ok(Event::Log(_)) => continue,
+                        Ok(Event::Log(_) | Event::Run(_)) => continue,
                         Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => return,
                     },

@@ -60,7 +60,7 @@ pub(super) async fn claim_deployment(
             .run(move |conn| db::replicas::forget_runner(conn, &restarted))
             .await?;
     }
-    let claimed = claim_within(api, &runner, lease, wait).await?;
+    let claimed = claim_within(api, &runner, lease, wait, !body.no_runs).await?;
     let Some(db::Claimed {
         deployment,
         sandbox_slot,
@@ -164,6 +164,7 @@ async fn claim_within(
     runner: &str,
     lease: chrono::Duration,
     wait: Duration,
+    runs: bool,
 ) -> Result<Option<db::Claimed>, Status> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut events = api.inner.hub.subscribe();
@@ -172,7 +173,7 @@ async fn claim_within(
         let claimed = api
             .inner
             .db
-            .run(move |conn| db::claim(conn, &claimer, lease, per_project))
+            .run(move |conn| db::claim(conn, &claimer, lease, per_project, runs))
             .await?;
         if claimed.is_some() || tokio::time::Instant::now() >= deadline {
             return Ok(claimed);
@@ -184,7 +185,7 @@ async fn claim_within(
                 () = api.inner.hub.stopped() => return Ok(None),
                 () = &mut retry => break,
                 event = events.recv() => match event {
-                    Ok(Event::State(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
+                    Ok(Event::State(_) | Event::Run(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
                     Ok(Event::Log(_)) => {}
                     Err(RecvError::Closed) => return Ok(None),
                 },

@@ -78,6 +78,7 @@ pub(super) async fn run_command(
     let command = body.command;
     let creator = caller.user_id;
     let new_id = Uuid::new_v4();
+    let most = api.inner.max_runs_per_project;
     let run = api
         .db()
         .run(move |conn| {
@@ -95,9 +96,15 @@ pub(super) async fn run_command(
                     creator_id: Some(creator),
                     scheduled_for: None,
                 },
+                most,
             )
         })
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "the project has {most} runs queued or running (DEPLOY_MAX_RUNS_PER_PROJECT): wait for one to end"
+            ))
+        })?;
     tracing::info!(run.id = %run.id, project.id = %project_id, user.id = %caller.user_id, "run queued");
     api.audit(
         AuditEvent::new(&actor, "run.create", format!("runs/{}", run.id))
@@ -123,15 +130,16 @@ fn follow(api: DeployServiceApi, run: db::runs::Run, mut events: tokio::sync::br
         if !send(pb::run_command_response::Event::Run(run_proto(&run))).await {
             return;
         }
-        let mut last = 0;
         let mut look = tokio::time::interval(LOOK_EVERY);
+        // From the run's first line on: none before it is its own.
+        let mut last: Option<i64> = None;
         loop {
             // Every line of the run after `last`, then whether it ended.
             loop {
                 let (wanted, after) = (process.clone(), last);
                 let rows = match api
                     .db()
-                    .run(move |conn| db::logs_after(conn, deployment_id, after, STREAM_PAGE))
+                    .run(move |conn| db::process_logs_after(conn, deployment_id, &wanted, after, STREAM_PAGE))
                     .await
                 {
                     Ok(rows) => rows,
@@ -142,8 +150,8 @@ fn follow(api: DeployServiceApi, run: db::runs::Run, mut events: tokio::sync::br
                 };
                 let full = rows.len() == usize::try_from(STREAM_PAGE).unwrap_or(usize::MAX);
                 for row in rows {
-                    last = row.sequence;
-                    if row.process == wanted && !send(pb::run_command_response::Event::Line(line_proto(row))).await {
+                    last = Some(row.sequence);
+                    if !send(pb::run_command_response::Event::Line(line_proto(row))).await {
                         return;
                     }
                 }
@@ -172,7 +180,7 @@ fn follow(api: DeployServiceApi, run: db::runs::Run, mut events: tokio::sync::br
                     _ = look.tick() => break,
                     event = events.recv() => match event {
                         Ok(Event::Log(of)) if of == deployment_id => break,
-                        Ok(Event::State(of)) if of == id => break,
+                        Ok(Event::Run(of)) if of == id => break,
                         Ok(Event::Resync) | Err(RecvError::Lagged(_)) => break,
                         Err(RecvError::Closed) => return,
                         Ok(_) => {}
