@@ -4,11 +4,12 @@ runs signed in throughout instead of meeting only 401 after such a case.
 
 It calls from 127.0.0.2: the fuzzer's own failed sign-ins from 127.0.0.1
 rightly lock that address out of signing in. Generated project settings
-are also brought within what no schema can say of process types (below)."""
+keep only the process names the document cannot state (below)."""
 
 import http.client
 import json
 import os
+import re
 from urllib.parse import urlsplit
 
 import schemathesis
@@ -51,28 +52,24 @@ class SignedIn:
         case.headers["Authorization"] = f"Bearer {data}"
 
 
-# What JSON Schema cannot say of a project's process types — each name
-# once, not web or release, a schedule that croner reads, a time zone only
-# with a schedule — is checked by the project service (tests/processes.rs
-# drives those refusals); generated settings are brought within it, so
-# the fuzzing judges the rest of the request.
+# What Open API 3.0 cannot say of a project's process types: the names
+# (the map's keys) a process may have. The document states it in words and
+# as `x-key-pattern`; generated settings keep only keys that match it, so
+# the fuzzing judges the rest of the request (the coverage phase, which
+# runs no hooks, is left out for this operation in scripts/api-fuzz.toml;
+# tests/processes.rs drives the refusals of bad names).
+PROCESS_NAME = re.compile(
+    r"^(?:[a-qs-vx-z][a-z0-9-]{0,29}|w(?:|[a-df-z0-9-][a-z0-9-]{0,28}|e(?:|[ac-z0-9-][a-z0-9-]{0,27}"
+    r"|b[a-z0-9-]{1,27}))|r(?:|[a-df-z0-9-][a-z0-9-]{0,28}|e(?:|[a-km-z0-9-][a-z0-9-]{0,27}"
+    r"|l(?:|[a-df-z0-9-][a-z0-9-]{0,26}|e(?:|[b-z0-9-][a-z0-9-]{0,25}|a(?:|[a-rt-z0-9-][a-z0-9-]{0,24}"
+    r"|s(?:|[a-df-z0-9-][a-z0-9-]{0,23}|e[a-z0-9-]{1,23})))))))$"
+)
+
+
 @schemathesis.hook
 def map_body(context, body):
-    if not isinstance(body, dict) or not isinstance(body.get("processTypes"), list):
-        return body
-    kept, names = [], set()
-    for process in body["processTypes"]:
-        if not isinstance(process, dict):
-            continue
-        name = process.get("name")
-        if name in names or name in ("web", "release"):
-            continue
-        names.add(name)
-        if process.get("schedule"):
-            process["schedule"] = "0 3 * * *"
-            process["timeZone"] = "Europe/Paris" if process.get("timeZone") else ""
-        else:
-            process["timeZone"] = ""
-        kept.append(process)
-    body["processTypes"] = kept
+    if isinstance(body, dict) and isinstance(body.get("processTypes"), dict):
+        body["processTypes"] = {
+            name: process for name, process in body["processTypes"].items() if PROCESS_NAME.match(name)
+        }
     return body

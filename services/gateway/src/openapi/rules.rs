@@ -47,16 +47,15 @@ pub fn constrain(field: &FieldDescriptor, schema: &mut Value) {
         Some(Type::Map(map)) if field.is_map() => {
             set(schema, "minProperties", map.min_pairs.map(Value::from));
             set(schema, "maxProperties", map.max_pairs.map(Value::from));
-            // Open API 3.0 (JSON Schema draft 4) has no propertyNames: keys
-            // with a pattern are said as the one pattern properties may have.
+            // Open API 3.0 has neither propertyNames nor patternProperties:
+            // what a key must be is said in words (the field's hint) and,
+            // for tools that read it, as an extension.
             let keys = map.keys.as_deref().and_then(|keys| keys.r#type.as_ref());
             if let Some(Type::String(StringRules {
                 pattern: Some(pattern), ..
             })) = keys
             {
-                let value = schema["additionalProperties"].take();
-                schema["patternProperties"] = json!({ pattern.as_str(): value });
-                schema["additionalProperties"] = json!(false);
+                schema["x-key-pattern"] = json!(pattern);
             }
         }
         Some(Type::FieldMask(mask)) if !mask.r#in.is_empty() => {
