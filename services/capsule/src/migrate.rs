@@ -140,8 +140,18 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
             };
             backup(&config, set, dir, &label).await?;
         }
+        // What the command read, where it decides something.
+        let prefix = kind.env_prefix();
+        if args.action != Action::Info {
+            eprintln!(
+                "{kind}: {} ({prefix}_MIGRATE_ALLOW_FUTURE={})",
+                config.target(),
+                config.migrate_allow_future
+            );
+        }
         let request = Request {
             action: args.action,
+            future: future_of(&config),
             dry_run: args.dry_run,
             to: args.to.clone(),
             version: args.version.clone(),
@@ -190,6 +200,9 @@ fn action_name(action: Action) -> &'static str {
 /// What to do to one database.
 struct Request {
     action: Action,
+    /// `<SVC>_MIGRATE_ALLOW_FUTURE`: whether a database holding migrations
+    /// newer than this build is accepted.
+    future: migrate::Future,
     dry_run: bool,
     to: Option<String>,
     version: Option<String>,
@@ -206,7 +219,10 @@ fn act(
     set: &'static MigrationSet,
     request: &Request,
 ) -> Result<Outcome, migrate::MigrateError> {
-    let options = MigrateOptions::default();
+    let options = MigrateOptions {
+        future: request.future,
+        ..MigrateOptions::default()
+    };
     let to = request.to.as_deref();
     let version = request.version.as_deref().unwrap_or_default();
     Ok(match request.action {
@@ -216,7 +232,7 @@ fn act(
             let mut said = "valid: the database's history matches this build".to_owned();
             if !ahead.is_empty() {
                 said.push_str(&format!(
-                    " (it also holds {}, newer than this build: served while {}_MIGRATE_ALLOW_FUTURE is true)",
+                    " (it also holds {}, newer than this build: accepted because {}_MIGRATE_ALLOW_FUTURE is true)",
                     ahead.join(", "),
                     set.service.env_prefix()
                 ));
@@ -352,8 +368,11 @@ pub async fn apply(config: &DbConfig) -> anyhow::Result<()> {
         )
     })?;
     let set = migration_set(kind);
-    let applied =
-        tokio::task::spawn_blocking(move || migrate::migrate(&mut conn, set, &MigrateOptions::default())).await??;
+    let options = MigrateOptions {
+        future: future_of(config),
+        ..MigrateOptions::default()
+    };
+    let applied = tokio::task::spawn_blocking(move || migrate::migrate(&mut conn, set, &options)).await??;
     for migration in applied {
         println!(
             "{kind}: applied {} {} ({} ms)",
@@ -361,6 +380,15 @@ pub async fn apply(config: &DbConfig) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether a database holding migrations newer than this build is
+/// accepted, as `<SVC>_MIGRATE_ALLOW_FUTURE` says.
+fn future_of(config: &DbConfig) -> migrate::Future {
+    match config.migrate_allow_future {
+        true => migrate::Future::Allow,
+        false => migrate::Future::Refuse,
+    }
 }
 
 /// A table a person reads at a glance.

@@ -182,6 +182,44 @@ async fn validate_fails_with_the_version_and_both_checksums() {
     assert!(!apply.status.success(), "migrate refuses too: {}", text(&apply));
 }
 
+/// A database that a newer release migrated (V999 here): accepted while
+/// `<SVC>_MIGRATE_ALLOW_FUTURE` is true (the default), refused by validate
+/// and migrate alike when it is false; each command says what it read.
+#[tokio::test]
+async fn validate_and_migrate_honour_migrate_allow_future() {
+    let dbs = empty_databases().await;
+    assert!(run(&dbs, &["migrate", "auth"]).status.success());
+    dbs.auth
+        .connect()
+        .batch_execute(
+            "INSERT INTO capsule_schema_history (version, description, kind, checksum) \
+             VALUES ('V999', 'from a newer release', 'migration', 'feedface')",
+        )
+        .unwrap();
+    let lenient = run(&dbs, &["migrate", "auth", "validate"]);
+    let said = text(&lenient);
+    assert!(lenient.status.success(), "{said}");
+    assert!(
+        said.contains("AUTH_MIGRATE_ALLOW_FUTURE=true")
+            && said.contains("accepted because AUTH_MIGRATE_ALLOW_FUTURE is true"),
+        "{said}"
+    );
+    for args in [&["migrate", "auth", "validate"][..], &["migrate", "auth"][..]] {
+        let strict = capsule(&dbs, args)
+            .env("AUTH_MIGRATE_ALLOW_FUTURE", "false")
+            .output()
+            .unwrap();
+        let said = text(&strict);
+        assert!(!strict.status.success(), "{args:?} refuses: {said}");
+        assert!(
+            said.contains("AUTH_MIGRATE_ALLOW_FUTURE=false")
+                && said.contains("V999")
+                && said.contains("AUTH_MIGRATE_ALLOW_FUTURE is false"),
+            "{args:?}: {said}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_dry_run_prints_what_would_change_and_leaves_no_trace() {
     let dbs = empty_databases().await;
