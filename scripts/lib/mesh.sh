@@ -13,7 +13,7 @@ start_mesh() {
         local admin
         admin=$("${CARGO_TARGET_DIR:-target}/debug/capsule" postgres up)
         for kind in auth project deploy; do
-            psql "$admin" -qc "DROP DATABASE IF EXISTS \"usecapsule_${name}_${kind}\" WITH (FORCE)"
+            PGOPTIONS="-c client_min_messages=warning" psql "$admin" -qc "DROP DATABASE IF EXISTS \"usecapsule_${name}_${kind}\" WITH (FORCE)"
         done
     fi
     export GATEWAY_HTTP_ADDR=127.0.0.1:${base}80 GATEWAY_GRPC_ADDR=127.0.0.1:${base}50
