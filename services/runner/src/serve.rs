@@ -280,6 +280,11 @@ async fn exchange(mut stream: impl AsyncRead + AsyncWrite + Unpin, path: &str, f
 /// own pid given): the app and all it started, not the sandbox's init,
 /// whose exit would kill them at once.
 pub fn signal_sandbox(bwrap: i32, signal: Signal) {
+    // No process (a pid never known is 0): the children of 0 are the
+    // host's init and kthreadd, and their namespace is the host's.
+    if bwrap <= 0 {
+        return;
+    }
     let Some(init) = children_of(bwrap).into_iter().next() else {
         return;
     };
