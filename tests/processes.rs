@@ -65,6 +65,21 @@ async fn lines_until(
     }
 }
 
+/// The project's runs, newest first.
+async fn runs_of(mesh: &TestMesh, token: &str, project_id: &str) -> Vec<pb::Run> {
+    let request = pb::ListRunsRequest {
+        project_id: project_id.to_owned(),
+        page_size: 100,
+    };
+    mesh.deploys()
+        .await
+        .list_runs(authed(request, token))
+        .await
+        .expect("ListRuns answers the project's owner")
+        .into_inner()
+        .runs
+}
+
 fn of<'a>(lines: &'a [pb::LogLine], process: &str) -> Vec<&'a str> {
     lines
         .iter()
@@ -306,20 +321,7 @@ async fn a_one_off_command_streams_its_output_and_exit_code() {
     let denied = run_command(&mesh, &mallory, &id, "id", 0).await.unwrap_err();
     assert_eq!(denied.code(), tonic::Code::NotFound, "{denied:?}");
 
-    let listed = mesh
-        .deploys()
-        .await
-        .list_runs(authed(
-            pb::ListRunsRequest {
-                project_id: id.clone(),
-                page_size: 0,
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .runs;
+    let listed = runs_of(&mesh, &ada, &id).await;
     assert_eq!(listed.len(), 3);
     assert_eq!(listed[2].exit_code, Some(7), "newest first");
     assert_eq!(listed[1].command, "echo over sse");
@@ -389,20 +391,7 @@ async fn cron_entries_run_on_schedule_and_never_overlap() {
     let live = deploy_live(&mesh, &ada, &id).await;
     let started = Instant::now();
     let runs = loop {
-        let runs = mesh
-            .deploys()
-            .await
-            .list_runs(authed(
-                pb::ListRunsRequest {
-                    project_id: id.clone(),
-                    page_size: 100,
-                },
-                &ada,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .runs;
+        let runs = runs_of(&mesh, &ada, &id).await;
         let ended = |name: &str| {
             runs.iter()
                 .filter(|run| run.name == name && run.state() == pb::RunState::Succeeded)
@@ -523,20 +512,7 @@ async fn an_idle_app_is_stopped_and_the_next_request_starts_it_again() {
         1,
         "the worker kept running"
     );
-    let deployments = mesh
-        .deploys()
-        .await
-        .list_deployments(authed(
-            pb::ListDeploymentsRequest {
-                project_id: id.clone(),
-                ..Default::default()
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .deployments;
+    let deployments = common::deploy::deployments(&mesh, &ada, &id).await;
     assert_eq!(deployments.len(), 1, "no deployment made");
     assert_eq!(deployments[0].state(), pb::DeploymentState::Live);
     mesh.stop().await;

@@ -490,20 +490,7 @@ async fn a_live_app_serves_again_after_the_mesh_restarts_without_a_new_deploymen
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deployments = mesh
-        .deploys()
-        .await
-        .list_deployments(authed(
-            capsule::proto::deploy::v1::ListDeploymentsRequest {
-                project_id: id.clone(),
-                ..Default::default()
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .deployments;
+    let deployments = common::deploy::deployments(&mesh, &ada, &id).await;
     assert_eq!(deployments.len(), 1, "no deployment created");
     assert_eq!(deployments[0].state(), DeploymentState::Live);
     let output = text(&logs(&mesh, &ada, &live.id).await);
@@ -563,20 +550,7 @@ async fn a_release_that_crashes_soon_after_going_live_is_rolled_back_without_a_b
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deployments = mesh
-        .deploys()
-        .await
-        .list_deployments(authed(
-            capsule::proto::deploy::v1::ListDeploymentsRequest {
-                project_id: id.clone(),
-                ..Default::default()
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .deployments;
+    let deployments = common::deploy::deployments(&mesh, &ada, &id).await;
     let rollback = deployments
         .iter()
         .find(|deployment| deployment.rollback_of == first.id)

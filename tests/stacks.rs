@@ -105,20 +105,7 @@ async fn an_express_app_with_a_lockfile_is_detected_built_with_npm_ci_and_served
     assert_eq!(body, "hello from express 4.21.2", "{log}");
     // Each build kept its release: a rollback starts the first one as it
     // was built, with no build phase.
-    let deployments = mesh
-        .deploys()
-        .await
-        .list_deployments(authed(
-            capsule::proto::deploy::v1::ListDeploymentsRequest {
-                project_id: id.clone(),
-                ..Default::default()
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .deployments;
+    let deployments = common::deploy::deployments(&mesh, &ada, &id).await;
     let first = deployments.last().unwrap();
     assert!(first.artifact_digest.starts_with("sha256:"), "{first:?}");
     let back = rollback(&mesh, &ada, &first.id).await;

@@ -183,6 +183,23 @@ pub async fn create(
         .map(tonic::Response::into_inner)
 }
 
+/// The project's deployments, newest first.
+pub async fn deployments(mesh: &TestMesh, token: &str, project_id: &str) -> Vec<pb::Deployment> {
+    mesh.deploys()
+        .await
+        .list_deployments(authed(
+            pb::ListDeploymentsRequest {
+                project_id: project_id.to_owned(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .deployments
+}
+
 /// Rolls back to deployment `id`: the new deployment.
 pub async fn rollback(mesh: &TestMesh, token: &str, id: &str) -> pb::Deployment {
     mesh.deploys()

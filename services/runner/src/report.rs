@@ -115,19 +115,16 @@ impl Reporter {
     }
 
     pub(super) async fn state(&self, state: DeploymentState, message: String, exit_code: Option<i32>) {
-        if self.run.is_some() {
+        // A run's or a copy's end is its own, never the deployment's.
+        if self.run.is_some() || self.replica {
             let failure = match message.is_empty() {
                 true => state.as_str_name().to_owned(),
                 false => message,
             };
-            return self.run_ended(None, failure).await;
-        }
-        if self.replica {
-            let failure = match message.is_empty() {
-                true => state.as_str_name().to_owned(),
-                false => message,
+            return match self.run.is_some() {
+                true => self.run_ended(None, failure).await,
+                false => self.replica(String::new(), failure).await,
             };
-            return self.replica(String::new(), failure).await;
         }
         self.send(ReportStatusRequest {
             state: state as i32,

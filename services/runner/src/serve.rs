@@ -18,7 +18,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -58,8 +58,10 @@ pub struct Forwarder {
 /// What a forwarder knows of its traffic, and the gate that holds new
 /// connections while the app is stopped for idleness (scale to zero).
 pub struct Gate {
-    /// When the last connection opened or closed.
-    last: std::sync::Mutex<Instant>,
+    /// When the gate was made, and the milliseconds after it when the
+    /// last connection opened or closed (no lock on a connection's path).
+    since: Instant,
+    last: AtomicU64,
     /// Connections open now.
     open: AtomicUsize,
     /// Whether the app runs; while not, connections wait for it.
@@ -72,9 +74,8 @@ pub struct Gate {
 
 impl Gate {
     fn touch(&self) {
-        if let Ok(mut last) = self.last.lock() {
-            *last = Instant::now();
-        }
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Release);
     }
 
     /// How long no connection has been open (zero while one is).
@@ -82,7 +83,8 @@ impl Gate {
         if self.open.load(Ordering::Acquire) > 0 {
             return Duration::ZERO;
         }
-        self.last.lock().map(|last| last.elapsed()).unwrap_or_default()
+        let last = Duration::from_millis(self.last.load(Ordering::Acquire));
+        self.since.elapsed().saturating_sub(last)
     }
 
     /// Whether a connection is open (or held) now.
@@ -129,7 +131,8 @@ impl Forwarder {
         let listener = TcpListener::bind((host, 0)).await?;
         let addr = listener.local_addr()?;
         let gate = Arc::new(Gate {
-            last: std::sync::Mutex::new(Instant::now()),
+            since: Instant::now(),
+            last: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             awake: watch::Sender::new(true),
             wake: Notify::new(),

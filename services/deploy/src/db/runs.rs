@@ -65,16 +65,12 @@ pub struct Run {
 impl Run {
     /// The process its lines are marked with.
     pub fn process(&self) -> String {
-        process_of(self.id)
+        format!("run.{}", self.id)
     }
 
     pub fn ended(&self) -> bool {
         matches!(self.state.as_str(), SUCCEEDED | FAILED)
     }
-}
-
-pub fn process_of(id: Uuid) -> String {
-    format!("run.{id}")
 }
 
 #[derive(Insertable)]

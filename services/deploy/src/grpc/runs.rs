@@ -73,6 +73,9 @@ pub(super) async fn run_command(
                 "nothing is live in environment {environment:?} with a kept release: deploy it first"
             ))
         })?;
+    // A run's stream is a follow stream like a log's: one of the caller's
+    // slots, taken before anything is queued, free again when it ends.
+    let slot = api.inner.streams.take(caller.user_id)?;
     // Notifications from before the run's first line are not needed.
     let events = api.inner.hub.subscribe();
     let command = body.command;
@@ -115,13 +118,19 @@ pub(super) async fn run_command(
             .detail("command", &run.command),
     )
     .await;
-    Ok(Response::new(follow(api.clone(), run, events)))
+    Ok(Response::new(follow(api.clone(), run, events, slot)))
 }
 
 /// The run as it is, its lines as they come, and the run as it ended.
-fn follow(api: DeployServiceApi, run: db::runs::Run, mut events: tokio::sync::broadcast::Receiver<Event>) -> RunStream {
+fn follow(
+    api: DeployServiceApi,
+    run: db::runs::Run,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+    slot: capsule::rpc::StreamSlot,
+) -> RunStream {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
+        let _slot = slot;
         let (id, deployment_id, process) = (run.id, run.deployment_id, run.process());
         let send = |event| {
             let tx = tx.clone();
