@@ -52,6 +52,19 @@ impl ServerTls {
     }
 }
 
+/// A rustls config whose certificate `resolver` picks per connection (by
+/// SNI): HTTP/2, HTTP/1.1, and `acme-tls/1` for ACME's TLS-ALPN-01
+/// validation (a resolver answers it with its challenge certificate).
+pub fn resolved(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls' default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
+    Arc::new(config)
+}
+
 /// A channel endpoint for another service: TLS when the URL is `https://`
 /// (verified against `CAPSULE_TLS_CA_FILE`, presenting this process's
 /// certificate when it has one, for servers that require it).

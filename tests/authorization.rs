@@ -188,6 +188,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("deploy.v1.DeployService/GetLogs", [true, true, true, true]),
     ("deploy.v1.DeployService/GetEgressRecord", [true, true, true, true]),
     ("deploy.v1.DeployService/ListRuns", [true, true, true, true]),
+    ("deploy.v1.DeployService/ListDomains", [true, true, true, true]),
     ("deploy.v1.DeployService/StreamLogs", [true, true, true, true]),
     ("project.v1.ProjectService/CreateProject", [false, true, true, true]),
     ("project.v1.ProjectService/UpdateProject", [false, true, true, true]),
@@ -209,6 +210,8 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ("deploy.v1.DeployService/RollbackDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/ClearBuildCache", [false, true, true, true]),
     ("deploy.v1.DeployService/RunCommand", [false, true, true, true]),
+    ("deploy.v1.DeployService/AddDomain", [false, true, true, true]),
+    ("deploy.v1.DeployService/RemoveDomain", [false, true, true, true]),
     (
         "project.v1.ProjectService/RotateWebhookSecret",
         [false, false, true, true],

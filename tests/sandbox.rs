@@ -628,9 +628,10 @@ fn digest(value: &str) -> String {
 
 /// The invariant of ARCHITECTURE.md: in the deploy service and the runner,
 /// only the sandbox builds a process command (and the source module, for
-/// git on the operator's repositories, and the disk module, for mounting
-/// the runner's own images), so every user command goes through the
-/// sandbox.
+/// git on the operator's repositories, the disk module, for mounting the
+/// runner's own images, and the operator's DNS-01 hook, given only a
+/// record name of letters, digits, dots, hyphens and underscores and a
+/// base64url value), so every user command goes through the sandbox.
 #[test]
 fn only_the_sandbox_spawns_processes_in_the_deploy_service_and_the_runner() {
     let services = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("services");
@@ -645,6 +646,7 @@ fn only_the_sandbox_spawns_processes_in_the_deploy_service_and_the_runner() {
                 && !path.ends_with("runner/src/sandbox.rs")
                 && !path.ends_with("runner/src/source.rs")
                 && !path.ends_with("runner/src/disk.rs")
+                && !path.ends_with("deploy/src/acme/hook.rs")
             {
                 let source = std::fs::read_to_string(&path).unwrap();
                 if source.contains("Command::new") || source.contains("process::Command") {

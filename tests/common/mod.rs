@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
+pub mod acme;
 pub mod deploy;
 pub mod git;
 pub mod org;
@@ -39,6 +40,8 @@ pub struct TestMesh {
     pub databases: Vec<TestDatabase>,
     /// The deploy service's settings, to start it again.
     deploy_config: capsule_deploy::DeployConfig,
+    /// Extra settings (`Options::settings`), for the gateway.
+    settings: Vec<(&'static str, String)>,
     batching: bool,
     /// Listeners bound at the start, until their service takes them.
     bound: Vec<tokio::net::TcpListener>,
@@ -54,6 +57,10 @@ pub struct Options {
     /// Every call runs its own statements (`*_DB_BATCHING=false`): a
     /// batched statement belongs to the call that led the batch.
     pub unbatched: bool,
+    /// Extra settings of the deploy service and the gateway, made at run
+    /// time (addresses, files). Without `DEPLOY_ACME_DIRECTORY`, no
+    /// certificate is ordered: no test reaches a real CA.
+    pub settings: Vec<(&'static str, String)>,
 }
 
 /// The keys the test mesh seals tenants' secrets with.
@@ -98,11 +105,13 @@ pub async fn start_with(options: Options) -> TestMesh {
         deploy_settings.push(("DEPLOY_LOCAL_RUNNER", "true"));
         deploy_settings.push(("DEPLOY_RUNNER_HEARTBEAT_MS", "100"));
     }
-    let deploy_config = capsule_deploy::DeployConfig::from_source(&move |name: &str| {
-        deploy_settings
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
+    let mut settings = options.settings.clone();
+    settings.extend(deploy_settings.iter().map(|(name, value)| (*name, (*value).to_owned())));
+    if !settings.iter().any(|(name, _)| *name == "DEPLOY_ACME_DIRECTORY") {
+        settings.push(("DEPLOY_ACME_DIRECTORY", "off".to_owned()));
+    }
+    let deploy_config = capsule_deploy::DeployConfig::from_source(&|name: &str| {
+        settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
     })
     .unwrap();
     let mut test_mesh = TestMesh {
@@ -114,6 +123,7 @@ pub async fn start_with(options: Options) -> TestMesh {
         tasks: Vec::new(),
         databases: Vec::new(),
         deploy_config,
+        settings,
         batching: !options.unbatched,
         bound: Vec::new(),
     };
@@ -207,12 +217,13 @@ impl TestMesh {
             http_addr: self.http,
             services: self.mesh.services.clone(),
         };
+        let settings = self.settings.clone();
         let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
             "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
             "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
             "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
             "GATEWAY_CORS_ORIGINS" => Some(BROWSER_ORIGIN.to_owned()),
-            _ => None,
+            _ => settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()),
         })
         .unwrap();
         tokio::spawn(capsule_gateway::serve(

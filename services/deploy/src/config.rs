@@ -48,6 +48,9 @@ pub struct DeployConfig {
     pub releases_dir: std::path::PathBuf,
     pub runner: Option<RunnerConfig>,
     pub webhooks: WebhookConfig,
+    /// Certificates for custom domains (`acme/config.rs` lists the
+    /// variables).
+    pub acme: crate::acme::AcmeConfig,
 }
 
 /// How webhooks are delivered.
@@ -121,6 +124,7 @@ impl DeployConfig {
             ),
             runner,
             webhooks: WebhookConfig::from_source(source)?,
+            acme: crate::acme::AcmeConfig::from_source(source)?,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Capsule's deploy service: deployments with a lifecycle, runners that
 //! execute them, logs that stream.
 
+mod acme;
 mod autorollback;
 pub mod config;
 mod convert;
@@ -36,6 +37,7 @@ use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use acme::AcmeConfig;
 pub use config::{DeployConfig, RunnerConfig};
 pub use db::explain_reads;
 pub use state::DeployServiceApi;
@@ -71,7 +73,7 @@ pub async fn serve(
     let keys: Arc<KeySet> = mesh.key_set()?;
     capsule::db::refuse_unknown_keys(
         db.clone(),
-        webhooks::key_ids,
+        sealed_key_ids,
         mesh.secrets.encryption.clone(),
         shutdown.clone(),
     );
@@ -110,6 +112,7 @@ pub async fn serve(
     let auth = AuthServiceClient::new(capsule::tls::channel(&mesh.services.auth)?);
     tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));
     tokio::spawn(cron::run(api.clone(), shutdown.clone()));
+    tokio::spawn(api.inner.acme.clone().run(hub.clone(), shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {
@@ -231,11 +234,23 @@ fn prune_releases(dir: &std::path::Path, kept: &std::collections::HashSet<String
     }
 }
 
-/// Seals every webhook's signing secret under the first key of
-/// `CAPSULE_ENCRYPTION_KEYS` (`capsule secrets reencrypt`). How many.
+/// The ids of the keys that sealed what this database stores (webhooks'
+/// secrets, certificates' keys, ACME accounts).
+fn sealed_key_ids(conn: &mut diesel::PgConnection) -> diesel::QueryResult<Vec<String>> {
+    let mut ids = webhooks::key_ids(conn)?;
+    ids.extend(acme::key_ids(conn)?);
+    Ok(ids)
+}
+
+/// Seals every webhook's signing secret, certificate key and ACME
+/// account under the first key of `CAPSULE_ENCRYPTION_KEYS` (`capsule
+/// secrets reencrypt`). How many.
 pub async fn reencrypt(db_config: DbConfig, keys: Arc<capsule::crypto::Keyring>) -> anyhow::Result<usize> {
     let db = Database::new(db_config)?;
-    db.run(move |conn| Ok(webhooks::reencrypt(conn, &keys))).await?
+    db.run(move |conn| {
+        Ok(webhooks::reencrypt(conn, &keys).and_then(|webhooks| Ok(webhooks + acme::reencrypt(conn, &keys)?)))
+    })
+    .await?
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub enum Event {
     State(Uuid),
     /// This run was queued or changed state.
     Run(Uuid),
+    /// This domain, its certificate or its open challenges changed.
+    Domain(Uuid),
     /// The listener (re)connected: notifications may have been missed, so
     /// everyone should look again.
     Resync,
@@ -90,7 +92,7 @@ async fn listen(url: &SecretString, events: &broadcast::Sender<Event>) -> anyhow
         Ok(())
     });
     client
-        .batch_execute("LISTEN deployment_logs; LISTEN deployment_states; LISTEN runs")
+        .batch_execute("LISTEN deployment_logs; LISTEN deployment_states; LISTEN runs; LISTEN domains")
         .await?;
     let _ = events.send(Event::Resync);
     while let Some(message) = messages.recv().await {
@@ -102,6 +104,7 @@ async fn listen(url: &SecretString, events: &broadcast::Sender<Event>) -> anyhow
             let event = match notification.channel() {
                 "deployment_logs" => Event::Log(id),
                 "runs" => Event::Run(id),
+                "domains" => Event::Domain(id),
                 _ => Event::State(id),
             };
             let _ = events.send(event);

@@ -61,6 +61,20 @@ pub async fn run(
                 stop(&api, project_id, reason).await;
             }
         }
+        // A deleted project's domains are free for others to claim.
+        let Ok(holders) = api.db().run(db::domains::holders).await else {
+            continue;
+        };
+        for project_id in holders {
+            if project_gone(&api, project_id).await
+                && let Ok(removed) = api
+                    .db()
+                    .run(move |conn| db::domains::remove_all(conn, project_id))
+                    .await
+            {
+                tracing::info!(project.id = %project_id, removed, "a deleted project's domains were removed");
+            }
+        }
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) source: SourceConfig,
     /// Where webhooks may be subscribed to.
     pub(crate) webhook_guard: capsule::guard::Guard,
+    /// Certificates for custom domains.
+    pub(crate) acme: Arc<crate::acme::Acme>,
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
@@ -101,6 +103,7 @@ impl DeployServiceApi {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
+                acme: crate::acme::Acme::new(config.acme.clone(), db.clone(), encryption.clone()),
                 db,
                 hub,
                 projects,

@@ -182,8 +182,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    domains (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        environment -> Varchar,
+        name -> Varchar,
+        challenge -> Varchar,
+        status -> Varchar,
+        status_message -> Varchar,
+        redirect_https -> Bool,
+        hsts_max_age_secs -> Int4,
+        certificate_pem -> Nullable<Text>,
+        key_sealed -> Nullable<Text>,
+        key_id -> Nullable<Varchar>,
+        not_after -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        order_lease_until -> Nullable<Timestamptz>,
+        creator_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    acme_challenges (token) {
+        token -> Varchar,
+        domain_id -> Uuid,
+        name -> Varchar,
+        kind -> Varchar,
+        key_authorization -> Varchar,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    acme_accounts (directory) {
+        directory -> Varchar,
+        credentials_sealed -> Text,
+        key_id -> Varchar,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
 diesel::joinable!(runs -> deployments (deployment_id));
+diesel::joinable!(acme_challenges -> domains (domain_id));
 diesel::joinable!(replicas -> deployments (deployment_id));
 diesel::joinable!(deployment_egress -> deployments (deployment_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
@@ -196,6 +241,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     replicas,
     runs,
     cron_slots,
+    domains,
+    acme_challenges,
+    acme_accounts,
     source_watches,
     push_deliveries,
     webhooks,

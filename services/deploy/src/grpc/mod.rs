@@ -6,6 +6,7 @@
 //! (`crate::convert`).
 
 mod deployments;
+mod domains;
 mod egress;
 mod logs;
 mod push;
@@ -27,6 +28,24 @@ impl DeployService for DeployServiceApi {
     type WatchRoutesStream = RouteStream;
     type DownloadReleaseStream = crate::state::ReleaseStream;
     type RunCommandStream = runs::RunStream;
+
+    async fn add_domain(&self, request: Request<pb::AddDomainRequest>) -> Result<Response<pb::Domain>, Status> {
+        domains::add_domain(self, request).await
+    }
+
+    async fn list_domains(
+        &self,
+        request: Request<pb::ListDomainsRequest>,
+    ) -> Result<Response<pb::ListDomainsResponse>, Status> {
+        domains::list_domains(self, request).await
+    }
+
+    async fn remove_domain(
+        &self,
+        request: Request<pb::RemoveDomainRequest>,
+    ) -> Result<Response<pb::RemoveDomainResponse>, Status> {
+        domains::remove_domain(self, request).await
+    }
 
     async fn run_command(&self, request: Request<pb::RunCommandRequest>) -> Result<Response<runs::RunStream>, Status> {
         runs::run_command(self, request).await

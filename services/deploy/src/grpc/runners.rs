@@ -186,7 +186,7 @@ async fn claim_within(
                 () = &mut retry => break,
                 event = events.recv() => match event {
                     Ok(Event::State(_) | Event::Run(_) | Event::Resync) | Err(RecvError::Lagged(_)) => break,
-                    Ok(Event::Log(_)) => {}
+                    Ok(Event::Log(_) | Event::Domain(_)) => {}
                     Err(RecvError::Closed) => return Ok(None),
                 },
             }

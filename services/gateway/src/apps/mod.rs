@@ -11,8 +11,10 @@
 //! takes too long.
 
 mod client;
+pub mod domains;
 pub mod proxy;
 pub mod routes;
+pub mod sni;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -25,11 +27,15 @@ use capsule::config::{ConfigError, Source, positive};
 /// | `GATEWAY_APPS_DOMAIN` | `localhost`: apps answer at `<label>.localhost` (browsers resolve it with no DNS setup) |
 /// | `GATEWAY_APPS_TIMEOUT_SECS` | `60`: an app that sends no response head within this is 504 |
 /// | `CAPSULE_INTERNAL_SECRET` | the service credential the route table is read with; unset, no app is served |
+/// | `GATEWAY_APPS_HTTPS_ADDR` | unset: where apps are served over TLS, each custom domain with its own certificate (by SNI), anything else with the gateway's (`CAPSULE_TLS_*`); TLS-ALPN-01 challenges are answered here, so it is port 443 in production |
+/// | `GATEWAY_APPS_HTTPS_PORT` | the port of `GATEWAY_APPS_HTTPS_ADDR`: the port clients reach it at, where plain HTTP requests for custom domains are redirected |
 #[derive(Debug, Clone)]
 pub struct AppsConfig {
     pub domain: String,
     pub timeout: Duration,
     pub internal_secret: Option<String>,
+    pub https_addr: Option<SocketAddr>,
+    pub https_port: Option<u16>,
 }
 
 impl AppsConfig {
@@ -51,10 +57,26 @@ impl AppsConfig {
                 reason: "expected a domain such as apps.example.com".to_owned(),
             });
         }
+        let https_addr: Option<SocketAddr> = match source.get("GATEWAY_APPS_HTTPS_ADDR") {
+            None => None,
+            Some(raw) => Some(raw.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    "GATEWAY_APPS_HTTPS_ADDR",
+                    &raw,
+                    "expected an address such as 0.0.0.0:443",
+                )
+            })?),
+        };
+        let https_port = match source.get("GATEWAY_APPS_HTTPS_PORT") {
+            None => https_addr.map(|addr| addr.port()),
+            Some(_) => Some(positive(source, "GATEWAY_APPS_HTTPS_PORT", 443u16)?),
+        };
         Ok(Self {
             domain,
             timeout: Duration::from_secs(positive(source, "GATEWAY_APPS_TIMEOUT_SECS", 60)?),
             internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
+            https_addr,
+            https_port,
         })
     }
 }
@@ -151,6 +173,8 @@ pub struct Apps {
     /// https.
     pub https: bool,
     pub table: Table,
+    /// Custom domains and open challenges, swapped whole.
+    domains: std::sync::RwLock<Arc<domains::Domains>>,
     client: client::Client,
 }
 
@@ -161,8 +185,20 @@ impl Apps {
             trusted_proxies,
             https,
             table: Table::default(),
+            domains: std::sync::RwLock::default(),
             client: client::client(),
         })
+    }
+
+    /// Custom domains and open challenges as they are now.
+    pub fn domains(&self) -> Arc<domains::Domains> {
+        self.domains.read().map(|domains| domains.clone()).unwrap_or_default()
+    }
+
+    pub fn set_domains(&self, domains: domains::Domains) {
+        if let Ok(mut held) = self.domains.write() {
+            *held = Arc::new(domains);
+        }
     }
 
     /// The app host a request's Host names: `<host>` of

@@ -67,12 +67,12 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
 /// (`GATEWAY_TRUSTED_PROXIES`) saw — the entries a client wrote itself
 /// are dropped —, the scheme the client used (the trusted proxy's word,
 /// else the gateway's own listener's), and the Host.
-fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: Option<HeaderValue>) {
+fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: Option<HeaderValue>, tls: bool) {
     let trusted = &apps.trusted_proxies;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     // The chain as the trusted proxies passed it, nearest last.
     let mut chain: Vec<IpAddr> = Vec::new();
-    let mut scheme = if apps.https { "https" } else { "http" };
+    let mut scheme = if tls { "https" } else { "http" };
     if is_trusted(&peer) {
         // What is left of an entry that is no address was written by
         // someone no proxy vouched for.
@@ -138,8 +138,80 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
     }
 }
 
-/// Forwards `request` to the app live at `host`.
-pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: Request<Body>) -> Response<Body> {
+/// Marks the requests that came over the apps' HTTPS port.
+#[derive(Debug, Clone, Copy)]
+pub struct ViaTls;
+
+/// A Host header's name: lowercase, without its port.
+pub fn name_of(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The answer to an ACME HTTP-01 validation of an open order, whatever
+/// the host: the key authorization of a token the gateway holds. Other
+/// paths, and tokens it does not hold, go on as usual.
+pub fn acme_answer(apps: &Apps, uri: &http::Uri) -> Option<Response<Body>> {
+    let token = uri.path().strip_prefix("/.well-known/acme-challenge/")?;
+    let answer = apps.domains().http01(token)?.to_owned();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(answer))
+        .ok()
+}
+
+/// A request for a custom domain: redirected to HTTPS when it came in
+/// plain and the domain asks for it, else sent to its app, with HSTS over
+/// TLS when the domain asks for it.
+pub async fn to_domain(
+    apps: &Apps,
+    served: &super::domains::Served,
+    host: &str,
+    client: SocketAddr,
+    request: Request<Body>,
+    tls: bool,
+) -> Response<Body> {
+    if !tls && served.redirect_https {
+        let port = match apps.config.https_port {
+            Some(443) | None => String::new(),
+            Some(port) => format!(":{port}"),
+        };
+        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = format!("https://{}{port}{path}", name_of(host));
+        return Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, location)
+            .body(Body::empty())
+            .unwrap_or_default();
+    }
+    if served.host.is_empty() {
+        return page(
+            StatusCode::BAD_GATEWAY,
+            "No app is live here",
+            "This domain's environment has no live deployment.",
+        );
+    }
+    let mut response = forward(apps, &served.host, client, request, tls).await;
+    if tls
+        && served.hsts_max_age > 0
+        && let Ok(value) = HeaderValue::from_str(&format!("max-age={}", served.hsts_max_age))
+    {
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, value);
+    }
+    response
+}
+
+/// Forwards `request` to the app live at `host`; `tls`: the client used
+/// HTTPS.
+pub async fn forward(
+    apps: &Apps,
+    host: &str,
+    client: SocketAddr,
+    mut request: Request<Body>,
+    tls: bool,
+) -> Response<Body> {
     let Some(upstream) = apps
         .table
         .get(host)
@@ -156,7 +228,7 @@ pub async fn forward(apps: &Apps, host: &str, client: SocketAddr, mut request: R
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut parts.headers, upgrading);
-    forwarded_headers(&mut parts.headers, client.ip(), apps, original_host);
+    forwarded_headers(&mut parts.headers, client.ip(), apps, original_host, tls);
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     // A body-less request that never reached the app (the connection was
     // refused: a copy gone, or a switch at that very moment) goes again,
@@ -256,6 +328,8 @@ mod tests {
             domain: "localhost".to_owned(),
             timeout: std::time::Duration::from_secs(1),
             internal_secret: None,
+            https_addr: None,
+            https_port: None,
         };
         let apps = Apps::new(config, capsule::client::parse_networks("10.0.0.0/8").unwrap(), true);
         let mut headers = HeaderMap::new();
@@ -263,7 +337,7 @@ mod tests {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         headers.insert("x-real-ip", HeaderValue::from_static("6.6.6.6"));
         headers.insert("true-client-ip", HeaderValue::from_static("6.6.6.6"));
-        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None);
+        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None, apps.https);
         assert_eq!(headers["x-forwarded-for"], "1.2.3.4, 10.0.0.1");
         assert!(!headers.contains_key("true-client-ip"));
         assert_eq!(headers["x-real-ip"], "1.2.3.4");
@@ -276,14 +350,14 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("6.6.6.6, unknown, 10.0.0.2"),
         );
-        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None);
+        forwarded_headers(&mut headers, "10.0.0.1".parse().unwrap(), &apps, None, apps.https);
         assert_eq!(headers["x-real-ip"], "10.0.0.2");
 
         // Anyone else's headers are replaced; the gateway's TLS says https.
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        forwarded_headers(&mut headers, "2001:db8::7".parse().unwrap(), &apps, None);
+        forwarded_headers(&mut headers, "2001:db8::7".parse().unwrap(), &apps, None, apps.https);
         assert_eq!(headers["x-forwarded-for"], "2001:db8::7");
         assert_eq!(headers["x-forwarded-proto"], "https");
         assert_eq!(headers["forwarded"], "for=\"[2001:db8::7]\";proto=https");

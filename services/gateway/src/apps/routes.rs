@@ -44,6 +44,7 @@ async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &Cancellat
         let Some(table) = table else {
             return Ok(());
         };
+        let domains = super::domains::Domains::from_table(table.domains, table.challenges);
         let routes: HashMap<String, Vec<SocketAddr>> = table
             .routes
             .into_iter()
@@ -59,5 +60,6 @@ async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &Cancellat
             .collect();
         tracing::debug!(routes = routes.len(), "route table updated");
         apps.table.replace(routes);
+        apps.set_domains(domains);
     }
 }

@@ -72,9 +72,40 @@ pub async fn serve(
         .fallback(transcoded)
         .layer(cors)
         .with_state(bridge);
+    let mut apps_https = None;
     if let Some(apps) = apps {
         // Apps' hosts first: nothing of the API is reachable through them.
-        app = app.layer(axum::middleware::from_fn_with_state(apps, to_app));
+        app = app.layer(axum::middleware::from_fn_with_state(apps.clone(), to_app));
+        if let Some(addr) = apps.config.https_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|err| anyhow::anyhow!("GATEWAY_APPS_HTTPS_ADDR {addr}: {err}"))?;
+            let resolver = crate::apps::sni::Resolver {
+                fallback: crate::apps::sni::fallback(tls.as_ref())?,
+                apps,
+            };
+            apps_https = Some((listener, resolver));
+        }
+    }
+    if let Some((listener, resolver)) = apps_https {
+        tracing::info!(https.addr = %listener.local_addr()?, "gateway listening (apps over TLS)");
+        let app = app
+            .clone()
+            .layer(axum::Extension(crate::apps::proxy::ViaTls))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let listener = axum::serve::ListenerExt::tap_io(
+            capsule::tls::TlsListener::new(listener, capsule::tls::resolved(Arc::new(resolver)))?,
+            |_| {},
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %err, "the apps' HTTPS listener stopped");
+            }
+        });
     }
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Some(tls) = tls {
@@ -114,11 +145,20 @@ async fn to_app(
         .and_then(|host| host.to_str().ok())
         .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
         .map(str::to_ascii_lowercase);
-    if let Some(host) = host
-        && let Some(app) = apps.host_of(&host)
-    {
+    let Some(host) = host else {
+        return next.run(request).await;
+    };
+    let tls = apps.https || request.extensions().get::<crate::apps::proxy::ViaTls>().is_some();
+    if !tls && let Some(response) = crate::apps::proxy::acme_answer(&apps, request.uri()) {
+        return response;
+    }
+    let name = crate::apps::proxy::name_of(&host);
+    if let Some(served) = apps.domains().find(name).cloned() {
+        return crate::apps::proxy::to_domain(&apps, &served, &host, client, request, tls).await;
+    }
+    if let Some(app) = apps.host_of(&host) {
         let app = app.to_owned();
-        return crate::apps::proxy::forward(&apps, &app, client, request).await;
+        return crate::apps::proxy::forward(&apps, &app, client, request, tls).await;
     }
     next.run(request).await
 }

@@ -1,0 +1,129 @@
+//! Custom domains at the gateway: which app each serves, the certificate
+//! it is served with (chosen by SNI on the apps' HTTPS port), and the
+//! ACME challenges of open orders — HTTP-01 answers on the HTTP port,
+//! TLS-ALPN-01 certificates (RFC 8737) on the HTTPS port. All of it comes
+//! whole with each route table, like the hosts.
+
+use std::{collections::HashMap, sync::Arc};
+
+use capsule::proto::deploy::v1 as pb;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use sha2::{Digest, Sha256};
+use tokio_rustls::rustls::{crypto::ring::sign::any_supported_type, sign::CertifiedKey};
+
+/// A custom domain as served.
+#[derive(Debug)]
+pub struct Served {
+    /// The host label of the app it serves; empty while nothing is live.
+    pub host: String,
+    pub redirect_https: bool,
+    pub hsts_max_age: u32,
+    pub certificate: Arc<CertifiedKey>,
+}
+
+/// Domains, wildcards and challenges, swapped whole.
+#[derive(Debug, Default)]
+pub struct Domains {
+    exact: HashMap<String, Arc<Served>>,
+    /// "*.example.com" under "example.com".
+    wildcard: HashMap<String, Arc<Served>>,
+    /// HTTP-01: token to key authorization.
+    http01: HashMap<String, String>,
+    /// TLS-ALPN-01: name to its challenge certificate.
+    alpn: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl Domains {
+    /// The table a route table describes; what cannot be used (a
+    /// certificate that does not parse) is left out and logged.
+    pub fn from_table(domains: Vec<pb::DomainRoute>, challenges: Vec<pb::AcmeChallenge>) -> Self {
+        let mut table = Self::default();
+        for domain in domains {
+            let certificate = match certified(&domain.certificate_pem, &domain.private_key_pem) {
+                Ok(certificate) => Arc::new(certificate),
+                Err(err) => {
+                    tracing::warn!(domain = %domain.domain, error = %err, "a domain's certificate cannot be used");
+                    continue;
+                }
+            };
+            let served = Arc::new(Served {
+                host: domain.host,
+                redirect_https: domain.redirect_https,
+                hsts_max_age: domain.hsts_max_age_seconds,
+                certificate,
+            });
+            match domain.domain.strip_prefix("*.") {
+                Some(zone) => table.wildcard.insert(zone.to_owned(), served),
+                None => table.exact.insert(domain.domain, served),
+            };
+        }
+        for challenge in challenges {
+            match challenge.kind() {
+                pb::DomainChallenge::Http01 => {
+                    table.http01.insert(challenge.token, challenge.key_authorization);
+                }
+                pb::DomainChallenge::TlsAlpn01 => {
+                    match alpn_certificate(&challenge.domain, &challenge.key_authorization) {
+                        Ok(certificate) => {
+                            table.alpn.insert(challenge.domain, Arc::new(certificate));
+                        }
+                        Err(err) => {
+                            tracing::warn!(domain = %challenge.domain, error = %err, "cannot make a TLS-ALPN-01 certificate")
+                        }
+                    }
+                }
+                pb::DomainChallenge::Dns01 | pb::DomainChallenge::Unspecified => {}
+            }
+        }
+        table
+    }
+
+    /// The domain `name` (lowercase, no port) is served as: itself, or the
+    /// wildcard one label above it.
+    pub fn find(&self, name: &str) -> Option<&Arc<Served>> {
+        self.exact
+            .get(name)
+            .or_else(|| self.wildcard.get(name.split_once('.')?.1))
+    }
+
+    /// The TLS-ALPN-01 challenge certificate for `name`.
+    pub fn alpn(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        self.alpn.get(name)
+    }
+
+    /// The key authorization of an HTTP-01 token.
+    pub fn http01(&self, token: &str) -> Option<&str> {
+        self.http01.get(token).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.http01.is_empty() && self.alpn.is_empty()
+    }
+}
+
+/// A chain and its key as rustls serves them.
+pub(crate) fn certified(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("the chain: {err}"))?;
+    if chain.is_empty() {
+        return Err("the chain holds no certificate".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|err| format!("the key: {err}"))?;
+    let key = any_supported_type(&key).map_err(|err| format!("the key: {err}"))?;
+    Ok(CertifiedKey::new(chain, key))
+}
+
+/// The self-signed certificate TLS-ALPN-01 asks for: `name` as its only
+/// name, and the SHA-256 of the key authorization in the critical
+/// acmeIdentifier extension.
+fn alpn_certificate(name: &str, key_authorization: &str) -> Result<CertifiedKey, String> {
+    let digest = Sha256::digest(key_authorization.as_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|err| err.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&digest)];
+    let key = rcgen::KeyPair::generate().map_err(|err| err.to_string())?;
+    let certificate = params.self_signed(&key).map_err(|err| err.to_string())?;
+    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|err| err.to_owned())?;
+    let signing = any_supported_type(&key_der).map_err(|err| err.to_string())?;
+    Ok(CertifiedKey::new(vec![certificate.der().clone()], signing))
+}

@@ -1,0 +1,439 @@
+//! Custom domains end to end against Pebble, Let's Encrypt's test CA: a
+//! domain added, validated over HTTP-01 (and one over TLS-ALPN-01),
+//! served over HTTPS with the certificate Pebble issued; a wildcard
+//! through DNS-01 and the platform's DNS hook; renewal forced by a short
+//! validity; the platform's own names and other projects' domains
+//! refused; a failed challenge reported with Pebble's reason.
+
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+mod common;
+
+use std::time::Duration;
+
+use capsule::proto::deploy::v1::{self as pb, DomainChallenge, DomainStatus};
+use common::{
+    TestMesh, acme, authed,
+    deploy::{app, deploy_live, host_label},
+};
+use tonic::Code;
+
+/// An app that says which scheme the gateway told it the client used.
+const PROTO_APP: &str = r#"exec python3 -c '
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("proto=" + str(self.headers.get("X-Forwarded-Proto"))).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
+'"#;
+
+async fn add(mesh: &TestMesh, token: &str, request: pb::AddDomainRequest) -> Result<pb::Domain, tonic::Status> {
+    mesh.deploys()
+        .await
+        .add_domain(authed(request, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn domain(project_id: &str, name: &str) -> pb::AddDomainRequest {
+    pb::AddDomainRequest {
+        project_id: project_id.to_owned(),
+        domain: name.to_owned(),
+        ..Default::default()
+    }
+}
+
+async fn list(mesh: &TestMesh, token: &str, project_id: &str) -> Vec<pb::Domain> {
+    mesh.deploys()
+        .await
+        .list_domains(authed(
+            pb::ListDomainsRequest {
+                project_id: project_id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .domains
+}
+
+/// Waits (up to 60 s) until `name` is `status` (or FAILED, which ends the
+/// wait too; RENEWING counts as ISSUED: it is served with a certificate);
+/// the domain as it is then.
+async fn until(
+    mesh: &TestMesh,
+    token: &str,
+    project_id: &str,
+    name: &str,
+    status: DomainStatus,
+    pebble: &acme::Pebble,
+) -> pb::Domain {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let found = list(mesh, token, project_id)
+            .await
+            .into_iter()
+            .find(|d| d.domain == name)
+            .unwrap();
+        let served = status == DomainStatus::Issued && found.status() == DomainStatus::Renewing;
+        if found.status() == status || served || found.status() == DomainStatus::Failed {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} is still {:?}: {}\nPebble said:\n{}",
+            found.status(),
+            found.status_message,
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_is_validated_issued_served_over_https_and_removed() {
+    let plan = acme::Plan::new();
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        settings: plan.settings(),
+        ..Default::default()
+    })
+    .await;
+    let https = plan.https_addr;
+    let pebble = plan.start(mesh.http.port(), Duration::from_secs(90 * 24 * 3600)).await;
+    let (token, _) = mesh.user("domains@example.com").await;
+    let project = app(&mesh, &token, "", PROTO_APP, &[]).await;
+    deploy_live(&mesh, &token, &project).await;
+    let label = host_label(&mesh, &token, &project).await;
+
+    // HTTP-01, with HSTS; TLS-ALPN-01 without the redirect to HTTPS.
+    let shop = add(
+        &mesh,
+        &token,
+        pb::AddDomainRequest {
+            hsts_max_age_seconds: 300,
+            ..domain(&project, "shop.example.test")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(shop.status(), DomainStatus::Pending);
+    assert_eq!(shop.challenge(), DomainChallenge::Http01);
+    assert!(shop.redirect_https);
+    let cname = &shop.dns_records[0];
+    assert_eq!(
+        (cname.r#type.as_str(), cname.value.clone()),
+        ("CNAME", format!("{label}.localhost"))
+    );
+    add(
+        &mesh,
+        &token,
+        pb::AddDomainRequest {
+            challenge: DomainChallenge::TlsAlpn01 as i32,
+            disable_https_redirect: true,
+            ..domain(&project, "alpn.example.test")
+        },
+    )
+    .await
+    .unwrap();
+
+    // A challenge the CA cannot reach fails with the CA's reason.
+    pebble.add_a("broken.example.test", "127.0.0.9").await;
+    add(&mesh, &token, domain(&project, "broken.example.test"))
+        .await
+        .unwrap();
+
+    let shop = until(
+        &mesh,
+        &token,
+        &project,
+        "shop.example.test",
+        DomainStatus::Issued,
+        &pebble,
+    )
+    .await;
+    assert_eq!(shop.status(), DomainStatus::Issued, "{}", shop.status_message);
+    assert!(shop.certificate_expire_time.is_some());
+    let alpn = until(
+        &mesh,
+        &token,
+        &project,
+        "alpn.example.test",
+        DomainStatus::Issued,
+        &pebble,
+    )
+    .await;
+    assert_eq!(alpn.status(), DomainStatus::Issued, "{}", alpn.status_message);
+    let broken = until(
+        &mesh,
+        &token,
+        &project,
+        "broken.example.test",
+        DomainStatus::Failed,
+        &pebble,
+    )
+    .await;
+    assert_eq!(broken.status(), DomainStatus::Failed);
+    assert!(
+        broken.status_message.contains("127.0.0.9") || broken.status_message.contains("refused"),
+        "Pebble's reason is kept: {}",
+        broken.status_message
+    );
+
+    // Served over HTTPS with the certificate Pebble issued (the client
+    // trusts Pebble's root and nothing else).
+    let root = pebble.issuer_root().await;
+    let names = ["shop.example.test", "alpn.example.test"];
+    let client = acme::client_for(&root, &names, https);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match client
+            .get(format!("https://shop.example.test:{}/", https.port()))
+            .send()
+            .await
+        {
+            Ok(response) => break response,
+            Err(err) => {
+                assert!(tokio::time::Instant::now() < deadline, "no HTTPS: {err:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["strict-transport-security"], "max-age=300");
+    assert_eq!(response.text().await.unwrap(), "proto=https");
+    let response = client
+        .get(format!("https://alpn.example.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("strict-transport-security").is_none());
+
+    // Plain HTTP: redirected where asked, served as HTTP where not.
+    let plain = acme::client_for(&root, &names, mesh.http);
+    let response = plain
+        .get(format!("http://shop.example.test:{}/orders?id=7", mesh.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(
+        response.headers()["location"],
+        format!("https://shop.example.test:{}/orders?id=7", https.port()).as_str()
+    );
+    let response = plain
+        .get(format!("http://alpn.example.test:{}/", mesh.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.text().await.unwrap(), "proto=http");
+
+    // Removed: no longer routed, and its certificate no longer served.
+    mesh.deploys()
+        .await
+        .remove_domain(authed(
+            pb::RemoveDomainRequest {
+                project_id: project.clone(),
+                domain: "shop.example.test".to_owned(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let fresh = acme::client_for(&root, &names, https);
+        match fresh
+            .get(format!("https://shop.example.test:{}/", https.port()))
+            .send()
+            .await
+        {
+            Err(_) => break,
+            Ok(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "a removed domain is still served"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = plain
+        .get(format!("http://shop.example.test:{}/", mesh.http.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(response.status(), 308, "a removed domain is no longer redirected");
+    let names: Vec<String> = list(&mesh, &token, &project)
+        .await
+        .into_iter()
+        .map(|d| d.domain)
+        .collect();
+    assert_eq!(names, ["alpn.example.test", "broken.example.test"]);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_platforms_names_and_other_projects_domains_are_refused() {
+    let plan = acme::Plan::new();
+    let mesh = common::start_with(common::Options {
+        settings: plan.settings(),
+        ..Default::default()
+    })
+    .await;
+    let (token, _) = mesh.user("claims@example.com").await;
+    let (other_token, _) = mesh.user("claims-other@example.com").await;
+    let project = app(&mesh, &token, "", "", &[]).await;
+    let other = app(&mesh, &other_token, "", "", &[]).await;
+
+    // The attacks: another project's app host under the apps' domain, the
+    // API's own host (the gateway would answer the CA's challenge for it
+    // and route its traffic to the tenant), a wildcard covering it.
+    for name in [
+        "victim.localhost",
+        "*.localhost",
+        "api.capsule.test",
+        "v2.api.capsule.test",
+        "*.capsule.test",
+    ] {
+        let refused = add(&mesh, &token, domain(&project, name)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused:?}");
+        assert_eq!(common::violated_fields(&refused), ["domain"], "{name}");
+    }
+    for name in [
+        "Shop.Example.test",
+        "shop..example.test",
+        "127.0.0.1",
+        "a.b.*.test",
+        "-x.example.test",
+        "example",
+    ] {
+        let refused = add(&mesh, &token, domain(&project, name)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused:?}");
+    }
+
+    add(&mesh, &token, domain(&project, "shop.example.test")).await.unwrap();
+    let again = add(&mesh, &token, domain(&project, "shop.example.test"))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+    // Claimed by another project: refused, as is a wildcard that covers it.
+    for name in ["shop.example.test", "*.example.test"] {
+        let refused = add(&mesh, &other_token, domain(&other, name)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{name}: {refused:?}");
+        assert!(refused.message().contains("another project"), "{}", refused.message());
+    }
+    // The other user can neither see nor remove it.
+    let hidden = mesh
+        .deploys()
+        .await
+        .list_domains(authed(
+            pb::ListDomainsRequest {
+                project_id: project.clone(),
+            },
+            &other_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), Code::NotFound);
+    let removed = mesh
+        .deploys()
+        .await
+        .remove_domain(authed(
+            pb::RemoveDomainRequest {
+                project_id: other.clone(),
+                domain: "shop.example.test".to_owned(),
+            },
+            &other_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(removed.code(), Code::NotFound);
+    assert_eq!(list(&mesh, &token, &project).await.len(), 1, "nothing stored was lost");
+    // A name one label deeper is no collision with the wildcard's zone.
+    add(&mesh, &other_token, domain(&other, "a.shop.example.test"))
+        .await
+        .unwrap();
+    mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_is_validated_over_dns_and_renewed_before_expiry() {
+    let plan = acme::Plan::new();
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        settings: plan.settings(),
+        ..Default::default()
+    })
+    .await;
+    let https = plan.https_addr;
+    // A day's validity is within DEPLOY_ACME_RENEW_BEFORE_DAYS (30): each
+    // certificate is renewed as soon as it is issued.
+    let pebble = plan.start(mesh.http.port(), Duration::from_secs(24 * 3600)).await;
+    let (token, _) = mesh.user("wildcard@example.com").await;
+    let project = app(&mesh, &token, "", PROTO_APP, &[]).await;
+    deploy_live(&mesh, &token, &project).await;
+
+    let wildcard = add(&mesh, &token, domain(&project, "*.wild.test")).await.unwrap();
+    assert_eq!(wildcard.challenge(), DomainChallenge::Dns01);
+    assert!(
+        wildcard
+            .dns_records
+            .iter()
+            .any(|record| record.r#type == "TXT" && record.name == "_acme-challenge.wild.test"),
+        "{:?}",
+        wildcard.dns_records
+    );
+    let issued = until(&mesh, &token, &project, "*.wild.test", DomainStatus::Issued, &pebble).await;
+    assert_ne!(issued.status(), DomainStatus::Failed, "{}", issued.status_message);
+    let first = issued.certificate_expire_time.unwrap();
+
+    let root = pebble.issuer_root().await;
+    let client = acme::client_for(&root, &["anything.wild.test"], https);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        match client
+            .get(format!("https://anything.wild.test:{}/", https.port()))
+            .send()
+            .await
+        {
+            Ok(response) => break response.text().await.unwrap(),
+            Err(err) => {
+                assert!(tokio::time::Instant::now() < deadline, "no HTTPS: {err:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(body, "proto=https");
+
+    // Renewed: a later certificate replaces it, served meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = list(&mesh, &token, &project).await.remove(0);
+        if now
+            .certificate_expire_time
+            .as_ref()
+            .is_some_and(|end| end.seconds > first.seconds)
+        {
+            assert_ne!(now.status(), DomainStatus::Failed, "{}", now.status_message);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never renewed: {now:?}\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let response = acme::client_for(&root, &["other.wild.test"], https)
+        .get(format!("https://other.wild.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    mesh.stop().await;
+}
