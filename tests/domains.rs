@@ -3,13 +3,17 @@
 //! served over HTTPS with the certificate Pebble issued; a wildcard
 //! through DNS-01 and the platform's DNS hook; renewal forced by a short
 //! validity; the platform's own names and other projects' domains
-//! refused; a failed challenge reported with Pebble's reason.
+//! refused; a failed challenge reported with Pebble's reason; webhooks
+//! told of both.
 
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use capsule::proto::deploy::v1::{self as pb, DomainChallenge, DomainStatus};
 use common::{
@@ -30,6 +34,27 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 http.server.ThreadingHTTPServer(("", int(os.environ["PORT"])), H).serve_forever()
 '"#;
+
+/// A webhook receiver on 127.0.0.2 (the network the mesh lets webhooks
+/// reach): the events and bodies it was sent.
+async fn receiver() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+    let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let kept = kept.clone();
+            async move {
+                let event = headers["capsule-event"].to_str().unwrap().to_owned();
+                kept.lock().unwrap().push((event, body));
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
+}
 
 async fn add(mesh: &TestMesh, token: &str, request: pb::AddDomainRequest) -> Result<pb::Domain, tonic::Status> {
     mesh.deploys()
@@ -98,9 +123,11 @@ async fn until(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_domain_is_validated_issued_served_over_https_and_removed() {
     let plan = acme::Plan::new();
+    let mut settings = plan.settings();
+    settings.push(("DEPLOY_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.2/32".to_owned()));
     let mesh = common::start_with(common::Options {
         local_runner: true,
-        settings: plan.settings(),
+        settings,
         ..Default::default()
     })
     .await;
@@ -110,6 +137,22 @@ async fn a_domain_is_validated_issued_served_over_https_and_removed() {
     let project = app(&mesh, &token, "", PROTO_APP, &[]).await;
     deploy_live(&mesh, &token, &project).await;
     let label = host_label(&mesh, &token, &project).await;
+    let (hook, received) = receiver().await;
+    mesh.deploys()
+        .await
+        .create_webhook(authed(
+            pb::CreateWebhookRequest {
+                parent: format!("projects/{project}"),
+                url: format!("http://{hook}/hook"),
+                events: vec![
+                    pb::WebhookEvent::DomainIssued as i32,
+                    pb::WebhookEvent::DomainFailed as i32,
+                ],
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
 
     // HTTP-01, with HSTS; TLS-ALPN-01 without the redirect to HTTPS.
     let shop = add(

@@ -6,8 +6,10 @@
 -- one project at a time (a unique index). Any deploy service may work on
 -- a domain's order; one at a time holds it (order_lease_until). A NOTIFY
 -- on channel "domains" at every change wakes the gateways' route watches.
--- Rollback: down.sql drops the three tables; the previous release routes
--- no custom domain.
+-- Webhooks learn of certificates issued and refused: a delivery is about
+-- a deployment or, now, about no deployment (a domain).
+-- Rollback: down.sql drops the three tables and the deliveries about no
+-- deployment; the previous release routes no custom domain.
 
 CREATE TABLE domains (
     id UUID PRIMARY KEY,
@@ -32,6 +34,9 @@ CREATE TABLE domains (
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     order_lease_until TIMESTAMPTZ,
     creator_id UUID,
+    -- The project's organisation when it was added, whose webhooks hear
+    -- of it.
+    organization_id UUID,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT domains_certificate_whole CHECK (
@@ -63,6 +68,8 @@ CREATE TABLE acme_accounts (
     key_id VARCHAR(64) NOT NULL,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+
+ALTER TABLE webhook_deliveries ALTER COLUMN deployment_id DROP NOT NULL;
 
 CREATE FUNCTION notify_domain_change() RETURNS trigger AS $$
 BEGIN

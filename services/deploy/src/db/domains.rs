@@ -5,7 +5,10 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-use super::schema::{acme_accounts, acme_challenges, deployments, domains};
+use super::{
+    schema::{acme_accounts, acme_challenges, deployments, domains},
+    webhooks::{About, Event},
+};
 use crate::lifecycle::State;
 
 pub const PENDING: &str = "pending";
@@ -33,8 +36,34 @@ pub struct Domain {
     pub key_id: Option<String>,
     pub not_after: Option<DateTime<Utc>>,
     pub attempts: i32,
+    pub organization_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl Domain {
+    /// Queues `event` about this domain for its project's and
+    /// organisation's webhooks, in the caller's transaction.
+    fn queue_event(&self, conn: &mut PgConnection, event: Event) -> QueryResult<usize> {
+        let about = About {
+            deployment_id: None,
+            project_id: self.project_id,
+            owner_id: self.organization_id,
+        };
+        let payload = serde_json::json!({
+            "type": event.as_str(),
+            "created_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "domain": {
+                "domain": self.name,
+                "project_id": self.project_id.to_string(),
+                "environment": self.environment,
+                "status": self.status,
+                "status_message": self.status_message,
+                "certificate_expire_time": self.not_after.map(|end| end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            },
+        });
+        super::webhooks::enqueue(conn, about, event, payload)
+    }
 }
 
 #[derive(Insertable)]
@@ -49,6 +78,7 @@ pub struct NewDomain<'a> {
     pub redirect_https: bool,
     pub hsts_max_age_secs: i32,
     pub creator_id: Option<Uuid>,
+    pub organization_id: Option<Uuid>,
 }
 
 /// Why a domain could not be added.
@@ -252,7 +282,8 @@ pub fn take_due(
     })
 }
 
-/// The certificate the CA issued for `id`: served from now on.
+/// The certificate the CA issued for `id`: served from now on; its
+/// webhooks hear of it.
 pub fn issued(
     conn: &mut PgConnection,
     id: Uuid,
@@ -260,22 +291,28 @@ pub fn issued(
     key: &capsule::crypto::Sealed,
     not_after: DateTime<Utc>,
 ) -> QueryResult<Option<Domain>> {
-    diesel::update(domains::table.find(id))
-        .set((
-            domains::status.eq(ISSUED),
-            domains::status_message.eq(""),
-            domains::certificate_pem.eq(certificate_pem),
-            domains::key_sealed.eq(&key.text),
-            domains::key_id.eq(&key.key_id),
-            domains::not_after.eq(not_after),
-            domains::attempts.eq(0),
-            domains::next_attempt_at.eq(Utc::now()),
-            domains::order_lease_until.eq(None::<DateTime<Utc>>),
-            domains::updated_at.eq(Utc::now()),
-        ))
-        .returning(Domain::as_returning())
-        .get_result(conn)
-        .optional()
+    conn.transaction(|conn| {
+        let domain = diesel::update(domains::table.find(id))
+            .set((
+                domains::status.eq(ISSUED),
+                domains::status_message.eq(""),
+                domains::certificate_pem.eq(certificate_pem),
+                domains::key_sealed.eq(&key.text),
+                domains::key_id.eq(&key.key_id),
+                domains::not_after.eq(not_after),
+                domains::attempts.eq(0),
+                domains::next_attempt_at.eq(Utc::now()),
+                domains::order_lease_until.eq(None::<DateTime<Utc>>),
+                domains::updated_at.eq(Utc::now()),
+            ))
+            .returning(Domain::as_returning())
+            .get_result(conn)
+            .optional()?;
+        if let Some(domain) = &domain {
+            domain.queue_event(conn, Event::DomainIssued)?;
+        }
+        Ok(domain)
+    })
 }
 
 /// An order for `id` failed for `reason`: tried again after `retry`. A
@@ -301,18 +338,24 @@ pub fn failed(
         FAILED
     };
     let reason: String = reason.chars().take(1000).collect();
-    diesel::update(domains::table.find(id))
-        .set((
-            domains::status.eq(status),
-            domains::status_message.eq(reason),
-            domains::attempts.eq(domains::attempts + 1),
-            domains::next_attempt_at.eq(now + retry),
-            domains::order_lease_until.eq(None::<DateTime<Utc>>),
-            domains::updated_at.eq(now),
-        ))
-        .returning(Domain::as_returning())
-        .get_result(conn)
-        .optional()
+    conn.transaction(|conn| {
+        let domain = diesel::update(domains::table.find(id))
+            .set((
+                domains::status.eq(status),
+                domains::status_message.eq(reason),
+                domains::attempts.eq(domains::attempts + 1),
+                domains::next_attempt_at.eq(now + retry),
+                domains::order_lease_until.eq(None::<DateTime<Utc>>),
+                domains::updated_at.eq(now),
+            ))
+            .returning(Domain::as_returning())
+            .get_result(conn)
+            .optional()?;
+        if let Some(domain) = &domain {
+            domain.queue_event(conn, Event::DomainFailed)?;
+        }
+        Ok(domain)
+    })
 }
 
 /// Keeps an order's lease while it runs.

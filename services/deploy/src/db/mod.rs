@@ -203,7 +203,7 @@ fn payload(event: Event, deployment: &Deployment) -> serde_json::Value {
 /// transaction.
 fn queue_event(conn: &mut PgConnection, deployment: &Deployment, event: Event) -> QueryResult<usize> {
     let about = webhooks::About {
-        deployment_id: deployment.id,
+        deployment_id: Some(deployment.id),
         project_id: deployment.project_id,
         owner_id: deployment.owner_id,
     };

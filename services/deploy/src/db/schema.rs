@@ -121,7 +121,7 @@ diesel::table! {
         id -> Uuid,
         webhook_id -> Uuid,
         event -> Varchar,
-        deployment_id -> Uuid,
+        deployment_id -> Nullable<Uuid>,
         payload -> Jsonb,
         state -> Varchar,
         attempts -> Int4,
@@ -201,6 +201,7 @@ diesel::table! {
         next_attempt_at -> Timestamptz,
         order_lease_until -> Nullable<Timestamptz>,
         creator_id -> Nullable<Uuid>,
+        organization_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
     }

@@ -38,16 +38,20 @@ pub enum Event {
     Crashed,
     RolledBack,
     Canceled,
+    DomainIssued,
+    DomainFailed,
 }
 
 impl Event {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::Created,
         Self::Live,
         Self::Failed,
         Self::Crashed,
         Self::RolledBack,
         Self::Canceled,
+        Self::DomainIssued,
+        Self::DomainFailed,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -58,6 +62,8 @@ impl Event {
             Self::Crashed => "deployment.crashed",
             Self::RolledBack => "deployment.rolled_back",
             Self::Canceled => "deployment.canceled",
+            Self::DomainIssued => "domain.issued",
+            Self::DomainFailed => "domain.failed",
         }
     }
 
@@ -73,6 +79,8 @@ impl Event {
             Self::Crashed => pb::WebhookEvent::DeploymentCrashed,
             Self::RolledBack => pb::WebhookEvent::DeploymentRolledBack,
             Self::Canceled => pb::WebhookEvent::DeploymentCanceled,
+            Self::DomainIssued => pb::WebhookEvent::DomainIssued,
+            Self::DomainFailed => pb::WebhookEvent::DomainFailed,
         }
     }
 
@@ -141,7 +149,8 @@ pub struct Delivery {
     pub id: Uuid,
     pub webhook_id: Uuid,
     pub event: String,
-    pub deployment_id: Uuid,
+    /// None for an event about no deployment (a domain's).
+    pub deployment_id: Option<Uuid>,
     pub state: String,
     pub next_attempt_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
@@ -212,10 +221,10 @@ pub fn delete(conn: &mut PgConnection, id: Uuid) -> QueryResult<bool> {
     Ok(diesel::delete(webhooks::table.find(id)).execute(conn)? > 0)
 }
 
-/// The deployment an event is about.
+/// What an event is about: a deployment, or only a project (a domain).
 #[derive(Debug, Clone, Copy)]
 pub struct About {
-    pub deployment_id: Uuid,
+    pub deployment_id: Option<Uuid>,
     pub project_id: Uuid,
     /// The project's owner: a user, or its organisation.
     pub owner_id: Option<Uuid>,
@@ -239,7 +248,7 @@ pub fn enqueue(conn: &mut PgConnection, about: About, event: Event, payload: ser
         .select((
             webhooks::id,
             event.as_str().into_sql::<sql_types::Varchar>(),
-            about.deployment_id.into_sql::<sql_types::Uuid>(),
+            about.deployment_id.into_sql::<sql_types::Nullable<sql_types::Uuid>>(),
             payload.into_sql::<sql_types::Jsonb>(),
         ));
     diesel::insert_into(webhook_deliveries::table)

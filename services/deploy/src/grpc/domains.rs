@@ -146,6 +146,7 @@ pub(super) async fn add_domain(
                     redirect_https: redirect,
                     hsts_max_age_secs: hsts,
                     creator_id: Some(creator).filter(|id| !id.is_nil()),
+                    organization_id: organization,
                 },
                 names::collide,
             )

@@ -281,7 +281,7 @@ fn delivery_proto(delivery: &Delivery, attempts: &[Attempt]) -> pb::WebhookDeliv
         id: delivery.id.to_string(),
         webhook_id: delivery.webhook_id.to_string(),
         event: Event::parse(&delivery.event).map_or(pb::WebhookEvent::Unspecified, Event::proto) as i32,
-        deployment_id: delivery.deployment_id.to_string(),
+        deployment_id: delivery.deployment_id.map(|id| id.to_string()).unwrap_or_default(),
         state: state as i32,
         create_time: Some(rpc::timestamp(delivery.created_at)),
         next_attempt_time: (state == pb::WebhookDeliveryState::Pending)
