@@ -317,6 +317,22 @@ async fn a_domain_is_validated_issued_served_over_https_and_removed() {
         .map(|d| d.domain)
         .collect();
     assert_eq!(names, ["alpn.example.test", "broken.example.test"]);
+
+    // The project's webhook heard of each certificate, and of the refusal
+    // with the CA's reason.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = received.lock().unwrap().clone();
+        let heard = |event: &str, name: &str| events.iter().any(|(e, body)| e == event && body.contains(name));
+        if heard("domain.issued", "\"shop.example.test\"")
+            && heard("domain.issued", "\"alpn.example.test\"")
+            && heard("domain.failed", "\"broken.example.test\"")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "webhooks got {events:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     mesh.stop().await;
 }
 
