@@ -108,16 +108,14 @@ pub(super) async fn add_domain(
         violations.add("domain", why);
     }
     let wildcard = name.starts_with("*.");
+    // CAs validate wildcards over DNS only: the one way for them.
     let challenge = match (body.challenge(), wildcard) {
-        (pb::DomainChallenge::Unspecified, true) | (pb::DomainChallenge::Dns01, _) => "dns-01",
-        (_, true) => {
-            violations.add("challenge", "a wildcard domain is validated with DNS-01 only");
-            "dns-01"
-        }
+        (_, true) | (pb::DomainChallenge::Dns01, _) => "dns-01",
         (pb::DomainChallenge::TlsAlpn01, false) => "tls-alpn-01",
         _ => "http-01",
     };
-    if challenge == "dns-01" && config.dns_hook.is_none() {
+    // With no CA configured nothing is ordered, and no hook is needed yet.
+    if challenge == "dns-01" && config.directory.is_some() && config.dns_hook.is_none() {
         violations.add(
             "challenge",
             "this platform writes no DNS records (DEPLOY_ACME_DNS_HOOK is unset): add names without \"*.\" and use HTTP-01 or TLS-ALPN-01",
