@@ -358,6 +358,8 @@ async fn the_platforms_names_and_other_projects_domains_are_refused() {
         "api.capsule.test",
         "v2.api.capsule.test",
         "*.capsule.test",
+        "capsule.test",
+        "x.acme.capsule.test",
     ] {
         let refused = add(&mesh, &token, domain(&project, name)).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused:?}");
@@ -413,7 +415,13 @@ async fn the_platforms_names_and_other_projects_domains_are_refused() {
         .unwrap_err();
     assert_eq!(removed.code(), Code::NotFound);
     assert_eq!(list(&mesh, &token, &project).await.len(), 1, "nothing stored was lost");
-    // A name one label deeper is no collision with the wildcard's zone.
+    // A wildcard holds every name under it, at any depth (its CNAME
+    // answers for them all); a name under another's exact name is free.
+    add(&mesh, &token, domain(&project, "*.deep.test")).await.unwrap();
+    for name in ["a.deep.test", "a.b.deep.test", "*.b.deep.test"] {
+        let refused = add(&mesh, &other_token, domain(&other, name)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::AlreadyExists, "{name}: {refused:?}");
+    }
     add(&mesh, &other_token, domain(&other, "a.shop.example.test"))
         .await
         .unwrap();
@@ -423,30 +431,42 @@ async fn the_platforms_names_and_other_projects_domains_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wildcard_is_validated_over_dns_and_renewed_before_expiry() {
     let plan = acme::Plan::new();
+    // The platform orders its apps' own wildcard too, from its start: the
+    // CA runs first (only DNS-01 is used, so no gateway port is needed).
+    let mut settings = plan.settings();
+    settings.push(("GATEWAY_APPS_DOMAIN", "apps.capsule.test".to_owned()));
+    settings.push(("DEPLOY_ACME_APPS_CERTIFICATE", "true".to_owned()));
+    // A short-lived certificate is renewed with a third of its life left.
+    let pebble = plan.start(acme::free_port(), Duration::from_secs(24)).await;
+    let https = pebble.plan.https_addr;
     let mesh = common::start_with(common::Options {
         local_runner: true,
-        settings: plan.settings(),
+        settings,
         ..Default::default()
     })
     .await;
-    let https = plan.https_addr;
-    // A day's validity is within DEPLOY_ACME_RENEW_BEFORE_DAYS (30): each
-    // certificate is renewed as soon as it is issued.
-    let pebble = plan.start(mesh.http.port(), Duration::from_secs(24 * 3600)).await;
     let (token, _) = mesh.user("wildcard@example.com").await;
     let project = app(&mesh, &token, "", PROTO_APP, &[]).await;
     deploy_live(&mesh, &token, &project).await;
 
+    // The owner delegates the challenge to the platform's ACME zone with
+    // the CNAME it is told to create; a wildcard whose owner did not (of
+    // a zone that is not theirs) fails: the hook writes only in the
+    // platform's zone, never at a name a tenant chose.
     let wildcard = add(&mesh, &token, domain(&project, "*.wild.test")).await.unwrap();
     assert_eq!(wildcard.challenge(), DomainChallenge::Dns01);
-    assert!(
-        wildcard
-            .dns_records
-            .iter()
-            .any(|record| record.r#type == "TXT" && record.name == "_acme-challenge.wild.test"),
-        "{:?}",
-        wildcard.dns_records
-    );
+    let delegation = wildcard
+        .dns_records
+        .iter()
+        .find(|record| record.name == "_acme-challenge.wild.test")
+        .unwrap();
+    assert_eq!(delegation.r#type, "CNAME");
+    assert!(delegation.value.ends_with(".acme.capsule.test"), "{delegation:?}");
+    pebble.set_cname("_acme-challenge.wild.test", &delegation.value).await;
+    add(&mesh, &token, domain(&project, "*.notmine.test")).await.unwrap();
+    let notmine = until(&mesh, &token, &project, "*.notmine.test", DomainStatus::Failed, &pebble).await;
+    assert_eq!(notmine.status(), DomainStatus::Failed);
+    assert!(notmine.status_message.contains("TXT"), "{}", notmine.status_message);
     let issued = until(&mesh, &token, &project, "*.wild.test", DomainStatus::Issued, &pebble).await;
     assert_ne!(issued.status(), DomainStatus::Failed, "{}", issued.status_message);
     let first = issued.certificate_expire_time.unwrap();
@@ -469,10 +489,34 @@ async fn a_wildcard_is_validated_over_dns_and_renewed_before_expiry() {
     };
     assert_eq!(body, "proto=https");
 
+    // An app's own host is served with the platform's wildcard.
+    let label = host_label(&mesh, &token, &project).await;
+    let host = format!("{label}.apps.capsule.test");
+    let client = acme::client_for(&root, &[host.as_str()], https);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        match client.get(format!("https://{host}:{}/", https.port())).send().await {
+            Ok(response) => break response.text().await.unwrap(),
+            Err(err) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no HTTPS for {host}: {err:?}\n{}",
+                    pebble.log()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(body, "proto=https");
+
     // Renewed: a later certificate replaces it, served meanwhile.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let now = list(&mesh, &token, &project).await.remove(0);
+        let now = list(&mesh, &token, &project)
+            .await
+            .into_iter()
+            .find(|d| d.domain == "*.wild.test")
+            .unwrap();
         if now
             .certificate_expire_time
             .as_ref()

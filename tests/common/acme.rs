@@ -90,6 +90,7 @@ impl Plan {
             ),
             ("DEPLOY_ACME_CA_FILE", self.ca_file.display().to_string()),
             ("DEPLOY_ACME_DNS_HOOK", self.dns_hook.display().to_string()),
+            ("DEPLOY_ACME_DNS_ZONE", "acme.capsule.test".to_owned()),
             ("DEPLOY_ACME_EMAIL", "ops@capsule.test".to_owned()),
             ("DEPLOY_ACME_CHALLENGE_DELAY_MS", "1200".to_owned()),
             ("GATEWAY_APPS_HTTPS_ADDR", self.https_addr.to_string()),
@@ -180,6 +181,18 @@ impl Pebble {
         let body = serde_json::json!({ "host": format!("{name}."), "addresses": [address] });
         reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/add-a", self.plan.dns_management))
+            .body(body.to_string())
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .expect("the DNS server takes the record");
+    }
+
+    /// `name` is a CNAME to `target` from now on.
+    pub async fn set_cname(&self, name: &str, target: &str) {
+        let body = serde_json::json!({ "host": format!("{name}."), "target": format!("{target}.") });
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/set-cname", self.plan.dns_management))
             .body(body.to_string())
             .send()
             .await

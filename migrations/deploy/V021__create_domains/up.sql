@@ -29,6 +29,12 @@ CREATE TABLE domains (
     key_sealed TEXT,
     key_id VARCHAR(64),
     not_after TIMESTAMPTZ,
+    -- When to order its successor: DEPLOY_ACME_RENEW_BEFORE_DAYS before
+    -- expiry, or a third of its lifetime before, whichever is later.
+    renew_at TIMESTAMPTZ,
+    -- The last order: its authorizations are deactivated when the domain
+    -- is removed, so no other project's order reuses them.
+    order_url VARCHAR(2048),
     -- Orders tried since the last success, and when to try the next.
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at TIMESTAMPTZ NOT NULL DEFAULT now(),
@@ -42,6 +48,7 @@ CREATE TABLE domains (
     CONSTRAINT domains_certificate_whole CHECK (
         (certificate_pem IS NULL) = (key_sealed IS NULL)
         AND (certificate_pem IS NULL) = (not_after IS NULL)
+        AND (certificate_pem IS NULL) = (renew_at IS NULL)
     )
 );
 

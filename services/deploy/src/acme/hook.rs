@@ -3,11 +3,14 @@
 //!
 //! It is run as `<hook> present <record name> <value>` before the CA is
 //! asked to check, and `<hook> cleanup <record name> <value>` after,
-//! with this process's environment (where its DNS provider's credentials
-//! are), never through a shell: the record name comes from a tenant's
-//! domain, checked against the proto's pattern. It must exit 0 once the
-//! record is published, within 120 seconds. Its output goes to this
-//! service's log, not to the tenant.
+//! never through a shell. The record is `<domain id>.<DEPLOY_ACME_DNS_ZONE>`
+//! for a tenant's domain (its owner's `_acme-challenge` CNAME points
+//! there), `_acme-challenge.<apps domain>` for the platform's own; the
+//! value is the challenge's base64url digest. Its environment is `PATH`
+//! and this process's variables whose names start with `ACME_HOOK_`
+//! (the DNS provider's credentials), nothing else of the service's. It
+//! must exit 0 once the record is published, within 120 seconds. Its
+//! output goes to this service's log, not to the tenant.
 
 use std::{path::Path, process::Stdio, time::Duration};
 
@@ -19,7 +22,6 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(120);
 /// hook could read as more than a word.
 fn plain(text: &str) -> bool {
     !text.is_empty()
-        && !text.starts_with('-')
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
@@ -27,11 +29,13 @@ fn plain(text: &str) -> bool {
 
 /// Runs the hook; what went wrong, in words a tenant may read.
 pub async fn run(hook: &Path, action: &str, record: &str, value: &str) -> Result<(), String> {
-    if !plain(record) || !plain(value) {
+    if !plain(record) || record.starts_with('-') || !plain(value) {
         return Err(format!("{record:?} is no DNS name the hook may be given"));
     }
     let child = tokio::process::Command::new(hook)
         .args([action, record, value])
+        .env_clear()
+        .envs(std::env::vars().filter(|(name, _)| name == "PATH" || name.starts_with("ACME_HOOK_")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,8 +8,12 @@
 //! certificates are the gateways'; DNS-01 records are written by the
 //! operator's hook ([`hook`]). The issued chain and its key (sealed) are
 //! stored on the domain, so any gateway serves them. A failure keeps the
-//! CA's reason on the domain and is tried again after 1 minute, doubling
-//! up to a day.
+//! CA's reason on the domain and is tried again after 15 minutes,
+//! doubling up to a day, at most 8 times in a row (then the domain waits
+//! to be removed and added again). A removed domain's authorizations are
+//! deactivated at the CA, so that no other project's order reuses them. A
+//! domain never validated within 7 days is removed: a claim does not hold
+//! a name for ever.
 
 pub mod config;
 mod hook;
@@ -47,8 +51,18 @@ const ORDER_LEASE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 const CA_PATIENCE: Duration = Duration::from_secs(120);
 
 /// The wait after the first failure; it doubles up to [`MAX_RETRY`].
-const FIRST_RETRY: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+const FIRST_RETRY: chrono::TimeDelta = chrono::TimeDelta::minutes(15);
 const MAX_RETRY: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// Failed orders in a row after which a domain is no longer ordered.
+const MAX_ATTEMPTS: i32 = 8;
+
+/// How long a domain may stay without a certificate before its claim on
+/// the name lapses.
+const UNVALIDATED_FOR: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// How long one order may take in all.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The ACME client of one deploy process.
 pub struct Acme {
@@ -93,16 +107,31 @@ impl Acme {
             return;
         };
         tracing::info!(directory, "ordering certificates for custom domains");
+        if self.config.apps_certificate {
+            // The apps' domain is reserved: no project holds it, so the
+            // platform's row never collides with a tenant's.
+            let name = format!("*.{}", self.config.apps_domain);
+            match self.db.run(move |conn| domains::keep_platform(conn, &name)).await {
+                Ok(true) => tracing::info!("ordering the apps' wildcard certificate"),
+                Ok(false) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot keep the apps' wildcard certificate's domain"),
+            }
+        }
         let slots = Arc::new(tokio::sync::Semaphore::new(ORDERS_AT_ONCE));
         let mut events = hub.subscribe();
-        let renew_before = chrono::TimeDelta::from_std(self.config.renew_before).unwrap_or(chrono::TimeDelta::days(30));
+        let mut ticks = 0u32;
         loop {
+            if ticks.is_multiple_of(60) {
+                let before = chrono::Utc::now() - UNVALIDATED_FOR;
+                match self.db.run(move |conn| domains::expire_unvalidated(conn, before)).await {
+                    Ok(0) => {}
+                    Ok(lapsed) => tracing::info!(lapsed, "domains never validated in 7 days were removed"),
+                    Err(err) => tracing::warn!(error = %err, "cannot remove lapsed domains"),
+                }
+            }
+            ticks = ticks.wrapping_add(1);
             while let Ok(slot) = slots.clone().try_acquire_owned() {
-                match self
-                    .db
-                    .run(move |conn| domains::take_due(conn, renew_before, ORDER_LEASE))
-                    .await
-                {
+                match self.db.run(move |conn| domains::take_due(conn, ORDER_LEASE)).await {
                     Ok(Some(domain)) => {
                         let acme = self.clone();
                         tokio::spawn(async move {
@@ -117,15 +146,19 @@ impl Acme {
                     }
                 }
             }
+            // The next second, or a domain's change (not a log line's).
             let tick = tokio::time::sleep(Duration::from_secs(1));
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tick => {}
-                event = events.recv() => match event {
-                    Ok(Event::Domain(_)) | Err(RecvError::Lagged(_)) => {}
-                    Ok(_) => continue,
-                    Err(RecvError::Closed) => return,
-                },
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = &mut tick => break,
+                    event = events.recv() => match event {
+                        Ok(Event::Domain(_)) | Err(RecvError::Lagged(_)) => break,
+                        Ok(_) => {}
+                        Err(RecvError::Closed) => return,
+                    },
+                }
             }
         }
     }
@@ -134,7 +167,9 @@ impl Acme {
     async fn order(&self, domain: Domain) {
         let id = domain.id;
         tracing::info!(domain = %domain.name, "ordering a certificate");
-        let outcome = self.obtain(&domain).await;
+        let outcome = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(&domain))
+            .await
+            .unwrap_or_else(|_| Err("the CA did not finish the order within 10 minutes".to_owned()));
         if let Err(err) = self.db.run(move |conn| domains::close_challenges(conn, id)).await {
             tracing::warn!(error = %err, "cannot close the order's challenges");
         }
@@ -149,7 +184,17 @@ impl Acme {
             }
             Err(reason) => {
                 tracing::warn!(domain = %domain.name, reason, "no certificate");
-                let retry = (FIRST_RETRY * 2i32.saturating_pow(domain.attempts.clamp(0, 20) as u32)).min(MAX_RETRY);
+                let (retry, reason) = if domain.attempts + 1 >= MAX_ATTEMPTS {
+                    (
+                        chrono::TimeDelta::days(36500),
+                        format!(
+                            "{reason} (given up after {MAX_ATTEMPTS} failed orders: fix the DNS records, then remove the domain and add it again)"
+                        ),
+                    )
+                } else {
+                    let doubling = 2i32.saturating_pow(u32::try_from(domain.attempts.clamp(0, 20)).unwrap_or(0));
+                    ((FIRST_RETRY * doubling).min(MAX_RETRY), reason)
+                };
                 let stored = reason.clone();
                 if let Err(err) = self.db.run(move |conn| domains::failed(conn, id, &stored, retry)).await {
                     tracing::warn!(error = %err, "cannot record the order's failure");
@@ -158,8 +203,10 @@ impl Acme {
             }
         };
         let mut event = AuditEvent::new(&Actor::default(), action, format!("domains/{}", domain.name))
-            .project(domain.project_id)
             .detail("environment", &domain.environment);
+        if !domain.project_id.is_nil() {
+            event = event.project(domain.project_id);
+        }
         if !reason.is_empty() {
             event = event.detail("reason", reason);
         }
@@ -168,14 +215,18 @@ impl Acme {
 
     /// Stores the certificate and its sealed key.
     async fn keep(&self, domain: &Domain, chain: &str, key: &str) -> Result<(), String> {
-        let not_after = not_after(chain)?;
+        let (not_before, not_after) = validity(chain)?;
+        // Renewed DEPLOY_ACME_RENEW_BEFORE_DAYS before expiry, or with a
+        // third of its life left when that is later (short-lived ones).
+        let before = chrono::TimeDelta::from_std(self.config.renew_before).unwrap_or(chrono::TimeDelta::days(30));
+        let renew_at = (not_after - before).max(not_after - (not_after - not_before) / 3);
         let sealed = self
             .keys
             .seal(key, &key_place(domain.id))
             .map_err(|err| format!("the certificate's key cannot be sealed: {err}"))?;
         let (id, chain) = (domain.id, chain.to_owned());
         self.db
-            .run(move |conn| domains::issued(conn, id, &chain, &sealed, not_after))
+            .run(move |conn| domains::issued(conn, id, &chain, &sealed, (not_after, renew_at)))
             .await
             .map_err(|err| format!("the certificate cannot be stored: {}", err))?;
         Ok(())
@@ -288,8 +339,34 @@ impl Acme {
             .new_order(&NewOrder::new(&identifiers))
             .await
             .map_err(|err| format!("the CA refused the order: {}", problem(&err)))?;
-        let kind = challenge_type(&domain.challenge);
+        let (id, url) = (domain.id, order.url().to_owned());
+        self.db
+            .run(move |conn| domains::ordered(conn, id, &url))
+            .await
+            .map_err(|err| err.to_string())?;
         let mut published = Vec::new();
+        let result = self.validate(domain, &mut order, &mut published).await;
+        if let Some(hook) = &self.config.dns_hook {
+            for (record, value) in &published {
+                let _ = hook::run(hook, "cleanup", record, value).await;
+            }
+        }
+        result?;
+        let patience = RetryPolicy::new().timeout(CA_PATIENCE);
+        let key = order.finalize().await.map_err(|err| problem(&err))?;
+        let chain = order.poll_certificate(&patience).await.map_err(|err| problem(&err))?;
+        Ok((chain, key))
+    }
+
+    /// Answers the order's challenges and waits until the CA is ready to
+    /// issue; the DNS records it published, to clean up.
+    async fn validate(
+        &self,
+        domain: &Domain,
+        order: &mut instant_acme::Order,
+        published: &mut Vec<(String, String)>,
+    ) -> Result<(), String> {
+        let kind = challenge_type(&domain.challenge);
         {
             let mut authorizations = order.authorizations();
             while let Some(authorization) = authorizations.next().await {
@@ -325,9 +402,9 @@ impl Acme {
                         .dns_hook
                         .as_ref()
                         .ok_or("wildcard domains need DEPLOY_ACME_DNS_HOOK")?;
-                    let record = format!("_acme-challenge.{name}");
+                    let record = names::challenge_record(domain.id, domain.project_id, &domain.name, &self.config);
+                    published.push((record.clone(), value.clone()));
                     hook::run(hook, "present", &record, &value).await?;
-                    published.push((record, value));
                 }
                 // Every gateway learns the challenge from its route table.
                 tokio::time::sleep(self.config.challenge_delay).await;
@@ -343,19 +420,28 @@ impl Acme {
             .run(move |conn| domains::extend_lease(conn, id, ORDER_LEASE))
             .await;
         let patience = RetryPolicy::new().timeout(CA_PATIENCE);
-        let status = order.poll_ready(&patience).await.map_err(|err| problem(&err));
-        if let (Some(hook), ChallengeType::Dns01) = (&self.config.dns_hook, &kind) {
-            for (record, value) in &published {
-                let _ = hook::run(hook, "cleanup", record, value).await;
+        match order.poll_ready(&patience).await.map_err(|err| problem(&err))? {
+            OrderStatus::Ready => Ok(()),
+            _ => Err(self.reason(order).await),
+        }
+    }
+
+    /// Deactivates the authorizations of a removed domain's last order.
+    pub async fn give_up(&self, order_url: &str) {
+        let Ok(account) = self.account().await else { return };
+        let Ok(mut order) = account.order(order_url.to_owned()).await else {
+            return;
+        };
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(mut authorization)) = authorizations.next().await {
+            if matches!(
+                authorization.status,
+                AuthorizationStatus::Valid | AuthorizationStatus::Pending
+            ) && let Err(err) = authorization.deactivate().await
+            {
+                tracing::debug!(error = %err, "cannot deactivate an authorization");
             }
         }
-        match status? {
-            OrderStatus::Ready => {}
-            _ => return Err(self.reason(&mut order).await),
-        }
-        let key = order.finalize().await.map_err(|err| problem(&err))?;
-        let chain = order.poll_certificate(&patience).await.map_err(|err| problem(&err))?;
-        Ok((chain, key))
     }
 
     /// Why the CA invalidated an order: its challenges' errors.
@@ -384,15 +470,21 @@ fn problem(err: &instant_acme::Error) -> String {
     }
 }
 
-/// When the first certificate of a PEM chain expires.
-fn not_after(chain: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+/// When the first certificate of a PEM chain starts and stops being valid.
+fn validity(chain: &str) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>), String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(chain.as_bytes())
         .map_err(|err| format!("the CA's certificate is no PEM: {err}"))?;
     let certificate = pem
         .parse_x509()
         .map_err(|err| format!("the CA's certificate cannot be read: {err}"))?;
-    chrono::DateTime::from_timestamp(certificate.validity().not_after.timestamp(), 0)
-        .ok_or_else(|| "the CA's certificate has no valid expiry".to_owned())
+    let time = |at: x509_parser::time::ASN1Time| {
+        chrono::DateTime::from_timestamp(at.timestamp(), 0)
+            .ok_or_else(|| "the CA's certificate has no valid dates".to_owned())
+    };
+    Ok((
+        time(certificate.validity().not_before)?,
+        time(certificate.validity().not_after)?,
+    ))
 }
 
 /// The ids of the keys that sealed stored certificate keys and accounts.

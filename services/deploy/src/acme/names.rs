@@ -17,16 +17,17 @@ fn within(name: &str, zone: &str) -> bool {
 }
 
 /// Why no project may have `name`, if none may: the platform's own names
-/// (the apps' domain and `DEPLOY_RESERVED_DOMAINS`) may be neither
-/// claimed, nor covered by a wildcard, nor fallen under — whoever held one
+/// (the apps' domain, the ACME zone and `DEPLOY_RESERVED_DOMAINS`) may be
+/// neither claimed, nor fallen under, nor held above — whoever held one
 /// could be handed the gateway's own challenge answers, certificates and
 /// traffic.
 pub fn refusal(name: &str, config: &AcmeConfig) -> Option<String> {
     let base = base(name);
-    let platform = std::iter::once(&config.apps_domain).chain(&config.reserved);
+    let platform = std::iter::once(&config.apps_domain)
+        .chain(std::iter::once(&config.dns_zone).filter(|zone| !zone.is_empty()))
+        .chain(&config.reserved);
     for zone in platform {
-        // "*.example.com" covers every name under example.com.
-        if within(base, zone) || within(zone, base) && (name.starts_with("*.") || zone == base) {
+        if within(base, zone) || within(zone, base) {
             return Some(format!(
                 "{name} is the platform's own ({zone}): choose a domain of yours outside it"
             ));
@@ -39,15 +40,28 @@ pub fn refusal(name: &str, config: &AcmeConfig) -> Option<String> {
 }
 
 /// Whether two projects' names collide: the same name, or one a wildcard
-/// that covers the other.
+/// with the other under it at any depth (the wildcard's DNS record, a
+/// CNAME to its owner's app, answers for every name below it; a name
+/// below it held by another would be served with its owner's trust).
 pub fn collide(a: &str, b: &str) -> bool {
     let covers = |wildcard: &str, name: &str| {
         wildcard
             .strip_prefix("*.")
-            .and_then(|zone| name.strip_suffix(zone))
-            .is_some_and(|label| label.ends_with('.') && !label[..label.len() - 1].contains('.'))
+            .is_some_and(|zone| base(name).ends_with(&format!(".{zone}")))
     };
     a == b || covers(a, b) || covers(b, a)
+}
+
+/// The record the DNS hook writes for a domain's DNS-01 challenge: in the
+/// platform's ACME zone, under the domain's id, where its owner's CNAME
+/// from `_acme-challenge.<domain>` points — never a name a tenant chose.
+/// The platform's own wildcard (no project) is the operator's zone.
+pub fn challenge_record(domain_id: uuid::Uuid, project_id: uuid::Uuid, name: &str, config: &AcmeConfig) -> String {
+    if project_id.is_nil() {
+        format!("_acme-challenge.{}", base(name))
+    } else {
+        format!("{}.{}", domain_id.simple(), config.dns_zone)
+    }
 }
 
 /// The records to create for `name`, served at `app_host` (the host name
@@ -55,8 +69,7 @@ pub fn collide(a: &str, b: &str) -> bool {
 pub fn dns_records(
     name: &str,
     app_host: &str,
-    challenge: &str,
-    txt: Option<&str>,
+    (challenge, record): (&str, &str),
     config: &AcmeConfig,
 ) -> Vec<pb::DnsRecord> {
     let mut records = Vec::new();
@@ -86,11 +99,11 @@ pub fn dns_records(
     }
     if challenge == "dns-01" {
         records.push(pb::DnsRecord {
-            r#type: "TXT".to_owned(),
+            r#type: "CNAME".to_owned(),
             name: format!("_acme-challenge.{}", base(name)),
-            value: txt.unwrap_or_default().to_owned(),
+            value: record.to_owned(),
             purpose:
-                "proves control of the domain to the CA; written by the platform's DNS hook while an order is open"
+                "proves control of the domain to the CA: the platform writes each order's TXT record where this points"
                     .to_owned(),
         });
     }
@@ -108,11 +121,13 @@ mod tests {
             eab: None,
             ca_file: None,
             dns_hook: None,
+            dns_zone: "acme.capsule.example".to_owned(),
             renew_before: std::time::Duration::from_secs(1),
             challenge_delay: std::time::Duration::ZERO,
             apps_domain: "apps.capsule.example".to_owned(),
             reserved: vec!["api.capsule.example".to_owned()],
             gateway_addresses: Vec::new(),
+            apps_certificate: false,
         }
     }
 
@@ -129,6 +144,8 @@ mod tests {
         ] {
             assert!(refusal(name, &config).is_some(), "{name} was allowed");
         }
+        assert!(refusal("capsule.example", &config).is_some(), "above a reserved name");
+        assert!(refusal("x.acme.capsule.example", &config).is_some(), "in the ACME zone");
         for name in [
             "shop.example.com",
             "*.example.com",
@@ -140,11 +157,13 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_collides_with_the_names_one_label_under_it() {
+    fn a_wildcard_collides_with_every_name_under_it() {
         assert!(collide("shop.example.com", "shop.example.com"));
         assert!(collide("*.example.com", "shop.example.com"));
         assert!(collide("shop.example.com", "*.example.com"));
-        assert!(!collide("*.example.com", "a.shop.example.com"));
+        assert!(collide("*.example.com", "a.shop.example.com"));
+        assert!(collide("*.example.com", "*.shop.example.com"));
+        assert!(!collide("*.shop.example.com", "shop.example.com"));
         assert!(!collide("*.example.com", "example.com"));
         assert!(!collide("shop.example.com", "shop.example.org"));
         assert!(!collide("*.example.com", "badexample.com"));

@@ -35,6 +35,7 @@ pub struct Domain {
     pub key_sealed: Option<String>,
     pub key_id: Option<String>,
     pub not_after: Option<DateTime<Utc>>,
+    pub order_url: Option<String>,
     pub attempts: i32,
     pub organization_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
@@ -155,24 +156,51 @@ pub fn remove(conn: &mut PgConnection, project_id: Uuid, name: &str) -> QueryRes
     .optional()
 }
 
-/// The projects that hold domains.
+/// The projects that hold domains (not the platform).
 pub fn holders(conn: &mut PgConnection) -> QueryResult<Vec<Uuid>> {
-    domains::table.select(domains::project_id).distinct().load(conn)
+    domains::table
+        .filter(domains::project_id.ne(Uuid::nil()))
+        .select(domains::project_id)
+        .distinct()
+        .load(conn)
+}
+
+/// The platform's own domain `name` (its project the nil id), kept from
+/// now on; whether it was new.
+pub fn keep_platform(conn: &mut PgConnection, name: &str) -> QueryResult<bool> {
+    diesel::insert_into(domains::table)
+        .values(NewDomain {
+            id: Uuid::new_v4(),
+            project_id: Uuid::nil(),
+            environment: "",
+            name,
+            challenge: "dns-01",
+            status_message: "",
+            redirect_https: false,
+            hsts_max_age_secs: 0,
+            creator_id: None,
+            organization_id: None,
+        })
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .map(|rows| rows == 1)
+}
+
+/// Removes tenants' domains never validated since `before`: a claim
+/// holds a name only while its owner works on its DNS records. How many.
+pub fn expire_unvalidated(conn: &mut PgConnection, before: DateTime<Utc>) -> QueryResult<usize> {
+    diesel::delete(
+        domains::table
+            .filter(domains::certificate_pem.is_null())
+            .filter(domains::created_at.lt(before))
+            .filter(domains::project_id.ne(Uuid::nil())),
+    )
+    .execute(conn)
 }
 
 /// Removes every domain of a deleted project.
 pub fn remove_all(conn: &mut PgConnection, project_id: Uuid) -> QueryResult<usize> {
     diesel::delete(domains::table.filter(domains::project_id.eq(project_id))).execute(conn)
-}
-
-/// The TXT value an open DNS-01 order waits for, if any.
-pub fn txt_of(conn: &mut PgConnection, domain_id: Uuid) -> QueryResult<Option<String>> {
-    acme_challenges::table
-        .filter(acme_challenges::domain_id.eq(domain_id))
-        .filter(acme_challenges::kind.eq("dns-01"))
-        .select(acme_challenges::key_authorization)
-        .first(conn)
-        .optional()
 }
 
 /// Domains with a certificate, with the host of the deployment live in
@@ -235,13 +263,9 @@ pub fn close_challenges(conn: &mut PgConnection, domain_id: Uuid) -> QueryResult
     diesel::delete(acme_challenges::table.filter(acme_challenges::domain_id.eq(domain_id))).execute(conn)
 }
 
-/// Takes the next domain due an order (new, failed and due again, or
-/// within `renew_before` of expiry) for `lease`; None when none is due.
-pub fn take_due(
-    conn: &mut PgConnection,
-    renew_before: chrono::TimeDelta,
-    lease: chrono::TimeDelta,
-) -> QueryResult<Option<Domain>> {
+/// Takes the next domain due an order (new, failed and due again, or at
+/// its renewal time) for `lease`; None when none is due.
+pub fn take_due(conn: &mut PgConnection, lease: chrono::TimeDelta) -> QueryResult<Option<Domain>> {
     let now = Utc::now();
     conn.transaction(|conn| {
         let due = domains::table
@@ -252,9 +276,9 @@ pub fn take_due(
                     .or(domains::order_lease_until.lt(now)),
             )
             .filter(
-                domains::not_after
+                domains::renew_at
                     .is_null()
-                    .or(domains::not_after.le(now + renew_before))
+                    .or(domains::renew_at.le(now))
                     .or(domains::status.eq(FAILED)),
             )
             .order(domains::next_attempt_at)
@@ -289,7 +313,7 @@ pub fn issued(
     id: Uuid,
     certificate_pem: &str,
     key: &capsule::crypto::Sealed,
-    not_after: DateTime<Utc>,
+    (not_after, renew_at): (DateTime<Utc>, DateTime<Utc>),
 ) -> QueryResult<Option<Domain>> {
     conn.transaction(|conn| {
         let domain = diesel::update(domains::table.find(id))
@@ -300,6 +324,7 @@ pub fn issued(
                 domains::key_sealed.eq(&key.text),
                 domains::key_id.eq(&key.key_id),
                 domains::not_after.eq(not_after),
+                domains::renew_at.eq(renew_at),
                 domains::attempts.eq(0),
                 domains::next_attempt_at.eq(Utc::now()),
                 domains::order_lease_until.eq(None::<DateTime<Utc>>),
@@ -356,6 +381,13 @@ pub fn failed(
         }
         Ok(domain)
     })
+}
+
+/// The order now open for `id`, whose authorizations its removal gives up.
+pub fn ordered(conn: &mut PgConnection, id: Uuid, order_url: &str) -> QueryResult<usize> {
+    diesel::update(domains::table.find(id))
+        .set(domains::order_url.eq(order_url))
+        .execute(conn)
 }
 
 /// Keeps an order's lease while it runs.

@@ -197,6 +197,8 @@ diesel::table! {
         key_sealed -> Nullable<Text>,
         key_id -> Nullable<Varchar>,
         not_after -> Nullable<Timestamptz>,
+        renew_at -> Nullable<Timestamptz>,
+        order_url -> Nullable<Varchar>,
         attempts -> Int4,
         next_attempt_at -> Timestamptz,
         order_lease_until -> Nullable<Timestamptz>,

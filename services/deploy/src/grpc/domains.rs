@@ -57,7 +57,7 @@ impl DeployServiceApi {
         }
     }
 
-    fn domain_proto(&self, domain: &db::domains::Domain, label: &str, txt: Option<&str>) -> pb::Domain {
+    fn domain_proto(&self, domain: &db::domains::Domain, label: &str) -> pb::Domain {
         let config = &self.inner.acme.config;
         let host = app_host(label, &domain.environment, &config.apps_domain);
         let status_message = match (domain.status.as_str(), domain.status_message.as_str()) {
@@ -67,7 +67,7 @@ impl DeployServiceApi {
             (db::domains::PENDING, "") => format!(
                 "waiting for the CA: create the DNS records first ({})",
                 if domain.challenge == "dns-01" {
-                    "the TXT record is written for you"
+                    "the CA follows the _acme-challenge CNAME to the record the platform writes"
                 } else {
                     "the CA must reach the gateway at this name"
                 }
@@ -81,7 +81,15 @@ impl DeployServiceApi {
             status: status_of(&domain.status) as i32,
             status_message,
             challenge: challenge_of(&domain.challenge) as i32,
-            dns_records: names::dns_records(&domain.name, &host, &domain.challenge, txt, config),
+            dns_records: names::dns_records(
+                &domain.name,
+                &host,
+                (
+                    &domain.challenge,
+                    &names::challenge_record(domain.id, domain.project_id, &domain.name, config),
+                ),
+                config,
+            ),
             redirect_https: domain.redirect_https,
             hsts_max_age_seconds: u32::try_from(domain.hsts_max_age_secs).unwrap_or(0),
             certificate_expire_time: domain.not_after.map(rpc::timestamp),
@@ -118,7 +126,7 @@ pub(super) async fn add_domain(
     if challenge == "dns-01" && config.directory.is_some() && config.dns_hook.is_none() {
         violations.add(
             "challenge",
-            "this platform writes no DNS records (DEPLOY_ACME_DNS_HOOK is unset): add names without \"*.\" and use HTTP-01 or TLS-ALPN-01",
+            "this platform writes no DNS-01 records (DEPLOY_ACME_DNS_HOOK is unset): add names without \"*.\" and use HTTP-01 or TLS-ALPN-01",
         );
     }
     violations.check()?;
@@ -177,7 +185,7 @@ pub(super) async fn add_domain(
             .detail("challenge", challenge),
     )
     .await;
-    Ok(Response::new(api.domain_proto(&domain, &label, None)))
+    Ok(Response::new(api.domain_proto(&domain, &label)))
 }
 
 pub(super) async fn list_domains(
@@ -192,27 +200,9 @@ pub(super) async fn list_domains(
     violations.check()?;
     api.check_project(&caller, permission, project_id).await?;
     let label = api.host_label(&caller, project_id).await?;
-    let rows = api
-        .db()
-        .run(move |conn| {
-            let domains = db::domains::list(conn, project_id)?;
-            domains
-                .into_iter()
-                .map(|domain| {
-                    let txt = match domain.challenge.as_str() {
-                        "dns-01" => db::domains::txt_of(conn, domain.id)?,
-                        _ => None,
-                    };
-                    Ok((domain, txt))
-                })
-                .collect::<diesel::QueryResult<Vec<_>>>()
-        })
-        .await?;
+    let rows = api.db().run(move |conn| db::domains::list(conn, project_id)).await?;
     Ok(Response::new(pb::ListDomainsResponse {
-        domains: rows
-            .iter()
-            .map(|(domain, txt)| api.domain_proto(domain, &label, txt.as_deref()))
-            .collect(),
+        domains: rows.iter().map(|domain| api.domain_proto(domain, &label)).collect(),
     }))
 }
 
@@ -236,6 +226,12 @@ pub(super) async fn remove_domain(
         .await?
         .ok_or_else(|| Status::not_found(format!("the project has no domain {name}")))?;
     tracing::info!(domain = %name, project.id = %project_id, "domain removed");
+    // The CA forgets what this project proved, so that no other project's
+    // order for the name is let through on it.
+    if let Some(order) = removed.order_url.clone() {
+        let acme = api.inner.acme.clone();
+        tokio::spawn(async move { acme.give_up(&order).await });
+    }
     api.audit(
         AuditEvent::new(&actor, "domain.remove", format!("domains/{name}"))
             .organization(organization)

@@ -27,17 +27,27 @@ pub struct Domains {
     exact: HashMap<String, Arc<Served>>,
     /// "*.example.com" under "example.com".
     wildcard: HashMap<String, Arc<Served>>,
-    /// HTTP-01: token to key authorization.
-    http01: HashMap<String, String>,
+    /// HTTP-01: token to the name it is for and its key authorization.
+    http01: HashMap<String, (String, String)>,
     /// TLS-ALPN-01: name to its challenge certificate.
     alpn: HashMap<String, Arc<CertifiedKey>>,
+    /// The platform's own `*.<apps domain>`, for every app host.
+    apps: Option<Arc<CertifiedKey>>,
 }
 
 impl Domains {
     /// The table a route table describes; what cannot be used (a
     /// certificate that does not parse) is left out and logged.
-    pub fn from_table(domains: Vec<pb::DomainRoute>, challenges: Vec<pb::AcmeChallenge>) -> Self {
+    /// A domain or challenge under the apps' domain (but the platform's
+    /// own wildcard) is left out: whatever the deploy service was told,
+    /// no tenant answers for an app's host.
+    pub fn from_table(domains: Vec<pb::DomainRoute>, challenges: Vec<pb::AcmeChallenge>, apps_domain: &str) -> Self {
         let mut table = Self::default();
+        let apps_wildcard = format!("*.{apps_domain}");
+        let platforms = |name: &str| {
+            let name = name.strip_prefix("*.").unwrap_or(name);
+            name == apps_domain || name.ends_with(&format!(".{apps_domain}"))
+        };
         for domain in domains {
             let certificate = match certified(&domain.certificate_pem, &domain.private_key_pem) {
                 Ok(certificate) => Arc::new(certificate),
@@ -46,6 +56,14 @@ impl Domains {
                     continue;
                 }
             };
+            if domain.domain == apps_wildcard {
+                table.apps = Some(certificate);
+                continue;
+            }
+            if platforms(&domain.domain) {
+                tracing::warn!(domain = %domain.domain, "a custom domain under the apps' domain is not served");
+                continue;
+            }
             let served = Arc::new(Served {
                 host: domain.host,
                 redirect_https: domain.redirect_https,
@@ -58,9 +76,14 @@ impl Domains {
             };
         }
         for challenge in challenges {
+            if platforms(&challenge.domain) && format!("*.{}", challenge.domain) != apps_wildcard {
+                continue;
+            }
             match challenge.kind() {
                 pb::DomainChallenge::Http01 => {
-                    table.http01.insert(challenge.token, challenge.key_authorization);
+                    table
+                        .http01
+                        .insert(challenge.token, (challenge.domain, challenge.key_authorization));
                 }
                 pb::DomainChallenge::TlsAlpn01 => {
                     match alpn_certificate(&challenge.domain, &challenge.key_authorization) {
@@ -86,18 +109,32 @@ impl Domains {
             .or_else(|| self.wildcard.get(name.split_once('.')?.1))
     }
 
+    /// The apps' own wildcard certificate, when the platform has one.
+    pub fn apps_certificate(&self) -> Option<&Arc<CertifiedKey>> {
+        self.apps.as_ref()
+    }
+
     /// The TLS-ALPN-01 challenge certificate for `name`.
     pub fn alpn(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
         self.alpn.get(name)
     }
 
-    /// The key authorization of an HTTP-01 token.
-    pub fn http01(&self, token: &str) -> Option<&str> {
-        self.http01.get(token).map(String::as_str)
+    /// The key authorization of an HTTP-01 token, asked for at `name`:
+    /// only at the name it validates (a redirect from elsewhere to the
+    /// platform proves nothing of that elsewhere).
+    pub fn http01(&self, token: &str, name: &str) -> Option<&str> {
+        self.http01
+            .get(token)
+            .filter(|(domain, _)| domain == name)
+            .map(|(_, answer)| answer.as_str())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcard.is_empty() && self.http01.is_empty() && self.alpn.is_empty()
+        self.exact.is_empty()
+            && self.wildcard.is_empty()
+            && self.http01.is_empty()
+            && self.alpn.is_empty()
+            && self.apps.is_none()
     }
 }
 
@@ -126,4 +163,34 @@ fn alpn_certificate(name: &str, key_authorization: &str) -> Result<CertifiedKey,
     let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|err| err.to_owned())?;
     let signing = any_supported_type(&key_der).map_err(|err| err.to_string())?;
     Ok(CertifiedKey::new(vec![certificate.der().clone()], signing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(domain: &str, token: &str) -> pb::AcmeChallenge {
+        pb::AcmeChallenge {
+            domain: domain.to_owned(),
+            kind: pb::DomainChallenge::Http01 as i32,
+            token: token.to_owned(),
+            key_authorization: format!("{token}.thumbprint"),
+        }
+    }
+
+    #[test]
+    fn a_challenge_is_answered_only_at_its_name_and_never_under_the_apps_domain() {
+        let table = Domains::from_table(
+            Vec::new(),
+            vec![
+                challenge("shop.example.com", "t1"),
+                challenge("victim.apps.example", "t2"),
+            ],
+            "apps.example",
+        );
+        assert_eq!(table.http01("t1", "shop.example.com"), Some("t1.thumbprint"));
+        // A redirect from a name the tenant does not hold proves nothing.
+        assert_eq!(table.http01("t1", "example.com"), None);
+        assert_eq!(table.http01("t2", "victim.apps.example"), None);
+    }
 }

@@ -150,12 +150,12 @@ pub fn name_of(host: &str) -> &str {
     }
 }
 
-/// The answer to an ACME HTTP-01 validation of an open order, whatever
-/// the host: the key authorization of a token the gateway holds. Other
-/// paths, and tokens it does not hold, go on as usual.
-pub fn acme_answer(apps: &Apps, uri: &http::Uri) -> Option<Response<Body>> {
+/// The answer to an ACME HTTP-01 validation of an open order at the name
+/// it validates: the key authorization of a token the gateway holds.
+/// Other paths, hosts and tokens go on as usual.
+pub fn acme_answer(apps: &Apps, host: &str, uri: &http::Uri) -> Option<Response<Body>> {
     let token = uri.path().strip_prefix("/.well-known/acme-challenge/")?;
-    let answer = apps.domains().http01(token)?.to_owned();
+    let answer = apps.domains().http01(token, name_of(host))?.to_owned();
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from(answer))
@@ -173,13 +173,28 @@ pub async fn to_domain(
     request: Request<Body>,
     tls: bool,
 ) -> Response<Body> {
+    // Behind a load balancer that terminated TLS, its word counts.
+    let tls = tls || said_https(&request, client, apps);
     if !tls && served.redirect_https {
+        let name = name_of(host);
+        // A wildcard's first label is the client's to write: only a DNS
+        // name goes into the Location.
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                "The request's host is not a domain name.",
+            );
+        }
         let port = match apps.config.https_port {
             Some(443) | None => String::new(),
             Some(port) => format!(":{port}"),
         };
         let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let location = format!("https://{}{port}{path}", name_of(host));
+        let location = format!("https://{name}{port}{path}");
         return Response::builder()
             .status(StatusCode::PERMANENT_REDIRECT)
             .header(header::LOCATION, location)
@@ -201,6 +216,17 @@ pub async fn to_domain(
         response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, value);
     }
     response
+}
+
+/// Whether a trusted proxy (`GATEWAY_TRUSTED_PROXIES`) says the client
+/// used HTTPS.
+fn said_https(request: &Request<Body>, client: SocketAddr, apps: &Apps) -> bool {
+    apps.trusted_proxies.iter().any(|net| net.contains(&client.ip()))
+        && request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
 }
 
 /// Forwards `request` to the app live at `host`; `tls`: the client used

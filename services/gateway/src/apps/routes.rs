@@ -9,6 +9,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Apps;
 
+/// The largest route table read: some 20,000 custom domains with their
+/// certificates.
+const ROUTE_TABLE_MAX_BYTES: usize = 128 * 1024 * 1024;
+
 /// Keeps `apps.table` equal to the deploy service's until `shutdown`.
 pub async fn follow(apps: Arc<Apps>, channel: Channel, shutdown: CancellationToken) {
     let Some(secret) = apps.config.internal_secret.clone() else {
@@ -32,7 +36,10 @@ pub async fn follow(apps: Arc<Apps>, channel: Channel, shutdown: CancellationTok
 async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &CancellationToken) -> Result<(), tonic::Status> {
     let mut request = tonic::Request::new(WatchRoutesRequest {});
     capsule::auth::as_service(&mut request, secret)?;
+    // Every table carries each custom domain's certificate: far larger
+    // than a call's usual limit.
     let mut stream = DeployServiceClient::new(channel)
+        .max_decoding_message_size(ROUTE_TABLE_MAX_BYTES)
         .watch_routes(request)
         .await?
         .into_inner();
@@ -44,7 +51,7 @@ async fn watch(apps: &Apps, channel: Channel, secret: &str, shutdown: &Cancellat
         let Some(table) = table else {
             return Ok(());
         };
-        let domains = super::domains::Domains::from_table(table.domains, table.challenges);
+        let domains = super::domains::Domains::from_table(table.domains, table.challenges, &apps.config.domain);
         let routes: HashMap<String, Vec<SocketAddr>> = table
             .routes
             .into_iter()

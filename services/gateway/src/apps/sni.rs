@@ -11,8 +11,9 @@ use tokio_rustls::rustls::{
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Picks the certificate by SNI: a TLS-ALPN-01 challenge's when the CA
-/// asks for `acme-tls/1`, else the domain's, else the fallback (the
-/// gateway's own, `CAPSULE_TLS_*`, for the apps' domain and the API).
+/// asks for `acme-tls/1`, else the custom domain's, else for an app's host
+/// the apps' wildcard certificate the platform ordered, else the fallback
+/// (the gateway's own, `CAPSULE_TLS_*`).
 pub struct Resolver {
     pub apps: Arc<super::Apps>,
     pub fallback: Option<Arc<CertifiedKey>>,
@@ -34,9 +35,13 @@ impl ResolvesServerCert for Resolver {
         if challenge {
             return domains.alpn(name.as_deref()?).cloned();
         }
-        name.as_deref()
-            .and_then(|name| domains.find(name))
+        let name = name.as_deref();
+        name.and_then(|name| domains.find(name))
             .map(|served| served.certificate.clone())
+            .or_else(|| {
+                name.and_then(|name| self.apps.host_of(name))
+                    .and(domains.apps_certificate().cloned())
+            })
             .or_else(|| self.fallback.clone())
     }
 }

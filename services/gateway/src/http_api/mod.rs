@@ -149,7 +149,7 @@ async fn to_app(
         return next.run(request).await;
     };
     let tls = apps.https || request.extensions().get::<crate::apps::proxy::ViaTls>().is_some();
-    if !tls && let Some(response) = crate::apps::proxy::acme_answer(&apps, request.uri()) {
+    if !tls && let Some(response) = crate::apps::proxy::acme_answer(&apps, &host, request.uri()) {
         return response;
     }
     let name = crate::apps::proxy::name_of(&host);
