@@ -13,6 +13,10 @@ use std::{
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
+/// The external account binding Pebble requires (its key base64url).
+const EAB_KID: &str = "capsule-test";
+const EAB_HMAC_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+
 /// A free loopback port (taken and let go).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,6 +96,9 @@ impl Plan {
             ("DEPLOY_ACME_DNS_HOOK", self.dns_hook.display().to_string()),
             ("DEPLOY_ACME_DNS_ZONE", "acme.capsule.test".to_owned()),
             ("DEPLOY_ACME_EMAIL", "ops@capsule.test".to_owned()),
+            // Pebble requires external account binding, as some CAs do.
+            ("DEPLOY_ACME_EAB_KID", EAB_KID.to_owned()),
+            ("DEPLOY_ACME_EAB_HMAC_KEY", EAB_HMAC_KEY.to_owned()),
             ("DEPLOY_ACME_CHALLENGE_DELAY_MS", "1200".to_owned()),
             ("GATEWAY_APPS_HTTPS_ADDR", self.https_addr.to_string()),
             ("DEPLOY_RESERVED_DOMAINS", "api.capsule.test".to_owned()),
@@ -110,7 +117,8 @@ impl Plan {
                 "httpPort": http_port,
                 "tlsPort": self.https_addr.port(),
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": false,
+                "externalAccountBindingRequired": true,
+                "externalAccountMACKeys": { EAB_KID: EAB_HMAC_KEY },
                 "certificateValidityPeriod": validity.as_secs(),
             }
         });
