@@ -152,7 +152,7 @@ impl Runner {
         let dir = serve::socket_dir(&self.config.workdir);
         host::runner_dir(&dir, 0o700)?;
         let socket = dir.join(format!("{}.sock", job.reporter.deployment_id));
-        Ok((Reach::Socket(socket), port))
+        Ok((Reach::Sandbox(serve::Tunnel::new(socket)), port))
     }
 
     /// Starts the app (and, sandboxed, its connector) and pumps its output
@@ -161,7 +161,7 @@ impl Runner {
     fn launch(&self, job: &Job, reach: &Reach, kill: &CancellationToken) -> std::io::Result<(i32, JoinHandle<Ended>)> {
         let port = match reach {
             Reach::Port(port) => *port,
-            Reach::Socket(_) => sandbox::APP_PORT,
+            Reach::Sandbox(_) => sandbox::APP_PORT,
         };
         let child = self.spawn(job, &job.snapshot.start_command, None, Some(port))?;
         let pid = child.id().and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
@@ -172,7 +172,7 @@ impl Runner {
         };
         let (sink, masker, kill) = (job.reporter.clone(), job.masker.clone(), kill.clone());
         let connect = match reach {
-            Reach::Socket(socket) => Some((self.sandbox.clone(), socket.clone())),
+            Reach::Sandbox(tunnel) => Some((self.sandbox.clone(), tunnel.clone())),
             Reach::Port(_) => None,
         };
         Ok((
@@ -180,7 +180,7 @@ impl Runner {
             tokio::spawn(async move {
                 // Lives as long as this launch of the app: killed on drop.
                 let _connector = match connect {
-                    Some((sandbox, socket)) => serve::connect(&sandbox, pid, &socket, port).await,
+                    Some((sandbox, tunnel)) => serve::connect(&sandbox, pid, &tunnel, port).await,
                     None => None,
                 };
                 pump(&sink, child, kill, limits, &masker).await
@@ -384,8 +384,8 @@ impl Runner {
             let _ = (&mut app.running).await;
         }
         drop(app.forwarder);
-        if let Reach::Socket(socket) = &app.reach {
-            let _ = std::fs::remove_file(socket);
+        if let Reach::Sandbox(tunnel) = &app.reach {
+            let _ = std::fs::remove_file(&tunnel.socket);
         }
     }
 

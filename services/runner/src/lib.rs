@@ -41,6 +41,7 @@ pub mod sandbox;
 pub mod serve;
 pub mod source;
 mod tools;
+mod tunnel;
 mod workers;
 
 use std::{

@@ -2,13 +2,14 @@
 //! and stopping them gently.
 //!
 //! A sandboxed app listens on `PORT` inside a network of its own. The
-//! sandbox's connector (socat, started in that network namespace and in no
-//! other of the sandbox's) listens on a Unix socket in the runner's own
-//! directory, which no sandbox sees, and joins each connection to the
-//! app's port; the runner's [`Forwarder`] listens on a TCP port of the host
+//! runner's [`Forwarder`] listens on a TCP port of the host
 //! (`DEPLOY_RUNNER_UPSTREAM_HOST`, loopback by default) and joins each
-//! connection to that socket. That TCP address is the upstream the gateway
-//! routes to. Nothing on the way is a path the tenant can write or replace.
+//! connection to the app through its [`Tunnel`]: a socket opened inside
+//! the sandbox's network by a thread of the runner that joined it (a
+//! runner with root), or else the sandbox's connector (socat, started in
+//! that network namespace and in no other of the sandbox's, listening on
+//! a Unix socket in the runner's own directory, which no sandbox sees).
+//! That TCP address is the upstream the gateway routes to. Nothing on the way is a path the tenant can write or replace.
 //! Sandboxes have no route to the host's loopback, so no tenant reaches
 //! another's upstream. Unisolated, the app listens on a free port of the
 //! host, which is the upstream itself.
@@ -25,6 +26,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
+pub use super::tunnel::{Joined, Tunnel};
 use super::{
     host::{children_of, pids},
     sandbox::Sandbox,
@@ -42,8 +44,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How the runner reaches an app.
 #[derive(Debug, Clone)]
 pub enum Reach {
-    /// Through the sandbox's connector socket, in the runner's directory.
-    Socket(PathBuf),
+    /// Into the sandbox's network, across the app's launches.
+    Sandbox(Arc<Tunnel>),
     /// Straight to a port of the host (unisolated).
     Port(u16),
 }
@@ -177,11 +179,18 @@ impl Forwarder {
 /// Joins a client's connection to the app until either side closes.
 async fn join(client: &mut TcpStream, reach: &Reach) {
     match reach {
-        Reach::Socket(path) => {
-            if let Ok(mut app) = UnixStream::connect(path).await {
-                let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+        Reach::Sandbox(tunnel) => match tunnel.dialer() {
+            Some(dialer) => {
+                if let Ok(mut app) = dialer.connect().await {
+                    let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+                }
             }
-        }
+            None => {
+                if let Ok(mut app) = UnixStream::connect(&tunnel.socket).await {
+                    let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+                }
+            }
+        },
         Reach::Port(port) => {
             if let Ok(mut app) = TcpStream::connect(("127.0.0.1", *port)).await {
                 let _ = tokio::io::copy_bidirectional(client, &mut app).await;
@@ -196,17 +205,32 @@ impl Drop for Forwarder {
     }
 }
 
-/// Starts the connector of the sandboxed app whose bwrap is `bwrap`, as
-/// soon as its sandbox exists (a few milliseconds after the start); `None`
-/// when it cannot, and the app then never answers its health check.
-pub async fn connect(sandbox: &Sandbox, bwrap: i32, socket: &Path, port: u16) -> Option<tokio::process::Child> {
+/// A launch's way in, held for as long as it runs.
+#[derive(Debug)]
+pub enum Connected {
+    /// The tunnel dials into this launch's sandbox.
+    Joined(Joined),
+    /// The socat connector (killed on drop).
+    Connector(tokio::process::Child),
+}
+
+/// Opens the tunnel into the sandboxed app whose bwrap is `bwrap` (or
+/// starts its connector), as soon as its sandbox exists (a few
+/// milliseconds after the start); `None` when it cannot, and the app then
+/// never answers its health check.
+pub async fn connect(sandbox: &Sandbox, bwrap: i32, tunnel: &Arc<Tunnel>, port: u16) -> Option<Connected> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        match sandbox
-            .connector(bwrap, socket, port)
-            .and_then(|command| command.map(|mut c| c.spawn()).transpose())
-        {
-            Ok(Some(connector)) => return Some(connector),
+        let attempt = if Tunnel::joins() {
+            tunnel.join(bwrap, port).map(|joined| joined.map(Connected::Joined))
+        } else {
+            sandbox
+                .connector(bwrap, &tunnel.socket, port)
+                .and_then(|command| command.map(|mut c| c.spawn()).transpose())
+                .map(|child| child.map(Connected::Connector))
+        };
+        match attempt {
+            Ok(Some(connected)) => return Some(connected),
             Ok(None) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(10)).await,
             Ok(None) => return None,
             Err(err) => {
@@ -224,12 +248,18 @@ pub async fn connect(sandbox: &Sandbox, bwrap: i32, socket: &Path, port: u16) ->
 pub async fn probe(reach: &Reach, path: &str) -> Result<(), String> {
     let probed = tokio::time::timeout(PROBE_TIMEOUT, async {
         match reach {
-            Reach::Socket(socket) => {
-                let stream = UnixStream::connect(socket)
-                    .await
-                    .map_err(|_| "nothing listens yet".to_owned())?;
-                exchange(stream, path, true).await
-            }
+            Reach::Sandbox(tunnel) => match tunnel.dialer() {
+                Some(dialer) => {
+                    let stream = dialer.connect().await.map_err(|_| "nothing listens yet".to_owned())?;
+                    exchange(stream, path, false).await
+                }
+                None => {
+                    let stream = UnixStream::connect(&tunnel.socket)
+                        .await
+                        .map_err(|_| "nothing listens yet".to_owned())?;
+                    exchange(stream, path, true).await
+                }
+            },
             Reach::Port(port) => {
                 let stream = TcpStream::connect(("127.0.0.1", *port))
                     .await
