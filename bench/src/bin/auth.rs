@@ -4,8 +4,8 @@
 //!    (`capsule::auth::authorize`: header parse, key lookup, EdDSA verify,
 //!    claims), single-threaded, in µs. Target: under 50 µs.
 //! 2. Logins per second against a real auth service and database, with
-//!    `CONCURRENCY` clients (default 8) for `SECONDS` (default 10). Logins
-//!    are bound by argon2id (m=19 MiB, t=2, p=1), on purpose.
+//!    `CONCURRENCY` clients (default 8) for `BENCH_SECONDS` (default 10).
+//!    Logins are bound by argon2id (m=19 MiB, t=2, p=1), on purpose.
 
 use std::{
     sync::{
@@ -95,7 +95,7 @@ async fn token_check() -> anyhow::Result<(f64, f64)> {
 
 async fn logins() -> anyhow::Result<(f64, u64, u64)> {
     let concurrency = env_number("CONCURRENCY", 8);
-    let seconds = env_number("SECONDS", 10);
+    let seconds = env_number("BENCH_SECONDS", 10);
     let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
     let listener = testing::free_listener().await;
     let addr = listener.local_addr()?;
