@@ -35,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let query: Vec<(String, String)> = form_pairs(query);
-    if let Ok(message) = transcode::build_request(route, &bound, &query, body) {
+    if let Ok(message) = transcode::build_request(route, &bound, &query, body, "application/json") {
         let _ = transcode::to_json(&message);
     }
 });
