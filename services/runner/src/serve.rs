@@ -176,24 +176,32 @@ impl Forwarder {
     }
 }
 
+/// Bytes read at once each way: a 64 KiB answer crosses in one read
+/// and one write, not eight.
+const COPY_BUFFER: usize = 64 * 1024;
+
+async fn copy(client: &mut TcpStream, app: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> std::io::Result<(u64, u64)> {
+    tokio::io::copy_bidirectional_with_sizes(client, app, COPY_BUFFER, COPY_BUFFER).await
+}
+
 /// Joins a client's connection to the app until either side closes.
 async fn join(client: &mut TcpStream, reach: &Reach) {
     match reach {
         Reach::Sandbox(tunnel) => match tunnel.dialer() {
             Some(dialer) => {
                 if let Ok(mut app) = dialer.connect().await {
-                    let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+                    let _ = copy(client, &mut app).await;
                 }
             }
             None => {
                 if let Ok(mut app) = UnixStream::connect(&tunnel.socket).await {
-                    let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+                    let _ = copy(client, &mut app).await;
                 }
             }
         },
         Reach::Port(port) => {
             if let Ok(mut app) = TcpStream::connect(("127.0.0.1", *port)).await {
-                let _ = tokio::io::copy_bidirectional(client, &mut app).await;
+                let _ = copy(client, &mut app).await;
             }
         }
     }
