@@ -189,7 +189,11 @@ async fn join(client: &mut TcpStream, reach: &Reach) {
     match reach {
         Reach::Sandbox(tunnel) => match tunnel.dialer() {
             Some(dialer) => {
-                if let Ok(mut app) = dialer.connect().await {
+                let app = dialer.connect().await;
+                // A launch's dialer (and its thread in that sandbox) is not
+                // kept alive by the connections it opened.
+                drop(dialer);
+                if let Ok(mut app) = app {
                     let _ = copy(client, &mut app).await;
                 }
             }

@@ -54,6 +54,10 @@ impl Dialer {
                 }
                 let app = SocketAddr::from(([127, 0, 0, 1], port));
                 while let Ok(reply) = incoming.recv() {
+                    // Its client left (a probe timed out): no connection.
+                    if reply.is_closed() {
+                        continue;
+                    }
                     let stream = StdTcpStream::connect_timeout(&app, CONNECT_TIMEOUT).and_then(|stream| {
                         stream.set_nonblocking(true)?;
                         stream.set_nodelay(true)?;
@@ -91,13 +95,15 @@ pub struct Tunnel {
 }
 
 /// While held, the tunnel dials into one launch's sandbox; dropped when
-/// the launch ends.
+/// the launch ends (clearing its own dialer only, never a later one's).
 #[derive(Debug)]
-pub struct Joined(Arc<Tunnel>);
+pub struct Joined(Arc<Tunnel>, Arc<Dialer>);
 
 impl Drop for Joined {
     fn drop(&mut self) {
-        if let Ok(mut dialer) = self.0.dialer.write() {
+        if let Ok(mut dialer) = self.0.dialer.write()
+            && dialer.as_ref().is_some_and(|current| Arc::ptr_eq(current, &self.1))
+        {
             *dialer = None;
         }
     }
@@ -125,6 +131,11 @@ impl Tunnel {
     /// `port` there: `Ok(None)` while the sandbox does not exist yet (or
     /// has ended).
     pub fn join(self: &Arc<Self>, bwrap: i32, port: u16) -> std::io::Result<Option<Joined>> {
+        // No process (a pid never known is 0): the children of 0 are the
+        // host's init and kthreadd, whose network is the host's.
+        if bwrap <= 0 {
+            return Ok(None);
+        }
         let Some(init) = children_of(bwrap).into_iter().next() else {
             return Ok(None);
         };
@@ -140,7 +151,7 @@ impl Tunnel {
         *self
             .dialer
             .write()
-            .map_err(|_| std::io::Error::other("a poisoned tunnel"))? = Some(dialer);
-        Ok(Some(Joined(self.clone())))
+            .map_err(|_| std::io::Error::other("a poisoned tunnel"))? = Some(dialer.clone());
+        Ok(Some(Joined(self.clone(), dialer)))
     }
 }
