@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod guard;
+pub mod handoff;
 pub mod migrate;
 pub mod proto;
 pub mod rpc;

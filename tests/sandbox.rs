@@ -290,12 +290,14 @@ async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
     build += &probe("capabilities", "grep -q 'CapEff:.*[1-9a-f]' /proc/self/status");
     build += &probe("new-user-namespace", "unshare -U true 2>/dev/null");
     build += &probe("workspace-write", "! echo mine > /workspace/file");
+    let handoff = mesh.handoff_socket().unwrap();
+    build += &probe("handoff-socket", &format!("[ -e '{}' ]", handoff.display()));
     build += "setsid sleep 1000 &\necho \"probes-done-$((6 * 7))\"\nwait\n";
     let attacker = project(&mesh, &mallory, &build, &[]).await;
     let attack = deploy(&mesh, &mallory, &attacker).await;
     let all = logs_until(&mesh, &mallory, &attack.id, "probes-done-42").await;
     let probes: Vec<&str> = all.lines().filter(|line| line.starts_with("probe ")).collect();
-    assert_eq!(probes.len(), 13, "every probe ran:\n{all}");
+    assert_eq!(probes.len(), 14, "every probe ran:\n{all}");
     for line in &probes {
         assert!(line.ends_with(": blocked"), "{line}\n{all}");
     }
@@ -338,6 +340,72 @@ async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
     .await;
     assert_eq!(still.state, DeploymentState::Live as i32);
     mesh.stop().await;
+}
+
+/// The runner's handoff socket gives a connection that ends inside a
+/// tenant's sandbox: only the runner's own user (or root) is answered —
+/// another user of the host gets nothing, even once the socket is opened
+/// to everyone; its directory and itself are the runner's alone; a
+/// request that is no address gets no answer.
+#[tokio::test]
+async fn the_handoff_socket_answers_no_other_user() {
+    use std::os::unix::{fs::PermissionsExt, process::CommandExt};
+
+    use capsule::handoff::{Answer, receive};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockets").join("handoff.sock");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handoff = Arc::new(capsule_runner::handoff::Handoff::default());
+    tokio::spawn(handoff.listen(path.clone(), stop.clone()));
+    let started = Instant::now();
+    while !path.exists() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no socket at {path:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(path.parent().unwrap()), mode(&path)), (0o700, 0o600));
+
+    let mut own = tokio::net::UnixStream::connect(&path).await.unwrap();
+    own.write_all(b"127.0.0.1:9\n").await.unwrap();
+    assert_eq!(receive(&own).await.unwrap().0, Answer::Dial);
+    let mut junk = tokio::net::UnixStream::connect(&path).await.unwrap();
+    junk.write_all(b"not an address\n").await.unwrap();
+    assert_eq!(junk.read(&mut [0u8; 8]).await.unwrap_or(0), 0, "junk was answered");
+
+    if nix_uid() == 0 {
+        for opened in [dir.path(), path.parent().unwrap()] {
+            std::fs::set_permissions(opened, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let asked = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import socket, sys\n\
+                     s = socket.socket(socket.AF_UNIX)\n\
+                     s.connect(sys.argv[1])\n\
+                     s.settimeout(5)\n\
+                     try:\n    s.sendall(b'127.0.0.1:9\\n')\n    print(repr(s.recv(16)))\n\
+                     except (BrokenPipeError, ConnectionResetError):\n    print('closed')\n",
+                ])
+                .arg(&path)
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let said = String::from_utf8_lossy(&asked.stdout);
+        assert!(
+            asked.status.success() && (said.trim() == "b''" || said.trim() == "closed"),
+            "another user was answered: {said} {}",
+            String::from_utf8_lossy(&asked.stderr)
+        );
+    }
+    stop.cancel();
 }
 
 fn nix_uid() -> u32 {

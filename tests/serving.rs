@@ -455,7 +455,52 @@ async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
             .unwrap();
         assert_eq!(String::from_utf8(echoed).unwrap(), message.to_uppercase());
     }
+    handed_over(&mesh, &label).await;
     mesh.stop().await;
+}
+
+/// The runner hands the gateway (its own user, on its host) a socket that
+/// ends at the app `label` itself, inside its sandbox.
+async fn handed_over(mesh: &TestMesh, label: &str) {
+    use capsule::handoff::{Answer, receive};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut request = tonic::Request::new(capsule::proto::deploy::v1::WatchRoutesRequest {});
+    capsule::auth::as_service(&mut request, "test-internal-secret").unwrap();
+    let mut routes = mesh.deploys().await.watch_routes(request).await.unwrap().into_inner();
+    let table = routes.message().await.unwrap().unwrap();
+    let route = table.routes.iter().find(|route| route.host == label).unwrap();
+    let mut lease = tokio::net::UnixStream::connect(mesh.handoff_socket().unwrap())
+        .await
+        .unwrap();
+    lease
+        .write_all(format!("{}\n", route.upstream).as_bytes())
+        .await
+        .unwrap();
+    let (answer, socket) = receive(&lease).await.unwrap();
+    assert_eq!(answer, Answer::Handed);
+    let socket = std::net::TcpStream::from(socket.unwrap());
+    // The far end is the app's own port in the sandbox's network.
+    assert_eq!(
+        socket.peer_addr().unwrap().to_string(),
+        format!("127.0.0.1:{}", capsule_runner::sandbox::APP_PORT)
+    );
+    socket.set_nonblocking(true).unwrap();
+    let mut app = tokio::net::TcpStream::from_std(socket).unwrap();
+    app.write_all(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    app.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+
+    // An address the runner does not serve: dial it.
+    let unknown = tokio::net::UnixStream::connect(mesh.handoff_socket().unwrap())
+        .await
+        .unwrap();
+    unknown.writable().await.unwrap();
+    unknown.try_write(b"127.0.0.1:9\n").unwrap();
+    assert_eq!(receive(&unknown).await.unwrap().0, Answer::Dial);
 }
 
 /// The whole mesh — auth, project, the gateway, the deploy service and its

@@ -45,6 +45,8 @@ pub struct TestMesh {
     batching: bool,
     /// Listeners bound at the start, until their service takes them.
     bound: Vec<tokio::net::TcpListener>,
+    /// Where the local runner hands the gateway apps' connections.
+    _handoff_dir: tempfile::TempDir,
 }
 
 /// Options of a test mesh.
@@ -101,11 +103,18 @@ pub async fn start_with(options: Options) -> TestMesh {
         },
     };
     let mut deploy_settings = options.deploy.clone();
+    let mut settings = options.settings.clone();
+    let handoff_dir = tempfile::tempdir().unwrap();
     if options.local_runner {
         deploy_settings.push(("DEPLOY_LOCAL_RUNNER", "true"));
         deploy_settings.push(("DEPLOY_RUNNER_HEARTBEAT_MS", "100"));
+        // The mesh's own: runners of meshes tested side by side share
+        // their working directory's root.
+        if !settings.iter().any(|(name, _)| *name == "DEPLOY_RUNNER_HANDOFF_SOCKET") {
+            let socket = handoff_dir.path().join("handoff.sock");
+            settings.push(("DEPLOY_RUNNER_HANDOFF_SOCKET", socket.display().to_string()));
+        }
     }
-    let mut settings = options.settings.clone();
     settings.extend(deploy_settings.iter().map(|(name, value)| (*name, (*value).to_owned())));
     if !settings.iter().any(|(name, _)| *name == "DEPLOY_ACME_DIRECTORY") {
         settings.push(("DEPLOY_ACME_DIRECTORY", "off".to_owned()));
@@ -126,6 +135,7 @@ pub async fn start_with(options: Options) -> TestMesh {
         settings,
         batching: !options.unbatched,
         bound: Vec::new(),
+        _handoff_dir: handoff_dir,
     };
     for (kind, listener) in listeners {
         let migrations = match kind {
@@ -218,7 +228,7 @@ impl TestMesh {
             services: self.mesh.services.clone(),
         };
         let settings = self.settings.clone();
-        let edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
+        let mut edge = capsule_gateway::EdgeConfig::from_source(&|name: &str| match name {
             "GATEWAY_RATE_LIMIT_PER_SEC" => Some("10000".to_owned()),
             "GATEWAY_RATE_LIMIT_BURST" => Some("10000".to_owned()),
             "CAPSULE_INTERNAL_SECRET" => Some("test-internal-secret".to_owned()),
@@ -226,6 +236,16 @@ impl TestMesh {
             _ => settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone()),
         })
         .unwrap();
+        // As `capsule dev`: the local runner hands the gateway its apps'
+        // connections (unless a test says otherwise).
+        if let Some(runner) = &self.deploy_config.runner
+            && !self
+                .settings
+                .iter()
+                .any(|(name, _)| *name == "GATEWAY_APPS_HANDOFF_SOCKET")
+        {
+            edge.apps.handoff = Some(runner.handoff_socket.clone());
+        }
         tokio::spawn(capsule_gateway::serve(
             grpc,
             http,
@@ -234,6 +254,14 @@ impl TestMesh {
             testing::serve_config(grpc_addr),
             token,
         ))
+    }
+
+    /// Where the local runner hands the gateway apps' connections.
+    pub fn handoff_socket(&self) -> Option<std::path::PathBuf> {
+        self.deploy_config
+            .runner
+            .as_ref()
+            .map(|runner| runner.handoff_socket.clone())
     }
 
     pub fn addr(&self, kind: ServiceKind) -> SocketAddr {

@@ -109,7 +109,13 @@ pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
     let gateway_serve = ServeConfig::from_source(ServiceKind::Gateway, &source)?;
     serve_metrics(&gateway_serve, &shutdown).await?;
     let gateway_config = GatewayConfig::from_source(&source)?;
-    let edge = capsule_gateway::EdgeConfig::from_source(&source)?;
+    let mut edge = capsule_gateway::EdgeConfig::from_source(&source)?;
+    // The local runner hands the gateway its apps' connections.
+    if let Some(runner) = &deploy_config.runner
+        && edge.apps.handoff.is_none()
+    {
+        edge.apps.handoff = Some(runner.handoff_socket.clone());
+    }
     let grpc = bind(gateway_serve.grpc_addr, "GATEWAY_GRPC_ADDR").await?;
     let http = bind(gateway_config.http_addr, "GATEWAY_HTTP_ADDR").await?;
     // Where an operator looks: the API page, and the metrics (on their own

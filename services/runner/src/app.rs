@@ -131,12 +131,22 @@ impl Runner {
             }
         }
         drop(health);
+        // A gateway on this host may be handed the app's connections.
+        let handed = match &reach {
+            Reach::Sandbox(tunnel) => Some(self.handoff.register(
+                forwarder.addr(),
+                tunnel.clone(),
+                forwarder.gate().clone(),
+            )),
+            Reach::Port(_) => None,
+        };
         let upstream = forwarder.addr().to_string();
         reporter.live(upstream).await;
         Some(LiveApp {
             job,
             reach,
             forwarder,
+            _handed: handed,
             pid,
             running,
             kill,

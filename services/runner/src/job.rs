@@ -83,6 +83,8 @@ pub(super) struct LiveApp {
     pub job: Job,
     pub reach: Reach,
     pub forwarder: Forwarder,
+    /// While held, the gateway may be handed the forwarder's connections.
+    pub _handed: Option<crate::handoff::Registration>,
     pub pid: i32,
     pub running: JoinHandle<Ended>,
     pub kill: CancellationToken,

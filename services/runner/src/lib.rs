@@ -28,6 +28,7 @@ pub mod config;
 pub mod disk;
 pub mod egress;
 mod fetch;
+pub mod handoff;
 pub mod host;
 mod job;
 pub mod limits;
@@ -82,6 +83,8 @@ pub struct Runner {
     /// The filesystems working directories and caches are bounded by, or
     /// why there are none.
     disks: Result<disk::Disks, String>,
+    /// Live apps' connections handed to a gateway on this host.
+    handoff: Arc<handoff::Handoff>,
 }
 
 /// Runs a runner in its own process until `shutdown`: the sandbox checked
@@ -128,6 +131,7 @@ impl Runner {
             sandbox,
             live: Mutex::new(Vec::new()),
             runs: Arc::default(),
+            handoff: Arc::default(),
         }))
     }
 
@@ -135,6 +139,10 @@ impl Runner {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let runner = self.clone();
         tracing::info!(runner.id = %self.id, "runner started");
+        if self.sandbox.isolated() && tunnel::Tunnel::joins() {
+            let path = self.config.handoff_socket.clone();
+            tokio::spawn(self.handoff.clone().listen(path, shutdown.clone()));
+        }
         // Until the deploy service heard it: this runner runs nothing yet.
         let mut fresh = true;
         while !shutdown.is_cancelled() {

@@ -59,6 +59,7 @@ pub struct Forwarder {
 
 /// What a forwarder knows of its traffic, and the gate that holds new
 /// connections while the app is stopped for idleness (scale to zero).
+#[derive(Debug)]
 pub struct Gate {
     /// When the gate was made, and the milliseconds after it when the
     /// last connection opened or closed (no lock on a connection's path).
@@ -104,6 +105,18 @@ impl Gate {
         self.awake.send_replace(true);
     }
 
+    /// Whether the app runs now (connections are not held).
+    pub fn awake(&self) -> bool {
+        *self.awake.borrow()
+    }
+
+    /// Counts a connection as open until the answer is dropped.
+    pub fn enter(self: &Arc<Self>) -> Entered {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Entered(self.clone())
+    }
+
     /// Resolves when a connection waits for the stopped app.
     pub async fn woken(&self) {
         self.wake.notified().await;
@@ -120,6 +133,17 @@ impl Gate {
             tokio::time::timeout(self.hold, awake.wait_for(|awake| *awake)).await,
             Ok(Ok(_))
         )
+    }
+}
+
+/// A connection open through a gate.
+#[derive(Debug)]
+pub struct Entered(Arc<Gate>);
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.touch();
     }
 }
 
@@ -144,8 +168,7 @@ impl Forwarder {
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let (reach, gate) = (reach.clone(), through.clone());
-                gate.open.fetch_add(1, Ordering::AcqRel);
-                gate.touch();
+                let entered = gate.enter();
                 tokio::spawn(async move {
                     let _ = client.set_nodelay(true);
                     if gate.through().await {
@@ -159,8 +182,7 @@ impl Forwarder {
                         let _ = client.write_all(answer.as_bytes()).await;
                         let _ = client.shutdown().await;
                     }
-                    gate.open.fetch_sub(1, Ordering::AcqRel);
-                    gate.touch();
+                    drop(entered);
                 });
             }
         });
@@ -171,7 +193,7 @@ impl Forwarder {
         self.addr
     }
 
-    pub fn gate(&self) -> &Gate {
+    pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
     }
 }

@@ -72,16 +72,20 @@ impl Dialer {
         Ok(Self { requests })
     }
 
-    /// A connection to the app.
-    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+    /// A connection to the app, as a non-blocking socket.
+    pub async fn open(&self) -> std::io::Result<StdTcpStream> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(reply)
             .map_err(|_| std::io::Error::other("the app's sandbox is gone"))?;
-        let stream = answer
+        answer
             .await
-            .map_err(|_| std::io::Error::other("the app's sandbox is gone"))??;
-        TcpStream::from_std(stream)
+            .map_err(|_| std::io::Error::other("the app's sandbox is gone"))?
+    }
+
+    /// A connection to the app, on the runtime.
+    pub async fn connect(&self) -> std::io::Result<TcpStream> {
+        TcpStream::from_std(self.open().await?)
     }
 }
 

@@ -1,17 +1,152 @@
-//! The HTTP client that reaches live apps.
+//! The HTTP client that reaches live apps: pooled HTTP/1.1 connections,
+//! each one either handed over by a runner on this host
+//! (`GATEWAY_APPS_HANDOFF_SOCKET`, [`capsule::handoff`]: a socket that ends
+//! at the app itself, with no process between) or dialled over TCP to the
+//! upstream's address (the runner's forwarder).
 
-use axum::body::Body;
-use hyper_util::{
-    client::legacy::{Client as HyperClient, connect::HttpConnector},
-    rt::TokioExecutor,
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
 };
 
-/// Pooled HTTP/1.1 connections to the apps' upstreams.
-pub type Client = HyperClient<HttpConnector, Body>;
+use axum::body::Body;
+use capsule::handoff::{Answer, receive, trusted_peer};
+use hyper_util::{
+    client::legacy::{
+        Client as HyperClient,
+        connect::{Connected, Connection},
+    },
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::{TcpStream, UnixStream},
+};
 
-pub fn client() -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    HyperClient::builder(TokioExecutor::new()).build(connector)
+/// How long opening a connection to an app may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pooled HTTP/1.1 connections to the apps' upstreams.
+pub type Client = HyperClient<Connector, Body>;
+
+/// `handoff`: the socket of a runner on this host, asked first.
+pub fn client(handoff: Option<PathBuf>) -> Client {
+    HyperClient::builder(TokioExecutor::new()).build(Connector {
+        handoff: handoff.map(Arc::new),
+    })
+}
+
+/// Opens connections to upstreams.
+#[derive(Debug, Clone)]
+pub struct Connector {
+    handoff: Option<Arc<PathBuf>>,
+}
+
+/// A connection to an app; a handed one keeps its Unix stream open, which
+/// tells the runner when it closes.
+#[derive(Debug)]
+pub struct AppStream {
+    tcp: TcpStream,
+    _lease: Option<UnixStream>,
+}
+
+impl tower::Service<http::Uri> for Connector {
+    type Response = TokioIo<AppStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let handoff = self.handoff.clone();
+        Box::pin(async move {
+            let upstream: SocketAddr = uri
+                .authority()
+                .and_then(|authority| authority.as_str().parse().ok())
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an upstream is an address"))?;
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                if let Some(path) = handoff
+                    && let Some(handed) = handed(&path, upstream).await?
+                {
+                    return Ok::<_, io::Error>(handed);
+                }
+                let tcp = TcpStream::connect(upstream).await?;
+                tcp.set_nodelay(true)?;
+                Ok(AppStream { tcp, _lease: None })
+            })
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the app's upstream did not answer"))??;
+            Ok(TokioIo::new(opened))
+        })
+    }
+}
+
+/// A connection the runner at `path` hands over for `upstream`; `None`
+/// when it does not (no runner there, not its upstream, or the app is
+/// stopped): dial the address instead. Refused: the app refused it.
+async fn handed(path: &std::path::Path, upstream: SocketAddr) -> io::Result<Option<AppStream>> {
+    let Ok(mut lease) = UnixStream::connect(path).await else {
+        return Ok(None);
+    };
+    if !trusted_peer(&lease) || lease.write_all(format!("{upstream}\n").as_bytes()).await.is_err() {
+        return Ok(None);
+    }
+    match receive(&lease).await {
+        Ok((Answer::Handed, Some(socket))) => {
+            let tcp = std::net::TcpStream::from(socket);
+            tcp.set_nonblocking(true)?;
+            Ok(Some(AppStream {
+                tcp: TcpStream::from_std(tcp)?,
+                _lease: Some(lease),
+            }))
+        }
+        Ok((Answer::Refused, _)) => Err(io::ErrorKind::ConnectionRefused.into()),
+        _ => Ok(None),
+    }
+}
+
+impl Connection for AppStream {
+    fn connected(&self) -> Connected {
+        self.tcp.connected()
+    }
+}
+
+impl AsyncRead for AppStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AppStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
 }

@@ -29,6 +29,7 @@ use capsule::config::{ConfigError, Source, positive};
 /// | `CAPSULE_INTERNAL_SECRET` | the service credential the route table is read with; unset, no app is served |
 /// | `GATEWAY_APPS_HTTPS_ADDR` | unset: where apps are served over TLS, each custom domain with its own certificate (by SNI), anything else with the gateway's (`CAPSULE_TLS_*`); TLS-ALPN-01 challenges are answered here, so it is port 443 in production |
 /// | `GATEWAY_APPS_HTTPS_PORT` | the port of `GATEWAY_APPS_HTTPS_ADDR`: the port clients reach it at, where plain HTTP requests for custom domains are redirected |
+/// | `GATEWAY_APPS_HANDOFF_SOCKET` | unset: the handoff socket of a runner on this host (`<its DEPLOY_RUNNER_WORKDIR>/.sockets/handoff.sock`; `capsule dev` sets it), asked for each new connection to one of its apps: the runner hands over a socket that ends at the app, and no process copies the traffic between; the gateway must run as the runner's user or root. Unset, or for another runner's upstream, the gateway dials the upstream's address |
 #[derive(Debug, Clone)]
 pub struct AppsConfig {
     pub domain: String,
@@ -36,6 +37,7 @@ pub struct AppsConfig {
     pub internal_secret: Option<String>,
     pub https_addr: Option<SocketAddr>,
     pub https_port: Option<u16>,
+    pub handoff: Option<std::path::PathBuf>,
 }
 
 impl AppsConfig {
@@ -77,6 +79,9 @@ impl AppsConfig {
             internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
             https_addr,
             https_port,
+            handoff: source
+                .get("GATEWAY_APPS_HANDOFF_SOCKET")
+                .map(|path| std::path::PathBuf::from(path.trim())),
         })
     }
 }
@@ -180,13 +185,14 @@ pub struct Apps {
 
 impl Apps {
     pub fn new(config: AppsConfig, trusted_proxies: Vec<capsule::client::IpNet>, https: bool) -> Arc<Self> {
+        let client = client::client(config.handoff.clone());
         Arc::new(Self {
             config,
             trusted_proxies,
             https,
             table: Table::default(),
             domains: std::sync::RwLock::default(),
-            client: client::client(),
+            client,
         })
     }
 

@@ -356,6 +356,7 @@ mod tests {
             internal_secret: None,
             https_addr: None,
             https_port: None,
+            handoff: None,
         };
         let apps = Apps::new(config, capsule::client::parse_networks("10.0.0.0/8").unwrap(), true);
         let mut headers = HeaderMap::new();
