@@ -268,9 +268,16 @@ pub async fn forward(
     let (mut target, mut copies) = upstream;
     let mut tried = Vec::new();
     let mut body = Some(body);
-    let attempts = copies.count().clamp(2, 4);
+    let attempts = if retriable { copies.count().clamp(2, 4) } else { 1 };
+    // The request's head is copied only for a request that may go again.
+    let mut parts = Some(parts);
     for attempt in 0..attempts {
-        let mut outgoing = Request::from_parts(parts.clone(), body.take().unwrap_or_else(Body::empty));
+        let head = match attempt + 1 < attempts {
+            true => parts.clone(),
+            false => parts.take(),
+        };
+        let Some(head) = head else { break };
+        let mut outgoing = Request::from_parts(head, body.take().unwrap_or_else(Body::empty));
         let Ok(uri) = format!("http://{target}{path}").parse() else {
             return page(
                 StatusCode::BAD_REQUEST,
