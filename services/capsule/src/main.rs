@@ -8,6 +8,10 @@
 //! - `capsule migrate <auth|project|deploy|all>`: apply pending migrations.
 //! - `capsule postgres up`: make sure a PostgreSQL server runs (the local
 //!   one, or a private cluster under `.capsule/`) and print its admin URL.
+//!
+//! Beside these operator commands, the users' (`user/`): `login`,
+//! `projects`, `link`, `deploy`, `deployments`, `rollback`, `logs`, `env`,
+//! `open`, `tokens`, and `completions` for the shell.
 
 mod dev;
 mod migrate;
@@ -15,6 +19,7 @@ mod postgres;
 mod serve;
 mod stats;
 mod table;
+mod user;
 
 use std::process::ExitCode;
 
@@ -81,6 +86,10 @@ enum Command {
         #[command(subcommand)]
         command: SecretsCommand,
     },
+    /// Shell completions for the `capsule` command (bash, zsh, fish…).
+    Completions { shell: clap_complete::Shell },
+    #[command(flatten)]
+    User(user::UserCommand),
 }
 
 #[derive(Subcommand)]
@@ -205,6 +214,12 @@ async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
             }
             PostgresCommand::Down => postgres::stop_private(&postgres::project_dir()?).await,
         },
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "capsule", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::User(command) => user::run(command).await,
         Command::Secrets {
             command: SecretsCommand::Reencrypt,
         } => {
@@ -216,5 +231,14 @@ async fn run(cli: Cli, traces: Option<String>) -> anyhow::Result<()> {
             println!("sealed under the current key: {variables} variable value(s), {webhooks} webhook secret(s)");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_commands_are_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
