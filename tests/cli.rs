@@ -125,6 +125,30 @@ async fn a_user_signs_in_deploys_from_a_linked_directory_and_rolls_back() {
     assert!(signed_in.contains("Signed in as cli@example.com"), "{signed_in}");
     let config = user.home.path().join("config").join("capsule");
     assert_eq!((mode(&config), mode(&config.join("credentials.json"))), (0o700, 0o600));
+    // The session goes nowhere else, and nothing goes in the clear over a
+    // network (refused before any packet is sent).
+    let elsewhere = user.run(&["projects", "--api", "http://127.0.0.9:1"], "", &[]).await;
+    let said = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(said.contains("run `capsule login --api http://127.0.0.9:1`"), "{said}");
+    let clear = user
+        .run(
+            &[
+                "login",
+                "--api",
+                "http://api.example.com",
+                "--email",
+                "cli@example.com",
+                "--password-stdin",
+            ],
+            "x\n",
+            &[],
+        )
+        .await;
+    let said = String::from_utf8_lossy(&clear.stderr);
+    assert!(
+        !clear.status.success() && said.contains("in the clear: use https://"),
+        "{said}"
+    );
     let me: serde_json::Value = serde_json::from_str(&user.ok(&["whoami", "--json"], "").await).unwrap();
     assert_eq!(me["email"], "cli@example.com");
 
@@ -176,6 +200,18 @@ async fn a_user_signs_in_deploys_from_a_linked_directory_and_rolls_back() {
     assert_eq!(deployments.len(), 3, "{deployments:?}");
     assert_eq!(deployments[0]["state"], "DEPLOYMENT_STATE_LIVE");
     assert!(deployments[0]["rollbackOf"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // A one-off command beside the live release, with its variables and
+    // its exit status.
+    let ran = user.ok(&["run", "--", "echo", "greeting=$GREETING"], "").await;
+    assert!(ran.contains("greeting=hello"), "{ran}");
+    let failed = user.run(&["run", "--", "sh", "-c", "'exit 3'"], "", &[]).await;
+    assert_eq!(
+        failed.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
 
     // An API token, printed once, acts for CI without the session.
     let created: serde_json::Value =

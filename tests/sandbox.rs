@@ -291,7 +291,13 @@ async fn a_hostile_build_reaches_nothing_and_an_ordinary_one_still_goes_live() {
     build += &probe("new-user-namespace", "unshare -U true 2>/dev/null");
     build += &probe("workspace-write", "! echo mine > /workspace/file");
     let handoff = mesh.handoff_socket().unwrap();
-    build += &probe("handoff-socket", &format!("[ -e '{}' ]", handoff.display()));
+    build += &probe(
+        "handoff-socket",
+        &format!(
+            "python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect(\"{}\")' 2>/dev/null",
+            handoff.display()
+        ),
+    );
     build += "setsid sleep 1000 &\necho \"probes-done-$((6 * 7))\"\nwait\n";
     let attacker = project(&mesh, &mallory, &build, &[]).await;
     let attack = deploy(&mesh, &mallory, &attacker).await;

@@ -50,11 +50,17 @@ struct Route {
 pub struct Registration {
     handoff: Arc<Handoff>,
     upstream: SocketAddr,
+    gate: Arc<Gate>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut routes) = self.handoff.routes.lock() {
+        // Its own route only: the address may serve a later app by now.
+        if let Ok(mut routes) = self.handoff.routes.lock()
+            && routes
+                .get(&self.upstream)
+                .is_some_and(|route| Arc::ptr_eq(&route.gate, &self.gate))
+        {
             routes.remove(&self.upstream);
         }
     }
@@ -65,18 +71,25 @@ impl Handoff {
     /// through `tunnel`, counted on `gate`, while the answer is held.
     pub fn register(self: &Arc<Self>, upstream: SocketAddr, tunnel: Arc<Tunnel>, gate: Arc<Gate>) -> Registration {
         if let Ok(mut routes) = self.routes.lock() {
-            routes.insert(upstream, Route { tunnel, gate });
+            routes.insert(
+                upstream,
+                Route {
+                    tunnel,
+                    gate: gate.clone(),
+                },
+            );
         }
         Registration {
             handoff: self.clone(),
             upstream,
+            gate,
         }
     }
 
     /// Answers gateways at `path` until `shutdown`.
     pub async fn listen(self: Arc<Self>, path: PathBuf, shutdown: CancellationToken) {
-        let listener = match bind(&path) {
-            Ok(listener) => listener,
+        let (listener, bound) = match bind(&path).await {
+            Ok(bound) => bound,
             Err(err) => {
                 tracing::warn!(error = %err, path = %path.display(), "no handoff socket: the gateway reaches apps through the forwarders");
                 return;
@@ -95,7 +108,14 @@ impl Handoff {
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
-        let _ = std::fs::remove_file(&path);
+        // Only the socket this runner bound: another may have taken the
+        // path since.
+        if std::fs::symlink_metadata(&path).is_ok_and(|metadata| {
+            use std::os::unix::fs::MetadataExt;
+            (metadata.dev(), metadata.ino()) == bound
+        }) {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 
     async fn answer(self: Arc<Self>, stream: UnixStream) {
@@ -110,18 +130,24 @@ impl Handoff {
             .lock()
             .ok()
             .and_then(|routes| routes.get(&upstream).cloned());
-        // A stopped app is woken by its forwarder, which holds the
-        // connection meanwhile.
-        let dialer = route
-            .as_ref()
-            .filter(|route| route.gate.awake())
-            .and_then(|route| route.tunnel.dialer());
-        let (Some(route), Some(dialer)) = (route, dialer) else {
+        let Some(route) = route else {
             let _ = send(&stream, Answer::Dial, None).await;
             return;
         };
+        // Counted first: the idle stop cannot start between the check and
+        // the connection. A stopped app is woken by its forwarder, which
+        // holds the connection meanwhile.
         let _open = route.gate.enter();
-        let app = dialer.open().await;
+        let Some(dialer) = route.tunnel.dialer().filter(|_| route.gate.awake()) else {
+            let _ = send(&stream, Answer::Dial, None).await;
+            return;
+        };
+        // A gateway that gave up holds nothing here: the dial is dropped
+        // with its request (the dialer skips a request nobody awaits).
+        let app = tokio::select! {
+            app = dialer.open() => app,
+            () = closed(&stream) => return,
+        };
         drop(dialer);
         match app {
             Ok(app) => {
@@ -137,18 +163,37 @@ impl Handoff {
     }
 }
 
-/// Binds `path` (its directory made the runner's own, mode 0700, when it
-/// does not exist); a socket an earlier run left there is replaced,
-/// anything else is not touched.
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
+/// Binds `path` in a directory only the runner's user may change (made,
+/// mode 0700, when it does not exist; refused when another user could
+/// replace what is in it). A socket an earlier run left there is
+/// replaced, one a live runner answers at is not, nor anything else.
+/// Also the socket's device and inode, to remove it at the end.
+async fn bind(path: &Path) -> std::io::Result<(UnixListener, (u64, u64))> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    let dir = path
+        .parent()
+        .ok_or_else(|| refused(format!("{} has no directory", path.display())))?;
+    if !dir.exists() {
         host::runner_dir(dir, 0o700)?;
     }
+    let metadata = std::fs::metadata(dir)?;
+    if metadata.uid() != nix::unistd::geteuid().as_raw() || metadata.mode() & 0o022 != 0 {
+        return Err(refused(format!(
+            "{} must belong to the runner's user and be writable by no one else",
+            dir.display()
+        )));
+    }
     match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            if UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("a runner already answers at {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -158,8 +203,10 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(_) => {}
     }
     let listener = UnixListener::bind(path)?;
+    // No one else can replace it: the directory is the runner's alone.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let metadata = std::fs::symlink_metadata(path)?;
+    Ok((listener, (metadata.dev(), metadata.ino())))
 }
 
 /// The upstream a gateway asks for: an address and a newline.

@@ -31,16 +31,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Request = oneshot::Sender<std::io::Result<StdTcpStream>>;
 
+/// Connections that may wait to be opened at once: an app that never
+/// accepts holds no more of the runner than this.
+const QUEUE: usize = 256;
+
 /// Opens connections to one port inside one network namespace.
 #[derive(Debug)]
 pub struct Dialer {
-    requests: mpsc::Sender<Request>,
+    requests: mpsc::SyncSender<Request>,
 }
 
 impl Dialer {
     /// A thread joined to `network` that connects to `port` there.
     fn start(network: OwnedFd, port: u16) -> std::io::Result<Self> {
-        let (requests, incoming) = mpsc::channel::<Request>();
+        let (requests, incoming) = mpsc::sync_channel::<Request>(QUEUE);
         let (joined, ready) = mpsc::channel();
         std::thread::Builder::new()
             .name("sandbox-dialer".to_owned())
@@ -75,9 +79,10 @@ impl Dialer {
     /// A connection to the app, as a non-blocking socket.
     pub async fn open(&self) -> std::io::Result<StdTcpStream> {
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(reply)
-            .map_err(|_| std::io::Error::other("the app's sandbox is gone"))?;
+        self.requests.try_send(reply).map_err(|err| match err {
+            mpsc::TrySendError::Full(_) => std::io::Error::other("too many connections wait for the app"),
+            mpsc::TrySendError::Disconnected(_) => std::io::Error::other("the app's sandbox is gone"),
+        })?;
         answer
             .await
             .map_err(|_| std::io::Error::other("the app's sandbox is gone"))?

@@ -91,7 +91,10 @@ pub async fn login(global: &Global, email: Option<String>, password_stdin: bool)
     } else {
         rpassword::prompt_password("Password: ")?
     };
-    let signed_in = AuthServiceClient::new(capsule::tls::channel(&url)?)
+    if password.is_empty() {
+        bail!("no password given");
+    }
+    let signed_in = AuthServiceClient::new(super::api::channel(&url)?)
         .login(auth_pb::LoginRequest {
             email: email.clone(),
             password,
@@ -107,9 +110,12 @@ pub async fn login(global: &Global, email: Option<String>, password_stdin: bool)
     Ok(())
 }
 
+/// A line of standard input; its end before any line is an error.
 fn read_line() -> anyhow::Result<String> {
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        bail!("standard input ended before a value was read");
+    }
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -140,15 +146,24 @@ pub async fn projects(global: &Global, command: Option<ProjectsCommand>) -> anyh
     let api = Api::connect(global).await?;
     match command.unwrap_or(ProjectsCommand::List) {
         ProjectsCommand::List => {
-            let listed = api
-                .projects()
-                .list_projects(api.call(project_pb::ListProjectsRequest {
-                    page_size: 100,
-                    ..Default::default()
-                }))
-                .await
-                .map_err(status)?
-                .into_inner();
+            let mut listed = project_pb::ListProjectsResponse::default();
+            loop {
+                let page = api
+                    .projects()
+                    .list_projects(api.call(project_pb::ListProjectsRequest {
+                        page_size: 100,
+                        page_token: std::mem::take(&mut listed.next_page_token),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                listed.projects.extend(page.projects);
+                listed.next_page_token = page.next_page_token;
+                if listed.next_page_token.is_empty() {
+                    break;
+                }
+            }
             let rows = listed
                 .projects
                 .iter()
@@ -211,8 +226,12 @@ fn link_here(project: &project_pb::Project) -> anyhow::Result<()> {
 pub async fn link(global: &Global, project: Option<String>, unlink: bool) -> anyhow::Result<()> {
     let here = std::env::current_dir()?;
     if unlink {
-        Links::load()?.set(here.clone(), None)?;
-        println!("{} is not linked any more.", here.display());
+        let links = Links::load()?;
+        let Some(linked) = links.linked_dir(&here) else {
+            bail!("{} is not linked to a project", here.display());
+        };
+        links.set(linked.clone(), None)?;
+        println!("{} is not linked any more.", linked.display());
         return Ok(());
     }
     let api = Api::connect(global).await?;
@@ -256,13 +275,21 @@ pub async fn env(global: &Global, command: EnvCommand) -> anyhow::Result<()> {
         EnvCommand::Set { assignments, secret } => {
             for assignment in assignments {
                 let (name, value) = match assignment.split_once('=') {
-                    Some((name, value)) => (name.to_owned(), value.to_owned()),
-                    None => {
-                        if std::io::stdin().is_terminal() {
-                            eprint!("{assignment}: ");
+                    Some((name, value)) => {
+                        if secret {
+                            eprintln!(
+                                "note: a value on the command line stays in the shell's history and shows in ps; \
+                                 `capsule env set --secret {name}` reads it from standard input"
+                            );
                         }
-                        (assignment.clone(), read_line()?)
+                        (name.to_owned(), value.to_owned())
                     }
+                    // Not echoed at a terminal.
+                    None if std::io::stdin().is_terminal() => (
+                        assignment.clone(),
+                        rpassword::prompt_password(format!("{assignment}: "))?,
+                    ),
+                    None => (assignment.clone(), read_line()?),
                 };
                 api.projects()
                     .set_environment_variable(api.call(project_pb::SetEnvironmentVariableRequest {
@@ -303,18 +330,13 @@ pub async fn open(global: &Global) -> anyhow::Result<()> {
     let api = Api::connect(global).await?;
     let project = api.project().await?;
     println!("{}", project.url);
-    if std::io::stdout().is_terminal() {
-        for opener in ["xdg-open", "open"] {
-            if std::process::Command::new(opener)
-                .arg(&project.url)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .is_ok()
-            {
-                break;
-            }
-        }
+    let opener = if cfg!(target_os = "macos") { "open" } else { "xdg-open" };
+    if std::io::stdout().is_terminal() && (project.url.starts_with("https://") || project.url.starts_with("http://")) {
+        let _ = std::process::Command::new(opener)
+            .arg(&project.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
     }
     Ok(())
 }

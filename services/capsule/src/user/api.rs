@@ -39,6 +39,44 @@ pub struct Api {
     global: Global,
 }
 
+/// A channel to the API at `url`: https:// with the system's trusted
+/// roots (`SSL_CERT_FILE` to name others), or http:// to this machine
+/// only — a password and a session never cross a network in the clear.
+pub fn channel(url: &str) -> anyhow::Result<TracedChannel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let parsed =
+        url::Url::parse(url).map_err(|_| anyhow!("{url:?} is not an address such as https://api.example.com"))?;
+    let mut endpoint = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true);
+    match parsed.scheme() {
+        "https" => {
+            let roots = std::env::var_os("SSL_CERT_FILE")
+                .map_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into(), std::path::PathBuf::from);
+            let pem = std::fs::read(&roots).map_err(|err| {
+                anyhow!(
+                    "cannot read the trusted roots at {} ({err}): set SSL_CERT_FILE",
+                    roots.display()
+                )
+            })?;
+            endpoint = endpoint.tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))?;
+        }
+        "http" if loopback(&parsed) => {}
+        "http" => bail!("{url} would carry your password and session in the clear: use https://"),
+        other => bail!("{other}:// is not an API address: use https://"),
+    }
+    Ok(capsule::trace::traced(endpoint.connect_lazy()))
+}
+
+fn loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 impl Api {
     /// Signed in as `capsule login` left it (renewed when due), or with
     /// `CAPSULE_TOKEN`.
@@ -47,13 +85,22 @@ impl Api {
             Some(token) => (global.api.clone().unwrap_or_else(|| DEFAULT_API.to_owned()), token),
             None => {
                 let credentials = Credentials::load()?.ok_or_else(|| anyhow!("not signed in: run `capsule login`"))?;
-                let url = global.api.clone().unwrap_or_else(|| credentials.api.clone());
-                let credentials = credentials.fresh(capsule::tls::channel(&url)?).await?;
+                // The session goes only where it was made.
+                if let Some(asked) = &global.api
+                    && asked.trim_end_matches('/') != credentials.api.trim_end_matches('/')
+                {
+                    bail!(
+                        "signed in at {}, not {asked}: run `capsule login --api {asked}` to use it",
+                        credentials.api
+                    );
+                }
+                let url = credentials.api.clone();
+                let credentials = credentials.fresh(channel(&url)?).await?;
                 (url, credentials.access_token)
             }
         };
         Ok(Self {
-            channel: capsule::tls::channel(&url)?,
+            channel: channel(&url)?,
             bearer: format!("Bearer {token}")
                 .parse()
                 .map_err(|_| anyhow!("the token is not valid text: run `capsule login` again"))?,

@@ -1,6 +1,8 @@
 //! Deploying from the terminal: a deployment of the linked project,
 //! followed until it is live or failed; rollbacks; logs, followed live.
 
+use std::io::IsTerminal;
+
 use anyhow::bail;
 use capsule::proto::deploy::v1::{self as pb, DeploymentState};
 use clap::Args;
@@ -30,6 +32,19 @@ pub struct RollbackArgs {
     pub deployment: Option<String>,
     #[arg(long)]
     pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The environment whose live release runs it (default: production).
+    #[arg(long, short)]
+    pub environment: Option<String>,
+    /// Seconds it may take (default: the platform's).
+    #[arg(long)]
+    pub timeout: Option<u32>,
+    /// The command, after `--`: run by the shell in the app's sandbox.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -97,9 +112,16 @@ async fn settle(api: &Api, deployment: pb::Deployment, detach: bool) -> anyhow::
         eprintln!("Deploying {id} …");
         // The log as it comes, until the deployment settles (a live app's
         // log goes on: `capsule logs -f` follows it).
+        let following = follow(api, &id);
+        tokio::pin!(following);
         tokio::select! {
-            ended = until_settled(api, deployment) => ended?,
-            followed = follow(api, &id) => {
+            ended = until_settled(api, deployment) => {
+                // The last lines (a failure's reason among them) are on
+                // their way.
+                let _ = tokio::time::timeout(std::time::Duration::from_millis(500), &mut following).await;
+                ended?
+            }
+            followed = &mut following => {
                 followed?;
                 let now = get(api, &id).await?;
                 until_settled(api, now).await?
@@ -180,6 +202,11 @@ fn print_line(api: &Api, line: &pb::LogLine) -> anyhow::Result<()> {
     if api.out().json {
         // One JSON object per line, as they come.
         println!("{}", serde_json::to_string(&super::show::value(line)?)?);
+    } else if std::io::stdout().is_terminal() {
+        // A build's output is anyone's: no escape sequence reaches the
+        // terminal (titles, the clipboard, hidden text).
+        let shown: String = line.text.chars().filter(|c| !c.is_control() || *c == '\t').collect();
+        println!("{shown}");
     } else {
         println!("{}", line.text);
     }
@@ -227,6 +254,51 @@ pub async fn deployments(global: &Global) -> anyhow::Result<()> {
         .collect();
     api.out()
         .list(&deployments, &["ID", "STATE", "ENVIRONMENT", "COMMIT", "CREATED"], rows)
+}
+
+/// `capsule run -- COMMAND`: a one-off command beside the live release
+/// (its variables, its sandbox), its output as it comes; exits with the
+/// command's status.
+pub async fn run(global: &Global, args: RunArgs) -> anyhow::Result<()> {
+    use pb::run_command_response::Event;
+    let api = Api::connect(global).await?;
+    let project = api.project().await?;
+    let mut events = api
+        .deploys()
+        .run_command(api.call(pb::RunCommandRequest {
+            project_id: project.id,
+            environment: args.environment.unwrap_or_default(),
+            command: args.command.join(" "),
+            time_limit_seconds: args.timeout.unwrap_or_default(),
+        }))
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.message().await.map_err(status)? {
+        match event.event {
+            Some(Event::Line(line)) => print_line(&api, &line)?,
+            Some(Event::Run(run)) => last = Some(run),
+            None => {}
+        }
+    }
+    let Some(run) = last else {
+        bail!("the run ended without a word from the server: `capsule logs` may say more");
+    };
+    if api.out().json {
+        api.out().one(&run, String::new)?;
+    }
+    match pb::RunState::try_from(run.state) {
+        Ok(pb::RunState::Succeeded) => Ok(()),
+        _ => match run.exit_code {
+            Some(code) if code != 0 => {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code.clamp(1, 255));
+            }
+            _ => bail!("the command did not run: {}", run.status_message),
+        },
+    }
 }
 
 /// `capsule logs`: a deployment's log so far, or followed with `-f`.

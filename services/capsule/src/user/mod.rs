@@ -13,7 +13,7 @@ mod session;
 mod show;
 
 use clap::Subcommand;
-use deploy::{DeployArgs, LogsArgs, RollbackArgs};
+use deploy::{DeployArgs, LogsArgs, RollbackArgs, RunArgs};
 
 use account::{EnvCommand, ProjectsCommand, TokensCommand};
 use api::Global;
@@ -78,6 +78,13 @@ pub enum UserCommand {
         #[command(flatten)]
         global: Global,
     },
+    /// A one-off command beside the live release: `capsule run -- rake db:migrate`.
+    Run {
+        #[command(flatten)]
+        args: RunArgs,
+        #[command(flatten)]
+        global: Global,
+    },
     /// A deployment's log; `-f` follows it.
     Logs {
         #[command(flatten)]
@@ -121,6 +128,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Deployments { global } => deploy::deployments(&global).await,
         UserCommand::Rollback { args, global } => deploy::rollback(&global, args).await,
         UserCommand::Logs { args, global } => deploy::logs(&global, args).await,
+        UserCommand::Run { args, global } => deploy::run(&global, args).await,
         UserCommand::Env { command, global } => account::env(&global, command).await,
         UserCommand::Open { global } => account::open(&global).await,
         UserCommand::Tokens { command, global } => account::tokens(&global, command).await,

@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -56,26 +56,26 @@ fn write(name: &str, value: &impl Serialize) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(name);
-    let partial = dir.join(format!(".{name}.partial"));
-    let _ = std::fs::remove_file(&partial);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    file.write_all(&serde_json::to_vec_pretty(value)?)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    // A file of its own (mode 0600), renamed into place whole: two
+    // commands saving at once never mix their halves.
+    let mut partial =
+        tempfile::NamedTempFile::new_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    partial.write_all(&serde_json::to_vec_pretty(value)?)?;
+    partial.as_file().sync_all()?;
+    partial
+        .persist(&path)
+        .map_err(|err| anyhow!("cannot write {}: {}", path.display(), err.error))?;
     Ok(())
 }
 
 fn read<T: for<'de> Deserialize<'de>>(name: &str) -> anyhow::Result<Option<T>> {
     let path = config_dir()?.join(name);
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is damaged: remove it and run `capsule login` again", path.display())
-        })?)),
+        Ok(bytes) => {
+            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is damaged: remove it", path.display())
+            })?))
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -141,7 +141,15 @@ impl Links {
 
     /// The link of `dir` or of its nearest linked ancestor.
     pub fn find(&self, dir: &Path) -> Option<&Link> {
-        dir.ancestors().find_map(|dir| self.0.get(dir))
+        self.linked_dir(dir).and_then(|linked| self.0.get(&linked))
+    }
+
+    /// The directory whose link `dir` uses: itself or its nearest linked
+    /// ancestor.
+    pub fn linked_dir(&self, dir: &Path) -> Option<PathBuf> {
+        dir.ancestors()
+            .find(|dir| self.0.contains_key(*dir))
+            .map(Path::to_path_buf)
     }
 
     pub fn set(mut self, dir: PathBuf, link: Option<Link>) -> anyhow::Result<()> {

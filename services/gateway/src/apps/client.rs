@@ -32,6 +32,10 @@ use tokio::{
 /// How long opening a connection to an app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a runner on this host may take to hand a connection over
+/// before the upstream's address is dialled instead.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Pooled HTTP/1.1 connections to the apps' upstreams.
 pub type Client = HyperClient<Connector, Body>;
 
@@ -72,15 +76,17 @@ impl tower::Service<http::Uri> for Connector {
                 .authority()
                 .and_then(|authority| authority.as_str().parse().ok())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an upstream is an address"))?;
+            // A runner that does not answer at once is passed over.
+            if let Some(path) = handoff
+                && let Ok(asked) = tokio::time::timeout(HANDOFF_TIMEOUT, handed(&path, upstream)).await
+                && let Some(handed) = asked?
+            {
+                return Ok(TokioIo::new(handed));
+            }
             let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                if let Some(path) = handoff
-                    && let Some(handed) = handed(&path, upstream).await?
-                {
-                    return Ok::<_, io::Error>(handed);
-                }
                 let tcp = TcpStream::connect(upstream).await?;
                 tcp.set_nodelay(true)?;
-                Ok(AppStream { tcp, _lease: None })
+                Ok::<_, io::Error>(AppStream { tcp, _lease: None })
             })
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the app's upstream did not answer"))??;
@@ -102,6 +108,10 @@ async fn handed(path: &std::path::Path, upstream: SocketAddr) -> io::Result<Opti
     match receive(&lease).await {
         Ok((Answer::Handed, Some(socket))) => {
             let tcp = std::net::TcpStream::from(socket);
+            // A connected TCP socket, or nothing handed at all.
+            if tcp.peer_addr().is_err() {
+                return Ok(None);
+            }
             tcp.set_nonblocking(true)?;
             Ok(Some(AppStream {
                 tcp: TcpStream::from_std(tcp)?,
