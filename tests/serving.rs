@@ -459,6 +459,71 @@ async fn a_websocket_upgrade_passes_through_the_gateway_both_ways() {
     mesh.stop().await;
 }
 
+/// An app that speaks HTTP/2 over cleartext (Node's `http2` server, which
+/// speaks nothing else) is reached over HTTP/2, a gRPC client's
+/// `te: trailers` kept; an HTTP/1.1 app beside it keeps HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_speaks_http2_is_reached_over_http2() {
+    const H2C: &str = r#"exec node -e '
+require("http2").createServer((req, res) => {
+  res.setHeader("content-type", "text/plain");
+  res.addTrailers({ "grpc-status": "0" });
+  res.end("over " + req.httpVersion + ", te " + (req.headers.te || "none"));
+}).listen(process.env.PORT)'"#;
+    let mesh = mesh(&[]).await;
+    let site = Repo::new();
+    site.commit("main", "unused", "an h2c app");
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let (project_id, label) = site_project(&mesh, &alice, &site, H2C).await;
+    let deployment = create(&mesh, &alice, &project_id, "", "").await.unwrap();
+    wait_for(
+        &mesh,
+        &alice,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    until_served(&client, &mesh, &label).await;
+    let (status, body) = fetch(&client, &mesh, &label, "/").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "over 2.0, te none"));
+    // A gRPC client's request: HTTP/2 to the gateway, `te: trailers`
+    // kept, the app's trailers back.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = h2
+        .post(format!("http://{}/", mesh.http))
+        .header("host", format!("{label}.localhost:{}", mesh.http.port()))
+        .header("te", "trailers")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.text().await.unwrap(), "over 2.0, te trailers");
+
+    // An HTTP/1.1 app keeps HTTP/1.1.
+    let (bob, _) = mesh.user("bob@example.com").await;
+    let plain = Repo::new();
+    plain.commit("main", "plain", "a site");
+    let (other, other_label) = site_project(&mesh, &bob, &plain, SITE).await;
+    let deployment = create(&mesh, &bob, &other, "", "").await.unwrap();
+    wait_for(
+        &mesh,
+        &bob,
+        &deployment.id,
+        DeploymentState::Live,
+        Duration::from_secs(30),
+    )
+    .await;
+    until_served(&client, &mesh, &other_label).await;
+    assert_eq!(
+        fetch(&client, &mesh, &other_label, "/").await.unwrap(),
+        (200, "plain".to_owned())
+    );
+    mesh.stop().await;
+}
+
 /// The runner hands the gateway (its own user, on its host) a socket that
 /// ends at the app `label` itself, inside its sandbox.
 async fn handed_over(mesh: &TestMesh, label: &str) {

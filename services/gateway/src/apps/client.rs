@@ -1,5 +1,7 @@
-//! The HTTP client that reaches live apps: pooled HTTP/1.1 connections,
-//! each one either handed over by a runner on this host
+//! The HTTP clients that reach live apps — pooled HTTP/1.1 connections,
+//! and HTTP/2 (cleartext, prior knowledge) to an app that speaks it, as
+//! [`speaks_h2`] finds once per copy — each connection either handed over
+//! by a runner on this host
 //! (`GATEWAY_APPS_HANDOFF_SOCKET`, [`capsule::handoff`]: a socket that ends
 //! at the app itself, with no process between) or dialled over TCP to the
 //! upstream's address (the runner's forwarder).
@@ -36,14 +38,45 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the upstream's address is dialled instead.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Pooled HTTP/1.1 connections to the apps' upstreams.
+/// Pooled connections to the apps' upstreams.
 pub type Client = HyperClient<Connector, Body>;
 
-/// `handoff`: the socket of a runner on this host, asked first.
-pub fn client(handoff: Option<PathBuf>) -> Client {
-    HyperClient::builder(TokioExecutor::new()).build(Connector {
+/// The HTTP/1.1 client, the HTTP/2 one and their connector; `handoff`:
+/// the socket of a runner on this host, asked first.
+pub fn clients(handoff: Option<PathBuf>) -> (Client, Client, Connector) {
+    let connector = Connector {
         handoff: handoff.map(Arc::new),
+    };
+    let h1 = HyperClient::builder(TokioExecutor::new()).build(connector.clone());
+    let h2 = HyperClient::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector.clone());
+    (h1, h2, connector)
+}
+
+/// HTTP/2's connection preface and an empty SETTINGS frame (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Whether the app at `upstream` speaks HTTP/2 over cleartext: it answers
+/// the preface with a SETTINGS frame (an HTTP/1.1 server answers 400, or
+/// closes). One connection, opened and closed for the question.
+pub async fn speaks_h2(connector: &Connector, upstream: SocketAddr) -> bool {
+    use tokio::io::AsyncReadExt;
+    let asked = tokio::time::timeout(Duration::from_secs(2), async {
+        let uri: http::Uri = format!("http://{upstream}/").parse().ok()?;
+        let mut stream = tower::Service::call(&mut connector.clone(), uri)
+            .await
+            .ok()?
+            .into_inner();
+        stream.write_all(PREFACE).await.ok()?;
+        let mut head = [0u8; 9];
+        stream.read_exact(&mut head).await.ok()?;
+        // A frame header: 24-bit length, then the type (4: SETTINGS), on
+        // stream 0.
+        Some(head[3] == 0x04 && head[5..9] == [0, 0, 0, 0])
     })
+    .await;
+    matches!(asked, Ok(Some(true)))
 }
 
 /// Opens connections to upstreams.

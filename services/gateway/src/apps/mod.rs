@@ -6,7 +6,8 @@
 //! (`DeployService/WatchRoutes`, a stream of whole tables); [`routes`]
 //! follows it and swaps the table at once, so a switch to a new deployment
 //! is atomic for every request after it. [`proxy`] forwards with hyper's
-//! client: streaming bodies both ways, WebSocket upgrades, the
+//! client (HTTP/2 to a copy that speaks it, which [`Apps::speaks_h2`]
+//! finds once): streaming bodies both ways, WebSocket upgrades, the
 //! `X-Forwarded-*` headers; 502 when nothing is live, 504 when the app
 //! takes too long.
 
@@ -124,15 +125,22 @@ pub struct Upstreams {
     next: std::sync::atomic::AtomicUsize,
     /// Until when each copy is passed over.
     refused: std::sync::Mutex<Vec<Option<std::time::Instant>>>,
+    /// What each copy speaks: not known yet, HTTP/1.1 or HTTP/2.
+    protocols: Vec<std::sync::atomic::AtomicU8>,
 }
+
+const H1: u8 = 1;
+const H2: u8 = 2;
 
 impl Upstreams {
     pub fn new(addrs: Vec<SocketAddr>) -> Self {
         let refused = std::sync::Mutex::new(vec![None; addrs.len()]);
+        let protocols = addrs.iter().map(|_| std::sync::atomic::AtomicU8::new(0)).collect();
         Self {
             addrs,
             next: std::sync::atomic::AtomicUsize::new(0),
             refused,
+            protocols,
         }
     }
 
@@ -181,11 +189,14 @@ pub struct Apps {
     /// Custom domains and open challenges, swapped whole.
     domains: std::sync::RwLock<Arc<domains::Domains>>,
     client: client::Client,
+    /// HTTP/2 to the apps that speak it.
+    h2: client::Client,
+    connector: client::Connector,
 }
 
 impl Apps {
     pub fn new(config: AppsConfig, trusted_proxies: Vec<capsule::client::IpNet>, https: bool) -> Arc<Self> {
-        let client = client::client(config.handoff.clone());
+        let (client, h2, connector) = client::clients(config.handoff.clone());
         Arc::new(Self {
             config,
             trusted_proxies,
@@ -193,7 +204,26 @@ impl Apps {
             table: Table::default(),
             domains: std::sync::RwLock::default(),
             client,
+            h2,
+            connector,
         })
+    }
+
+    /// Whether the copy at `addr` of `copies` speaks HTTP/2, found once.
+    pub async fn speaks_h2(&self, copies: &Upstreams, addr: SocketAddr) -> bool {
+        use std::sync::atomic::Ordering;
+        let Some(index) = copies.addrs.iter().position(|a| *a == addr) else {
+            return false;
+        };
+        match copies.protocols[index].load(Ordering::Acquire) {
+            H1 => false,
+            H2 => true,
+            _ => {
+                let h2 = client::speaks_h2(&self.connector, addr).await;
+                copies.protocols[index].store(if h2 { H2 } else { H1 }, Ordering::Release);
+                h2
+            }
+        }
     }
 
     /// Custom domains and open challenges as they are now.

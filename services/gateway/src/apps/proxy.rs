@@ -253,6 +253,11 @@ pub async fn forward(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned();
+    // gRPC's `te: trailers`, the one TE an HTTP/2 request may carry.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrading);
     forwarded_headers(&mut parts.headers, client.ip(), apps, original_host, tls);
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
@@ -286,8 +291,21 @@ pub async fn forward(
             );
         };
         *outgoing.uri_mut() = uri;
-        *outgoing.version_mut() = http::Version::HTTP_11;
-        let sent = tokio::time::timeout(apps.config.timeout, apps.client.request(outgoing)).await;
+        // HTTP/2 to a copy that speaks it (an upgrade stays HTTP/1.1).
+        let h2 = !upgrading && apps.speaks_h2(&copies, target).await;
+        let client = if h2 {
+            *outgoing.version_mut() = http::Version::HTTP_2;
+            if te_trailers {
+                outgoing
+                    .headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            &apps.h2
+        } else {
+            *outgoing.version_mut() = http::Version::HTTP_11;
+            &apps.client
+        };
+        let sent = tokio::time::timeout(apps.config.timeout, client.request(outgoing)).await;
         let mut response = match sent {
             Err(_) => {
                 return page(
