@@ -68,7 +68,14 @@ impl Runner {
             }
         };
         let hold = self.config.start_timeout + Duration::from_secs(1);
-        let forwarder = match Forwarder::start(self.config.upstream_host, reach.clone(), hold).await {
+        let forwarder = match Forwarder::start(
+            self.config.upstream_host,
+            reach.clone(),
+            hold,
+            self.config.app_max_connections,
+        )
+        .await
+        {
             Ok(forwarder) => forwarder,
             Err(err) => {
                 tracing::error!(error = %err, "cannot listen for the app's traffic");

@@ -22,6 +22,7 @@
 //! | `DEPLOY_DRAIN_SECS` | `10`: a superseded app keeps serving this long (while the gateway switches) before SIGTERM, then 5 s before SIGKILL |
 //! | `DEPLOY_MAX_RESTARTS`, `DEPLOY_RESTART_WINDOW_SECS` | `3`, `60`: a live app that exits is restarted with backoff; one more exit within the window makes it CRASHED |
 //! | `DEPLOY_RUNNER_UPSTREAM_HOST` | `127.0.0.1`: the address the runner serves live apps on for the gateway (the gateway must reach it) |
+//! | `DEPLOY_APP_MAX_CONNECTIONS` | `512`: connections open to one copy of an app at once; more are answered 503 (each one through the runner's forwarder holds 128 KiB of copy buffers) |
 //! | `DEPLOY_RUNNER_HANDOFF_SOCKET` | `<DEPLOY_RUNNER_WORKDIR>/.sockets/handoff.sock`: where a runner with root hands a gateway on the same host (`GATEWAY_APPS_HANDOFF_SOCKET`) connections that end at its apps, with no process copying between; mode 0600, answered only to the runner's user or root |
 //! | `DEPLOY_RUNNER_SANDBOX` | `bwrap`: every command in a bubblewrap sandbox, and the runner refuses to start without one; `none`: unisolated (each deployment's log says so); `auto`: `bwrap` when it works, else `none` (what `capsule dev` uses) |
 //! | `DEPLOY_SANDBOX_UID_BASE`, `DEPLOY_SANDBOX_UID_COUNT` | `200000`, `50000`: when the runner runs as root, each project's commands run as uid/gid base + the project's sandbox slot (given by the deploy service at the project's first claim, never shared or reused); a project whose slot is not below the count is refused, saying to raise it |
@@ -77,6 +78,8 @@ pub struct RunnerConfig {
     pub upstream_host: std::net::IpAddr,
     /// Where a gateway on this host is handed apps' connections.
     pub handoff_socket: PathBuf,
+    /// Connections open to one app at once, at most.
+    pub app_max_connections: usize,
     pub sandbox: SandboxConfig,
     /// All build caches of this runner together, at most; 0: none.
     pub build_cache_bytes: u64,
@@ -104,6 +107,7 @@ impl RunnerConfig {
                 .get("DEPLOY_RUNNER_HANDOFF_SOCKET")
                 .map_or_else(|| workdir.join(".sockets").join("handoff.sock"), PathBuf::from),
             workdir,
+            app_max_connections: positive(source, "DEPLOY_APP_MAX_CONNECTIONS", 512)?,
             timeout: Duration::from_secs(number("DEPLOY_RUNNER_TIMEOUT_SECS", 600)?),
             max_output_bytes: number("DEPLOY_RUNNER_MAX_OUTPUT_BYTES", 10 * 1024 * 1024)?,
             lines_per_sec: positive(source, "DEPLOY_RUNNER_LINES_PER_SEC", 1000)?,

@@ -137,7 +137,11 @@ impl Handoff {
         // Counted first: the idle stop cannot start between the check and
         // the connection. A stopped app is woken by its forwarder, which
         // holds the connection meanwhile.
-        let _open = route.gate.enter();
+        // Past the app's limit, the forwarder answers 503.
+        let Some(_open) = route.gate.enter() else {
+            let _ = send(&stream, Answer::Dial, None).await;
+            return;
+        };
         let Some(dialer) = route.tunnel.dialer().filter(|_| route.gate.awake()) else {
             let _ = send(&stream, Answer::Dial, None).await;
             return;

@@ -73,6 +73,8 @@ pub struct Gate {
     wake: Notify,
     /// How long a held connection waits before it is answered 504.
     hold: Duration,
+    /// Connections open at once, at most.
+    limit: usize,
 }
 
 impl Gate {
@@ -110,11 +112,15 @@ impl Gate {
         *self.awake.borrow()
     }
 
-    /// Counts a connection as open until the answer is dropped.
-    pub fn enter(self: &Arc<Self>) -> Entered {
-        self.open.fetch_add(1, Ordering::AcqRel);
+    /// Counts a connection as open until the answer is dropped; `None`
+    /// when the app has as many open as it may.
+    pub fn enter(self: &Arc<Self>) -> Option<Entered> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         self.touch();
-        Entered(self.clone())
+        Some(Entered(self.clone()))
     }
 
     /// Resolves when a connection waits for the stopped app.
@@ -150,10 +156,25 @@ impl Drop for Entered {
 /// What a request held longer than the app took to start is answered.
 const NOT_STARTED: &str = "The app did not start in time after being idle.\n";
 
+/// What a connection beyond an app's limit is answered.
+const TOO_MANY: &str = "The app has as many connections open as it may; try again in a moment.\n";
+
+/// Answers a connection the app will not see, and closes it.
+async fn answer(mut client: TcpStream, code: u16, reason: &str, text: &str) {
+    let answer = format!(
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    );
+    let _ = client.write_all(answer.as_bytes()).await;
+    let _ = client.shutdown().await;
+}
+
 impl Forwarder {
     /// Listens on `host`, on a free port, for `reach`; a connection that
-    /// comes while the app is stopped waits up to `hold` for it.
-    pub async fn start(host: IpAddr, reach: Reach, hold: Duration) -> std::io::Result<Self> {
+    /// comes while the app is stopped waits up to `hold` for it; one
+    /// beyond `limit` open at once is answered 503 (each costs the runner
+    /// its copy buffers).
+    pub async fn start(host: IpAddr, reach: Reach, hold: Duration, limit: usize) -> std::io::Result<Self> {
         let listener = TcpListener::bind((host, 0)).await?;
         let addr = listener.local_addr()?;
         let gate = Arc::new(Gate {
@@ -163,24 +184,22 @@ impl Forwarder {
             awake: watch::Sender::new(true),
             wake: Notify::new(),
             hold,
+            limit,
         });
         let through = gate.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let (reach, gate) = (reach.clone(), through.clone());
-                let entered = gate.enter();
+                let Some(entered) = gate.enter() else {
+                    tokio::spawn(answer(client, 503, "Service Unavailable", TOO_MANY));
+                    continue;
+                };
                 tokio::spawn(async move {
                     let _ = client.set_nodelay(true);
                     if gate.through().await {
                         join(&mut client, &reach).await;
                     } else {
-                        let answer = format!(
-                            "HTTP/1.1 504 Gateway Timeout\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-                             connection: close\r\n\r\n{NOT_STARTED}",
-                            NOT_STARTED.len()
-                        );
-                        let _ = client.write_all(answer.as_bytes()).await;
-                        let _ = client.shutdown().await;
+                        answer(client, 504, "Gateway Timeout", NOT_STARTED).await;
                     }
                     drop(entered);
                 });
@@ -369,4 +388,60 @@ pub fn signal_sandbox(bwrap: i32, signal: Signal) {
 /// directories: only the runner can enter it.
 pub fn socket_dir(workdir_root: &Path) -> PathBuf {
     workdir_root.join(".sockets")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past its limit an app's forwarder answers 503 and holds nothing;
+    /// a connection that closes makes room again.
+    #[tokio::test]
+    async fn connections_past_an_apps_limit_are_answered_503() {
+        let app = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = app.local_addr().expect("its address").port();
+        // The app keeps every connection until its client closes it.
+        let held = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = app.accept().await {
+                tokio::spawn(async move {
+                    let mut read = [0u8; 64];
+                    while stream.read(&mut read).await.is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        let forwarder = Forwarder::start(
+            IpAddr::from([127, 0, 0, 1]),
+            Reach::Port(port),
+            Duration::from_secs(1),
+            2,
+        )
+        .await
+        .expect("a forwarder");
+        let mut open = Vec::new();
+        for _ in 0..2 {
+            open.push(TcpStream::connect(forwarder.addr()).await.expect("a connection"));
+        }
+        while forwarder.gate().open.load(Ordering::Acquire) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let mut third = TcpStream::connect(forwarder.addr()).await.expect("a connection");
+        let mut answer = String::new();
+        third.read_to_string(&mut answer).await.expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert_eq!(forwarder.gate().open.load(Ordering::Acquire), 2);
+
+        drop(open.pop());
+        while forwarder.gate().open.load(Ordering::Acquire) > 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut fourth = TcpStream::connect(forwarder.addr()).await.expect("a connection");
+        // Through to the app: nothing comes back within a moment.
+        let mut byte = [0u8; 1];
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), fourth.read(&mut byte))
+                .await
+                .is_err()
+        );
+        held.abort();
+    }
 }
