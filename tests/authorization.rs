@@ -206,6 +206,7 @@ const ROLE_MATRIX: &[(&str, [bool; 4])] = &[
     ),
     ("project.v1.ProjectService/PrepareDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/CreateDeployment", [false, true, true, true]),
+    ("deploy.v1.DeployService/UploadSource", [false, true, true, true]),
     ("deploy.v1.DeployService/CancelDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/RollbackDeployment", [false, true, true, true]),
     ("deploy.v1.DeployService/ClearBuildCache", [false, true, true, true]),

@@ -213,6 +213,28 @@ async fn a_user_signs_in_deploys_from_a_linked_directory_and_rolls_back() {
         String::from_utf8_lossy(&failed.stderr)
     );
 
+    // The directory as it is, without git: what .gitignore names stays
+    // here.
+    std::fs::write(
+        user.dir().join("Procfile"),
+        "web: exec python3 -m http.server \"$PORT\"\n",
+    )
+    .unwrap();
+    std::fs::write(user.dir().join("index.html"), "uploaded\n").unwrap();
+    std::fs::write(user.dir().join(".gitignore"), "secret.txt\n").unwrap();
+    std::fs::write(user.dir().join("secret.txt"), "stays here\n").unwrap();
+    let up = user.ok(&["up"], "").await;
+    assert!(up.contains("Live at"), "{up}");
+    let label = linked["hostLabel"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    common::deploy::until_served(&client, &mesh, &label).await;
+    let served = common::deploy::fetch(&client, &mesh, &label, "/").await.unwrap();
+    assert_eq!(served, (200, "uploaded\n".to_owned()));
+    let ignored = common::deploy::fetch(&client, &mesh, &label, "/secret.txt")
+        .await
+        .unwrap();
+    assert_eq!(ignored.0, 404, "{ignored:?}");
+
     // An API token, printed once, acts for CI without the session.
     let created: serde_json::Value =
         serde_json::from_str(&user.ok(&["tokens", "create", "ci", "--json"], "").await).unwrap();

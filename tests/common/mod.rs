@@ -256,6 +256,11 @@ impl TestMesh {
         ))
     }
 
+    /// The local runner's working directories' root.
+    pub fn runner_workdir(&self) -> Option<std::path::PathBuf> {
+        self.deploy_config.runner.as_ref().map(|runner| runner.workdir.clone())
+    }
+
     /// Where the local runner hands the gateway apps' connections.
     pub fn handoff_socket(&self) -> Option<std::path::PathBuf> {
         self.deploy_config

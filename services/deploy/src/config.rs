@@ -10,7 +10,8 @@
 //! | `DEPLOY_MAX_ENVIRONMENTS` | `10`: environments of one project with a deployment queued, building or live; a deployment that would open one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_MAX_STREAMS_PER_USER` | `20`: follow streams (`StreamLogs`) one user (or API token's owner) keeps open at once on one deploy process; one more is RESOURCE_EXHAUSTED |
 //! | `DEPLOY_LEASE_SECS` | `30`: a claim, or a runner's copy of a live app, lasts this long without a heartbeat |
-//! | `DEPLOY_RELEASES_DIR` | `capsule-releases-<uid>` in the system temp directory: where the releases runners upload are kept (by digest), so that any runner can start a copy or a rollback without a build |
+//! | `DEPLOY_RELEASES_DIR` | `capsule-releases-<uid>` in the system temp directory: where the releases runners upload are kept (by digest), so that any runner can start a copy or a rollback without a build; sources uploaded by `capsule up` are kept there too |
+//! | `DEPLOY_MAX_UPLOAD_MB` | `100`: the largest source archive `capsule up` (`UploadSource`) may send |
 //! | `DEPLOY_AUTO_ROLLBACK_SECS` | `600`: a deployment that crashes (past `DEPLOY_MAX_RESTARTS`) within this long of going live is replaced by the release it superseded, from its kept artifact, without a build; `0` turns automatic rollback off |
 //! | `DEPLOY_MAX_LOG_LINES` | `100000`: build output lines kept per deployment, later ones dropped (state changes are always kept); a live app keeps its newest this many runtime lines |
 //! | `DEPLOY_LOG_RETENTION_DAYS` | `30`: logs of deployments that failed, were canceled or superseded this long ago are deleted |
@@ -44,8 +45,10 @@ pub struct DeployConfig {
     pub auto_rollback: Duration,
     pub max_streams_per_user: u64,
     pub log_retention: Duration,
-    /// Where uploaded releases are kept.
+    /// Where uploaded releases (and uploaded sources) are kept.
     pub releases_dir: std::path::PathBuf,
+    /// The largest source archive `capsule up` may upload.
+    pub max_upload_bytes: u64,
     pub runner: Option<RunnerConfig>,
     pub webhooks: WebhookConfig,
     /// Certificates for custom domains (`acme/config.rs` lists the
@@ -122,6 +125,7 @@ impl DeployConfig {
                 || std::env::temp_dir().join(format!("capsule-releases-{}", nix::unistd::geteuid())),
                 std::path::PathBuf::from,
             ),
+            max_upload_bytes: number("DEPLOY_MAX_UPLOAD_MB", 100)? * 1024 * 1024,
             runner,
             webhooks: WebhookConfig::from_source(source)?,
             acme: crate::acme::AcmeConfig::from_source(source)?,

@@ -52,8 +52,9 @@ pub(crate) struct Inner {
     pub(crate) encryption: Arc<capsule::crypto::Keyring>,
     pub(crate) internal_secret: Option<String>,
     pub(crate) lease: chrono::Duration,
-    /// Where uploaded releases are kept.
+    /// Where uploaded releases (and sources) are kept.
     pub(crate) releases_dir: std::path::PathBuf,
+    pub(crate) max_upload_bytes: u64,
     /// Output lines kept per deployment.
     pub(crate) max_log_lines: i64,
     /// Deployments of one project built at once, at most.
@@ -75,6 +76,9 @@ pub(crate) struct Inner {
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
+
+/// The source ref of a deployment of an uploaded directory.
+pub(crate) const UPLOADED: &str = "upload";
 /// How long CreateDeployment waits for a remote repository's refs.
 const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -112,6 +116,7 @@ impl DeployServiceApi {
                 internal_secret,
                 lease: chrono::Duration::from_std(config.lease)?,
                 releases_dir: config.releases_dir.clone(),
+                max_upload_bytes: config.max_upload_bytes,
                 max_log_lines: i64::try_from(config.max_log_lines)?,
                 max_builds_per_project: i64::try_from(config.max_builds_per_project)?,
                 max_runs_per_project: i64::try_from(config.max_runs_per_project)?,
@@ -280,13 +285,40 @@ impl DeployServiceApi {
         environment: String,
         source_ref: String,
     ) -> Result<Deployment, Status> {
+        self.queue_from(plan, creator_id, environment, source_ref, None).await
+    }
+
+    /// Queues a deployment of an uploaded source (its archive's digest)
+    /// instead of the repository.
+    pub(crate) async fn queue_upload(
+        &self,
+        plan: DeploymentPlan,
+        creator_id: Uuid,
+        environment: String,
+        digest: String,
+    ) -> Result<Deployment, Status> {
+        self.queue_from(plan, creator_id, environment, UPLOADED.to_owned(), Some(digest))
+            .await
+    }
+
+    async fn queue_from(
+        &self,
+        plan: DeploymentPlan,
+        creator_id: Uuid,
+        environment: String,
+        source_ref: String,
+        upload: Option<String>,
+    ) -> Result<Deployment, Status> {
         let project = plan.project.unwrap_or_default();
         let project_id: Uuid = project
             .id
             .parse()
             .map_err(|err| rpc::internal(format_args!("the plan's project id: {err}")))?;
         let source_ref = if source_ref.is_empty() { plan.branch } else { source_ref };
-        let commit = self.resolve(project_id, &plan.repository_url, &source_ref).await?;
+        let commit = match upload {
+            Some(_) => self.resolve(project_id, "", &source_ref).await?,
+            None => self.resolve(project_id, &plan.repository_url, &source_ref).await?,
+        };
         let resources = plan.resources.unwrap_or_default();
         let snapshot = Snapshot {
             build_command: plan.build_command,
@@ -303,6 +335,7 @@ impl DeployServiceApi {
             replicas: resources.replicas,
             process_types: capsule::schedule::from_map(&plan.process_types),
             idle_timeout_secs: plan.idle_timeout_seconds,
+            source_digest: upload.unwrap_or_default(),
         };
         let new = NewDeployment {
             project_id,
@@ -370,3 +403,4 @@ impl DeployServiceApi {
 pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 pub(crate) type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
 pub(crate) type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadReleaseResponse, Status>> + Send>>;
+pub(crate) type SourceStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadSourceResponse, Status>> + Send>>;

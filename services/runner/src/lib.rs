@@ -43,6 +43,7 @@ pub mod serve;
 pub mod source;
 mod tools;
 mod tunnel;
+mod upload;
 mod workers;
 
 use std::{
@@ -305,24 +306,15 @@ impl Runner {
             return None;
         }
         let mut fetched = None;
-        if !released && !snapshot.repository_url.is_empty() {
+        let around = job::Around {
+            tenant,
+            project_id: &deployment.project_id,
+            way_out: egress.as_deref(),
+            cgroup: cgroup.as_deref(),
+        };
+        if !released {
             let source = self
-                .fetch_source(
-                    &reporter,
-                    &snapshot,
-                    match snapshot.commit_sha.as_str() {
-                        "" => &deployment.source_ref,
-                        sha => sha,
-                    },
-                    workdir.path(),
-                    job::Around {
-                        tenant,
-                        project_id: &deployment.project_id,
-                        way_out: egress.as_deref(),
-                        cgroup: cgroup.as_deref(),
-                    },
-                )
-                .instrument(step_span("clone"))
+                .source(&reporter, &deployment, &snapshot, workdir.path(), around)
                 .await;
             match source {
                 Ok(commit) => fetched = commit,

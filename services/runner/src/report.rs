@@ -258,6 +258,33 @@ impl Reporter {
         Ok(digest)
     }
 
+    /// Receives the deployment's uploaded source into `into`, at most
+    /// `max_bytes`: the sha256 of what came, as `sha256:<hex>`.
+    pub(super) async fn download_source(&self, into: &mut std::fs::File, max_bytes: u64) -> Result<String, String> {
+        use sha2::Digest;
+        use std::io::Write;
+        let mut chunks = self
+            .client
+            .clone()
+            .download_source(pb::DownloadSourceRequest {
+                deployment_id: self.deployment_id.clone(),
+            })
+            .await
+            .map_err(|status| status.message().to_owned())?
+            .into_inner();
+        let (mut hash, mut bytes) = (sha2::Sha256::new(), 0u64);
+        while let Some(chunk) = chunks.message().await.map_err(|status| status.message().to_owned())? {
+            bytes += chunk.data.len() as u64;
+            if bytes > max_bytes {
+                return Err(format!("the upload is over {} MiB", max_bytes / (1024 * 1024)));
+            }
+            hash.update(&chunk.data);
+            into.write_all(&chunk.data).map_err(|err| err.to_string())?;
+        }
+        into.flush().map_err(|err| err.to_string())?;
+        Ok(format!("sha256:{:x}", hash.finalize()))
+    }
+
     /// This runner no longer runs its copy of the live deployment (it is
     /// stopping): another may start one at once.
     pub(super) async fn release(&self) {

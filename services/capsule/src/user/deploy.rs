@@ -100,7 +100,7 @@ pub async fn rollback(global: &Global, args: RollbackArgs) -> anyhow::Result<()>
 
 /// Prints the deployment; unless `detach`, follows its log until it ends
 /// and fails when it did not go live.
-async fn settle(api: &Api, deployment: pb::Deployment, detach: bool) -> anyhow::Result<()> {
+pub(super) async fn settle(api: &Api, deployment: pb::Deployment, detach: bool) -> anyhow::Result<()> {
     if detach {
         return api.out().one(&deployment, || format!("Queued {}.", deployment.id));
     }

@@ -11,9 +11,11 @@ mod api;
 mod deploy;
 mod session;
 mod show;
+mod upload;
 
 use clap::Subcommand;
 use deploy::{DeployArgs, LogsArgs, RollbackArgs, RunArgs};
+use upload::UpArgs;
 
 use account::{EnvCommand, ProjectsCommand, TokensCommand};
 use api::Global;
@@ -63,6 +65,14 @@ pub enum UserCommand {
     Deploy {
         #[command(flatten)]
         args: DeployArgs,
+        #[command(flatten)]
+        global: Global,
+    },
+    /// Deploy this directory as it is, without git (what .gitignore leaves
+    /// out stays out), and follow it until it is live.
+    Up {
+        #[command(flatten)]
+        args: UpArgs,
         #[command(flatten)]
         global: Global,
     },
@@ -125,6 +135,7 @@ pub async fn run(command: UserCommand) -> anyhow::Result<()> {
         UserCommand::Projects { command, global } => account::projects(&global, command).await,
         UserCommand::Link { target, unlink, global } => account::link(&global, target, unlink).await,
         UserCommand::Deploy { args, global } => deploy::deploy(&global, args).await,
+        UserCommand::Up { args, global } => upload::up(&global, args).await,
         UserCommand::Deployments { global } => deploy::deployments(&global).await,
         UserCommand::Rollback { args, global } => deploy::rollback(&global, args).await,
         UserCommand::Logs { args, global } => deploy::logs(&global, args).await,

@@ -63,6 +63,9 @@ pub struct Snapshot {
     /// Scale to zero after this long without a request; 0: never.
     #[serde(default)]
     pub idle_timeout_secs: u32,
+    /// An uploaded source to build instead of the repository.
+    #[serde(default)]
+    pub source_digest: String,
 }
 
 fn on() -> bool {

@@ -159,14 +159,14 @@ pub(super) async fn rollback_deployment(
 }
 
 /// The organisation of the project a plan is for.
-fn organization_of(plan: &capsule::proto::project::v1::DeploymentPlan) -> Option<uuid::Uuid> {
+pub(super) fn organization_of(plan: &capsule::proto::project::v1::DeploymentPlan) -> Option<uuid::Uuid> {
     plan.project
         .as_ref()
         .and_then(|project| project.organization_id.parse().ok())
 }
 
 /// An audit event about a deployment.
-fn deployment_event(
+pub(super) fn deployment_event(
     actor: &AuditActor,
     action: &'static str,
     deployment: &db::Deployment,

@@ -14,6 +14,7 @@ mod releases;
 mod routes;
 mod runners;
 mod runs;
+mod sources;
 mod trail;
 mod webhooks;
 
@@ -27,6 +28,7 @@ impl DeployService for DeployServiceApi {
     type StreamLogsStream = LogStream;
     type WatchRoutesStream = RouteStream;
     type DownloadReleaseStream = crate::state::ReleaseStream;
+    type DownloadSourceStream = crate::state::SourceStream;
     type RunCommandStream = runs::RunStream;
 
     async fn add_domain(&self, request: Request<pb::AddDomainRequest>) -> Result<Response<pb::Domain>, Status> {
@@ -138,6 +140,20 @@ impl DeployService for DeployServiceApi {
         request: Request<pb::DownloadReleaseRequest>,
     ) -> Result<Response<Self::DownloadReleaseStream>, Status> {
         releases::download_release(self, request).await
+    }
+
+    async fn upload_source(
+        &self,
+        request: Request<tonic::Streaming<pb::UploadSourceRequest>>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        sources::upload_source(self, request).await
+    }
+
+    async fn download_source(
+        &self,
+        request: Request<pb::DownloadSourceRequest>,
+    ) -> Result<Response<Self::DownloadSourceStream>, Status> {
+        sources::download_source(self, request).await
     }
 
     async fn report_replica(

@@ -95,6 +95,19 @@ pub(super) async fn download_release(
         Some(Ok(file)) => file,
         _ => return Err(Status::not_found("the deployment's release is not kept")),
     };
+    let stream = in_chunks(file, move |data, first| pb::DownloadReleaseResponse {
+        artifact_digest: if first { digest.clone() } else { String::new() },
+        data,
+    });
+    Ok(Response::new(Box::pin(stream)))
+}
+
+/// `file` as a stream of chunks, each made by `piece` (its bytes, and
+/// whether it is the first).
+pub(super) fn in_chunks<T: Send + 'static>(
+    file: std::fs::File,
+    piece: impl Fn(Vec<u8>, bool) -> T + Send + 'static,
+) -> tokio_stream::wrappers::ReceiverStream<Result<T, Status>> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         use std::io::Read;
@@ -111,22 +124,17 @@ pub(super) async fn download_release(
                 }
             };
             data.truncate(read);
-            let chunk = pb::DownloadReleaseResponse {
-                artifact_digest: if first { digest.clone() } else { String::new() },
-                data,
-            };
-            first = false;
-            if tx.blocking_send(Ok(chunk)).is_err() {
+            if tx.blocking_send(Ok(piece(data, first))).is_err() {
                 return;
             }
+            first = false;
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    Ok(Response::new(Box::pin(stream)))
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// The deployment `runner` holds or runs a copy of.
-async fn held(api: &DeployServiceApi, id: uuid::Uuid, runner: &str) -> Result<Deployment, Status> {
+pub(super) async fn held(api: &DeployServiceApi, id: uuid::Uuid, runner: &str) -> Result<Deployment, Status> {
     let runner = runner.to_owned();
     api.inner
         .db
@@ -135,13 +143,13 @@ async fn held(api: &DeployServiceApi, id: uuid::Uuid, runner: &str) -> Result<De
         .ok_or_else(|| refusal(db::Refusal::NotYourClaim, State::Building))
 }
 
-fn digest_hex(digest: &str) -> Option<&str> {
+pub(super) fn digest_hex(digest: &str) -> Option<&str> {
     digest
         .strip_prefix("sha256:")
         .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
-fn internal(err: impl std::fmt::Display) -> Status {
+pub(super) fn internal(err: impl std::fmt::Display) -> Status {
     tracing::error!(error = %err, "cannot keep or read a release");
     Status::internal("the release store is not available")
 }

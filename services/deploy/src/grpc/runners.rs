@@ -139,6 +139,7 @@ pub(super) async fn claim_deployment(
                 .map(capsule::schedule::ProcessType::into_entry)
                 .collect(),
             idle_timeout_seconds: snapshot.idle_timeout_secs,
+            source_digest: snapshot.source_digest,
             cache_generation: u64::try_from(cache_generation).unwrap_or_default(),
             secret_names: variables
                 .iter()

@@ -1,0 +1,112 @@
+//! Sources uploaded from a user's machine (`capsule up`): the archive is
+//! received in pieces, checked against its digest and size limit, kept
+//! beside the releases under its digest, and a deployment of it is
+//! queued; the runner that claims it downloads it and unpacks it inside
+//! the project's sandbox (never on the host).
+
+use std::io::Write;
+
+use capsule::{audit::Actor as AuditActor, auth::Caller, proto::deploy::v1 as pb, rpc::FieldViolations};
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    deployments::{deployment_event, organization_of},
+    releases::{digest_hex, held, in_chunks, internal},
+};
+use crate::{
+    convert::deployment_proto,
+    state::{DeployServiceApi, SourceStream},
+    validate::check_environment,
+};
+
+/// Where the source archive of `hex` is kept.
+fn kept(api: &DeployServiceApi, hex: &str) -> std::path::PathBuf {
+    api.inner.releases_dir.join(format!("source-{hex}.tar.gz"))
+}
+
+pub(super) async fn upload_source(
+    api: &DeployServiceApi,
+    request: Request<Streaming<pb::UploadSourceRequest>>,
+) -> Result<Response<pb::Deployment>, Status> {
+    let caller = Caller::of(&request)?.clone();
+    let actor = AuditActor::of(&request);
+    let mut pieces = request.into_inner();
+    let first = pieces
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("an upload starts with a piece naming the project"))?;
+    let mut violations = FieldViolations::new();
+    let project_id = capsule::rpc::parse_id("project_id", &first.project_id, &mut violations);
+    let environment = check_environment(&first.environment, &mut violations);
+    let hex = digest_hex(&first.source_digest).map(str::to_owned);
+    if hex.is_none() {
+        violations.add("source_digest", "must be sha256: and 64 lowercase hex digits");
+    }
+    violations.check()?;
+    let hex = hex.unwrap_or_default();
+    // Whether the caller may deploy the project, before a byte is kept.
+    let plan = api.prepare(&caller, project_id).await?;
+    let organization = organization_of(&plan);
+    let max = api.inner.max_upload_bytes;
+    let dir = api.inner.releases_dir.clone();
+    std::fs::create_dir_all(&dir).map_err(internal)?;
+    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(internal)?;
+    let mut hash = Sha256::new();
+    let mut bytes = 0u64;
+    let mut data = first.data;
+    loop {
+        bytes += data.len() as u64;
+        if bytes > max {
+            return Err(Status::resource_exhausted(format!(
+                "the upload is over {} MiB (DEPLOY_MAX_UPLOAD_MB): leave build output and dependencies out \
+                 (.gitignore)",
+                max / (1024 * 1024)
+            )));
+        }
+        hash.update(&data);
+        file.write_all(&data).map_err(internal)?;
+        match pieces.message().await? {
+            Some(piece) => data = piece.data,
+            None => break,
+        }
+    }
+    if hex::encode(hash.finalize()) != hex {
+        return Err(capsule::rpc::invalid_field(
+            "source_digest",
+            "the uploaded bytes do not have this digest",
+        ));
+    }
+    file.persist(kept(api, &hex)).map_err(|err| internal(err.error))?;
+    let digest = format!("sha256:{hex}");
+    let deployment = api
+        .queue_upload(plan, caller.user_id, environment, digest.clone())
+        .await?;
+    tracing::info!(deployment.id = %deployment.id, project.id = %project_id, bytes, "deployment of an upload queued");
+    api.audit(
+        deployment_event(&actor, "deployment.create", &deployment, organization)
+            .detail("environment", &deployment.environment)
+            .detail("source", "upload")
+            .detail("source_digest", &digest)
+            .detail("bytes", bytes.to_string()),
+    )
+    .await;
+    Ok(Response::new(deployment_proto(&deployment)))
+}
+
+pub(super) async fn download_source(
+    api: &DeployServiceApi,
+    request: Request<pb::DownloadSourceRequest>,
+) -> Result<Response<SourceStream>, Status> {
+    let runner = crate::runners::runner_of(&request)?;
+    let id = capsule::rpc::require_id("deployment_id", &request.get_ref().deployment_id)?;
+    let deployment = held(api, id, &runner).await?;
+    let digest = deployment.snapshot().source_digest;
+    let file = match digest_hex(&digest).map(|hex| std::fs::File::open(kept(api, hex))) {
+        Some(Ok(file)) => file,
+        _ => return Err(Status::not_found("the deployment's uploaded source is not kept")),
+    };
+    Ok(Response::new(Box::pin(in_chunks(file, |data, _| {
+        pb::DownloadSourceResponse { data }
+    }))))
+}
