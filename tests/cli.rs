@@ -252,3 +252,55 @@ async fn a_user_signs_in_deploys_from_a_linked_directory_and_rolls_back() {
     assert!(user.ok(&["completions", "bash"], "").await.contains("capsule"));
     mesh.stop().await;
 }
+
+/// `capsule up` of a directory holding an Express app (the fixture of
+/// tests/stacks.rs), with a `node_modules` of its own that `.gitignore`
+/// keeps back: the runner builds it with `npm ci` from the registry and
+/// serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capsule_up_deploys_an_express_app_from_a_directory() {
+    let mesh = common::start_with(common::Options {
+        local_runner: true,
+        deploy: vec![
+            ("DEPLOY_EGRESS_ALLOWED_NETWORKS", common::registries().await),
+            ("DEPLOY_START_TIMEOUT_SECS", "60"),
+        ],
+        ..Default::default()
+    })
+    .await;
+    mesh.user("cli@example.com").await;
+    let user = User {
+        home: tempfile::tempdir().unwrap(),
+        api: format!("http://{}", mesh.addr(ServiceKind::Gateway)),
+    };
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apps/express");
+    std::fs::create_dir_all(user.dir().join("node_modules/express")).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), user.dir().join(entry.file_name())).unwrap();
+    }
+    // What a local `npm install` left: never sent, so never run.
+    std::fs::write(
+        user.dir().join("node_modules/express/index.js"),
+        "throw new Error('local copy')\n",
+    )
+    .unwrap();
+    std::fs::write(user.dir().join(".gitignore"), "node_modules/\n").unwrap();
+    user.ok(
+        &["login", "--email", "cli@example.com", "--password-stdin"],
+        &format!("{}\n", common::PASSWORD),
+    )
+    .await;
+    user.ok(&["projects", "create", "express up", "--link"], "").await;
+    let up = user.ok(&["up"], "").await;
+    assert!(up.contains("Live at"), "{up}");
+    let log = user.ok(&["logs"], "").await;
+    assert!(log.contains("npm ci"), "{log}");
+    let linked: serde_json::Value = serde_json::from_str(&user.ok(&["link", "--json"], "").await).unwrap();
+    let label = linked["hostLabel"].as_str().unwrap();
+    let served = common::deploy::fetch(&reqwest::Client::new(), &mesh, label, "/")
+        .await
+        .unwrap();
+    assert_eq!(served, (200, "hello from express 4.21.2".to_owned()), "{log}");
+    mesh.stop().await;
+}

@@ -18,26 +18,12 @@ use common::{
     git::{REPOSITORIES, Repo},
 };
 
-/// The registries' addresses as this host resolves them, as networks.
-async fn registries() -> &'static str {
-    let mut networks = Vec::new();
-    for host in ["registry.npmjs.org", "pypi.org", "files.pythonhosted.org"] {
-        for addr in tokio::net::lookup_host((host, 443)).await.unwrap() {
-            let bits = if addr.is_ipv4() { 32 } else { 128 };
-            networks.push(format!("{}/{bits}", addr.ip()));
-        }
-    }
-    networks.sort();
-    networks.dedup();
-    Box::leak(networks.join(",").into_boxed_str())
-}
-
 async fn mesh() -> TestMesh {
     common::start_with(common::Options {
         local_runner: true,
         deploy: vec![
             ("DEPLOY_LOCAL_REPOSITORIES", REPOSITORIES),
-            ("DEPLOY_EGRESS_ALLOWED_NETWORKS", registries().await),
+            ("DEPLOY_EGRESS_ALLOWED_NETWORKS", common::registries().await),
             ("DEPLOY_START_TIMEOUT_SECS", "60"),
         ],
         ..Default::default()

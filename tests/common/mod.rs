@@ -441,3 +441,17 @@ pub fn processes_of(uid: u32) -> usize {
         })
         .count()
 }
+
+/// The registries' addresses as this host resolves them, as networks.
+pub async fn registries() -> &'static str {
+    let mut networks = Vec::new();
+    for host in ["registry.npmjs.org", "pypi.org", "files.pythonhosted.org"] {
+        for addr in tokio::net::lookup_host((host, 443)).await.unwrap() {
+            let bits = if addr.is_ipv4() { 32 } else { 128 };
+            networks.push(format!("{}/{bits}", addr.ip()));
+        }
+    }
+    networks.sort();
+    networks.dedup();
+    Box::leak(networks.join(",").into_boxed_str())
+}

@@ -214,14 +214,22 @@ async fn prune_logs(
     }
 }
 
-/// Deletes the uploaded releases no deployment needs any more (not live,
-/// nor among the newest of its project and environment), once an hour
-/// old: one being uploaded is not yet named by its deployment.
+/// Deletes the uploaded releases and sources no deployment needs any more
+/// (not live, nor among the newest of its project and environment, nor
+/// waiting to be built), once an hour old: one being uploaded is not yet
+/// named by its deployment.
 fn prune_releases(dir: &std::path::Path, kept: &std::collections::HashSet<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let digest = name.strip_suffix(".tar.zst").map(|hex| format!("sha256:{hex}"));
+        // Releases, and sources uploaded by `capsule up`.
+        let digest = name
+            .strip_suffix(".tar.zst")
+            .or_else(|| {
+                name.strip_prefix("source-")
+                    .and_then(|rest| rest.strip_suffix(".tar.gz"))
+            })
+            .map(|hex| format!("sha256:{hex}"));
         let old = entry
             .metadata()
             .and_then(|metadata| metadata.modified())
@@ -261,12 +269,19 @@ mod tests {
     fn releases_no_deployment_needs_go_once_an_hour_old() {
         let dir = tempfile::tempdir().unwrap();
         let hex = |c: char| c.to_string().repeat(64);
-        let (needed, stale, fresh) = (hex('a'), hex('b'), hex('c'));
+        let (needed, stale, fresh, source, stale_source) = (hex('a'), hex('b'), hex('c'), hex('d'), hex('e'));
         let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
-        for name in [&needed, &stale, &fresh] {
-            let path = dir.path().join(format!("{name}.tar.zst"));
+        let files = [
+            format!("{needed}.tar.zst"),
+            format!("{stale}.tar.zst"),
+            format!("{fresh}.tar.zst"),
+            format!("source-{source}.tar.gz"),
+            format!("source-{stale_source}.tar.gz"),
+        ];
+        for name in &files {
+            let path = dir.path().join(name);
             std::fs::write(&path, b"archive").unwrap();
-            if *name != fresh {
+            if *name != files[2] {
                 std::fs::File::options()
                     .append(true)
                     .open(&path)
@@ -275,15 +290,20 @@ mod tests {
                     .unwrap();
             }
         }
-        let kept = [format!("sha256:{needed}")].into_iter().collect();
+        let kept = [format!("sha256:{needed}"), format!("sha256:{source}")]
+            .into_iter()
+            .collect();
         prune_releases(dir.path(), &kept);
         let left: std::collections::HashSet<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        let expected = [format!("{needed}.tar.zst"), format!("{fresh}.tar.zst")]
+        let expected = [files[0].clone(), files[2].clone(), files[3].clone()]
             .into_iter()
             .collect();
-        assert_eq!(left, expected, "the one in use and the one being uploaded stay");
+        assert_eq!(
+            left, expected,
+            "the release and the uploaded source in use, and the release being uploaded, stay"
+        );
     }
 }

@@ -340,7 +340,8 @@ impl Runner {
             reporter.state(DeploymentState::Failed, why, None).await;
             return None;
         }
-        if !snapshot.repository_url.is_empty() && !root.is_dir() {
+        let has_source = !snapshot.repository_url.is_empty() || !snapshot.source_digest.is_empty();
+        if has_source && !root.is_dir() {
             let why = format!(
                 "the root directory {:?} is not in commit {}: fix the project's root_directory",
                 snapshot.root_directory, snapshot.commit_sha
@@ -365,7 +366,7 @@ impl Runner {
         // Commands the project left empty, from its tree (read before any
         // of its code runs).
         let mut snapshot = snapshot;
-        if !snapshot.repository_url.is_empty()
+        if has_source
             && let Some(plan) = plan::detect(
                 &root,
                 &snapshot.build_command,

@@ -23,8 +23,13 @@ const ARCHIVE: &str = ".capsule-upload.tar.gz";
 
 /// Unpacks it in the sandbox, then removes it: owners and modes are the
 /// sandbox user's, absolute names and `..` are refused by tar itself, and
-/// whatever a hostile archive does stays inside the sandbox.
-const UNPACK: &str = "set -e\ntar -xzf .capsule-upload.tar.gz --no-same-owner --no-same-permissions\n\
+/// whatever a hostile archive does stays inside the sandbox. At most
+/// `CAPSULE_UNPACK_MAX` bytes of tar are read (a small archive may hold a
+/// huge tree); tar's complaints, the last 2000 bytes of them, go to
+/// stderr only when it fails.
+const UNPACK: &str = "gzip -dc .capsule-upload.tar.gz | head -c \"$CAPSULE_UNPACK_MAX\" \
+                      | tar -x -f - --no-same-owner --no-same-permissions --warning=no-timestamp \
+                      >/dev/null 2>/tmp/tar-errors || { tail -c 2000 /tmp/tar-errors >&2; exit 1; }\n\
                       rm -f .capsule-upload.tar.gz\n";
 
 impl Runner {
@@ -95,6 +100,8 @@ impl Runner {
             return Err("the uploaded source changed on the way: upload it again".to_owned());
         }
         let nothing = HashMap::new();
+        let max_bytes = self.config.source.max_bytes;
+        let limit = [("CAPSULE_UNPACK_MAX", max_bytes.to_string())];
         let mut child = self
             .sandbox
             .command(&Spec {
@@ -102,9 +109,9 @@ impl Runner {
                 workdir: dir,
                 root_directory: "",
                 environment: &nothing,
-                extra: &[],
+                extra: &limit,
                 tenant: around.tenant,
-                cpu_time: None,
+                cpu_time: Some(std::time::Duration::from_secs(120)),
                 egress: None,
                 cache: None,
                 cgroup: around.cgroup,
@@ -119,9 +126,26 @@ impl Runner {
             .map_err(|_| "unpacking the uploaded source took over 5 minutes".to_owned())?
             .map_err(|err| err.to_string())?;
         if !status.success() {
-            return Err(
-                "the uploaded archive could not be unpacked (tar failed): upload it again with capsule up".to_owned(),
-            );
+            let mut said = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = (&mut stderr).take(4096).read_to_string(&mut said).await;
+            }
+            return Err(format!(
+                "the uploaded archive could not be unpacked ({}): upload it again with capsule up",
+                said.trim().lines().last().unwrap_or("tar failed")
+            ));
+        }
+        // The tree as unpacked, within what a checkout may write.
+        let tree = dir.to_path_buf();
+        let bytes = tokio::task::spawn_blocking(move || crate::host::file_bytes(&tree))
+            .await
+            .unwrap_or(u64::MAX);
+        if bytes > max_bytes {
+            return Err(format!(
+                "the uploaded source unpacks to over {} MiB (DEPLOY_MAX_SOURCE_MB)",
+                max_bytes / (1024 * 1024)
+            ));
         }
         Ok(())
     }

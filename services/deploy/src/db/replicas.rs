@@ -246,10 +246,16 @@ pub fn releases_in_use(conn: &mut PgConnection) -> QueryResult<std::collections:
         #[diesel(sql_type = Text)]
         artifact_digest: String,
     }
+    // Releases as before; an uploaded source (its digest in the snapshot)
+    // while its deployment is yet to be built, or among the newest.
     let kept: Vec<Kept> = diesel::sql_query(
         "SELECT DISTINCT artifact_digest FROM (SELECT artifact_digest, state, row_number() OVER \
          (PARTITION BY project_id, environment ORDER BY created_at DESC) AS newest FROM deployments \
-         WHERE artifact_digest IS NOT NULL) d WHERE state = 'live' OR newest <= $1",
+         WHERE artifact_digest IS NOT NULL) d WHERE state = 'live' OR newest <= $1 \
+         UNION SELECT DISTINCT snapshot->>'source_digest' FROM (SELECT snapshot, state, row_number() OVER \
+         (PARTITION BY project_id, environment ORDER BY created_at DESC) AS newest FROM deployments \
+         WHERE snapshot->>'source_digest' LIKE 'sha256:%') s \
+         WHERE state IN ('queued', 'building', 'deploying', 'live') OR newest <= $1",
     )
     .bind::<diesel::sql_types::BigInt, _>(RELEASES_KEPT)
     .load(conn)?;

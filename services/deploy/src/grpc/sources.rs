@@ -20,6 +20,16 @@ use crate::{
     validate::check_environment,
 };
 
+/// How long the uploader may take to send the next piece.
+const PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The next piece, if one comes within [`PIECE_TIMEOUT`].
+async fn next(pieces: &mut Streaming<pb::UploadSourceRequest>) -> Result<Option<pb::UploadSourceRequest>, Status> {
+    tokio::time::timeout(PIECE_TIMEOUT, pieces.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded("no piece of the upload came for 30 s"))?
+}
+
 /// Where the source archive of `hex` is kept.
 fn kept(api: &DeployServiceApi, hex: &str) -> std::path::PathBuf {
     api.inner.releases_dir.join(format!("source-{hex}.tar.gz"))
@@ -31,9 +41,10 @@ pub(super) async fn upload_source(
 ) -> Result<Response<pb::Deployment>, Status> {
     let caller = Caller::of(&request)?.clone();
     let actor = AuditActor::of(&request);
+    // Uploads held open count with the caller's other streams.
+    let _slot = api.inner.streams.take(caller.user_id)?;
     let mut pieces = request.into_inner();
-    let first = pieces
-        .message()
+    let first = next(&mut pieces)
         .await?
         .ok_or_else(|| Status::invalid_argument("an upload starts with a piece naming the project"))?;
     let mut violations = FieldViolations::new();
@@ -65,8 +76,12 @@ pub(super) async fn upload_source(
             )));
         }
         hash.update(&data);
-        file.write_all(&data).map_err(internal)?;
-        match pieces.message().await? {
+        // Off the runtime's workers.
+        file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        match next(&mut pieces).await? {
             Some(piece) => data = piece.data,
             None => break,
         }
@@ -77,11 +92,27 @@ pub(super) async fn upload_source(
             "the uploaded bytes do not have this digest",
         ));
     }
-    file.persist(kept(api, &hex)).map_err(|err| internal(err.error))?;
+    let path = kept(api, &hex);
+    let fresh = !path.exists();
+    let persisted = path.clone();
+    tokio::task::spawn_blocking(move || file.persist(persisted))
+        .await
+        .map_err(internal)?
+        .map_err(|err| internal(err.error))?;
     let digest = format!("sha256:{hex}");
-    let deployment = api
+    let deployment = match api
         .queue_upload(plan, caller.user_id, environment, digest.clone())
-        .await?;
+        .await
+    {
+        Ok(deployment) => deployment,
+        Err(refused) => {
+            // Nothing will build it (unless another deployment already did).
+            if fresh {
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(refused);
+        }
+    };
     tracing::info!(deployment.id = %deployment.id, project.id = %project_id, bytes, "deployment of an upload queued");
     api.audit(
         deployment_event(&actor, "deployment.create", &deployment, organization)
