@@ -41,8 +41,8 @@ impl User {
         self.home.path().join("app")
     }
 
-    /// `capsule <args>` in the project directory, `input` on its stdin.
-    async fn run(&self, args: &[&str], input: &str, env: &[(&str, &str)]) -> Output {
+    /// `capsule <args>` as the user runs it, in the project directory.
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
             .args(args)
@@ -51,7 +51,14 @@ impl User {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", self.home.path())
             .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env("CAPSULE_API_URL", &self.api)
+            .env("CAPSULE_API_URL", &self.api);
+        command
+    }
+
+    /// `capsule <args>` in the project directory, `input` on its stdin.
+    async fn run(&self, args: &[&str], input: &str, env: &[(&str, &str)]) -> Output {
+        let mut command = self.command(args);
+        command
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -200,6 +207,40 @@ async fn a_user_signs_in_deploys_from_a_linked_directory_and_rolls_back() {
     assert_eq!(deployments.len(), 3, "{deployments:?}");
     assert_eq!(deployments[0]["state"], "DEPLOYMENT_STATE_LIVE");
     assert!(deployments[0]["rollbackOf"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // `logs -f` follows a deployment as it happens, through its build until
+    // its app starts (and on: a live app's log goes on).
+    let queued: serde_json::Value =
+        serde_json::from_str(&user.ok(&["deploy", "--detach", "--json"], "").await).unwrap();
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let mut follow = user
+        .command(&["logs", "-f", &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let started = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("$ exec python3 -m http.server"))
+    });
+    let started = tokio::time::timeout(std::time::Duration::from_secs(60), started).await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(matches!(started, Ok(Ok(true))), "logs -f did not show the app starting");
+    let live = std::time::Instant::now();
+    loop {
+        let listed: serde_json::Value = serde_json::from_str(&user.ok(&["deployments", "--json"], "").await).unwrap();
+        if listed[0]["id"] == id.as_str() && listed[0]["state"] == "DEPLOYMENT_STATE_LIVE" {
+            break;
+        }
+        assert!(live.elapsed() < std::time::Duration::from_secs(30), "{listed}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 
     // A one-off command beside the live release, with its variables and
     // its exit status.
