@@ -22,6 +22,19 @@ use crate::{
 const MAX_OUTPUT: u64 = 64 * 1024;
 
 impl Runner {
+    /// Hands the working directory `dir` to the sandbox user `tenant`
+    /// (off the runtime), or says why not in the deployment's words.
+    pub(crate) async fn give_workdir(&self, tenant: u32, dir: &Path) -> Result<(), String> {
+        let (sandbox, owned) = (self.sandbox.clone(), dir.to_path_buf());
+        tokio::task::spawn_blocking(move || sandbox.prepare_workdir(tenant, &owned))
+            .await
+            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+            .map_err(|err| {
+                tracing::error!(error = %err, "cannot prepare the working directory");
+                "the runner cannot prepare the working directory".to_owned()
+            })
+    }
+
     /// Fetches `reference` (the deployment's commit, or the branch or tag
     /// it names when only the sandbox can read the repository's refs) into
     /// `dir`: the commit as fetched
@@ -98,14 +111,7 @@ impl Runner {
             );
         }
         // The sandbox user fetches into its own directory.
-        let (sandbox, owned) = (self.sandbox.clone(), dir.to_path_buf());
-        tokio::task::spawn_blocking(move || sandbox.prepare_workdir(tenant, &owned))
-            .await
-            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
-            .map_err(|err| {
-                tracing::error!(error = %err, "cannot prepare the working directory");
-                "the runner cannot prepare the working directory".to_owned()
-            })?;
+        self.give_workdir(tenant, dir).await?;
         let variables = remote::fetch_step(&remote, reference, &credentials, way_out.is_some());
         let extra: Vec<(&str, String)> = variables
             .iter()

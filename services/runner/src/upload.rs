@@ -71,14 +71,7 @@ impl Runner {
         around: Around<'_>,
     ) -> Result<(), String> {
         reporter.system("unpacking the uploaded source".to_owned()).await;
-        let (sandbox, owned, tenant) = (self.sandbox.clone(), dir.to_path_buf(), around.tenant);
-        tokio::task::spawn_blocking(move || sandbox.prepare_workdir(tenant, &owned))
-            .await
-            .unwrap_or_else(|err| Err(std::io::Error::other(err)))
-            .map_err(|err| {
-                tracing::error!(error = %err, "cannot prepare the working directory");
-                "the runner cannot prepare the working directory".to_owned()
-            })?;
+        self.give_workdir(around.tenant, dir).await?;
         // The directory is new and nothing of the tenant's has run in it:
         // a file of its own, readable by the sandbox's user.
         let mut file = std::fs::OpenOptions::new()

@@ -45,32 +45,71 @@ pub(super) async fn upload_release(
     let hex = hex.unwrap_or_default().to_owned();
     held(api, id, &runner).await?;
     let dir = api.inner.releases_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(internal)?;
-    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(internal)?;
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
+    let mut incoming = Incoming::new(&dir, MAX_BYTES, "the release is over 4 GiB".to_owned())?;
     let mut data = first.data;
     loop {
-        bytes += data.len() as u64;
-        if bytes > MAX_BYTES {
-            return Err(Status::resource_exhausted("the release is over 4 GiB"));
-        }
-        hash.update(&data);
-        file.write_all(&data).map_err(internal)?;
+        incoming.take(data).await?;
         match chunks.message().await? {
             Some(chunk) => data = chunk.data,
             None => break,
         }
     }
-    if hex::encode(hash.finalize()) != hex {
-        return Err(rpc::invalid_field(
-            "artifact_digest",
-            "the uploaded bytes do not have this digest",
-        ));
-    }
+    let file = incoming.checked(&hex, "artifact_digest")?;
     file.persist(dir.join(format!("{hex}.tar.zst")))
         .map_err(|err| internal(err.error))?;
     Ok(Response::new(pb::UploadReleaseResponse {}))
+}
+
+/// An archive being received: into a temporary file beside the kept
+/// ones, hashed, at most `max` bytes.
+pub(super) struct Incoming {
+    file: Option<tempfile::NamedTempFile>,
+    hash: Sha256,
+    pub bytes: u64,
+    max: u64,
+    over: String,
+}
+
+impl Incoming {
+    /// `over`: what an archive past `max` is refused with.
+    pub(super) fn new(dir: &std::path::Path, max: u64, over: String) -> Result<Self, Status> {
+        std::fs::create_dir_all(dir).map_err(internal)?;
+        Ok(Self {
+            file: Some(tempfile::NamedTempFile::new_in(dir).map_err(internal)?),
+            hash: Sha256::new(),
+            bytes: 0,
+            max,
+            over,
+        })
+    }
+
+    /// Writes the next piece, off the runtime's workers.
+    pub(super) async fn take(&mut self, data: Vec<u8>) -> Result<(), Status> {
+        self.bytes += data.len() as u64;
+        if self.bytes > self.max {
+            return Err(Status::resource_exhausted(self.over.clone()));
+        }
+        self.hash.update(&data);
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| internal("an archive written after a failure"))?;
+        let file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// The file, when its bytes have the digest `hex` (else the `field`
+    /// that named it is refused).
+    pub(super) fn checked(self, hex: &str, field: &str) -> Result<tempfile::NamedTempFile, Status> {
+        if hex::encode(self.hash.finalize()) != hex {
+            return Err(rpc::invalid_field(field, "the uploaded bytes do not have this digest"));
+        }
+        self.file.ok_or_else(|| internal("an archive written after a failure"))
+    }
 }
 
 pub(super) async fn download_release(

@@ -4,15 +4,12 @@
 //! queued; the runner that claims it downloads it and unpacks it inside
 //! the project's sandbox (never on the host).
 
-use std::io::Write;
-
 use capsule::{audit::Actor as AuditActor, auth::Caller, proto::deploy::v1 as pb, rpc::FieldViolations};
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     deployments::{deployment_event, organization_of},
-    releases::{digest_hex, held, in_chunks, internal},
+    releases::{Incoming, digest_hex, held, in_chunks, internal},
 };
 use crate::{
     convert::deployment_proto,
@@ -60,38 +57,21 @@ pub(super) async fn upload_source(
     let plan = api.prepare(&caller, project_id).await?;
     let organization = organization_of(&plan);
     let max = api.inner.max_upload_bytes;
-    let dir = api.inner.releases_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(internal)?;
-    let mut file = tempfile::NamedTempFile::new_in(&dir).map_err(internal)?;
-    let mut hash = Sha256::new();
-    let mut bytes = 0u64;
+    let over = format!(
+        "the upload is over {} MiB (DEPLOY_MAX_UPLOAD_MB): leave build output and dependencies out (.gitignore)",
+        max / (1024 * 1024)
+    );
+    let mut incoming = Incoming::new(&api.inner.releases_dir, max, over)?;
     let mut data = first.data;
     loop {
-        bytes += data.len() as u64;
-        if bytes > max {
-            return Err(Status::resource_exhausted(format!(
-                "the upload is over {} MiB (DEPLOY_MAX_UPLOAD_MB): leave build output and dependencies out \
-                 (.gitignore)",
-                max / (1024 * 1024)
-            )));
-        }
-        hash.update(&data);
-        // Off the runtime's workers.
-        file = tokio::task::spawn_blocking(move || file.write_all(&data).map(|()| file))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        incoming.take(data).await?;
         match next(&mut pieces).await? {
             Some(piece) => data = piece.data,
             None => break,
         }
     }
-    if hex::encode(hash.finalize()) != hex {
-        return Err(capsule::rpc::invalid_field(
-            "source_digest",
-            "the uploaded bytes do not have this digest",
-        ));
-    }
+    let bytes = incoming.bytes;
+    let file = incoming.checked(&hex, "source_digest")?;
     let path = kept(api, &hex);
     let fresh = !path.exists();
     let persisted = path.clone();
