@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod crypto;

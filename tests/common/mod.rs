@@ -5,6 +5,7 @@
 #![expect(clippy::unwrap_used, reason = "test helpers fail loudly")]
 
 pub mod acme;
+pub mod apps_pg;
 pub mod deploy;
 pub mod git;
 pub mod org;

@@ -17,6 +17,8 @@ struct DevSource {
     port: u16,
     internal_secret: String,
     encryption_keys: String,
+    /// The apps' PostgreSQL server's admin URL, when it runs.
+    apps_database_url: Option<String>,
 }
 
 impl Source for DevSource {
@@ -35,6 +37,8 @@ impl Source for DevSource {
             Some("auto".to_owned())
         } else if name == "CAPSULE_INTERNAL_SECRET" {
             Some(self.internal_secret.clone())
+        } else if name == "DEPLOY_APPS_DATABASE_URL" {
+            self.apps_database_url.clone()
         } else if name == capsule::crypto::KEYS_VARIABLE {
             Some(self.encryption_keys.clone())
         } else if name.ends_with("_DB_HOST") {
@@ -53,11 +57,24 @@ const DEV_ADMIN_EMAIL: &str = "admin@capsule.dev";
 pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
     let project_dir = postgres::project_dir()?;
     let server = postgres::find_or_start(&project_dir).await?;
+    // Apps' databases live on a server of their own; without one (no
+    // PostgreSQL binaries here), the mesh runs without them.
+    let apps_server = match std::env::var("DEPLOY_APPS_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => None,
+        _ => match postgres::start_apps(&project_dir, &random_hex()?).await {
+            Ok(apps) => Some(apps),
+            Err(err) => {
+                eprintln!("capsule: no PostgreSQL for apps ({err:#}); CreateDatabase is off");
+                None
+            }
+        },
+    };
     let source = DevSource {
         host: server.host.clone(),
         port: server.port,
         internal_secret: random_hex()?,
         encryption_keys: dev_keys(&project_dir)?,
+        apps_database_url: apps_server.as_ref().map(|apps| apps.admin_url.clone()),
     };
 
     let mut db_configs = Vec::new();
@@ -186,6 +203,10 @@ pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
             }
         }
     }
+    if let Some(data) = apps_server.as_ref().and_then(|apps| apps.started_here.as_ref()) {
+        postgres::stop(data).await?;
+        eprintln!("capsule: stopped the apps' PostgreSQL cluster");
+    }
     if let Some(data) = &server.started_here {
         postgres::stop(data).await?;
         eprintln!("capsule: stopped the private PostgreSQL cluster");
@@ -197,26 +218,13 @@ pub async fn run(traces: Option<String>) -> anyhow::Result<()> {
 /// `.capsule/encryption.key` (0600) so that values stored by one run open
 /// in the next, made on the first.
 fn dev_keys(project_dir: &std::path::Path) -> anyhow::Result<String> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let path = project_dir.join(".capsule").join("encryption.key");
-    if let Ok(keys) = std::fs::read_to_string(&path) {
-        return Ok(keys.trim().to_owned());
-    }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|err| anyhow::anyhow!("no randomness: {err}"))?;
     let keys = format!(
         "dev:{}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
     );
-    std::fs::create_dir_all(project_dir.join(".capsule"))?;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(keys.as_bytes()))
-        .map_err(|err| anyhow::anyhow!("cannot keep the development key in {}: {err}", path.display()))?;
-    Ok(keys)
+    postgres::kept_secret(&project_dir.join(".capsule").join("encryption.key"), &keys)
 }
 
 fn random_hex() -> anyhow::Result<String> {

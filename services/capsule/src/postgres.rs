@@ -9,17 +9,19 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
-use capsule::config::DbConfig;
+use capsule::{
+    cluster::{self, Auth, Cluster},
+    config::DbConfig,
+};
 use diesel::{Connection, PgConnection, RunQueryDsl, sql_types::Text};
 use secrecy::ExposeSecret;
-use tokio::process::Command;
 
 const DEFAULT_PRIVATE_PORT: u16 = 54329;
+const DEFAULT_APPS_PORT: u16 = 54330;
 
 /// A PostgreSQL server Capsule can administer.
 #[derive(Debug, Clone)]
@@ -97,78 +99,19 @@ fn private_dir(project_dir: &Path) -> PathBuf {
     project_dir.join(".capsule").join("postgres")
 }
 
-/// The directory of the installed PostgreSQL server binaries.
-fn bin_dir() -> anyhow::Result<PathBuf> {
-    if let Ok(output) = std::process::Command::new("pg_config").arg("--bindir").output() {
-        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-        if dir.join("initdb").is_file() {
-            return Ok(dir);
-        }
-    }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("bin"))
-        .filter(|dir| dir.join("initdb").is_file())
-        .collect();
-    candidates.sort_by_key(|dir| {
-        dir.parent()
-            .and_then(|version| version.file_name())
-            .and_then(|version| version.to_str())
-            .and_then(|version| version.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    candidates.pop().context(
-        "no PostgreSQL server is running on 127.0.0.1:5432 and no PostgreSQL binaries (initdb) were found; \
-         install them (apt-get install postgresql) or set CAPSULE_PG_ADMIN_URL",
-    )
-}
-
-fn running_as_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
-}
-
-/// A PostgreSQL binary, run as the `postgres` user when we are root.
-fn pg_command(bin: &Path, args: &[&str]) -> Command {
-    let mut command = if running_as_root() {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(bin);
-        command
-    } else {
-        Command::new(bin)
-    };
-    command.args(args).stdin(Stdio::null());
-    command
-}
-
-async fn run_checked(mut command: Command, what: &str) -> anyhow::Result<()> {
-    let output = command.output().await.with_context(|| format!("cannot run {what}"))?;
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 async fn start_private(project_dir: &Path) -> anyhow::Result<PgServer> {
     let port = private_port()?;
-    let dir = private_dir(project_dir);
-    let data = dir.join("data");
+    let cluster = Cluster {
+        dir: private_dir(project_dir),
+        port,
+    };
     let admin_url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=2");
     let server = PgServer {
         admin_url: admin_url.clone(),
         host: "127.0.0.1".to_owned(),
         port,
         origin: "the private cluster under .capsule/postgres",
-        started_here: Some(data.clone()),
+        started_here: Some(cluster.data()),
     };
     if can_connect(&admin_url).await {
         return Ok(PgServer {
@@ -176,68 +119,25 @@ async fn start_private(project_dir: &Path) -> anyhow::Result<PgServer> {
             ..server
         });
     }
-    let bin = bin_dir()?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if running_as_root() {
-        run_checked(
-            {
-                let mut chown = Command::new("chown");
-                chown.args(["-R", "postgres:postgres"]).arg(&dir);
-                chown
-            },
-            "chown of .capsule/postgres to the postgres user",
-        )
-        .await?;
+    eprintln!(
+        "capsule: starting PostgreSQL on 127.0.0.1:{port} in {} (log: {})",
+        cluster.data().display(),
+        cluster.log().display()
+    );
+    cluster.start(&Auth::Trust).await?;
+    if cluster::wait_until(Duration::from_secs(5), || can_connect(&admin_url)).await {
+        return Ok(server);
     }
-    let data_str = data.to_string_lossy().into_owned();
-    if !data.join("PG_VERSION").is_file() {
-        eprintln!("capsule: creating a private PostgreSQL cluster in {data_str}");
-        run_checked(
-            pg_command(
-                &bin.join("initdb"),
-                &[
-                    "-D",
-                    &data_str,
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--no-instructions",
-                ],
-            ),
-            "initdb",
-        )
-        .await?;
-    }
-    let log = dir.join("postgres.log").to_string_lossy().into_owned();
-    let options = format!("-p {port} -c listen_addresses=127.0.0.1 -k {data_str}");
-    eprintln!("capsule: starting PostgreSQL on 127.0.0.1:{port} (log: {log})");
-    run_checked(
-        pg_command(
-            &bin.join("pg_ctl"),
-            &["-D", &data_str, "-l", &log, "-o", &options, "-w", "-t", "60", "start"],
-        ),
-        "pg_ctl start",
+    bail!(
+        "PostgreSQL was started in {} but does not accept connections; see {}",
+        cluster.data().display(),
+        cluster.log().display()
     )
-    .await?;
-    for _ in 0..50 {
-        if can_connect(&admin_url).await {
-            return Ok(server);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("PostgreSQL was started in {data_str} but does not accept connections; see {log}")
 }
 
 /// Stops a cluster this command started.
 pub async fn stop(data: &Path) -> anyhow::Result<()> {
-    let bin = bin_dir()?;
-    let data_str = data.to_string_lossy().into_owned();
-    run_checked(
-        pg_command(&bin.join("pg_ctl"), &["-D", &data_str, "-m", "fast", "-w", "stop"]),
-        "pg_ctl stop",
-    )
-    .await
+    cluster::stop(data).await
 }
 
 /// Stops the private cluster under `.capsule/`, if it runs.
@@ -250,6 +150,68 @@ pub async fn stop_private(project_dir: &Path) -> anyhow::Result<()> {
     stop(&data).await?;
     println!("stopped the private cluster in {}", data.display());
     Ok(())
+}
+
+/// The apps' own PostgreSQL server for development: a second private
+/// cluster under `.capsule/apps-postgres` (port `CAPSULE_APPS_PG_PORT`,
+/// default 54330) that takes SCRAM-SHA-256 passwords only, never the
+/// control plane's, whose trust of local connections no app may share.
+/// Its superuser's password is kept in `.capsule/apps-postgres.password`.
+pub async fn start_apps(project_dir: &Path, new_password: &str) -> anyhow::Result<PgServer> {
+    let port = match std::env::var("CAPSULE_APPS_PG_PORT") {
+        Ok(port) => port
+            .parse()
+            .with_context(|| format!("CAPSULE_APPS_PG_PORT={port:?} is not valid: expected a port number"))?,
+        Err(_) => DEFAULT_APPS_PORT,
+    };
+    let capsule_dir = project_dir.join(".capsule");
+    let cluster = Cluster {
+        dir: capsule_dir.join("apps-postgres"),
+        port,
+    };
+    let password = kept_secret(&capsule_dir.join("apps-postgres.password"), new_password)?;
+    let admin_url = format!("postgres://postgres:{password}@127.0.0.1:{port}/postgres?connect_timeout=2");
+    let server = PgServer {
+        admin_url: admin_url.clone(),
+        host: "127.0.0.1".to_owned(),
+        port,
+        origin: "the apps' private cluster under .capsule/apps-postgres",
+        started_here: Some(cluster.data()),
+    };
+    if can_connect(&admin_url).await {
+        return Ok(PgServer {
+            started_here: None,
+            ..server
+        });
+    }
+    cluster.start(&Auth::Scram { password }).await?;
+    if cluster::wait_until(Duration::from_secs(5), || can_connect(&admin_url)).await {
+        return Ok(server);
+    }
+    bail!(
+        "the apps' PostgreSQL was started in {} but does not accept connections; see {}",
+        cluster.data().display(),
+        cluster.log().display()
+    )
+}
+
+/// The secret kept in `path` (0600), or `new` kept there on the first run.
+pub fn kept_secret(path: &std::path::Path, new: &str) -> anyhow::Result<String> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    if let Ok(kept) = std::fs::read_to_string(path) {
+        return Ok(kept.trim().to_owned());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut file| file.write_all(new.as_bytes()))
+        .map_err(|err| anyhow::anyhow!("cannot keep a development secret in {}: {err}", path.display()))?;
+    Ok(new.to_owned())
 }
 
 #[derive(diesel::QueryableByName)]

@@ -54,6 +54,9 @@ pub struct DeployConfig {
     /// Certificates for custom domains (`acme/config.rs` lists the
     /// variables).
     pub acme: crate::acme::AcmeConfig,
+    /// Apps' databases and backups (`databases/mod.rs` lists the
+    /// variables).
+    pub databases: crate::databases::DatabasesConfig,
 }
 
 /// How webhooks are delivered.
@@ -129,6 +132,7 @@ impl DeployConfig {
             runner,
             webhooks: WebhookConfig::from_source(source)?,
             acme: crate::acme::AcmeConfig::from_source(source)?,
+            databases: crate::databases::DatabasesConfig::from_source(source)?,
         })
     }
 }

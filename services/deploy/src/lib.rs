@@ -6,11 +6,13 @@ mod autorollback;
 pub mod config;
 mod convert;
 mod cron;
+pub mod databases;
 mod db;
 mod gauges;
 mod grpc;
 mod lifecycle;
 mod notify;
+mod preview;
 mod projects;
 mod push;
 mod reap;
@@ -113,6 +115,7 @@ pub async fn serve(
     tokio::spawn(reap::run(api.clone(), auth, config.reap_interval, shutdown.clone()));
     tokio::spawn(cron::run(api.clone(), shutdown.clone()));
     tokio::spawn(api.inner.acme.clone().run(hub.clone(), shutdown.clone()));
+    tokio::spawn(api.inner.databases.clone().run(shutdown.clone()));
 
     let runner = match (&config.runner, sandbox) {
         (Some(runner_config), Some(sandbox)) => {
@@ -247,6 +250,7 @@ fn prune_releases(dir: &std::path::Path, kept: &std::collections::HashSet<String
 fn sealed_key_ids(conn: &mut diesel::PgConnection) -> diesel::QueryResult<Vec<String>> {
     let mut ids = webhooks::key_ids(conn)?;
     ids.extend(acme::key_ids(conn)?);
+    ids.extend(databases::key_ids(conn)?);
     Ok(ids)
 }
 

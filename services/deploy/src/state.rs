@@ -73,6 +73,8 @@ pub(crate) struct Inner {
     pub(crate) webhook_guard: capsule::guard::Guard,
     /// Certificates for custom domains.
     pub(crate) acme: Arc<crate::acme::Acme>,
+    /// Apps' databases, backups and previews' copies.
+    pub(crate) databases: Arc<crate::databases::Databases>,
 }
 
 pub(crate) const NOT_FOUND: &str = "no such deployment";
@@ -108,6 +110,11 @@ impl DeployServiceApi {
         Ok(Self {
             inner: Arc::new(Inner {
                 acme: crate::acme::Acme::new(config.acme.clone(), db.clone(), encryption.clone()),
+                databases: Arc::new(crate::databases::Databases::new(
+                    config.databases.clone(),
+                    db.clone(),
+                    encryption.clone(),
+                )),
                 db,
                 hub,
                 projects,
@@ -377,6 +384,10 @@ impl DeployServiceApi {
         &self.inner.db
     }
 
+    pub(crate) fn databases(&self) -> &crate::databases::Databases {
+        &self.inner.databases
+    }
+
     pub(crate) fn projects(&self) -> ProjectServiceClient<capsule::trace::TracedChannel> {
         self.inner.projects.clone()
     }
@@ -402,5 +413,6 @@ impl DeployServiceApi {
 
 pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 pub(crate) type RouteStream = Pin<Box<dyn Stream<Item = Result<pb::RouteTable, Status>> + Send>>;
+pub(crate) type BackupStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBackupResponse, Status>> + Send>>;
 pub(crate) type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadReleaseResponse, Status>> + Send>>;
 pub(crate) type SourceStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadSourceResponse, Status>> + Send>>;

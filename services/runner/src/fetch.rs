@@ -10,7 +10,7 @@ use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::{
-    Runner, egress, host,
+    Runner, host,
     job::Around,
     remote::{self, Credentials, Fetched, Token},
     report::Reporter,
@@ -128,7 +128,7 @@ impl Runner {
                 extra: &extra,
                 tenant,
                 cpu_time: None,
-                egress: way_out.map(egress::Proxy::socket),
+                egress: way_out,
                 cache: None,
                 cgroup,
             })

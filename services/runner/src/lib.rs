@@ -549,7 +549,7 @@ impl Runner {
                 extra: &extra,
                 tenant: job.tenant,
                 cpu_time,
-                egress: job.egress.as_ref().map(|proxy| proxy.socket()),
+                egress: job.egress.as_deref(),
                 // Builds only: the running app never writes the next
                 // build's inputs.
                 cache: port.is_none().then_some(job.cache.as_deref()).flatten(),

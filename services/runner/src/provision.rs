@@ -234,6 +234,7 @@ impl Runner {
             self.sandbox.host_id(tenant),
             guard,
             egress::fetch_policy(snapshot),
+            snapshot.database_address.parse().ok(),
         )?)))
     }
 

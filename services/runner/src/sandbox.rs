@@ -108,7 +108,7 @@ pub struct Spec<'a> {
     /// The deployment's egress proxy socket (a path in the runner's own
     /// directory): the sandbox's one way out ([`crate::egress`]). `None`:
     /// no network beyond its own loopback.
-    pub egress: Option<&'a Path>,
+    pub egress: Option<&'a crate::egress::Proxy>,
     /// The project's build cache (a directory of the runner's), shown at
     /// `/cache` to builds only ([`crate::cache`]).
     pub cache: Option<&'a Path>,
@@ -384,8 +384,11 @@ impl Sandbox {
             &spec.workdir,
             &WORKSPACE,
         ]);
-        if let Some(socket) = spec.egress {
-            arg(&[&"--ro-bind", &socket, &crate::egress::SANDBOX_SOCKET]);
+        if let Some(proxy) = spec.egress {
+            arg(&[&"--ro-bind", &proxy.socket(), &crate::egress::SANDBOX_SOCKET]);
+            if let Some(socket) = proxy.database_socket() {
+                arg(&[&"--ro-bind", &socket, &crate::egress::database::SANDBOX_SOCKET]);
+            }
         }
         if let Some(cache) = spec.cache {
             arg(&[&"--bind", &cache, &crate::cache::SANDBOX_CACHE]);
@@ -543,8 +546,16 @@ impl Sandbox {
         let share = group.map(crate::limits::Group::share);
         let memory = share.map_or(0, |share| share.memory_bytes).max(config.memory_bytes);
         let processes = share.map_or(0, |share| share.processes).max(config.processes);
+        // Under a cgroup, its memory limit bounds what the processes use;
+        // an address-space limit as well would only break runtimes that
+        // reserve far more than they touch (V8's WebAssembly, which
+        // Node's own fetch loads; Go; the JVM).
+        let address_space = match group {
+            Some(_) => "unlimited".to_owned(),
+            None => memory.to_string(),
+        };
         let mut limits = vec![
-            format!("--as={memory}"),
+            format!("--as={address_space}"),
             format!("--nofile={}", config.open_files),
             format!("--fsize={}", config.file_size_bytes),
             "--core=0".to_owned(),

@@ -2,6 +2,7 @@
 //! [`transition`], which applies [`State::can_move`] under a row lock.
 
 mod claims;
+pub mod databases;
 pub mod domains;
 pub mod egress;
 mod logs;

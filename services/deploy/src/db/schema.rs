@@ -229,6 +229,47 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    app_databases (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        environment -> Varchar,
+        name -> Varchar,
+        password_sealed -> Text,
+        key_id -> Varchar,
+        connection_limit -> Int4,
+        statement_timeout_secs -> Int4,
+        ready_at -> Nullable<Timestamptz>,
+        next_backup_at -> Timestamptz,
+        backup_lease_until -> Nullable<Timestamptz>,
+        creator_id -> Nullable<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    app_database_backups (id) {
+        id -> Uuid,
+        database_id -> Uuid,
+        project_id -> Uuid,
+        environment -> Varchar,
+        reason -> Varchar,
+        size_bytes -> Int8,
+        digest -> Varchar,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    previews (project_id, number) {
+        project_id -> Uuid,
+        number -> Int4,
+        environment -> Varchar,
+        head_sha -> Varchar,
+        opened_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(deployment_logs -> deployments (deployment_id));
 diesel::joinable!(runs -> deployments (deployment_id));
 diesel::joinable!(acme_challenges -> domains (domain_id));
@@ -236,6 +277,7 @@ diesel::joinable!(replicas -> deployments (deployment_id));
 diesel::joinable!(deployment_egress -> deployments (deployment_id));
 diesel::joinable!(webhook_deliveries -> webhooks (webhook_id));
 diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(app_database_backups -> app_databases (database_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     deployments,
@@ -251,5 +293,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     push_deliveries,
     webhooks,
     webhook_deliveries,
-    webhook_attempts
+    webhook_attempts,
+    app_databases,
+    app_database_backups,
+    previews
 );

@@ -40,10 +40,13 @@ pub enum Event {
     Canceled,
     DomainIssued,
     DomainFailed,
+    PreviewOpened,
+    PreviewClosed,
+    DatabaseRestored,
 }
 
 impl Event {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 11] = [
         Self::Created,
         Self::Live,
         Self::Failed,
@@ -52,6 +55,9 @@ impl Event {
         Self::Canceled,
         Self::DomainIssued,
         Self::DomainFailed,
+        Self::PreviewOpened,
+        Self::PreviewClosed,
+        Self::DatabaseRestored,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -64,6 +70,9 @@ impl Event {
             Self::Canceled => "deployment.canceled",
             Self::DomainIssued => "domain.issued",
             Self::DomainFailed => "domain.failed",
+            Self::PreviewOpened => "preview.opened",
+            Self::PreviewClosed => "preview.closed",
+            Self::DatabaseRestored => "database.restored",
         }
     }
 
@@ -81,6 +90,9 @@ impl Event {
             Self::Canceled => pb::WebhookEvent::DeploymentCanceled,
             Self::DomainIssued => pb::WebhookEvent::DomainIssued,
             Self::DomainFailed => pb::WebhookEvent::DomainFailed,
+            Self::PreviewOpened => pb::WebhookEvent::PreviewOpened,
+            Self::PreviewClosed => pb::WebhookEvent::PreviewClosed,
+            Self::DatabaseRestored => pb::WebhookEvent::DatabaseRestored,
         }
     }
 

@@ -5,6 +5,7 @@
 //! calls the database (`crate::db`) and converts the rows
 //! (`crate::convert`).
 
+mod databases;
 mod deployments;
 mod domains;
 mod egress;
@@ -30,6 +31,43 @@ impl DeployService for DeployServiceApi {
     type DownloadReleaseStream = crate::state::ReleaseStream;
     type DownloadSourceStream = crate::state::SourceStream;
     type RunCommandStream = runs::RunStream;
+    type DownloadBackupStream = crate::state::BackupStream;
+
+    async fn create_database(
+        &self,
+        request: Request<pb::CreateDatabaseRequest>,
+    ) -> Result<Response<pb::Database>, Status> {
+        databases::create_database(self, request).await
+    }
+
+    async fn get_database(&self, request: Request<pb::GetDatabaseRequest>) -> Result<Response<pb::Database>, Status> {
+        databases::get_database(self, request).await
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        databases::list_backups(self, request).await
+    }
+
+    async fn create_backup(&self, request: Request<pb::CreateBackupRequest>) -> Result<Response<pb::Backup>, Status> {
+        databases::create_backup(self, request).await
+    }
+
+    async fn restore_database(
+        &self,
+        request: Request<pb::RestoreDatabaseRequest>,
+    ) -> Result<Response<pb::Database>, Status> {
+        databases::restore_database(self, request).await
+    }
+
+    async fn download_backup(
+        &self,
+        request: Request<pb::DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        databases::download_backup(self, request).await
+    }
 
     async fn add_domain(&self, request: Request<pb::AddDomainRequest>) -> Result<Response<pb::Domain>, Status> {
         domains::add_domain(self, request).await

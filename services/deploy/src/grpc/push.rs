@@ -1,6 +1,7 @@
 //! Push events from GitHub, GitLab and Gitea (`ReceiveGitPush`), signed
 //! with the project's webhook secret: the pushed commit of the project's
-//! branch is deployed, once ([`crate::push`]).
+//! branch is deployed, once ([`crate::push`]); pull and merge request
+//! events open, update and close previews ([`crate::preview`]).
 
 use std::time::Duration;
 
@@ -13,7 +14,12 @@ use sha2::Sha256;
 use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
-use crate::{db, push::deploy_commit, state::DeployServiceApi};
+use crate::{
+    db,
+    preview::{self, Change},
+    push::deploy_commit,
+    state::DeployServiceApi,
+};
 
 /// The parts of a push event Capsule reads (GitHub, GitLab and Gitea send
 /// the same two).
@@ -22,6 +28,95 @@ struct PushEvent {
     #[serde(rename = "ref")]
     reference: String,
     after: String,
+}
+
+/// The parts of a pull request event Capsule reads: GitHub's and Gitea's
+/// (`pull_request`) and GitLab's (`Merge Request Hook`).
+#[derive(serde::Deserialize)]
+struct PullRequestEvent {
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    number: u32,
+    pull_request: Option<PullRequest>,
+    object_attributes: Option<MergeRequest>,
+}
+
+#[derive(serde::Deserialize)]
+struct PullRequest {
+    head: Head,
+}
+
+#[derive(serde::Deserialize)]
+struct Head {
+    sha: String,
+}
+
+#[derive(serde::Deserialize)]
+struct MergeRequest {
+    iid: u32,
+    #[serde(default)]
+    action: String,
+    last_commit: Option<LastCommit>,
+}
+
+#[derive(serde::Deserialize)]
+struct LastCommit {
+    id: String,
+}
+
+/// The request's number and what its event asks, or why it asks nothing.
+fn preview_change(payload: &[u8]) -> Result<Result<(u32, Change), &'static str>, Status> {
+    let event: PullRequestEvent = serde_json::from_slice(payload).map_err(|_| {
+        capsule::rpc::invalid_field(
+            "payload",
+            "must be a pull request event (JSON with \"action\", \"number\" and \"pull_request\", or GitLab's \"object_attributes\")",
+        )
+    })?;
+    let (number, action, head) = match (event.pull_request, event.object_attributes) {
+        (Some(request), _) => (event.number, event.action, request.head.sha),
+        (None, Some(request)) => (
+            request.iid,
+            request.action,
+            request.last_commit.map(|commit| commit.id).unwrap_or_default(),
+        ),
+        (None, None) => return Err(capsule::rpc::invalid_field("payload", "names no pull or merge request")),
+    };
+    if number == 0 {
+        return Err(capsule::rpc::invalid_field(
+            "payload",
+            "the request's number must be positive",
+        ));
+    }
+    let change = match action.as_str() {
+        "opened" | "reopened" | "synchronize" | "synchronized" | "open" | "reopen" | "update" => {
+            if head.len() != 40 || !head.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(capsule::rpc::invalid_field(
+                    "payload",
+                    "the request's head names no commit",
+                ));
+            }
+            Change::Open { head }
+        }
+        "closed" | "close" | "merge" => Change::Close,
+        _ => return Ok(Err("this pull request action changes no preview")),
+    };
+    Ok(Ok((number, change)))
+}
+
+/// Whether the event is a pull or merge request's rather than a push.
+fn is_pull_request(metadata: &tonic::metadata::MetadataMap) -> bool {
+    matches!(header(metadata, "x-github-event"), Some("pull_request"))
+        || matches!(header(metadata, "x-gitea-event"), Some("pull_request"))
+        || matches!(header(metadata, "x-gitlab-event"), Some("Merge Request Hook"))
+}
+
+/// The git host's id of this delivery, if it sends one.
+fn delivery_of(metadata: &tonic::metadata::MetadataMap) -> Option<String> {
+    ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"]
+        .into_iter()
+        .find_map(|name| header(metadata, name))
+        .map(|id| id.chars().take(128).collect())
 }
 
 fn header<'a>(metadata: &'a tonic::metadata::MetadataMap, name: &str) -> Option<&'a str> {
@@ -96,6 +191,9 @@ pub(super) async fn receive_git_push(
     if target.webhook_secret.is_empty() || !signed(&metadata, &payload, &target.webhook_secret) {
         return Err(refused());
     }
+    if is_pull_request(&metadata) {
+        return receive_pull_request(api, &metadata, project_id, target.plan, &payload).await;
+    }
     let event: PushEvent = serde_json::from_slice(&payload).map_err(|_| {
         capsule::rpc::invalid_field("payload", "must be a push event (JSON with \"ref\" and \"after\")")
     })?;
@@ -105,11 +203,7 @@ pub(super) async fn receive_git_push(
             note: note.to_owned(),
         }))
     };
-    let delivery = ["x-github-delivery", "x-gitea-delivery", "x-gitlab-event-uuid"]
-        .into_iter()
-        .find_map(|name| header(&metadata, name))
-        .map(|id| id.chars().take(128).collect::<String>());
-    if let Some(delivery) = delivery
+    if let Some(delivery) = delivery_of(&metadata)
         && !api
             .db()
             .run(move |conn| db::push::take_delivery(conn, project_id, &delivery))
@@ -139,4 +233,42 @@ pub(super) async fn receive_git_push(
         })),
         None => note("this commit was deployed before"),
     }
+}
+
+/// A signed pull or merge request event: its preview opened, moved to the
+/// new head, or closed.
+async fn receive_pull_request(
+    api: &DeployServiceApi,
+    metadata: &tonic::metadata::MetadataMap,
+    project_id: Uuid,
+    plan: Option<capsule::proto::project::v1::DeploymentPlan>,
+    payload: &[u8],
+) -> Result<Response<pb::ReceiveGitPushResponse>, Status> {
+    let note = |note: String| {
+        Ok(Response::new(pb::ReceiveGitPushResponse {
+            deployment_id: String::new(),
+            note,
+        }))
+    };
+    let (number, change) = match preview_change(payload)? {
+        Ok(change) => change,
+        Err(why) => return note(why.to_owned()),
+    };
+    if let Some(delivery) = delivery_of(metadata) {
+        let taken = api
+            .db()
+            .run(move |conn| db::push::take_delivery(conn, project_id, &delivery))
+            .await?;
+        if !taken {
+            return note("this delivery was received before".to_owned());
+        }
+    }
+    let plan = plan.ok_or_else(|| rpc::internal("the project service answered a push target without a plan"))?;
+    let (deployment, why) = preview::handle(api, plan, number, change).await?;
+    Ok(Response::new(pb::ReceiveGitPushResponse {
+        deployment_id: deployment
+            .map(|deployment| deployment.id.to_string())
+            .unwrap_or_default(),
+        note: why,
+    }))
 }

@@ -108,6 +108,18 @@ pub(super) async fn claim_deployment(
             return Err(status);
         }
     };
+    let (variables, database_address) = match with_database(api, &deployment, variables, replica || run.is_some()).await
+    {
+        Ok(prepared) => prepared,
+        Err(why) => {
+            let outcome = Outcome {
+                message: why,
+                ..Outcome::default()
+            };
+            api.change(id, State::Failed, Actor::Runner(runner), outcome).await?;
+            return Ok(Response::new(pb::ClaimDeploymentResponse::default()));
+        }
+    };
     let snapshot = deployment.snapshot();
     let project_id = deployment.project_id;
     let cache_generation = api
@@ -140,6 +152,7 @@ pub(super) async fn claim_deployment(
                 .collect(),
             idle_timeout_seconds: snapshot.idle_timeout_secs,
             source_digest: snapshot.source_digest,
+            database_address,
             cache_generation: u64::try_from(cache_generation).unwrap_or_default(),
             secret_names: variables
                 .iter()
@@ -155,6 +168,49 @@ pub(super) async fn claim_deployment(
         replica,
         run: run.as_ref().map(crate::convert::run_proto),
     }))
+}
+
+/// The variables with the environment's `DATABASE_URL` (secret, over any
+/// the project set) and the address its forwarder reaches, when it has a
+/// database; before a build whose release command will run, a backup of
+/// it (`DEPLOY_BACKUP_BEFORE_RELEASE`). Why the deployment cannot go on,
+/// when it cannot.
+async fn with_database(
+    api: &DeployServiceApi,
+    deployment: &db::Deployment,
+    mut variables: Vec<capsule::proto::project::v1::EnvironmentVariable>,
+    started_from_release: bool,
+) -> Result<(Vec<capsule::proto::project::v1::EnvironmentVariable>, String), String> {
+    let databases = api.databases();
+    let cannot = |status: Status| format!("the environment's database cannot be reached: {}", status.message());
+    let Some((url, address)) = databases
+        .for_app(deployment.project_id, &deployment.environment)
+        .await
+        .map_err(cannot)?
+    else {
+        return Ok((variables, String::new()));
+    };
+    let releases = !deployment.snapshot().release_command.is_empty();
+    if releases && !started_from_release && databases.config().backup_before_release {
+        let database = databases
+            .find(deployment.project_id, &deployment.environment)
+            .await
+            .map_err(cannot)?;
+        if let Some(database) = database {
+            databases
+                .backup(&database, crate::databases::Reason::Release)
+                .await
+                .map_err(|status| format!("the backup before the release command failed: {}", status.message()))?;
+        }
+    }
+    variables.retain(|variable| variable.name != crate::databases::VARIABLE);
+    variables.push(capsule::proto::project::v1::EnvironmentVariable {
+        name: crate::databases::VARIABLE.to_owned(),
+        value: url,
+        secret: true,
+        update_time: None,
+    });
+    Ok((variables, address))
 }
 
 /// Claims a deployment for `runner`, waiting up to `wait` for one to

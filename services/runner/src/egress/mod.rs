@@ -20,6 +20,7 @@
 //! sockets, UDP, Node's built-in `fetch` unless `NODE_USE_ENV_PROXY=1`) has
 //! no network at all.
 
+pub mod database;
 pub mod proxy;
 pub mod record;
 mod tunnel;
@@ -72,18 +73,23 @@ pub fn trust() -> Vec<(&'static str, String)> {
     .collect()
 }
 
-/// The sandbox's first process: starts the forwarder, waits (at most 3 s)
+/// The sandbox's first process: starts the forwarder (and the database's,
+/// when its socket is bound in), waits (at most 3 s)
 /// until it listens — `127.0.0.1:3128` in LISTEN in the sandbox's own
 /// `/proc/net/tcp` — then becomes the user's command, given as `$1` and
 /// never spliced into this script.
 pub fn launcher(socat: &Path) -> String {
     format!(
         "{socat} -lf /dev/null TCP4-LISTEN:{SANDBOX_PORT},bind=127.0.0.1,fork,reuseaddr UNIX-CONNECT:{SANDBOX_SOCKET} &\n\
+         {database}\
          i=0\n\
          while [ \"$i\" -lt 300 ] && ! grep -q ' 0100007F:{port:04X} 00000000:0000 0A' /proc/net/tcp; do sleep 0.01; i=$((i+1)); done\n\
+         {database_wait}\
          exec /bin/sh -c \"$1\"\n",
         socat = socat.display(),
         port = SANDBOX_PORT,
+        database = database::launcher_line(socat),
+        database_wait = database::launcher_wait(),
     )
 }
 

@@ -70,12 +70,22 @@ pub struct Proxy {
     record: Arc<Record>,
     policy: Arc<RwLock<Policy>>,
     task: JoinHandle<()>,
+    /// The way to the environment's database, when it has one.
+    database: Option<super::database::Forwarder>,
 }
 
 impl Proxy {
     /// Listens on `socket` (a path in the runner's own directory), which
     /// the sandbox user `owner` may connect to.
-    pub fn start(socket: &Path, owner: Option<u32>, guard: Guard, policy: Policy) -> std::io::Result<Self> {
+    /// With `database`, a second socket beside it leads to that address
+    /// alone ([`super::database`]).
+    pub fn start(
+        socket: &Path,
+        owner: Option<u32>,
+        guard: Guard,
+        policy: Policy,
+        database: Option<SocketAddr>,
+    ) -> std::io::Result<Self> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
         // Connecting takes write permission: the sandbox user's alone.
@@ -90,11 +100,15 @@ impl Proxy {
             policy: policy.clone(),
         };
         let task = tokio::spawn(serve(listener, Arc::new(rules), record.clone()));
+        let database = database
+            .map(|address| super::database::Forwarder::start(&socket.with_extension("db.sock"), owner, address))
+            .transpose()?;
         Ok(Self {
             socket: socket.to_path_buf(),
             record,
             policy,
             task,
+            database,
         })
     }
 
@@ -107,6 +121,11 @@ impl Proxy {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The database forwarder's socket, when there is one.
+    pub fn database_socket(&self) -> Option<&Path> {
+        self.database.as_ref().map(super::database::Forwarder::socket)
     }
 
     /// What went out so far.

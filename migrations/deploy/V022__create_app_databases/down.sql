@@ -1,0 +1,3 @@
+DROP TABLE previews;
+DROP TABLE app_database_backups;
+DROP TABLE app_databases;
