@@ -546,14 +546,9 @@ impl Sandbox {
         let share = group.map(crate::limits::Group::share);
         let memory = share.map_or(0, |share| share.memory_bytes).max(config.memory_bytes);
         let processes = share.map_or(0, |share| share.processes).max(config.processes);
-        // Under a cgroup, its memory limit bounds what the processes use;
-        // an address-space limit as well would only break runtimes that
-        // reserve far more than they touch (V8's WebAssembly, which
-        // Node's own fetch loads; Go; the JVM).
-        let address_space = match group {
-            Some(_) => "unlimited".to_owned(),
-            None => memory.to_string(),
-        };
+        // A cgroup bounds memory; an address-space limit too would break
+        // runtimes that reserve more than they touch (V8's WebAssembly).
+        let address_space = group.map_or_else(|| memory.to_string(), |_| "unlimited".to_owned());
         let mut limits = vec![
             format!("--as={address_space}"),
             format!("--nofile={}", config.open_files),
