@@ -294,8 +294,8 @@ async fn a_pull_request_gets_a_preview_with_a_copy_of_productions_data_until_it_
     let mesh = mesh(&apps, true).await;
     let (ada, _) = mesh.user("ada@example.com").await;
     let repo = Repo::new();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apps/node-pg");
-    let head = repo.commit_tree("main", &fixture, "node-pg");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apps/express-pg");
+    let head = repo.commit_tree("main", &fixture, "express-pg");
     let project = app(&mesh, &ada, "", "", &[]).await;
     let settings = project_pb::ProjectSettings {
         project_id: project.clone(),
