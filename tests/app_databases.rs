@@ -20,8 +20,8 @@ use common::{
     authed,
     deploy::{app, deploy, host_label, logs, text, update_settings, wait_for},
     git::{REPOSITORIES, Repo},
+    github_signature,
 };
-use hmac::Mac;
 use tonic::Code;
 
 async fn mesh(apps: &AppsServer, runner: bool) -> TestMesh {
@@ -265,13 +265,6 @@ async fn rows_deleted_after_a_backup_come_back_when_it_is_restored() {
     apps.stop().await;
 }
 
-fn github_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={digest}")
-}
-
 /// What the app at `host` answers to `method` on `/`.
 async fn visit(mesh: &TestMesh, host: &str, method: reqwest::Method) -> String {
     let client = reqwest::Client::new();
@@ -346,20 +339,13 @@ async fn a_pull_request_gets_a_preview_with_a_copy_of_productions_data_until_it_
     // A signed pull request event opens the preview.
     let http = reqwest::Client::new();
     let base = format!("http://{}", mesh.http);
-    let rotated: serde_json::Value = http
-        .post(format!("{base}/v1/projects/{project}/webhookSecret:rotate"))
-        .bearer_auth(&ada)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = rotated["webhookSecret"].as_str().unwrap().to_owned();
+    let secret = common::rotate_webhook_secret(&http, &base, &ada, &project).await;
     let event = |action: &str, delivery: &str| {
-        let body =
-            serde_json::json!({"action": action, "number": 7, "pull_request": {"head": {"sha": head}}}).to_string();
+        // As GitHub sends it: the head in the project's own repository.
+        let same = serde_json::json!({"full_name": "ada/app"});
+        let body = serde_json::json!({"action": action, "number": 7, "pull_request": {
+            "head": {"sha": head, "repo": same}, "base": {"sha": head, "repo": same}}})
+        .to_string();
         http.post(format!("{base}/v1/projects/{project}/hooks/git"))
             .header("content-type", "application/json")
             .header("x-github-event", "pull_request")
@@ -450,6 +436,82 @@ async fn a_pull_request_gets_a_preview_with_a_copy_of_productions_data_until_it_
         trail.contains(&"preview.open".to_owned()) && trail.contains(&"preview.close".to_owned()),
         "{trail:?}"
     );
+    mesh.stop().await;
+    apps.stop().await;
+}
+
+/// Anyone may open a pull request on a public repository: a request from
+/// a fork (or one that does not say where its head lives) gets no
+/// preview, which would run an outsider's code with the project's secrets
+/// and a copy of production's data. Its close event changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_from_a_fork_gets_no_preview() {
+    let apps = AppsServer::start().await;
+    let mesh = mesh(&apps, false).await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let project = app(&mesh, &ada, "", "", &[]).await;
+    create_database(&mesh, &ada, &project, "").await.unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", mesh.http);
+    let secret = common::rotate_webhook_secret(&http, &base, &ada, &project).await;
+    let head = "a".repeat(40);
+    let events = [
+        // GitHub and Gitea: the head in another repository.
+        (
+            "x-github-event",
+            "pull_request",
+            serde_json::json!({"action": "opened", "number": 3, "pull_request": {
+            "head": {"sha": head, "repo": {"full_name": "mallory/app"}},
+            "base": {"sha": head, "repo": {"full_name": "ada/app"}}}}),
+        ),
+        (
+            "x-gitea-event",
+            "pull_request",
+            serde_json::json!({"action": "opened", "number": 4, "pull_request": {
+            "head": {"sha": head, "repo": null}, "base": {"sha": head, "repo": {"full_name": "ada/app"}}}}),
+        ),
+        // Saying nothing of where the head lives is no better.
+        (
+            "x-github-event",
+            "pull_request",
+            serde_json::json!({"action": "opened", "number": 5, "pull_request": {"head": {"sha": head}}}),
+        ),
+        // GitLab: a merge request from another project.
+        (
+            "x-gitlab-event",
+            "Merge Request Hook",
+            serde_json::json!({"object_kind": "merge_request", "object_attributes": {
+            "iid": 6, "action": "open", "source_project_id": 99, "target_project_id": 1, "last_commit": {"id": head}}}),
+        ),
+    ];
+    for (header, kind, body) in events {
+        let body = body.to_string();
+        let mut request = http
+            .post(format!("{base}/v1/projects/{project}/hooks/git"))
+            .header("content-type", "application/json")
+            .header(header, kind);
+        request = match header {
+            "x-gitlab-event" => request.header("x-gitlab-token", &secret),
+            "x-gitea-event" => request.header(
+                "x-gitea-signature",
+                github_signature(&secret, body.as_bytes())
+                    .trim_start_matches("sha256=")
+                    .to_owned(),
+            ),
+            _ => request.header("x-hub-signature-256", github_signature(&secret, body.as_bytes())),
+        };
+        let answer: serde_json::Value = request.body(body).send().await.unwrap().json().await.unwrap();
+        assert!(
+            answer["deploymentId"].as_str().unwrap_or_default().is_empty(),
+            "{answer}"
+        );
+        assert!(answer["note"].as_str().unwrap().contains("fork"), "{answer}");
+    }
+    assert!(common::deploy::deployments(&mesh, &ada, &project).await.is_empty());
+    let previews = query_as(&mesh.database(ServiceKind::Deploy).url, "SELECT count(*) FROM previews")
+        .await
+        .unwrap();
+    assert_eq!(previews, ["0"]);
     mesh.stop().await;
     apps.stop().await;
 }

@@ -12,8 +12,8 @@ use common::{
     TestMesh, authed,
     deploy::{app, update_settings},
     git::{REPOSITORIES, Repo},
+    github_signature,
 };
-use hmac::{Hmac, Mac};
 
 async fn mesh(poll: &'static str) -> TestMesh {
     common::start_with(common::Options {
@@ -125,13 +125,6 @@ async fn polling_deploys_each_new_commit_of_the_branch_once() {
     mesh.stop().await;
 }
 
-fn github_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={digest}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_event_deploys_the_pushed_commit_once_and_a_bad_signature_starts_nothing() {
     let mesh = mesh("0").await;
@@ -140,17 +133,7 @@ async fn a_signed_push_event_deploys_the_pushed_commit_once_and_a_bad_signature_
     let project_id = auto_project(&mesh, &alice, &repo).await;
     let http = reqwest::Client::new();
     let base = format!("http://{}", mesh.http);
-    let rotated: serde_json::Value = http
-        .post(format!("{base}/v1/projects/{project_id}/webhookSecret:rotate"))
-        .bearer_auth(&alice)
-        .body("{}")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let secret = rotated["webhookSecret"].as_str().unwrap().to_owned();
+    let secret = common::rotate_webhook_secret(&http, &base, &alice, &project_id).await;
     assert_eq!(secret.len(), 64);
 
     let sha = repo.commit("main", "pushed", "pushed");

@@ -456,3 +456,28 @@ pub async fn registries() -> &'static str {
     networks.dedup();
     Box::leak(networks.join(",").into_boxed_str())
 }
+
+/// GitHub's `X-Hub-Signature-256` of `body` under `secret` (Gitea's
+/// header is the same hex without the `sha256=`).
+pub fn github_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={digest}")
+}
+
+/// A new webhook secret for the project's push and pull request events.
+pub async fn rotate_webhook_secret(http: &reqwest::Client, base: &str, token: &str, project_id: &str) -> String {
+    let rotated: serde_json::Value = http
+        .post(format!("{base}/v1/projects/{project_id}/webhookSecret:rotate"))
+        .bearer_auth(token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    rotated["webhookSecret"].as_str().unwrap().to_owned()
+}

@@ -45,11 +45,18 @@ struct PullRequestEvent {
 #[derive(serde::Deserialize)]
 struct PullRequest {
     head: Head,
+    base: Option<Head>,
 }
 
 #[derive(serde::Deserialize)]
 struct Head {
     sha: String,
+    repo: Option<Repository>,
+}
+
+#[derive(serde::Deserialize, PartialEq, Eq)]
+struct Repository {
+    full_name: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -58,6 +65,8 @@ struct MergeRequest {
     #[serde(default)]
     action: String,
     last_commit: Option<LastCommit>,
+    source_project_id: Option<u64>,
+    target_project_id: Option<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -73,12 +82,20 @@ fn preview_change(payload: &[u8]) -> Result<Result<(u32, Change), &'static str>,
             "must be a pull request event (JSON with \"action\", \"number\" and \"pull_request\", or GitLab's \"object_attributes\")",
         )
     })?;
-    let (number, action, head) = match (event.pull_request, event.object_attributes) {
-        (Some(request), _) => (event.number, event.action, request.head.sha),
+    // Only a request whose head lives in the project's own repository,
+    // as the event says: a fork's code would run with the project's
+    // secrets and a copy of its data.
+    let (number, action, head, own) = match (event.pull_request, event.object_attributes) {
+        (Some(request), _) => {
+            let base = request.base.and_then(|base| base.repo);
+            let own = base.is_some() && request.head.repo == base;
+            (event.number, event.action, request.head.sha, own)
+        }
         (None, Some(request)) => (
             request.iid,
             request.action,
             request.last_commit.map(|commit| commit.id).unwrap_or_default(),
+            request.source_project_id.is_some() && request.source_project_id == request.target_project_id,
         ),
         (None, None) => return Err(capsule::rpc::invalid_field("payload", "names no pull or merge request")),
     };
@@ -89,6 +106,11 @@ fn preview_change(payload: &[u8]) -> Result<Result<(u32, Change), &'static str>,
         ));
     }
     let change = match action.as_str() {
+        "opened" | "reopened" | "synchronize" | "synchronized" | "open" | "reopen" | "update" if !own => {
+            return Ok(Err(
+                "no preview for a request from a fork (or one whose event does not name its head's repository)",
+            ));
+        }
         "opened" | "reopened" | "synchronize" | "synchronized" | "open" | "reopen" | "update" => {
             if head.len() != 40 || !head.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(capsule::rpc::invalid_field(
