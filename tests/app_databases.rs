@@ -515,3 +515,74 @@ async fn a_pull_request_from_a_fork_gets_no_preview() {
     mesh.stop().await;
     apps.stop().await;
 }
+
+/// A tenant's data is restored by its own role, never by the server's
+/// admin: a CHECK constraint calling a function that tries `RESET ROLE`
+/// (which, under an admin's session with SET ROLE, would make it the
+/// superuser) gains nothing when its backup is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restoring_a_backup_never_runs_tenant_code_as_the_servers_admin() {
+    let apps = AppsServer::start().await;
+    let mesh = mesh(&apps, false).await;
+    let (ada, _) = mesh.user("ada@example.com").await;
+    let project = app(&mesh, &ada, "", "", &[]).await;
+    let database = create_database(&mesh, &ada, &project, "").await.unwrap();
+    let url = role_url(&mesh, &apps, &database, &database.name).await;
+    query_as(
+        &url,
+        "CREATE FUNCTION public.escalate(x int) RETURNS boolean LANGUAGE plpgsql AS $$
+         DECLARE me text := current_user;
+         BEGIN
+           BEGIN
+             RESET ROLE;
+             EXECUTE format('ALTER ROLE %I SUPERUSER', me);
+           EXCEPTION WHEN others THEN NULL;
+           END;
+           RETURN true;
+         END $$;
+         CREATE TABLE trap (x int CHECK (public.escalate(x)));
+         INSERT INTO trap VALUES (1);",
+    )
+    .await
+    .unwrap();
+    let mut deploys = mesh.deploys().await;
+    let backup = deploys
+        .create_backup(authed(
+            pb::CreateBackupRequest {
+                project_id: project.clone(),
+                environment: String::new(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    deploys
+        .restore_database(authed(
+            pb::RestoreDatabaseRequest {
+                project_id: project.clone(),
+                backup_id: backup.id.clone(),
+                target_environment: String::new(),
+            },
+            &ada,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(query_as(&url, "SELECT count(*) FROM trap").await.unwrap(), ["1"]);
+    let superuser = apps
+        .query(
+            "postgres",
+            &format!(
+                "SELECT rolsuper::text FROM pg_roles WHERE rolname = '{}'",
+                database.name
+            ),
+        )
+        .await;
+    assert_eq!(
+        superuser,
+        ["false"],
+        "the role made itself a superuser during the restore"
+    );
+    mesh.stop().await;
+    apps.stop().await;
+}

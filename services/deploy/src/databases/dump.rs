@@ -1,10 +1,11 @@
 //! Backups as files: `pg_dump` of a database in its custom format, and
-//! `pg_restore` of one into a database, both run by the deploy service as
-//! the server's admin who at once becomes the database's own role
-//! (`--role`): a tenant's functions, triggers and defaults never run with
-//! more than that role's rights. Fixed arguments, names Capsule generated,
-//! the connection in the environment (never on a command line). Dumps are
-//! kept by digest in `DEPLOY_BACKUPS_DIR`.
+//! `pg_restore` of one into a database, both logged in as the database's
+//! own role, never as the server's admin: a tenant's functions, checks
+//! and defaults that run on the way have that role's rights and no
+//! session to fall back to (an admin's `SET ROLE` is undone by a
+//! `RESET ROLE` in tenant code). Fixed arguments, names Capsule
+//! generated, the connection in the environment (never on a command
+//! line). Dumps are kept by digest in `DEPLOY_BACKUPS_DIR`.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,31 +20,34 @@ use tokio::{io::AsyncReadExt, process::Command};
 #[error("{0}")]
 pub struct DumpError(String);
 
-/// The connection's parts of the admin URL, as libpq's variables.
-fn connection(admin_url: &str, database: &str) -> Result<Vec<(&'static str, String)>, DumpError> {
-    let url = url::Url::parse(admin_url).map_err(|err| DumpError(format!("DEPLOY_APPS_DATABASE_URL: {err}")))?;
-    let decode = |text: &str| {
-        percent_encoding::percent_decode_str(text)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
+/// Who connects: a database's own role (named like its database), on
+/// the server the admin URL names.
+pub struct Login<'a> {
+    pub admin_url: &'a str,
+    pub name: &'a str,
+    pub password: &'a str,
+}
+
+/// The connection as libpq's variables.
+fn connection(login: &Login<'_>) -> Result<Vec<(&'static str, String)>, DumpError> {
+    let url = url::Url::parse(login.admin_url).map_err(|err| DumpError(format!("DEPLOY_APPS_DATABASE_URL: {err}")))?;
     Ok(vec![
         ("PGHOST", url.host_str().unwrap_or("127.0.0.1").to_owned()),
         ("PGPORT", url.port().unwrap_or(5432).to_string()),
-        ("PGUSER", decode(url.username())),
-        ("PGPASSWORD", url.password().map(decode).unwrap_or_default()),
-        ("PGDATABASE", database.to_owned()),
+        ("PGUSER", login.name.to_owned()),
+        ("PGPASSWORD", login.password.to_owned()),
+        ("PGDATABASE", login.name.to_owned()),
         ("PGCONNECT_TIMEOUT", "5".to_owned()),
         ("PGAPPNAME", "capsule-backup".to_owned()),
     ])
 }
 
-fn tool(name: &str, admin_url: &str, database: &str) -> Result<Command, DumpError> {
+fn tool(name: &str, login: &Login<'_>) -> Result<Command, DumpError> {
     let bin = capsule::cluster::bin_dir().map_err(|err| DumpError(err.to_string()))?;
     let mut command = Command::new(bin.join(name));
     command
         .env_clear()
-        .envs(connection(admin_url, database)?)
+        .envs(connection(login)?)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -77,18 +81,14 @@ pub fn path_of(dir: &Path, digest: &str) -> Option<PathBuf> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| dir.join(format!("{hex}.dump")))
 }
 
-/// Dumps database `name` as its role into the backups directory.
-pub async fn dump(admin_url: &str, name: &str, dir: &Path) -> Result<Dump, DumpError> {
+/// Dumps the role's database into the backups directory.
+pub async fn dump(login: &Login<'_>, dir: &Path) -> Result<Dump, DumpError> {
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|err| DumpError(format!("cannot create {}: {err}", dir.display())))?;
     let partial = dir.join(format!(".{}.partial", uuid::Uuid::new_v4().simple()));
-    let mut command = tool("pg_dump", admin_url, name)?;
-    command
-        .arg("--format=custom")
-        .arg(format!("--role={name}"))
-        .arg("--file")
-        .arg(&partial);
+    let mut command = tool("pg_dump", login)?;
+    command.arg("--format=custom").arg("--file").arg(&partial);
     let dumped = finish(command, "pg_dump").await;
     let kept = match dumped {
         Ok(()) => keep(&partial, dir).await,
@@ -119,12 +119,11 @@ async fn keep(partial: &Path, dir: &Path) -> Result<Dump, DumpError> {
     Ok(Dump { digest, size })
 }
 
-/// Restores the dump at `path` into database `name` (empty: just made),
-/// as its role, in one transaction: all of it or nothing.
-pub async fn restore(admin_url: &str, name: &str, path: &Path) -> Result<(), DumpError> {
-    let mut command = tool("pg_restore", admin_url, name)?;
+/// Restores the dump at `path` into the role's database (empty: just
+/// made), in one transaction: all of it or nothing.
+pub async fn restore(login: &Login<'_>, path: &Path) -> Result<(), DumpError> {
+    let mut command = tool("pg_restore", login)?;
     command
-        .arg(format!("--role={name}"))
         .args([
             "--no-owner",
             "--no-privileges",
@@ -132,7 +131,7 @@ pub async fn restore(admin_url: &str, name: &str, path: &Path) -> Result<(), Dum
             "--single-transaction",
         ])
         .arg("--dbname")
-        .arg(name)
+        .arg(login.name)
         .arg(path);
     finish(command, "pg_restore").await
 }

@@ -288,7 +288,13 @@ impl Databases {
 
     /// Takes a backup of `database` now.
     pub async fn backup(&self, database: &AppDatabase, reason: Reason) -> Result<Backup, Status> {
-        let dump = dump::dump(self.admin()?, &database.name, &self.config.backups_dir)
+        let password = self.password(database)?;
+        let login = dump::Login {
+            admin_url: self.admin()?,
+            name: &database.name,
+            password: &password,
+        };
+        let dump = dump::dump(&login, &self.config.backups_dir)
             .await
             .map_err(unavailable)?;
         let backup = Backup {
@@ -318,7 +324,13 @@ impl Databases {
             .ok_or_else(|| Status::failed_precondition("the backup's dump is no longer kept on this deploy service"))?;
         server::empty(admin, &target.name).await.map_err(unavailable)?;
         self.provision(admin, target).await?;
-        dump::restore(admin, &target.name, &path).await.map_err(|err| {
+        let password = self.password(target)?;
+        let login = dump::Login {
+            admin_url: admin,
+            name: &target.name,
+            password: &password,
+        };
+        dump::restore(&login, &path).await.map_err(|err| {
             tracing::warn!(error = %err, database = %target.name, "a restore failed");
             Status::failed_precondition(format!("the backup could not be restored: {err}"))
         })
