@@ -58,6 +58,25 @@ async fn create_database(
         .map(tonic::Response::into_inner)
 }
 
+async fn get_database(
+    mesh: &TestMesh,
+    token: &str,
+    project_id: &str,
+    environment: &str,
+) -> Result<pb::Database, tonic::Status> {
+    mesh.deploys()
+        .await
+        .get_database(authed(
+            pb::GetDatabaseRequest {
+                project_id: project_id.to_owned(),
+                environment: environment.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// The URL the database's role connects with, its password opened as the
 /// deploy service opens it for the runner (a test reads the sealed row).
 async fn role_url(mesh: &TestMesh, apps: &AppsServer, database: &pb::Database, on: &str) -> String {
@@ -370,19 +389,7 @@ async fn a_pull_request_gets_a_preview_with_a_copy_of_productions_data_until_it_
     // Writes to the preview stay there.
     assert_eq!(visit(&mesh, &preview_host, reqwest::Method::POST).await, "visits: 3");
     assert_eq!(visit(&mesh, &label, reqwest::Method::GET).await, "visits: 2");
-    let preview_db = mesh
-        .deploys()
-        .await
-        .get_database(authed(
-            pb::GetDatabaseRequest {
-                project_id: project.clone(),
-                environment: "pr-7".to_owned(),
-            },
-            &ada,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let preview_db = get_database(&mesh, &ada, &project, "pr-7").await.unwrap();
 
     // Closing the request stops the preview and drops its database.
     let closed = event("closed", "pr-7-close").await.unwrap();
@@ -401,18 +408,7 @@ async fn a_pull_request_gets_a_preview_with_a_copy_of_productions_data_until_it_
         .await
         .is_empty()
     );
-    let gone = mesh
-        .deploys()
-        .await
-        .get_database(authed(
-            pb::GetDatabaseRequest {
-                project_id: project.clone(),
-                environment: "pr-7".to_owned(),
-            },
-            &ada,
-        ))
-        .await
-        .unwrap_err();
+    let gone = get_database(&mesh, &ada, &project, "pr-7").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(visit(&mesh, &label, reqwest::Method::GET).await, "visits: 2");
     let trail: Vec<String> = mesh

@@ -42,16 +42,11 @@ struct Ids {
 }
 
 fn ids(plan: &DeploymentPlan) -> Result<Ids, Status> {
-    let project = plan.project.clone().unwrap_or_default();
-    let id = |value: &str, what: &str| {
-        value
-            .parse::<Uuid>()
-            .map_err(|err| rpc::internal(format_args!("the plan's {what}: {err}")))
-    };
+    let (project, owner) = crate::push::plan_ids(plan)?;
     Ok(Ids {
-        project: id(&project.id, "project id")?,
-        owner: id(&project.owner_id, "owner id")?,
-        organization: project.organization_id.parse().ok(),
+        project,
+        owner,
+        organization: plan.project.as_ref().and_then(|p| p.organization_id.parse().ok()),
     })
 }
 

@@ -42,6 +42,21 @@ const POLL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Push-triggered deployments go to production.
 const ENVIRONMENT: &str = "production";
 
+/// The project's and its owner's ids, as a plan names them.
+pub(crate) fn plan_ids(plan: &DeploymentPlan) -> Result<(Uuid, Uuid), Status> {
+    let project = plan.project.as_ref();
+    let id = |value: Option<&String>, what: &str| {
+        value
+            .map_or("", String::as_str)
+            .parse::<Uuid>()
+            .map_err(|err| rpc::internal(format_args!("the plan's {what}: {err}")))
+    };
+    Ok((
+        id(project.map(|p| &p.id), "project id")?,
+        id(project.map(|p| &p.owner_id), "owner id")?,
+    ))
+}
+
 /// Deploys `sha` of the plan's branch unless that commit was deployed to
 /// production already; the deployment, if one was queued.
 pub(crate) async fn deploy_commit(
@@ -50,12 +65,7 @@ pub(crate) async fn deploy_commit(
     sha: &str,
 ) -> Result<Option<Deployment>, Status> {
     let project = plan.project.clone().unwrap_or_default();
-    let id = |value: &str, what: &str| {
-        value
-            .parse::<Uuid>()
-            .map_err(|err| rpc::internal(format_args!("the plan's {what}: {err}")))
-    };
-    let (project_id, owner) = (id(&project.id, "project id")?, id(&project.owner_id, "owner id")?);
+    let (project_id, owner) = plan_ids(&plan)?;
     let commit = sha.to_owned();
     if api
         .db()
