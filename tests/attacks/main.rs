@@ -12,6 +12,7 @@ mod common;
 
 mod app_socket;
 mod caps;
+mod connections;
 mod deploy_keys;
 mod disk;
 mod egress;

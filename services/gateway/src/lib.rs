@@ -13,6 +13,7 @@ mod backends;
 mod codec;
 mod config;
 mod docs;
+mod front;
 mod grpc;
 mod http_api;
 mod limit;

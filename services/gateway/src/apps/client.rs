@@ -63,11 +63,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x0
 pub async fn speaks_h2(connector: &Connector, upstream: SocketAddr) -> bool {
     use tokio::io::AsyncReadExt;
     let asked = tokio::time::timeout(Duration::from_secs(2), async {
-        let uri: http::Uri = format!("http://{upstream}/").parse().ok()?;
-        let mut stream = tower::Service::call(&mut connector.clone(), uri)
-            .await
-            .ok()?
-            .into_inner();
+        let mut stream = connector.open(upstream).await.ok()?.into_inner();
         stream.write_all(PREFACE).await.ok()?;
         let mut head = [0u8; 9];
         stream.read_exact(&mut head).await.ok()?;
@@ -103,28 +99,36 @@ impl tower::Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let handoff = self.handoff.clone();
+        let connector = self.clone();
         Box::pin(async move {
             let upstream: SocketAddr = uri
                 .authority()
                 .and_then(|authority| authority.as_str().parse().ok())
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "an upstream is an address"))?;
-            // A runner that does not answer at once is passed over.
-            if let Some(path) = handoff
-                && let Ok(asked) = tokio::time::timeout(HANDOFF_TIMEOUT, handed(&path, upstream)).await
-                && let Some(handed) = asked?
-            {
-                return Ok(TokioIo::new(handed));
-            }
-            let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let tcp = TcpStream::connect(upstream).await?;
-                tcp.set_nodelay(true)?;
-                Ok::<_, io::Error>(AppStream { tcp, _lease: None })
-            })
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the app's upstream did not answer"))??;
-            Ok(TokioIo::new(opened))
+            connector.open(upstream).await
         })
+    }
+}
+
+impl Connector {
+    /// A connection to the app at `upstream`: handed over by the runner
+    /// on this host when it has it, else dialled.
+    pub async fn open(&self, upstream: SocketAddr) -> io::Result<TokioIo<AppStream>> {
+        // A runner that does not answer at once is passed over.
+        if let Some(path) = &self.handoff
+            && let Ok(asked) = tokio::time::timeout(HANDOFF_TIMEOUT, handed(path, upstream)).await
+            && let Some(handed) = asked?
+        {
+            return Ok(TokioIo::new(handed));
+        }
+        let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let tcp = TcpStream::connect(upstream).await?;
+            tcp.set_nodelay(true)?;
+            Ok::<_, io::Error>(AppStream { tcp, _lease: None })
+        })
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the app's upstream did not answer"))??;
+        Ok(TokioIo::new(opened))
     }
 }
 

@@ -7,12 +7,14 @@
 //! follows it and swaps the table at once, so a switch to a new deployment
 //! is atomic for every request after it. [`proxy`] forwards with hyper's
 //! client (HTTP/2 to a copy that speaks it, which [`Apps::speaks_h2`]
-//! finds once): streaming bodies both ways, WebSocket upgrades, the
+//! finds once; an HTTP/1.1 client's requests over a connection of its own
+//! to the app, [`pair`]): streaming bodies both ways, WebSocket upgrades, the
 //! `X-Forwarded-*` headers; 502 when nothing is live, 504 when the app
 //! takes too long.
 
 mod client;
 pub mod domains;
+pub mod pair;
 pub mod proxy;
 pub mod routes;
 pub mod sni;
@@ -166,6 +168,18 @@ impl Upstreams {
             }
         }
         fallback
+    }
+
+    /// Whether `addr` is one of the copies and has not refused a
+    /// connection lately.
+    pub fn live(&self, addr: SocketAddr) -> bool {
+        let Some(index) = self.addrs.iter().position(|a| *a == addr) else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        self.refused
+            .lock()
+            .is_ok_and(|refused| refused[index].is_none_or(|until| until <= now))
     }
 
     /// `addr` refused a connection: passed over for a while.

@@ -6,9 +6,13 @@ use axum::{
     body::Body,
     http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header},
 };
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::Apps;
+use super::{
+    Apps,
+    pair::{Failure, Pair},
+};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -138,10 +142,6 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
     }
 }
 
-/// Marks the requests that came over the apps' HTTPS port.
-#[derive(Debug, Clone, Copy)]
-pub struct ViaTls;
-
 /// A Host header's name: lowercase, without its port.
 pub fn name_of(host: &str) -> &str {
     match host.rsplit_once(':') {
@@ -172,6 +172,7 @@ pub async fn to_domain(
     client: SocketAddr,
     request: Request<Body>,
     tls: bool,
+    pair: Option<&Pair>,
 ) -> Response<Body> {
     // Behind a load balancer that terminated TLS, its word counts.
     let tls = tls || said_https(&request, client, apps);
@@ -208,7 +209,7 @@ pub async fn to_domain(
             "This domain's environment has no live deployment.",
         );
     }
-    let mut response = forward(apps, &served.host, client, request, tls).await;
+    let mut response = forward(apps, &served.host, client, request, tls, pair).await;
     if tls
         && served.hsts_max_age > 0
         && let Ok(value) = HeaderValue::from_str(&format!("max-age={}", served.hsts_max_age))
@@ -230,18 +231,24 @@ fn said_https(request: &Request<Body>, client: SocketAddr, apps: &Apps) -> bool 
 }
 
 /// Forwards `request` to the app live at `host`; `tls`: the client used
-/// HTTPS.
+/// HTTPS; `pair`: the connection an HTTP/1.1 client holds to the app,
+/// used for every request it may carry (not an upgrade, not to a copy
+/// that speaks HTTP/2).
 pub async fn forward(
     apps: &Apps,
     host: &str,
     client: SocketAddr,
     mut request: Request<Body>,
     tls: bool,
+    pair: Option<&Pair>,
 ) -> Response<Body> {
+    // The copy the client's connection already holds, while it is live
+    // there; else the next in turn.
+    let held = pair.and_then(Pair::held);
     let Some(upstream) = apps
         .table
         .get(host)
-        .and_then(|copies| Some((copies.pick(&[])?, copies)))
+        .and_then(|copies| Some((held.filter(|at| copies.live(*at)).or_else(|| copies.pick(&[]))?, copies)))
     else {
         return page(
             StatusCode::BAD_GATEWAY,
@@ -283,29 +290,49 @@ pub async fn forward(
         };
         let Some(head) = head else { break };
         let mut outgoing = Request::from_parts(head, body.take().unwrap_or_else(Body::empty));
-        let Ok(uri) = format!("http://{target}{path}").parse() else {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "Bad request",
-                "The request's path is not valid.",
-            );
-        };
-        *outgoing.uri_mut() = uri;
-        // HTTP/2 to a copy that speaks it (an upgrade stays HTTP/1.1).
+        // HTTP/2 to a copy that speaks it (an upgrade stays HTTP/1.1);
+        // HTTP/1.1 over the client's own connection to the copy when it
+        // has one to hold.
         let h2 = !upgrading && apps.speaks_h2(&copies, target).await;
-        let client = if h2 {
+        let paired = pair.filter(|_| !upgrading && !h2);
+        // The pooled clients find the copy by an absolute URI; a held
+        // connection is there already: the path alone.
+        if paired.is_none() || outgoing.uri().scheme().is_some() {
+            let uri = match paired {
+                Some(_) => path.parse(),
+                None => format!("http://{target}{path}").parse(),
+            };
+            let Ok(uri) = uri else {
+                return page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    "The request's path is not valid.",
+                );
+            };
+            *outgoing.uri_mut() = uri;
+        }
+        let sent = if h2 {
             *outgoing.version_mut() = http::Version::HTTP_2;
             if te_trailers {
                 outgoing
                     .headers_mut()
                     .insert(header::TE, HeaderValue::from_static("trailers"));
             }
-            &apps.h2
+            tokio::time::timeout(apps.config.timeout, pooled(&apps.h2, outgoing)).await
         } else {
             *outgoing.version_mut() = http::Version::HTTP_11;
-            &apps.client
+            match paired {
+                Some(pair) => {
+                    if !outgoing.headers().contains_key(header::HOST)
+                        && let Ok(host) = HeaderValue::from_str(&target.to_string())
+                    {
+                        outgoing.headers_mut().insert(header::HOST, host);
+                    }
+                    tokio::time::timeout(apps.config.timeout, pair.send(&apps.connector, target, outgoing)).await
+                }
+                None => tokio::time::timeout(apps.config.timeout, pooled(&apps.client, outgoing)).await,
+            }
         };
-        let sent = tokio::time::timeout(apps.config.timeout, client.request(outgoing)).await;
         let mut response = match sent {
             Err(_) => {
                 return page(
@@ -314,8 +341,8 @@ pub async fn forward(
                     "The app did not answer in time. Try again in a moment.",
                 );
             }
-            Ok(Err(err)) => {
-                let gone = err.is_connect() || closed_before_answering(&err);
+            Ok(Err(failure)) => {
+                let gone = failure.gone();
                 if gone {
                     copies.refused(target);
                     tried.push(target);
@@ -329,7 +356,7 @@ pub async fn forward(
                     (target, copies) = (next, now);
                     continue;
                 }
-                tracing::debug!(error = %err, app.host = %host, "the app did not answer");
+                tracing::debug!(error = %failure, app.host = %host, "the app did not answer");
                 return page(
                     StatusCode::BAD_GATEWAY,
                     "The app is not answering",
@@ -359,13 +386,21 @@ pub async fn forward(
     )
 }
 
-/// Whether a kept-alive connection was found closed before any answer
-/// came (its copy gone): what an idempotent request may be sent again
-/// for, as a refused connection is.
-fn closed_before_answering(err: &hyper_util::client::legacy::Error) -> bool {
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<hyper::Error>())
-        .is_some_and(|err| err.is_incomplete_message() || err.is_canceled())
+/// `request` on a pooled client (an HTTP/2 client's, an upgrade, or to
+/// a copy that speaks HTTP/2).
+async fn pooled(client: &super::client::Client, request: Request<Body>) -> Result<Response<Incoming>, Failure> {
+    client.request(request).await.map_err(|err| {
+        // A kept-alive connection found closed before any answer came
+        // (its copy gone) counts as a refused one.
+        let closed = std::error::Error::source(&err)
+            .and_then(|source| source.downcast_ref::<hyper::Error>())
+            .is_some_and(|err| err.is_incomplete_message() || err.is_canceled());
+        if err.is_connect() || closed {
+            Failure::Refused(std::io::Error::other(err))
+        } else {
+            Failure::Other(err.into())
+        }
+    })
 }
 
 #[cfg(test)]

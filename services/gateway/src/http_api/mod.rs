@@ -1,4 +1,4 @@
-//! The gateway's HTTP side: the REST/JSON bridge (every annotated RPC, see
+//! The gateway's HTTP API (served by [`crate::front`]): the REST/JSON bridge (every annotated RPC, see
 //! [`crate::transcode`]), `/openapi.json`, `/docs` ([`crate::docs`]), `/healthz`, `/readyz`.
 //!
 //! At the edge: the caller's token is checked for routes that need one
@@ -61,7 +61,7 @@ pub async fn serve(
             }
         });
     }
-    let mut app = Router::new()
+    let router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
@@ -72,51 +72,33 @@ pub async fn serve(
         .fallback(transcoded)
         .layer(cors)
         .with_state(bridge);
-    let mut apps_https = None;
-    if let Some(apps) = apps {
-        // Apps' hosts first: nothing of the API is reachable through them.
-        app = app.layer(axum::middleware::from_fn_with_state(apps.clone(), to_app));
-        if let Some(addr) = apps.config.https_addr {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|err| anyhow::anyhow!("GATEWAY_APPS_HTTPS_ADDR {addr}: {err}"))?;
-            let resolver = crate::apps::sni::Resolver {
-                fallback: crate::apps::sni::fallback(tls.as_ref())?,
-                apps,
-            };
-            apps_https = Some((listener, resolver));
-        }
-    }
-    if let Some((listener, resolver)) = apps_https {
+    let front = crate::front::Front {
+        router,
+        apps,
+        via_tls: false,
+    };
+    if let Some(apps) = &front.apps
+        && let Some(addr) = apps.config.https_addr
+    {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|err| anyhow::anyhow!("GATEWAY_APPS_HTTPS_ADDR {addr}: {err}"))?;
+        let resolver = crate::apps::sni::Resolver {
+            fallback: crate::apps::sni::fallback(tls.as_ref())?,
+            apps: apps.clone(),
+        };
         tracing::info!(https.addr = %listener.local_addr()?, "gateway listening (apps over TLS)");
-        let app = app
-            .clone()
-            .layer(axum::Extension(crate::apps::proxy::ViaTls))
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let listener = axum::serve::ListenerExt::tap_io(
-            capsule::tls::TlsListener::new(listener, capsule::tls::resolved(Arc::new(resolver)))?,
-            |_| {},
-        );
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(error = %err, "the apps' HTTPS listener stopped");
-            }
-        });
+        let listener = capsule::tls::TlsListener::new(listener, capsule::tls::resolved(Arc::new(resolver)))?;
+        let front = crate::front::Front {
+            via_tls: true,
+            ..front.clone()
+        };
+        tokio::spawn(crate::front::serve(listener, front, shutdown.clone()));
     }
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Some(tls) = tls {
         tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON over TLS)");
-        // Through tap_io, whose streams axum knows how to ask for the
-        // client's address.
-        let listener =
-            axum::serve::ListenerExt::tap_io(capsule::tls::TlsListener::new(listener, tls.rustls()?)?, |_| {});
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+        let listener = capsule::tls::TlsListener::new(listener, tls.rustls()?)?;
+        crate::front::serve(listener, front, shutdown).await;
         return Ok(());
     }
     tracing::info!(http.addr = %listener.local_addr()?, "gateway listening (REST/JSON)");
@@ -126,41 +108,8 @@ pub async fn serve(
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    crate::front::serve(listener, front, shutdown).await;
     Ok(())
-}
-
-/// A request for an app's host goes to the app; any other to the API.
-async fn to_app(
-    State(apps): State<Arc<crate::apps::Apps>>,
-    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<SocketAddr>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str))
-        .map(str::to_ascii_lowercase);
-    let Some(host) = host else {
-        return next.run(request).await;
-    };
-    let tls = apps.https || request.extensions().get::<crate::apps::proxy::ViaTls>().is_some();
-    if !tls && let Some(response) = crate::apps::proxy::acme_answer(&apps, &host, request.uri()) {
-        return response;
-    }
-    let name = crate::apps::proxy::name_of(&host);
-    if let Some(served) = apps.domains().find(name).cloned() {
-        return crate::apps::proxy::to_domain(&apps, &served, &host, client, request, tls).await;
-    }
-    if let Some(app) = apps.host_of(&host) {
-        let app = app.to_owned();
-        return crate::apps::proxy::forward(&apps, &app, client, request, tls).await;
-    }
-    next.run(request).await
 }
 
 async fn openapi(State(bridge): State<Arc<Bridge>>) -> Json<serde_json::Value> {
