@@ -19,7 +19,11 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def release_binary():
     """`capsule`, built for release; BENCH_PROFILE=dev takes the debug
-    build instead (CI's smoke runs, which build nothing more)."""
+    build instead (CI's smoke runs, which build nothing more), and
+    BENCH_BINARY a binary built before."""
+    if os.environ.get("BENCH_BINARY"):
+        # A build kept aside, to measure two versions one after the other.
+        return os.environ["BENCH_BINARY"]
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     if os.environ.get("BENCH_PROFILE") == "dev":
         subprocess.run(["cargo", "build", "--locked", "-q", "-p", "capsule-cli"], cwd=ROOT, check=True)

@@ -25,27 +25,59 @@ class Who(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Who).serve_forever()
 PY"#;
 
-/// One keep-alive connection to the gateway.
-fn one_connection() -> reqwest::Client {
-    reqwest::Client::builder()
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap()
-}
+/// One keep-alive connection to the gateway, requests written by hand:
+/// nothing between opens another.
+struct Client(tokio::io::BufReader<tokio::net::TcpStream>);
 
-/// GET / of `label` over `client`, with `cookie`: (app, connection, cookie).
-async fn who(client: &reqwest::Client, mesh: &crate::common::TestMesh, label: &str, cookie: &str) -> Vec<String> {
-    let response = client
-        .get(format!("http://{}/", mesh.http))
-        .header("host", format!("{label}.localhost:{}", mesh.http.port()))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{label}");
-    let body = response.text().await.unwrap();
-    body.split(' ').map(str::to_owned).collect()
+impl Client {
+    async fn open(mesh: &crate::common::TestMesh) -> Self {
+        Self(tokio::io::BufReader::new(
+            tokio::net::TcpStream::connect(mesh.http).await.unwrap(),
+        ))
+    }
+
+    /// GET / of `label` with `cookie`: the status and the body's words
+    /// (app, connection, cookie).
+    async fn get(&mut self, mesh: &crate::common::TestMesh, label: &str, cookie: &str) -> (u16, Vec<String>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let request = format!(
+            "GET / HTTP/1.1\r\nhost: {label}.localhost:{}\r\ncookie: {cookie}\r\n\r\n",
+            mesh.http.port()
+        );
+        self.0.get_mut().write_all(request.as_bytes()).await.unwrap();
+        let mut status = String::new();
+        self.0.read_line(&mut status).await.unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.0.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.0.read_exact(&mut body).await.unwrap();
+        let status = status.split(' ').nth(1).unwrap().parse().unwrap();
+        let words = String::from_utf8(body).unwrap().split(' ').map(str::to_owned).collect();
+        (status, words)
+    }
+
+    /// GET / of `label`, once it answers 200 (the route reaches the
+    /// gateway just after the deployment is live).
+    async fn who(&mut self, mesh: &crate::common::TestMesh, label: &str, cookie: &str) -> Vec<String> {
+        for _ in 0..100 {
+            match self.get(mesh, label, cookie).await {
+                (200, words) => return words,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        panic!("{label} is not served");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,16 +100,12 @@ async fn a_request_for_another_app_on_the_same_client_connection_reaches_that_ap
         host_label(&mesh, &mallory, &theirs).await,
         host_label(&mesh, &alice, &ours).await,
     );
-    let victim = one_connection();
-    // The route to each reaches the gateway just after it is live.
-    crate::common::deploy::until_served(&victim, &mesh, &theirs).await;
-    crate::common::deploy::until_served(&victim, &mesh, &ours).await;
-
+    let mut victim = Client::open(&mesh).await;
     // One client connection: Mallory's app first, then Alice's with her
     // session cookie, then Mallory's again.
-    let first = who(&victim, &mesh, &theirs, "none").await;
-    let second = who(&victim, &mesh, &ours, "session=alice").await;
-    let third = who(&victim, &mesh, &theirs, "none").await;
+    let first = victim.who(&mesh, &theirs, "none").await;
+    let second = victim.who(&mesh, &ours, "session=alice").await;
+    let third = victim.who(&mesh, &theirs, "none").await;
     assert_eq!(first[0], "mallory");
     assert_eq!(
         second,
@@ -88,10 +116,9 @@ async fn a_request_for_another_app_on_the_same_client_connection_reaches_that_ap
 
     // On its own app, a client's requests keep to one connection to it,
     // and another client's go over another.
-    let a = who(&victim, &mesh, &ours, "a").await;
-    let again = who(&victim, &mesh, &ours, "a").await;
-    let other = one_connection();
-    let b = who(&other, &mesh, &ours, "b").await;
+    let a = victim.who(&mesh, &ours, "a").await;
+    let again = victim.who(&mesh, &ours, "a").await;
+    let b = Client::open(&mesh).await.who(&mesh, &ours, "b").await;
     assert_eq!(a[1], again[1], "one client connection, one connection to the app");
     assert_ne!(a[1], b[1], "two clients never share a connection to the app");
     assert_eq!(b[2], "b");

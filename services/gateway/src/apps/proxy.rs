@@ -65,6 +65,25 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
     response
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// What says who the client is or how it came: the gateway writes these
+/// itself, whatever the client sent.
+const CLIENT_WRITTEN: [HeaderName; 9] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("x-forwarded-port"),
+    header::FORWARDED,
+    X_REAL_IP,
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+];
+
 /// The `X-Forwarded-*`, `Forwarded` and `X-Real-IP` headers the app gets,
 /// all written here from what the gateway knows, none passed on from the
 /// client: the address chain from the client the trusted proxies
@@ -72,24 +91,26 @@ fn page(status: StatusCode, title: &str, detail: &str) -> Response<Body> {
 /// are dropped —, the scheme the client used (the trusted proxy's word,
 /// else the gateway's own listener's), and the Host.
 fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: Option<HeaderValue>, tls: bool) {
+    use std::fmt::Write as _;
     let trusted = &apps.trusted_proxies;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     // The chain as the trusted proxies passed it, nearest last.
-    let mut chain: Vec<IpAddr> = Vec::new();
+    let mut passed: Vec<IpAddr> = Vec::new();
     let mut scheme = if tls { "https" } else { "http" };
     if is_trusted(&peer) {
         // What is left of an entry that is no address was written by
         // someone no proxy vouched for.
         let entries: Vec<Option<IpAddr>> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .map(|value| value.to_str().ok())
             .flat_map(|list| list.unwrap_or("?").split(','))
             .map(|entry| entry.trim().parse().ok())
             .collect();
         let after_unknown = entries.iter().rposition(Option::is_none).map_or(0, |at| at + 1);
-        chain = entries[after_unknown..].iter().flatten().copied().collect();
-        if let Some(said) = headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) {
+        passed = entries[after_unknown..].iter().flatten().copied().collect();
+        passed.push(peer);
+        if let Some(said) = headers.get(X_FORWARDED_PROTO).and_then(|value| value.to_str().ok()) {
             scheme = if said.eq_ignore_ascii_case("https") {
                 "https"
             } else {
@@ -97,48 +118,50 @@ fn forwarded_headers(headers: &mut HeaderMap, peer: IpAddr, apps: &Apps, host: O
             };
         }
     }
-    chain.push(peer);
+    let chain = if passed.is_empty() {
+        std::slice::from_ref(&peer)
+    } else {
+        &passed[..]
+    };
     // From the right: everything up to and with the first address no
     // trusted proxy is; what lies left of it the client wrote itself.
     let client_at = chain.iter().rposition(|ip| !is_trusted(ip)).unwrap_or(0);
     let chain = &chain[client_at..];
     let client = chain[0];
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-forwarded-port",
-        "forwarded",
-        "x-real-ip",
-        "x-client-ip",
-        "true-client-ip",
-        "cf-connecting-ip",
-    ] {
+    for name in &CLIENT_WRITTEN {
         headers.remove(name);
     }
-    let listed: Vec<String> = chain.iter().map(ToString::to_string).collect();
-    let node = match client {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    // Written once each, and handed to the header without a copy.
+    let mut listed = String::with_capacity(chain.len() * 17);
+    for (at, ip) in chain.iter().enumerate() {
+        let _ = write!(listed, "{}{ip}", if at == 0 { "" } else { ", " });
+    }
+    let mut forwarded = String::with_capacity(64);
+    let _ = match client {
+        IpAddr::V4(v4) => write!(forwarded, "for={v4};proto={scheme}"),
+        IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\";proto={scheme}"),
     };
-    let mut forwarded = format!("for={node};proto={scheme}");
     if let Some(host) = host.as_ref().and_then(|value| value.to_str().ok())
         && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
     {
-        forwarded.push_str(&format!(";host=\"{host}\""));
+        let _ = write!(forwarded, ";host=\"{host}\"");
     }
-    for (name, value) in [
-        ("x-forwarded-for", listed.join(", ")),
-        ("x-forwarded-proto", scheme.to_owned()),
-        ("x-real-ip", client.to_string()),
-        ("forwarded", forwarded),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+    if let Ok(listed) = HeaderValue::try_from(listed) {
+        let real_ip = match chain.len() {
+            1 => Ok(listed.clone()),
+            _ => HeaderValue::try_from(client.to_string()),
+        };
+        headers.insert(X_FORWARDED_FOR, listed);
+        if let Ok(real_ip) = real_ip {
+            headers.insert(X_REAL_IP, real_ip);
         }
     }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
+    if let Ok(forwarded) = HeaderValue::try_from(forwarded) {
+        headers.insert(header::FORWARDED, forwarded);
+    }
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
@@ -225,7 +248,7 @@ fn said_https(request: &Request<Body>, client: SocketAddr, apps: &Apps) -> bool 
     apps.trusted_proxies.iter().any(|net| net.contains(&client.ip()))
         && request
             .headers()
-            .get("x-forwarded-proto")
+            .get(X_FORWARDED_PROTO)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
 }
@@ -267,7 +290,6 @@ pub async fn forward(
         .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers, upgrading);
     forwarded_headers(&mut parts.headers, client.ip(), apps, original_host, tls);
-    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
     // A body-less request that never reached the app (the connection was
     // refused: a copy gone, or a switch at that very moment) goes again,
     // to another copy in the route in force then.
@@ -298,6 +320,7 @@ pub async fn forward(
         // The pooled clients find the copy by an absolute URI; a held
         // connection is there already: the path alone.
         if paired.is_none() || outgoing.uri().scheme().is_some() {
+            let path = outgoing.uri().path_and_query().map_or("/", |pq| pq.as_str());
             let uri = match paired {
                 Some(_) => path.parse(),
                 None => format!("http://{target}{path}").parse(),
