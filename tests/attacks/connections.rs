@@ -124,3 +124,53 @@ async fn a_request_for_another_app_on_the_same_client_connection_reaches_that_ap
     assert_eq!(b[2], "b");
     mesh.stop().await;
 }
+
+/// Clients that send one request each and then say nothing more hold the
+/// connections to the app their requests opened. Were they held for as
+/// long as the clients stay connected, a handful of idle sockets would
+/// use up the app's connections (`DEPLOY_APP_MAX_CONNECTIONS`) and keep it
+/// from everyone else, and keep it from ever going idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_do_not_keep_an_apps_connections_from_everyone_else() {
+    let mesh = crate::common::start_with(crate::common::Options {
+        local_runner: true,
+        deploy: vec![
+            ("DEPLOY_START_TIMEOUT_SECS", "20"),
+            ("DEPLOY_DRAIN_SECS", "1"),
+            ("DEPLOY_APP_MAX_CONNECTIONS", "2"),
+        ],
+        settings: vec![("GATEWAY_IDLE_TIMEOUT_SECS", "1".to_owned())],
+        ..Default::default()
+    })
+    .await;
+    let (alice, _) = mesh.user("alice@example.com").await;
+    let ours = app(&mesh, &alice, WHO, "exec python3 who.py", &[("NAME", "alice", false)]).await;
+    deploy_live(&mesh, &alice, &ours).await;
+    let ours = host_label(&mesh, &alice, &ours).await;
+    // Two clients take the app's two connections, then fall silent and
+    // stay connected.
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut client = Client::open(&mesh).await;
+        client.who(&mesh, &ours, "idle").await;
+        idle.push(client);
+    }
+    // Anyone else is served once the silent ones have been let go.
+    let started = std::time::Instant::now();
+    let mut other = Client::open(&mesh).await;
+    let answered = loop {
+        match other.get(&mesh, &ours, "other").await {
+            (200, words) => break words,
+            (status, _) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "still {status} after 10 s: idle clients hold the app's connections"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(answered[0], "alice");
+    drop(idle);
+    mesh.stop().await;
+}

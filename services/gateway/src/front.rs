@@ -19,7 +19,7 @@ use axum::{
 };
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -35,6 +35,10 @@ pub struct Front {
     /// used https.
     pub via_tls: bool,
 }
+
+/// How long a client connection may wait for its next request head when
+/// no app is served (`GATEWAY_IDLE_TIMEOUT_SECS`'s default).
+const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves `listener` until `shutdown`; then lets open requests finish.
 pub async fn serve<L>(mut listener: L, front: Front, shutdown: CancellationToken)
@@ -54,10 +58,15 @@ where
             pair: pair.clone(),
         };
         let shutdown = shutdown.clone();
+        let idle = front.apps.as_ref().map_or(DEFAULT_IDLE, |apps| apps.config.idle);
         tasks.spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             // Extended CONNECT: WebSockets over HTTP/2.
             builder.http2().enable_connect_protocol();
+            // A client idle between requests lets go of its connection,
+            // and of the one to an app it held: an idle client keeps no
+            // app's connection (nor the app awake).
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
             let mut conn = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
             let mut cancelled = std::pin::pin!(shutdown.cancelled());
             let mut closing = false;

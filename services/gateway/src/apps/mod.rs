@@ -29,6 +29,7 @@ use capsule::config::{ConfigError, Source, positive};
 /// |---|---|
 /// | `GATEWAY_APPS_DOMAIN` | `localhost`: apps answer at `<label>.localhost` (browsers resolve it with no DNS setup) |
 /// | `GATEWAY_APPS_TIMEOUT_SECS` | `60`: an app that sends no response head within this is 504 |
+/// | `GATEWAY_IDLE_TIMEOUT_SECS` | `30`: an HTTP/1.1 client connection that sends no whole request head within this (idle between requests included) is closed, with the connection to an app it held |
 /// | `CAPSULE_INTERNAL_SECRET` | the service credential the route table is read with; unset, no app is served |
 /// | `GATEWAY_APPS_HTTPS_ADDR` | unset: where apps are served over TLS, each custom domain with its own certificate (by SNI), anything else with the gateway's (`CAPSULE_TLS_*`); TLS-ALPN-01 challenges are answered here, so it is port 443 in production |
 /// | `GATEWAY_APPS_HTTPS_PORT` | the port of `GATEWAY_APPS_HTTPS_ADDR`: the port clients reach it at, where plain HTTP requests for custom domains are redirected |
@@ -37,6 +38,9 @@ use capsule::config::{ConfigError, Source, positive};
 pub struct AppsConfig {
     pub domain: String,
     pub timeout: Duration,
+    /// How long an HTTP/1.1 client connection may wait for its next
+    /// request head.
+    pub idle: Duration,
     pub internal_secret: Option<String>,
     pub https_addr: Option<SocketAddr>,
     pub https_port: Option<u16>,
@@ -79,6 +83,7 @@ impl AppsConfig {
         Ok(Self {
             domain,
             timeout: Duration::from_secs(positive(source, "GATEWAY_APPS_TIMEOUT_SECS", 60)?),
+            idle: Duration::from_secs(positive(source, "GATEWAY_IDLE_TIMEOUT_SECS", 30)?),
             internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
             https_addr,
             https_port,

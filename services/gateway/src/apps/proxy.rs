@@ -436,6 +436,7 @@ mod tests {
         let config = AppsConfig {
             domain: "localhost".to_owned(),
             timeout: std::time::Duration::from_secs(1),
+            idle: std::time::Duration::from_secs(1),
             internal_secret: None,
             https_addr: None,
             https_port: None,
