@@ -182,7 +182,7 @@ impl hyper::service::Service<Request<Incoming>> for Connection {
 
 impl Connection {
     async fn answer(self, request: Request<Body>) -> Response<Body> {
-        let request = match &self.front.apps {
+        let mut request = match &self.front.apps {
             Some(apps) => {
                 // HTTP/2 streams run as tasks of their own: they use the
                 // pooled clients.
@@ -194,7 +194,6 @@ impl Connection {
             }
             None => request,
         };
-        let mut request = request;
         request.extensions_mut().insert(ConnectInfo(self.peer));
         match tower::ServiceExt::oneshot(self.front.router, request).await {
             Ok(response) => response,

@@ -95,18 +95,20 @@ impl Pair {
         upstream: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<Incoming>, Failure> {
-        let held = self.take(upstream);
-        let mut sender = match held {
-            Some(mut sender) => match std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-                Ok(()) => sender,
-                // Closed while idle: nothing was sent, open another.
-                Err(_) => self.open(connector, upstream).await?,
-            },
-            None => self.open(connector, upstream).await?,
+        let held = match self.take(upstream) {
+            Some(mut sender) => ready(&mut sender).await.is_ok().then_some(sender),
+            None => None,
         };
-        if let Err(err) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-            return Err(Failure::Closed(err));
-        }
+        let mut sender = match held {
+            Some(sender) => sender,
+            // None held there, or it closed while idle (nothing was sent
+            // on it): a new one.
+            None => {
+                let mut fresh = self.open(connector, upstream).await?;
+                ready(&mut fresh).await.map_err(Failure::Closed)?;
+                fresh
+            }
+        };
         let answer = sender.send_request(request).await;
         // The client sends its next request only once this answer's body
         // has gone to it: the connection is free for it by then.
@@ -125,6 +127,7 @@ impl Pair {
         })
     }
 
+    /// The held sender for `upstream`, taken while a request is on it.
     fn take(&self, upstream: SocketAddr) -> Option<SendRequest<Body>> {
         let mut slot = self.0.lock().ok()?;
         if slot.upstream != Some(upstream) || slot.connection.is_none() {
@@ -146,4 +149,9 @@ impl Pair {
         }
         Ok(sender)
     }
+}
+
+/// Resolves when `sender`'s connection can take a request.
+async fn ready(sender: &mut SendRequest<Body>) -> hyper::Result<()> {
+    std::future::poll_fn(|cx| sender.poll_ready(cx)).await
 }
