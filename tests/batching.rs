@@ -24,8 +24,8 @@ use diesel::{
 };
 use tonic::Code;
 
-/// Input that holds the connection for a while, so that the calls after it
-/// queue.
+/// Inputs from this one up hold the connection for a while, so that the
+/// calls after them queue.
 const SLOW: i32 = 1000;
 /// Input that makes the whole statement fail (division by zero).
 const POISON: i32 = 0;
@@ -51,7 +51,7 @@ async fn doubler(batching: bool) -> (Batcher<i32, i32>, Arc<Mutex<Vec<usize>>>, 
     let seen = sizes.clone();
     let batcher = Batcher::new(db, "test_doubler", move |conn, inputs: &[i32]| {
         seen.lock().unwrap().push(inputs.len());
-        if inputs.contains(&SLOW) {
+        if inputs.iter().any(|input| *input >= SLOW) {
             diesel::sql_query("SELECT pg_sleep(0.3)").execute(conn)?;
         }
         let rows: Vec<Row> =
@@ -164,6 +164,23 @@ async fn callers_that_give_up_are_left_out_and_the_others_are_answered() {
         11,
         "only the slow call and the 10 that waited ran: {sizes:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_is_answered_when_its_batch_is_done_not_when_the_queue_is() {
+    let (batcher, sizes, _db) = doubler(true).await;
+    // The slow call leads; another slow one queues behind it, so the
+    // connection's thread goes straight on to a second batch.
+    let first = hold_the_connection(&batcher).await;
+    let second = call_all(&batcher, [SLOW + 1]).pop().unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), SLOW * 2);
+    assert!(
+        !second.is_finished(),
+        "the first caller was answered while the batch after its own still ran"
+    );
+    let (_, answer) = second.await.unwrap();
+    assert_eq!(answer.unwrap(), (SLOW + 1) * 2);
+    assert_eq!(sizes.lock().unwrap().clone(), [1, 1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
