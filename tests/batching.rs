@@ -169,8 +169,8 @@ async fn callers_that_give_up_are_left_out_and_the_others_are_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_is_answered_when_its_batch_is_done_not_when_the_queue_is() {
     let (batcher, sizes, _db) = doubler(true).await;
-    // The slow call leads; another slow one queues behind it, so the
-    // connection's thread goes straight on to a second batch.
+    // The slow call leads; another slow one queues behind it and runs in
+    // the batch after.
     let first = hold_the_connection(&batcher).await;
     let second = call_all(&batcher, [SLOW + 1]).pop().unwrap();
     assert_eq!(first.await.unwrap().unwrap(), SLOW * 2);

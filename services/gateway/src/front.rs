@@ -36,16 +36,16 @@ pub struct Front {
     pub via_tls: bool,
 }
 
-/// How long a client connection may wait for its next request head when
-/// no app is served (`GATEWAY_IDLE_TIMEOUT_SECS`'s default).
-const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Serves `listener` until `shutdown`; then lets open requests finish.
 pub async fn serve<L>(mut listener: L, front: Front, shutdown: CancellationToken)
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
 {
     let tasks = TaskTracker::new();
+    let idle = front
+        .apps
+        .as_ref()
+        .map_or(crate::apps::IDLE_TIMEOUT, |apps| apps.config.idle);
     loop {
         let (io, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -58,7 +58,6 @@ where
             pair: pair.clone(),
         };
         let shutdown = shutdown.clone();
-        let idle = front.apps.as_ref().map_or(DEFAULT_IDLE, |apps| apps.config.idle);
         tasks.spawn(async move {
             let mut builder = Builder::new(TokioExecutor::new());
             // Extended CONNECT: WebSockets over HTTP/2.

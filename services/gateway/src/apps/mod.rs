@@ -23,6 +23,11 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use capsule::config::{ConfigError, Source, positive};
 
+/// How long a client connection may wait for its next request head
+/// (`GATEWAY_IDLE_TIMEOUT_SECS`'s default; also the API's when no app is
+/// served).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of app serving.
 ///
 /// | variable | default |
@@ -83,7 +88,7 @@ impl AppsConfig {
         Ok(Self {
             domain,
             timeout: Duration::from_secs(positive(source, "GATEWAY_APPS_TIMEOUT_SECS", 60)?),
-            idle: Duration::from_secs(positive(source, "GATEWAY_IDLE_TIMEOUT_SECS", 30)?),
+            idle: Duration::from_secs(positive(source, "GATEWAY_IDLE_TIMEOUT_SECS", IDLE_TIMEOUT.as_secs())?),
             internal_secret: source.get("CAPSULE_INTERNAL_SECRET"),
             https_addr,
             https_port,
