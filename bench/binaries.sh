@@ -7,7 +7,11 @@ if [ "${BENCH_PROFILE:-release}" = dev ]; then
     cargo build --locked -q -p capsule-cli -p capsule-bench
     BIN="${CARGO_TARGET_DIR:-target}/debug"
 else
-    cargo build --release --locked -q -p capsule-cli -p capsule-bench
+    # One package per build, as `capsule` ships: built together they would
+    # share their dependencies' features, and the binary's symbols would
+    # miss the order it is linked in (services/capsule/link-order.txt).
+    cargo build --release --locked -q -p capsule-cli
+    cargo build --release --locked -q -p capsule-bench
     BIN="${CARGO_TARGET_DIR:-target}/release"
 fi
 export CAPSULE_BIN="$BIN/capsule"

@@ -59,7 +59,6 @@ pub fn pool() -> &'static prost_reflect::DescriptorPool {
 /// plus health and reflection: the only values the `method` label of the
 /// request metrics takes, so a caller cannot grow the metric set.
 pub fn known_method_paths() -> &'static std::collections::HashSet<String> {
-    use prost::Message;
     static PATHS: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
     PATHS.get_or_init(|| {
         let mut paths: std::collections::HashSet<String> = [
@@ -71,12 +70,11 @@ pub fn known_method_paths() -> &'static std::collections::HashSet<String> {
         .into_iter()
         .map(str::to_owned)
         .collect();
-        let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap_or_default();
-        for file in &set.file {
-            for service in &file.service {
-                for method in &service.method {
-                    paths.insert(format!("/{}.{}/{}", file.package(), service.name(), method.name()));
-                }
+        // The decoded pool every call's checks share, not a second decode
+        // of the whole set for a few hundred names.
+        for service in pool().services() {
+            for method in service.methods() {
+                paths.insert(format!("/{}/{}", service.full_name(), method.name()));
             }
         }
         paths
