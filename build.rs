@@ -1,6 +1,7 @@
 //! Compiles every proto under `proto/` into Rust (prost + tonic) and writes
-//! the FileDescriptorSet that server reflection, the token layer's access
-//! policies and the gateway's transcoding read at run time.
+//! the FileDescriptorSet that server reflection and the gateway's
+//! transcoding read at run time, and the same set without source info that
+//! the access policies and request validation read.
 //!
 //! protoc comes from `protoc-bin-vendored`, so a fresh machine needs none.
 
@@ -36,9 +37,78 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::codec::CheckedCodec")
         .file_descriptor_set_path(out_dir.join("capsule_descriptor.bin"))
         .compile_with_config(config, &protos, &[PathBuf::from("proto"), well_known])?;
+    write_lean_descriptor_set(&out_dir)?;
 
     write_migration_files(&out_dir.join("migration_files.rs"))?;
     Ok(())
+}
+
+/// The descriptor set without source info (comments and their spans, three
+/// quarters of its bytes), for the descriptors every process decodes to
+/// check calls; reflection still serves the whole set. Filtered on the wire:
+/// decoded into prost's types, the options' extensions (permissions, HTTP
+/// rules, validation rules) would be dropped.
+fn write_lean_descriptor_set(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+
+    /// `FileDescriptorSet.file`, `FileDescriptorProto.source_code_info`.
+    const FILE: u32 = 1;
+    const SOURCE_CODE_INFO: u32 = 9;
+    let full = std::fs::read(out_dir.join("capsule_descriptor.bin"))?;
+    let mut lean = Vec::with_capacity(full.len());
+    for (number, file) in fields(&full)? {
+        if number != FILE {
+            return Err(format!("field {number} in a FileDescriptorSet").into());
+        }
+        let file = length_delimited(file)?;
+        let mut kept = Vec::with_capacity(file.len());
+        for (number, field) in fields(file)? {
+            if number != SOURCE_CODE_INFO {
+                kept.extend_from_slice(field);
+            }
+        }
+        encode_key(FILE, WireType::LengthDelimited, &mut lean);
+        encode_varint(kept.len() as u64, &mut lean);
+        lean.extend_from_slice(&kept);
+    }
+    std::fs::write(out_dir.join("capsule_descriptor_lean.bin"), lean)?;
+    Ok(())
+}
+
+/// Each field's number and its bytes as encoded (key included).
+type Fields<'a> = Vec<(u32, &'a [u8])>;
+
+/// The fields of an encoded message.
+fn fields(message: &[u8]) -> Result<Fields<'_>, Box<dyn std::error::Error>> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+
+    let mut fields = Vec::new();
+    let mut rest = message;
+    while !rest.is_empty() {
+        let start = rest;
+        let (number, wire_type) = decode_key(&mut rest)?;
+        let size = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut rest)?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::ThirtyTwoBit => 4,
+            WireType::LengthDelimited => usize::try_from(decode_varint(&mut rest)?)?,
+            other => return Err(format!("wire type {other:?} in a descriptor").into()),
+        };
+        rest = rest.get(size..).ok_or("a descriptor field runs past its message")?;
+        fields.push((number, &start[..start.len() - rest.len()]));
+    }
+    Ok(fields)
+}
+
+/// The payload of a length-delimited field given with its key.
+fn length_delimited(field: &[u8]) -> Result<&[u8], Box<dyn std::error::Error>> {
+    let mut rest = field;
+    prost::encoding::decode_key(&mut rest)?;
+    let size = usize::try_from(prost::encoding::decode_varint(&mut rest)?)?;
+    Ok(rest.get(..size).ok_or("a descriptor field runs past its message")?)
 }
 
 /// Writes, for each service, the list of its migration files with the
