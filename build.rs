@@ -106,7 +106,10 @@ fn fields(message: &[u8]) -> Result<Fields<'_>, Box<dyn std::error::Error>> {
 /// The payload of a length-delimited field given with its key.
 fn length_delimited(field: &[u8]) -> Result<&[u8], Box<dyn std::error::Error>> {
     let mut rest = field;
-    prost::encoding::decode_key(&mut rest)?;
+    let (number, wire_type) = prost::encoding::decode_key(&mut rest)?;
+    if wire_type != prost::encoding::WireType::LengthDelimited {
+        return Err(format!("field {number} of a descriptor is not a message").into());
+    }
     let size = usize::try_from(prost::encoding::decode_varint(&mut rest)?)?;
     Ok(rest.get(..size).ok_or("a descriptor field runs past its message")?)
 }
