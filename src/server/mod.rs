@@ -29,6 +29,7 @@ use tower_http::{
 
 mod admin;
 mod health;
+mod reflection;
 mod web;
 
 pub use health::Health;
@@ -193,21 +194,7 @@ impl GrpcServer {
             grpc_web_cors,
         } = self;
 
-        let reflection = || {
-            let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                .with_service_name("grpc.health.v1.Health")
-                .with_service_name("grpc.reflection.v1.ServerReflection")
-                .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-            for name in &advertised {
-                builder = builder.with_service_name(name.clone());
-            }
-            builder
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
-        routes.add_service(reflection_v1).add_service(reflection_v1alpha);
+        reflection::add(&mut routes, &advertised);
 
         let mut router = routes.routes().prepare().into_axum_router();
         // With CAPSULE_METRICS_ADDR the process serves them elsewhere.
