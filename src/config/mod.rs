@@ -120,6 +120,51 @@ mod tests {
     }
 
     #[test]
+    fn a_loopback_server_is_reached_without_tls_unless_told_otherwise() {
+        let url = |pairs: &[(&str, &str)]| {
+            DbConfig::from_source(ServiceKind::Project, &source(pairs))
+                .unwrap()
+                .connection_url()
+                .expose_secret()
+                .to_owned()
+        };
+        let plain = |url: &str| url.contains("sslmode=disable");
+        // The parts' default host, loopback addresses and socket folders.
+        assert!(plain(&url(&[])));
+        for given in [
+            "postgres://u@127.0.0.1:5432/p",
+            "postgres://u@127.0.0.2/p",
+            "postgres://u@[::1]/p",
+            "postgresql://u@LOCALHOST/p",
+            "postgres://u@db/p?host=/var/run/postgresql",
+            "postgres://u@db.internal/p?hostaddr=127.0.0.1",
+        ] {
+            assert!(plain(&url(&[("PROJECT_DATABASE_URL", given)])), "{given}");
+        }
+        // Another host, one of several that is not loopback, a mode named
+        // by the URL or by libpq's environment: libpq decides as before.
+        for (given, env) in [
+            ("postgres://u@db.internal/p", None),
+            ("postgres://u@10.0.0.5/p", None),
+            ("postgres://u@127.0.0.1/p?hostaddr=10.0.0.5", None),
+            ("postgres://u@localhost/p?host=localhost,db.internal", None),
+            ("postgres://u@localhost/p?sslmode=require", None),
+            ("postgres://u@localhost/p?service=capsule", None),
+            ("postgres://u@localhost/p", Some(("PGSSLMODE", "verify-full"))),
+            ("postgres://u@localhost/p", Some(("PGSERVICE", "capsule"))),
+        ] {
+            let mut pairs = vec![("PROJECT_DATABASE_URL", given)];
+            pairs.extend(env);
+            let got = url(&pairs);
+            assert!(!plain(&got), "{given} {env:?}: {got}");
+        }
+        assert!(
+            url(&[("PROJECT_DATABASE_URL", "postgres://u@localhost/p?sslmode=require")])
+                .ends_with("sslmode=require&application_name=capsule-project")
+        );
+    }
+
+    #[test]
     fn bad_schema_pool_size_and_flags_are_refused() {
         for (variable, value) in [
             ("AUTH_DB_SCHEMA", "Robert'); DROP TABLE users;--"),
