@@ -44,9 +44,10 @@ pub struct DbConfig {
     /// `<SVC>_DB_BATCHING` (default on): calls of one kind that queue while
     /// the connections are busy run together (see [`crate::db::Batcher`]).
     pub batching: bool,
-    /// `PGSSLMODE` or `PGSERVICE` is set: libpq's own settings choose TLS,
-    /// even for a loopback server (see [`DbConfig::connection_url`]).
-    pub sslmode_from_env: bool,
+    /// One of libpq's variables that choose TLS or the server
+    /// ([`LIBPQ_TLS_AND_HOST_VARIABLES`]) is set: libpq's own settings
+    /// decide, even for a loopback server (see [`DbConfig::connection_url`]).
+    pub libpq_env: bool,
 }
 
 impl fmt::Debug for DbConfig {
@@ -148,7 +149,9 @@ impl DbConfig {
         let migrate_on_start = parse_bool(source, &var("MIGRATE_ON_START"), true)?;
         let migrate_allow_future = parse_bool(source, &var("MIGRATE_ALLOW_FUTURE"), true)?;
         let batching = parse_bool(source, &var("DB_BATCHING"), true)?;
-        let sslmode_from_env = source.get("PGSSLMODE").is_some() || source.get("PGSERVICE").is_some();
+        let libpq_env = LIBPQ_TLS_AND_HOST_VARIABLES
+            .iter()
+            .any(|variable| source.get(variable).is_some());
 
         Ok(Self {
             service,
@@ -165,13 +168,15 @@ impl DbConfig {
             migrate_on_start,
             migrate_allow_future,
             batching,
-            sslmode_from_env,
+            libpq_env,
         })
     }
 
     /// The libpq connection URL, password included. A server on loopback
-    /// is reached without TLS unless the URL or the environment names an
-    /// `sslmode`: libpq's default (`prefer`) asks every new connection's
+    /// is reached without TLS unless the URL or libpq's environment says
+    /// anything of TLS, a service file or the host (`ssl…`, `requiressl`,
+    /// `service`, [`LIBPQ_TLS_AND_HOST_VARIABLES`]): libpq's default
+    /// (`prefer`) asks every new connection's
     /// server for TLS, and loads and initialises OpenSSL for it in every
     /// process (3.5 MiB resident in `capsule serve project`), to encrypt
     /// traffic that never leaves the host.
@@ -205,7 +210,10 @@ impl DbConfig {
             url.query_pairs_mut()
                 .append_pair("application_name", &format!("capsule-{}", self.service));
         }
-        if !self.sslmode_from_env && !has(&url, "sslmode") && !has(&url, "service") && on_loopback(&url) {
+        let names_tls = url
+            .query_pairs()
+            .any(|(key, _)| key.starts_with("ssl") || key == "requiressl" || key == "service");
+        if !self.libpq_env && !names_tls && on_loopback(&url) {
             url.query_pairs_mut().append_pair("sslmode", "disable");
         }
         SecretString::from(url.to_string())
@@ -230,21 +238,54 @@ impl DbConfig {
     }
 }
 
-/// Whether every server a libpq URL names is this host: `localhost`, a
-/// loopback address or a Unix socket's directory (from `hostaddr`, else
-/// `host`, else the URL's host; a comma separates several).
+/// libpq's environment variables that choose TLS, a service file or the
+/// server to reach: when one is set, the URL is left to libpq as given.
+const LIBPQ_TLS_AND_HOST_VARIABLES: &[&str] = &[
+    "PGSSLMODE",
+    "PGREQUIRESSL",
+    "PGSSLCERT",
+    "PGSSLKEY",
+    "PGSSLROOTCERT",
+    "PGSSLCRL",
+    "PGSSLCRLDIR",
+    "PGSSLSNI",
+    "PGSSLNEGOTIATION",
+    "PGSSLCERTMODE",
+    "PGSSLMINPROTOCOLVERSION",
+    "PGSSLMAXPROTOCOLVERSION",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGHOST",
+    "PGHOSTADDR",
+];
+
+/// Whether every server a libpq URL names is this host, read as libpq
+/// reads it: the last `host` and `hostaddr` of the query win over the
+/// URL's host; their comma-separated entries pair up, and an entry's
+/// address (`hostaddr`) is the one dialled when it is not empty, else its
+/// host name, else the local socket. A server is this host when that is
+/// `localhost`, a loopback address or a socket folder.
 fn on_loopback(url: &url::Url) -> bool {
-    let param = |key: &str| url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned());
-    let hosts = param("hostaddr")
-        .or_else(|| param("host"))
+    let last = |key: &str| {
+        url.query_pairs()
+            .filter(|(k, _)| k == key)
+            .last()
+            .map(|(_, v)| v.into_owned())
+    };
+    let hosts = last("host")
         .or_else(|| url.host_str().map(str::to_owned))
         .unwrap_or_default();
-    hosts.split(',').all(|host| {
-        let host = host.trim();
-        host.is_empty()
-            || host.starts_with('/')
-            || host.eq_ignore_ascii_case("localhost")
-            || host
+    let addresses = last("hostaddr").unwrap_or_default();
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    let addresses: Vec<&str> = addresses.split(',').map(str::trim).collect();
+    (0..hosts.len().max(addresses.len())).all(|i| {
+        let address = addresses.get(i).copied().unwrap_or_default();
+        let host = hosts.get(i).copied().unwrap_or_default();
+        let dialled = if address.is_empty() { host } else { address };
+        dialled.is_empty()
+            || dialled.starts_with('/')
+            || dialled.eq_ignore_ascii_case("localhost")
+            || dialled
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .parse::<std::net::IpAddr>()

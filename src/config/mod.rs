@@ -141,23 +141,39 @@ mod tests {
         ] {
             assert!(plain(&url(&[("PROJECT_DATABASE_URL", given)])), "{given}");
         }
-        // Another host, one of several that is not loopback, a mode named
-        // by the URL or by libpq's environment: libpq decides as before.
+        // Another host (from the parts or the URL), one of several that is
+        // not loopback, an address or a later `host` that leads away, a
+        // word on TLS in the URL or in libpq's environment: libpq decides
+        // as before.
+        assert!(!plain(&url(&[("PROJECT_DB_HOST", "db.internal")])));
         for (given, env) in [
             ("postgres://u@db.internal/p", None),
             ("postgres://u@10.0.0.5/p", None),
             ("postgres://u@127.0.0.1/p?hostaddr=10.0.0.5", None),
+            ("postgres://u@db.internal/p?hostaddr=", None),
             ("postgres://u@localhost/p?host=localhost,db.internal", None),
+            ("postgres://u@x/p?host=localhost,db.internal&hostaddr=127.0.0.1,", None),
+            ("postgres://u@x/p?host=localhost&host=db.internal", None),
             ("postgres://u@localhost/p?sslmode=require", None),
+            ("postgres://u@localhost/p?ssl=true", None),
+            ("postgres://u@localhost/p?requiressl=1", None),
+            ("postgres://u@localhost/p?sslrootcert=system", None),
             ("postgres://u@localhost/p?service=capsule", None),
             ("postgres://u@localhost/p", Some(("PGSSLMODE", "verify-full"))),
             ("postgres://u@localhost/p", Some(("PGSERVICE", "capsule"))),
+            ("postgres://u@localhost/p", Some(("PGHOSTADDR", "10.0.0.5"))),
+            ("postgres://u@localhost/p", Some(("PGSSLROOTCERT", "system"))),
         ] {
             let mut pairs = vec![("PROJECT_DATABASE_URL", given)];
             pairs.extend(env);
             let got = url(&pairs);
             assert!(!plain(&got), "{given} {env:?}: {got}");
         }
+        // Pairs that all stay on this host.
+        assert!(plain(&url(&[(
+            "PROJECT_DATABASE_URL",
+            "postgres://u@x/p?host=db.internal,localhost&hostaddr=127.0.0.1,"
+        )])));
         assert!(
             url(&[("PROJECT_DATABASE_URL", "postgres://u@localhost/p?sslmode=require")])
                 .ends_with("sslmode=require&application_name=capsule-project")
