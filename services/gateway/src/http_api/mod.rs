@@ -14,7 +14,7 @@ use axum::{
     body::Body,
     extract::{ConnectInfo, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode},
-    response::{IntoResponse, Response},
+    response::Response,
     routing::get,
 };
 use capsule::auth::KeySet;
@@ -258,9 +258,11 @@ async fn handle(
     let retries = if parts.method == http::Method::GET { 2 } else { 0 };
     match calls::unary(call, timeout, retries).await {
         Ok(response) => {
-            let mut http = Json(transcode::response_json(route, &response)).into_response();
+            let mut http = Response::new(Body::from(transcode::response_body(route, &response)));
+            let headers = http.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Ok(value) = HeaderValue::from_str(&request_id) {
-                http.headers_mut().insert("x-request-id", value);
+                headers.insert("x-request-id", value);
             }
             http
         }

@@ -152,13 +152,14 @@ impl Routes {
     /// those verbs, not a less specific route that happens to match —
     /// `GET /v1/deployments/{id}:cancel` is not `GET /v1/deployments/{id}`.
     pub fn find(&self, verb: &http::Method, path: &str) -> Result<(&Route, Bound), Miss> {
+        let path = template::Split::new(path).ok_or(Miss::NoRoute)?;
         let mut shape = None;
         let mut allowed = Vec::new();
         for route in &self.routes {
             if shape.is_some_and(|shape| shape != route.template.shape()) {
                 continue;
             }
-            if let Some(bound) = route.template.matches(path) {
+            if let Some(bound) = route.template.matches(&path) {
                 if route.verb == verb {
                     return Ok((route, bound));
                 }
@@ -486,11 +487,15 @@ pub fn to_json(message: &DynamicMessage) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The response JSON, or only its `response_body` field.
-pub fn response_json(route: &Route, message: &DynamicMessage) -> Value {
-    let json = to_json(message);
+/// The response body's JSON: the message's, or only its `response_body`
+/// field's. A whole message is written straight to the bytes, in the
+/// order of its fields, with no tree of values in between.
+pub fn response_body(route: &Route, message: &DynamicMessage) -> Vec<u8> {
     if route.response_body.is_empty() {
-        return json;
+        let mut body = Vec::with_capacity(256);
+        let written =
+            message.serialize_with_options(&mut serde_json::Serializer::new(&mut body), &SerializeOptions::new());
+        return if written.is_ok() { body } else { b"null".to_vec() };
     }
     let key = route
         .method
@@ -498,7 +503,8 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> Value {
         .get_field_by_name(&route.response_body)
         .map(|field| field.json_name().to_owned())
         .unwrap_or_default();
-    json.get(&key).cloned().unwrap_or(Value::Null)
+    let json = to_json(message).get(&key).cloned().unwrap_or(Value::Null);
+    serde_json::to_vec(&json).unwrap_or_else(|_| b"null".to_vec())
 }
 
 /// grpc-gateway's gRPC → HTTP status table, but for FAILED_PRECONDITION:

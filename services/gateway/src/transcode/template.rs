@@ -26,6 +26,24 @@ pub struct Template {
     pub text: String,
     /// The template with its variables unnamed.
     shape: String,
+    /// How many path segments it matches, when that is fixed (no `**`).
+    length: Option<usize>,
+}
+
+/// A request path split on `/` once, to be matched against every template
+/// (still percent-encoded; `/` alone is no segment).
+pub struct Split<'a>(Vec<&'a str>);
+
+impl<'a> Split<'a> {
+    /// `None` for a path that does not start with `/`.
+    pub fn new(path: &'a str) -> Option<Self> {
+        let path = path.strip_prefix('/')?;
+        Some(Self(if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        }))
+    }
 }
 
 impl Template {
@@ -48,8 +66,16 @@ impl Template {
             Some(index) => (&path[..index], Some(path[index + 1..].to_owned())),
             None => (path, None),
         };
+        if verb
+            .as_deref()
+            .is_some_and(|verb| verb.is_empty() || verb.contains('/'))
+        {
+            return Err(format!("{text}: a custom verb is one word after the last ':'"));
+        }
+        let segments = parse_segments(body)?;
         let mut template = Self {
-            segments: parse_segments(body)?,
+            length: fixed_length(&segments),
+            segments,
             verb,
             text: text.to_owned(),
             shape: String::new(),
@@ -112,23 +138,41 @@ impl Template {
         &self.shape
     }
 
-    /// Matches a request path (already split on `/`, still percent-encoded);
-    /// returns the bound (field path, decoded value) pairs.
-    pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
-        let path = path.strip_prefix('/')?;
-        let path = match &self.verb {
-            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
-            None => path,
+    /// Matches a request path; returns the bound (field path, decoded
+    /// value) pairs. A template with a custom verb matches when the last
+    /// segment ends in `:verb`, and matches the path without it.
+    pub fn matches(&self, path: &Split<'_>) -> Option<Vec<(String, String)>> {
+        let parts = &path.0[..];
+        let Some(verb) = &self.verb else {
+            return self.matches_parts(parts);
         };
-        let parts: Vec<&str> = if path.is_empty() {
-            Vec::new()
-        } else {
-            path.split('/').collect()
-        };
+        let (last, init) = parts.split_last()?;
+        let last = last.strip_suffix(verb.as_str())?.strip_suffix(':')?;
+        if init.is_empty() && last.is_empty() {
+            return self.matches_parts(&[]);
+        }
+        let mut parts = init.to_vec();
+        parts.push(last);
+        self.matches_parts(&parts)
+    }
+
+    fn matches_parts(&self, parts: &[&str]) -> Option<Vec<(String, String)>> {
+        if self.length.is_some_and(|length| length != parts.len()) {
+            return None;
+        }
         let mut bound = Vec::new();
-        let used = match_segments(&self.segments, &parts, &mut bound)?;
+        let used = match_segments(&self.segments, parts, &mut bound)?;
         (used == parts.len()).then_some(bound)
     }
+}
+
+/// How many path segments `segments` match, when no `**` makes it vary.
+fn fixed_length(segments: &[Segment]) -> Option<usize> {
+    segments.iter().try_fold(0, |length, segment| match segment {
+        Segment::Literal(_) | Segment::Any => Some(length + 1),
+        Segment::Rest => None,
+        Segment::Variable { pattern, .. } => Some(length + fixed_length(pattern)?),
+    })
 }
 
 fn parse_segments(text: &str) -> Result<Vec<Segment>, String> {
@@ -207,40 +251,85 @@ fn match_segments(segments: &[Segment], parts: &[&str], bound: &mut Vec<(String,
 mod tests {
     use super::*;
 
+    impl Template {
+        fn matches_path(&self, path: &str) -> Option<Vec<(String, String)>> {
+            self.matches(&Split::new(path)?)
+        }
+    }
+
     #[test]
     fn templates_bind_variables_verbs_and_nested_fields() {
         let t = Template::parse("/v1/projects/{project_id}/deployments").unwrap();
         assert_eq!(
-            t.matches("/v1/projects/abc/deployments"),
+            t.matches_path("/v1/projects/abc/deployments"),
             Some(vec![("project_id".into(), "abc".into())])
         );
-        assert_eq!(t.matches("/v1/projects/abc"), None);
-        assert_eq!(t.matches("/v1/projects//deployments"), None);
+        assert_eq!(t.matches_path("/v1/projects/abc"), None);
+        assert_eq!(t.matches_path("/v1/projects//deployments"), None);
 
         let verb = Template::parse("/v1/users/{user_id}:setRole").unwrap();
         assert_eq!(
-            verb.matches("/v1/users/42:setRole"),
+            verb.matches_path("/v1/users/42:setRole"),
             Some(vec![("user_id".into(), "42".into())])
         );
-        assert_eq!(verb.matches("/v1/users/42"), None);
+        assert_eq!(verb.matches_path("/v1/users/42"), None);
         assert!(verb.has_verb());
 
         let plain = Template::parse("/v1/auth:login").unwrap();
-        assert_eq!(plain.matches("/v1/auth:login"), Some(vec![]));
-        assert_eq!(plain.matches("/v1/auth:logout"), None);
+        assert_eq!(plain.matches_path("/v1/auth:login"), Some(vec![]));
+        assert_eq!(plain.matches_path("/v1/auth:logout"), None);
 
         let nested = Template::parse("/v1/projects/{project.id}").unwrap();
         assert_eq!(nested.fields(), ["project.id"]);
         assert_eq!(
-            nested.matches("/v1/projects/a%20b"),
+            nested.matches_path("/v1/projects/a%20b"),
             Some(vec![("project.id".into(), "a b".into())])
         );
         let pattern = Template::parse("/v1/{name=shelves/*/books/**}").unwrap();
         assert_eq!(
-            pattern.matches("/v1/shelves/1/books/2/3"),
+            pattern.matches_path("/v1/shelves/1/books/2/3"),
             Some(vec![("name".into(), "shelves/1/books/2/3".into())])
         );
         assert_eq!(pattern.openapi_path_named(&pattern.fields()), "/v1/{name}");
         assert!(Template::parse("v1/x").is_err());
+        assert!(Template::parse("/v1/x:").is_err());
+        assert!(
+            Template::parse("/v1/{name=a/b:c/d}").is_ok(),
+            "a ':' inside braces is no verb"
+        );
+    }
+
+    #[test]
+    fn lengths_verbs_and_rests_are_matched_as_written() {
+        let fixed = Template::parse("/v1/projects/{project_id}").unwrap();
+        assert_eq!(fixed.matches_path("/v1/projects/a/b"), None, "one segment too many");
+        assert_eq!(fixed.matches_path("/v1/projects"), None, "one too few");
+        assert_eq!(
+            fixed.matches_path("/v1/projects/a:cancel"),
+            Some(vec![("project_id".into(), "a:cancel".into())]),
+            "a template without a verb takes the colon as part of the value"
+        );
+        let verb = Template::parse("/v1/projects/{project_id}:cancel").unwrap();
+        assert_eq!(verb.matches_path("/v1/projects/a:cancel/b"), None);
+        assert_eq!(verb.matches_path("/v1/projects/a:cancelled"), None);
+        assert_eq!(
+            verb.matches_path("/v1/projects/:cancel"),
+            None,
+            "an empty value binds nothing"
+        );
+        let bare = Template::parse("/:ping").unwrap();
+        assert_eq!(bare.matches_path("/:ping"), Some(vec![]));
+        assert_eq!(bare.matches_path("/x:ping"), None);
+        assert_eq!(bare.matches_path("/"), None);
+        let rest = Template::parse("/v1/files/**").unwrap();
+        assert_eq!(rest.matches_path("/v1/files/a/b/c"), Some(vec![]));
+        assert_eq!(rest.matches_path("/v1/files"), Some(vec![]));
+        let inner = Template::parse("/v1/{name=shelves/*}/books").unwrap();
+        assert_eq!(
+            inner.matches_path("/v1/shelves/1/books"),
+            Some(vec![("name".into(), "shelves/1".into())])
+        );
+        assert_eq!(inner.matches_path("/v1/shelves/1/2/books"), None);
+        assert_eq!(Split::new("v1/x").map(|_| ()), None, "a path starts with /");
     }
 }
