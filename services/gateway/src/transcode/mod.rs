@@ -36,6 +36,10 @@ pub struct Route {
     /// The paths the request's `update_mask` may name, when its rules list
     /// them (read once here, not per request).
     pub updatable: Option<Vec<String>>,
+    /// The answer holds no map at any depth, so its JSON is written
+    /// straight from the message (a map's entries would come in hash
+    /// order; through a `serde_json::Value` they are sorted).
+    pub written_directly: bool,
 }
 
 impl Route {
@@ -104,6 +108,7 @@ fn rule_routes(rule: &DynamicMessage, method: &MethodDescriptor, routes: &mut Ve
                 .get_field_by_name("update_mask")
                 .as_ref()
                 .and_then(updatable),
+            written_directly: !holds_map(&method.output(), &mut Vec::new()),
         });
     }
     if let Some(ReflectValue::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
@@ -487,23 +492,45 @@ pub fn to_json(message: &DynamicMessage) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Whether `message` or a message it holds has a map field, or a
+/// `google.protobuf.Any`, which may hold anything.
+fn holds_map(message: &MessageDescriptor, seen: &mut Vec<String>) -> bool {
+    if message.full_name() == "google.protobuf.Any" {
+        return true;
+    }
+    if seen.iter().any(|name| name == message.full_name()) {
+        return false;
+    }
+    seen.push(message.full_name().to_owned());
+    message
+        .fields()
+        .any(|field| field.is_map() || matches!(field.kind(), Kind::Message(inner) if holds_map(&inner, seen)))
+}
+
 /// The response body's JSON: the message's, or only its `response_body`
-/// field's. A whole message is written straight to the bytes, in the
-/// order of its fields, with no tree of values in between.
+/// field's. A message without maps is written straight to the bytes, in
+/// the order of its fields, with no tree of values in between; one with
+/// maps goes through a tree, whose keys are sorted, so the same answer is
+/// the same bytes every time.
 pub fn response_body(route: &Route, message: &DynamicMessage) -> Vec<u8> {
-    if route.response_body.is_empty() {
+    if route.response_body.is_empty() && route.written_directly {
         let mut body = Vec::with_capacity(256);
         let written =
             message.serialize_with_options(&mut serde_json::Serializer::new(&mut body), &SerializeOptions::new());
         return if written.is_ok() { body } else { b"null".to_vec() };
     }
-    let key = route
-        .method
-        .output()
-        .get_field_by_name(&route.response_body)
-        .map(|field| field.json_name().to_owned())
-        .unwrap_or_default();
-    let json = to_json(message).get(&key).cloned().unwrap_or(Value::Null);
+    let json = to_json(message);
+    let json = if route.response_body.is_empty() {
+        json
+    } else {
+        let key = route
+            .method
+            .output()
+            .get_field_by_name(&route.response_body)
+            .map(|field| field.json_name().to_owned())
+            .unwrap_or_default();
+        json.get(&key).cloned().unwrap_or(Value::Null)
+    };
     serde_json::to_vec(&json).unwrap_or_else(|_| b"null".to_vec())
 }
 
@@ -549,40 +576,4 @@ pub fn status_json(pool: &DescriptorPool, status: &Status) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::{enum_number_at, refuse_nulls};
-
-    #[test]
-    fn a_null_in_a_body_is_refused_naming_where() {
-        assert!(refuse_nulls(&json!({"name": "x", "tags": ["a"], "inner": {"n": 1}})).is_ok());
-        let message = |body| refuse_nulls(&body).unwrap_err().message().to_owned();
-        assert!(message(json!(null)).starts_with("the body's top level: null"));
-        assert!(message(json!({"description": null})).starts_with("the body's \"description\": null"));
-        assert!(message(json!({"a": {"b": [1, null]}})).starts_with("the body's \"a.b[1]\": null"));
-    }
-
-    #[test]
-    fn an_enum_given_by_number_is_found_wherever_it_is() {
-        let message = |name: &str| capsule::proto::pool().get_message_by_name(name).unwrap();
-        let invite = message("capsule.project.v1.InviteMemberRequest");
-        let at = |descriptor, body| {
-            enum_number_at(descriptor, &body).map(|mut path| {
-                path.reverse();
-                path.concat()
-            })
-        };
-        assert_eq!(at(&invite, json!({"role": "ORGANIZATION_ROLE_VIEWER"})), None);
-        assert_eq!(at(&invite, json!({"role": 1})).as_deref(), Some(".role"));
-        let create = message("capsule.project.v1.CreateOrganizationRequest");
-        assert_eq!(
-            at(&create, json!({"organization": {"name": "x", "role": 0}})).as_deref(),
-            Some(".organization.role")
-        );
-        assert_eq!(
-            at(&create, json!({"organization": {"createTime": "2000-01-01T00:00:00Z"}})),
-            None
-        );
-    }
-}
+mod tests;
