@@ -1,6 +1,7 @@
 """What the benchmarks that drive a whole mesh share: `capsule dev` on
 fresh databases and free loopback ports, the REST calls they make, local
-git repositories of sample apps, and waiting for a deployment."""
+git repositories of sample apps, waiting for a deployment, and the CPU
+time processes used."""
 
 import contextlib
 import json
@@ -36,6 +37,16 @@ def admin_url(binary):
     return os.environ.get("CAPSULE_TEST_DATABASE_URL") or subprocess.run(
         [binary, "postgres", "up"], check=True, capture_output=True, text=True
     ).stdout.strip()
+
+
+def cpu_seconds(pids):
+    """User and system CPU time the processes have used (all their threads)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
