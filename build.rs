@@ -10,9 +10,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+#[path = "src/proto/wire.rs"]
+mod wire;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=src/proto/wire.rs");
 
     let mut protos = Vec::new();
     collect_protos(Path::new("proto/capsule"), &mut protos)?;
@@ -50,6 +54,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// rules, validation rules) would be dropped.
 fn write_lean_descriptor_set(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use prost::encoding::{WireType, encode_key, encode_varint};
+    use wire::{fields, length_delimited};
 
     /// `FileDescriptorSet.file`, `FileDescriptorProto.source_code_info`.
     const FILE: u32 = 1;
@@ -73,45 +78,6 @@ fn write_lean_descriptor_set(out_dir: &Path) -> Result<(), Box<dyn std::error::E
     }
     std::fs::write(out_dir.join("capsule_descriptor_lean.bin"), lean)?;
     Ok(())
-}
-
-/// Each field's number and its bytes as encoded (key included).
-type Fields<'a> = Vec<(u32, &'a [u8])>;
-
-/// The fields of an encoded message.
-fn fields(message: &[u8]) -> Result<Fields<'_>, Box<dyn std::error::Error>> {
-    use prost::encoding::{WireType, decode_key, decode_varint};
-
-    let mut fields = Vec::new();
-    let mut rest = message;
-    while !rest.is_empty() {
-        let start = rest;
-        let (number, wire_type) = decode_key(&mut rest)?;
-        let size = match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut rest)?;
-                0
-            }
-            WireType::SixtyFourBit => 8,
-            WireType::ThirtyTwoBit => 4,
-            WireType::LengthDelimited => usize::try_from(decode_varint(&mut rest)?)?,
-            other => return Err(format!("wire type {other:?} in a descriptor").into()),
-        };
-        rest = rest.get(size..).ok_or("a descriptor field runs past its message")?;
-        fields.push((number, &start[..start.len() - rest.len()]));
-    }
-    Ok(fields)
-}
-
-/// The payload of a length-delimited field given with its key.
-fn length_delimited(field: &[u8]) -> Result<&[u8], Box<dyn std::error::Error>> {
-    let mut rest = field;
-    let (number, wire_type) = prost::encoding::decode_key(&mut rest)?;
-    if wire_type != prost::encoding::WireType::LengthDelimited {
-        return Err(format!("field {number} of a descriptor is not a message").into());
-    }
-    let size = usize::try_from(prost::encoding::decode_varint(&mut rest)?)?;
-    Ok(rest.get(..size).ok_or("a descriptor field runs past its message")?)
 }
 
 /// Writes, for each service, the list of its migration files with the

@@ -20,6 +20,13 @@ pub async fn serve(kind: ServiceKind, local_runner: bool) -> anyhow::Result<()> 
         anyhow::bail!("--runner local is for `capsule serve deploy` only");
     }
     let serve_config = ServeConfig::from_env(kind)?;
+    // A service checks calls against its own contracts and their imports;
+    // the gateway's import every package.
+    if let Some((package, _)) = kind.grpc_service_name().rsplit_once('.')
+        && kind != ServiceKind::Gateway
+    {
+        capsule::proto::serve_only(&[package]).map_err(anyhow::Error::msg)?;
+    }
     let shutdown = capsule::shutdown::on_signal();
     serve_metrics(&serve_config, &shutdown).await?;
     serve_one(kind, &serve_config, local_runner, shutdown).await

@@ -355,3 +355,38 @@ async fn sigterm_under_load_fails_no_call_and_says_not_serving_before_closing() 
         "exit within drain delay + grace: {took:?}"
     );
 }
+
+/// A service started alone decodes only its own contracts and their
+/// imports: its requests are still checked against their rules, and the
+/// methods of packages it does not serve are unknown to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_alone_checks_its_calls_against_its_own_contracts() {
+    use capsule::proto::{
+        auth::v1::{RegisterRequest, auth_service_client::AuthServiceClient},
+        project::v1::{GetProjectRequest, project_service_client::ProjectServiceClient},
+    };
+
+    let db = TestDatabase::migrated(ServiceKind::Auth, &capsule_auth::MIGRATIONS).await;
+    let (mut child, addr) = serve_alone(&db, &[]).await;
+    testing::wait_for_health(addr, "capsule.auth.v1.AuthService", SERVING, Duration::from_secs(20)).await;
+    let channel = testing::channel(addr).await;
+    let refused = AuthServiceClient::new(channel.clone())
+        .register(RegisterRequest {
+            email: "not an address".to_owned(),
+            password: "correct horse battery staple".to_owned(),
+            name: "Alone".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("email"), "{refused:?}");
+    let elsewhere = ProjectServiceClient::new(channel)
+        .get_project(GetProjectRequest {
+            project_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), tonic::Code::Unimplemented, "{elsewhere:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
