@@ -71,7 +71,7 @@ static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::Onc
 static SERVED: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
 
 /// Makes [`pool`] hold only the files that declare the services of
-/// `packages` and those they import (`capsule serve auth` decodes 85 of
+/// `packages` and those they import (`capsule serve auth` decodes 86 of
 /// the set's 136 KB; the descriptors it builds stay resident): the
 /// methods of other packages are then unknown (UNIMPLEMENTED), and their
 /// messages are decoded without the text check. Called before the
@@ -167,83 +167,81 @@ mod tests {
 
     use super::*;
 
-    fn serving(package: &str) -> DescriptorPool {
-        let set = serving_files(CHECKED_DESCRIPTOR_SET, &[package]).unwrap();
+    fn serving(packages: &[&str]) -> DescriptorPool {
+        let set = serving_files(CHECKED_DESCRIPTOR_SET, packages).unwrap();
         DescriptorPool::decode(set.as_slice()).unwrap()
     }
 
     #[test]
     fn a_service_keeps_its_contracts_their_imports_and_their_rules() {
+        use crate::config::ServiceKind;
+
         let whole = DescriptorPool::decode(CHECKED_DESCRIPTOR_SET).unwrap();
-        for (package, service, absent) in [
-            ("capsule.auth.v1", "AuthService", "capsule.deploy.v1.DeployService"),
-            (
-                "capsule.project.v1",
-                "ProjectService",
-                "capsule.gateway.v1.GatewayService",
-            ),
-            (
-                "capsule.deploy.v1",
-                "DeployService",
-                "capsule.gateway.v1.GatewayService",
-            ),
-        ] {
-            let pool = serving(package);
-            let served = pool
-                .get_service_by_name(&format!("{package}.{service}"))
-                .unwrap_or_else(|| panic!("{package}: its service"));
+        for kind in [ServiceKind::Auth, ServiceKind::Project, ServiceKind::Deploy] {
+            let packages = kind.served_packages().unwrap();
+            let pool = serving(packages);
+            assert!(pool.files().count() < whole.files().count(), "{kind:?}: fewer files");
             assert!(
-                pool.get_service_by_name(absent).is_none(),
-                "{package}: {absent} left out"
+                pool.get_service_by_name("capsule.gateway.v1.GatewayService").is_none(),
+                "{kind:?}: the gateway's contract left out"
             );
-            assert!(pool.files().count() < whole.files().count(), "{package}: fewer files");
             for extension in [
                 "buf.validate.field",
                 "capsule.auth.v1.access",
                 "capsule.auth.v1.permission",
             ] {
-                assert!(
-                    pool.get_extension_by_name(extension).is_some(),
-                    "{package}: {extension}"
-                );
+                assert!(pool.get_extension_by_name(extension).is_some(), "{kind:?}: {extension}");
             }
-            // Every method's access level, and every field's options (the
-            // validation rules), as the whole set has them.
-            for method in served.methods() {
-                let full = whole
-                    .get_service_by_name(served.full_name())
-                    .and_then(|service| service.methods().find(|m| m.name() == method.name()))
-                    .unwrap();
+            // Every served method's access level, and every field's options
+            // (the validation rules), as the whole set has them.
+            let served: Vec<_> = whole
+                .services()
+                .filter(|service| packages.contains(&service.package_name()))
+                .collect();
+            assert_eq!(served.len(), packages.len(), "{kind:?}: one service a package");
+            assert!(
+                served
+                    .iter()
+                    .any(|service| service.full_name() == kind.grpc_service_name())
+            );
+            for full in served.iter().flat_map(|service| service.methods()) {
+                let method = pool
+                    .get_service_by_name(full.parent_service().full_name())
+                    .and_then(|service| service.methods().find(|m| m.name() == full.name()))
+                    .unwrap_or_else(|| panic!("{kind:?}: {} kept", full.full_name()));
                 assert_eq!(
                     crate::auth::method_access(&method),
                     crate::auth::method_access(&full),
-                    "{package}: {}",
-                    method.name()
+                    "{kind:?}: {}",
+                    full.full_name()
                 );
-                let (kept, all) = (method.input(), full.input());
-                for field in kept.fields() {
-                    let same = all.get_field_by_name(field.name()).unwrap();
+                for field in full.input().fields() {
+                    let kept = method.input().get_field_by_name(field.name()).unwrap();
                     assert_eq!(
+                        kept.options().encode_to_vec(),
                         field.options().encode_to_vec(),
-                        same.options().encode_to_vec(),
-                        "{package}: {}",
+                        "{kind:?}: {}",
                         field.full_name()
                     );
                 }
             }
         }
-        let auth = serving("capsule.auth.v1");
+        let auth = serving(&["capsule.auth.v1"]);
         let email = auth
             .get_message_by_name("capsule.auth.v1.RegisterRequest")
             .and_then(|message| message.get_field_by_name("email"))
             .unwrap();
         let rules = auth.get_extension_by_name("buf.validate.field").unwrap();
         assert!(email.options().has_extension(&rules), "the email's rules are kept");
+        assert!(
+            auth.get_service_by_name("capsule.deploy.v1.DeployService").is_none(),
+            "what auth does not import is left out"
+        );
     }
 
     #[test]
     fn a_package_that_serves_nothing_is_refused_by_name() {
-        let err = serving_files(CHECKED_DESCRIPTOR_SET, &["capsule.nothing.v1"]).unwrap_err();
+        let err = serving_files(CHECKED_DESCRIPTOR_SET, &["capsule.auth.v1", "capsule.nothing.v1"]).unwrap_err();
         assert!(err.contains("capsule.nothing.v1"), "{err}");
         // A package of messages only (no service) serves nothing either.
         let err = serving_files(CHECKED_DESCRIPTOR_SET, &["capsule.audit.v1"]).unwrap_err();

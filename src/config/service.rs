@@ -47,6 +47,19 @@ impl ServiceKind {
         }
     }
 
+    /// The gRPC packages a process that serves only this service answers:
+    /// its own, and `capsule.admin.v1` (every service that owns a database
+    /// mounts `DatabaseAdmin`, `GrpcServer::serve_with_database`); `None`
+    /// for the gateway, which routes and transcodes every package.
+    pub fn served_packages(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Auth => Some(&["capsule.auth.v1", "capsule.admin.v1"]),
+            Self::Project => Some(&["capsule.project.v1", "capsule.admin.v1"]),
+            Self::Deploy => Some(&["capsule.deploy.v1", "capsule.admin.v1"]),
+            Self::Gateway => None,
+        }
+    }
+
     /// The default gRPC port (DESIGN.md).
     pub fn default_grpc_port(self) -> u16 {
         match self {

@@ -20,12 +20,10 @@ pub async fn serve(kind: ServiceKind, local_runner: bool) -> anyhow::Result<()> 
         anyhow::bail!("--runner local is for `capsule serve deploy` only");
     }
     let serve_config = ServeConfig::from_env(kind)?;
-    // A service checks calls against its own contracts and their imports;
-    // the gateway's import every package.
-    if let Some((package, _)) = kind.grpc_service_name().rsplit_once('.')
-        && kind != ServiceKind::Gateway
-    {
-        capsule::proto::serve_only(&[package]).map_err(anyhow::Error::msg)?;
+    // A service checks calls against the contracts it serves and their
+    // imports only.
+    if let Some(packages) = kind.served_packages() {
+        capsule::proto::serve_only(packages).map_err(anyhow::Error::msg)?;
     }
     let shutdown = capsule::shutdown::on_signal();
     serve_metrics(&serve_config, &shutdown).await?;

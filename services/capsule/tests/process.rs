@@ -356,12 +356,14 @@ async fn sigterm_under_load_fails_no_call_and_says_not_serving_before_closing() 
     );
 }
 
-/// A service started alone decodes only its own contracts and their
-/// imports: its requests are still checked against their rules, and the
-/// methods of packages it does not serve are unknown to it.
+/// A service started alone decodes only the contracts it serves and their
+/// imports: its requests are still checked against their rules, its
+/// database's admin API keeps its access level, and the methods of
+/// packages it does not serve are unknown to it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_alone_checks_its_calls_against_its_own_contracts() {
     use capsule::proto::{
+        admin::v1::{GetDatabaseStatsRequest, database_admin_client::DatabaseAdminClient},
         auth::v1::{RegisterRequest, auth_service_client::AuthServiceClient},
         project::v1::{GetProjectRequest, project_service_client::ProjectServiceClient},
     };
@@ -380,6 +382,11 @@ async fn a_service_alone_checks_its_calls_against_its_own_contracts() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("email"), "{refused:?}");
+    let admin = DatabaseAdminClient::new(channel.clone())
+        .get_database_stats(GetDatabaseStatsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(admin.code(), tonic::Code::Unauthenticated, "{admin:?}");
     let elsewhere = ProjectServiceClient::new(channel)
         .get_project(GetProjectRequest {
             project_id: uuid::Uuid::new_v4().to_string(),
