@@ -56,39 +56,57 @@ mod wire;
 /// The descriptors of [`FILE_DESCRIPTOR_SET`] (without source info),
 /// decoded once: methods' permissions, messages' validation rules. In a
 /// process that serves one service ([`serve_only`]), only the files of
-/// that service and what they import.
+/// the packages it serves and what they import.
 pub fn pool() -> &'static prost_reflect::DescriptorPool {
     POOL.get_or_init(|| {
-        let set = SERVED.lock().ok().and_then(|mut served| served.take());
-        prost_reflect::DescriptorPool::decode(set.as_deref().unwrap_or(CHECKED_DESCRIPTOR_SET))
-            .expect("the built-in descriptor set decodes")
+        let chosen = std::mem::replace(&mut *served(), Served::Decoded);
+        let set = match &chosen {
+            Served::Only(set) => set.as_slice(),
+            Served::Every | Served::Decoded => CHECKED_DESCRIPTOR_SET,
+        };
+        prost_reflect::DescriptorPool::decode(set).expect("the built-in descriptor set decodes")
     })
 }
 
 static POOL: std::sync::OnceLock<prost_reflect::DescriptorPool> = std::sync::OnceLock::new();
 
-/// The encoded files [`pool`] is to decode, when [`serve_only`] chose them.
-static SERVED: std::sync::Mutex<Option<Vec<u8>>> = std::sync::Mutex::new(None);
+/// Which files [`pool`] decodes; chosen and taken under one lock, so a
+/// choice made while the pool is being decoded is refused, not lost.
+enum Served {
+    Every,
+    Only(Vec<u8>),
+    Decoded,
+}
+
+static SERVED: std::sync::Mutex<Served> = std::sync::Mutex::new(Served::Every);
+
+fn served() -> std::sync::MutexGuard<'static, Served> {
+    // Nothing panics while holding it: a poisoned lock holds a whole value.
+    SERVED.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Makes [`pool`] hold only the files that declare the services of
 /// `packages` and those they import (`capsule serve auth` decodes 86 of
-/// the set's 136 KB; the descriptors it builds stay resident): the
-/// methods of other packages are then unknown (UNIMPLEMENTED), and their
-/// messages are decoded without the text check. Called before the
-/// process's first call, once.
+/// the set's 136 KB; the descriptors it builds stay resident): methods
+/// of packages neither served nor imported are then unknown
+/// (UNIMPLEMENTED), and their messages are decoded without the text
+/// check. Called before the process's first call, once.
 pub fn serve_only(packages: &[&str]) -> Result<(), String> {
-    if POOL.get().is_some() {
+    let set = serving_files(CHECKED_DESCRIPTOR_SET, packages)?;
+    let mut served = served();
+    if matches!(*served, Served::Decoded) {
         return Err("the descriptor pool is in use already".to_owned());
     }
-    let set = serving_files(CHECKED_DESCRIPTOR_SET, packages)?;
-    *SERVED.lock().map_err(|_| "the descriptor pool's lock is poisoned")? = Some(set);
+    *served = Served::Only(set);
     Ok(())
 }
 
 /// The files of the encoded set `set` that declare a service of one of
 /// `packages`, and every file they import, in the set's order, encoded.
 fn serving_files(set: &[u8], packages: &[&str]) -> Result<Vec<u8>, String> {
-    /// `FileDescriptorProto`'s `name`, `package`, `dependency`, `service`.
+    /// `FileDescriptorSet.file`; `FileDescriptorProto`'s `name`,
+    /// `package`, `dependency`, `service`.
+    const FILE: u32 = 1;
     const NAME: u32 = 1;
     const PACKAGE: u32 = 2;
     const DEPENDENCY: u32 = 3;
@@ -100,7 +118,10 @@ fn serving_files(set: &[u8], packages: &[&str]) -> Result<Vec<u8>, String> {
     let mut imports = std::collections::HashMap::new();
     let mut wanted = Vec::new();
     let mut found = std::collections::HashSet::new();
-    for (_, encoded) in wire::fields(set)? {
+    for (number, encoded) in wire::fields(set)? {
+        if number != FILE {
+            return Err(format!("field {number} in a FileDescriptorSet"));
+        }
         let (mut name, mut package, mut serves, mut imported) = ("", "", false, Vec::new());
         for (number, field) in wire::fields(wire::length_delimited(encoded)?)? {
             match number {
