@@ -54,25 +54,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// rules, validation rules) would be dropped.
 fn write_lean_descriptor_set(out_dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use prost::encoding::{WireType, encode_key, encode_varint};
-    use wire::{fields, length_delimited};
 
-    /// `FileDescriptorSet.file`, `FileDescriptorProto.source_code_info`.
-    const FILE: u32 = 1;
+    /// `FileDescriptorProto.source_code_info`.
     const SOURCE_CODE_INFO: u32 = 9;
     let full = std::fs::read(out_dir.join("capsule_descriptor.bin"))?;
     let mut lean = Vec::with_capacity(full.len());
-    for (number, file) in fields(&full)? {
-        if number != FILE {
-            return Err(format!("field {number} in a FileDescriptorSet").into());
-        }
-        let file = length_delimited(file)?;
+    for (_, file) in wire::files(&full)? {
         let mut kept = Vec::with_capacity(file.len());
-        for (number, field) in fields(file)? {
+        for (number, field) in wire::fields(file)? {
             if number != SOURCE_CODE_INFO {
                 kept.extend_from_slice(field);
             }
         }
-        encode_key(FILE, WireType::LengthDelimited, &mut lean);
+        encode_key(wire::FILE, WireType::LengthDelimited, &mut lean);
         encode_varint(kept.len() as u64, &mut lean);
         lean.extend_from_slice(&kept);
     }

@@ -104,9 +104,7 @@ pub fn serve_only(packages: &[&str]) -> Result<(), String> {
 /// The files of the encoded set `set` that declare a service of one of
 /// `packages`, and every file they import, in the set's order, encoded.
 fn serving_files(set: &[u8], packages: &[&str]) -> Result<Vec<u8>, String> {
-    /// `FileDescriptorSet.file`; `FileDescriptorProto`'s `name`,
-    /// `package`, `dependency`, `service`.
-    const FILE: u32 = 1;
+    /// `FileDescriptorProto`'s `name`, `package`, `dependency`, `service`.
     const NAME: u32 = 1;
     const PACKAGE: u32 = 2;
     const DEPENDENCY: u32 = 3;
@@ -118,12 +116,9 @@ fn serving_files(set: &[u8], packages: &[&str]) -> Result<Vec<u8>, String> {
     let mut imports = std::collections::HashMap::new();
     let mut wanted = Vec::new();
     let mut found = std::collections::HashSet::new();
-    for (number, encoded) in wire::fields(set)? {
-        if number != FILE {
-            return Err(format!("field {number} in a FileDescriptorSet"));
-        }
+    for (encoded, file) in wire::files(set)? {
         let (mut name, mut package, mut serves, mut imported) = ("", "", false, Vec::new());
-        for (number, field) in wire::fields(wire::length_delimited(encoded)?)? {
+        for (number, field) in wire::fields(file)? {
             match number {
                 NAME => name = text(field)?,
                 PACKAGE => package = text(field)?,

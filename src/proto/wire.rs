@@ -6,6 +6,24 @@
 
 use prost::encoding::{WireType, decode_key, decode_varint};
 
+/// `FileDescriptorSet.file`, the set's one field.
+pub const FILE: u32 = 1;
+
+/// A file of a set: as the set holds it (key included), and its
+/// `FileDescriptorProto`'s own bytes.
+pub type File<'a> = (&'a [u8], &'a [u8]);
+
+/// The files of an encoded `FileDescriptorSet`.
+pub fn files(set: &[u8]) -> Result<Vec<File<'_>>, String> {
+    fields(set)?
+        .into_iter()
+        .map(|(number, encoded)| match number {
+            FILE => Ok((encoded, length_delimited(encoded)?)),
+            other => Err(format!("field {other} in a FileDescriptorSet")),
+        })
+        .collect()
+}
+
 /// Each field's number and its bytes as encoded (key included).
 pub type Fields<'a> = Vec<(u32, &'a [u8])>;
 
