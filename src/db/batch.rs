@@ -56,6 +56,8 @@ struct Inner<In, Out> {
     work: Box<BatchWork<In, Out>>,
     max_running: usize,
     queue: Mutex<Queue<In, Out>>,
+    /// `db_batch_size` of this batcher, found once.
+    sizes: std::sync::OnceLock<metrics::Histogram>,
 }
 
 struct Queue<In, Out> {
@@ -103,6 +105,7 @@ where
                     waiting: Vec::new(),
                     running: 0,
                 }),
+                sizes: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -175,7 +178,12 @@ where
         if jobs.is_empty() {
             return;
         }
-        metrics::histogram!("db_batch_size", "service" => inner.db.config.service.name(), "batch" => inner.name)
+        inner
+            .sizes
+            .get_or_init(|| {
+                crate::telemetry::metrics_handle();
+                metrics::histogram!("db_batch_size", "service" => inner.db.config.service.name(), "batch" => inner.name)
+            })
             .record(jobs.len() as f64);
         let worker = inner.clone();
         let ran = inner

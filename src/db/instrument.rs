@@ -12,6 +12,9 @@ use std::time::Duration;
 pub fn install_query_instrumentation() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
+        // Each connection keeps the histograms it records into: the
+        // recorder must be in place before the first statement.
+        crate::telemetry::metrics_handle();
         let _ = diesel::connection::set_default_instrumentation(|| Some(Box::new(QueryTimer::default())));
     });
 }
@@ -23,7 +26,29 @@ struct QueryTimer {
     log_binds: bool,
     started: Option<std::time::Instant>,
     span: Option<tracing::Span>,
+    /// This connection's latency histograms by statement shape, found by
+    /// name and labels once each (at most `MAX_SHAPES` kept).
+    histograms: std::collections::HashMap<String, metrics::Histogram>,
 }
+
+const MAX_SHAPES: usize = 256;
+
+/// Collects a statement's text and stops where its bound values begin
+/// (diesel writes them after `" -- binds: "`), so they are not formatted
+/// when nothing will show them.
+struct WithoutBinds(String);
+
+impl std::fmt::Write for WithoutBinds {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        if text.starts_with(BINDS) {
+            return Err(std::fmt::Error);
+        }
+        self.0.push_str(text);
+        Ok(())
+    }
+}
+
+const BINDS: &str = " -- binds: ";
 
 impl diesel::connection::Instrumentation for QueryTimer {
     fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
@@ -63,8 +88,15 @@ impl diesel::connection::Instrumentation for QueryTimer {
             Event::FinishQuery { query, error, .. } => {
                 let Some(started) = self.started.take() else { return };
                 let elapsed = started.elapsed();
-                let text = query.to_string();
-                let (statement, binds) = text.split_once(" -- binds: ").unwrap_or((text.as_str(), ""));
+                let text = if self.log_binds {
+                    query.to_string()
+                } else {
+                    let mut text = WithoutBinds(String::with_capacity(256));
+                    // Stopped on purpose before the binds.
+                    let _ = std::fmt::write(&mut text, format_args!("{query}"));
+                    text.0
+                };
+                let (statement, binds) = text.split_once(BINDS).unwrap_or((text.as_str(), ""));
                 if let Some(span) = self.span.take() {
                     span.record("otel.name", statement.split_whitespace().next().unwrap_or("query"));
                     span.record("db.query.text", statement);
@@ -82,9 +114,20 @@ impl diesel::connection::Instrumentation for QueryTimer {
                         span.record("error.type", kind);
                     }
                 }
-                let shape: String = statement.chars().take(160).collect();
-                metrics::histogram!("db_query_duration_seconds", "service" => self.service, "statement" => shape.clone())
-                    .record(elapsed.as_secs_f64());
+                let shape = match statement.char_indices().nth(160) {
+                    Some((end, _)) => &statement[..end],
+                    None => statement,
+                };
+                match self.histograms.get(shape) {
+                    Some(histogram) => histogram.record(elapsed.as_secs_f64()),
+                    None => {
+                        let histogram = metrics::histogram!("db_query_duration_seconds", "service" => self.service, "statement" => shape.to_owned());
+                        histogram.record(elapsed.as_secs_f64());
+                        if self.histograms.len() < MAX_SHAPES {
+                            self.histograms.insert(shape.to_owned(), histogram);
+                        }
+                    }
+                }
                 let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
                 if elapsed >= self.slow {
                     tracing::warn!(service = self.service, duration_ms, statement = %shape, failed = error.is_some(), "slow query");
@@ -96,5 +139,21 @@ impl diesel::connection::Instrumentation for QueryTimer {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WithoutBinds;
+
+    #[test]
+    fn a_statement_is_read_without_its_bound_values() {
+        let query = diesel::sql_query("SELECT $1").bind::<diesel::sql_types::Text, _>("a secret");
+        let debug = diesel::debug_query::<diesel::pg::Pg, _>(&query);
+        assert!(debug.to_string().contains("a secret"));
+        let mut text = WithoutBinds(String::new());
+        let stopped = std::fmt::write(&mut text, format_args!("{debug}"));
+        assert!(stopped.is_err());
+        assert_eq!(text.0, "SELECT $1");
     }
 }

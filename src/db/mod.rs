@@ -76,6 +76,8 @@ impl deadpool::managed::Manager for ConnectionManager {
 pub struct Database {
     pub config: Arc<DbConfig>,
     pub pool: Pool,
+    /// `db_pool_wait_seconds` of this service, found once.
+    pool_wait: Arc<std::sync::OnceLock<metrics::Histogram>>,
 }
 
 impl Database {
@@ -103,7 +105,12 @@ impl Database {
             .instrument(wait)
             .await
             .map_err(|err| DbError::Unavailable(err.to_string()))?;
-        metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
+        self.pool_wait
+            .get_or_init(|| {
+                // A handle taken before the recorder is in place would count nowhere.
+                crate::telemetry::metrics_handle();
+                metrics::histogram!("db_pool_wait_seconds", "service" => self.config.service.name())
+            })
             .record(waited.elapsed().as_secs_f64());
         // In a sampled trace, the statements are spans of the caller's request.
         let result = match crate::trace::carry() {
@@ -152,6 +159,7 @@ impl Database {
         Ok(Self {
             config: Arc::new(config),
             pool,
+            pool_wait: Arc::default(),
         })
     }
 

@@ -241,7 +241,7 @@ impl GrpcServer {
                     // their own internal errors once, where they happen.
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             )
-            .layer(RequestMetricsLayer { service: kind.name() })
+            .layer(RequestMetricsLayer::new(kind.name()))
             .option_layer(access)
             // Innermost: the layers above see a gRPC-Web call's headers,
             // and the services below plain gRPC.
@@ -303,9 +303,75 @@ impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
 /// Counts requests by method and gRPC status and times them:
 /// `grpc_server_requests_total`, `grpc_server_request_duration_seconds`,
 /// `grpc_server_requests_in_flight`.
-#[derive(Clone, Copy)]
+///
+/// The handles are found once (the gauge when the layer is built, a
+/// method's counter of OK answers and its histogram at its first call),
+/// not looked up by name and labels on every call; a series still appears
+/// in `/metrics` only once it has been counted.
+#[derive(Clone)]
 struct RequestMetricsLayer {
+    meters: Arc<Meters>,
+}
+
+impl RequestMetricsLayer {
+    fn new(service: &'static str) -> Self {
+        // The recorder must be in place before a handle is taken from it.
+        telemetry::metrics_handle();
+        let methods = proto::known_method_paths()
+            .iter()
+            .map(String::as_str)
+            .chain(["/metrics", "other"])
+            .map(|method| (method, MethodMeters::default()))
+            .collect();
+        Self {
+            meters: Arc::new(Meters {
+                service,
+                in_flight: metrics::gauge!("grpc_server_requests_in_flight", "service" => service),
+                methods,
+            }),
+        }
+    }
+}
+
+struct Meters {
     service: &'static str,
+    in_flight: metrics::Gauge,
+    /// Every method this process knows, `/metrics` and "other" (the label
+    /// of any other path, so a caller cannot make new series).
+    methods: std::collections::HashMap<&'static str, MethodMeters>,
+}
+
+#[derive(Default)]
+struct MethodMeters {
+    ok: std::sync::OnceLock<metrics::Counter>,
+    duration: std::sync::OnceLock<metrics::Histogram>,
+}
+
+impl Meters {
+    /// The method label of `path`.
+    fn label(&self, path: &str) -> &'static str {
+        self.methods.get_key_value(path).map_or("other", |(method, _)| *method)
+    }
+
+    fn record(&self, method: &'static str, code: i64, elapsed: std::time::Duration) {
+        let service = self.service;
+        let Some(meters) = self.methods.get(method) else {
+            return;
+        };
+        if code == 0 {
+            meters
+                .ok
+                .get_or_init(|| metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method, "code" => "0"))
+                .increment(1);
+        } else {
+            metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method, "code" => code.to_string())
+                .increment(1);
+        }
+        meters
+            .duration
+            .get_or_init(|| metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method))
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 impl<S> Layer<S> for RequestMetricsLayer {
@@ -314,7 +380,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RequestMetrics {
             inner,
-            service: self.service,
+            meters: self.meters.clone(),
         }
     }
 }
@@ -322,7 +388,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
 #[derive(Clone)]
 struct RequestMetrics<S> {
     inner: S,
-    service: &'static str,
+    meters: Arc<Meters>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -343,31 +409,22 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let method: String = if proto::known_method_paths().contains(path) || path == "/metrics" {
-            path.to_owned()
-        } else {
-            "other".to_owned()
-        };
-        let service = self.service;
+        let meters = self.meters.clone();
+        let method = meters.label(request.uri().path());
         let start = Instant::now();
-        let in_flight = metrics::gauge!("grpc_server_requests_in_flight", "service" => service);
-        in_flight.increment(1.0);
+        meters.in_flight.increment(1.0);
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            in_flight.decrement(1.0);
+            meters.in_flight.decrement(1.0);
             // A unary error is a trailers-only response: its status is in
             // the headers. A response without one ends with status 0 in the
             // trailers (a stream that fails later is counted as OK here).
             let code = match &result {
-                Ok(response) => crate::trace::grpc_code(response.headers()).unwrap_or(0).to_string(),
-                Err(_) => "13".to_owned(),
+                Ok(response) => crate::trace::grpc_code(response.headers()).unwrap_or(0),
+                Err(_) => 13,
             };
-            metrics::counter!("grpc_server_requests_total", "service" => service, "method" => method.clone(), "code" => code)
-                .increment(1);
-            metrics::histogram!("grpc_server_request_duration_seconds", "service" => service, "method" => method)
-                .record(start.elapsed().as_secs_f64());
+            meters.record(method, code, start.elapsed());
             result
         })
     }
