@@ -304,10 +304,10 @@ impl<B> tower_http::trace::MakeSpan<B> for RequestSpan {
 /// `grpc_server_requests_total`, `grpc_server_request_duration_seconds`,
 /// `grpc_server_requests_in_flight`.
 ///
-/// The handles are found once (the gauge when the layer is built, a
-/// method's counter of OK answers and its histogram at its first call),
-/// not looked up by name and labels on every call; a series still appears
-/// in `/metrics` only once it has been counted.
+/// The handles are found once (the gauge when the layer is built, so it
+/// shows 0 from the start; a method's counter of OK answers and its
+/// histogram at its first call, so a method's series appear once it has
+/// been called), not looked up by name and labels on every call.
 #[derive(Clone)]
 struct RequestMetricsLayer {
     meters: Arc<Meters>,
@@ -385,6 +385,23 @@ impl<S> Layer<S> for RequestMetricsLayer {
     }
 }
 
+/// One call in flight: counted when it comes in, no longer once dropped —
+/// answered, or given up by its caller (its future dropped unfinished).
+struct InFlight(Arc<Meters>);
+
+impl InFlight {
+    fn enter(meters: Arc<Meters>) -> Self {
+        meters.in_flight.increment(1.0);
+        Self(meters)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.decrement(1.0);
+    }
+}
+
 #[derive(Clone)]
 struct RequestMetrics<S> {
     inner: S,
@@ -409,14 +426,14 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let meters = self.meters.clone();
-        let method = meters.label(request.uri().path());
+        let method = self.meters.label(request.uri().path());
         let start = Instant::now();
-        meters.in_flight.increment(1.0);
+        let in_flight = InFlight::enter(self.meters.clone());
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            meters.in_flight.decrement(1.0);
+            let meters = in_flight.0.clone();
+            drop(in_flight);
             // A unary error is a trailers-only response: its status is in
             // the headers. A response without one ends with status 0 in the
             // trailers (a stream that fails later is counted as OK here).
@@ -427,5 +444,32 @@ where
             meters.record(method, code, start.elapsed());
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-flight gauge of `service`, as `/metrics` shows it.
+    fn in_flight(service: &str) -> Option<f64> {
+        let label = format!("service=\"{service}\"");
+        telemetry::metrics_handle()
+            .render()
+            .lines()
+            .find(|line| line.starts_with("grpc_server_requests_in_flight{") && line.contains(&label))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[tokio::test]
+    async fn a_call_its_caller_gave_up_on_is_no_longer_in_flight() {
+        let mut service = RequestMetricsLayer::new("in-flight-test").layer(tower::service_fn(|_: Request<()>| {
+            std::future::pending::<Result<Response<()>, Infallible>>()
+        }));
+        let call = service.call(Request::new(()));
+        assert_eq!(in_flight("in-flight-test"), Some(1.0));
+        // The client hung up: the server drops the call's future unfinished.
+        drop(call);
+        assert_eq!(in_flight("in-flight-test"), Some(0.0));
     }
 }
