@@ -432,8 +432,6 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            let meters = in_flight.0.clone();
-            drop(in_flight);
             // A unary error is a trailers-only response: its status is in
             // the headers. A response without one ends with status 0 in the
             // trailers (a stream that fails later is counted as OK here).
@@ -441,7 +439,8 @@ where
                 Ok(response) => crate::trace::grpc_code(response.headers()).unwrap_or(0),
                 Err(_) => 13,
             };
-            meters.record(method, code, start.elapsed());
+            in_flight.0.record(method, code, start.elapsed());
+            // The call leaves the gauge here, when `in_flight` is dropped.
             result
         })
     }
