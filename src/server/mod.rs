@@ -28,6 +28,7 @@ use tower_http::{
 };
 
 mod admin;
+pub mod cores;
 mod health;
 mod reflection;
 mod web;
@@ -251,15 +252,18 @@ impl GrpcServer {
         if let Some(tls) = &config.tls {
             builder = builder.tls_config(tls.tonic())?;
         }
-        let server = builder
+        let router = builder
             .accept_http1(true)
             .layer(layers)
-            .add_routes(Routes::from(router))
-            .serve_with_incoming_shutdown(
-                // Small unary answers go out at once, not after Nagle's wait.
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop_accepting.clone().cancelled_owned(),
-            );
+            .add_routes(Routes::from(router));
+        let abort = CancellationToken::new();
+        let server = cores::serve(
+            listener,
+            kind.name(),
+            stop_accepting.clone(),
+            abort.clone(),
+            move |connections, stop| router.clone().serve_with_incoming_shutdown(connections, stop),
+        );
         tokio::pin!(server);
 
         // Serve normally; once draining ends, give in-flight calls `grace`.
@@ -270,6 +274,8 @@ impl GrpcServer {
                 tokio::time::sleep(grace).await;
             } => {
                 tracing::warn!(service = %kind, grace_secs = grace.as_secs(), "in-flight calls did not finish within the grace period; closing them");
+                abort.cancel();
+                server.await?;
             }
         }
         tracing::info!(service = %kind, "stopped");
