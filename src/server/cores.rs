@@ -117,3 +117,60 @@ where
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Each core answers a connection with its thread's name.
+    async fn answer_with_thread_name(
+        mut connections: Connections,
+        stop: WaitForCancellationFutureOwned,
+    ) -> std::io::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            let mut stream = tokio::select! {
+                () = &mut stop => return Ok(()),
+                next = connections.next() => match next {
+                    Some(stream) => stream?,
+                    None => return Ok(()),
+                },
+            };
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            stream.write_all(name.as_bytes()).await?;
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_go_to_each_core_in_turn_and_serving_ends_when_told() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
+        let served = tokio::spawn(serve(listener, "spread", stop.clone(), abort, answer_with_thread_name));
+
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut names = BTreeSet::new();
+        for _ in 0..cores * 2 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut name = String::new();
+            client.read_to_string(&mut name).await.unwrap();
+            names.insert(name);
+        }
+        let expected: BTreeSet<String> = (0..cores).map(|core| format!("spread-{core}")).collect();
+        assert_eq!(
+            names, expected,
+            "every core took connections, none served on the caller's runtime"
+        );
+
+        stop.cancel();
+        served.await.unwrap().unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the listener is closed once serving ends"
+        );
+    }
+}
